@@ -1,0 +1,106 @@
+"""Study assembly: decide when a study is complete and snapshot it as a `Study` record.
+
+A study is complete after `quiet_period_s` without a new instance, or, with
+`complete_on_release`, as soon as an association that carried it is released. Instances that
+arrive later set the study pending again; the next completion is a new revision that
+supersedes the earlier analysis.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterable
+
+from node.config import AssemblySettings
+from node.db import Database
+from node.records import SeriesAttributes, Study
+
+
+def is_complete(
+    last_received_at: float, now: float, quiet_period_s: float, release_ready: bool
+) -> bool:
+    """Pure completion rule, table-tested in tests/unit/test_assembly.py."""
+    return release_ready or now - last_received_at >= quiet_period_s
+
+
+def summarize_series(rows: Iterable[sqlite3.Row | dict]) -> tuple[SeriesAttributes, ...]:
+    """Fold instance rows into one SeriesAttributes per series, in a stable order."""
+    grouped: dict[str, dict] = {}
+    for row in rows:
+        entry = grouped.setdefault(
+            row["series_uid"],
+            {"first": row, "sop_classes": [], "image_types": [], "count": 0},
+        )
+        entry["count"] += 1
+        if row["sop_class_uid"] not in entry["sop_classes"]:
+            entry["sop_classes"].append(row["sop_class_uid"])
+        if row["image_type"] and row["image_type"] not in entry["image_types"]:
+            entry["image_types"].append(row["image_type"])
+    return tuple(
+        SeriesAttributes(
+            series_instance_uid=uid,
+            modality=entry["first"]["modality"],
+            body_part_examined=entry["first"]["body_part"],
+            series_description=entry["first"]["series_description"],
+            protocol_name=entry["first"]["protocol_name"],
+            sop_class_uids=tuple(entry["sop_classes"]),
+            image_types=tuple(entry["image_types"]),
+            instance_count=entry["count"],
+        )
+        for uid, entry in sorted(grouped.items())
+    )
+
+
+class Assembly:
+    def __init__(self, db: Database, settings: AssemblySettings) -> None:
+        self.db = db
+        self.settings = settings
+
+    def mark_released(self, study_uids: set[str]) -> None:
+        """An association that carried these studies was released."""
+        if not self.settings.complete_on_release or not study_uids:
+            return
+        with self.db.transaction() as conn:
+            conn.executemany(
+                "UPDATE studies SET release_ready = 1 WHERE study_uid = ? AND pending = 1",
+                [(uid,) for uid in study_uids],
+            )
+
+    def run_once(self, now: float) -> list[Study]:
+        """Complete every study whose rule holds now; return their snapshots."""
+        completed: list[Study] = []
+        candidates = self.db.query(
+            "SELECT study_uid, last_received_at, release_ready FROM studies WHERE pending = 1"
+        )
+        for row in candidates:
+            if not is_complete(
+                row["last_received_at"], now, self.settings.quiet_period_s, bool(row["release_ready"])
+            ):
+                continue
+            with self.db.transaction() as conn:
+                # re-check inside the transaction: an instance may have arrived meanwhile
+                current = conn.execute(
+                    "SELECT last_received_at, release_ready, pending, revision, calling_ae"
+                    " FROM studies WHERE study_uid = ?",
+                    (row["study_uid"],),
+                ).fetchone()
+                if not current["pending"] or not is_complete(
+                    current["last_received_at"], now, self.settings.quiet_period_s,
+                    bool(current["release_ready"]),
+                ):
+                    continue
+                revision = current["revision"] + 1
+                conn.execute(
+                    """UPDATE studies SET pending = 0, release_ready = 0, revision = ?,
+                    completed_at = ? WHERE study_uid = ?""",
+                    (revision, now, row["study_uid"]),
+                )
+                instances = conn.execute(
+                    """SELECT series_uid, sop_class_uid, modality, body_part, series_description,
+                    protocol_name, image_type FROM instances WHERE study_uid = ?""",
+                    (row["study_uid"],),
+                ).fetchall()
+            completed.append(
+                Study(row["study_uid"], revision, current["calling_ae"], summarize_series(instances))
+            )
+        return completed

@@ -1,0 +1,119 @@
+"""C-STORE and C-ECHO as SCU (PS3.4 Annex A and B), used by dispatch and the CLI."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydicom import dcmread
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
+
+from node.ingest.dimse import set_nodelay
+
+log = logging.getLogger("fracnode.dispatch")
+MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: at most 128 presentation contexts per association
+
+
+@dataclass(frozen=True)
+class Target:
+    ae_title: str
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"{self.ae_title}@{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    path: Path
+    ok: bool
+    message: str
+
+
+class AssociationFailed(Exception):
+    """The peer could not be reached or refused the association."""
+
+
+def _nodelay_handler(event: evt.Event) -> None:
+    set_nodelay(event.assoc.dul.socket.socket)  # type: ignore[union-attr]
+
+
+def _ae(calling_ae: str, timeout_s: float) -> AE:
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = timeout_s
+    ae.dimse_timeout = timeout_s
+    ae.network_timeout = timeout_s
+    ae.connection_timeout = timeout_s
+    return ae
+
+
+def echo(target: Target, calling_ae: str, timeout_s: float = 10.0) -> int:
+    """C-ECHO `target`; return the status (0x0000 is success). Raises AssociationFailed."""
+    ae = _ae(calling_ae, timeout_s)
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(target.host, target.port, ae_title=target.ae_title,
+                         evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay_handler)])
+    if not assoc.is_established:
+        raise AssociationFailed(_why_not(assoc, target))
+    try:
+        status = assoc.send_c_echo()
+        if not status:
+            raise AssociationFailed(f"{target}: no C-ECHO response (timeout or abort)")
+        return int(status.Status)
+    finally:
+        assoc.release()
+
+
+def _why_not(assoc: object, target: Target) -> str:
+    if getattr(assoc, "is_rejected", False):
+        return f"{target} rejected the association (check the AE titles configured on both sides)"
+    if getattr(assoc, "is_aborted", False):
+        return f"{target} aborted the association"
+    return f"cannot connect to {target} (is it running and reachable?)"
+
+
+def store(
+    target: Target, calling_ae: str, paths: Sequence[Path], timeout_s: float = 30.0
+) -> list[StoreResult]:
+    """Send files over one association. Raises AssociationFailed if none can be sent."""
+    headers = []
+    for path in paths:
+        ds = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
+        headers.append((path, str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)))
+    ae = _ae(calling_ae, timeout_s)
+    for sop_class, syntax in sorted({(c, t) for _, c, t in headers})[:MAX_CONTEXTS]:
+        syntaxes = list(dict.fromkeys([syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
+        ae.add_requested_context(sop_class, syntaxes)
+    assoc = ae.associate(target.host, target.port, ae_title=target.ae_title,
+                         evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay_handler)])
+    if not assoc.is_established:
+        raise AssociationFailed(_why_not(assoc, target))
+    results = []
+    try:
+        for path, sop_class, _ in headers:
+            try:
+                status = assoc.send_c_store(dcmread(path))
+            except ValueError as exc:  # no accepted presentation context for this object
+                results.append(StoreResult(path, False, f"{target} did not accept {sop_class}: {exc}"))
+                continue
+            if not status:
+                results.append(StoreResult(path, False, f"{target}: no C-STORE response"))
+                if not assoc.is_established:
+                    break
+                continue
+            code = int(status.Status)
+            # 0xB000, 0xB007, 0xB006: warnings, the object was stored (PS3.4 B.2.3)
+            ok = code == 0x0000 or (code & 0xF000) == 0xB000
+            comment = str(status.get("ErrorComment", "")) if hasattr(status, "get") else ""
+            results.append(StoreResult(path, ok, f"status 0x{code:04X} {comment}".strip()))
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    sent = {r.path for r in results}
+    results += [StoreResult(p, False, f"{target}: association ended early") for p, _, _ in headers if p not in sent]
+    return results

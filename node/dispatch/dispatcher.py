@@ -1,0 +1,93 @@
+"""Delivery of outbox items to their destinations: folder, DIMSE peer, or the study's sender."""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+
+from node.config import Config, DimseDestination, FolderDestination, SenderDestination
+from node.dispatch.dimse import AssociationFailed, Target, store
+from node.dispatch.outbox import Outbox, OutboxItem
+from node.logs import event
+from node.spool import OutOfSpace, write_atomically
+
+log = logging.getLogger("fracnode.dispatch")
+
+
+class Dispatcher:
+    def __init__(self, config: Config, outbox: Outbox) -> None:
+        self.config = config
+        self.outbox = outbox
+
+    def run_once(self, destination: str, now: float) -> int:
+        """Try every due item of one destination once; return how many were delivered."""
+        items = self.outbox.due(destination, now, self.config.dispatch.batch_size)
+        if not items:
+            return 0
+        dest = self.config.destination(destination)
+        if isinstance(dest, FolderDestination):
+            return self._to_folder(dest, items, now)
+        if isinstance(dest, DimseDestination):
+            peer = self.config.peer(dest.peer)
+            return self._to_peer(Target(peer.ae_title, peer.host, peer.port), items, now)
+        assert isinstance(dest, SenderDestination)
+        delivered = 0
+        by_sender: dict[str, list[OutboxItem]] = defaultdict(list)
+        for item in items:
+            by_sender[item.calling_ae].append(item)
+        for calling_ae, group in by_sender.items():
+            sender = self.config.peer_by_ae_title(calling_ae)
+            if sender is None:
+                reason = (
+                    f"destination {destination!r} replies to the sender, but the study came from AE"
+                    f" title {calling_ae!r}, which is not under peers: in the configuration"
+                )
+                for item in group:
+                    self.outbox.give_up(item, reason, now)
+                event(log, logging.ERROR, "cannot reply to sender", destination=destination,
+                      calling_ae=calling_ae, items=len(group), reason=reason)
+                continue
+            delivered += self._to_peer(Target(sender.ae_title, sender.host, sender.port), group, now)
+        return delivered
+
+    def _to_folder(self, dest: FolderDestination, items: list[OutboxItem], now: float) -> int:
+        delivered = 0
+        for item in items:
+            try:
+                target = dest.path / item.study_uid / f"{item.sop_instance_uid}.dcm"
+                write_atomically(target, item.path.read_bytes())
+            except (OSError, OutOfSpace) as exc:
+                retry_at = self.outbox.failed_attempt(item, f"folder {dest.path}: {exc}", now)
+                event(log, logging.WARNING, "delivery failed", destination=dest.name,
+                      sop_instance_uid=item.sop_instance_uid, error=str(exc), retry_in_s=round(retry_at - now, 1))
+                continue
+            self.outbox.delivered(item, now)
+            delivered += 1
+        if delivered:
+            event(log, logging.INFO, "results delivered", destination=dest.name, count=delivered)
+        return delivered
+
+    def _to_peer(self, target: Target, items: list[OutboxItem], now: float) -> int:
+        by_path = {item.path: item for item in items}
+        try:
+            results = store(target, self.config.node.ae_title, list(by_path))
+        except (AssociationFailed, OSError) as exc:
+            retry_at = now
+            for item in items:
+                retry_at = self.outbox.failed_attempt(item, str(exc), now)
+            event(log, logging.WARNING, "delivery failed", destination=str(target), items=len(items),
+                  error=str(exc), retry_in_s=round(retry_at - now, 1))
+            return 0
+        delivered = 0
+        for result in results:
+            item = by_path[result.path]
+            if result.ok:
+                self.outbox.delivered(item, now)
+                delivered += 1
+            else:
+                self.outbox.failed_attempt(item, result.message, now)
+                event(log, logging.WARNING, "delivery refused", destination=str(target),
+                      sop_instance_uid=item.sop_instance_uid, error=result.message)
+        if delivered:
+            event(log, logging.INFO, "results delivered", destination=str(target), count=delivered)
+        return delivered

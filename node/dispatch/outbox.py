@@ -1,0 +1,141 @@
+"""The persistent outbox: every derived object waits here, per destination, until confirmed.
+
+Files are written durably under `<outbox>/<job id>/`; the rows that send them and the job's
+"done" are committed in one transaction, so a crash never leaves a done job without results.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass
+from io import BytesIO
+from pathlib import Path
+
+from pydicom import Dataset
+
+from node.config import RetrySettings
+from node.db import Database
+from node.jobs import DONE
+from node.records import Job
+from node.retry import retry_delay
+from node.spool import write_atomically
+
+PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    id: int
+    job_id: int
+    study_uid: str
+    destination: str
+    calling_ae: str
+    path: Path
+    sop_instance_uid: str
+    sop_class_uid: str
+    attempts: int
+
+
+def _item(row: sqlite3.Row) -> OutboxItem:
+    return OutboxItem(
+        row["id"], row["job_id"], row["study_uid"], row["destination"], row["calling_ae"],
+        Path(row["path"]), row["sop_instance_uid"], row["sop_class_uid"], row["attempts"],
+    )
+
+
+def encode(ds: Dataset) -> bytes:
+    """Encode a dataset in the DICOM file format (PS3.10), file meta included."""
+    buffer = BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+class Outbox:
+    def __init__(self, root: Path, db: Database, retry: RetrySettings) -> None:
+        self.root = root
+        self.db = db
+        self.retry = retry
+
+    def stage(self, job: Job, datasets: Sequence[Dataset], summary: str, now: float) -> int:
+        """Write the job's results, queue them for each destination and mark the job done."""
+        files = []
+        for ds in datasets:
+            path = self.root / str(job.id) / f"{ds.SOPInstanceUID}.dcm"
+            write_atomically(path, encode(ds))
+            files.append((path, str(ds.SOPInstanceUID), str(ds.SOPClassUID)))
+        with self.db.transaction() as conn:
+            conn.executemany(
+                """INSERT INTO outbox (job_id, study_uid, destination, calling_ae, path,
+                sop_instance_uid, sop_class_uid, state, next_attempt_at, created_at)
+                VALUES (?,?,?,?,?,?,?,?,?,?)""",
+                [
+                    (job.id, job.study_instance_uid, destination, job.calling_ae, str(path), sop_uid,
+                     sop_class, PENDING, now, now)
+                    for destination in job.destinations
+                    for path, sop_uid, sop_class in files
+                ],
+            )
+            conn.execute(
+                """UPDATE jobs SET state = ?, summary = ?, last_error = '', finished_at = ?,
+                lease_owner = NULL, lease_until = NULL WHERE id = ?""",
+                (DONE, summary, now, job.id),
+            )
+        return len(files) * len(job.destinations)
+
+    def due(self, destination: str, now: float, limit: int) -> list[OutboxItem]:
+        rows = self.db.query(
+            """SELECT * FROM outbox WHERE destination = ? AND state = ? AND next_attempt_at <= ?
+            ORDER BY id LIMIT ?""",
+            (destination, PENDING, now, limit),
+        )
+        return [_item(r) for r in rows]
+
+    def next_due_at(self, destination: str) -> float | None:
+        rows = self.db.query(
+            "SELECT MIN(next_attempt_at) AS t FROM outbox WHERE destination = ? AND state = ?",
+            (destination, PENDING),
+        )
+        return rows[0]["t"] if rows else None
+
+    def delivered(self, item: OutboxItem, now: float) -> None:
+        self.db.execute(
+            """UPDATE outbox SET state = ?, attempts = attempts + 1, delivered_at = ?,
+            last_error = '' WHERE id = ?""",
+            (DELIVERED, now, item.id),
+        )
+
+    def failed_attempt(self, item: OutboxItem, error: str, now: float) -> float:
+        """Record a failed delivery; returns when it will be tried again."""
+        attempts = item.attempts + 1
+        next_at = now + retry_delay(attempts, self.retry)
+        self.db.execute(
+            "UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
+            (attempts, next_at, error[:2000], item.id),
+        )
+        return next_at
+
+    def give_up(self, item: OutboxItem, error: str, now: float) -> None:
+        """A failure retrying cannot fix (e.g. configuration); an operator must act."""
+        self.db.execute(
+            "UPDATE outbox SET state = ?, attempts = attempts + 1, last_error = ? WHERE id = ?",
+            (FAILED, error[:2000], item.id),
+        )
+
+    def requeue_failed(self, now: float) -> int:
+        return self.db.execute(
+            "UPDATE outbox SET state = ?, next_attempt_at = ? WHERE state = ?", (PENDING, now, FAILED)
+        )
+
+    def remove_orphans(self) -> int:
+        """Drop result folders of jobs whose rows were never committed (crash while staging)."""
+        if not self.root.exists():
+            return 0
+        staged = {str(r["job_id"]) for r in self.db.query("SELECT DISTINCT job_id FROM outbox")}
+        removed = 0
+        for folder in self.root.iterdir():
+            if folder.is_dir() and folder.name not in staged:
+                shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+        return removed

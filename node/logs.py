@@ -1,0 +1,62 @@
+"""Structured logging: one JSON object per line, fields passed explicitly, never a dataset.
+
+Patient names, IDs, birth dates and accession numbers never reach a log call: the node logs
+UIDs, AE titles, addresses, counts and reasons only. pynetdicom's identifier logging is off.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+_RESERVED = set(vars(logging.makeLogRecord({})))
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        entry.update(getattr(record, "fields", {}))
+        if record.exc_info:
+            entry["error"] = self.formatException(record.exc_info)
+        return json.dumps(entry, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = getattr(record, "fields", {})
+        extra = " ".join(f"{k}={v}" for k, v in fields.items())
+        line = f"{self.formatTime(record)} {record.levelname:7} {record.name}: {record.getMessage()}"
+        line = f"{line} {extra}" if extra else line
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def event(logger: logging.Logger, level: int, message: str, **fields: Any) -> None:
+    """Log `message` with structured `fields` (UIDs, AE titles, counts; never patient data)."""
+    logger.log(level, message, extra={"fields": fields})
+
+
+def setup(level: str = "INFO", fmt: str = "json", stream: Any = None) -> None:
+    from pynetdicom import _config as pynetdicom_config
+
+    pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
+    pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
+    handler = logging.StreamHandler(stream or sys.stderr)
+    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    root = logging.getLogger()
+    for old in list(root.handlers):
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level)
+    # pynetdicom's own INFO/DEBUG lines describe every PDU; the node logs what operators need
+    logging.getLogger("pynetdicom").setLevel(logging.WARNING)

@@ -1,0 +1,105 @@
+"""Typed records that move between stages (ingest → assembly → routing → jobs → dispatch).
+
+Each record is frozen: a stage hands a record on and never mutates what it received.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Instance:
+    """One received SOP instance, durably in the spool."""
+
+    sop_instance_uid: str
+    sop_class_uid: str
+    study_instance_uid: str
+    series_instance_uid: str
+    transfer_syntax_uid: str
+    path: Path
+    digest: str
+    size: int
+    received_at: float
+    calling_ae: str
+    association_id: str
+
+
+@dataclass(frozen=True)
+class SeriesAttributes:
+    """The series-level attributes routing rules look at (PS3.3 C.7.3.1 General Series)."""
+
+    series_instance_uid: str
+    modality: str = ""
+    body_part_examined: str = ""
+    series_description: str = ""
+    protocol_name: str = ""
+    sop_class_uids: tuple[str, ...] = ()
+    image_types: tuple[str, ...] = ()
+    instance_count: int = 0
+
+
+@dataclass(frozen=True)
+class Study:
+    """A study that assembly declared complete, as a snapshot at one revision."""
+
+    study_instance_uid: str
+    revision: int
+    calling_ae: str
+    series: tuple[SeriesAttributes, ...]
+
+
+@dataclass(frozen=True)
+class RouteMatch:
+    """What routing decided for one route: run `pipeline` on `series_uids`, send to `destinations`."""
+
+    route: str
+    pipeline: str
+    destinations: tuple[str, ...]
+    series_uids: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Job:
+    """A claimed unit of work: one pipeline over one study revision."""
+
+    id: int
+    study_instance_uid: str
+    revision: int
+    route: str
+    pipeline: str
+    destinations: tuple[str, ...]
+    series_uids: tuple[str, ...]
+    calling_ae: str
+    attempts: int
+
+
+@dataclass(frozen=True)
+class SeriesInput:
+    """A series handed to a pipeline: its attributes and the spool files of its instances."""
+
+    attributes: SeriesAttributes
+    paths: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
+class PipelineInput:
+    """Everything a pipeline may read: the routed series of one study revision."""
+
+    study_instance_uid: str
+    revision: int
+    calling_ae: str
+    series: tuple[SeriesInput, ...]
+
+
+@dataclass(frozen=True)
+class PipelineOutcome:
+    """What a pipeline produced: derived DICOM files to dispatch and a one-line summary.
+
+    `not_applicable` carries the reason when the pipeline declined the study (no objects then).
+    """
+
+    datasets: tuple = field(default_factory=tuple)  # tuple[pydicom.Dataset, ...]
+    summary: str = ""
+    not_applicable: str = ""

@@ -1,0 +1,271 @@
+"""The running node: wires ingest → assembly → routing → jobs → pipelines → outbox → dispatch.
+
+Every stage has a `*_once()` step that tests call directly; `start()` runs them in threads.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from node import pipelines
+from node.assembly import Assembly
+from node.config import Config
+from node.db import Database
+from node.dispatch.dispatcher import Dispatcher
+from node.dispatch.outbox import DELIVERED, Outbox
+from node.ingest.dimse import DimseIngest
+from node.jobs import FINAL_STATES, NOT_APPLICABLE, SUPERSEDED, JobQueue
+from node.logs import event
+from node.records import Job, PipelineInput, SeriesInput
+from node.routing import route_study
+from node.assembly import summarize_series
+from node.spool import Spool
+
+log = logging.getLogger("fracnode.node")
+ASSEMBLY_TICK_S = 0.2
+IDLE_TICK_S = 1.0
+JANITOR_TICK_S = 300.0
+
+
+class NodeAlreadyRunning(RuntimeError):
+    pass
+
+
+class Node:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.instance_id = uuid.uuid4().hex[:12]
+        data_dir = config.storage.data_dir
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_file = self._take_lock(data_dir / "fracnode.lock")
+        pipelines.load_modules(config.pipeline_modules)
+        problems = pipelines.check_routes(config)
+        if problems:
+            raise ValueError("; ".join(problems))
+        self.db = Database(config.database_path)
+        self.spool = Spool(config.spool_dir, self.db, config.storage.min_free_mb * 2**20)
+        self.assembly = Assembly(self.db, config.assembly)
+        self.jobs = JobQueue(self.db, config.jobs)
+        self.outbox = Outbox(config.outbox_dir, self.db, config.dispatch.retry)
+        self.dispatcher = Dispatcher(config, self.outbox)
+        self.ingest = DimseIngest(
+            config.node, self.spool, self.db, on_released=self._on_released
+        )
+        self._stop = threading.Event()
+        self._assembly_wake = threading.Event()
+        self._work_wake = threading.Event()
+        self._dispatch_wake = {d.name: threading.Event() for d in config.destinations}
+        self._threads: list[threading.Thread] = []
+
+    @staticmethod
+    def _take_lock(path: Path) -> int:
+        # flock is released by the kernel when the process dies: no stale lock files
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise NodeAlreadyRunning(
+                f"another fracnode process uses {path.parent}; stop it or set storage.data_dir"
+            ) from None
+        return fd
+
+    # -- start-up recovery -------------------------------------------------------------------
+
+    def recover(self) -> None:
+        now = time.time()
+        indexed = self.spool.reconcile()
+        requeued = self.jobs.recover(now)
+        orphans = self.outbox.remove_orphans()
+        pending = self.db.query("SELECT COUNT(*) AS n FROM studies WHERE pending = 1")[0]["n"]
+        undelivered = self.db.query("SELECT COUNT(*) AS n FROM outbox WHERE state = 'pending'")[0]["n"]
+        event(log, logging.INFO, "recovered state", files_indexed=indexed, jobs_requeued=requeued,
+              orphan_results_removed=orphans, studies_pending=pending, results_undelivered=undelivered)
+
+    # -- one step of each stage ---------------------------------------------------------------
+
+    def assemble_once(self, now: float | None = None) -> int:
+        """Complete due studies, route them and queue their jobs. Returns studies completed."""
+        now = time.time() if now is None else now
+        studies = self.assembly.run_once(now)
+        for study in studies:
+            matches = route_study(study, self.config.routes)
+            for match in matches:
+                self.jobs.enqueue(study, match, now)
+            status = (
+                "routed: " + ", ".join(m.route for m in matches) if matches else "no route matched"
+            )
+            self.db.execute("UPDATE studies SET route_status = ? WHERE study_uid = ?",
+                            (status, study.study_instance_uid))
+            event(log, logging.INFO, "study complete", study_uid=study.study_instance_uid,
+                  revision=study.revision, series=len(study.series),
+                  instances=sum(s.instance_count for s in study.series), routing=status)
+        if studies:
+            self._work_wake.set()
+        return len(studies)
+
+    def pipeline_input(self, job: Job) -> PipelineInput:
+        placeholders = ",".join("?" * len(job.series_uids))
+        rows = self.db.query(
+            f"""SELECT * FROM instances WHERE study_uid = ? AND series_uid IN ({placeholders})
+            ORDER BY series_uid, path""",
+            (job.study_instance_uid, *job.series_uids),
+        )
+        attributes = {s.series_instance_uid: s for s in summarize_series(rows)}
+        paths: dict[str, list[Path]] = {}
+        for row in rows:
+            paths.setdefault(row["series_uid"], []).append(Path(row["path"]))
+        series = tuple(
+            SeriesInput(attributes[uid], tuple(paths[uid])) for uid in job.series_uids if uid in paths
+        )
+        return PipelineInput(job.study_instance_uid, job.revision, job.calling_ae, series)
+
+    def work_once(self, owner: str, cache: dict[str, pipelines.Pipeline], now: float | None = None) -> bool:
+        """Claim and run one job. Returns False when no job was due."""
+        now = time.time() if now is None else now
+        job = self.jobs.claim(owner, now)
+        if job is None:
+            return False
+        started = time.monotonic()
+        renewer = threading.Thread(target=self._renew_lease, args=(job, owner), daemon=True)
+        renewer.start()
+        try:
+            if self.jobs.is_superseded(job):
+                self.db.execute(
+                    "UPDATE jobs SET state = ?, finished_at = ?, lease_owner = NULL WHERE id = ?",
+                    (SUPERSEDED, time.time(), job.id),
+                )
+                return True
+            request = self.pipeline_input(job)
+            if not request.series:
+                raise RuntimeError("the routed series are no longer in the spool")
+            if job.pipeline not in cache:
+                cache[job.pipeline] = pipelines.create(job.pipeline, self.config)
+            outcome = cache[job.pipeline].run(request)
+            if outcome.not_applicable:
+                self.jobs.finish(job.id, NOT_APPLICABLE, outcome.not_applicable, time.time())
+                event(log, logging.INFO, "job not applicable", job=job.id, pipeline=job.pipeline,
+                      study_uid=job.study_instance_uid, reason=outcome.not_applicable)
+                return True
+            staged = self.outbox.stage(job, outcome.datasets, outcome.summary, time.time())
+            event(log, logging.INFO, "job done", job=job.id, pipeline=job.pipeline,
+                  study_uid=job.study_instance_uid, revision=job.revision, objects=len(outcome.datasets),
+                  deliveries=staged, seconds=round(time.monotonic() - started, 3))
+            for name in job.destinations:
+                if name in self._dispatch_wake:
+                    self._dispatch_wake[name].set()
+        except Exception as exc:
+            state = self.jobs.fail(job.id, f"{type(exc).__name__}: {exc}", time.time())
+            log.warning("job failed", exc_info=True, extra={"fields": {
+                "job": job.id, "pipeline": job.pipeline, "study_uid": job.study_instance_uid,
+                "attempt": job.attempts, "new_state": state}})
+        finally:
+            renewer.join(timeout=0)  # it stops on its own once the job left 'running'
+        return True
+
+    def _renew_lease(self, job: Job, owner: str) -> None:
+        interval = max(1.0, self.config.jobs.lease_s / 3)
+        while not self._stop.wait(interval):
+            if not self.jobs.renew(job.id, owner, time.time()):
+                return
+
+    def dispatch_once(self, now: float | None = None) -> int:
+        now = time.time() if now is None else now
+        return sum(self.dispatcher.run_once(d.name, now) for d in self.config.destinations)
+
+    def clean_once(self, now: float | None = None) -> int:
+        """Retention: delete spooled studies whose work ended `retention_days` ago."""
+        days = self.config.storage.retention_days
+        if days <= 0:
+            return 0
+        now = time.time() if now is None else now
+        cutoff = now - days * 86400
+        final = ",".join(f"'{s}'" for s in FINAL_STATES)
+        rows = self.db.query(
+            f"""SELECT s.study_uid FROM studies s WHERE s.pending = 0 AND s.last_received_at < ?
+            AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.study_uid = s.study_uid
+                AND (j.state NOT IN ({final}) OR j.finished_at >= ?))
+            AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.study_uid = s.study_uid
+                AND o.state != ?)""",
+            (cutoff, cutoff, DELIVERED),
+        )
+        for row in rows:
+            shutil.rmtree(self.config.spool_dir / row["study_uid"], ignore_errors=True)
+            for job in self.db.query("SELECT id FROM jobs WHERE study_uid = ?", (row["study_uid"],)):
+                shutil.rmtree(self.config.outbox_dir / str(job["id"]), ignore_errors=True)
+            with self.db.transaction() as conn:
+                conn.execute("DELETE FROM instances WHERE study_uid = ?", (row["study_uid"],))
+                conn.execute("DELETE FROM outbox WHERE study_uid = ?", (row["study_uid"],))
+                conn.execute("UPDATE studies SET route_status = route_status || ' (spool purged)'"
+                             " WHERE study_uid = ?", (row["study_uid"],))
+        if rows:
+            event(log, logging.INFO, "retention purge", studies=len(rows), retention_days=days)
+        return len(rows)
+
+    # -- threads ------------------------------------------------------------------------------
+
+    def _on_released(self, study_uids: set[str]) -> None:
+        self.assembly.mark_released(study_uids)
+        self._assembly_wake.set()
+
+    def _loop(self, name: str, step, wake: threading.Event | None, tick: float) -> None:  # type: ignore[no-untyped-def]
+        while not self._stop.is_set():
+            try:
+                busy = step()
+            except Exception:
+                log.exception("stage step failed", extra={"fields": {"stage": name}})
+                busy = False
+            if busy:
+                continue
+            if wake is not None:
+                wake.wait(tick)
+                wake.clear()
+            else:
+                self._stop.wait(tick)
+
+    def start(self) -> None:
+        self.recover()
+        self.ingest.start()
+
+        def spawn(name: str, step, wake: threading.Event | None, tick: float) -> None:  # type: ignore[no-untyped-def]
+            thread = threading.Thread(target=self._loop, args=(name, step, wake, tick), name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+        spawn("assembly", lambda: self.assemble_once() > 0 and False, self._assembly_wake, ASSEMBLY_TICK_S)
+        for i in range(self.config.jobs.workers):
+            owner = f"{self.instance_id}-w{i}"
+            cache: dict[str, pipelines.Pipeline] = {}
+            spawn(f"worker-{i}", lambda owner=owner, cache=cache: self.work_once(owner, cache),
+                  self._work_wake, IDLE_TICK_S)
+        for dest in self.config.destinations:
+            spawn(f"dispatch-{dest.name}",
+                  lambda name=dest.name: self.dispatcher.run_once(name, time.time()) > 0,
+                  self._dispatch_wake[dest.name], IDLE_TICK_S)
+        spawn("janitor", lambda: self.clean_once() > 0 and False, None, JANITOR_TICK_S)
+        event(log, logging.INFO, "node started", instance=self.instance_id, ae_title=self.config.node.ae_title,
+              port=self.ingest.port, data_dir=str(self.config.storage.data_dir.resolve()),
+              workers=self.config.jobs.workers, routes=len(self.config.routes),
+              config=json.dumps({"quiet_period_s": self.config.assembly.quiet_period_s}))
+
+    def stop(self) -> None:
+        self._stop.set()
+        for wake in (self._assembly_wake, self._work_wake, *self._dispatch_wake.values()):
+            wake.set()
+        self.ingest.stop()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self.db.close()
+        os.close(self._lock_file)
+        event(log, logging.INFO, "node stopped", instance=self.instance_id)
+
+    def wait(self) -> None:
+        self._stop.wait()
