@@ -33,7 +33,7 @@ class Strict(BaseModel):
 class NodeSettings(Strict):
     ae_title: str = "FRACNODE"
     bind: str = "0.0.0.0"
-    port: int = Field(11112, ge=1, le=65535)
+    port: int = Field(11112, ge=0, le=65535, description="0 picks a free port (tests)")
     calling_ae_titles: list[str] = Field(
         default_factory=list, description="accepted calling AE titles; empty accepts any"
     )
