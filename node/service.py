@@ -135,7 +135,8 @@ class Node:
         if job is None:
             return False
         started = time.monotonic()
-        renewer = threading.Thread(target=self._renew_lease, args=(job, owner), daemon=True)
+        job_ended = threading.Event()
+        renewer = threading.Thread(target=self._renew_lease, args=(job, owner, job_ended), daemon=True)
         renewer.start()
         try:
             if self.jobs.is_superseded(job):
@@ -168,12 +169,14 @@ class Node:
                 "job": job.id, "pipeline": job.pipeline, "study_uid": job.study_instance_uid,
                 "attempt": job.attempts, "new_state": state}})
         finally:
-            renewer.join(timeout=0)  # it stops on its own once the job left 'running'
+            job_ended.set()
+            renewer.join()
         return True
 
-    def _renew_lease(self, job: Job, owner: str) -> None:
-        interval = max(1.0, self.config.jobs.lease_s / 3)
-        while not self._stop.wait(interval):
+    def _renew_lease(self, job: Job, owner: str, job_ended: threading.Event) -> None:
+        """Keep the job's lease while it runs, so no other worker takes it over."""
+        interval = max(0.5, self.config.jobs.lease_s / 3)
+        while not job_ended.wait(interval):
             if not self.jobs.renew(job.id, owner, time.time()):
                 return
 
