@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from pynetdicom.transport import ThreadedAssociationServer
@@ -105,6 +106,9 @@ class DimseIngest:
         self.ae = self._build_ae()
 
     def _build_ae(self) -> AE:
+        # query identifiers hold patient data: off wherever the node runs, not only under `serve`
+        pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
+        pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
         ae = AE(ae_title=self.settings.ae_title)
         ae.require_called_aet = True
         ae.require_calling_aet = list(self.settings.calling_ae_titles)
