@@ -10,6 +10,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
+import sqlite3
 import time
 import uuid
 from dataclasses import dataclass
@@ -196,7 +197,13 @@ class Spool:
         if existing and existing[0]["digest"] == digest and path.exists():
             return Stored(header, path, duplicate=True)
         write_atomically(path, raw, self.min_free_bytes)
-        self._index(header, path, digest, len(raw), time.time(), calling_ae, association_id)
+        try:
+            self._index(header, path, digest, len(raw), time.time(), calling_ae, association_id)
+        except sqlite3.OperationalError as exc:
+            # the index shares the disk: a full disk there is out of resources too, not a crash
+            if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
+                raise
+            raise OutOfSpace(f"cannot index {path.name}: the database's disk is full") from exc
         return Stored(header, path, duplicate=False)
 
     def _index(

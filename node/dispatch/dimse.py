@@ -10,6 +10,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
+from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.ingest.dimse import set_nodelay
@@ -43,6 +44,24 @@ def _nodelay_handler(event: evt.Event) -> None:
     set_nodelay(event.assoc.dul.socket.socket)  # type: ignore[union-attr]
 
 
+def _associate(ae: AE, target: Target) -> Association:
+    """Request an association; raise AssociationFailed with the reason when none is made."""
+    connected: list[bool] = []
+
+    def on_open(event: evt.Event) -> None:
+        connected.append(True)
+        _nodelay_handler(event)
+
+    assoc = ae.associate(target.host, target.port, ae_title=target.ae_title,
+                         evt_handlers=[(evt.EVT_CONN_OPEN, on_open)])
+    if not assoc.is_established:
+        # pynetdicom marks a refused TCP connection as aborted too: tell them apart
+        if not connected:
+            raise AssociationFailed(f"cannot connect to {target} (is it running and reachable?)")
+        raise AssociationFailed(_why_not(assoc, target))
+    return assoc
+
+
 def _ae(calling_ae: str, timeout_s: float) -> AE:
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = timeout_s
@@ -56,10 +75,7 @@ def echo(target: Target, calling_ae: str, timeout_s: float = 10.0) -> int:
     """C-ECHO `target`; return the status (0x0000 is success). Raises AssociationFailed."""
     ae = _ae(calling_ae, timeout_s)
     ae.add_requested_context(Verification)
-    assoc = ae.associate(target.host, target.port, ae_title=target.ae_title,
-                         evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay_handler)])
-    if not assoc.is_established:
-        raise AssociationFailed(_why_not(assoc, target))
+    assoc = _associate(ae, target)
     try:
         status = assoc.send_c_echo()
         if not status:
@@ -89,10 +105,7 @@ def store(
     for sop_class, syntax in sorted({(c, t) for _, c, t in headers})[:MAX_CONTEXTS]:
         syntaxes = list(dict.fromkeys([syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
         ae.add_requested_context(sop_class, syntaxes)
-    assoc = ae.associate(target.host, target.port, ae_title=target.ae_title,
-                         evt_handlers=[(evt.EVT_CONN_OPEN, _nodelay_handler)])
-    if not assoc.is_established:
-        raise AssociationFailed(_why_not(assoc, target))
+    assoc = _associate(ae, target)
     results = []
     try:
         for path, sop_class, _ in headers:
