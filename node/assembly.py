@@ -72,9 +72,12 @@ class Assembly:
         candidates = self.db.query(
             "SELECT study_uid, last_received_at, release_ready FROM studies WHERE pending = 1"
         )
+        # a release flag left by an earlier run counts only while complete_on_release is set
+        on_release = self.settings.complete_on_release
         for row in candidates:
             if not is_complete(
-                row["last_received_at"], now, self.settings.quiet_period_s, bool(row["release_ready"])
+                row["last_received_at"], now, self.settings.quiet_period_s,
+                on_release and bool(row["release_ready"]),
             ):
                 continue
             with self.db.transaction() as conn:
@@ -86,7 +89,7 @@ class Assembly:
                 ).fetchone()
                 if not current["pending"] or not is_complete(
                     current["last_received_at"], now, self.settings.quiet_period_s,
-                    bool(current["release_ready"]),
+                    on_release and bool(current["release_ready"]),
                 ):
                     continue
                 revision = current["revision"] + 1

@@ -219,31 +219,41 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fracnode", description="DICOM node for fracture AI")
     parser.add_argument("--version", action="version", version=f"fracnode {__version__}")
-    parser.add_argument("-c", "--config", help=f"YAML configuration (default: ${DEFAULT_CONFIG_ENV} or the embedded defaults)")
+    config_help = f"YAML configuration (default: ${DEFAULT_CONFIG_ENV} or the embedded defaults)"
+    parser.add_argument("-c", "--config", help=config_help)
+    # -c is accepted after the command too (`fracnode serve -c FILE`); SUPPRESS keeps the
+    # value given before the command when it is not repeated after it
+    config_option = argparse.ArgumentParser(add_help=False)
+    config_option.add_argument("-c", "--config", default=argparse.SUPPRESS, help=config_help)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("serve", help="run the node (DICOM listener, workers, dispatch)").set_defaults(func=cmd_serve)
+    sub.add_parser(
+        "serve", help="run the node (DICOM listener, workers, dispatch)", parents=[config_option]
+    ).set_defaults(func=cmd_serve)
 
-    echo = sub.add_parser("echo", help="C-ECHO a configured peer or AE@HOST:PORT")
+    echo = sub.add_parser("echo", help="C-ECHO a configured peer or AE@HOST:PORT", parents=[config_option])
     echo.add_argument("peer")
     echo.add_argument("--calling-ae", help="calling AE title (default: the node's)")
     echo.add_argument("--timeout", type=float, default=10.0)
     echo.set_defaults(func=cmd_echo)
 
-    send = sub.add_parser("send", help="C-STORE files or folders to a configured peer or AE@HOST:PORT")
+    send = sub.add_parser("send", help="C-STORE files or folders to a configured peer or AE@HOST:PORT",
+                          parents=[config_option])
     send.add_argument("peer")
     send.add_argument("files", nargs="+")
     send.add_argument("--calling-ae", help="calling AE title (default: the node's)")
     send.add_argument("--timeout", type=float, default=30.0)
     send.set_defaults(func=cmd_send)
 
-    status = sub.add_parser("status", help="queue, recent studies, jobs and associations")
+    status = sub.add_parser("status", help="queue, recent studies, jobs and associations",
+                            parents=[config_option])
     status.add_argument("--limit", type=int, default=10)
     status.set_defaults(func=cmd_status)
 
     config = sub.add_parser("config", help="configuration commands")
     config_sub = config.add_subparsers(dest="config_command", required=True)
-    check = config_sub.add_parser("check", help="validate a configuration file and print every problem")
+    check = config_sub.add_parser("check", help="validate a configuration file and print every problem",
+                                  parents=[config_option])
     check.add_argument("file", nargs="?", help="the YAML file (default: --config or the embedded defaults)")
     check.set_defaults(func=cmd_config_check)
     return parser

@@ -6,14 +6,23 @@ values out (a test keeps the two equal). Errors name the YAML path and line.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 AE_TITLE_PATTERN = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 6.2: AE, no backslash
 
@@ -163,6 +172,60 @@ class LoggingSettings(Strict):
     format: Literal["json", "text"] = "json"
 
 
+_REFERENCES_CHECKED_BY_CALLER = "references checked by caller"
+Loc = tuple[int | str, ...]
+
+
+def _named_entries(raw: dict[str, Any], key: str) -> list[tuple[int, dict[str, Any]]]:
+    """(index, entry) of the list `raw[key]` whose entries are mappings; tolerant of bad shapes."""
+    entries = raw.get(key)
+    if not isinstance(entries, list):
+        return []
+    return [(i, e) for i, e in enumerate(entries) if isinstance(e, dict)]
+
+
+def reference_problems(raw: dict[str, Any]) -> list[tuple[Loc, str]]:
+    """Names that must be unique or must exist: (location, message) for each problem.
+
+    Works on the raw mapping so that `parse` reports these together with field errors; entries
+    too malformed to have a name are left to field validation.
+    """
+    if "destinations" not in raw:
+        raw = {**raw, "destinations": [d.model_dump() for d in _default_destinations()]}
+    problems: list[tuple[Loc, str]] = []
+    for kind, key in (("peer", "peers"), ("destination", "destinations"), ("route", "routes")):
+        seen: set[str] = set()
+        for i, entry in _named_entries(raw, key):
+            name = entry.get("name")
+            if not isinstance(name, str):
+                continue
+            if name in seen:
+                problems.append(((key, i, "name"), f"{kind} names must be unique; {name!r} is repeated"))
+            seen.add(name)
+    peers = sorted({e["name"] for _, e in _named_entries(raw, "peers") if isinstance(e.get("name"), str)})
+    for i, dest in _named_entries(raw, "destinations"):
+        peer = dest.get("peer")
+        if dest.get("type") == "dimse" and isinstance(peer, str) and peer not in peers:
+            message = (
+                f"destination {dest.get('name')!r}: unknown peer {peer!r}"
+                f" (known: {', '.join(peers) or 'none'})"
+            )
+            problems.append((("destinations", i, "peer"), message))
+    destinations = sorted(
+        {e["name"] for _, e in _named_entries(raw, "destinations") if isinstance(e.get("name"), str)}
+    )
+    for i, route in _named_entries(raw, "routes"):
+        names = route.get("destinations")
+        for j, name in enumerate(names if isinstance(names, list) else []):
+            if isinstance(name, str) and name not in destinations:
+                message = (
+                    f"route {route.get('name')!r}: unknown destination {name!r}"
+                    f" (known: {', '.join(destinations) or 'none'})"
+                )
+                problems.append((("routes", i, "destinations", j), message))
+    return problems
+
+
 def _default_destinations() -> list[Destination]:
     return [FolderDestination(type="folder", name="results-folder", path=Path("fracnode-data/results"))]
 
@@ -182,33 +245,12 @@ class Config(Strict):
     )
 
     @model_validator(mode="after")
-    def _cross_references(self) -> Config:
-        errors: list[str] = []
-        for kind, names in (
-            ("peer", [p.name for p in self.peers]),
-            ("destination", [d.name for d in self.destinations]),
-            ("route", [r.name for r in self.routes]),
-        ):
-            duplicates = sorted({n for n in names if names.count(n) > 1})
-            if duplicates:
-                errors.append(f"{kind} names must be unique; repeated: {', '.join(duplicates)}")
-        peers = {p.name for p in self.peers}
-        for dest in self.destinations:
-            if isinstance(dest, DimseDestination) and dest.peer not in peers:
-                errors.append(
-                    f"destination {dest.name!r}: unknown peer {dest.peer!r}"
-                    f" (known: {', '.join(sorted(peers)) or 'none'})"
-                )
-        destinations = {d.name for d in self.destinations}
-        for route in self.routes:
-            for name in route.destinations:
-                if name not in destinations:
-                    errors.append(
-                        f"route {route.name!r}: unknown destination {name!r}"
-                        f" (known: {', '.join(sorted(destinations)) or 'none'})"
-                    )
-        if errors:
-            raise ValueError("; ".join(errors))
+    def _cross_references(self, info: ValidationInfo) -> Config:
+        if info.context and info.context.get(_REFERENCES_CHECKED_BY_CALLER):
+            return self  # parse() reports these itself, with YAML lines, beside field errors
+        problems = reference_problems(self.model_dump(mode="python"))
+        if problems:
+            raise ValueError("; ".join(f"{_format_loc(loc)}: {message}" for loc, message in problems))
         return self
 
     def peer(self, name: str) -> DimsePeer:
@@ -275,14 +317,15 @@ class ConfigError(Exception):
         super().__init__("\n".join(lines))
 
 
-def _env_overrides(environ: dict[str, str]) -> list[tuple[tuple[str, ...], str]]:
+def _env_overrides(environ: dict[str, str]) -> list[tuple[tuple[str, ...], str, str]]:
+    """(setting path, value, variable name) for every FRACNODE_ variable that names a setting."""
     overrides = []
     for key, value in environ.items():
         if key in ENV_ALIASES:
-            overrides.append((ENV_ALIASES[key], value))
+            overrides.append((ENV_ALIASES[key], value, key))
         elif key.startswith("FRACNODE_") and "__" in key:
             path = tuple(part.lower() for part in key[len("FRACNODE_") :].split("__"))
-            overrides.append((path, value))
+            overrides.append((path, value, key))
     return overrides
 
 
@@ -292,8 +335,17 @@ def _apply(raw: dict[str, Any], path: tuple[str, ...], value: str) -> None:
         target = target.setdefault(part, {})
         if not isinstance(target, dict):
             return
-    # YAML parsing turns "11112" into int and "true" into bool, as in the file itself
-    target[path[-1]] = yaml.safe_load(value) if value.strip() else value
+    # Plain text stays text and pydantic converts it to the setting's type ("11200" → 11200,
+    # "true" → True); parsing it as YAML would turn AE title "1234" or "NO" into a number or a
+    # bool. Only YAML lists and mappings are parsed: FRACNODE_NODE__CALLING_AE_TITLES='[A, B]'.
+    stripped = value.strip()
+    if stripped.startswith(("[", "{")):
+        try:
+            target[path[-1]] = yaml.safe_load(stripped)
+            return
+        except yaml.YAMLError:
+            pass
+    target[path[-1]] = value
 
 
 def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
@@ -341,8 +393,55 @@ def _clean_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
     return tuple(cleaned)
 
 
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [model for arg in get_args(annotation) for model in _models_in(arg)]
+
+
+def _settings_at(loc: tuple[int | str, ...]) -> list[str]:
+    """The valid setting names in the mapping at `loc` (a raw pydantic location), for hints."""
+    models: list[type[BaseModel]] = [Config]
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        tagged = [
+            m for m in models
+            if "type" in m.model_fields and part in get_args(m.model_fields["type"].annotation)
+        ]
+        if len(models) > 1 and tagged:  # a discriminated union member, e.g. destinations[0].dimse
+            models = tagged
+            continue
+        fields = [m.model_fields[part] for m in models if part in m.model_fields]
+        if not fields:
+            return []
+        models = _models_in(fields[0].annotation)
+    return sorted({name for m in models for name in m.model_fields})
+
+
+def _unknown_setting_hint(loc: tuple[int | str, ...]) -> str:
+    known = _settings_at(loc[:-1])
+    close = difflib.get_close_matches(str(loc[-1]), known, n=1, cutoff=0.6)
+    if close:
+        return f"did you mean {close[0]!r}?"
+    if known:
+        return f"remove it or fix its spelling; settings here: {', '.join(known)}"
+    return _HINTS["extra_forbidden"]
+
+
+def _overridden_by(loc: tuple[int | str, ...], overrides: dict[tuple[str, ...], str]) -> str | None:
+    for path, variable in overrides.items():
+        if tuple(loc[: len(path)]) == path:
+            return variable
+    return None
+
+
 def parse(text: str, source: str = "<config>", environ: dict[str, str] | None = None) -> Config:
-    """Parse and validate YAML text; raise ConfigError listing every problem."""
+    """Parse and validate YAML text; raise ConfigError listing every problem.
+
+    Field errors and cross-references (route → destination, destination → peer, unique names)
+    are reported together, each with its YAML path and line.
+    """
     try:
         root = yaml.compose(text)
         raw = yaml.safe_load(text)
@@ -356,21 +455,35 @@ def parse(text: str, source: str = "<config>", environ: dict[str, str] | None = 
         raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(source, [ConfigProblem("(top level)", 1, "must be a mapping", "")])
-    for path, value in _env_overrides(dict(os.environ) if environ is None else environ):
+    overrides: dict[tuple[str, ...], str] = {}
+    for path, value, variable in _env_overrides(dict(os.environ) if environ is None else environ):
         _apply(raw, path, value)
+        overrides[path] = variable
+
+    def problem(loc: tuple[int | str, ...], message: str, hint: str) -> ConfigProblem:
+        variable = _overridden_by(loc, overrides)
+        if variable is not None:  # the value came from the environment, not from a line
+            return ConfigProblem(_format_loc(loc), None, f"{message} (from {variable})", hint)
+        return ConfigProblem(_format_loc(loc), _line_of(root, loc), message, hint)
+
+    problems: list[ConfigProblem] = []
+    config: Config | None = None
     try:
-        return Config.model_validate(raw)
+        config = Config.model_validate(raw, context={_REFERENCES_CHECKED_BY_CALLER: True})
     except ValidationError as exc:
-        problems = []
         for err in exc.errors():
             loc = _clean_loc(tuple(err["loc"]))
             message = err["msg"].removeprefix("Value error, ")
+            hint = _HINTS.get(err["type"], "")
             if err["type"] == "extra_forbidden":
                 message = f"unknown setting {loc[-1]!r}"
-            problems.append(
-                ConfigProblem(_format_loc(loc), _line_of(root, loc), message, _HINTS.get(err["type"], ""))
-            )
-        raise ConfigError(source, problems) from None
+                hint = _unknown_setting_hint(tuple(err["loc"]))
+            problems.append(problem(loc, message, hint))
+    problems += [problem(loc, message, "") for loc, message in reference_problems(raw)]
+    if problems or config is None:
+        problems.sort(key=lambda p: (p.line is None, p.line or 0))  # in file order
+        raise ConfigError(source, problems)
+    return config
 
 
 def load(path: Path | None, environ: dict[str, str] | None = None) -> Config:

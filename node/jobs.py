@@ -18,6 +18,8 @@ from node.retry import retry_delay
 QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
 NOT_APPLICABLE, SUPERSEDED = "not_applicable", "superseded"
 FINAL_STATES = (DONE, FAILED, NOT_APPLICABLE, SUPERSEDED)
+LEASE_EXPIRED_ERROR = "the worker stopped (crash or hang) on every attempt; its lease ran out"
+STOPPED_ERROR = "node stopped while the job ran"
 
 
 def _job(row: sqlite3.Row) -> Job:
@@ -71,6 +73,13 @@ class JobQueue:
     def claim(self, owner: str, now: float) -> Job | None:
         """Take the oldest due job, or one whose lease expired; None when there is nothing to do."""
         with self.db.transaction() as conn:
+            # a job whose worker died on every attempt (a study that crashes or hangs the
+            # pipeline) must not be taken again and again: its attempts are used up
+            conn.execute(
+                """UPDATE jobs SET state = ?, finished_at = ?, lease_owner = NULL, lease_until = NULL,
+                last_error = ? WHERE state = ? AND lease_until < ? AND attempts >= max_attempts""",
+                (FAILED, now, LEASE_EXPIRED_ERROR, RUNNING, now),
+            )
             row = conn.execute(
                 """SELECT id FROM jobs WHERE (state = ? AND not_before <= ?)
                 OR (state = ? AND lease_until < ?) ORDER BY not_before, id LIMIT 1""",
@@ -121,13 +130,22 @@ class JobQueue:
         return state
 
     def recover(self, now: float) -> int:
-        """Requeue every job left running by a previous process (called once at start)."""
-        return self.db.execute(
-            """UPDATE jobs SET state = ?, not_before = ?, lease_owner = NULL, lease_until = NULL,
-            last_error = CASE WHEN last_error = '' THEN 'node stopped while the job ran'
-            ELSE last_error END WHERE state = ?""",
-            (QUEUED, now, RUNNING),
-        )
+        """Requeue every job left running by a previous process (called once at start).
+
+        A job that already used all its attempts ends failed instead, so a study that crashes
+        the node cannot make it crash again on every restart. Returns the jobs requeued.
+        """
+        with self.db.transaction() as conn:
+            conn.execute(
+                """UPDATE jobs SET state = ?, finished_at = ?, lease_owner = NULL,
+                lease_until = NULL, last_error = ? WHERE state = ? AND attempts >= max_attempts""",
+                (FAILED, now, STOPPED_ERROR, RUNNING),
+            )
+            return conn.execute(
+                """UPDATE jobs SET state = ?, not_before = ?, lease_owner = NULL, lease_until = NULL,
+                last_error = CASE WHEN last_error = '' THEN ? ELSE last_error END WHERE state = ?""",
+                (QUEUED, now, STOPPED_ERROR, RUNNING),
+            ).rowcount
 
     def retry(self, job_id: int, now: float) -> bool:
         """Operator action: run a failed job again with a fresh attempt budget."""

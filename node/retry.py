@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from node.config import RetrySettings
 
 
@@ -12,5 +14,10 @@ def retry_delay(attempt: int, settings: RetrySettings) -> float:
     """
     if attempt < 1:
         raise ValueError(f"attempt must be 1 or more, got {attempt}")
-    exponent = min(attempt - 1, 64)  # avoid float overflow on very long outages
+    exponent = attempt - 1
+    # compare in log space first: factor**exponent overflows a float on long outages
+    if settings.factor > 1 and exponent * math.log(settings.factor) >= math.log(
+        settings.max_s / settings.initial_s
+    ):
+        return float(settings.max_s)
     return float(min(settings.max_s, settings.initial_s * settings.factor**exponent))
