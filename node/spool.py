@@ -17,8 +17,9 @@ from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
 
-from pydicom import dcmread
 from pydicom.errors import InvalidDicomError
+from pydicom.filereader import read_partial
+from pydicom.tag import BaseTag, Tag
 from pydicom.uid import UID
 
 from node.db import Database
@@ -34,6 +35,9 @@ HEADER_TAGS = [
     "ProtocolName",
     "ImageType",
 ]
+# elements are encoded in ascending tag order (PS3.5 7.1): parsing stops after the last one we index
+_HEADER_TAG_NUMBERS: list[BaseTag | int] = [Tag(keyword) for keyword in HEADER_TAGS]
+LAST_HEADER_TAG = max(_HEADER_TAG_NUMBERS)
 TEMP_SUFFIX = ".tmp"
 
 
@@ -73,10 +77,15 @@ def _text(value: object) -> str:
     return str(value).strip()
 
 
+def _past_header(tag: BaseTag, vr: str | None, length: int) -> bool:
+    return tag > LAST_HEADER_TAG
+
+
 def read_header(raw: bytes, expected_sop_instance_uid: str | None = None) -> Header:
     """Parse the indexing attributes from a DICOM file's bytes (preamble + meta + dataset)."""
     try:
-        ds = dcmread(BytesIO(raw), stop_before_pixels=True, specific_tags=HEADER_TAGS)
+        # what dcmread(stop_before_pixels=True) does, but stopping at the last indexed tag
+        ds = read_partial(BytesIO(raw), stop_when=_past_header, specific_tags=_HEADER_TAG_NUMBERS)
         values = {tag: _text(ds.get(tag)) for tag in HEADER_TAGS}
         transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
         media_class = str(ds.file_meta.get("MediaStorageSOPClassUID", ""))
