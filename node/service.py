@@ -151,6 +151,8 @@ class Node:
             if job.pipeline not in cache:
                 cache[job.pipeline] = pipelines.create(job.pipeline, self.config)
             outcome = cache[job.pipeline].run(request)
+            if not self._still_owns(job, owner):
+                return True
             if outcome.not_applicable:
                 self.jobs.finish(job.id, NOT_APPLICABLE, outcome.not_applicable, time.time())
                 event(log, logging.INFO, "job not applicable", job=job.id, pipeline=job.pipeline,
@@ -164,6 +166,8 @@ class Node:
                 if name in self._dispatch_wake:
                     self._dispatch_wake[name].set()
         except Exception as exc:
+            if not self._still_owns(job, owner):
+                return True
             state = self.jobs.fail(job.id, f"{type(exc).__name__}: {exc}", time.time())
             log.warning("job failed", exc_info=True, extra={"fields": {
                 "job": job.id, "pipeline": job.pipeline, "study_uid": job.study_instance_uid,
@@ -172,6 +176,14 @@ class Node:
             job_ended.set()
             renewer.join()
         return True
+
+    def _still_owns(self, job: Job, owner: str) -> bool:
+        """A worker whose lease ran out (another worker took the job) must not record an outcome."""
+        if self.jobs.renew(job.id, owner, time.time()):
+            return True
+        event(log, logging.WARNING, "job lease lost; outcome discarded", job=job.id, owner=owner,
+              pipeline=job.pipeline, study_uid=job.study_instance_uid)
+        return False
 
     def _renew_lease(self, job: Job, owner: str, job_ended: threading.Event) -> None:
         """Keep the job's lease while it runs, so no other worker takes it over."""

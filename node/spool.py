@@ -254,7 +254,8 @@ class Spool:
                 """INSERT INTO studies (study_uid, calling_ae, first_received_at, last_received_at,
                 pending) VALUES (?, ?, ?, ?, 1)
                 ON CONFLICT (study_uid) DO UPDATE SET last_received_at = excluded.last_received_at,
-                calling_ae = COALESCE(NULLIF(excluded.calling_ae, ''), calling_ae), pending = 1""",
+                calling_ae = COALESCE(NULLIF(excluded.calling_ae, ''), calling_ae), pending = 1,
+                release_ready = 0""",
                 (header.study_uid, calling_ae, now, now),
             )
 
