@@ -30,6 +30,7 @@ from pynetdicom import AE
 
 from node.config import Config, load
 from node.service import Node
+from tests.support.pipelines import referenced_instances
 from tests.conftest import REPO, node_config, require_tool, wait_until
 from tests.support import dicomgen, pipelines
 from tests.support.orthanc import Orthanc, free_port
@@ -90,15 +91,6 @@ def storescu(port: int, files: list[Path]) -> subprocess.CompletedProcess[str]:
         timeout=120,
         env=TOOL_ENV,
     )
-
-
-def referenced_instances(document: Dataset) -> set[str]:
-    return {
-        item.ReferencedSOPInstanceUID
-        for study in document.CurrentRequestedProcedureEvidenceSequence
-        for series in study.ReferencedSeriesSequence
-        for item in series.ReferencedSOPSequence
-    }
 
 
 def documents_in(folder: Path) -> list[Dataset]:

@@ -9,6 +9,7 @@ from pydicom import dcmread
 
 from tests.conftest import node_config, require_tool, wait_until
 from tests.support import dicomgen
+from tests.support.pipelines import referenced_instances
 
 
 def storescu(port: int, files: list[Path], *options: str, calling_ae: str = "STORESCU") -> subprocess.CompletedProcess[str]:
@@ -60,13 +61,7 @@ def test_cr_and_ct_studies_reach_orthanc_as_derived_objects(tmp_path, start_node
     outbox = sorted((tmp_path / "data" / "outbox").rglob("*.dcm"))
     kos = [dcmread(p) for p in outbox]
     ct_kos = next(k for k in kos if k.StudyInstanceUID == ct_study[0].StudyInstanceUID)
-    referenced = {
-        item.ReferencedSOPInstanceUID
-        for study in ct_kos.CurrentRequestedProcedureEvidenceSequence
-        for series in study.ReferencedSeriesSequence
-        for item in series.ReferencedSOPSequence
-    }
-    assert referenced == {ds.SOPInstanceUID for ds in ct_study}
+    assert referenced_instances(ct_kos) == {ds.SOPInstanceUID for ds in ct_study}
     assert ct_kos.PatientID == ct_study[0].PatientID
 
     # the folder destination got the CR result too

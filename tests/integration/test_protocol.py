@@ -37,6 +37,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from node.jobs import DONE, QUEUED, SUPERSEDED
 from node.logs import JsonFormatter
 from node.service import Node
+from tests.support.pipelines import referenced_instances
 from tests.conftest import CR_SAMPLES, SHARED_DATA, node_config, require_tool, wait_until
 from tests.support import dicomgen
 from tests.support.orthanc import free_port
@@ -132,15 +133,6 @@ def spool_files(node: Node) -> list[Path]:
 
 def jobs(node: Node) -> list[dict[str, Any]]:
     return rows(node, "SELECT * FROM jobs ORDER BY id")
-
-
-def referenced_instances(document: Dataset) -> set[str]:
-    return {
-        item.ReferencedSOPInstanceUID
-        for study in document.CurrentRequestedProcedureEvidenceSequence
-        for series in study.ReferencedSeriesSequence
-        for item in series.ReferencedSOPSequence
-    }
 
 
 def job_document(node: Node, job_id: int) -> Dataset:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 
 import highdicom as hd
-from pydicom import dcmread
+from pydicom import Dataset, dcmread
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
@@ -62,6 +62,15 @@ class DecliningPipeline:
 
     def run(self, request: PipelineInput) -> PipelineOutcome:
         return PipelineOutcome(not_applicable="the test pipeline declines every study")
+
+
+def referenced_instances(document: Dataset) -> set[str]:
+    return {
+        item.ReferencedSOPInstanceUID
+        for study in document.CurrentRequestedProcedureEvidenceSequence
+        for series in study.ReferencedSeriesSequence
+        for item in series.ReferencedSOPSequence
+    }
 
 
 @register("test-kos")

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -125,18 +123,6 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     clock = Clock(T0)
     monkeypatch.setattr("node.spool.time", SimpleNamespace(time=clock.time))
     return clock
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(tmp_path / "index.sqlite")
-    yield database
-    database.close()
-
-
-@pytest.fixture
-def spool(tmp_path: Path, db: Database) -> Spool:
-    return Spool(tmp_path / "spool", db)
 
 
 def store(spool: Spool, datasets: list[Dataset], calling_ae: str = "CT01") -> None:

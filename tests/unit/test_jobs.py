@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,13 +26,6 @@ SETTINGS = JobSettings(
     retry=RetrySettings(initial_s=10.0, factor=2.0, max_s=100.0),
 )
 NOW = 1_000.0
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(tmp_path / "index.sqlite")
-    yield database
-    database.close()
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import hashlib
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -194,18 +193,6 @@ def test_read_header_falls_back_to_the_media_storage_sop_class() -> None:
 
 
 # -- Spool.store and reconcile ---------------------------------------------------------------
-
-
-@pytest.fixture
-def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(tmp_path / "index.sqlite")
-    yield database
-    database.close()
-
-
-@pytest.fixture
-def spool(tmp_path: Path, db: Database) -> Spool:
-    return Spool(tmp_path / "spool", db)
 
 
 def instance_rows(db: Database) -> list[dict]:
