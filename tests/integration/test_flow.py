@@ -64,5 +64,11 @@ def test_cr_and_ct_studies_reach_orthanc_as_derived_objects(tmp_path, start_node
     assert referenced_instances(ct_kos) == {ds.SOPInstanceUID for ds in ct_study}
     assert ct_kos.PatientID == ct_study[0].PatientID
 
+    # every derived object the node delivered is valid DICOM by dicom3tools' validator
+    for path in outbox:
+        check = subprocess.run([require_tool("dciodvfy"), str(path)], capture_output=True, text=True, timeout=60)
+        errors = [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")]
+        assert not errors, f"{path.name}: {errors}"
+
     # the folder destination got the CR result too
     wait_until(lambda: list((tmp_path / "results").rglob("*.dcm")))
