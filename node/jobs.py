@@ -22,6 +22,16 @@ LEASE_EXPIRED_ERROR = "the worker stopped (crash or hang) on every attempt; its 
 STOPPED_ERROR = "node stopped while the job ran"
 
 
+def mark_finished(conn: sqlite3.Connection, job_id: int, state: str, summary: str, now: float) -> None:
+    """Record a job's final outcome inside the caller's transaction (the outbox stages results
+    and marks the job done in one)."""
+    conn.execute(
+        """UPDATE jobs SET state = ?, summary = ?, last_error = '', finished_at = ?,
+        lease_owner = NULL, lease_until = NULL WHERE id = ?""",
+        (state, summary, now, job_id),
+    )
+
+
 def _job(row: sqlite3.Row) -> Job:
     return Job(
         id=row["id"],
@@ -106,11 +116,13 @@ class JobQueue:
     def finish(self, job_id: int, state: str, summary: str, now: float) -> None:
         if state not in (DONE, NOT_APPLICABLE):
             raise ValueError(f"finish() takes done or not_applicable, not {state!r}")
-        self.db.execute(
-            """UPDATE jobs SET state = ?, summary = ?, last_error = '', finished_at = ?,
-            lease_owner = NULL, lease_until = NULL WHERE id = ?""",
-            (state, summary, now, job_id),
-        )
+        with self.db.transaction() as conn:
+            mark_finished(conn, job_id, state, summary, now)
+
+    def supersede(self, job_id: int, now: float) -> None:
+        """A claimed job whose study has a newer revision queued ends without running."""
+        with self.db.transaction() as conn:
+            mark_finished(conn, job_id, SUPERSEDED, "a newer revision of the study is queued", now)
 
     def fail(self, job_id: int, error: str, now: float) -> str:
         """Record a failed attempt; requeue with backoff or give up. Returns the new state."""

@@ -16,17 +16,16 @@ import uuid
 from pathlib import Path
 
 from node import pipelines
-from node.assembly import Assembly
+from node.assembly import Assembly, summarize_series
 from node.config import Config
 from node.db import Database
 from node.dispatch.dispatcher import Dispatcher
 from node.dispatch.outbox import DELIVERED, Outbox
 from node.ingest.dimse import DimseIngest
-from node.jobs import FINAL_STATES, NOT_APPLICABLE, SUPERSEDED, JobQueue
+from node.jobs import FINAL_STATES, NOT_APPLICABLE, JobQueue
 from node.logs import event
 from node.records import Job, PipelineInput, SeriesInput
 from node.routing import route_study
-from node.assembly import summarize_series
 from node.spool import Spool
 
 log = logging.getLogger("fracnode.node")
@@ -140,10 +139,7 @@ class Node:
         renewer.start()
         try:
             if self.jobs.is_superseded(job):
-                self.db.execute(
-                    "UPDATE jobs SET state = ?, finished_at = ?, lease_owner = NULL WHERE id = ?",
-                    (SUPERSEDED, time.time(), job.id),
-                )
+                self.jobs.supersede(job.id, time.time())
                 return True
             request = self.pipeline_input(job)
             if not request.series:

@@ -17,7 +17,7 @@ from pydicom import Dataset
 
 from node.config import RetrySettings
 from node.db import Database
-from node.jobs import DONE
+from node.jobs import DONE, mark_finished
 from node.records import Job
 from node.retry import retry_delay
 from node.spool import write_atomically
@@ -77,11 +77,7 @@ class Outbox:
                     for path, sop_uid, sop_class in files
                 ],
             )
-            conn.execute(
-                """UPDATE jobs SET state = ?, summary = ?, last_error = '', finished_at = ?,
-                lease_owner = NULL, lease_until = NULL WHERE id = ?""",
-                (DONE, summary, now, job.id),
-            )
+            mark_finished(conn, job.id, DONE, summary, now)
         return len(files) * len(job.destinations)
 
     def due(self, destination: str, now: float, limit: int) -> list[OutboxItem]:

@@ -73,18 +73,14 @@ def fracnode_status(config_path: Path) -> str:
     return result.stdout
 
 
+def storescu_command(port: int, files: list[Path], *options: str) -> list[str]:
+    return [require_tool("storescu"), *options, "-aet", "STORESCU", "-aec", "FRACNODE",
+            "127.0.0.1", str(port), *map(str, files)]
+
+
 def storescu(port: int, files: list[Path]) -> subprocess.CompletedProcess[str]:
-    command = [
-        require_tool("storescu"),
-        "-aet",
-        "STORESCU",
-        "-aec",
-        "FRACNODE",
-        "127.0.0.1",
-        str(port),
-    ]
     return subprocess.run(
-        [*command, *map(str, files)],
+        storescu_command(port, files),
         check=False,
         capture_output=True,
         text=True,
@@ -214,17 +210,7 @@ def send_until_killed(
     Returns the files whose C-STORE response was Success, as storescu printed them
     ("Sending file: PATH" … "Received Store Response (Success)"), and storescu's log.
     """
-    command = [
-        require_tool("storescu"),
-        "-v",
-        "-aet",
-        "STORESCU",
-        "-aec",
-        "FRACNODE",
-        "127.0.0.1",
-        str(port),
-        *map(str, files),
-    ]
+    command = storescu_command(port, files, "-v")
     client = subprocess.Popen(
         command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=TOOL_ENV
     )
