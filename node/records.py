@@ -103,3 +103,51 @@ class PipelineOutcome:
     datasets: tuple = field(default_factory=tuple)  # tuple[pydicom.Dataset, ...]
     summary: str = ""
     not_applicable: str = ""
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """Identification of the model that produced findings (goes into SR and SEG)."""
+
+    name: str
+    version: str
+    weights_sha256: str
+    source: str = "fracnode"
+
+
+@dataclass(frozen=True)
+class RegionFinding:
+    """One predicted fracture region on a source image, in that image's pixel coordinates.
+
+    `polygon` is closed (the first point is not repeated), points are (column, row) with (0, 0)
+    the top-left corner of the top-left pixel, as SCOORD PIXEL coordinates are.
+    """
+
+    polygon: tuple[tuple[float, float], ...]
+    box: tuple[float, float, float, float]  # column0, row0, column1, row1
+    probability: float  # the highest region probability inside the region
+
+
+@dataclass(frozen=True)
+class ImageFinding:
+    """The model's result for one source radiograph."""
+
+    sop_instance_uid: str
+    path: Path  # the source file in the spool
+    fracture_probability: float
+    category: str  # "fracture" (≥ high-specificity threshold), "suspicious" (≥ high-sensitivity), "negative"
+    regions: tuple[RegionFinding, ...]
+    region_map: object  # numpy float32 (Rows, Columns): fracture-region probability in [0, 1]
+    body_region: str  # "hand" | "leg" | "hip" | "shoulder"
+    body_region_probability: float
+
+
+@dataclass(frozen=True)
+class Findings:
+    """Everything one pipeline run concluded about one study, before any DICOM is written."""
+
+    study_instance_uid: str
+    algorithm: Algorithm
+    images: tuple[ImageFinding, ...]
+    skipped: tuple[tuple[str, str], ...] = ()  # (SOP Instance UID, reason)
+    thresholds: tuple[tuple[str, float], ...] = ()  # ("suspicious", 0.2), ("fracture", 0.6)

@@ -1,0 +1,66 @@
+"""FracAtlasNet: one shared encoder, three heads (fracture probability, fracture-region mask, body region).
+
+Built from MONAI blocks so the bundle needs nothing beyond MONAI and PyTorch. The multi-task idea
+follows MTL-DlinkNet: the segmentation head makes the encoder attend to the fracture line itself,
+which helps the image-level classifier on a small dataset trained from scratch.
+
+forward(x) with x of shape (N, 1, H, W), H and W divisible by 32, returns
+  fracture_logit (N,), region_logits (N, 1, H, W), body_region_logits (N, n_regions).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from monai.networks.blocks import Convolution, ResidualUnit
+from torch import nn
+
+
+class FracAtlasNet(nn.Module):
+    def __init__(
+        self,
+        in_channels: int = 1,
+        channels: tuple[int, ...] = (24, 32, 64, 128, 256),
+        n_body_regions: int = 4,
+        fpn_channels: int = 64,
+        dropout: float = 0.3,
+    ) -> None:
+        super().__init__()
+        self.stem = Convolution(2, in_channels, channels[0], strides=2, kernel_size=5, act="relu", norm="batch")
+        self.stages = nn.ModuleList()
+        previous = channels[0]
+        for width in channels[1:]:
+            self.stages.append(
+                nn.Sequential(
+                    ResidualUnit(2, previous, width, strides=2, subunits=2, act="relu", norm="batch"),
+                    ResidualUnit(2, width, width, strides=1, subunits=2, act="relu", norm="batch"),
+                )
+            )
+            previous = width
+        # A light feature pyramid over the 1/8, 1/16 and 1/32 stages feeds the region head.
+        self.lateral = nn.ModuleList(nn.Conv2d(width, fpn_channels, 1) for width in channels[2:])
+        self.region_head = nn.Sequential(
+            Convolution(2, fpn_channels, fpn_channels, act="relu", norm="batch"),
+            nn.Conv2d(fpn_channels, 1, 1),
+        )
+        self.dropout = nn.Dropout(dropout)
+        self.fracture_head = nn.Linear(2 * channels[-1], 1)
+        self.body_region_head = nn.Linear(2 * channels[-1], n_body_regions)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        size = x.shape[-2:]
+        features = []
+        f = self.stem(x)
+        for stage in self.stages:
+            f = stage(f)
+            features.append(f)
+        pyramid = None
+        for lateral, feature in zip(reversed(self.lateral), reversed(features[1:])):
+            level = lateral(feature)
+            if pyramid is not None:
+                level = level + F.interpolate(pyramid, size=level.shape[-2:], mode="nearest")
+            pyramid = level
+        regions = F.interpolate(self.region_head(pyramid), size=size, mode="bilinear", align_corners=False)
+        deepest = features[-1]
+        pooled = self.dropout(torch.cat([deepest.mean(dim=(2, 3)), deepest.amax(dim=(2, 3))], dim=1))
+        return self.fracture_head(pooled)[:, 0], regions, self.body_region_head(pooled)
