@@ -1,4 +1,4 @@
-"""The `fracnode` command: serve, echo, send, status, config check."""
+"""The `fracnode` command: serve, echo, send, status, config check, analyze, train, evaluate."""
 
 from __future__ import annotations
 
@@ -249,6 +249,10 @@ def build_parser() -> argparse.ArgumentParser:
                             parents=[config_option])
     status.add_argument("--limit", type=int, default=10)
     status.set_defaults(func=cmd_status)
+
+    from node.training.cli import add_parsers as add_training_parsers
+
+    add_training_parsers(sub)
 
     config = sub.add_parser("config", help="configuration commands")
     config_sub = config.add_subparsers(dest="config_command", required=True)

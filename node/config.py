@@ -112,23 +112,31 @@ class DimsePeer(Strict):
         return _check_ae_title(value)
 
 
-class FolderDestination(Strict):
-    type: Literal["folder"]
+Overlay = Literal["gsps", "secondary_capture"]
+
+
+class DestinationBase(Strict):
     name: str
+    overlays: list[Overlay] = Field(
+        default_factory=list,
+        description="extra objects for PACS that show neither SR nor SEG: gsps, secondary_capture",
+    )
+
+
+class FolderDestination(DestinationBase):
+    type: Literal["folder"]
     path: Path
 
 
-class DimseDestination(Strict):
+class DimseDestination(DestinationBase):
     type: Literal["dimse"]
-    name: str
     peer: str
 
 
-class SenderDestination(Strict):
+class SenderDestination(DestinationBase):
     """Reply to the configured peer whose AE title sent the study."""
 
     type: Literal["sender"]
-    name: str
 
 
 Destination = Annotated[
@@ -165,6 +173,23 @@ class Route(Strict):
     match: RouteMatchRule = RouteMatchRule()
     pipeline: str
     destinations: list[str] = Field(min_length=1)
+
+
+class InferenceSettings(Strict):
+    device: Literal["auto", "cpu", "cuda"] = Field(
+        "auto", description="auto uses CUDA (half precision) when present, else the CPU"
+    )
+    models_dir: Path | None = Field(
+        None, description="folder of MONAI bundles; null = the models/ folder shipped with fracnode"
+    )
+    max_batch: int = Field(8, ge=1, le=256, description="images run through a model at once")
+    max_wait_ms: float = Field(
+        5.0, ge=0, le=10000, description="how long a batch waits for images of other studies"
+    )
+
+    def bundle(self, name: str) -> Path:
+        base = self.models_dir or Path(__file__).resolve().parent.parent / "models"
+        return base / name
 
 
 class LoggingSettings(Strict):
@@ -230,12 +255,24 @@ def _default_destinations() -> list[Destination]:
     return [FolderDestination(type="folder", name="results-folder", path=Path("fracnode-data/results"))]
 
 
+def _default_routes() -> list[Route]:
+    return [
+        Route(
+            name="radiographs",
+            match=RouteMatchRule(modality=["CR", "DX"]),
+            pipeline="radiograph-fracture",
+            destinations=["results-folder"],
+        )
+    ]
+
+
 class Config(Strict):
     node: NodeSettings = NodeSettings()
     storage: StorageSettings = StorageSettings()
     assembly: AssemblySettings = AssemblySettings()
     jobs: JobSettings = JobSettings()
     dispatch: DispatchSettings = DispatchSettings()
+    inference: InferenceSettings = InferenceSettings()
     logging: LoggingSettings = LoggingSettings()
     peers: list[DimsePeer] = Field(default_factory=list)
     destinations: list[Destination] = Field(default_factory=_default_destinations)
@@ -243,6 +280,20 @@ class Config(Strict):
     pipeline_modules: list[str] = Field(
         default_factory=list, description="extra Python modules that register pipelines"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_route(cls, data: Any) -> Any:
+        """Without `routes`, radiographs go to the default folder destination (when there is one)."""
+        if not isinstance(data, dict) or "routes" in data:
+            return data
+        destinations = data.get("destinations")
+        if destinations is None or any(
+            (d.get("name") if isinstance(d, dict) else getattr(d, "name", None)) == "results-folder"
+            for d in destinations
+        ):
+            return {**data, "routes": [r.model_dump() for r in _default_routes()]}
+        return data
 
     @model_validator(mode="after")
     def _cross_references(self, info: ValidationInfo) -> Config:

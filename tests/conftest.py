@@ -41,6 +41,7 @@ def node_config(data_dir: Path, **sections: Any) -> Config:
         "dispatch": {"retry": {"initial_s": 0.2, "factor": 2.0, "max_s": 1.0}},
         "logging": {"level": "DEBUG", "format": "json"},
         "destinations": [{"name": "results-folder", "type": "folder", "path": str(data_dir / "results")}],
+        "routes": [],
         "pipeline_modules": ["tests.support.pipelines"],
     }
     for key, value in sections.items():

@@ -170,7 +170,7 @@ def train(settings: TrainSettings, log=print) -> dict:
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = torch.load(checkpoints / "best.pt", map_location="cpu", weights_only=True)
     torch.save(state, weights)
-    return {"best_epoch": best["epoch"], "epochs": settings.epochs, "history": history}
+    return {"best_epoch": best["epoch"], "epochs": settings.epochs, "seed": settings.seed, "history": history}
 
 
 def evaluate(settings: TrainSettings, log=print) -> dict:

@@ -1,0 +1,88 @@
+"""`fracnode train radiograph` and `fracnode evaluate radiograph`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_BUNDLE = "radiograph_fracture"
+DEFAULT_CACHE = Path("fracnode-data") / "training-cache"
+
+
+def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
+    from node.config import InferenceSettings
+    from node.training.radiograph import TrainSettings
+
+    bundle = Path(args.bundle) if args.bundle else InferenceSettings().bundle(DEFAULT_BUNDLE)
+    return TrainSettings(
+        data=Path(args.data),
+        bundle=bundle,
+        cache=Path(args.cache),
+        epochs=getattr(args, "epochs", 24),
+        batch_size=args.batch_size,
+        seed=args.seed,
+        threads=args.threads,
+    )
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from node.inference.bundle import BundleError
+    from node.training import radiograph
+    from node.training.fracatlas import DataError
+    from node.training.model_card import write_model_card
+
+    settings = _settings(args)
+    try:
+        training = radiograph.train(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
+        report = radiograph.evaluate(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
+    except (DataError, BundleError) as exc:
+        print(f"fracnode train: {exc}", file=sys.stderr)
+        return 2
+    radiograph.record(settings.bundle, report, training)
+    write_model_card(settings.bundle)
+    print(f"weights, metrics and model card written to {settings.bundle}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from node.inference.bundle import BundleError
+    from node.training import radiograph
+    from node.training.fracatlas import DataError
+    from node.training.model_card import write_model_card
+
+    settings = _settings(args)
+    try:
+        report = radiograph.evaluate(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
+    except (DataError, BundleError) as exc:
+        print(f"fracnode evaluate: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(report, indent=2))
+    if args.write:
+        radiograph.record(settings.bundle, report)
+        write_model_card(settings.bundle)
+        print(f"metrics written to {settings.bundle}", file=sys.stderr)
+    return 0
+
+
+def add_parsers(sub: argparse._SubParsersAction) -> None:
+    for name, func, help_text in (
+        ("train", cmd_train, "train a shipped model from its dataset, then evaluate it on the test split"),
+        ("evaluate", cmd_evaluate, "measure a model on the held-out test split of its dataset"),
+    ):
+        parser = sub.add_parser(name, help=help_text)
+        parser.add_argument("model", choices=["radiograph"], help="which model")
+        parser.add_argument("--data", required=True, help="the FracAtlas folder (with manifest.csv)")
+        parser.add_argument("--bundle", help="bundle folder (default: the shipped models/radiograph_fracture)")
+        parser.add_argument("--cache", default=str(DEFAULT_CACHE),
+                            help=f"preprocessed images and checkpoints (default: {DEFAULT_CACHE})")
+        parser.add_argument("--batch-size", type=int, default=16)
+        parser.add_argument("--seed", type=int, default=7, help="split and training seed")
+        parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
+        if name == "train":
+            parser.add_argument("--epochs", type=int, default=24)
+        else:
+            parser.add_argument("--write", action="store_true",
+                                help="write the numbers into the bundle's metadata and model card")
+        parser.set_defaults(func=func)

@@ -1,0 +1,120 @@
+"""The model card (`docs/README.md` of a bundle), written from the bundle's metadata.
+
+The numbers come from metadata.json's `eval_metrics` (what `fracnode evaluate` measured), so the
+card and the metadata cannot disagree.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from node.inference.bundle import read
+
+FLOOR_AUC, TARGET_AUC = 0.85, 0.90
+
+
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f}%"
+
+
+def render(bundle_root: Path) -> str:
+    bundle = read(bundle_root)
+    meta, extras = bundle.metadata, bundle.extras
+    m = meta.get("eval_metrics") or {}
+    training = extras.get("training", {})
+    lines = [
+        f"# {meta['name']} — model card",
+        "",
+        f"Version {meta['version']}. Weights `{extras.get('weights', 'models/model.pt')}`,"
+        f" sha256 `{extras.get('weights_sha256') or 'not recorded'}`.",
+        "",
+        "## Intended use",
+        "",
+        meta["intended_use"],
+        "It flags radiographs (CR, DX) that may show a fracture, outlines the suspected regions and",
+        "names the body region, as a second look for a radiologist. It is not a medical device, has no",
+        "regulatory clearance, and must not be used to make or exclude a diagnosis.",
+        "",
+        "## Model",
+        "",
+        meta["description"],
+        "Input: one grayscale radiograph, Modality/VOI LUT applied, MONOCHROME1 inverted, letterboxed",
+        f"to {bundle.inputs['image']['spatial_shape'][0]}×{bundle.inputs['image']['spatial_shape'][1]}"
+        " and standardized over the image area. Outputs: "
+        + "; ".join(f"`{name}` ({', '.join(bundle.channels(name))})" for name in bundle.outputs)
+        + ".",
+        "",
+        "## Data",
+        "",
+        "Trained and evaluated on the FracAtlas development subset shipped with this project's data",
+        "folder (3199 radiographs, 558 fractured):",
+        "",
+        "> Abedeen I., Rahman M.A., Prottyasha F.Z., Ahmed T., Chowdhury T.M., Shatabda S. *FracAtlas: A",
+        "> Dataset for Fracture Classification, Localization and Segmentation of Musculoskeletal",
+        "> Radiographs.* Scientific Data 10, 521 (2023). https://doi.org/10.1038/s41597-023-02432-4.",
+        "> Data: https://doi.org/10.6084/m9.figshare.22363012, licensed CC BY 4.0.",
+        "",
+        "Only the trained weights are in this repository, not the images. The images come from hospitals",
+        "in Bangladesh; FracAtlas has no patient identifiers, so the split is by the manifest's `group_id`",
+        "(near-duplicate clusters and neighbouring image IDs): no group is on both sides, but patient-level",
+        "separation can only be approximated.",
+        "",
+        "## Training",
+        "",
+        f"From scratch (no pretrained weights), `fracnode train radiograph --data DIR`: split seed"
+        f" {training.get('seed', 7)}, 70/15/15 by group, {training.get('epochs', '?')} epochs, AdamW with a"
+        " one-cycle schedule, batch 16, augmentation by random flips, rotations (±14°), scaling and gamma."
+        " Losses: class-weighted BCE (fracture), BCE + soft Dice on fractured images (regions), BCE"
+        " (body region). The epoch with the best validation ROC AUC is kept"
+        + (f" (epoch {training['best_epoch']})." if "best_epoch" in training else "."),
+        "",
+    ]
+    if m:
+        auc = m["roc_auc"]
+        verdict = (
+            f"meets the {TARGET_AUC} target" if auc >= TARGET_AUC
+            else f"is above the {FLOOR_AUC} floor but below the {TARGET_AUC} target" if auc >= FLOOR_AUC
+            else f"is BELOW the {FLOOR_AUC} floor set for shipping: treat its output as a research demonstration"
+        )
+        lines += [
+            "## Measured performance",
+            "",
+            f"Measured on the {m['measured_on']}. Nothing in the test split was used for training,",
+            "model selection or threshold choice.",
+            "",
+            "| metric | value |",
+            "|---|---|",
+            f"| image-level ROC AUC | {auc:.3f} (95% CI {m['roc_auc_95ci'][0]:.3f}–{m['roc_auc_95ci'][1]:.3f}, bootstrap) |",
+            f"| \"suspicious\" operating point (threshold {m['suspicious']['threshold']:.3f}, chosen for 90% sensitivity on validation) |"
+            f" sensitivity {_percent(m['suspicious']['sensitivity'])}, specificity {_percent(m['suspicious']['specificity'])} |",
+            f"| \"fracture\" operating point (threshold {m['fracture']['threshold']:.3f}, chosen for 90% specificity on validation) |"
+            f" sensitivity {_percent(m['fracture']['sensitivity'])}, specificity {_percent(m['fracture']['specificity'])} |",
+            f"| region Dice, fractured test images | {m['region_dice_mean_fractured']:.3f} |",
+            f"| annotated fracture boxes hit by a predicted region (IoU ≥ 0.1 / ≥ 0.3) |"
+            f" {_percent(m['region_box_hit_rate_iou_0.1'])} / {_percent(m['region_box_hit_rate_iou_0.3'])} |",
+            f"| body region accuracy (images of one region) | {_percent(m['body_region_accuracy_single_region_images'])} |",
+            f"| body region ROC AUC | {', '.join(f'{k} {v:.3f}' for k, v in m['body_region_roc_auc'].items())} |",
+            "",
+            f"The image-level ROC AUC {auc:.3f} {verdict}.",
+            "",
+        ]
+    else:
+        lines += ["## Measured performance", "", "Not measured yet: run `fracnode evaluate radiograph --write`.", ""]
+    lines += [
+        "## Limits",
+        "",
+        "- One small dataset from one region; performance on other populations, devices and paediatric",
+        "  images is unknown.",
+        "- The model sees a downscaled image; subtle fractures (hairline, undisplaced) are easily missed.",
+        "- Body regions other than hand, leg, hip and shoulder (spine, skull, chest) were not in training.",
+        "- Probabilities are not calibrated to any clinical prevalence.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write_model_card(bundle_root: Path) -> Path:
+    path = Path(bundle_root) / "docs" / "README.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(render(Path(bundle_root)))
+    return path

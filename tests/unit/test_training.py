@@ -1,0 +1,99 @@
+"""Training data handling and evaluation metrics: the leakage-safe split and the numbers in the model card."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from node.training import fracatlas, metrics
+
+FRACATLAS = Path(__file__).resolve().parents[3] / "shared" / "data" / "fracatlas"
+
+
+def _records(n_groups: int = 40, per_group: int = 5) -> list[fracatlas.Record]:
+    rng = np.random.default_rng(1)
+    return [
+        fracatlas.Record(f"IMG{g:04d}{i}", Path("x.jpg"), bool(rng.random() < 0.2), ("hand",), str(g))
+        for g in range(n_groups)
+        for i in range(per_group)
+    ]
+
+
+def test_split_keeps_every_group_on_one_side_and_is_reproducible() -> None:
+    records = _records()
+    parts = fracatlas.split(records, seed=3)
+    groups = {name: {r.group_id for r in members} for name, members in parts.items()}
+    assert not groups["train"] & groups["val"]
+    assert not groups["train"] & groups["test"]
+    assert not groups["val"] & groups["test"]
+    assert sum(len(m) for m in parts.values()) == len(records)
+    assert fracatlas.split(records, seed=3) == parts
+    assert fracatlas.split(records, seed=4) != parts
+
+
+def test_split_puts_fractures_in_every_part() -> None:
+    parts = fracatlas.split(_records(), seed=3)
+    for members in parts.values():
+        assert any(r.fractured for r in members) and not all(r.fractured for r in members)
+
+
+@pytest.mark.skipif(not (FRACATLAS / "manifest.csv").is_file(), reason="FracAtlas not in ../shared/data")
+def test_the_real_manifest_splits_by_group_id() -> None:
+    parts = fracatlas.split(fracatlas.read_manifest(FRACATLAS))
+    test_groups = {r.group_id for r in parts["test"]}
+    assert test_groups and not test_groups & {r.group_id for r in parts["train"]}
+    assert 0.12 < len(parts["test"]) / sum(len(m) for m in parts.values()) < 0.2
+
+
+def test_read_manifest_names_the_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(fracatlas.DataError, match="manifest.csv"):
+        fracatlas.read_manifest(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("labels", "scores", "expected"),
+    [
+        ([0, 0, 1, 1], [0.1, 0.2, 0.8, 0.9], 1.0),
+        ([0, 0, 1, 1], [0.9, 0.8, 0.2, 0.1], 0.0),
+        ([0, 1, 0, 1], [0.5, 0.5, 0.5, 0.5], 0.5),
+        ([0, 0, 1, 1], [0.1, 0.6, 0.4, 0.9], 0.75),
+    ],
+)
+def test_roc_auc_known_values(labels, scores, expected) -> None:
+    assert metrics.roc_auc(np.array(labels), np.array(scores)) == pytest.approx(expected)
+
+
+def test_roc_auc_equals_the_pairwise_definition() -> None:
+    rng = np.random.default_rng(0)
+    labels = rng.random(200) < 0.3
+    scores = np.round(rng.random(200) + labels * 0.4, 2)  # rounded: ties included
+    positive, negative = scores[labels], scores[~labels]
+    pairwise = ((positive[:, None] > negative[None, :]) + 0.5 * (positive[:, None] == negative[None, :])).mean()
+    assert metrics.roc_auc(labels, scores) == pytest.approx(pairwise)
+    low, high = metrics.bootstrap_auc_ci(labels, scores, rounds=300)
+    assert low < pairwise < high
+
+
+def test_operating_point_thresholds_reach_their_targets() -> None:
+    rng = np.random.default_rng(2)
+    labels = rng.random(500) < 0.25
+    scores = rng.random(500) + labels * 0.5
+    sensitive = metrics.threshold_for_sensitivity(labels, scores, 0.9)
+    specific = metrics.threshold_for_specificity(labels, scores, 0.9)
+    assert metrics.operating_point(labels, scores, sensitive)["sensitivity"] >= 0.9
+    assert metrics.operating_point(labels, scores, specific)["specificity"] >= 0.9
+    assert specific > sensitive
+
+
+def test_localization_metrics() -> None:
+    assert metrics.box_iou((0, 0, 10, 10), (0, 0, 10, 10)) == 1.0
+    assert metrics.box_iou((0, 0, 10, 10), (5, 0, 15, 10)) == pytest.approx(50 / 150)
+    assert metrics.box_iou((0, 0, 1, 1), (2, 2, 3, 3)) == 0.0
+    hit = metrics.box_hit_rate([[(0, 0, 10, 10)], []], [[(1, 1, 9, 9), (50, 50, 60, 60)], [(0, 0, 5, 5)]])
+    assert hit == pytest.approx(1 / 3)
+    mask = np.zeros((8, 8), bool)
+    mask[:4] = True
+    assert metrics.dice(mask, mask) == 1.0
+    assert metrics.dice(mask, ~mask) == 0.0
