@@ -91,18 +91,7 @@ class PipelineInput:
     revision: int
     calling_ae: str
     series: tuple[SeriesInput, ...]
-
-
-@dataclass(frozen=True)
-class PipelineOutcome:
-    """What a pipeline produced: derived DICOM files to dispatch and a one-line summary.
-
-    `not_applicable` carries the reason when the pipeline declined the study (no objects then).
-    """
-
-    datasets: tuple = field(default_factory=tuple)  # tuple[pydicom.Dataset, ...]
-    summary: str = ""
-    not_applicable: str = ""
+    overlays: frozenset[str] = frozenset()  # overlay objects some destination wants: gsps, secondary_capture
 
 
 @dataclass(frozen=True)
@@ -151,3 +140,16 @@ class Findings:
     images: tuple[ImageFinding, ...]
     skipped: tuple[tuple[str, str], ...] = ()  # (SOP Instance UID, reason)
     thresholds: tuple[tuple[str, float], ...] = ()  # ("suspicious", 0.2), ("fracture", 0.6)
+
+
+@dataclass(frozen=True)
+class PipelineOutcome:
+    """What a pipeline produced: derived DICOM files to dispatch and a one-line summary.
+
+    `not_applicable` carries the reason when the pipeline declined the study (no objects then).
+    """
+
+    datasets: tuple = field(default_factory=tuple)  # tuple[pydicom.Dataset, ...]
+    summary: str = ""
+    not_applicable: str = ""
+    findings: Findings | None = None  # what the model concluded, for previews and reports

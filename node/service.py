@@ -125,7 +125,13 @@ class Node:
         series = tuple(
             SeriesInput(attributes[uid], tuple(paths[uid])) for uid in job.series_uids if uid in paths
         )
-        return PipelineInput(job.study_instance_uid, job.revision, job.calling_ae, series)
+        overlays = frozenset().union(*self._overlays(job.destinations).values())
+        return PipelineInput(job.study_instance_uid, job.revision, job.calling_ae, series, overlays)
+
+    def _overlays(self, destinations: tuple[str, ...]) -> dict[str, frozenset[str]]:
+        """The overlay kinds (gsps, secondary_capture) each of these destinations asked for."""
+        configured = {d.name: d for d in self.config.destinations}
+        return {name: frozenset(configured[name].overlays) for name in destinations if name in configured}
 
     def work_once(self, owner: str, cache: dict[str, pipelines.Pipeline], now: float | None = None) -> bool:
         """Claim and run one job. Returns False when no job was due."""
@@ -154,7 +160,9 @@ class Node:
                 event(log, logging.INFO, "job not applicable", job=job.id, pipeline=job.pipeline,
                       study_uid=job.study_instance_uid, reason=outcome.not_applicable)
                 return True
-            staged = self.outbox.stage(job, outcome.datasets, outcome.summary, time.time())
+            staged = self.outbox.stage(
+                job, outcome.datasets, outcome.summary, time.time(), self._overlays(job.destinations)
+            )
             event(log, logging.INFO, "job done", job=job.id, pipeline=job.pipeline,
                   study_uid=job.study_instance_uid, revision=job.revision, objects=len(outcome.datasets),
                   deliveries=staged, seconds=round(time.monotonic() - started, 3))

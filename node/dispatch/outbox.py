@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -23,6 +23,22 @@ from node.retry import retry_delay
 from node.spool import write_atomically
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
+
+# Objects a destination receives only when its `overlays` ask for them (PS3.4 B.5 SOP classes).
+OVERLAY_SOP_CLASSES = {
+    "1.2.840.10008.5.1.4.1.1.11.1": "gsps",  # Grayscale Softcopy Presentation State
+    "1.2.840.10008.5.1.4.1.1.7": "secondary_capture",
+    "1.2.840.10008.5.1.4.1.1.7.1": "secondary_capture",  # multi-frame single bit
+    "1.2.840.10008.5.1.4.1.1.7.2": "secondary_capture",  # multi-frame grayscale byte
+    "1.2.840.10008.5.1.4.1.1.7.3": "secondary_capture",  # multi-frame grayscale word
+    "1.2.840.10008.5.1.4.1.1.7.4": "secondary_capture",  # multi-frame true colour
+}
+
+
+def wanted_by(overlays: Collection[str], sop_class_uid: str) -> bool:
+    """Whether a destination with these `overlays` receives an object of this SOP class."""
+    kind = OVERLAY_SOP_CLASSES.get(sop_class_uid)
+    return kind is None or kind in overlays
 
 
 @dataclass(frozen=True)
@@ -58,13 +74,31 @@ class Outbox:
         self.db = db
         self.retry = retry
 
-    def stage(self, job: Job, datasets: Sequence[Dataset], summary: str, now: float) -> int:
-        """Write the job's results, queue them for each destination and mark the job done."""
+    def stage(
+        self,
+        job: Job,
+        datasets: Sequence[Dataset],
+        summary: str,
+        now: float,
+        overlays: Mapping[str, Collection[str]] | None = None,
+    ) -> int:
+        """Write the job's results, queue them for each destination and mark the job done.
+
+        `overlays` maps a destination to the overlay kinds it takes (GSPS, secondary capture);
+        other destinations get no overlay objects.
+        """
+        overlays = overlays or {}
         files = []
         for ds in datasets:
             path = self.root / str(job.id) / f"{ds.SOPInstanceUID}.dcm"
             write_atomically(path, encode(ds))
             files.append((path, str(ds.SOPInstanceUID), str(ds.SOPClassUID)))
+        rows = [
+            (destination, path, sop_uid, sop_class)
+            for destination in job.destinations
+            for path, sop_uid, sop_class in files
+            if wanted_by(overlays.get(destination, ()), sop_class)
+        ]
         with self.db.transaction() as conn:
             conn.executemany(
                 """INSERT INTO outbox (job_id, study_uid, destination, calling_ae, path,
@@ -73,12 +107,11 @@ class Outbox:
                 [
                     (job.id, job.study_instance_uid, destination, job.calling_ae, str(path), sop_uid,
                      sop_class, PENDING, now, now)
-                    for destination in job.destinations
-                    for path, sop_uid, sop_class in files
+                    for destination, path, sop_uid, sop_class in rows
                 ],
             )
             mark_finished(conn, job.id, DONE, summary, now)
-        return len(files) * len(job.destinations)
+        return len(rows)
 
     def due(self, destination: str, now: float, limit: int) -> list[OutboxItem]:
         rows = self.db.query(

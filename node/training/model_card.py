@@ -25,8 +25,8 @@ def render(bundle_root: Path) -> str:
     lines = [
         f"# {meta['name']} — model card",
         "",
-        f"Version {meta['version']}. Weights `{extras.get('weights', 'models/model.pt')}`,"
-        f" sha256 `{extras.get('weights_sha256') or 'not recorded'}`.",
+        (f"Version {meta['version']}. Weights `{extras.get('weights', 'models/model.pt')}`,"
+        f" sha256 `{extras.get('weights_sha256') or 'not recorded'}`."),
         "",
         "## Intended use",
         "",
@@ -85,13 +85,13 @@ def render(bundle_root: Path) -> str:
             "| metric | value |",
             "|---|---|",
             f"| image-level ROC AUC | {auc:.3f} (95% CI {m['roc_auc_95ci'][0]:.3f}–{m['roc_auc_95ci'][1]:.3f}, bootstrap) |",
-            f"| \"suspicious\" operating point (threshold {m['suspicious']['threshold']:.3f}, chosen for 90% sensitivity on validation) |"
-            f" sensitivity {_percent(m['suspicious']['sensitivity'])}, specificity {_percent(m['suspicious']['specificity'])} |",
-            f"| \"fracture\" operating point (threshold {m['fracture']['threshold']:.3f}, chosen for 90% specificity on validation) |"
-            f" sensitivity {_percent(m['fracture']['sensitivity'])}, specificity {_percent(m['fracture']['specificity'])} |",
+            (f"| \"suspicious\" operating point (threshold {m['suspicious']['threshold']:.3f}, chosen for 90% sensitivity on validation) |"
+            f" sensitivity {_percent(m['suspicious']['sensitivity'])}, specificity {_percent(m['suspicious']['specificity'])} |"),
+            (f"| \"fracture\" operating point (threshold {m['fracture']['threshold']:.3f}, chosen for 90% specificity on validation) |"
+            f" sensitivity {_percent(m['fracture']['sensitivity'])}, specificity {_percent(m['fracture']['specificity'])} |"),
             f"| region Dice, fractured test images | {m['region_dice_mean_fractured']:.3f} |",
-            f"| annotated fracture boxes hit by a predicted region (IoU ≥ 0.1 / ≥ 0.3) |"
-            f" {_percent(m['region_box_hit_rate_iou_0.1'])} / {_percent(m['region_box_hit_rate_iou_0.3'])} |",
+            (f"| annotated fracture boxes hit by a predicted region (IoU ≥ 0.1 / ≥ 0.3) |"
+            f" {_percent(m['region_box_hit_rate_iou_0.1'])} / {_percent(m['region_box_hit_rate_iou_0.3'])} |"),
             f"| body region accuracy (images of one region) | {_percent(m['body_region_accuracy_single_region_images'])} |",
             f"| body region ROC AUC | {', '.join(f'{k} {v:.3f}' for k, v in m['body_region_roc_auc'].items())} |",
             "",
