@@ -138,6 +138,31 @@ def cmd_send(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from node.analyze import analyze, print_table
+    from node.inference.bundle import BundleError
+
+    config = _load(args)
+    files = _dicom_files(args.paths)
+    if not files:
+        print("fracnode analyze: no files found", file=sys.stderr)
+        return 1
+    overlays = frozenset(o for o in args.overlays.split(",") if o)
+    unknown = overlays - {"gsps", "secondary_capture"}
+    if unknown:
+        print(f"fracnode analyze: unknown overlay(s) {', '.join(sorted(unknown))}"
+              " (choose from gsps, secondary_capture)", file=sys.stderr)
+        return 2
+    try:
+        rows = analyze(config, files, Path(args.out), overlays)
+    except (BundleError, ValueError) as exc:
+        print(f"fracnode analyze: {exc}", file=sys.stderr)
+        return 2
+    print_table(rows)
+    print(f"\nresults, previews and summary.csv in {args.out}")
+    return 0
+
+
 def _age(now: float, then: float | None) -> str:
     if then is None:
         return "-"
@@ -249,6 +274,13 @@ def build_parser() -> argparse.ArgumentParser:
                             parents=[config_option])
     status.add_argument("--limit", type=int, default=10)
     status.set_defaults(func=cmd_status)
+
+    analyze = sub.add_parser("analyze", help="run the routes' pipelines on DICOM files offline",
+                             parents=[config_option])
+    analyze.add_argument("paths", nargs="+", help="DICOM files or folders")
+    analyze.add_argument("--out", required=True, help="folder for results, previews and summary.csv")
+    analyze.add_argument("--overlays", default="", help="also write gsps and/or secondary_capture, comma-separated")
+    analyze.set_defaults(func=cmd_analyze)
 
     from node.training.cli import add_parsers as add_training_parsers
 

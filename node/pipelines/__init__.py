@@ -23,7 +23,7 @@ class Pipeline(Protocol):
 
 PipelineFactory = Callable[[Config], Pipeline]
 _REGISTRY: dict[str, PipelineFactory] = {}
-BUILTIN_MODULES: tuple[str, ...] = ()
+BUILTIN_MODULES: tuple[str, ...] = ("node.pipelines.radiograph",)
 
 
 class PipelineNotFound(KeyError):
