@@ -114,24 +114,33 @@ def build_network(bundle: Bundle) -> torch.nn.Module:
     return network
 
 
-def load_weights(bundle: Bundle, network: torch.nn.Module, verify: bool = True) -> None:
-    """Load the bundle's weights into `network`, after checking the recorded sha256."""
+def load_weights(
+    bundle: Bundle, network: torch.nn.Module, verify: bool = True, expected_sha256: str = ""
+) -> None:
+    """Load the bundle's weights into `network`, after checking the sha256.
+
+    The hash is the one recorded in metadata.json (`fracnode.weights_sha256`) and/or
+    `expected_sha256`, given by whoever deploys a bundle that records none (a Model Zoo bundle);
+    every hash given must match.
+    """
     path = bundle.weights_path
     if not path.is_file():
         raise BundleError(f"{path} is missing: train the model or restore the bundle's weights file")
     if verify:
-        expected = bundle.weights_sha256
+        recorded = {"recorded in metadata.json": bundle.weights_sha256, "given": expected_sha256}
+        expected = {source: value.lower() for source, value in recorded.items() if value}
         if not expected:
             raise BundleError(
-                f"{bundle.root / 'configs' / 'metadata.json'}: fracnode.weights_sha256 is empty; record the"
-                f" sha256 of {path.name} before the node will load it"
+                f"{bundle.root / 'configs' / 'metadata.json'}: fracnode.weights_sha256 is empty and no"
+                f" sha256 was given; record the sha256 of {path.name} before the node will load it"
             )
         actual = sha256(path)
-        if actual != expected:
-            raise BundleError(
-                f"{path}: sha256 {actual} does not match {expected} recorded in metadata.json;"
-                " the weights file was changed or corrupted"
-            )
+        for source, value in expected.items():
+            if actual != value:
+                raise BundleError(
+                    f"{path}: sha256 {actual} does not match {value} {source};"
+                    " the weights file was changed or corrupted"
+                )
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]

@@ -118,3 +118,50 @@ def write(datasets: list[Dataset], folder: Path) -> list[Path]:
         ds.save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+DX_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.1.1"  # Digital X-Ray Image Storage - For Presentation
+COMPREHENSIVE_SR_STORAGE = "1.2.840.10008.5.1.4.1.1.88.33"
+
+
+def radiograph(
+    pixels: np.ndarray,
+    photometric: str = "MONOCHROME2",
+    bits_stored: int | None = None,
+    sop_class: str = DX_IMAGE_STORAGE,
+    **attributes: object,
+) -> Dataset:
+    """A DX image holding `pixels` as stored values: (rows, columns) grey, (rows, columns, 3) colour,
+    or (frames, rows, columns) multi-frame; `attributes` (keyword=value) are set last."""
+    pixels = np.asarray(pixels)
+    ds = _base(sop_class, generate_uid(), generate_uid(), "DX")
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    colour = photometric in ("RGB", "YBR_FULL")
+    frames = pixels.shape[0] if pixels.ndim == 3 and not colour else 1
+    ds.Rows, ds.Columns = pixels.shape[-3:-1] if colour else pixels.shape[-2:]
+    ds.SamplesPerPixel = 3 if colour else 1
+    if colour:
+        ds.PlanarConfiguration = 0
+    if frames > 1:
+        ds.NumberOfFrames = frames
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated = pixels.dtype.itemsize * 8
+    ds.BitsStored = bits_stored or ds.BitsAllocated
+    ds.HighBit = ds.BitsStored - 1
+    ds.PixelRepresentation = int(np.issubdtype(pixels.dtype, np.signedinteger))
+    ds.PixelData = pixels.tobytes()
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    return ds
+
+
+def sr_document() -> Dataset:
+    """A Comprehensive SR header without content: an object with no pixel data."""
+    ds = _base(COMPREHENSIVE_SR_STORAGE, generate_uid(), generate_uid(), "SR")
+    ds.SeriesNumber = 1
+    ds.InstanceNumber = 1
+    ds.ValueType = "CONTAINER"
+    ds.CompletionFlag = "COMPLETE"
+    ds.VerificationFlag = "UNVERIFIED"
+    return ds
