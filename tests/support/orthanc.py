@@ -101,6 +101,10 @@ class Orthanc:
             body = response.read()
         return json.loads(body) if body else None
 
+    def rest_bytes(self, path: str) -> bytes:
+        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+            return bytes(response.read())
+
     def instances(self) -> list[str]:
         return list(self.rest("/instances"))
 
