@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Self
+from typing import Literal, NamedTuple, Self
 
 import numpy as np
 import torch
@@ -31,15 +31,14 @@ from node.logs import event
 log = logging.getLogger(__name__)
 
 Device = Literal["auto", "cpu", "cuda"]
-Outputs = dict[str, np.ndarray]  # output name -> array, first axis = the caller's images
+Outputs = dict[str, np.ndarray]  # one image's outputs: output name -> array of the contract's shape
 
 
 class InferenceError(RuntimeError):
     """A forward pass failed; every caller whose images were in that batch gets this."""
 
 
-@dataclass(frozen=True, eq=False)
-class ModelInput:
+class ModelInput(NamedTuple):
     """A radiograph as the model sees it, and how to map model-space maps back onto the image."""
 
     array: np.ndarray  # float32 (channels, *spatial) as the contract's input
@@ -101,8 +100,8 @@ class Engine:
 
     # -- inference ------------------------------------------------------------------------------
 
-    def infer(self, arrays: Sequence[np.ndarray]) -> Outputs:
-        """Run preprocessed images (each the contract's input shape); outputs in the same order."""
+    def infer(self, arrays: Sequence[np.ndarray]) -> list[Outputs]:
+        """Run preprocessed images (each the contract's input shape): one `Outputs` per image, in order."""
         images = [np.ascontiguousarray(a, dtype=np.float32) for a in arrays]
         for i, image in enumerate(images):
             if image.shape != self.contract.input_shape:
@@ -110,7 +109,7 @@ class Engine:
                     f"arrays[{i}] has shape {image.shape}; the model takes {self.contract.input_shape}"
                 )
         if not images:
-            return {o.name: np.zeros((0, *o.shape), np.float32) for o in self.contract.outputs}
+            return []
         pending = _Pending(len(images))
         with self._closing:
             if self._closed:
@@ -122,10 +121,7 @@ class Engine:
             raise InferenceError(
                 f"{self.bundle.root.name}: forward failed: {pending.error}"
             ) from pending.error
-        return {
-            name: np.stack([row[name] for row in pending.rows])
-            for name in self.contract.output_names
-        }
+        return pending.rows
 
     def close(self) -> None:
         """Finish what is queued, then stop the batcher thread."""
@@ -158,8 +154,8 @@ class Engine:
     def postprocess(self, outputs: Outputs, letterbox: Letterbox) -> Outputs:
         """One image's outputs with every model-space map resampled to the source image's size.
 
-        `outputs` holds one image's rows (`{name: array[i]}` of `infer`'s result); maps shaped
-        (channels, size, size) come back as (channels, rows, columns), other outputs unchanged.
+        `outputs` is one entry of `infer`'s result; maps shaped (channels, size, size) come back as
+        (channels, rows, columns), other outputs unchanged.
         """
         size = (letterbox.size, letterbox.size)
         mapped = {}
@@ -223,8 +219,9 @@ class Engine:
                 item.pending.fail(exc)
             return
         for row, item in enumerate(batch):
+            # Copies, so one caller's result does not keep the whole batch alive.
             item.pending.deliver(
-                item.index, {name: values[row] for name, values in outputs.items()}
+                item.index, {name: values[row].copy() for name, values in outputs.items()}
             )
 
 

@@ -77,12 +77,15 @@ def images(count: int, seed: int = 1) -> list[np.ndarray]:
 
 def test_outputs_have_the_contracts_shapes_and_are_probabilities(engine: Engine) -> None:
     outputs = engine.infer(images(3))
-    assert list(outputs) == ["fracture", "regions", "body_region"]
-    assert outputs["fracture"].shape == (3, 1)
-    assert outputs["regions"].shape == (3, 1, 320, 320)
-    assert outputs["body_region"].shape == (3, 4)
-    for values in outputs.values():
-        assert values.dtype == np.float32 and 0.0 <= values.min() and values.max() <= 1.0
+    assert len(outputs) == 3
+    for image in outputs:
+        assert list(image) == ["fracture", "regions", "body_region"]
+        assert image["fracture"].shape == (1,)
+        assert image["regions"].shape == (1, 320, 320)
+        assert image["body_region"].shape == (4,)
+        for values in image.values():
+            assert values.dtype == np.float32 and 0.0 <= values.min() and values.max() <= 1.0
+    assert outputs[0]["fracture"] != outputs[1]["fracture"]
     assert engine.contract.output("body_region").channels == ("hand", "leg", "hip", "shoulder")
     metadata = json.loads((engine.bundle.root / "configs" / "metadata.json").read_text())
     assert engine.weights_sha256 == metadata["fracnode"]["weights_sha256"]
@@ -132,7 +135,7 @@ def test_four_concurrent_callers_are_batched_and_get_their_own_results(
 ) -> None:
     requests = [images(2, seed=10 + i) for i in range(4)]
     one_by_one = [[eager.infer([image]) for image in request] for request in requests]
-    results: dict[int, dict[str, np.ndarray]] = {}
+    results: dict[int, list[dict[str, np.ndarray]]] = {}
     start = threading.Barrier(4)
     engine.batch_sizes.clear()
 
@@ -149,8 +152,8 @@ def test_four_concurrent_callers_are_batched_and_get_their_own_results(
     assert sum(size * n for size, n in engine.batch_sizes.items()) == 8
     for i, request in enumerate(requests):
         for j in range(len(request)):
-            for name, values in results[i].items():
-                np.testing.assert_allclose(values[j], one_by_one[i][j][name][0], atol=1e-4)
+            for name, values in results[i][j].items():
+                np.testing.assert_allclose(values, one_by_one[i][j][0][name], atol=1e-4)
 
 
 def test_request_larger_than_max_batch_is_split_and_reassembled(
@@ -163,8 +166,10 @@ def test_request_larger_than_max_batch_is_split_and_reassembled(
         outputs = small.infer(batch)
         assert max(small.batch_sizes) == 2 and sum(s * n for s, n in small.batch_sizes.items()) == 5
     expected = eager.infer(batch)
-    for name in expected:
-        np.testing.assert_allclose(outputs[name], expected[name], atol=1e-5)
+    assert len(outputs) == len(expected) == 5
+    for image, reference in zip(outputs, expected, strict=True):
+        for name in reference:
+            np.testing.assert_allclose(image[name], reference[name], atol=1e-5)
 
 
 def test_failed_forward_reaches_the_caller_and_the_engine_keeps_serving(engine: Engine) -> None:
@@ -179,7 +184,7 @@ def test_failed_forward_reaches_the_caller_and_the_engine_keeps_serving(engine: 
             engine.infer(images(1))
     finally:
         engine.runner = runner
-    assert engine.infer(images(1))["fracture"].shape == (1, 1)
+    assert engine.infer(images(1))[0]["fracture"].shape == (1,)
 
 
 def test_closed_engine_refuses_work(radiograph_bundle: Path) -> None:
@@ -233,8 +238,9 @@ def test_gpu_half_precision_matches_cpu(radiograph_bundle: Path, eager: Engine) 
         assert cuda.runner.name == "eager" and cuda.device.type == "cuda"
         batch = images(4, seed=7)
         on_gpu, on_cpu = cuda.infer(batch), eager.infer(batch)
-    for name in on_cpu:
-        np.testing.assert_allclose(on_gpu[name], on_cpu[name], atol=2e-2)
+    for gpu_image, cpu_image in zip(on_gpu, on_cpu, strict=True):
+        for name in cpu_image:
+            np.testing.assert_allclose(gpu_image[name], cpu_image[name], atol=2e-2)
 
 
 # -- radiograph pre- and postprocessing ------------------------------------------------------
@@ -251,10 +257,8 @@ def test_preprocess_letterboxes_to_the_contract_and_postprocess_maps_back(engine
     assert (prepared.letterbox.scale, prepared.letterbox.left) == (1.6, 80)
     area = prepared.letterbox.crop(prepared.array[0])
     assert abs(float(area.mean())) < 1e-5 and float(area.std()) == pytest.approx(1.0, abs=1e-4)
-    outputs = engine.infer([prepared.array])
-    mapped = engine.postprocess(
-        {name: values[0] for name, values in outputs.items()}, prepared.letterbox
-    )
+    array, letterbox = prepared
+    mapped = engine.postprocess(engine.infer([array])[0], letterbox)
     assert mapped["regions"].shape == (1, 200, 100)
     assert mapped["fracture"].shape == (1,) and mapped["body_region"].shape == (4,)
 
@@ -275,6 +279,6 @@ def test_model_zoo_bundle_loads_unchanged(tmp_path: Path) -> None:
         assert zoo.contract.input_shape == (1, 96, 96, 96)
         assert zoo.contract.output("pred").channels[:2] == ("background", "spleen")
         volume = np.random.default_rng(0).standard_normal((1, 96, 96, 96)).astype(np.float32)
-        outputs = zoo.infer([volume])
-    assert list(outputs) == ["pred"] and outputs["pred"].shape == (1, 105, 96, 96, 96)
+        (outputs,) = zoo.infer([volume])
+    assert list(outputs) == ["pred"] and outputs["pred"].shape == (105, 96, 96, 96)
     assert np.isfinite(outputs["pred"]).all()
