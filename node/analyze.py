@@ -124,7 +124,8 @@ def analyze(config: Config, files: list[Path], out: Path, overlays: frozenset[st
 
 
 def print_table(rows: list[dict]) -> None:
-    columns = ("sop_instance_uid", "category", "fracture_probability", "regions", "body_region", "result")
+    columns = ("file", "category", "fracture_probability", "regions", "body_region", "result")
+    rows = [{**row, "file": Path(row.get("file", "")).name} for row in rows]
     widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) if rows else len(c) for c in columns}
     print("  ".join(c.ljust(widths[c]) for c in columns))
     for row in rows:

@@ -48,7 +48,7 @@ class RadiographFracturePipeline:
         self.operating_points = {k: float(v) for k, v in bundle.extras["operating_points"].items()}
         self.region_threshold = float(bundle.extras.get("region_threshold", 0.5))
         self.body_regions = bundle.channels("body_region")
-        self.algorithm = Algorithm(name=bundle.name, version=bundle.version, weights_sha256=bundle.weights_sha256)
+        self.algorithm = Algorithm(name=bundle.name, version=bundle.version, weights_sha256=engine.weights_sha256)
 
     def analyse(self, request: PipelineInput) -> tuple[Findings, dict[str, Dataset]]:
         from node.inference.pixels import Skipped, load_radiograph
@@ -65,13 +65,14 @@ class RadiographFracturePipeline:
                 skipped.append((uid, reason or loaded.reason))
                 continue
             sources[uid] = ds
-            prepared.append((uid, Path(path), *self.engine.prepare(loaded)))
-        outputs = self.engine.infer([model_input for _, _, model_input, _ in prepared]) if prepared else []
+            prepared.append((uid, Path(path), self.engine.preprocess(loaded)))
+        outputs = self.engine.infer([p.array for _, _, p in prepared])
         images = []
-        for (uid, path, _, box), output in zip(prepared, outputs):
-            probability = float(np.asarray(output["fracture"]).reshape(-1)[0])
+        for (uid, path, model_input), row in zip(prepared, outputs):
+            box = model_input.letterbox
+            probability = float(np.asarray(row["fracture"]).reshape(-1)[0])
             category = categorize(probability, self.operating_points)
-            plane = np.asarray(output["regions"], np.float32).reshape(box.size, box.size)
+            plane = np.asarray(row["regions"], np.float32).reshape(box.size, box.size)
             regions = ()
             if category != "negative":
                 regions = tuple(
@@ -82,7 +83,7 @@ class RadiographFracturePipeline:
                     )
                     for r in extract(plane, self.region_threshold)
                 )
-            body = np.asarray(output["body_region"], np.float32).reshape(-1)
+            body = np.asarray(row["body_region"], np.float32).reshape(-1)
             images.append(
                 ImageFinding(
                     sop_instance_uid=uid,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 from pydicom import Dataset
 
 from node.records import ImageFinding
@@ -36,8 +36,10 @@ def render(ds: Dataset, finding: ImageFinding) -> Image.Image:
         f"AI: {finding.category} {100 * finding.fracture_probability:.0f}%"
         f" | {finding.body_region} | not for diagnostic use"
     )
-    draw.rectangle((0, 0, 8 + 6 * len(label), 18), fill=(0, 0, 0))
-    draw.text((4, 4), label, fill=colour)
+    font = ImageFont.load_default(size=max(12, image.height // 45))
+    left, top, right, bottom = draw.textbbox((6, 6), label, font=font)
+    draw.rectangle((0, 0, right + 6, bottom + 6), fill=(0, 0, 0))
+    draw.text((6, 6), label, fill=colour, font=font)
     return image
 
 
