@@ -9,6 +9,7 @@ from pydicom import dcmread
 
 from tests.conftest import node_config, require_tool, wait_until
 from tests.support import dicomgen
+from tests.support.dciodvfy import dciodvfy_errors
 from tests.support.pipelines import referenced_instances
 
 
@@ -66,8 +67,7 @@ def test_cr_and_ct_studies_reach_orthanc_as_derived_objects(tmp_path, start_node
 
     # every derived object the node delivered is valid DICOM by dicom3tools' validator
     for path in outbox:
-        check = subprocess.run([require_tool("dciodvfy"), str(path)], capture_output=True, text=True, timeout=60)
-        errors = [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")]
+        errors = dciodvfy_errors(path)
         assert not errors, f"{path.name}: {errors}"
 
     # the folder destination got the CR result too

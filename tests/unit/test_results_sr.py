@@ -1,0 +1,190 @@
+"""The TID 1500 SR, read back with highdicom and checked item by item, and validated by dciodvfy."""
+
+from __future__ import annotations
+
+import highdicom as hd
+import numpy as np
+import pytest
+from pydicom.sr.codedict import codes
+
+from node.records import RegionFinding
+from node.results.radiograph import build_results
+from node.results.sr import closed_polyline, library_images
+from tests.support.dciodvfy import dciodvfy_errors
+from tests.support.findings import (
+    ALGORITHM,
+    cr_fracture_study,
+    dx_image,
+    image_finding,
+    saved,
+    square,
+    study_findings,
+)
+
+FRACTURE = hd.sr.CodedConcept("72704001", "SCT", "Fracture")
+PRESENT = hd.sr.CodedConcept("52101004", "SCT", "Present")
+SUSPECTED = hd.sr.CodedConcept("415684004", "SCT", "Suspected")
+ABSENT = hd.sr.CodedConcept("272519000", "SCT", "Absent")
+PROBABILITY = hd.sr.CodedConcept("122157", "DCM", "Probability")
+LOWER_LIMB = hd.sr.CodedConcept("61685007", "SCT", "Lower limb")
+IMAGE_REGION = hd.sr.CodedConcept("111030", "DCM", "Image Region")
+
+
+@pytest.fixture(scope="module")
+def cr_report(cr_sample, tmp_path_factory):
+    source, findings = cr_fracture_study(cr_sample)
+    seg, sr = build_results(findings, {source.SOPInstanceUID: source})
+    path = saved(sr, tmp_path_factory.mktemp("sr"), "sr")
+    return source, findings, seg, hd.sr.srread(path), path
+
+
+def texts(sr: hd.sr.Comprehensive3DSR, name) -> list[str]:  # type: ignore[no-untyped-def]
+    items = hd.sr.utils.find_content_items(sr, name=name, recursive=True)
+    return [item.TextValue for item in items]
+
+
+def test_sr_passes_dciodvfy(cr_report):
+    *_, path = cr_report
+    assert dciodvfy_errors(path) == []
+
+
+def test_sr_is_a_tid_1500_report_in_the_source_study(cr_report):
+    source, _, _, sr, _ = cr_report
+    assert sr.SOPClassUID == "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR
+    assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
+    assert sr.ConceptNameCodeSequence[0].CodeValue == "126000"
+    assert sr.StudyInstanceUID == source.StudyInstanceUID
+    assert (sr.PatientID, sr.PatientName) == (source.PatientID, source.PatientName)
+    assert (
+        sr.SOPInstanceUID != source.SOPInstanceUID
+        and sr.SeriesInstanceUID != source.SeriesInstanceUID
+    )
+    assert (sr.SeriesNumber, sr.SeriesDescription) == (9101, "AI fracture report (fracnode)")
+    assert sr.Manufacturer == "fracnode"
+    assert sr.CompletionFlag == "COMPLETE" and sr.VerificationFlag == "UNVERIFIED"
+
+
+def test_image_finding_has_fracture_present_with_probability_on_the_source(cr_report):
+    source, findings, _, sr, _ = cr_report
+    (group,) = sr.content.get_image_measurement_groups()
+    assert group.finding_type == FRACTURE
+    assert [site.value for site in group.finding_sites] == [LOWER_LIMB]
+    ((evaluation,),) = [group.get_qualitative_evaluations(name=FRACTURE)]
+    assert evaluation.value == PRESENT
+    (probability,) = group.get_measurements(name=PROBABILITY)
+    assert probability.value == pytest.approx(findings.images[0].fracture_probability)
+    assert probability.unit == hd.sr.CodedConcept("1", "UCUM", "no units")
+    assert [ref.referenced_sop_instance_uid for ref in group.source_images] == [
+        source.SOPInstanceUID
+    ]
+    assert group.tracking_identifier == "fracture finding, image 1"
+
+
+def test_each_region_is_a_closed_polyline_on_the_source_image(cr_report):
+    source, findings, _, sr, _ = cr_report
+    groups = sr.content.get_planar_roi_measurement_groups()
+    regions = findings.images[0].regions
+    assert len(groups) == len(regions) == 2
+    for group, region in zip(groups, regions):
+        assert group.reference_type == IMAGE_REGION
+        assert group.roi.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
+        points = group.roi.value
+        assert np.array_equal(points[0], points[-1])
+        np.testing.assert_allclose(points, [*region.polygon, region.polygon[0]])
+        assert group.roi.ContentSequence[0].referenced_sop_instance_uid == source.SOPInstanceUID
+        assert group.finding_type == FRACTURE
+        assert group.get_qualitative_evaluations(name=FRACTURE)[0].value == PRESENT
+        (probability,) = group.get_measurements(name=PROBABILITY)
+        assert probability.value == pytest.approx(region.probability)
+    assert [g.tracking_identifier for g in groups] == [
+        "fracture region 1, image 1",
+        "fracture region 2, image 1",
+    ]
+
+
+def test_sources_and_segmentation_are_evidence(cr_report):
+    source, _, seg, sr, _ = cr_report
+    evidence = {uid for _, _, uid, _ in sr.get_evidence()}
+    assert evidence == {source.SOPInstanceUID, seg.SOPInstanceUID}
+
+
+def test_algorithm_name_version_and_weights_digest_are_recorded(cr_report):
+    *_, sr, _ = cr_report
+    assert set(texts(sr, codes.DCM.AlgorithmName)) == {ALGORITHM.name}
+    assert set(texts(sr, codes.DCM.AlgorithmVersion)) == {ALGORITHM.version}
+    parameters = set(texts(sr, codes.DCM.AlgorithmParameters))
+    assert f"weights_sha256={ALGORITHM.weights_sha256}" in parameters
+    assert {"threshold_fracture=0.6", "threshold_suspicious=0.2"} <= parameters
+    observer = texts(sr, codes.DCM.DeviceObserverName)
+    assert observer == [ALGORITHM.name]
+
+
+@pytest.mark.parametrize(
+    ("category", "value"), [("fracture", PRESENT), ("suspicious", SUSPECTED), ("negative", ABSENT)]
+)
+def test_category_decides_the_fracture_evaluation(tmp_path, category, value):
+    source = dx_image()
+    regions = () if category == "negative" else (square(10.0, 12.0, 20.0, 0.4),)
+    image = image_finding(source, category, 0.4, regions)
+    *_, sr = build_results(
+        study_findings(image, study_uid=source.StudyInstanceUID), {source.SOPInstanceUID: source}
+    )
+    report = hd.sr.srread(saved(sr, tmp_path, "sr"))
+    groups = [
+        *report.content.get_image_measurement_groups(),
+        *report.content.get_planar_roi_measurement_groups(),
+    ]
+    assert len(groups) == (1 if category == "negative" else 2)
+    assert all(g.get_qualitative_evaluations(name=FRACTURE)[0].value == value for g in groups)
+
+
+def test_image_library_holds_only_images_highdicom_can_describe():
+    complete = dx_image()
+    assert library_images(
+        [complete, dx_image(imager_pixel_spacing=False), dx_image(patient_orientation=False)]
+    ) == [complete]
+
+
+def test_image_library_lists_the_describable_source(tmp_path):
+    source = dx_image()
+    image = image_finding(source, "negative", 0.05)
+    (sr,) = build_results(
+        study_findings(image, study_uid=source.StudyInstanceUID), {source.SOPInstanceUID: source}
+    )
+    library = hd.sr.utils.find_content_items(sr, name=codes.DCM.ImageLibrary, recursive=True)
+    assert len(library) == 1
+    entries = hd.sr.utils.find_content_items(
+        library[0], value_type=hd.sr.ValueTypeValues.IMAGE, recursive=True
+    )
+    assert [e.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for e in entries] == [
+        source.SOPInstanceUID
+    ]
+
+
+def test_polyline_is_closed_by_repeating_the_first_point():
+    region = RegionFinding(
+        polygon=((1.0, 2.0), (5.0, 2.0), (5.0, 7.0)), box=(1.0, 2.0, 5.0, 7.0), probability=0.9
+    )
+    assert closed_polyline(region).tolist() == [[1.0, 2.0], [5.0, 2.0], [5.0, 7.0], [1.0, 2.0]]
+
+
+@pytest.mark.parametrize(
+    ("polygon", "message"),
+    [
+        (((1.0, 2.0), (5.0, 2.0)), "at least 3"),
+        (((1.0, 2.0), (5.0, 2.0), (5.0, 7.0), (1.0, 2.0)), "must not repeat"),
+    ],
+)
+def test_malformed_polygon_is_refused(polygon, message):
+    with pytest.raises(ValueError, match=message):
+        closed_polyline(RegionFinding(polygon=polygon, box=(0.0, 0.0, 1.0, 1.0), probability=0.5))
+
+
+def test_probability_outside_unit_interval_is_refused():
+    source = dx_image()
+    image = image_finding(source, "fracture", 1.3, (square(10.0, 12.0, 20.0, 0.9),))
+    with pytest.raises(ValueError, match=r"probability 1.3 is outside \[0, 1\]"):
+        build_results(
+            study_findings(image, study_uid=source.StudyInstanceUID),
+            {source.SOPInstanceUID: source},
+        )
