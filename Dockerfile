@@ -16,11 +16,15 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 # Its own layer: the largest download, and it changes least often.
 RUN pip install --index-url https://download.pytorch.org/whl/cpu "torch==2.13.0"
 
-WORKDIR /src
+# The package is installed in place (editable), so the shipped MONAI bundles in models/ and the
+# SR templates in sr_templates/ stay beside it, where the node finds them.
+WORKDIR /opt/fracnode
 COPY pyproject.toml README.md ./
 COPY node ./node
+COPY models ./models
+COPY sr_templates ./sr_templates
 # torch==2.13.0 is already satisfied by the CPU build above (2.13.0+cpu), so pip keeps it.
-RUN pip install . && rm -rf /src
+RUN pip install -e .
 
 COPY config/fracnode.yaml /etc/fracnode/fracnode.yaml
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from io import BytesIO
 from pathlib import Path
 
@@ -19,7 +18,8 @@ import pytest
 from pydicom import dcmread
 
 from node.config import InferenceSettings
-from tests.conftest import node_config, require_tool, wait_until
+from tests.conftest import node_config, wait_until
+from tests.support.dciodvfy import dciodvfy_errors
 from tests.integration.test_flow import storescu
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
@@ -75,7 +75,7 @@ def test_a_cr_study_gets_sr_seg_and_overlays_in_orthanc(tmp_path, start_node, or
     rois = sr.content.get_planar_roi_measurement_groups()
     assert rois, "the SR has no planar ROI for the reported region"
     assert all(group.reference_type == hd.sr.CodedConcept("111030", "DCM", "Image Region") for group in rois)
-    assert rois[0].roi.referenced_sop_instance_uid == source.SOPInstanceUID
+    assert rois[0].roi.ContentSequence[0].referenced_sop_instance_uid == source.SOPInstanceUID
     assert seg.get_source_image_uids()[0][2] == source.SOPInstanceUID
 
     # the folder destination takes no overlays: SR and SEG only
@@ -85,9 +85,7 @@ def test_a_cr_study_gets_sr_seg_and_overlays_in_orthanc(tmp_path, start_node, or
 
     # every object the node produced passes dciodvfy
     for path in sorted((tmp_path / "data" / "outbox").rglob("*.dcm")):
-        check = subprocess.run([require_tool("dciodvfy"), str(path)], capture_output=True, text=True, timeout=60)
-        errors = [line for line in (check.stdout + check.stderr).splitlines() if line.startswith("Error")]
-        assert not errors, f"{path.name}: {errors}"
+        assert not dciodvfy_errors(path), path.name
 
 
 def test_shipped_thresholds_still_report_every_image(tmp_path, start_node, orthanc, cr_sample):
