@@ -63,6 +63,8 @@ class Node:
         self._work_wake = threading.Event()
         self._dispatch_wake = {d.name: threading.Event() for d in config.destinations}
         self._threads: list[threading.Thread] = []
+        self._pipelines: dict[str, pipelines.Pipeline] = {}
+        self._pipelines_lock = threading.Lock()
 
     @staticmethod
     def _take_lock(path: Path) -> int:
@@ -133,7 +135,27 @@ class Node:
         configured = {d.name: d for d in self.config.destinations}
         return {name: frozenset(configured[name].overlays) for name in destinations if name in configured}
 
-    def work_once(self, owner: str, cache: dict[str, pipelines.Pipeline], now: float | None = None) -> bool:
+    def pipeline(self, name: str) -> pipelines.Pipeline:
+        """The one instance of a pipeline, shared by every worker (so a model loads once and
+        images of concurrent studies share its batches); built on first use."""
+        with self._pipelines_lock:
+            if name not in self._pipelines:
+                self._pipelines[name] = pipelines.create(name, self.config)
+            return self._pipelines[name]
+
+    def warm_up(self) -> None:
+        """Build the routed pipelines (load their models) before the first study needs them."""
+        for name in dict.fromkeys(route.pipeline for route in self.config.routes):
+            started = time.monotonic()
+            try:
+                self.pipeline(name)
+            except Exception:
+                log.exception("pipeline failed to load; its jobs will fail until this is fixed",
+                              extra={"fields": {"pipeline": name}})
+                continue
+            event(log, logging.INFO, "pipeline ready", pipeline=name, seconds=round(time.monotonic() - started, 2))
+
+    def work_once(self, owner: str, now: float | None = None) -> bool:
         """Claim and run one job. Returns False when no job was due."""
         now = time.time() if now is None else now
         job = self.jobs.claim(owner, now)
@@ -150,9 +172,7 @@ class Node:
             request = self.pipeline_input(job)
             if not request.series:
                 raise RuntimeError("the routed series are no longer in the spool")
-            if job.pipeline not in cache:
-                cache[job.pipeline] = pipelines.create(job.pipeline, self.config)
-            outcome = cache[job.pipeline].run(request)
+            outcome = self.pipeline(job.pipeline).run(request)
             if not self._still_owns(job, owner):
                 return True
             if outcome.not_applicable:
@@ -259,11 +279,13 @@ class Node:
             thread.start()
             self._threads.append(thread)
 
+        warm = threading.Thread(target=self.warm_up, name="warm-up", daemon=True)
+        warm.start()
+        self._threads.append(warm)
         spawn("assembly", lambda: self.assemble_once() > 0 and False, self._assembly_wake, ASSEMBLY_TICK_S)
         for i in range(self.config.jobs.workers):
             owner = f"{self.instance_id}-w{i}"
-            cache: dict[str, pipelines.Pipeline] = {}
-            spawn(f"worker-{i}", lambda owner=owner, cache=cache: self.work_once(owner, cache),
+            spawn(f"worker-{i}", lambda owner=owner: self.work_once(owner),
                   self._work_wake, IDLE_TICK_S)
         for dest in self.config.destinations:
             spawn(f"dispatch-{dest.name}",

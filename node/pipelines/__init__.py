@@ -16,6 +16,8 @@ from node.records import PipelineInput, PipelineOutcome
 
 
 class Pipeline(Protocol):
+    """One instance per node serves every worker thread: `run` must be safe to call concurrently."""
+
     name: str
 
     def run(self, request: PipelineInput) -> PipelineOutcome: ...

@@ -15,7 +15,14 @@ from pydicom import Dataset, dcmread
 
 from node.config import Config
 from node.pipelines import register
-from node.records import Algorithm, Findings, ImageFinding, PipelineInput, PipelineOutcome, RegionFinding
+from node.records import (
+    Algorithm,
+    Findings,
+    ImageFinding,
+    PipelineInput,
+    PipelineOutcome,
+    RegionFinding,
+)
 
 log = logging.getLogger(__name__)
 

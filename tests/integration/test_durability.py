@@ -30,10 +30,10 @@ from pynetdicom import AE
 
 from node.config import Config, load
 from node.service import Node
-from tests.support.pipelines import referenced_instances
 from tests.conftest import REPO, node_config, require_tool, wait_until
 from tests.support import dicomgen, pipelines
 from tests.support.orthanc import Orthanc, free_port
+from tests.support.pipelines import referenced_instances
 
 CT_ROUTE = {
     "name": "ct",
@@ -508,12 +508,9 @@ def test_job_of_a_dead_worker_is_taken_over_when_its_lease_expires(tmp_path, idl
     claimed_at = time.time()
     dead = node.jobs.claim("dead-worker", claimed_at)  # claimed, then never renewed nor finished
     assert dead is not None
-    cache: dict = {}
-    assert (
-        node.work_once("live-worker", cache, now=claimed_at + lease_s / 2) is False
-    )  # lease holds
+    assert node.work_once("live-worker", now=claimed_at + lease_s / 2) is False  # lease holds
 
-    wait_until(lambda: node.work_once("live-worker", cache), timeout_s=lease_s + 30, interval_s=0.2)
+    wait_until(lambda: node.work_once("live-worker"), timeout_s=lease_s + 30, interval_s=0.2)
     assert time.time() >= claimed_at + lease_s
     row = node.db.query("SELECT * FROM jobs WHERE id = ?", (dead.id,))[0]
     assert (row["state"], row["attempts"], row["lease_owner"]) == ("done", 2, None)
@@ -541,11 +538,11 @@ def flaky_node(
     return node, config_path, series
 
 
-def attempt(node: Node, cache: dict) -> sqlite3.Row:
+def attempt(node: Node) -> sqlite3.Row:
     """Run the job once, at the earliest moment its backoff allows (and not a moment before)."""
     not_before = node.db.query("SELECT not_before FROM jobs")[0]["not_before"]
-    assert node.work_once("worker", cache, now=not_before - 0.01) is False
-    assert node.work_once("worker", cache, now=not_before) is True
+    assert node.work_once("worker", now=not_before - 0.01) is False
+    assert node.work_once("worker", now=not_before) is True
     return node.db.query("SELECT * FROM jobs")[0]
 
 
@@ -554,17 +551,16 @@ def test_failing_pipeline_is_retried_with_backoff_until_it_succeeds(
 ):
     flaky_failures["remaining"] = 2
     node, _, series = flaky_node(tmp_path, idle_node, max_attempts=3)
-    cache: dict = {}
     previous_not_before = node.db.query("SELECT not_before FROM jobs")[0]["not_before"]
     for number in (1, 2):
-        row = attempt(node, cache)
+        row = attempt(node)
         assert (row["state"], row["attempts"]) == ("queued", number)
         assert row["last_error"] == "RuntimeError: simulated model failure"
         assert row["not_before"] > previous_not_before  # backed off
         previous_not_before = row["not_before"]
     assert node.db.query("SELECT COUNT(*) AS n FROM outbox")[0]["n"] == 0
 
-    row = attempt(node, cache)
+    row = attempt(node)
     assert (row["state"], row["attempts"], row["last_error"]) == ("done", 3, "")
     assert flaky_failures["remaining"] == 0
     assert node.dispatch_once() == 1
@@ -577,15 +573,14 @@ def test_pipeline_failing_more_than_max_attempts_ends_failed_with_the_reason(
 ):
     flaky_failures["remaining"] = 10
     node, config_path, _ = flaky_node(tmp_path, idle_node, max_attempts=3)
-    cache: dict = {}
-    states = [attempt(node, cache)["state"] for _ in range(3)]
+    states = [attempt(node)["state"] for _ in range(3)]
     assert states == ["queued", "queued", "failed"]
     assert flaky_failures["remaining"] == 7  # the pipeline ran exactly max_attempts times
 
     row = node.db.query("SELECT * FROM jobs")[0]
     assert row["attempts"] == 3 and row["finished_at"] is not None and row["lease_owner"] is None
     assert row["last_error"] == "RuntimeError: simulated model failure"
-    assert node.work_once("worker", cache, now=time.time() + 86400) is False  # never tried again
+    assert node.work_once("worker", now=time.time() + 86400) is False  # never tried again
     assert node.db.query("SELECT COUNT(*) AS n FROM outbox")[0]["n"] == 0
     status = fracnode_status(config_path)
     assert "jobs:    failed 1" in status

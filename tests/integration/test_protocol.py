@@ -450,9 +450,9 @@ def test_queued_job_of_an_older_revision_is_superseded(tmp_path):
         assert (job1["state"], job1["superseded_by"]) == (SUPERSEDED, job2["id"])
         assert (job2["revision"], job2["state"]) == (2, QUEUED)
 
-        assert node.work_once("test-worker", {}, now + 20) is True
+        assert node.work_once("test-worker", now + 20) is True
         assert (
-            node.work_once("test-worker", {}, now + 30) is False
+            node.work_once("test-worker", now + 30) is False
         )  # the superseded job is never claimed
         job1, job2 = jobs(node)
         assert (job1["state"], job1["attempts"], job2["state"]) == (SUPERSEDED, 0, DONE)
