@@ -14,30 +14,15 @@ import sqlite3
 import time
 import uuid
 from dataclasses import dataclass
-from io import BytesIO
 from pathlib import Path
 
-from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_partial
-from pydicom.tag import BaseTag, Tag
-from pydicom.uid import UID
-
 from node.db import Database
+from node.header import Header, UnreadableInstance, read_header
 
-HEADER_TAGS = [
-    "SOPClassUID",
-    "SOPInstanceUID",
-    "StudyInstanceUID",
-    "SeriesInstanceUID",
-    "Modality",
-    "BodyPartExamined",
-    "SeriesDescription",
-    "ProtocolName",
-    "ImageType",
+__all__ = [
+    "Header", "OutOfSpace", "Spool", "SpoolError", "Stored", "UnreadableInstance", "fsync_dir",
+    "read_header", "write_atomically",
 ]
-# elements are encoded in ascending tag order (PS3.5 7.1): parsing stops after the last one we index
-_HEADER_TAG_NUMBERS: list[BaseTag | int] = [Tag(keyword) for keyword in HEADER_TAGS]
-LAST_HEADER_TAG = max(_HEADER_TAG_NUMBERS)
 TEMP_SUFFIX = ".tmp"
 
 
@@ -49,83 +34,50 @@ class OutOfSpace(SpoolError):
     """The spool cannot take the instance (disk full, below the free-space floor, unwritable)."""
 
 
-class UnreadableInstance(SpoolError):
-    """The bytes are not a DICOM dataset the node can index (missing UIDs, garbage)."""
-
-
-@dataclass(frozen=True)
-class Header:
-    """The few attributes the node indexes; read without touching pixel data."""
-
-    sop_class_uid: str
-    sop_instance_uid: str
-    study_uid: str
-    series_uid: str
-    transfer_syntax_uid: str
-    modality: str = ""
-    body_part: str = ""
-    series_description: str = ""
-    protocol_name: str = ""
-    image_type: str = ""
-
-
-def _text(value: object) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-        return "\\".join(str(v) for v in value)  # type: ignore[union-attr]
-    return str(value).strip()
-
-
-def _past_header(tag: BaseTag, vr: str | None, length: int) -> bool:
-    return tag > LAST_HEADER_TAG
-
-
-def read_header(raw: bytes, expected_sop_instance_uid: str | None = None) -> Header:
-    """Parse the indexing attributes from a DICOM file's bytes (preamble + meta + dataset)."""
-    try:
-        # what dcmread(stop_before_pixels=True) does, but stopping at the last indexed tag
-        ds = read_partial(BytesIO(raw), stop_when=_past_header, specific_tags=_HEADER_TAG_NUMBERS)
-        values = {tag: _text(ds.get(tag)) for tag in HEADER_TAGS}
-        transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
-        media_class = str(ds.file_meta.get("MediaStorageSOPClassUID", ""))
-    except (InvalidDicomError, ValueError, KeyError, EOFError, OverflowError, TypeError) as exc:
-        raise UnreadableInstance(f"cannot parse the dataset: {exc}") from exc
-    except Exception as exc:  # pydicom raises many kinds on garbage; all mean "cannot understand"
-        raise UnreadableInstance(f"cannot parse the dataset: {type(exc).__name__}: {exc}") from exc
-    sop_instance = values["SOPInstanceUID"] or (expected_sop_instance_uid or "")
-    if expected_sop_instance_uid and sop_instance != expected_sop_instance_uid:
-        raise UnreadableInstance(
-            f"SOPInstanceUID in the dataset ({sop_instance}) differs from the request's"
-            f" Affected SOP Instance UID ({expected_sop_instance_uid})"
-        )
-    header = Header(
-        sop_class_uid=values["SOPClassUID"] or media_class,
-        sop_instance_uid=sop_instance,
-        study_uid=values["StudyInstanceUID"],
-        series_uid=values["SeriesInstanceUID"],
-        transfer_syntax_uid=transfer_syntax,
-        modality=values["Modality"],
-        body_part=values["BodyPartExamined"],
-        series_description=values["SeriesDescription"],
-        protocol_name=values["ProtocolName"],
-        image_type=values["ImageType"],
-    )
-    for name in ("sop_instance_uid", "study_uid", "series_uid", "sop_class_uid"):
-        uid = getattr(header, name)
-        if not uid:
-            raise UnreadableInstance(f"the dataset has no {name.replace('_', ' ')}")
-        if not UID(uid).is_valid:
-            raise UnreadableInstance(f"{name.replace('_', ' ')} {uid!r} is not a valid UID")
-    return header
-
-
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def make_directory(directory: Path) -> None:
+    """Create `directory` (and parents) if missing, durably: a new entry is fsynced in its parent."""
+    try:
+        if directory.is_dir():
+            return
+        directory.mkdir(parents=True, exist_ok=True)
+        fsync_dir(directory.parent)
+    except OSError as exc:
+        raise OutOfSpace(f"cannot use {directory}: {exc.strerror}") from exc
+
+
+def check_free_space(directory: Path, size: int, min_free_bytes: int) -> None:
+    """Raise OutOfSpace when `size` more bytes would leave less than `min_free_bytes` free."""
+    if not min_free_bytes:
+        return
+    try:
+        stat = os.statvfs(directory)
+    except OSError as exc:
+        raise OutOfSpace(f"cannot use {directory}: {exc.strerror}") from exc
+    free = stat.f_bavail * stat.f_frsize
+    if free - size < min_free_bytes:
+        raise OutOfSpace(
+            f"only {free // 2**20} MiB free in {directory}; the node keeps"
+            f" {min_free_bytes // 2**20} MiB free (storage.min_free_mb)"
+        )
+
+
+def temporary_path(path: Path) -> Path:
+    """A fresh temporary name beside `path`; `Spool.reconcile` removes leftovers after a crash."""
+    return path.parent / f".{path.name}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
+
+
+def write_failure(path: Path, exc: OSError) -> OutOfSpace:
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM, errno.EFBIG):
+        return OutOfSpace(f"cannot write {path.name}: {exc.strerror}")
+    return OutOfSpace(f"cannot write {path.name}: {exc}")
 
 
 def write_atomically(path: Path, data: bytes, min_free_bytes: int = 0) -> None:
@@ -135,22 +87,9 @@ def write_atomically(path: Path, data: bytes, min_free_bytes: int = 0) -> None:
     temporary file is left behind in that case.
     """
     directory = path.parent
-    try:
-        created = not directory.exists()
-        directory.mkdir(parents=True, exist_ok=True)
-        if created:
-            fsync_dir(directory.parent)
-        if min_free_bytes:
-            stat = os.statvfs(directory)
-            free = stat.f_bavail * stat.f_frsize
-            if free - len(data) < min_free_bytes:
-                raise OutOfSpace(
-                    f"only {free // 2**20} MiB free in {directory}; the node keeps"
-                    f" {min_free_bytes // 2**20} MiB free (storage.min_free_mb)"
-                )
-    except OSError as exc:
-        raise OutOfSpace(f"cannot use {directory}: {exc.strerror}") from exc
-    temp = directory / f".{path.name}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
+    make_directory(directory)
+    check_free_space(directory, len(data), min_free_bytes)
+    temp = temporary_path(path)
     try:
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
         try:
@@ -167,9 +106,7 @@ def write_atomically(path: Path, data: bytes, min_free_bytes: int = 0) -> None:
             temp.unlink(missing_ok=True)
         except OSError:
             pass
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EACCES, errno.EROFS, errno.EPERM, errno.EFBIG):
-            raise OutOfSpace(f"cannot write {path.name}: {exc.strerror}") from exc
-        raise OutOfSpace(f"cannot write {path.name}: {exc}") from exc
+        raise write_failure(path, exc) from exc
 
 
 @dataclass(frozen=True)
@@ -200,20 +137,30 @@ class Spool:
         header = read_header(raw, expected_sop_instance_uid)
         digest = hashlib.sha256(raw).hexdigest()
         path = self.path_for(header)
+        if self.holds(header, digest, path):
+            return Stored(header, path, duplicate=True)
+        write_atomically(path, raw, self.min_free_bytes)
+        self.index(header, path, digest, len(raw), calling_ae, association_id)
+        return Stored(header, path, duplicate=False)
+
+    def holds(self, header: Header, digest: str, path: Path) -> bool:
+        """True when these very bytes are already stored and indexed (an identical resend)."""
         existing = self.db.query(
             "SELECT digest FROM instances WHERE sop_instance_uid = ?", (header.sop_instance_uid,)
         )
-        if existing and existing[0]["digest"] == digest and path.exists():
-            return Stored(header, path, duplicate=True)
-        write_atomically(path, raw, self.min_free_bytes)
+        return bool(existing) and existing[0]["digest"] == digest and path.exists()
+
+    def index(
+        self, header: Header, path: Path, digest: str, size: int, calling_ae: str, association_id: str
+    ) -> None:
+        """Commit the index row of a file already durable at `path`."""
         try:
-            self._index(header, path, digest, len(raw), time.time(), calling_ae, association_id)
+            self._index(header, path, digest, size, time.time(), calling_ae, association_id)
         except sqlite3.OperationalError as exc:
             # the index shares the disk: a full disk there is out of resources too, not a crash
             if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
                 raise
             raise OutOfSpace(f"cannot index {path.name}: the database's disk is full") from exc
-        return Stored(header, path, duplicate=False)
 
     def _index(
         self,

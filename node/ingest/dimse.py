@@ -1,29 +1,31 @@
 """DICOM upper-layer edge: C-ECHO and C-STORE SCP (PS3.4 Annex A and B, PS3.7 9.1.1).
 
-The C-STORE handler only writes the bytes as received to the spool and maps the outcome to a
-status. It never decodes pixel data or waits on later stages.
+The listener gives each connection its own thread running an `Association` (PS3.8 state machine,
+C-STORE data sets streamed into the spool). This module decides who may associate and what is
+offered, and keeps the audit trail. Nothing here decodes pixel data or waits on later stages.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import socketserver
+import sqlite3
 import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
-from pynetdicom import AE, AllStoragePresentationContexts, evt
+from pynetdicom import AllStoragePresentationContexts, build_context
 from pynetdicom import _config as pynetdicom_config
-from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
-from pynetdicom.transport import ThreadedAssociationServer
 
 from node.config import NodeSettings
 from node.db import Database
+from node.ingest import upper_layer as ul
+from node.ingest.association import Association, AssociationRecord
 from node.logs import event
-from node.spool import OutOfSpace, Spool, UnreadableInstance
+from node.spool import Spool, Stored
 
 log = logging.getLogger("fracnode.ingest")
 audit = logging.getLogger("fracnode.audit")
@@ -47,13 +49,7 @@ TRANSFER_SYNTAXES = [
     "1.2.840.10008.1.2.4.203",  # HTJ2K
     "1.2.840.10008.1.2.5",  # RLE Lossless
 ]
-STORAGE_SOP_CLASSES = [cx.abstract_syntax for cx in AllStoragePresentationContexts]
-
-# PS3.4 Annex B.2.3 C-STORE status codes
-STATUS_SUCCESS = 0x0000
-STATUS_OUT_OF_RESOURCES = 0xA700
-STATUS_CANNOT_UNDERSTAND = 0xC210
-STATUS_PROCESSING_FAILURE = 0x0110
+STORAGE_SOP_CLASSES = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
 
 
 def set_nodelay(sock: socket.socket) -> None:
@@ -64,24 +60,24 @@ def set_nodelay(sock: socket.socket) -> None:
         pass
 
 
-class NoDelayServer(ThreadedAssociationServer):
+class _Listener(socketserver.ThreadingTCPServer):
+    allow_reuse_address = True
+    daemon_threads = True
+    block_on_close = False
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], serve: Callable[[socket.socket, tuple[str, int]], None]) -> None:
+        self._serve = serve
+        self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        super().__init__(address, socketserver.BaseRequestHandler)
+
     def get_request(self) -> tuple[socket.socket, tuple[str, int]]:
         client, address = super().get_request()
         set_nodelay(client)
         return client, address
 
-
-@dataclass
-class _AssociationRecord:
-    id: str
-    started_at: float
-    peer_ae: str
-    peer_address: str
-    peer_port: int
-    called_ae: str
-    received: int = 0
-    failed: int = 0
-    studies: set[str] = field(default_factory=set)
+    def finish_request(self, request: socket.socket, client_address: tuple[str, int]) -> None:  # type: ignore[override]
+        self._serve(request, client_address)
 
 
 class DimseIngest:
@@ -95,32 +91,22 @@ class DimseIngest:
         on_stored: Callable[[], None] = lambda: None,
         on_released: Callable[[set[str]], None] = lambda studies: None,
     ) -> None:
+        # the node's SCU side (dispatch) uses pynetdicom: query identifiers hold patient data
+        pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
+        pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
         self.settings = settings
         self.spool = spool
         self.db = db
         self.on_stored = on_stored
         self.on_released = on_released
-        self._records: dict[int, _AssociationRecord] = {}
+        self.supported = [build_context(Verification)] + [
+            build_context(sop_class, TRANSFER_SYNTAXES) for sop_class in STORAGE_SOP_CLASSES
+        ]
+        self.storage_sop_classes = frozenset(STORAGE_SOP_CLASSES)
         self._lock = threading.Lock()
-        self._server: ThreadedAssociationServer | None = None
-        self.ae = self._build_ae()
-
-    def _build_ae(self) -> AE:
-        # query identifiers hold patient data: off wherever the node runs, not only under `serve`
-        pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
-        pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
-        ae = AE(ae_title=self.settings.ae_title)
-        ae.require_called_aet = True
-        ae.require_calling_aet = list(self.settings.calling_ae_titles)
-        ae.maximum_associations = self.settings.max_associations
-        ae.maximum_pdu_size = self.settings.max_pdu
-        ae.network_timeout = self.settings.network_timeout_s
-        ae.acse_timeout = self.settings.network_timeout_s
-        ae.dimse_timeout = self.settings.network_timeout_s
-        ae.add_supported_context(Verification)
-        for sop_class in STORAGE_SOP_CLASSES:
-            ae.add_supported_context(sop_class, TRANSFER_SYNTAXES)
-        return ae
+        self._open = 0  # accepted associations not yet ended
+        self._connections: dict[threading.Thread, socket.socket] = {}
+        self._server: _Listener | None = None
 
     @property
     def port(self) -> int:
@@ -128,18 +114,7 @@ class DimseIngest:
         return int(self._server.server_address[1])
 
     def start(self) -> None:
-        handlers = [
-            (evt.EVT_C_STORE, self._handle_store),
-            (evt.EVT_C_ECHO, lambda event: STATUS_SUCCESS),
-            (evt.EVT_ACCEPTED, self._handle_accepted),
-            (evt.EVT_REJECTED, self._handle_rejected),
-            (evt.EVT_RELEASED, self._handle_ended),
-            (evt.EVT_ABORTED, self._handle_ended),
-            (evt.EVT_CONN_CLOSE, self._handle_ended),
-        ]
-        address = (self.settings.bind, self.settings.port)
-        server = self.ae.make_server(address, evt_handlers=handlers, server_class=NoDelayServer)
-        self.ae._servers.append(server)
+        server = _Listener((self.settings.bind, self.settings.port), self._serve)
         thread = threading.Thread(target=server.serve_forever, name="dimse-server", daemon=True)
         thread.start()
         self._server = server
@@ -147,65 +122,90 @@ class DimseIngest:
               bind=self.settings.bind, port=self.port)
 
     def stop(self) -> None:
+        """Stop listening, abort open associations and wait for their threads."""
         if self._server is not None:
             self._server.shutdown()
+            self._server.server_close()
             self._server = None
-        self.ae.shutdown()
-
-    # -- association events (audit trail) ---------------------------------------------------
-
-    def _peer(self, assoc: Association) -> tuple[str, str, int, str]:
-        requestor = assoc.requestor
-        primitive = requestor.primitive
-        called = primitive.called_ae_title if primitive is not None else assoc.acceptor.ae_title
-        return (
-            str(requestor.ae_title).strip(),
-            str(requestor.address),
-            int(requestor.port or 0),
-            str(called or "").strip(),
-        )
-
-    def _handle_accepted(self, event_: evt.Event) -> None:
-        peer_ae, address, port, called = self._peer(event_.assoc)
-        record = _AssociationRecord(uuid.uuid4().hex, time.time(), peer_ae, address, port, called)
         with self._lock:
-            self._records[id(event_.assoc)] = record
-        self.db.execute(
+            connections = dict(self._connections)
+        for sock in connections.values():
+            try:
+                sock.shutdown(socket.SHUT_RDWR)  # wakes the thread's blocking read
+            except OSError:
+                pass
+        for thread in connections:
+            thread.join(timeout=10)
+
+    def _serve(self, sock: socket.socket, address: tuple[str, int]) -> None:
+        current = threading.current_thread()
+        with self._lock:
+            self._connections[current] = sock
+        try:
+            Association(self, sock, address).run()
+        finally:
+            with self._lock:
+                del self._connections[current]
+
+    # -- admission and the audit trail --------------------------------------------------------
+
+    def admit(self, request: ul.AssociationRequest) -> tuple[tuple[int, int, int], str] | None:
+        """None to accept (and count the association open), else the A-ASSOCIATE-RJ and why."""
+        if request.called_ae != self.settings.ae_title:
+            reason = f"called AE title {request.called_ae!r} is not this node's ({self.settings.ae_title!r})"
+            return ul.REJECT_CALLED_AE, reason
+        if self.settings.calling_ae_titles and request.calling_ae not in self.settings.calling_ae_titles:
+            return ul.REJECT_CALLING_AE, f"calling AE title {request.calling_ae!r} is not in node.calling_ae_titles"
+        if request.application_context != ul.APPLICATION_CONTEXT_NAME:
+            return ul.REJECT_APPLICATION_CONTEXT, f"application context {request.application_context!r}"
+        with self._lock:
+            if self._open >= self.settings.max_associations:
+                return ul.REJECT_LOCAL_LIMIT, "too many associations (node.max_associations)"
+            self._open += 1
+        return None
+
+    def _audit_row(self, sql: str, params: tuple[object, ...]) -> None:
+        # the audit trail shares the index's disk: when it is full, associations still work
+        # (a C-ECHO must answer) and the log line below still records the event
+        try:
+            self.db.execute(sql, params)
+        except sqlite3.Error as exc:
+            event(log, logging.WARNING, "audit row not written", reason=str(exc))
+
+    def accepted(self, request: ul.AssociationRequest, address: tuple[str, int]) -> AssociationRecord:
+        record = AssociationRecord(uuid.uuid4().hex, time.time(), request.calling_ae, address[0],
+                                    int(address[1]), request.called_ae)
+        self._audit_row(
             """INSERT INTO associations (id, started_at, peer_ae, peer_address, peer_port,
             called_ae, outcome) VALUES (?,?,?,?,?,?, 'open')""",
-            (record.id, record.started_at, peer_ae, address, port, called),
+            (record.id, record.started_at, record.peer_ae, record.peer_address, record.peer_port,
+             record.called_ae),
         )
         event(audit, logging.INFO, "association accepted", association=record.id,
-              calling_ae=peer_ae, address=address, port=port, called_ae=called)
+              calling_ae=record.peer_ae, address=record.peer_address, port=record.peer_port,
+              called_ae=record.called_ae)
+        return record
 
-    def _rejection_reason(self, assoc: Association) -> str:
-        peer_ae, _, _, called = self._peer(assoc)
-        if called != self.settings.ae_title:
-            return f"called AE title {called!r} is not this node's ({self.settings.ae_title!r})"
-        if self.settings.calling_ae_titles and peer_ae not in self.settings.calling_ae_titles:
-            return f"calling AE title {peer_ae!r} is not in node.calling_ae_titles"
-        return "too many associations (node.max_associations)"
-
-    def _handle_rejected(self, event_: evt.Event) -> None:
-        peer_ae, address, port, called = self._peer(event_.assoc)
-        reason = self._rejection_reason(event_.assoc)
+    def rejected(self, request: ul.AssociationRequest, address: tuple[str, int], reason: str) -> None:
         now = time.time()
         record_id = uuid.uuid4().hex
-        self.db.execute(
+        self._audit_row(
             """INSERT INTO associations (id, started_at, ended_at, peer_ae, peer_address, peer_port,
             called_ae, outcome, reason) VALUES (?,?,?,?,?,?,?, 'rejected', ?)""",
-            (record_id, now, now, peer_ae, address, port, called, reason),
+            (record_id, now, now, request.calling_ae, address[0], int(address[1]), request.called_ae, reason),
         )
         event(audit, logging.WARNING, "association rejected", association=record_id,
-              calling_ae=peer_ae, address=address, port=port, called_ae=called, reason=reason)
+              calling_ae=request.calling_ae, address=address[0], port=int(address[1]),
+              called_ae=request.called_ae, reason=reason)
 
-    def _handle_ended(self, event_: evt.Event) -> None:
+    def release(self) -> None:
+        """Give back the slot `admit` counted, for an association that was never accepted."""
         with self._lock:
-            record = self._records.pop(id(event_.assoc), None)
-        if record is None:  # already ended (CONN_CLOSE follows RELEASED/ABORTED)
-            return
-        outcome = "aborted" if event_.event is evt.EVT_ABORTED or event_.assoc.is_aborted else "released"
-        self.db.execute(
+            self._open -= 1
+
+    def ended(self, record: AssociationRecord, outcome: str) -> None:
+        self.release()
+        self._audit_row(
             """UPDATE associations SET ended_at = ?, outcome = ?, instances_received = ?,
             instances_failed = ? WHERE id = ?""",
             (time.time(), outcome, record.received, record.failed, record.id),
@@ -216,41 +216,15 @@ class DimseIngest:
         if record.studies and outcome == "released":
             self.on_released(set(record.studies))
 
-    # -- C-STORE -------------------------------------------------------------------------------
-
-    def _handle_store(self, event_: evt.Event) -> int | tuple[int, str] | object:
-        with self._lock:
-            record = self._records.get(id(event_.assoc))
-        association_id = record.id if record else ""
-        calling_ae = str(event_.assoc.requestor.ae_title).strip()
-        expected = str(event_.request.AffectedSOPInstanceUID or "") or None
-        try:
-            raw = event_.encoded_dataset(include_meta=True)
-            stored = self.spool.store(raw, calling_ae, association_id, expected)
-        except OutOfSpace as exc:
-            return self._failure(record, STATUS_OUT_OF_RESOURCES, str(exc), expected)
-        except UnreadableInstance as exc:
-            return self._failure(record, STATUS_CANNOT_UNDERSTAND, str(exc), expected)
-        except Exception as exc:  # the node must answer, whatever went wrong
-            log.exception("C-STORE failed", extra={"fields": {"sop_instance_uid": expected}})
-            return self._failure(record, STATUS_PROCESSING_FAILURE, f"{type(exc).__name__}: {exc}", expected)
-        if record is not None:
-            record.received += 1
-            record.studies.add(stored.header.study_uid)
+    def stored(self, record: AssociationRecord, stored: Stored) -> None:
+        record.received += 1
+        record.studies.add(stored.header.study_uid)
         if not stored.duplicate:
             self.on_stored()
-        return STATUS_SUCCESS
 
-    def _failure(
-        self, record: _AssociationRecord | None, status: int, reason: str, sop_uid: str | None
-    ) -> object:
-        if record is not None:
-            record.failed += 1
+    def refused(self, record: AssociationRecord, status: int, reason: str, sop_uid: str) -> None:
+        record.failed += 1
         event(log, logging.WARNING, "instance refused", status=f"0x{status:04X}", reason=reason,
-              sop_instance_uid=sop_uid, association=record.id if record else "")
-        from pydicom import Dataset
+              sop_instance_uid=sop_uid or None, association=record.id)
 
-        status_ds = Dataset()
-        status_ds.Status = status
-        status_ds.ErrorComment = reason[:64]  # LO: 64 characters at most
-        return status_ds
+

@@ -1,0 +1,185 @@
+"""One instance arriving in fragments (a C-STORE data set), written to the spool as it arrives.
+
+The fragments are kept in memory until the indexed attributes are found in them (usually in the
+first fragment), then go straight to a temporary file beside the instance's final name, hashed on
+the way. `commit()` makes the file durable in the order the spool promises (fsync, rename,
+directory fsync) and commits its index row; only then may the sender be told "success".
+Data sets the byte scan does not walk (deflated, big endian, odd encodings) are kept whole in
+memory and stored by `Spool.store`, as every instance was before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from collections.abc import Sequence
+from pathlib import Path
+
+from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from node.header import Header, NotScannable, header_from_elements, is_scannable, scan_elements
+from node.spool import (
+    Spool,
+    Stored,
+    check_free_space,
+    fsync_dir,
+    make_directory,
+    temporary_path,
+    write_failure,
+)
+
+_PREAMBLE = b"\0" * 128 + b"DICM"  # PS3.10 7.1
+
+
+def _meta_element(group_element: int, vr: bytes, value: bytes) -> bytes:
+    if len(value) % 2:
+        value += b" " if vr == b"SH" else b"\0"  # PS3.5 6.2: even length; UI pads with NUL
+    if vr == b"OB":
+        return struct.pack("<HH2s2xL", 0x0002, group_element, vr, len(value)) + value
+    return struct.pack("<HH2sH", 0x0002, group_element, vr, len(value)) + value
+
+
+def file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
+    """Preamble, prefix and File Meta Information (PS3.10 7.1) for a received data set."""
+    group = b"".join((
+        _meta_element(0x0001, b"OB", b"\0\1"),
+        _meta_element(0x0002, b"UI", sop_class_uid.encode("ascii", "replace")),
+        _meta_element(0x0003, b"UI", sop_instance_uid.encode("ascii", "replace")),
+        _meta_element(0x0010, b"UI", transfer_syntax.encode("ascii")),
+        _meta_element(0x0012, b"UI", IMPLEMENTATION_CLASS_UID.encode("ascii")),
+        _meta_element(0x0013, b"SH", IMPLEMENTATION_VERSION_NAME.encode("ascii")),
+    ))
+    length = struct.pack("<HH2sHL", 0x0002, 0x0000, b"UL", 4, len(group))
+    return _PREAMBLE + length + group
+
+
+def _write_all(fd: int, buffers: Sequence[bytes | memoryview]) -> None:
+    written = os.writev(fd, buffers)
+    total = sum(len(b) for b in buffers)
+    if written == total:
+        return
+    rest = memoryview(b"".join(buffers))[written:]  # a short write: rare, finish it plainly
+    while rest:
+        rest = rest[os.write(fd, rest) :]
+
+
+class Incoming:
+    """An instance being received: `add()` each fragment, then `commit()` or `discard()`.
+
+    `add()` and `commit()` raise UnreadableInstance or OutOfSpace; after either, call
+    `discard()` (it leaves no temporary file) and drop the remaining fragments.
+    """
+
+    def __init__(
+        self,
+        spool: Spool,
+        transfer_syntax: str,
+        sop_class_uid: str,
+        sop_instance_uid: str,
+        calling_ae: str,
+        association_id: str,
+    ) -> None:
+        self.spool = spool
+        self.transfer_syntax = transfer_syntax
+        self.sop_class_uid = sop_class_uid
+        self.sop_instance_uid = sop_instance_uid
+        self.calling_ae = calling_ae
+        self.association_id = association_id
+        self._meta = file_meta(sop_class_uid, sop_instance_uid, transfer_syntax)
+        self._hash = hashlib.sha256(self._meta)
+        self._size = len(self._meta)
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._scan = is_scannable(transfer_syntax)
+        self._next_scan = 0
+        self._header: Header | None = None
+        self._path = Path()
+        self._temp: Path | None = None
+        self._fd = -1
+
+    def add(self, fragment: bytes | memoryview) -> None:
+        self._hash.update(fragment)  # hashlib releases the GIL for fragments this large
+        self._size += len(fragment)
+        if self._fd >= 0:
+            self._write((fragment,))
+            return
+        self._pending.append(bytes(fragment))
+        self._pending_size += len(fragment)
+        if self._scan and self._pending_size >= self._next_scan:
+            self._start_file()
+
+    def _start_file(self) -> None:
+        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
+        try:
+            elements = scan_elements(data, self.transfer_syntax)
+        except NotScannable:
+            self._scan = False  # pydicom reads the whole data set at commit
+            return
+        if elements is None:
+            self._next_scan = 2 * self._pending_size  # rescan after doubling: linear in all
+            return
+        header = header_from_elements(
+            elements, self.transfer_syntax, self.sop_class_uid, self.sop_instance_uid or None
+        )
+        path = self.spool.path_for(header)
+        make_directory(path.parent)
+        temp = temporary_path(path)
+        try:
+            self._fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
+        except OSError as exc:
+            raise write_failure(path, exc) from exc
+        self._header, self._path, self._temp = header, path, temp
+        self._pending = []
+        self._write((self._meta, data))
+
+    def _write(self, buffers: Sequence[bytes | memoryview]) -> None:
+        try:
+            _write_all(self._fd, buffers)
+        except OSError as exc:
+            self.discard()
+            raise write_failure(self._path, exc) from exc
+
+    def commit(self) -> Stored:
+        """Make the instance durable and indexed; a resend of identical bytes changes nothing."""
+        if self._header is None:
+            raw = b"".join((self._meta, *self._pending))
+            self._pending = []
+            return self.spool.store(raw, self.calling_ae, self.association_id, self.sop_instance_uid or None)
+        header, path, temp = self._header, self._path, self._temp
+        assert temp is not None
+        digest = self._hash.hexdigest()
+        if self.spool.holds(header, digest, path):
+            self.discard()
+            return Stored(header, path, duplicate=True)
+        try:
+            check_free_space(path.parent, 0, self.spool.min_free_bytes)  # the bytes are written
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
+            os.replace(temp, path)
+            self._temp = None
+            fsync_dir(path.parent)
+        except OSError as exc:
+            self.discard()
+            raise write_failure(path, exc) from exc
+        except BaseException:
+            self.discard()
+            raise
+        self.spool.index(header, path, digest, self._size, self.calling_ae, self.association_id)
+        return Stored(header, path, duplicate=False)
+
+    def discard(self) -> None:
+        """Forget the instance: close and remove the temporary file, drop buffered fragments."""
+        self._pending = []
+        if self._fd >= 0:
+            try:
+                os.close(self._fd)
+            except OSError:
+                pass
+            self._fd = -1
+        if self._temp is not None:
+            try:
+                self._temp.unlink(missing_ok=True)
+            except OSError:
+                pass
+            self._temp = None
