@@ -21,6 +21,8 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         bundle=bundle,
         cache=Path(args.cache),
         epochs=getattr(args, "epochs", 24),
+        learning_rate=getattr(args, "learning_rate", 2e-3),
+        init=Path(args.init) if getattr(args, "init", None) else None,
         batch_size=args.batch_size,
         seed=args.seed,
         threads=args.threads,
@@ -82,6 +84,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
         if name == "train":
             parser.add_argument("--epochs", type=int, default=24)
+            parser.add_argument("--learning-rate", type=float, default=2e-3, help="peak of the one-cycle schedule")
+            parser.add_argument("--init", help="start from these weights (a state dict), e.g. to fine-tune")
         else:
             parser.add_argument("--write", action="store_true",
                                 help="write the numbers into the bundle's metadata and model card")

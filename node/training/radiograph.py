@@ -38,6 +38,7 @@ class TrainSettings:
     learning_rate: float = 2e-3
     seed: int = 7
     threads: int = 0
+    init: Path | None = None  # start from these weights (fine-tuning) instead of random ones
 
 
 def _standardize(images: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -123,6 +124,9 @@ def train(settings: TrainSettings, log=print) -> dict:
         + ", ".join(f"{k} {len(v.ids)} images / {int(v.fractured.sum())} fractured" for k, v in splits.items())
     )
     network = bundles.build_network(bundle)
+    if settings.init:
+        network.load_state_dict(torch.load(settings.init, map_location="cpu", weights_only=True))
+        log(f"starting from {settings.init}")
     optimizer = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate, weight_decay=1e-4)
     steps_per_epoch = math.ceil(len(train_set.ids) / settings.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -170,7 +174,14 @@ def train(settings: TrainSettings, log=print) -> dict:
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = torch.load(checkpoints / "best.pt", map_location="cpu", weights_only=True)
     torch.save(state, weights)
-    return {"best_epoch": best["epoch"], "epochs": settings.epochs, "seed": settings.seed, "history": history}
+    return {
+        "best_epoch": best["epoch"],
+        "epochs": settings.epochs,
+        "seed": settings.seed,
+        "learning_rate": settings.learning_rate,
+        "fine_tuned_from": str(settings.init) if settings.init else None,
+        "history": history,
+    }
 
 
 def evaluate(settings: TrainSettings, log=print) -> dict:

@@ -38,10 +38,10 @@ def with_random_weights(source: Path, target: Path, record_hash: bool = True, se
     bundle.weights_path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(network.state_dict(), bundle.weights_path)
     digest = bundles.sha256(bundle.weights_path)
-    if record_hash:
+    if "fracnode" in bundle.metadata:  # a Model Zoo bundle has no fracnode section
         metadata_path = target / "configs" / "metadata.json"
         metadata = json.loads(metadata_path.read_text())
-        metadata["fracnode"]["weights_sha256"] = digest
+        metadata["fracnode"]["weights_sha256"] = digest if record_hash else ""
         metadata_path.write_text(json.dumps(metadata, indent=4))
     return digest
 
