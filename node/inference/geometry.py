@@ -41,7 +41,7 @@ class Letterbox:
     def unfit(self, model_plane: np.ndarray) -> np.ndarray:
         """A size×size float plane (e.g. probabilities) resampled to the source image's rows×columns."""
         cropped = self.crop(model_plane).astype(np.float32)
-        resized = Image.fromarray(cropped, mode="F").resize((self.columns, self.rows), Image.BILINEAR)
+        resized = Image.fromarray(cropped, mode="F").resize((self.columns, self.rows), Image.Resampling.BILINEAR)
         return np.asarray(resized, dtype=np.float32)
 
 
@@ -50,7 +50,7 @@ def fit(image: np.ndarray, size: int) -> tuple[np.ndarray, Letterbox]:
     rows, columns = image.shape
     scale = size / max(rows, columns)
     height, width = max(1, round(rows * scale)), max(1, round(columns * scale))
-    resized = Image.fromarray(image.astype(np.float32), mode="F").resize((width, height), Image.BILINEAR)
+    resized = Image.fromarray(image.astype(np.float32), mode="F").resize((width, height), Image.Resampling.BILINEAR)
     top, left = (size - height) // 2, (size - width) // 2
     out = np.zeros((size, size), dtype=np.float32)
     out[top : top + height, left : left + width] = np.asarray(resized, dtype=np.float32)

@@ -25,7 +25,7 @@ def render(ds: Dataset, finding: ImageFinding) -> Image.Image:
     image = Image.fromarray(gray, mode="L").convert("RGB")
     scale = min(1.0, MAX_SIDE / max(image.size))
     if scale < 1.0:
-        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
+        image = image.resize((round(image.width * scale), round(image.height * scale)), Image.Resampling.BILINEAR)
     draw = ImageDraw.Draw(image)
     colour = COLOURS[finding.category]
     width = max(2, round(max(image.size) / 300))
