@@ -1,0 +1,121 @@
+"""The radiograph-fracture pipeline with the shipped model: which images it analyses, what it concludes."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from pydicom.uid import generate_uid
+
+from node.config import Config, InferenceSettings
+from node.inference.engine import Engine
+from node.pipelines import create, load_modules
+from node.pipelines.radiograph import RadiographFracturePipeline, categorize, summarize
+from node.records import PipelineInput, SeriesAttributes, SeriesInput
+from node.results.radiograph import build_results
+from tests.support import dicomgen
+from tests.support.findings import dx_image
+
+SHIPPED = InferenceSettings().bundle("radiograph_fracture")
+
+
+@pytest.mark.parametrize(
+    ("probability", "category"),
+    [(0.05, "negative"), (0.2, "suspicious"), (0.59, "suspicious"), (0.6, "fracture"), (1.0, "fracture")],
+)
+def test_categorize_at_the_two_operating_points(probability: float, category: str) -> None:
+    assert categorize(probability, {"suspicious": 0.2, "fracture": 0.6}) == category
+
+
+@pytest.fixture(scope="module")
+def engine() -> Engine:
+    with Engine(SHIPPED, device="cpu") as shipped:
+        yield shipped
+
+
+def request(tmp_path: Path, datasets) -> PipelineInput:  # type: ignore[no-untyped-def]
+    paths = dicomgen.write(datasets, tmp_path)
+    series = SeriesInput(SeriesAttributes(str(datasets[0].SeriesInstanceUID), modality="DX"), tuple(paths))
+    return PipelineInput(str(datasets[0].StudyInstanceUID), 1, "MOD", (series,))
+
+
+def test_every_image_of_the_study_gets_a_finding_and_other_objects_a_reason(tmp_path, engine) -> None:
+    study = generate_uid()
+    images = [dx_image(study, rows=200, columns=160), dx_image(study, rows=120, columns=240)]
+    report = dicomgen.sr_document()
+    report.StudyInstanceUID = study
+    pipeline = RadiographFracturePipeline(engine)
+    findings, sources = pipeline.analyse(request(tmp_path, [*images, report]))
+
+    assert [f.sop_instance_uid for f in findings.images] == [str(ds.SOPInstanceUID) for ds in images]
+    assert [uid for uid, _ in findings.skipped] == [str(report.SOPInstanceUID)]
+    assert "no pixel data" in findings.skipped[0][1]
+    for finding, ds in zip(findings.images, images):
+        assert 0.0 <= finding.fracture_probability <= 1.0
+        assert finding.category == categorize(finding.fracture_probability, pipeline.operating_points)
+        assert finding.region_map.shape == (ds.Rows, ds.Columns)
+        assert finding.body_region in {"hand", "leg", "hip", "shoulder"}
+        for region in finding.regions:  # outlines lie on the source image
+            assert all(0 <= x <= ds.Columns and 0 <= y <= ds.Rows for x, y in region.polygon)
+    assert findings.algorithm.weights_sha256 == engine.weights_sha256
+    assert set(sources) == {str(ds.SOPInstanceUID) for ds in images}
+
+
+def test_identical_pixels_give_identical_findings_whatever_else_is_in_the_batch(tmp_path, engine) -> None:
+    study = generate_uid()
+    first = dx_image(study, rows=200, columns=160)
+    twin = dx_image(study, rows=200, columns=160)  # same pixels (seeded by size), other UIDs
+    pipeline = RadiographFracturePipeline(engine)
+    alone, _ = pipeline.analyse(request(tmp_path / "a", [first]))
+    together, _ = pipeline.analyse(request(tmp_path / "b", [first, twin]))
+    assert together.images[0].fracture_probability == pytest.approx(alone.images[0].fracture_probability, abs=1e-5)
+    assert together.images[1].fracture_probability == pytest.approx(alone.images[0].fracture_probability, abs=1e-5)
+
+
+def test_own_secondary_captures_are_not_analysed_again(tmp_path, engine) -> None:
+    study = generate_uid()
+    image = dx_image(study, rows=128, columns=128)
+    pipeline = RadiographFracturePipeline(engine)
+    findings, sources = pipeline.analyse(request(tmp_path / "in", [image]))
+    captures = [
+        ds for ds in build_results(findings, sources, {"secondary_capture"})
+        if ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
+    ]
+    assert captures
+    again, _ = pipeline.analyse(request(tmp_path / "again", captures))
+    assert not again.images
+    assert "fracnode result" in again.skipped[0][1]
+
+
+def test_a_study_without_radiographs_is_not_applicable(tmp_path, engine) -> None:
+    report = dicomgen.sr_document()
+    outcome = RadiographFracturePipeline(engine).run(request(tmp_path, [report]))
+    assert outcome.datasets == ()
+    assert outcome.not_applicable.startswith("no radiograph to analyse (no pixel data")
+
+
+def test_summary_counts_categories() -> None:
+    from node.records import Findings
+
+    class Image:
+        def __init__(self, category: str, probability: float) -> None:
+            self.category, self.fracture_probability = category, probability
+
+    findings = Findings("1.2", None, (Image("fracture", 0.9), Image("negative", 0.1), Image("fracture", 0.7)),
+                        skipped=(("1.2.3", "no pixel data"),))
+    assert summarize(findings) == "3 image(s): fracture 2, negative 1; highest fracture probability 0.90; 1 skipped"
+
+
+def test_a_tampered_model_stops_the_pipeline_with_the_reason(tmp_path) -> None:
+    models = tmp_path / "models"
+    shutil.copytree(SHIPPED, models / "radiograph_fracture")
+    metadata_path = models / "radiograph_fracture" / "configs" / "metadata.json"
+    metadata = json.loads(metadata_path.read_text())
+    metadata["fracnode"]["weights_sha256"] = "0" * 64
+    metadata_path.write_text(json.dumps(metadata))
+    config = Config.model_validate({"inference": {"models_dir": str(models), "device": "cpu"}})
+    load_modules([])
+    with pytest.raises(ValueError, match="does not match"):
+        create("radiograph-fracture", config)
