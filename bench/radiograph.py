@@ -55,7 +55,7 @@ def make_studies(count: int, folder: Path) -> list[tuple[str, Path]]:
     return studies
 
 
-def start_node(workdir: Path, orthanc_port: int, workers: int) -> tuple[subprocess.Popen[bytes], int]:
+def start_node(workdir: Path, orthanc_port: int, workers: int, max_batch: int) -> tuple[subprocess.Popen[bytes], int]:
     data = workdir / "data"
     config = workdir / "fracnode.yaml"
     config.write_text(
@@ -63,6 +63,7 @@ def start_node(workdir: Path, orthanc_port: int, workers: int) -> tuple[subproce
         f"storage: {{data_dir: {data}, min_free_mb: 0}}\n"
         "assembly: {complete_on_release: true}\n"
         f"jobs: {{workers: {workers}}}\n"
+        f"inference: {{max_batch: {max_batch}}}\n"
         "logging: {level: WARNING, format: text}\n"
         f"peers: [{{name: pacs, ae_title: ORTHANC, host: 127.0.0.1, port: {orthanc_port}}}]\n"
         "destinations: [{name: pacs, type: dimse, peer: pacs}]\n"
@@ -118,12 +119,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--studies", type=int, default=16, help="studies in the throughput run")
     parser.add_argument("--latency-studies", type=int, default=5)
     parser.add_argument("--workers", type=int, default=4, help="jobs.workers of the node")
+    parser.add_argument("--max-batch", type=int, default=8, help="inference.max_batch of the node")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="fracnode-bench-radiograph-") as tmp:
         workdir = Path(tmp)
         info = machine(workdir)
         with Orthanc(workdir / "orthanc") as orthanc:
-            node, port = start_node(workdir, orthanc.dicom_port, args.workers)
+            node, port = start_node(workdir, orthanc.dicom_port, args.workers, args.max_batch)
             try:
                 latencies = []
                 for uid, path in make_studies(args.latency_studies, workdir / "latency"):
@@ -141,7 +143,8 @@ def main(argv: list[str] | None = None) -> int:
                 node.terminate()
                 node.wait(timeout=60)
     print("\n".join(f"- {k}: {v}" for k, v in info.items()))
-    print(f"\nend to end, CPU, workers {args.workers}, real JPEG 2000 CR 1760×1760 per study")
+    print(f"\nend to end, CPU, workers {args.workers}, max_batch {args.max_batch},"
+          " real JPEG 2000 CR 1760×1760 per study")
     print("| measurement | value |\n|---|---|")
     print(f"| latency per study (received → SR in Orthanc), median of {len(latencies)} |"
           f" {statistics.median(latencies):.2f} s (min {min(latencies):.2f}, max {max(latencies):.2f}) |")
