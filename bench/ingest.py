@@ -365,8 +365,9 @@ Targets met: {'yes' if met else 'no'}.
 
 
 def write_results(title: str, text: str) -> None:
-    header = ("# Ingest benchmark results\n\nProduced by `python -m bench.ingest`"
-              " (see its docstring). Newest sections last.\n")
+    header = ("# Benchmark results\n\nIngest sections are produced by `python -m bench.ingest`,"
+              " radiograph sections by\n`python -m bench.radiograph_model` and `python -m bench.radiograph`"
+              " (see their docstrings).\nNewest sections last.\n")
     current = RESULTS.read_text() if RESULTS.exists() else header
     sections = re.split(r"(?m)^(?=## )", current)
     kept = [s for s in sections if not s.startswith(f"## {title}\n")]
