@@ -4,7 +4,7 @@ PYTHON  ?= python3
 CONFIG  ?= config/fracnode.yaml
 STAMP   := $(VENV)/.installed
 
-.PHONY: serve test install system-deps lint bench clean
+.PHONY: serve test install system-deps lint bench bench-radiograph clean
 
 # A venv with torch 2.13.0 (CPU wheel) installed first, so no other package pulls a CUDA build.
 $(STAMP): pyproject.toml
@@ -30,6 +30,10 @@ test: system-deps $(STAMP)
 
 bench: $(STAMP) system-deps
 	$(VENV)/bin/python -m bench.ingest
+
+bench-radiograph: $(STAMP) system-deps
+	$(VENV)/bin/python -m bench.radiograph_model
+	$(VENV)/bin/python -m bench.radiograph
 
 clean:
 	rm -rf $(VENV) .pytest_cache
