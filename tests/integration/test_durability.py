@@ -376,19 +376,37 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
 
 
 def c_store(port: int, datasets: list[Dataset]) -> dict[str, int | None]:
-    """Send over one association with pynetdicom; the status of each instance (None: no answer)."""
+    """Send with pynetdicom; the status of each instance (None: no answer even after a resend).
+
+    pynetdicom's requestor can lose a response that arrives very fast (its reactor thread takes
+    it as an unexpected message and the caller waits out the DIMSE timeout; see pynetdicom
+    issue #875). The node's C-STORE is idempotent, so like any SCU this one resends an instance
+    that got no answer, on a new association.
+    """
     ae = AE(ae_title="DISKFILLER")
+    ae.dimse_timeout = 5
     ae.add_requested_context(CTImageStorage, ExplicitVRLittleEndian)
-    assoc = ae.associate("127.0.0.1", port, ae_title="FRACNODE")
-    assert assoc.is_established
     statuses: dict[str, int | None] = {}
-    try:
-        for ds in datasets:
-            status = assoc.send_c_store(ds)
-            statuses[ds.SOPInstanceUID] = int(status.Status) if status else None
-    finally:
-        if assoc.is_established:
-            assoc.release()
+    pending = list(datasets)
+    for _ in range(3):
+        assoc = ae.associate("127.0.0.1", port, ae_title="FRACNODE")
+        assert assoc.is_established
+        unanswered = []
+        try:
+            for ds in pending:
+                if not assoc.is_established:
+                    unanswered.append(ds)
+                    continue
+                status = assoc.send_c_store(ds)
+                statuses[ds.SOPInstanceUID] = int(status.Status) if status else None
+                if not status:
+                    unanswered.append(ds)
+        finally:
+            if assoc.is_established:
+                assoc.release()
+        pending = unanswered
+        if not pending:
+            break
     return statuses
 
 
