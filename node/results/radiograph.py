@@ -14,6 +14,7 @@ from pydicom import Dataset
 from pydicom.uid import generate_uid
 
 from node.records import Findings, ImageFinding
+from node.results import no_name_warnings
 from node.results.capture import build_secondary_capture
 from node.results.gsps import build_presentation_state
 from node.results.producer import Producer
@@ -56,6 +57,16 @@ def build_results(
     `sources` maps SOP Instance UID → source dataset (with pixel data when overlays are wanted);
     `overlays` ⊆ {"gsps", "secondary_capture"}. No image with a region → no SEG.
     """
+    with no_name_warnings():
+        return _build(findings, sources, overlays, template)
+
+
+def _build(
+    findings: Findings,
+    sources: Mapping[str, Dataset],
+    overlays: Collection[str],
+    template: FractureTemplate | None,
+) -> list[Dataset]:
     unknown = sorted(set(overlays) - set(OVERLAYS))
     if unknown:
         raise ValueError(f"overlays: unknown {unknown} (known: {sorted(OVERLAYS)})")

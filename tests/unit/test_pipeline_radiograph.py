@@ -119,3 +119,16 @@ def test_a_tampered_model_stops_the_pipeline_with_the_reason(tmp_path) -> None:
     load_modules([])
     with pytest.raises(ValueError, match="does not match"):
         create("radiograph-fracture", config)
+
+
+def test_building_results_logs_no_names_from_the_source(tmp_path, engine) -> None:
+    import warnings
+
+    image = dx_image(generate_uid(), rows=128, columns=128)
+    image.ReferringPhysicianName = "SENTINELDOCTOR"  # one component: highdicom would warn, quoting it
+    image.PatientName = "SENTINELPATIENT"
+    pipeline = RadiographFracturePipeline(engine)
+    findings, sources = pipeline.analyse(request(tmp_path, [image]))
+    with warnings.catch_warnings(record=True) as caught:
+        build_results(findings, sources, {"gsps", "secondary_capture"})
+    assert not [w for w in caught if "SENTINEL" in str(w.message)]
