@@ -21,21 +21,17 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
 )
-from pynetdicom import AE, build_context
+from pynetdicom import AE
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.dimse_messages import C_STORE_RQ
 from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.dsutils import decode as decode_dataset
-from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RQ, P_DATA_TF
-from pynetdicom.pdu_primitives import (
-    A_ASSOCIATE,
-    ImplementationClassUIDNotification,
-    MaximumLengthNotification,
-)
+from pynetdicom.pdu import A_ASSOCIATE_AC, P_DATA_TF
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from tests.conftest import node_config, wait_until
 from tests.support import dicomgen
+from tests.support.rawdimse import associate_rq
 from tests.unit.test_header import encoded, with_sequences
 
 ABORT = 0x07
@@ -76,24 +72,7 @@ class RawScu:
 
     def __init__(self, port: int, contexts: list[tuple[str, list[str]]]) -> None:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=30)
-        primitive = A_ASSOCIATE()
-        primitive.application_context_name = "1.2.840.10008.3.1.1.1"
-        primitive.calling_ae_title = "RAWSCU"
-        primitive.called_ae_title = "FRACNODE"
-        requested = []
-        for number, (abstract, syntaxes) in enumerate(contexts):
-            context = build_context(abstract, syntaxes)
-            context.context_id = 2 * number + 1
-            requested.append(context)
-        primitive.presentation_context_definition_list = requested
-        maximum = MaximumLengthNotification()
-        maximum.maximum_length_received = 16384
-        implementation = ImplementationClassUIDNotification()
-        implementation.implementation_class_uid = "1.2.3.4"
-        primitive.user_information = [maximum, implementation]
-        request = A_ASSOCIATE_RQ()
-        request.from_primitive(primitive)
-        self.sock.sendall(request.encode())
+        self.sock.sendall(associate_rq("RAWSCU", contexts).encode())
         pdu_type, body = self.receive()
         assert pdu_type == 0x02, f"association not accepted (PDU type {pdu_type})"
         accept = A_ASSOCIATE_AC()

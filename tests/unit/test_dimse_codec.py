@@ -11,11 +11,8 @@ from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
 from pynetdicom.dsutils import decode as decode_dataset
 from pynetdicom.dsutils import encode as encode_dataset
-from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, A_ASSOCIATE_RQ, P_DATA_TF
+from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, P_DATA_TF
 from pynetdicom.pdu_primitives import (
-    A_ASSOCIATE,
-    ImplementationClassUIDNotification,
-    MaximumLengthNotification,
     SCP_SCU_RoleSelectionNegotiation,
 )
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -23,6 +20,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from node import IMPLEMENTATION_CLASS_UID
 from node.ingest import commands
 from node.ingest import upper_layer as ul
+from tests.support.rawdimse import associate_rq
 
 
 def command_set(message: C_STORE_RQ | C_ECHO_RQ) -> bytes:
@@ -111,30 +109,7 @@ def test_p_data_splits_a_payload_to_the_peers_maximum(peer_max_pdu: int) -> None
 
 
 def association_request(*contexts: tuple[str, list[str]], role: bool = False) -> ul.AssociationRequest:
-    primitive = A_ASSOCIATE()
-    primitive.application_context_name = ul.APPLICATION_CONTEXT_NAME
-    primitive.calling_ae_title = "MODALITY"
-    primitive.called_ae_title = "FRACNODE"
-    requested = []
-    for number, (abstract, syntaxes) in enumerate(contexts):
-        context = build_context(abstract, syntaxes)
-        context.context_id = 2 * number + 1
-        requested.append(context)
-    primitive.presentation_context_definition_list = requested
-    maximum = MaximumLengthNotification()
-    maximum.maximum_length_received = 16384
-    implementation = ImplementationClassUIDNotification()
-    implementation.implementation_class_uid = "1.2.3.4"
-    items: list = [maximum, implementation]
-    if role:
-        item = SCP_SCU_RoleSelectionNegotiation()
-        item.sop_class_uid = CTImageStorage
-        item.scu_role = True
-        item.scp_role = False
-        items.append(item)
-    primitive.user_information = items
-    pdu = A_ASSOCIATE_RQ()
-    pdu.from_primitive(primitive)
+    pdu = associate_rq("MODALITY", list(contexts), scu_role_for=CTImageStorage if role else None)
     return ul.decode_request(pdu.encode())
 
 
