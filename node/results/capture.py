@@ -18,10 +18,10 @@ from pydicom.dataset import Dataset as Item
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from node.records import ImageFinding
-from node.results.preview import COLOURS
 from node.results.producer import Producer, patient_orientation, series_laterality
 from node.results.sr import closed_polyline
 
+COLOURS = {"fracture": (255, 48, 48), "suspicious": (255, 200, 0), "negative": (80, 200, 120)}
 _PLACEHOLDER_ORIENTATION = ("L", "F")  # highdicom wants one; replaced by the source's below
 # Pillow's built-in font has no typographic dashes or quotes; burn in their ASCII look-alikes.
 _ASCII_PUNCTUATION = str.maketrans(

@@ -21,7 +21,7 @@ from pydicom.pixels import apply_modality_lut
 from pydicom.uid import generate_uid
 
 from node.records import ImageFinding
-from node.results.preview import COLOURS
+from node.results.capture import COLOURS
 from node.results.producer import Producer, series_laterality
 from node.results.sr import closed_polyline
 

@@ -37,10 +37,10 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 from node.jobs import DONE, QUEUED, SUPERSEDED
 from node.logs import JsonFormatter
 from node.service import Node
-from tests.support.pipelines import referenced_instances
 from tests.conftest import CR_SAMPLES, SHARED_DATA, node_config, require_tool, wait_until
 from tests.support import dicomgen
 from tests.support.orthanc import free_port
+from tests.support.pipelines import referenced_instances
 
 CT_EXAMPLE = SHARED_DATA / "spine_ct_samples" / "totalsegmentator_example" / "example_ct_dicom"
 CT_ROUTE = {

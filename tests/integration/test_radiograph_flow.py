@@ -19,8 +19,8 @@ from pydicom import dcmread
 
 from node.config import InferenceSettings
 from tests.conftest import node_config, wait_until
-from tests.support.dciodvfy import dciodvfy_errors
 from tests.integration.test_flow import storescu
+from tests.support.dciodvfy import dciodvfy_errors
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"

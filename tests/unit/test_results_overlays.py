@@ -7,9 +7,8 @@ import pytest
 from pydicom import dcmread
 
 from node.inference.pixels import load_radiograph
-from node.results.capture import build_secondary_capture
+from node.results.capture import COLOURS, build_secondary_capture
 from node.results.gsps import build_presentation_state
-from node.results.preview import COLOURS
 from node.results.producer import Producer
 from node.results.templates import shipped_template
 from tests.support.dciodvfy import dciodvfy_errors
