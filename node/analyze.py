@@ -84,10 +84,10 @@ def analyze(config: Config, files: list[Path], out: Path, overlays: frozenset[st
         matches = route_study(Study(study_uid, 1, "", series), config.routes)
         if not matches:
             rows += [{"study_uid": study_uid, "file": f, "result": "no route matched"} for f in files_of.values()]
+        paths: dict[str, list[Path]] = {}
+        for header, path in members:
+            paths.setdefault(header["series_uid"], []).append(path)
         for match in matches:
-            paths = {}
-            for header, path in members:
-                paths.setdefault(header["series_uid"], []).append(path)
             request = PipelineInput(
                 study_uid, 1, "",
                 tuple(SeriesInput(s, tuple(paths[s.series_instance_uid])) for s in series

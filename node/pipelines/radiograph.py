@@ -98,7 +98,11 @@ class RadiographFracturePipeline:
                     fracture_probability=probability,
                     category=category,
                     regions=regions,
-                    region_map=box.unfit(plane) if regions else np.zeros((box.rows, box.columns), np.float32),
+                    region_map=(
+                        self.engine.postprocess(row, box)["regions"][0]
+                        if regions
+                        else np.zeros((box.rows, box.columns), np.float32)
+                    ),
                     body_region=self.body_regions[int(body.argmax())],
                     body_region_probability=float(body.max()),
                 )
