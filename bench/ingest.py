@@ -84,8 +84,9 @@ class Fracnode:
     name = "fracnode"
     ae_title = "FRACNODE"
 
-    def __init__(self, max_pdu: int | None = None) -> None:
+    def __init__(self, max_pdu: int | None = None, sections: str | None = None) -> None:
         self.max_pdu = max_pdu  # None: the node's default
+        self.sections = sections  # YAML for the rest of the config; None: a folder and no routes
         self.process: subprocess.Popen[bytes] | None = None
         self.data_dir = Path()
 
@@ -98,8 +99,12 @@ class Fracnode:
             f"node: {node}\n"
             f"storage: {{data_dir: {self.data_dir}, min_free_mb: 0, retention_days: 0}}\n"
             f"logging: {{level: WARNING, format: text}}\n"
-            f"destinations: [{{name: results-folder, type: folder, path: {self.data_dir / 'results'}}}]\n"
-            "routes: []\n"
+            + (
+                self.sections
+                if self.sections is not None
+                else f"destinations: [{{name: results-folder, type: folder, path: {self.data_dir / 'results'}}}]\n"
+                "routes: []\n"
+            )
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("FRACNODE_")}
         log = workdir / "fracnode.log"

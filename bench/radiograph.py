@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import statistics
 import subprocess
 import sys
@@ -31,7 +30,7 @@ from pathlib import Path
 from pydicom import dcmread
 from pydicom.uid import generate_uid
 
-from bench.ingest import machine
+from bench.ingest import Fracnode, machine
 from tests.support.orthanc import Orthanc
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,37 +54,17 @@ def make_studies(count: int, folder: Path) -> list[tuple[str, Path]]:
     return studies
 
 
-def start_node(workdir: Path, orthanc_port: int, workers: int, max_batch: int) -> tuple[subprocess.Popen[bytes], int]:
-    data = workdir / "data"
-    config = workdir / "fracnode.yaml"
-    config.write_text(
-        "node: {ae_title: FRACNODE, bind: 127.0.0.1, port: 0}\n"
-        f"storage: {{data_dir: {data}, min_free_mb: 0}}\n"
+def node(orthanc_port: int, workers: int, max_batch: int) -> Fracnode:
+    """`fracnode serve` routing radiographs to the model, results to Orthanc."""
+    return Fracnode(sections=(
         "assembly: {complete_on_release: true}\n"
         f"jobs: {{workers: {workers}}}\n"
         f"inference: {{max_batch: {max_batch}}}\n"
-        "logging: {level: WARNING, format: text}\n"
         f"peers: [{{name: pacs, ae_title: ORTHANC, host: 127.0.0.1, port: {orthanc_port}}}]\n"
         "destinations: [{name: pacs, type: dimse, peer: pacs}]\n"
         "routes: [{name: radiographs, match: {modality: [CR, DX]}, pipeline: radiograph-fracture,"
         " destinations: [pacs]}]\n"
-    )
-    log = workdir / "fracnode.log"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FRACNODE_")}
-    with log.open("wb") as out:
-        process = subprocess.Popen(
-            [str(Path(sys.executable).parent / "fracnode"), "-c", str(config), "serve"],
-            stdout=out, stderr=subprocess.STDOUT, env=env,
-        )
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        found = re.search(r"listening as \S+ on [\d.]+:(\d+)", log.read_text(errors="replace"))
-        if found:
-            return process, int(found.group(1))
-        if process.poll() is not None:
-            raise RuntimeError(f"fracnode exited: {log.read_text(errors='replace')}")
-        time.sleep(0.05)
-    raise RuntimeError("fracnode did not start within 120 s")
+    ))
 
 
 def storescu(port: int, files: list[Path]) -> subprocess.Popen[bytes]:
@@ -125,7 +104,8 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         info = machine(workdir)
         with Orthanc(workdir / "orthanc") as orthanc:
-            node, port = start_node(workdir, orthanc.dicom_port, args.workers, args.max_batch)
+            receiver = node(orthanc.dicom_port, args.workers, args.max_batch)
+            port = receiver.start(workdir)
             try:
                 latencies = []
                 for uid, path in make_studies(args.latency_studies, workdir / "latency"):
@@ -140,8 +120,7 @@ def main(argv: list[str] | None = None) -> int:
                 sender.wait()
                 elapsed = max(arrived.values()) - started
             finally:
-                node.terminate()
-                node.wait(timeout=60)
+                receiver.stop()
     print("\n".join(f"- {k}: {v}" for k, v in info.items()))
     print(f"\nend to end, CPU, workers {args.workers}, max_batch {args.max_batch},"
           " real JPEG 2000 CR 1760×1760 per study")
