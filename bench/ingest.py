@@ -16,6 +16,7 @@ import datetime
 import os
 import platform
 import re
+import secrets
 import shutil
 import socket
 import sqlite3
@@ -89,6 +90,7 @@ class Fracnode:
         self.sections = sections  # YAML for the rest of the config; None: a folder and no routes
         self.process: subprocess.Popen[bytes] | None = None
         self.data_dir = Path()
+        self.api_token = secrets.token_hex(16)
 
     def start(self, workdir: Path) -> int:
         self.data_dir = workdir / "data"
@@ -99,6 +101,7 @@ class Fracnode:
             f"node: {node}\n"
             f"storage: {{data_dir: {self.data_dir}, min_free_mb: 0, retention_days: 0}}\n"
             f"logging: {{level: WARNING, format: text}}\n"
+            f"web: {{bind: 127.0.0.1, port: 0, auth: {{tokens: [{self.api_token}]}}}}\n"
             + (
                 self.sections
                 if self.sections is not None

@@ -35,6 +35,7 @@ def _load(args: argparse.Namespace) -> Config:
 def cmd_serve(args: argparse.Namespace) -> int:
     from node import logs
     from node.service import Node, NodeAlreadyRunning
+    from node.web.server import WebBindError
 
     config = _load(args)
     logs.setup(config.logging.level, config.logging.format)
@@ -45,6 +46,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     try:
         node.start()
+    except WebBindError as exc:
+        print(f"fracnode: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"fracnode: cannot listen on {config.node.bind}:{config.node.port}: {exc.strerror}"
               " (is another DICOM service using the port? set node.port or FRACNODE_PORT)",
@@ -56,8 +60,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    web = f"; HTTP on {config.web.bind}:{node.web.port}" if node.web is not None else ""
     print(f"fracnode {__version__}: listening as {config.node.ae_title} on "
-          f"{config.node.bind}:{node.ingest.port}; data in {config.storage.data_dir.resolve()}"
+          f"{config.node.bind}:{node.ingest.port}{web}; data in {config.storage.data_dir.resolve()}"
           " (Ctrl-C stops)", file=sys.stderr, flush=True)
     node.wait()
     node.stop()

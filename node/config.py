@@ -192,6 +192,42 @@ class InferenceSettings(Strict):
         return base / name
 
 
+class WebUser(Strict):
+    name: str = Field(min_length=1)
+    password: str = Field(min_length=8, description="compared in constant time; keep the file private")
+
+
+class WebAuthSettings(Strict):
+    """Who may use the HTTP API, the dashboard, STOW-RS and /metrics.
+
+    With neither tokens nor users, the node makes a random token on first start and keeps it in
+    `<data_dir>/api-token` (readable by the node's user only): nothing is ever served unauthenticated
+    unless `disabled: true` says so explicitly.
+    """
+
+    tokens: list[str] = Field(default_factory=list, description="bearer tokens (Authorization: Bearer ...)")
+    users: list[WebUser] = Field(default_factory=list, description="HTTP Basic users (the dashboard's login)")
+    disabled: bool = Field(False, description="serve without authentication (a closed lab network only)")
+
+    @field_validator("tokens")
+    @classmethod
+    def _token_length(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if len(value) < 16:
+                raise ValueError("a token must have at least 16 characters; make one with `openssl rand -hex 24`")
+        return values
+
+
+class WebSettings(Strict):
+    enabled: bool = Field(True, description="serve DICOMweb (STOW-RS), the REST API, the dashboard and /metrics")
+    bind: str = "0.0.0.0"
+    port: int = Field(8080, ge=0, le=65535, description="HTTP port (env FRACNODE_HTTP_PORT); 0 picks a free port")
+    auth: WebAuthSettings = WebAuthSettings()
+    max_request_mb: int = Field(
+        4096, ge=1, description="largest STOW-RS request body accepted (413 beyond it)"
+    )
+
+
 class LoggingSettings(Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
@@ -274,6 +310,7 @@ class Config(Strict):
     dispatch: DispatchSettings = DispatchSettings()
     inference: InferenceSettings = InferenceSettings()
     logging: LoggingSettings = LoggingSettings()
+    web: WebSettings = WebSettings()
     peers: list[DimsePeer] = Field(default_factory=list)
     destinations: list[Destination] = Field(default_factory=_default_destinations)
     routes: list[Route] = Field(default_factory=list)
@@ -338,6 +375,7 @@ ENV_ALIASES: dict[str, tuple[str, ...]] = {
     "FRACNODE_AE_TITLE": ("node", "ae_title"),
     "FRACNODE_BIND": ("node", "bind"),
     "FRACNODE_PORT": ("node", "port"),
+    "FRACNODE_HTTP_PORT": ("web", "port"),
     "FRACNODE_DATA_DIR": ("storage", "data_dir"),
     "FRACNODE_WORKERS": ("jobs", "workers"),
     "FRACNODE_LOG_LEVEL": ("logging", "level"),

@@ -27,6 +27,7 @@ from node.logs import event
 from node.records import Job, PipelineInput, SeriesInput
 from node.routing import route_study
 from node.spool import Spool
+from node.web.server import WebBindError, WebServer
 
 log = logging.getLogger("fracnode.node")
 ASSEMBLY_TICK_S = 0.2
@@ -58,6 +59,7 @@ class Node:
         self.ingest = DimseIngest(
             config.node, self.spool, self.db, on_released=self._on_released
         )
+        self.web: WebServer | None = WebServer(self, config.web) if config.web.enabled else None
         self._stop = threading.Event()
         self._assembly_wake = threading.Event()
         self._work_wake = threading.Event()
@@ -273,6 +275,12 @@ class Node:
     def start(self) -> None:
         self.recover()
         self.ingest.start()
+        if self.web is not None:
+            try:
+                self.web.start()
+            except WebBindError:
+                self.ingest.stop()
+                raise
 
         def spawn(name: str, step, wake: threading.Event | None, tick: float) -> None:  # type: ignore[no-untyped-def]
             thread = threading.Thread(target=self._loop, args=(name, step, wake, tick), name=name, daemon=True)
@@ -293,7 +301,7 @@ class Node:
                   self._dispatch_wake[dest.name], IDLE_TICK_S)
         spawn("janitor", lambda: self.clean_once() > 0 and False, None, JANITOR_TICK_S)
         event(log, logging.INFO, "node started", instance=self.instance_id, ae_title=self.config.node.ae_title,
-              port=self.ingest.port, data_dir=str(self.config.storage.data_dir.resolve()),
+              port=self.ingest.port, http_port=self.web.port if self.web else None, data_dir=str(self.config.storage.data_dir.resolve()),
               workers=self.config.jobs.workers, routes=len(self.config.routes),
               config=json.dumps({"quiet_period_s": self.config.assembly.quiet_period_s}))
 
@@ -302,6 +310,8 @@ class Node:
         for wake in (self._assembly_wake, self._work_wake, *self._dispatch_wake.values()):
             wake.set()
         self.ingest.stop()
+        if self.web is not None:
+            self.web.stop()
         for thread in self._threads:
             thread.join(timeout=10)
         self.db.close()

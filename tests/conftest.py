@@ -17,6 +17,7 @@ from tests.support.orthanc import Orthanc
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 CR_SAMPLES = SHARED_DATA / "dicom_cr_samples"
+API_TOKEN = "test-token-0123456789abcdef"  # web.auth.tokens of every test node
 
 
 def wait_until(predicate: Callable[[], Any], timeout_s: float = 30.0, interval_s: float = 0.1) -> Any:
@@ -40,6 +41,7 @@ def node_config(data_dir: Path, **sections: Any) -> Config:
         "jobs": {"retry": {"initial_s": 0.2, "factor": 2.0, "max_s": 1.0}},
         "dispatch": {"retry": {"initial_s": 0.2, "factor": 2.0, "max_s": 1.0}},
         "logging": {"level": "DEBUG", "format": "json"},
+        "web": {"bind": "127.0.0.1", "port": 0, "auth": {"tokens": [API_TOKEN]}},
         "destinations": [{"name": "results-folder", "type": "folder", "path": str(data_dir / "results")}],
         "routes": [],
         "pipeline_modules": ["tests.support.pipelines"],

@@ -1,0 +1,74 @@
+"""Runs the HTTP application in a thread of the node's process (uvicorn on our own socket).
+
+The socket is bound in `start()`, so a port in use fails the node's start with a clear error
+instead of a log line in a background thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+from typing import TYPE_CHECKING
+
+import uvicorn
+
+from node.config import WebSettings
+from node.logs import event
+from node.web.app import create_app
+from node.web.auth import credentials
+
+if TYPE_CHECKING:
+    from node.service import Node
+
+log = logging.getLogger("fracnode.web")
+
+
+class WebBindError(RuntimeError):
+    """The HTTP port cannot be bound; the message says what to change."""
+
+
+class WebServer:
+    def __init__(self, node: Node, settings: WebSettings) -> None:
+        self.settings = settings
+        self.app = create_app(node, credentials(settings.auth, node.config.storage.data_dir))
+        self._server = uvicorn.Server(uvicorn.Config(
+            self.app, log_config=None, access_log=False, lifespan="off",
+            timeout_graceful_shutdown=5, h11_max_incomplete_event_size=1 << 20,
+        ))
+        self._socket: socket.socket | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def port(self) -> int:
+        return self._socket.getsockname()[1] if self._socket else self.settings.port
+
+    def start(self) -> None:
+        family = socket.AF_INET6 if ":" in self.settings.bind else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((self.settings.bind, self.settings.port))
+        except OSError as exc:
+            sock.close()
+            raise WebBindError(
+                f"cannot listen for HTTP on {self.settings.bind}:{self.settings.port}: {exc.strerror}"
+                " (is another web service using the port? set web.port or FRACNODE_HTTP_PORT,"
+                " or web.enabled: false)"
+            ) from exc
+        sock.listen(128)
+        sock.set_inheritable(True)
+        self._socket = sock
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(self._server.serve(sockets=[sock])), name="web", daemon=True
+        )
+        self._thread.start()
+        event(log, logging.INFO, "web server listening", bind=self.settings.bind, port=self.port)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._socket is not None:
+            self._socket.close()
