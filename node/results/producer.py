@@ -9,25 +9,39 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Generic, Protocol, TypeVar
 
 import highdicom as hd
 from pydicom import Dataset
 
 from node import __version__
 from node.records import Algorithm
-from node.results.templates import FractureTemplate
 
 # The pipeline recognises its own results by this value (never analysed again): not configurable.
 MANUFACTURER = "fracnode"
 _ORIENTATION = re.compile(r"[APLRHF]{1,3}")
 
 
+class AlgorithmTemplate(Protocol):
+    """What a Producer needs of a pipeline's template: the algorithm family code (CID 7162)."""
+
+    @property
+    def algorithm_family(self) -> hd.sr.CodedConcept: ...
+
+
+TemplateT = TypeVar("TemplateT", bound=AlgorithmTemplate)
+
+
 @dataclass(frozen=True)
-class Producer:
-    """The algorithm, its operating points and the template every builder of one study shares."""
+class Producer(Generic[TemplateT]):
+    """The algorithm, its operating points and the template every builder of one study shares.
+
+    Generic in the template: `Producer[FractureTemplate]` for radiographs, `Producer[CSpineTemplate]`
+    for cervical spine CT.
+    """
 
     algorithm: Algorithm
-    template: FractureTemplate
+    template: TemplateT
     thresholds: tuple[tuple[str, float], ...] = ()
 
     def __post_init__(self) -> None:

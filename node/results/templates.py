@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 import highdicom as hd
 import yaml
@@ -210,21 +210,28 @@ def resolve(spec: TemplateSpec) -> FractureTemplate:
     )
 
 
-def load_template(path: Path) -> FractureTemplate:
-    """Read, validate and resolve one template file; `TemplateError` names the file and key."""
+SpecT = TypeVar("SpecT", bound=BaseModel)
+
+
+def read_spec(path: Path, model: type[SpecT]) -> SpecT:
+    """Read and validate one template file against `model`; `TemplateError` names file and key."""
     try:
         raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as exc:
         raise TemplateError(f"{path}: cannot read template: {exc}") from exc
     try:
-        spec = TemplateSpec.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(part) for part in error['loc']) or '(top level)'}: {error['msg']}"
             for error in exc.errors()
         )
         raise TemplateError(f"{path}: {problems}") from exc
-    return resolve(spec)
+
+
+def load_template(path: Path) -> FractureTemplate:
+    """Read, validate and resolve one template file; `TemplateError` names the file and key."""
+    return resolve(read_spec(path, TemplateSpec))
 
 
 @cache
