@@ -85,9 +85,12 @@ class Fracnode:
     name = "fracnode"
     ae_title = "FRACNODE"
 
-    def __init__(self, max_pdu: int | None = None, sections: str | None = None) -> None:
+    def __init__(
+        self, max_pdu: int | None = None, sections: str | None = None, log_level: str = "WARNING"
+    ) -> None:
         self.max_pdu = max_pdu  # None: the node's default
         self.sections = sections  # YAML for the rest of the config; None: a folder and no routes
+        self.log_level = log_level  # INFO for benchmarks that read the node's events from its log
         self.process: subprocess.Popen[bytes] | None = None
         self.data_dir = Path()
         self.api_token = secrets.token_hex(16)
@@ -100,7 +103,7 @@ class Fracnode:
         config.write_text(
             f"node: {node}\n"
             f"storage: {{data_dir: {self.data_dir}, min_free_mb: 0, retention_days: 0}}\n"
-            f"logging: {{level: WARNING, format: text}}\n"
+            f"logging: {{level: {self.log_level}, format: text}}\n"
             f"web: {{bind: 127.0.0.1, port: 0, auth: {{tokens: [{self.api_token}]}}}}\n"
             + (
                 self.sections
