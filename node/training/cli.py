@@ -68,7 +68,38 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_phantom(args: argparse.Namespace) -> int:
+    from node.training.cspine_phantom import PhantomSpec, generate_layout
+
+    try:
+        spec = PhantomSpec(size=args.size, slices=args.slices, fracture_rate=args.fracture_rate,
+                           region="abdomen" if args.no_neck else "neck")
+    except ValueError as exc:
+        print(f"fracnode phantom: {exc}", file=sys.stderr)
+        return 2
+    path = generate_layout(Path(args.out), args.studies, seed=args.seed, spec=spec,
+                           log=lambda line: print(line, file=sys.stderr, flush=True))
+    print(f"{args.studies} studies written; labels in {path}")
+    return 0
+
+
+def add_phantom_parser(sub: argparse._SubParsersAction) -> None:
+    parser = sub.add_parser("phantom", help="write synthetic CT studies (RSNA 2022 C-spine layout)")
+    parser.add_argument("kind", choices=["cspine"], help="which phantom")
+    parser.add_argument("--out", required=True, help="folder for train.csv, train_images/, segmentations/")
+    parser.add_argument("--studies", type=int, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--slices", type=int, help="slices per series (default: what covers the neck)")
+    parser.add_argument("--size", type=int, default=512, help="rows and columns (default 512)")
+    parser.add_argument("--fracture-rate", type=float, default=0.5,
+                        help="share of patients with at least one fractured vertebra (default 0.5)")
+    parser.add_argument("--no-neck", action="store_true",
+                        help="abdomen-like CT without cervical vertebrae (images only, no train.csv rows)")
+    parser.set_defaults(func=cmd_phantom)
+
+
 def add_parsers(sub: argparse._SubParsersAction) -> None:
+    add_phantom_parser(sub)
     for name, func, help_text in (
         ("train", cmd_train, "train a shipped model from its dataset, then evaluate it on the test split"),
         ("evaluate", cmd_evaluate, "measure a model on the held-out test split of its dataset"),
