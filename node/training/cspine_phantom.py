@@ -34,7 +34,7 @@ UID_PREFIX = (
 )
 # where RSNA 2022 fractures cluster (C2, C6, C7 most often): relative weights for C1…C7
 FRACTURE_WEIGHTS = (0.09, 0.2, 0.07, 0.09, 0.12, 0.19, 0.24)
-KERNELS = (("BONE", 45.0), ("STANDARD", 14.0), ("B70s", 55.0), ("Br64", 40.0), ("FC30", 18.0))
+KERNELS = (("BONE", 45.0), ("STANDARD", 14.0), ("B70s", 55.0), ("Br64", 40.0), ("FC18", 18.0))
 
 
 @dataclass(frozen=True)
