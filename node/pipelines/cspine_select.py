@@ -221,8 +221,7 @@ def select_cspine_series(
         skipped.append(
             (
                 s.series_instance_uid,
-                f"eligible, but series {best.series_instance_uid} ranks higher"
-                f" ({_why_better(best, s)})",
+                f"eligible, but series {best.series_instance_uid} ranks higher ({_why_better(best, s)})",
             )
         )
     coverage, evidence = coverage_of(best)
@@ -269,7 +268,7 @@ def summarize_ct_series(series: SeriesInput, samples: int = 3) -> CtSeriesSummar
     for index in picks:
         try:
             ds = dcmread(Path(paths[index]), stop_before_pixels=True)
-        except Exception:  # noqa: BLE001 - an unreadable header only makes the summary less complete
+        except Exception:  # noqa: S112 - an unreadable header only makes the summary less complete
             continue
         iop = ds.get("ImageOrientationPatient")
         if iop is not None and len(iop) == 6:
