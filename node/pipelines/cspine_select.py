@@ -268,7 +268,7 @@ def summarize_ct_series(series: SeriesInput, samples: int = 3) -> CtSeriesSummar
     for index in picks:
         try:
             ds = dcmread(Path(paths[index]), stop_before_pixels=True)
-        except Exception:  # noqa: S112 - an unreadable header only makes the summary less complete
+        except Exception:  # noqa: BLE001, S112 - an unreadable header only makes the summary less complete
             continue
         iop = ds.get("ImageOrientationPatient")
         if iop is not None and len(iop) == 6:
