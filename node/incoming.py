@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
@@ -78,14 +78,21 @@ class Incoming:
         sop_instance_uid: str,
         calling_ae: str,
         association_id: str,
+        received_meta: bytes | None = None,
+        check: Callable[[Header], None] | None = None,
     ) -> None:
+        """`received_meta`: the preamble and meta group as received (STOW-RS Part 10 files), else
+        one is made; `check` sees the header before the file is created and may raise to refuse."""
         self.spool = spool
         self.transfer_syntax = transfer_syntax
         self.sop_class_uid = sop_class_uid
         self.sop_instance_uid = sop_instance_uid
         self.calling_ae = calling_ae
         self.association_id = association_id
-        self._meta = file_meta(sop_class_uid, sop_instance_uid, transfer_syntax)
+        self.check = check
+        self._meta = received_meta if received_meta is not None else file_meta(
+            sop_class_uid, sop_instance_uid, transfer_syntax
+        )
         self._hash = hashlib.sha256(self._meta)
         self._size = len(self._meta)
         self._pending: list[bytes] = []
@@ -121,6 +128,8 @@ class Incoming:
         header = header_from_elements(
             elements, self.transfer_syntax, self.sop_class_uid, self.sop_instance_uid or None
         )
+        if self.check is not None:
+            self.check(header)
         path = self.spool.path_for(header)
         make_directory(path.parent)
         temp = temporary_path(path)
@@ -144,7 +153,8 @@ class Incoming:
         if self._header is None:
             raw = b"".join((self._meta, *self._pending))
             self._pending = []
-            return self.spool.store(raw, self.calling_ae, self.association_id, self.sop_instance_uid or None)
+            return self.spool.store(raw, self.calling_ae, self.association_id,
+                                    self.sop_instance_uid or None, self.check)
         header, path, temp = self._header, self._path, self._temp
         assert temp is not None
         digest = self._hash.hexdigest()

@@ -22,6 +22,7 @@ from node.db import Database
 from node.dispatch.dispatcher import Dispatcher
 from node.dispatch.outbox import DELIVERED, Outbox
 from node.ingest.dimse import DimseIngest
+from node.ingest.stow import StowIngest
 from node.jobs import FINAL_STATES, NOT_APPLICABLE, JobQueue
 from node.logs import event
 from node.records import Job, PipelineInput, SeriesInput
@@ -59,6 +60,7 @@ class Node:
         self.ingest = DimseIngest(
             config.node, self.spool, self.db, on_released=self._on_released
         )
+        self.stow = StowIngest(self.spool, self.db, on_released=self._on_released)
         self.web: WebServer | None = WebServer(self, config.web) if config.web.enabled else None
         self._stop = threading.Event()
         self._assembly_wake = threading.Event()

@@ -13,6 +13,7 @@ import os
 import sqlite3
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -132,9 +133,15 @@ class Spool:
         calling_ae: str,
         association_id: str,
         expected_sop_instance_uid: str | None = None,
+        check: Callable[[Header], None] | None = None,
     ) -> Stored:
-        """Make one instance durable and indexed. Re-sending identical bytes changes nothing."""
+        """Make one instance durable and indexed. Re-sending identical bytes changes nothing.
+
+        `check` sees the header before anything is written and may raise to refuse the instance.
+        """
         header = read_header(raw, expected_sop_instance_uid)
+        if check is not None:
+            check(header)
         digest = hashlib.sha256(raw).hexdigest()
         path = self.path_for(header)
         if self.holds(header, digest, path):
