@@ -386,7 +386,9 @@ def build_volume(
         hu=hu,
         spacing=(dz, first.pixel_spacing[0], first.pixel_spacing[1]),
         origin=tuple(float(x) for x in first.info.position),  # type: ignore[arg-type]
-        direction=tuple(tuple(float(x) for x in r) for r in np.column_stack([row, column, normal])),
+        direction=tuple(
+            (float(r[0]), float(r[1]), float(r[2])) for r in np.column_stack([row, column, normal])
+        ),
         slices=tuple(h.info for h in headers),
         headers=tuple(h.ds for h in headers),
         study_instance_uid=str(first.ds.get("StudyInstanceUID", "") or ""),

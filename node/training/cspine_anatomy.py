@@ -148,11 +148,10 @@ def _posterior_arch(v: Vertebra, u: np.ndarray, p: np.ndarray, h: float) -> np.n
 
 def _body(v: Vertebra, u: np.ndarray, p: np.ndarray, h: float) -> np.ndarray:
     """Vertebral body (elliptic cylinder, flattened back); wedge fractures lower its anterior height."""
+    top: np.ndarray | float = v.height
     if v.fracture is not None and v.fracture.wedge > 0:
         anterior = np.clip(0.5 - 0.5 * p / v.body_b, 0.0, 1.0)  # 1 at the front, 0 at the back
         top = v.height * (1.0 - v.fracture.wedge * anterior)
-    else:
-        top = np.float32(v.height)
     dw = np.minimum(h, top - h)
     plane = ellipse(u, p, 0.0, 0.0, v.body_a, v.body_b)
     back = v.body_b * 0.75 - p  # the posterior wall is flatter than the front

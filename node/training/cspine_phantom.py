@@ -6,7 +6,7 @@ Storage datasets (PS3.3 A.3) with the vertebra label volume. `write_rsna_layout`
 
     out/train.csv                               StudyInstanceUID,patient_overall,C1,…,C7
     out/train_images/<StudyInstanceUID>/<InstanceNumber>.dcm
-    out/segmentations/<SeriesInstanceUID>.nii   labels 1–7 = C1–C7 on the series' grid
+    out/segmentations/<StudyInstanceUID>.nii    labels 1–7 = C1–C7 on the series' grid
 
 The labels are honest: a vertebra is flagged fractured exactly when a fracture was rendered in
 the scanned range. `region="abdomen"` makes an abdomen-like CT without any cervical vertebra.
@@ -127,7 +127,7 @@ def _fracture(rng: np.random.Generator, vert: Vertebra, w_range: tuple[float, fl
     wedge = float(rng.uniform(0.2, 0.4)) if vert.label >= 3 and rng.random() < 0.3 else 0.0
     return Fracture(
         (u, v, w - vert.bottom),
-        tuple(float(x) for x in normal),
+        (float(normal[0]), float(normal[1]), float(normal[2])),
         float(rng.uniform(1.5, 3.0)),
         radius=float(rng.uniform(12.0, 18.0)),
         wedge=wedge,
@@ -279,14 +279,21 @@ def generate_study(
 
 
 def label_image(study: PhantomStudy):  # type: ignore[no-untyped-def]
-    """The label volume as a SimpleITK image on the series' grid (DICOM patient frame, LPS)."""
+    """The label volume as a SimpleITK image on the series' grid, in the DICOM patient frame.
+
+    Stored like RSNA 2022's NIfTI files (dcm2niix-style): slices from feet to head and rows
+    flipped (anterior last), so both geometry-aware readers (SimpleITK, `resample_labels`) and
+    the usual array flips onto InstanceNumber order (head first) find the right voxels.
+    """
     import SimpleITK as sitk
 
-    image = sitk.GetImageFromArray(study.labels)
     g = study.geometry
-    image.SetOrigin(g.origin)
+    labels = study.labels if g.direction[2][2] > 0 else study.labels[::-1]
+    z0 = min(g.origin[2], g.origin[2] + g.direction[2][2] * g.spacing[0] * (g.shape[0] - 1))
+    image = sitk.GetImageFromArray(np.ascontiguousarray(labels[:, ::-1, :]))
+    image.SetOrigin((g.origin[0], g.origin[1] + (g.shape[1] - 1) * g.spacing[1], z0))
     image.SetSpacing((g.spacing[2], g.spacing[1], g.spacing[0]))
-    image.SetDirection(tuple(float(g.direction[r][c]) for r in range(3) for c in range(3)))
+    image.SetDirection((1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0))
     return image
 
 
@@ -325,7 +332,7 @@ def write_rsna_layout(
                 (out_dir / "segmentations").mkdir(exist_ok=True)
                 sitk.WriteImage(
                     label_image(study),
-                    str(out_dir / "segmentations" / f"{study.series_instance_uid}.nii"),
+                    str(out_dir / "segmentations" / f"{study.study_instance_uid}.nii"),
                 )
     return csv_path
 

@@ -75,8 +75,10 @@ class Renderer:
         self.scene = scene
         self.rng = rng
         self.u, self.v = _local_grid(scene)
+        reach_u = max(max(v.body_a + 18.0, 40.0 * v.scale) for v in scene.vertebrae)
+        reach_v = max(v.body_b + 2 * v.canal_b + v.spinous + 10.0 for v in scene.vertebrae)
         self.spine = _crop(
-            self.u, self.v, (-60.0, 60.0, scene.spine_v - 55.0, scene.spine_v + 80.0)
+            self.u, self.v, (-reach_u, reach_u, scene.spine_v - 55.0, scene.spine_v + reach_v)
         )
         by_bottom = sorted(scene.vertebrae, key=lambda vert: vert.bottom)
         self.vertebrae = tuple(by_bottom)
@@ -191,7 +193,8 @@ class Renderer:
     def _extras(self, hu: np.ndarray, w: float) -> None:
         """Unlabelled bone that is not the spine: occipital bone above C1, the mandible in front of C2."""
         scene = self.scene
-        if scene.region != "neck":
+        if scene.region == "abdomen":
+            self._abdomen(hu)
             return
         _low, high = self.cervical_span
         if w > high + 8.0:  # skull base: the occiput behind the foramen magnum
@@ -203,7 +206,7 @@ class Renderer:
                 shell = np.minimum(
                     shell, self.v - np.float32(scene.spine_v + 12.0)
                 )  # only behind the canal
-            _blend(hu, shell, np.float32(scene.cortical_hu + 300.0), scene.pixel_spacing)
+            _blend(hu, shell, scene.cortical_hu + 300.0, scene.pixel_spacing)
         c2 = next((vert for vert in self.vertebrae if vert.name == "C2"), None)
         if c2 is not None and c2.bottom - 10.0 <= w <= c2.bottom + 12.0:
             centre = scene.spine_v - 24.0
@@ -220,6 +223,17 @@ class Renderer:
                 np.float32(scene.cortical_hu),
             )
             _blend(hu, ring, bone, scene.pixel_spacing)
+
+    def _abdomen(self, hu: np.ndarray) -> None:
+        """Liver (patient right), kidneys beside the spine, aorta in front of it, bowel gas."""
+        u, v, px = self.u, self.v, self.scene.pixel_spacing
+        sv = self.scene.spine_v
+        _blend(hu, anat.ellipse(u, v, -75.0, -5.0, 70.0, 80.0), 60.0, px)
+        for side in (-1.0, 1.0):
+            _blend(hu, anat.ellipse(u, v, side * 60.0, sv - 5.0, 22.0, 28.0), 30.0, px)
+        _blend(hu, anat.ellipse(u, v, 8.0, sv - 32.0, 11.0, 11.0), 40.0, px)
+        for cu, cv, r in ((40.0, -60.0, 14.0), (70.0, -20.0, 9.0), (10.0, -85.0, 11.0)):
+            _blend(hu, anat.ellipse(u, v, cu, cv, r * 1.4, r), AIR, px)
 
     # -- the volume -------------------------------------------------------------------------------
 

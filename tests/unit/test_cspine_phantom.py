@@ -11,6 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from node.cli import main
+from node.inference.volume import build_volume, resample_labels
 from node.training.cspine_phantom import (
     PhantomSpec,
     PhantomStudy,
@@ -161,15 +162,24 @@ def test_rsna_layout_files_and_segmentation_geometry(
     assert sorted(int(p.stem) for p in folder.glob("*.dcm")) == list(range(1, 91))
     ds = pydicom.dcmread(folder / "37.dcm")
     assert ds.SOPInstanceUID == fractured.datasets[36].SOPInstanceUID
-    seg = sitk.ReadImage(str(tmp_path / "segmentations" / f"{fractured.series_instance_uid}.nii"))
+    seg = sitk.ReadImage(str(tmp_path / "segmentations" / f"{fractured.study_instance_uid}.nii"))
     assert seg.GetSize() == (128, 128, 90)
-    assert np.array_equal(sitk.GetArrayFromImage(seg), fractured.labels)
-    # voxel (i, j, k) of the NIfTI lies where the DICOM puts pixel (column i, row j) of slice k
+    # stored like RSNA's files: feet to head, rows flipped; the usual flips give InstanceNumber order
+    array = sitk.GetArrayFromImage(seg)
+    head_first = float(fractured.datasets[0].ImagePositionPatient[2]) > float(
+        ds.ImagePositionPatient[2]
+    )
+    assert np.array_equal(
+        array[::-1, ::-1, :] if head_first else array[:, ::-1, :], fractured.labels
+    )
+    # and the geometry agrees: voxel (column i, row j) of slice k lies where the DICOM puts it
     i, j, k = 17, 40, 36
-    point = np.array(seg.TransformIndexToPhysicalPoint((i, j, k)))
     ipp = np.array([float(x) for x in ds.ImagePositionPatient])
     dy, dx = (float(x) for x in ds.PixelSpacing)
-    assert np.allclose(point, ipp + [i * dx, j * dy, 0.0], atol=1e-3)
+    index = (i, 127 - j, 89 - k if head_first else k)
+    assert np.allclose(
+        seg.TransformIndexToPhysicalPoint(index), ipp + [i * dx, j * dy, 0.0], atol=1e-3
+    )
 
 
 def test_cli_writes_the_layout(tmp_path: Path) -> None:
@@ -196,3 +206,14 @@ def test_cli_writes_the_layout(tmp_path: Path) -> None:
     assert len(rows) == 2 and all(row["patient_overall"] == "1" for row in rows)
     assert len(list((tmp_path / "segmentations").glob("*.nii"))) == 2
     assert len(list((tmp_path / "train_images").glob("*/*.dcm"))) == 120
+
+
+@pytest.mark.parametrize("head_first", [True, False])
+def test_segmentation_file_lands_on_the_series_volume(tmp_path: Path, head_first: bool) -> None:
+    study = generate_study(9, PhantomSpec(size=40, slices=50, head_first=head_first))
+    write_rsna_layout(tmp_path, [study])
+    seg = sitk.ReadImage(str(tmp_path / "segmentations" / f"{study.study_instance_uid}.nii"))
+    volume = build_volume(sorted((tmp_path / "train_images").glob("*/*.dcm")))
+    expected = study.labels[::-1] if head_first else study.labels  # the volume runs feet to head
+    assert np.array_equal(resample_labels(volume, seg), expected)
+    assert expected.any()
