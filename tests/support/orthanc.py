@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
@@ -32,19 +33,28 @@ class Orthanc:
         modalities: dict[str, list[Any]] | None = None,
         plugins: list[str] | None = None,
         extra: dict[str, Any] | None = None,
+        dicomweb: bool = False,
+        users: dict[str, str] | None = None,
     ) -> None:
+        """`dicomweb`: load the DICOMweb plugin (Debian orthanc-dicomweb) at `dicomweb_url`;
+        `users`: HTTP Basic users, required on every request (`rest()` uses the first)."""
         self.workdir = workdir
         self.ae_title = ae_title
         self.dicom_port = free_port()
         self.http_port = free_port()
         self.modalities = modalities or {}
-        self.plugins = plugins or []
+        self.plugins = (plugins or []) + ([str(PLUGIN_DIR / "libOrthancDicomWeb.so")] if dicomweb else [])
         self.extra = extra or {}
+        self.users = users or {}
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def dicomweb_url(self) -> str:
+        return f"{self.url}/dicom-web"
 
     def start(self, timeout_s: float = 30.0) -> Orthanc:
         if not Path(ORTHANC).exists():
@@ -58,7 +68,8 @@ class Orthanc:
             "DicomPort": self.dicom_port,
             "DicomAet": self.ae_title,
             "RemoteAccessAllowed": False,
-            "AuthenticationEnabled": False,
+            "AuthenticationEnabled": bool(self.users),
+            "RegisteredUsers": self.users,
             "DicomCheckCalledAet": False,
             "DicomModalities": self.modalities,
             "Plugins": self.plugins,
@@ -70,7 +81,7 @@ class Orthanc:
         path = self.workdir / "orthanc.json"
         path.write_text(json.dumps(config, indent=2))
         env = {**os.environ, "TCP_NODELAY": "1"}
-        self.log = (self.workdir / "orthanc.log").open("wb")
+        self.log = (self.workdir / "orthanc.log").open("ab")  # a restart appends
         self.process = subprocess.Popen([ORTHANC, str(path)], stdout=self.log, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
@@ -95,14 +106,21 @@ class Orthanc:
             self.process = None
             self.log.close()
 
-    def rest(self, path: str, data: bytes | None = None, method: str | None = None) -> Any:
+    def _request(self, path: str, data: bytes | None = None, method: str | None = None) -> urllib.request.Request:
         request = urllib.request.Request(self.url + path, data=data, method=method)
-        with urllib.request.urlopen(request, timeout=30) as response:
+        if self.users:
+            user, password = next(iter(self.users.items()))
+            token = base64.b64encode(f"{user}:{password}".encode()).decode()
+            request.add_header("Authorization", f"Basic {token}")
+        return request
+
+    def rest(self, path: str, data: bytes | None = None, method: str | None = None) -> Any:
+        with urllib.request.urlopen(self._request(path, data, method), timeout=30) as response:
             body = response.read()
         return json.loads(body) if body else None
 
     def rest_bytes(self, path: str) -> bytes:
-        with urllib.request.urlopen(self.url + path, timeout=30) as response:
+        with urllib.request.urlopen(self._request(path), timeout=30) as response:
             return bytes(response.read())
 
     def instances(self) -> list[str]:
