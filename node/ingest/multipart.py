@@ -11,7 +11,8 @@ from __future__ import annotations
 from email.message import Message
 from typing import Protocol
 
-MAX_BOUNDARY = 70  # RFC 2046 5.1.1
+# RFC 2046 5.1.1 allows 70 characters; Orthanc's DICOMweb plugin sends 73 (two UUIDs), so be lenient
+MAX_BOUNDARY = 256
 MAX_HEADER_BYTES = 16 * 1024  # the header lines of one part; more is not a STOW-RS client
 _BOUNDARY_LINE_SLACK = 1024  # transport padding allowed after a delimiter, before its line break
 
@@ -46,7 +47,8 @@ def boundary_of(params: dict[str, str]) -> bytes:
         raise MalformedMultipart("the Content-Type has no boundary parameter")
     if len(boundary) > MAX_BOUNDARY or not boundary.isascii() or boundary.endswith(" "):
         raise MalformedMultipart(
-            f"boundary {boundary[:80]!r} is not valid: 1-70 ASCII characters, not ending in a space"
+            f"boundary {boundary[:80]!r} is not valid: 1-70 ASCII characters (RFC 2046 5.1.1),"
+            " not ending in a space"
         )
     return boundary.encode("ascii")
 

@@ -37,6 +37,7 @@ DICOM_JSON = "application/dicom+json"  # the DICOM JSON Model (PS3.18 Annex F)
 DICOM_XML = "application/dicom+xml"  # the Native DICOM Model (PS3.19 A.1)
 NATIVE_DICOM_NS = "http://dicom.nema.org/PS3.19/models/NativeDICOM"
 FEED_BYTES = 1 << 20  # body bytes gathered before one hop to the worker thread
+DRAIN_BYTES = 64 << 20  # past web.max_request_mb, how much more is read and dropped before a 413
 MAX_WARNINGS = 20  # Warning header fields (RFC 7234 5.5) explaining refused parts
 _VALID_UID = re.compile(RE_VALID_UID)
 _REQUEST_BODY = {
@@ -161,8 +162,8 @@ def native_xml(ds: Dataset) -> bytes:
 def _xml_attributes(parent: ET.Element, ds: Dataset) -> None:
     for element in ds:
         tag = f"{element.tag.group:04X}{element.tag.element:04X}"
-        node = ET.SubElement(parent, "DicomAttribute", tag=tag, vr=element.VR,
-                             keyword=keyword_for_tag(element.tag))
+        node = ET.SubElement(parent, "DicomAttribute",
+                             {"tag": tag, "vr": element.VR, "keyword": keyword_for_tag(element.tag)})
         if element.VR == "SQ":
             for number, item in enumerate(element.value, start=1):
                 _xml_attributes(ET.SubElement(node, "Item", number=str(number)), item)
@@ -235,8 +236,10 @@ async def _receive(request: Request, transaction: StoreTransaction, limit: int, 
             received += len(chunk)
             if received > limit:
                 await run_in_threadpool(transaction.abort, "too large")
-                return 413, _refusal(413, too_large + "; instances completed before the limit stay stored"
-                                     if transaction.outcomes else too_large)
+                if transaction.outcomes:
+                    too_large += "; instances completed before the limit stay stored"
+                await _drain(request, received, limit + DRAIN_BYTES)
+                return 413, _refusal(413, too_large)
             pending += chunk
             if len(pending) >= FEED_BYTES:
                 data, pending = bytes(pending), bytearray()
@@ -245,7 +248,8 @@ async def _receive(request: Request, transaction: StoreTransaction, limit: int, 
             await run_in_threadpool(transaction.feed, bytes(pending))
         outcomes = await run_in_threadpool(transaction.finish)
     except ClientDisconnect:
-        await run_in_threadpool(transaction.abort)
+        # parts that arrived whole are kept (nothing was acknowledged, yet nothing is lost)
+        await run_in_threadpool(_keep_whole_parts, transaction, bytes(pending))
         return 499, Response(status_code=400)  # nobody reads it
     except MalformedMultipart as exc:
         outcomes = transaction.outcomes
@@ -257,6 +261,23 @@ async def _receive(request: Request, transaction: StoreTransaction, limit: int, 
         return 400, _refusal(400, "the multipart/related body holds no part")
     status = response_status(outcomes)
     return status, _answer(status, outcomes, media_type)
+
+
+def _keep_whole_parts(transaction: StoreTransaction, pending: bytes) -> None:
+    try:
+        transaction.feed(pending)
+    except MalformedMultipart:
+        pass  # the transfer ended with the part it broke in
+    transaction.abort()
+
+
+async def _drain(request: Request, received: int, cap: int) -> None:
+    """Read (and drop) what the client still sends, up to `cap`, so that it reads the answer
+    instead of a connection reset; a larger rest is cut off with the connection."""
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > cap:
+            return
 
 
 def _refusal(status: int, detail: str) -> Response:

@@ -166,9 +166,14 @@ def test_content_type_parameters(content_type, media_type, params):
 
 @pytest.mark.parametrize(
     ("params", "message"),
-    [({}, "no boundary"), ({"boundary": "b" * 71}, "1-70"), ({"boundary": "ends in space "}, "1-70")],
+    [({}, "no boundary"), ({"boundary": "b" * 257}, "1-70"), ({"boundary": "ends in space "}, "1-70"),
+     ({"boundary": "b\u00e9"}, "ASCII")],
 )
 def test_invalid_boundaries_are_named(params, message):
     with pytest.raises(MalformedMultipart, match=message):
         boundary_of(params)
-    assert boundary_of({"boundary": "b" * 70}) == b"b" * 70
+
+
+def test_boundaries_longer_than_the_rfcs_70_are_taken_as_orthanc_sends_them():
+    orthanc = "18db4e35-e782-4d93-bbdd-c5a4b6388222-18db4e35-e782-4d93-bbdd-c5a4b6388222"
+    assert boundary_of({"boundary": orthanc}) == orthanc.encode()
