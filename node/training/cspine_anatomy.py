@@ -201,13 +201,19 @@ def vertebra_depth(v: Vertebra, u: np.ndarray, p: np.ndarray, w: float) -> np.nd
     return depth
 
 
-def fracture_gap(f: Fracture, v: Vertebra, u: np.ndarray, p: np.ndarray, w: float) -> np.ndarray:
-    """True where the fracture plane's gap cuts through (within `radius` of its point)."""
+def fracture_gap(
+    f: Fracture, v: Vertebra, u: np.ndarray, p: np.ndarray, w: float, min_gap: float = 0.0
+) -> np.ndarray:
+    """True where the fracture plane's gap cuts through (within `radius` of its point).
+
+    The gap is at least `min_gap` wide, so that a cleft thinner than a voxel still darkens the
+    voxels it crosses (as partial volume would) instead of slipping between sample points.
+    """
     h = w - v.bottom
     du, dp, dh = u - f.point[0], p - f.point[1], h - f.point[2]
     distance = du * f.normal[0] + dp * f.normal[1] + dh * f.normal[2]
     near = du * du + dp * dp + dh * dh <= f.radius * f.radius
-    return (np.abs(distance) <= f.gap / 2.0) & near
+    return (np.abs(distance) <= max(f.gap, min_gap) / 2.0) & near
 
 
 def disc_depth(

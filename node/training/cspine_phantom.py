@@ -240,10 +240,10 @@ def generate_study(
     token = str(int(rng.integers(0, 2**62)))
     flags = _draw_flags(rng, spec)
     scene, drawn = _scene(rng, spec, flags)
-    rendered = tuple(
-        name in {v.name for v in scene.vertebrae if v.fracture is not None} for name in LABELS
-    )
-    stored, labels = Renderer(scene, rng).volume()
+    renderer = Renderer(scene, rng)
+    stored, labels = renderer.volume()
+    # honest flags: a vertebra is fractured exactly when its cleft darkened some of its voxels
+    rendered = tuple(renderer.clefts.get(name, 0) > 0 for name in LABELS)
     kernel = KERNELS[int(drawn["kernel_index"])][0]
     step = scene.slice_positions[1] - scene.slice_positions[0]
     geometry = PhantomGeometry(

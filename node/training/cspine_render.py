@@ -86,6 +86,7 @@ class Renderer:
         cervical = [vert for vert in by_bottom if vert.label]
         self.cervical_span = (cervical[0].bottom, cervical[-1].top) if cervical else self.span
         self._axes_cache: dict[tuple[int, int, int], np.ndarray] = {}
+        self.clefts: dict[str, int] = {}  # voxels each fracture cleft darkened (central sub-slices)
 
     # -- tissue outside the spine ---------------------------------------------------------------
 
@@ -165,8 +166,14 @@ class Renderer:
                 depth > scene.cortex_mm, np.float32(cancellous), np.float32(scene.cortical_hu)
             )
             if vert.fracture is not None:
-                gap = anat.fracture_gap(vert.fracture, vert, u, p, w) & (depth > 0)
+                n = vert.fracture.normal
+                voxel = scene.pixel_spacing * (abs(n[0]) + abs(n[1])) + scene.slice_thickness * abs(
+                    n[2]
+                )
+                gap = anat.fracture_gap(vert.fracture, vert, u, p, w, 1.05 * voxel) & (depth > 0)
                 bone[gap] = 55.0  # haematoma / soft tissue fills the fracture cleft
+                if labels is not None:
+                    self.clefts[vert.name] = self.clefts.get(vert.name, 0) + int(gap.sum())
             _blend(crop, depth, bone, scene.pixel_spacing)
             if labels is not None and vert.label:
                 labels[rows, cols][depth > 0] = vert.label
