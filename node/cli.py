@@ -77,9 +77,13 @@ def _target(config: Config, text: str):  # type: ignore[no-untyped-def]
 
     try:
         peer = config.peer(text)
-        return Target(peer.ae_title, peer.host, peer.port)
     except KeyError:
         pass
+    else:
+        if peer.type == "dicomweb":
+            raise SystemExit(f"fracnode: peer {text!r} is a DICOMweb peer ({peer.url});"
+                             " echo and send speak DIMSE to a peer with an AE title, host and port")
+        return Target(peer.ae_title, peer.host, peer.port)
     match = _TARGET.match(text)
     if not match:
         known = ", ".join(p.name for p in config.peers) or "none configured"

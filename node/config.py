@@ -17,7 +17,9 @@ import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
@@ -101,15 +103,125 @@ class DispatchSettings(Strict):
 
 
 class DimsePeer(Strict):
+    """A DICOM (DIMSE) application entity: a PACS, Orthanc, a modality (PS3.7, PS3.8)."""
+
     name: str
+    type: Literal["dimse"] = "dimse"
     ae_title: str
     host: str
     port: int = Field(ge=1, le=65535)
+    retrieve: Literal["c-get", "c-move"] = Field(
+        "c-get",
+        description="how a study is pulled from this peer: c-get (on our association; the peer"
+        " needs no entry for fracnode) or c-move (the peer sends to our AE title, which it must"
+        " know as a move destination)",
+    )
 
     @field_validator("ae_title")
     @classmethod
     def _ae(cls, value: str) -> str:
         return _check_ae_title(value)
+
+
+class NoAuth(Strict):
+    type: Literal["none"] = "none"
+
+
+def _secret(value: str | None, path: Path | None, what: str) -> str:
+    if value is not None:
+        return value
+    assert path is not None  # the validators ask for one of the two
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except OSError as exc:
+        raise ValueError(f"cannot read the {what} file {path}: {exc.strerror}") from exc
+
+
+class BasicAuth(Strict):
+    """HTTP Basic (RFC 7617): `password`, or `password_file` (read at each use, e.g. a secret)."""
+
+    type: Literal["basic"]
+    user: str = Field(min_length=1)
+    password: str | None = None
+    password_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_password(self) -> BasicAuth:
+        if (self.password is None) == (self.password_file is None):
+            raise ValueError("give either password or password_file")
+        return self
+
+    def secret(self) -> str:
+        return _secret(self.password, self.password_file, "password")
+
+
+class BearerAuth(Strict):
+    """OAuth 2.0 bearer token (RFC 6750): `token`, or `token_file` (read at each use)."""
+
+    type: Literal["bearer"]
+    token: str | None = None
+    token_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_token(self) -> BearerAuth:
+        if (self.token is None) == (self.token_file is None):
+            raise ValueError("give either token or token_file")
+        return self
+
+    def secret(self) -> str:
+        return _secret(self.token, self.token_file, "token")
+
+
+HttpAuth = Annotated[NoAuth | BasicAuth | BearerAuth, Field(discriminator="type")]
+
+
+class DicomwebPeer(Strict):
+    """A DICOMweb service (PS3.18): STOW-RS for results, QIDO-RS and WADO-RS to pull studies."""
+
+    name: str
+    type: Literal["dicomweb"]
+    url: str = Field(description="base URL of the service, e.g. http://orthanc:8042/dicom-web")
+    auth: HttpAuth = NoAuth()
+    verify_tls: bool | Path = Field(
+        True, description="true: the system's trusted CAs; false: no check; or a CA bundle (PEM)"
+    )
+    timeout_s: float = Field(60.0, gt=0, description="connect and read timeout of each request")
+    ae_title: str | None = Field(
+        None, description="the label its studies carry for routing (calling_ae) and sender replies"
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError(f"url {value!r} must start with http:// or https:// and name a host")
+        return value.rstrip("/")
+
+    @field_validator("ae_title")
+    @classmethod
+    def _ae(cls, value: str | None) -> str | None:
+        return None if value is None else _check_ae_title(value)
+
+    @property
+    def label(self) -> str:
+        """What pulled studies record as their source (the `calling_ae` routing rules see)."""
+        return self.ae_title or self.name
+
+
+def _peer_type(value: Any) -> str:
+    """A peer without `type` is a DIMSE peer (configurations written before DICOMweb peers)."""
+    found = value.get("type", "dimse") if isinstance(value, dict) else getattr(value, "type", "dimse")
+    return found if isinstance(found, str) else "dimse"
+
+
+Peer = Annotated[
+    Annotated[DimsePeer, Tag("dimse")] | Annotated[DicomwebPeer, Tag("dicomweb")],
+    Discriminator(
+        _peer_type,
+        custom_error_type="peer_type_invalid",
+        custom_error_message="a peer's type is dimse (the default when absent) or dicomweb",
+    ),
+]
 
 
 Overlay = Literal["gsps", "secondary_capture"]
@@ -133,6 +245,13 @@ class DimseDestination(DestinationBase):
     peer: str
 
 
+class DicomwebDestination(DestinationBase):
+    """STOW-RS to a `type: dicomweb` peer (PS3.18 10.5)."""
+
+    type: Literal["dicomweb"]
+    peer: str
+
+
 class SenderDestination(DestinationBase):
     """Reply to the configured peer whose AE title sent the study."""
 
@@ -140,7 +259,8 @@ class SenderDestination(DestinationBase):
 
 
 Destination = Annotated[
-    FolderDestination | DimseDestination | SenderDestination, Field(discriminator="type")
+    FolderDestination | DimseDestination | DicomwebDestination | SenderDestination,
+    Field(discriminator="type"),
 ]
 
 
@@ -263,13 +383,26 @@ def reference_problems(raw: dict[str, Any]) -> list[tuple[Loc, str]]:
             if name in seen:
                 problems.append(((key, i, "name"), f"{kind} names must be unique; {name!r} is repeated"))
             seen.add(name)
-    peers = sorted({e["name"] for _, e in _named_entries(raw, "peers") if isinstance(e.get("name"), str)})
+    peer_types = {
+        e["name"]: _peer_type(e) for _, e in _named_entries(raw, "peers") if isinstance(e.get("name"), str)
+    }
+    peers = sorted(peer_types)
     for i, dest in _named_entries(raw, "destinations"):
-        peer = dest.get("peer")
-        if dest.get("type") == "dimse" and isinstance(peer, str) and peer not in peers:
+        peer, dest_type = dest.get("peer"), dest.get("type")
+        if dest_type not in ("dimse", "dicomweb") or not isinstance(peer, str):
+            continue
+        if peer not in peer_types:
             message = (
                 f"destination {dest.get('name')!r}: unknown peer {peer!r}"
                 f" (known: {', '.join(peers) or 'none'})"
+            )
+            problems.append((("destinations", i, "peer"), message))
+        elif peer_types[peer] != dest_type:
+            wanted = "'type: dicomweb' and a url" if dest_type == "dicomweb" else "an ae_title, host and port"
+            message = (
+                f"destination {dest.get('name')!r} (type {dest_type}) names peer {peer!r}, which is a"
+                f" {'DICOMweb' if peer_types[peer] == 'dicomweb' else 'DIMSE'} peer; use"
+                f" 'type: {peer_types[peer]}' for this destination, or name a peer with {wanted}"
             )
             problems.append((("destinations", i, "peer"), message))
     destinations = sorted(
@@ -311,7 +444,7 @@ class Config(Strict):
     inference: InferenceSettings = InferenceSettings()
     logging: LoggingSettings = LoggingSettings()
     web: WebSettings = WebSettings()
-    peers: list[DimsePeer] = Field(default_factory=list)
+    peers: list[Peer] = Field(default_factory=list)
     destinations: list[Destination] = Field(default_factory=_default_destinations)
     routes: list[Route] = Field(default_factory=list)
     pipeline_modules: list[str] = Field(
@@ -341,16 +474,19 @@ class Config(Strict):
             raise ValueError("; ".join(f"{_format_loc(loc)}: {message}" for loc, message in problems))
         return self
 
-    def peer(self, name: str) -> DimsePeer:
+    def peer(self, name: str) -> DimsePeer | DicomwebPeer:
         for peer in self.peers:
             if peer.name == name:
                 return peer
         raise KeyError(name)
 
-    def peer_by_ae_title(self, ae_title: str) -> DimsePeer | None:
+    def peer_by_ae_title(self, ae_title: str) -> DimsePeer | DicomwebPeer | None:
+        """The peer whose AE title is `ae_title` (a DICOMweb peer's optional `ae_title` too)."""
         return next((p for p in self.peers if p.ae_title == ae_title), None)
 
-    def destination(self, name: str) -> FolderDestination | DimseDestination | SenderDestination:
+    def destination(
+        self, name: str
+    ) -> FolderDestination | DimseDestination | DicomwebDestination | SenderDestination:
         for dest in self.destinations:
             if dest.name == name:
                 return dest
@@ -456,8 +592,8 @@ def _line_of(node: yaml.Node | None, loc: tuple[int | str, ...]) -> int | None:
 _HINTS = {
     "extra_forbidden": "remove it or fix its spelling; see the configuration reference in README.md",
     "missing": "this setting is required here",
-    "union_tag_invalid": "type must be one of: folder, dimse, sender",
-    "union_tag_not_found": "add a 'type:' (folder, dimse or sender)",
+    "union_tag_invalid": "type must be one of: folder, dimse, dicomweb, sender",
+    "union_tag_not_found": "add a 'type:' (folder, dimse, dicomweb or sender)",
     "int_parsing": "give a whole number",
     "float_parsing": "give a number",
     "bool_parsing": "give true or false",
@@ -472,11 +608,30 @@ def _format_loc(loc: tuple[int | str, ...]) -> str:
     return text or "(top level)"
 
 
+_UNION_TAGS = ("folder", "dimse", "dicomweb", "sender")
+_AUTH_TAGS = ("none", "basic", "bearer")
+# hints that depend on which list the entry is in
+_HINTS_AT = {
+    ("peers", "peer_type_invalid"): "DIMSE peers have ae_title, host, port; DICOMweb peers a url",
+    ("auth", "union_tag_invalid"): "auth type must be one of: none, basic, bearer",
+    ("auth", "union_tag_not_found"): "add a 'type:' (none, basic or bearer)",
+}
+
+
+def _hint(loc: tuple[int | str, ...], error_type: str) -> str:
+    for part in reversed(loc):
+        if isinstance(part, str) and (part, error_type) in _HINTS_AT:
+            return _HINTS_AT[(part, error_type)]
+    return _HINTS.get(error_type, "")
+
+
 def _clean_loc(loc: tuple[int | str, ...]) -> tuple[int | str, ...]:
     # pydantic adds the union member's tag ('folder', 'dimse', ...) after a list index
     cleaned: list[int | str] = []
     for i, part in enumerate(loc):
-        if i > 0 and part in ("folder", "dimse", "sender") and isinstance(loc[i - 1], int):
+        if i > 0 and part in _UNION_TAGS and isinstance(loc[i - 1], int):
+            continue
+        if i > 0 and part in _AUTH_TAGS and loc[i - 1] == "auth":
             continue
         cleaned.append(part)
     return tuple(cleaned)
@@ -563,7 +718,7 @@ def parse(text: str, source: str = "<config>", environ: dict[str, str] | None = 
         for err in exc.errors():
             loc = _clean_loc(tuple(err["loc"]))
             message = err["msg"].removeprefix("Value error, ")
-            hint = _HINTS.get(err["type"], "")
+            hint = _hint(loc, err["type"])
             if err["type"] == "extra_forbidden":
                 message = f"unknown setting {loc[-1]!r}"
                 hint = _unknown_setting_hint(tuple(err["loc"]))

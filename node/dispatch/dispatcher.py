@@ -1,11 +1,20 @@
-"""Delivery of outbox items to their destinations: folder, DIMSE peer, or the study's sender."""
+"""Delivery of outbox items to their destinations: folder, DIMSE or DICOMweb peer, or the sender."""
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
 
-from node.config import Config, DimseDestination, FolderDestination, SenderDestination
+from node.config import (
+    Config,
+    DicomwebDestination,
+    DicomwebPeer,
+    DimseDestination,
+    DimsePeer,
+    FolderDestination,
+    SenderDestination,
+)
+from node.dispatch.dicomweb import StowFailed, StowItem, stow
 from node.dispatch.dimse import AssociationFailed, Target, store
 from node.dispatch.outbox import Outbox, OutboxItem
 from node.logs import event
@@ -27,9 +36,8 @@ class Dispatcher:
         dest = self.config.destination(destination)
         if isinstance(dest, FolderDestination):
             return self._to_folder(dest, items, now)
-        if isinstance(dest, DimseDestination):
-            peer = self.config.peer(dest.peer)
-            return self._to_peer(Target(peer.ae_title, peer.host, peer.port), items, now)
+        if isinstance(dest, DimseDestination | DicomwebDestination):
+            return self._to(self.config.peer(dest.peer), items, now)
         assert isinstance(dest, SenderDestination)
         delivered = 0
         by_sender: dict[str, list[OutboxItem]] = defaultdict(list)
@@ -47,8 +55,13 @@ class Dispatcher:
                 event(log, logging.ERROR, "cannot reply to sender", destination=destination,
                       calling_ae=calling_ae, items=len(group), reason=reason)
                 continue
-            delivered += self._to_peer(Target(sender.ae_title, sender.host, sender.port), group, now)
+            delivered += self._to(sender, group, now)
         return delivered
+
+    def _to(self, peer: DimsePeer | DicomwebPeer, items: list[OutboxItem], now: float) -> int:
+        if isinstance(peer, DicomwebPeer):
+            return self._to_dicomweb(peer, items, now)
+        return self._to_peer(Target(peer.ae_title, peer.host, peer.port), items, now)
 
     def _to_folder(self, dest: FolderDestination, items: list[OutboxItem], now: float) -> int:
         delivered = 0
@@ -90,4 +103,36 @@ class Dispatcher:
                       sop_instance_uid=item.sop_instance_uid, error=result.message)
         if delivered:
             event(log, logging.INFO, "results delivered", destination=str(target), count=delivered)
+        return delivered
+
+    def _to_dicomweb(self, peer: DicomwebPeer, items: list[OutboxItem], now: float) -> int:
+        """STOW-RS (PS3.18 10.5); see node.dispatch.dicomweb for what is retried and what not."""
+        by_uid = {item.sop_instance_uid: item for item in items}
+        try:
+            outcomes = stow(peer, [StowItem(item.path, item.sop_instance_uid) for item in items])
+        except StowFailed as exc:
+            retry_at = now
+            for item in items:
+                if exc.retry:
+                    retry_at = self.outbox.failed_attempt(item, str(exc), now)
+                else:
+                    self.outbox.give_up(item, str(exc), now)
+            event(log, logging.WARNING, "delivery failed", destination=peer.name, items=len(items),
+                  error=str(exc), retry_in_s=round(retry_at - now, 1) if exc.retry else None)
+            return 0
+        delivered = 0
+        for outcome in outcomes:
+            item = by_uid[outcome.sop_instance_uid]
+            if outcome.delivered:
+                self.outbox.delivered(item, now)
+                delivered += 1
+                continue
+            if outcome.retry:
+                self.outbox.failed_attempt(item, outcome.message, now)
+            else:
+                self.outbox.give_up(item, outcome.message, now)
+            event(log, logging.WARNING, "delivery refused", destination=peer.name,
+                  sop_instance_uid=item.sop_instance_uid, error=outcome.message, retried=outcome.retry)
+        if delivered:
+            event(log, logging.INFO, "results delivered", destination=peer.name, count=delivered)
         return delivered

@@ -383,3 +383,169 @@ def test_environment_override_error_in_a_file_does_not_point_at_the_files_line(
     (problem,) = caught.value.problems
     assert (problem.path, problem.line) == ("node.port", None)
     assert "FRACNODE_PORT" in problem.message
+
+
+# -- DICOMweb peers and destinations, retrieve -----------------------------------------------------
+
+DICOMWEB = """\
+peers:
+  - {name: pacs, ae_title: ORTHANC, host: 10.0.0.5, port: 4242}
+  - {name: pacs-move, type: dimse, ae_title: PACS2, host: 10.0.0.6, port: 104, retrieve: c-move}
+  - name: orthanc-web
+    type: dicomweb
+    url: https://orthanc.hospital.lan/dicom-web/
+    auth: {type: basic, user: fracnode, password: s3cret}
+    verify_tls: /etc/fracnode/ca.pem
+    timeout_s: 20
+    ae_title: ORTHANC-WEB
+  - {name: cloud, type: dicomweb, url: 'http://cloud:8080/dicomweb', auth: {type: bearer, token_file: /run/secrets/t}}
+destinations:
+  - {name: pacs-web, type: dicomweb, peer: orthanc-web}
+  - {name: pacs, type: dimse, peer: pacs}
+routes:
+  - {name: r, pipeline: p, destinations: [pacs-web, pacs]}
+"""
+
+
+def test_dicomweb_peers_and_destinations_load() -> None:
+    from node.config import BasicAuth, BearerAuth, DicomwebDestination, DicomwebPeer, DimsePeer
+
+    config = parse(DICOMWEB, "site.yaml", {})
+    pacs, moving, web, cloud = config.peers
+    assert isinstance(pacs, DimsePeer) and pacs.type == "dimse" and pacs.retrieve == "c-get"
+    assert isinstance(moving, DimsePeer) and moving.retrieve == "c-move"
+    assert isinstance(web, DicomwebPeer)
+    assert web.url == "https://orthanc.hospital.lan/dicom-web"  # no trailing slash
+    assert isinstance(web.auth, BasicAuth) and web.auth.secret() == "s3cret"
+    assert web.verify_tls == Path("/etc/fracnode/ca.pem") and web.timeout_s == 20
+    assert web.label == "ORTHANC-WEB" and cloud.label == "cloud"
+    assert isinstance(cloud.auth, BearerAuth) and cloud.verify_tls is True
+    assert isinstance(config.destination("pacs-web"), DicomwebDestination)
+    assert config.peer_by_ae_title("ORTHANC-WEB") is web
+
+
+def test_a_peer_without_type_is_a_dimse_peer_as_before() -> None:
+    config = parse(VALID, "site.yaml", {})
+    assert config.peers[0].type == "dimse"
+    # and what a dump of it says loads back the same (tests and tools write configs this way)
+    assert Config.model_validate(config.model_dump(mode="json")) == config
+
+
+def test_secret_files_are_read_when_used(tmp_path: Path) -> None:
+    token = tmp_path / "token"
+    config = parse(
+        f"peers:\n  - {{name: w, type: dicomweb, url: 'http://h', auth: {{type: bearer, token_file: {token}}}}}\n",
+        "site.yaml", {},
+    )
+    token.write_text("abc\n")
+    assert config.peers[0].auth.secret() == "abc"  # type: ignore[union-attr]
+    token.unlink()
+    with pytest.raises(ValueError, match="cannot read the token file"):
+        config.peers[0].auth.secret()  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("text", "path", "message", "hint"),
+    [
+        pytest.param(
+            "peers:\n  - {name: w, type: dicomweb, url: 'http://h'}\n"
+            "destinations:\n  - {name: d, type: dimse, peer: w}\n",
+            "destinations[0].peer",
+            "destination 'd' (type dimse) names peer 'w', which is a DICOMweb peer; use 'type: dicomweb'",
+            "",
+            id="dimse-destination-to-dicomweb-peer",
+        ),
+        pytest.param(
+            "peers:\n  - {name: p, ae_title: P, host: h, port: 1}\n"
+            "destinations:\n  - {name: d, type: dicomweb, peer: p}\n",
+            "destinations[0].peer",
+            "destination 'd' (type dicomweb) names peer 'p', which is a DIMSE peer; use 'type: dimse'",
+            "",
+            id="dicomweb-destination-to-dimse-peer",
+        ),
+        pytest.param(
+            "destinations:\n  - {name: d, type: dicomweb, peer: nowhere}\n",
+            "destinations[0].peer",
+            "destination 'd': unknown peer 'nowhere' (known: none)",
+            "",
+            id="dicomweb-destination-unknown-peer",
+        ),
+        pytest.param(
+            "peers:\n  - {name: w, type: dicomwbe, url: 'http://h'}\n",
+            "peers[0]",
+            "a peer's type is dimse (the default when absent) or dicomweb",
+            "DICOMweb peers a url",
+            id="unknown-peer-type",
+        ),
+        pytest.param(
+            "peers:\n  - {name: w, type: dicomweb, url: 'orthanc:8042'}\n",
+            "peers[0].url",
+            "must start with http:// or https://",
+            "",
+            id="url-without-scheme",
+        ),
+        pytest.param(
+            "peers:\n  - {name: w, type: dicomweb}\n",
+            "peers[0].url",
+            "Field required",
+            "required",
+            id="dicomweb-peer-without-url",
+        ),
+        pytest.param(
+            "peers:\n  - {name: w, type: dicomweb, url: 'http://h', retrieve: c-get}\n",
+            "peers[0].retrieve",
+            "unknown setting 'retrieve'",
+            "settings here:",
+            id="retrieve-on-a-dicomweb-peer",
+        ),
+        pytest.param(
+            "peers:\n  - {name: p, ae_title: P, host: h, port: 1, retrieve: c-find}\n",
+            "peers[0].retrieve",
+            "'c-get' or 'c-move'",
+            "listed values",
+            id="retrieve-unknown",
+        ),
+        pytest.param(
+            "peers:\n  - {name: w, type: dicomweb, url: 'http://h', auth: {type: basic, user: u}}\n",
+            "peers[0].auth",
+            "give either password or password_file",
+            "",
+            id="basic-auth-without-password",
+        ),
+        pytest.param(
+            "peers:\n  - {name: w, type: dicomweb, url: 'http://h', auth: {type: kerberos}}\n",
+            "peers[0].auth",
+            "does not match any of the expected tags",
+            "none, basic, bearer",
+            id="auth-type-unknown",
+        ),
+        pytest.param(
+            "peers:\n  - {name: w, type: dicomweb, url: 'http://h', auth: {type: bearer, tokn: x}}\n",
+            "peers[0].auth.tokn",
+            "unknown setting 'tokn'",
+            "did you mean 'token'?",
+            id="auth-misspelt-key",
+        ),
+        pytest.param(
+            "peers:\n  - {name: w, type: dicomweb, url: 'http://h', verfy_tls: false}\n",
+            "peers[0].verfy_tls",
+            "unknown setting 'verfy_tls'",
+            "did you mean 'verify_tls'?",
+            id="verify-tls-misspelt",
+        ),
+        pytest.param(
+            "peers:\n  - {name: w, type: dicomweb, url: 'http://h', ae_title: 'A\\\\B'}\n",
+            "peers[0].ae_title",
+            "no backslash",
+            "",
+            id="dicomweb-ae-title",
+        ),
+    ],
+)
+def test_dicomweb_configuration_errors_say_what_to_fix(text: str, path: str, message: str, hint: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        parse(text, "site.yaml", {})
+    (problem,) = caught.value.problems
+    assert problem.path == path and problem.line is not None
+    assert message in problem.message
+    assert hint in problem.hint

@@ -33,3 +33,14 @@ def test_restricted_example_limits_callers_and_completes_on_release() -> None:
     assert config.node.calling_ae_titles
     assert config.assembly.complete_on_release
     assert 0 < config.storage.retention_days < 7
+
+
+def test_dicomweb_example_sends_by_stow_rs_and_names_pull_sources() -> None:
+    from node.config import DicomwebPeer, DimsePeer
+
+    config = load(EXAMPLES / "dicomweb.yaml", environ={})
+    web = config.peer("orthanc-web")
+    assert isinstance(web, DicomwebPeer) and web.url.endswith("/dicom-web")
+    assert config.destination("pacs-web").type == "dicomweb"
+    legacy = config.peer("legacy-pacs")
+    assert isinstance(legacy, DimsePeer) and legacy.retrieve == "c-move"
