@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 import uuid
@@ -18,6 +19,7 @@ from pydicom import Dataset, dcmread, dcmwrite
 
 from node.ingest.stow import PART10_PREFIX
 from tests.conftest import API_TOKEN, node_config, wait_until
+from tests.integration.test_durability import small_disk  # noqa: F401 - a fixture
 from tests.support import dicomgen
 from tests.support.orthanc import PLUGIN_DIR, Orthanc
 
@@ -309,3 +311,26 @@ def test_unique_study_urls_need_valid_uids(tmp_path, start_node):
     node = start_node(node_config(tmp_path / "data"))
     response = stow(node, multipart(part10(dicomgen.ct_series(1)[0])), study=f"not-a-uid-{uuid.uuid4().hex}")
     assert response.status_code == 400 and "Study Instance UID" in response.json()["detail"]
+
+
+def test_a_disk_that_fills_up_mid_request_fails_the_rest_with_a700(tmp_path, small_disk, start_node):  # noqa: F811
+    node = start_node(node_config(small_disk / "data", storage={"data_dir": str(small_disk / "data"),
+                                                                 "min_free_mb": 0}))
+    ballast = small_disk / "ballast"
+    free = os.statvfs(small_disk)
+    ballast.write_bytes(b"\0" * (free.f_bavail * free.f_frsize - 1536 * 1024))  # ~1.5 MiB left
+    series = dicomgen.ct_series(30, size=256)  # 30 × 128 KiB
+    sent = {ds.SOPInstanceUID: ds for ds in series}
+
+    response = stow(node, multipart(*map(part10, series)))
+
+    assert response.status_code == 202
+    refused = failures(response)
+    assert refused and set(refused.values()) == {0xA700}
+    assert stored(response) == indexed(node) == set(sent) - set(refused)
+    for path in spool_files(node):  # also a file renamed into place whose index row did not fit
+        assert dcmread(path).PixelData == sent[path.stem].PixelData
+    assert temporary_files(node) == []
+    ballast.unlink()
+    again = stow(node, multipart(*(part10(sent[uid]) for uid in refused)))
+    assert again.status_code == 200 and indexed(node) == set(sent)
