@@ -46,6 +46,9 @@ class Settings:
     url: str = ""  # pull mode: fracnode's HTTP base URL
     token: str = ""  # pull mode: a bearer token from fracnode's web.auth.tokens
     timeout_s: float = 30.0
+    ae_title: str = "FRACNODE"  # with `host`: the plugin defines the modality itself (one snippet)
+    host: str = ""
+    port: int = 11112
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Settings:
@@ -54,7 +57,7 @@ class Settings:
         if not isinstance(raw, dict):
             raise ValueError('"Fracnode" must be a JSON object')  # noqa: TRY004 - a configuration error
         known = {"Enabled", "Automatic", "Mode", "Modality", "Modalities", "Exclude", "SkipOwnResults",
-                 "StateFile", "MaxAttempts", "RetryDelay", "Url", "Token", "Timeout"}
+                 "StateFile", "MaxAttempts", "RetryDelay", "Url", "Token", "Timeout", "AeTitle", "Host", "Port"}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ValueError(f'"Fracnode": unknown key(s) {unknown}; known: {sorted(known)}')
@@ -90,12 +93,34 @@ class Settings:
             retry_delay_s=float(typed("RetryDelay", (int, float), cls.retry_delay_s)),
             url=typed("Url", str, "").rstrip("/"), token=typed("Token", str, ""),
             timeout_s=float(typed("Timeout", (int, float), cls.timeout_s)),
+            ae_title=typed("AeTitle", str, cls.ae_title), host=typed("Host", str, ""),
+            port=typed("Port", int, cls.port),
         )
         if settings.max_attempts < 1:
             raise ValueError('"Fracnode.MaxAttempts" must be at least 1')
+        settings._check_modality(config)
         if mode == "pull" and not settings.url.startswith(("http://", "https://")):
             raise ValueError('"Fracnode.Url" must be fracnode\'s http(s):// base URL in pull mode')
         return settings
+
+    def _check_modality(self, config: dict[str, Any]) -> None:
+        """Store mode needs fracnode as a modality: from DicomModalities, or defined by the plugin."""
+        if self.mode != "store":
+            return
+        declared = self.modality in (config.get("DicomModalities") or {})
+        if self.host and declared:
+            raise ValueError(f'"Fracnode.Host" defines modality {self.modality!r}, which "DicomModalities"'
+                             " defines too: keep one of them")
+        if not self.host and not declared and not config.get("DicomModalitiesInDatabase", False):
+            raise ValueError(f'"Fracnode.Modality" {self.modality!r} is not in "DicomModalities": add it there,'
+                             ' or give fracnode\'s "Host" (and "Port", "AeTitle") in "Fracnode"')
+        if self.host and not (1 <= self.port <= 65535 and 1 <= len(self.ae_title.strip()) <= 16):
+            raise ValueError('"Fracnode.Port" must be 1-65535 and "Fracnode.AeTitle" 1-16 characters')
+
+    @property
+    def modality_definition(self) -> dict[str, Any]:
+        """The body of Orthanc's `PUT /modalities/{Modality}` for fracnode (when `Host` is given)."""
+        return {"AET": self.ae_title.strip(), "Host": self.host, "Port": self.port}
 
 
 # -- the decision: pure functions of the study's series and what was handed over before ----------

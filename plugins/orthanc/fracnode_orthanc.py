@@ -170,7 +170,9 @@ class Worker:
             self._failed(row["id"], row["attempts"], error)
 
     def _startup(self, task: Task) -> None:
-        """Finish what a restart interrupted: unfinished jobs, due retries, studies never checked."""
+        """Define fracnode's modality; finish what a restart interrupted: jobs, retries, missed studies."""
+        if self.settings.host:
+            orthanc.RestApiPut(f"/modalities/{self.settings.modality}", json.dumps(self.settings.modality_definition))
         for row in self.state.in_state("retrying"):
             heapq.heappush(self._retries, (row["not_before"], row["id"]))
         for row in self.state.in_state("submitted"):

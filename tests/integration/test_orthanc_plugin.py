@@ -108,10 +108,12 @@ def test_a_cr_study_in_orthanc_gets_sr_and_seg_without_any_other_action(
                  "destinations": ["back"]}],
         inference={"models_dir": str(eager_models), "device": "cpu"},
     ))
-    connect(orthanc, node)
+    # the README's one snippet: the plugin defines fracnode's modality itself
+    orthanc.extra["Fracnode"].update(Host="127.0.0.1", Port=node.ingest.port, AeTitle="FRACNODE")
     orthanc.start()
     try:
         wait_until(lambda: status(orthanc)["CaughtUp"])  # the plugin's first start sets its change cursor
+        assert orthanc.rest("/modalities?expand")["fracnode"]["Port"] == node.ingest.port
         store_into_orthanc(orthanc, cr_sample)
         source = dcmread(cr_sample, stop_before_pixels=True)
         study = orthanc.rest("/tools/lookup", data=source.StudyInstanceUID.encode(), method="POST")[0]["ID"]

@@ -27,6 +27,11 @@ def _load() -> ModuleType:
 
 handover = _load()
 Settings, Series, decide = handover.Settings, handover.Series, handover.decide
+MODALITIES = {"DicomModalities": {"fracnode": ["FRACNODE", "fracnode.lan", 11112]}}
+
+
+def settings_of(**fracnode: object) -> object:
+    return Settings.from_config({**MODALITIES, "Fracnode": fracnode})
 
 
 def series(sid: str, modality: str, *instances: str, **tags: str) -> object:
@@ -64,19 +69,19 @@ def test_a_study_already_handed_over_says_so():
 
 
 def test_exclude_patterns_match_series_tags_case_insensitively():
-    settings = Settings.from_config({"Fracnode": {"Exclude": {"SeriesDescription": ["*scout*"]}}})
+    settings = settings_of(Exclude={"SeriesDescription": ["*scout*"]})
     scout = series("s5", "CR", "x1", SeriesDescription="Scout AP")
     assert decide([CR, scout], frozenset(), settings, False).instances == ("i1", "i2")
     assert handover.exclusion(scout, settings) == "SeriesDescription excluded"
 
 
 def test_own_results_count_when_skipping_them_is_turned_off():
-    settings = Settings.from_config({"Fracnode": {"SkipOwnResults": False, "Modalities": []}})
+    settings = settings_of(SkipOwnResults=False, Modalities=[])
     assert decide([SR], frozenset(), settings, False).instances == ("r1",)
 
 
 def test_settings_defaults_and_state_file_beside_the_storage(tmp_path):
-    settings = Settings.from_config({"StorageDirectory": str(tmp_path)})
+    settings = Settings.from_config({**MODALITIES, "StorageDirectory": str(tmp_path)})
     assert (settings.mode, settings.modality, settings.modalities) == ("store", "fracnode", ("CR", "DX"))
     assert settings.state_file == str(tmp_path / "fracnode-plugin.sqlite")
 
@@ -92,12 +97,26 @@ def test_settings_defaults_and_state_file_beside_the_storage(tmp_path):
         ({"Enabled": "yes"}, '"Fracnode.Enabled" must be a bool'),
         ({"MaxAttempts": 0}, "at least 1"),
         ({"Mode": "pull"}, '"Fracnode.Url" must be'),
+        ({"Modality": "ai"}, "'ai' is not in \"DicomModalities\""),
+        ({"Host": "fracnode.lan"}, "which \"DicomModalities\" defines too"),
     ],
 )
 def test_bad_settings_name_the_key_to_fix(fracnode, message):
     with pytest.raises(ValueError) as error:
-        Settings.from_config({"Fracnode": fracnode})
+        Settings.from_config({**MODALITIES, "Fracnode": fracnode})
     assert message in str(error.value)
+
+
+def test_the_plugin_can_define_fracnode_as_a_modality_itself():
+    settings = Settings.from_config({"Fracnode": {"Host": "fracnode.lan", "Port": 104, "AeTitle": "AI "}})
+    assert settings.modality_definition == {"AET": "AI", "Host": "fracnode.lan", "Port": 104}
+    with pytest.raises(ValueError, match="is not in \"DicomModalities\""):
+        Settings.from_config({"Fracnode": {}})
+    with pytest.raises(ValueError, match="Port"):
+        Settings.from_config({"Fracnode": {"Host": "fracnode.lan", "Port": 0}})
+    # pull mode needs no modality; with DicomModalitiesInDatabase it may be in Orthanc's database
+    assert Settings.from_config({"Fracnode": {"Mode": "pull", "Url": "http://fracnode.lan:8080"}}).mode == "pull"
+    assert Settings.from_config({"DicomModalitiesInDatabase": True}).host == ""
 
 
 def test_retry_delay_doubles():
