@@ -46,7 +46,9 @@ class WebServer:
 
     def start(self) -> None:
         family = socket.AF_INET6 if ":" in self.settings.bind else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: asyncio sets TCP_NODELAY only on sockets whose proto says TCP, and
+        # without it every response waits ~40 ms for a delayed ACK between its header and body writes
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((self.settings.bind, self.settings.port))
