@@ -17,6 +17,8 @@ from node.ingest.dimse import set_nodelay
 
 log = logging.getLogger("fracnode.dispatch")
 MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: at most 128 presentation contexts per association
+# proposed after each object's own transfer syntax, for peers that cannot take it (PS3.5 10.1)
+FALLBACK_TRANSFER_SYNTAXES = (ExplicitVRLittleEndian, ImplicitVRLittleEndian)
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,7 @@ def store(
         headers.append((path, str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)))
     ae = _ae(calling_ae, timeout_s)
     for sop_class, syntax in sorted({(c, t) for _, c, t in headers})[:MAX_CONTEXTS]:
-        syntaxes = list(dict.fromkeys([syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
+        syntaxes = list(dict.fromkeys([syntax, *FALLBACK_TRANSFER_SYNTAXES]))
         ae.add_requested_context(sop_class, syntaxes)
     assoc = _associate(ae, target)
     results = []
