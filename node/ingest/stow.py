@@ -322,7 +322,8 @@ class StoreTransaction:
         header = stored.header
         self.outcomes.append(PartOutcome(part, header.sop_class_uid, header.sop_instance_uid,
                                          header.study_uid, duplicate=stored.duplicate))
-        self.ingest.on_stored()
+        if not stored.duplicate:
+            self.ingest.on_stored()
 
     def _discard(self) -> None:
         if self._incoming is not None:
