@@ -307,7 +307,7 @@ def test_a_client_that_goes_away_mid_body_leaves_whole_instances_only(tmp_path, 
     assert not node.db.query("SELECT 1 FROM studies WHERE release_ready = 1")
 
 
-def test_unique_study_urls_need_valid_uids(tmp_path, start_node):
+def test_a_study_url_that_is_no_uid_is_400(tmp_path, start_node):
     node = start_node(node_config(tmp_path / "data"))
     response = stow(node, multipart(part10(dicomgen.ct_series(1)[0])), study=f"not-a-uid-{uuid.uuid4().hex}")
     assert response.status_code == 400 and "Study Instance UID" in response.json()["detail"]
