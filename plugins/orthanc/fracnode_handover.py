@@ -45,6 +45,7 @@ class Settings:
     retry_delay_s: float = 30.0  # doubled after each failed attempt
     url: str = ""  # pull mode: fracnode's HTTP base URL
     token: str = ""  # pull mode: a bearer token from fracnode's web.auth.tokens
+    peer: str = ""  # pull mode: the name of fracnode's peer for this Orthanc (its DICOMweb or DIMSE side)
     timeout_s: float = 30.0
     ae_title: str = "FRACNODE"  # with `host`: the plugin defines the modality itself (one snippet)
     host: str = ""
@@ -57,7 +58,7 @@ class Settings:
         if not isinstance(raw, dict):
             raise ValueError('"Fracnode" must be a JSON object')  # noqa: TRY004 - a configuration error
         known = {"Enabled", "Automatic", "Mode", "Modality", "Modalities", "Exclude", "SkipOwnResults",
-                 "StateFile", "MaxAttempts", "RetryDelay", "Url", "Token", "Timeout", "AeTitle", "Host", "Port"}
+                 "StateFile", "MaxAttempts", "RetryDelay", "Url", "Token", "Timeout", "AeTitle", "Host", "Port", "Peer"}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ValueError(f'"Fracnode": unknown key(s) {unknown}; known: {sorted(known)}')
@@ -91,7 +92,7 @@ class Settings:
             state_file=os.path.abspath(typed("StateFile", str, os.path.join(storage, "fracnode-plugin.sqlite"))),
             max_attempts=typed("MaxAttempts", int, cls.max_attempts),
             retry_delay_s=float(typed("RetryDelay", (int, float), cls.retry_delay_s)),
-            url=typed("Url", str, "").rstrip("/"), token=typed("Token", str, ""),
+            url=typed("Url", str, "").rstrip("/"), token=typed("Token", str, ""), peer=typed("Peer", str, ""),
             timeout_s=float(typed("Timeout", (int, float), cls.timeout_s)),
             ae_title=typed("AeTitle", str, cls.ae_title), host=typed("Host", str, ""),
             port=typed("Port", int, cls.port),
@@ -101,6 +102,8 @@ class Settings:
         settings._check_modality(config)
         if mode == "pull" and not settings.url.startswith(("http://", "https://")):
             raise ValueError('"Fracnode.Url" must be fracnode\'s http(s):// base URL in pull mode')
+        if mode == "pull" and not settings.peer:
+            raise ValueError('"Fracnode.Peer" must name fracnode\'s peer for this Orthanc in pull mode')
         return settings
 
     def _check_modality(self, config: dict[str, Any]) -> None:

@@ -129,7 +129,8 @@ class Worker:
     def _pull(self, study: str) -> None:
         uid = _get(f"/studies/{study}")["MainDicomTags"]["StudyInstanceUID"]
         request = urllib.request.Request(
-            f"{self.settings.url}/api/v1/studies/{uid}/analyze", data=b"{}", method="POST",
+            f"{self.settings.url}/api/v1/studies/{uid}/analyze", method="POST",
+            data=json.dumps({"peer": self.settings.peer}).encode(),
             headers={"Authorization": f"Bearer {self.settings.token}", "Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=self.settings.timeout_s) as response:

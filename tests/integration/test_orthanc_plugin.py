@@ -18,7 +18,7 @@ from playwright.sync_api import sync_playwright
 from pydicom import dcmread
 
 from node.service import Node
-from tests.conftest import REPO, node_config, require_tool, wait_until
+from tests.conftest import API_TOKEN, REPO, node_config, require_tool, wait_until
 from tests.integration.test_radiograph_flow import (
     GSPS_CLASS,
     SC_CLASS,
@@ -208,3 +208,26 @@ def test_a_refused_hand_over_is_retried_then_reported(tmp_path):
         assert handover["attempts"] == 2 and handover["error"]
         log = (tmp_path / "orthanc" / "orthanc.log").read_text()
         assert "failed after 2 attempt(s)" in log
+
+
+def test_pull_mode_asks_fracnode_to_fetch_the_study_over_dicomweb(tmp_path, start_node):
+    """Mode "pull": the plugin calls fracnode's API; fracnode retrieves the study by WADO-RS."""
+    pytest.importorskip("node.web.pull", reason="fracnode's pull API (issue 4) is not in this tree")
+    orthanc = plugin_orthanc(tmp_path / "orthanc", Mode="pull", Peer="orthanc-web", Token=API_TOKEN)
+    orthanc.plugins.append(str(PLUGIN_DIR / "libOrthancDicomWeb.so"))
+    node = start_node(node_config(
+        tmp_path / "data",
+        peers=[{"name": "orthanc-web", "type": "dicomweb", "url": f"{orthanc.url}/dicom-web"}],
+    ))
+    orthanc.extra["Fracnode"]["Url"] = f"http://127.0.0.1:{node.web.port}"
+    with orthanc:
+        wait_until(lambda: status(orthanc)["CaughtUp"])
+        cr = dicomgen.write([dicomgen.cr_image()], tmp_path / "cr")
+        store_into_orthanc(orthanc, *cr)
+        uid = str(dcmread(cr[0]).SOPInstanceUID)
+        wait_until(lambda: node.db.query("SELECT 1 FROM instances WHERE sop_instance_uid = ?", (uid,)), timeout_s=60)
+        handover = status(orthanc)["HandOvers"][0]
+        assert (handover["mode"], handover["state"], handover["reason"]) == ("pull", "sent", "stable")
+        quiet(orthanc)
+        assert len(status(orthanc)["HandOvers"]) == 1
+        assert not associations_from_orthanc(node)  # nothing came by C-STORE

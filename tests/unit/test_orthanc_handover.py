@@ -97,6 +97,7 @@ def test_settings_defaults_and_state_file_beside_the_storage(tmp_path):
         ({"Enabled": "yes"}, '"Fracnode.Enabled" must be a bool'),
         ({"MaxAttempts": 0}, "at least 1"),
         ({"Mode": "pull"}, '"Fracnode.Url" must be'),
+        ({"Mode": "pull", "Url": "http://fracnode.lan:8080"}, '"Fracnode.Peer" must name'),
         ({"Modality": "ai"}, "'ai' is not in \"DicomModalities\""),
         ({"Host": "fracnode.lan"}, "which \"DicomModalities\" defines too"),
     ],
@@ -115,7 +116,8 @@ def test_the_plugin_can_define_fracnode_as_a_modality_itself():
     with pytest.raises(ValueError, match="Port"):
         Settings.from_config({"Fracnode": {"Host": "fracnode.lan", "Port": 0}})
     # pull mode needs no modality; with DicomModalitiesInDatabase it may be in Orthanc's database
-    assert Settings.from_config({"Fracnode": {"Mode": "pull", "Url": "http://fracnode.lan:8080"}}).mode == "pull"
+    pull = {"Mode": "pull", "Url": "http://fracnode.lan:8080/", "Peer": "orthanc"}
+    assert Settings.from_config({"Fracnode": pull}).url == "http://fracnode.lan:8080"
     assert Settings.from_config({"DicomModalitiesInDatabase": True}).host == ""
 
 
