@@ -17,6 +17,7 @@ from pathlib import Path
 from pydicom.uid import UID, ExplicitVRLittleEndian
 from pynetdicom import sop_class as pynetdicom_sop_class
 
+from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME, __version__
 from node.dispatch.dimse import FALLBACK_TRANSFER_SYNTAXES
 from node.ingest.dimse import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 
@@ -85,7 +86,15 @@ def tables() -> dict[str, str]:
             + (["a fallback after each object's own syntax"] if uid in fallback else [])))
          for uid in scu_transfer_syntaxes()],
     )
+    identification = markdown_table(["", ""], [
+        ("Product", "fracnode, a DICOM node that runs fracture AI models and returns DICOM results"),
+        ("Version", __version__),
+        ("Implementation Class UID", f"`{IMPLEMENTATION_CLASS_UID}`"),
+        ("Implementation Version Name", f"`{IMPLEMENTATION_VERSION_NAME}`"),
+        ("Intended use", "research and evaluation; **not for diagnostic use**"),
+    ])
     return {
+        "identification": identification,
         "scp-sop-classes": scp,
         "scp-transfer-syntaxes": syntaxes,
         "scu-sop-classes": results,
