@@ -25,6 +25,8 @@ from node.ingest.dimse import DimseIngest
 from node.ingest.stow import StowIngest
 from node.jobs import FINAL_STATES, NOT_APPLICABLE, JobQueue
 from node.logs import event
+from node.metrics import Metrics
+from node.outcomes import JobOutcomes
 from node.records import Job, PipelineInput, SeriesInput
 from node.routing import route_study
 from node.spool import Spool
@@ -56,9 +58,13 @@ class Node:
         self.assembly = Assembly(self.db, config.assembly)
         self.jobs = JobQueue(self.db, config.jobs)
         self.outbox = Outbox(config.outbox_dir, self.db, config.dispatch.retry)
+        self.metrics = Metrics(self.db, [d.name for d in config.destinations])
+        self.outbox.on_attempt = self.metrics.delivery
+        self.outcomes = JobOutcomes(self.db)
         self.dispatcher = Dispatcher(config, self.outbox)
         self.ingest = DimseIngest(
-            config.node, self.spool, self.db, on_released=self._on_released
+            config.node, self.spool, self.db, on_released=self._on_released,
+            on_stored=lambda: self.metrics.instance_received("dimse"),
         )
         self.stow = StowIngest(self.spool, self.db, on_released=self._on_released)
         self.web: WebServer | None = WebServer(self, config.web) if config.web.enabled else None
@@ -110,6 +116,7 @@ class Node:
             )
             self.db.execute("UPDATE studies SET route_status = ? WHERE study_uid = ?",
                             (status, study.study_instance_uid))
+            self.metrics.study_completed(study.study_instance_uid, now)
             event(log, logging.INFO, "study complete", study_uid=study.study_instance_uid,
                   revision=study.revision, series=len(study.series),
                   instances=sum(s.instance_count for s in study.series), routing=status)
@@ -145,6 +152,7 @@ class Node:
         with self._pipelines_lock:
             if name not in self._pipelines:
                 self._pipelines[name] = pipelines.create(name, self.config)
+                self.metrics.watch_engines(self._pipelines[name])
             return self._pipelines[name]
 
     def warm_up(self) -> None:
@@ -165,7 +173,9 @@ class Node:
         job = self.jobs.claim(owner, now)
         if job is None:
             return False
+        self.metrics.job_claimed(job, now)
         started = time.monotonic()
+        timings: dict[str, float] = {}
         job_ended = threading.Event()
         renewer = threading.Thread(target=self._renew_lease, args=(job, owner, job_ended), daemon=True)
         renewer.start()
@@ -176,17 +186,23 @@ class Node:
             request = self.pipeline_input(job)
             if not request.series:
                 raise RuntimeError("the routed series are no longer in the spool")
+            timings["load"] = time.monotonic() - started
             outcome = self.pipeline(job.pipeline).run(request)
+            timings["pipeline"] = time.monotonic() - started - timings["load"]
             if not self._still_owns(job, owner):
                 return True
             if outcome.not_applicable:
                 self.jobs.finish(job.id, NOT_APPLICABLE, outcome.not_applicable, time.time())
+                self._job_ended(job, NOT_APPLICABLE, outcome.findings, timings)
                 event(log, logging.INFO, "job not applicable", job=job.id, pipeline=job.pipeline,
                       study_uid=job.study_instance_uid, reason=outcome.not_applicable)
                 return True
+            staging = time.monotonic()
             staged = self.outbox.stage(
                 job, outcome.datasets, outcome.summary, time.time(), self._overlays(job.destinations)
             )
+            timings["stage"] = time.monotonic() - staging
+            self._job_ended(job, "done", outcome.findings, timings)
             event(log, logging.INFO, "job done", job=job.id, pipeline=job.pipeline,
                   study_uid=job.study_instance_uid, revision=job.revision, objects=len(outcome.datasets),
                   deliveries=staged, seconds=round(time.monotonic() - started, 3))
@@ -197,12 +213,32 @@ class Node:
             if not self._still_owns(job, owner):
                 return True
             state = self.jobs.fail(job.id, f"{type(exc).__name__}: {exc}", time.time())
+            timings.setdefault("pipeline", time.monotonic() - started - timings.get("load", 0.0))
+            self._job_ended(job, "failed" if state == "failed" else "retried", None, timings)
             log.warning("job failed", exc_info=True, extra={"fields": {
                 "job": job.id, "pipeline": job.pipeline, "study_uid": job.study_instance_uid,
                 "attempt": job.attempts, "new_state": state}})
         finally:
             job_ended.set()
             renewer.join()
+        return True
+
+    def _job_ended(self, job: Job, outcome: str, findings: object, timings: dict[str, float]) -> None:
+        """Keep the attempt's findings and timings for the dashboard; count it in the metrics.
+
+        Display data only: a failure here is logged and never changes the job's outcome."""
+        try:
+            self.outcomes.record(job.id, findings, timings, time.time())
+            self.metrics.job_ended(job, outcome, timings.get("pipeline", 0.0))
+        except Exception:
+            log.exception("cannot record the job's findings", extra={"fields": {"job": job.id}})
+
+    def retry_job(self, job_id: int) -> bool:
+        """Operator action: queue a failed job again with fresh attempts; False if not failed."""
+        if not self.jobs.retry(job_id, time.time()):
+            return False
+        event(log, logging.INFO, "job retry requested", job=job_id)
+        self._work_wake.set()
         return True
 
     def _still_owns(self, job: Job, owner: str) -> bool:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import shutil
 import sqlite3
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -52,12 +52,14 @@ class OutboxItem:
     sop_instance_uid: str
     sop_class_uid: str
     attempts: int
+    created_at: float = 0.0  # when the result was staged
 
 
 def _item(row: sqlite3.Row) -> OutboxItem:
     return OutboxItem(
         row["id"], row["job_id"], row["study_uid"], row["destination"], row["calling_ae"],
         Path(row["path"]), row["sop_instance_uid"], row["sop_class_uid"], row["attempts"],
+        row["created_at"],
     )
 
 
@@ -73,6 +75,12 @@ class Outbox:
         self.root = root
         self.db = db
         self.retry = retry
+        # called after each delivery attempt with (item, "delivered" | "failed" | "given_up", now)
+        self.on_attempt: Callable[[OutboxItem, str, float], None] | None = None
+
+    def _attempted(self, item: OutboxItem, outcome: str, now: float) -> None:
+        if self.on_attempt is not None:
+            self.on_attempt(item, outcome, now)
 
     def stage(
         self,
@@ -134,6 +142,7 @@ class Outbox:
             last_error = '' WHERE id = ?""",
             (DELIVERED, now, item.id),
         )
+        self._attempted(item, "delivered", now)
 
     def failed_attempt(self, item: OutboxItem, error: str, now: float) -> float:
         """Record a failed delivery; returns when it will be tried again."""
@@ -143,6 +152,7 @@ class Outbox:
             "UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
             (attempts, next_at, error[:2000], item.id),
         )
+        self._attempted(item, "failed", now)
         return next_at
 
     def give_up(self, item: OutboxItem, error: str, now: float) -> None:
@@ -151,6 +161,7 @@ class Outbox:
             "UPDATE outbox SET state = ?, attempts = attempts + 1, last_error = ? WHERE id = ?",
             (FAILED, error[:2000], item.id),
         )
+        self._attempted(item, "given_up", now)
 
     def requeue_failed(self, now: float) -> int:
         return self.db.execute(

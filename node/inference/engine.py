@@ -13,7 +13,7 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, NamedTuple, Self
@@ -80,6 +80,8 @@ class Engine:
             self._forward(np.zeros((1, *self.contract.input_shape), dtype=np.float32))
         self.max_batch, self.max_wait_s = max_batch, max_wait_ms / 1000.0
         self.batch_sizes: Counter[int] = Counter()  # how many forwards ran with how many images
+        # called after each forward with (bundle name, images, seconds); the node's metrics set it
+        self.on_forward: Callable[[str, int, float], None] | None = None
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._closed = False
         self._closing = threading.Lock()  # no image is queued behind the stop sentinel
@@ -208,6 +210,7 @@ class Engine:
 
     def _run(self, batch: list[_Item]) -> None:
         self.batch_sizes[len(batch)] += 1
+        started = time.monotonic()
         try:
             outputs = self._forward(np.stack([item.image for item in batch]))
         except Exception as exc:  # handed to the callers, whose jobs record and retry it
@@ -218,11 +221,17 @@ class Engine:
             for item in batch:
                 item.pending.fail(exc)
             return
+        seconds = time.monotonic() - started
         for row, item in enumerate(batch):
             # Copies, so one caller's result does not keep the whole batch alive.
             item.pending.deliver(
                 item.index, {name: values[row].copy() for name, values in outputs.items()}
             )
+        if self.on_forward is not None:
+            try:
+                self.on_forward(self.bundle.root.name, len(batch), seconds)
+            except Exception:  # a metrics hook must never stop the batcher thread
+                log.exception("on_forward hook failed")
 
 
 @dataclass(eq=False)

@@ -1,5 +1,178 @@
-"""Placeholder router, replaced by its implementation (issue 4)."""
+"""The operator's REST API under /api/v1: jobs (with retry), studies, previews, peers, destinations
+and the active configuration. JSON, OpenAPI documented at /api/docs.
 
-from fastapi import APIRouter
+URLs carry job ids and Study Instance UIDs only, never patient names or IDs (they end up in
+proxies' and browsers' logs). Every route needs the credentials of `web.auth`.
+"""
 
-router = APIRouter()
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Annotated, Any
+
+from fastapi import APIRouter, HTTPException, Query, Request, Response
+
+from node.jobs import FINAL_STATES, QUEUED, RUNNING
+from node.web import peers, queries
+from node.web.models import (
+    ConnectivityCheck,
+    DestinationStatus,
+    JobDetail,
+    Peer,
+    RetryResult,
+    StudyDetail,
+    StudySummary,
+)
+from node.web.previews import PreviewCache, preview_png
+
+if TYPE_CHECKING:
+    from node.service import Node
+
+router = APIRouter(tags=["operations"])
+STATES = (QUEUED, RUNNING, *FINAL_STATES)
+SECRET_KEYS = frozenset({"password", "token", "tokens", "secret", "api_key"})
+REDACTED = "***"
+Limit = Annotated[int, Query(ge=1, le=queries.MAX_LIMIT, description="most recent first")]
+
+
+def _node(request: Request) -> Node:
+    return request.app.state.node  # type: ignore[no-any-return]
+
+
+def _job_or_404(node: Node, job_id: int) -> JobDetail:
+    found = queries.jobs(node.db, node.outcomes, job_id=job_id, limit=1)
+    if not found:
+        raise HTTPException(404, f"no job {job_id}")
+    return found[0]
+
+
+@router.get("/jobs", response_model=list[JobDetail], summary="Recent and running jobs")
+def list_jobs(
+    request: Request,
+    state: Annotated[list[str] | None, Query(description=f"any of: {', '.join(STATES)}")] = None,
+    study_uid: str | None = None,
+    limit: Limit = 50,
+) -> list[JobDetail]:
+    unknown = sorted(set(state or ()) - set(STATES))
+    if unknown:
+        raise HTTPException(422, f"unknown job state(s) {', '.join(unknown)}; known: {', '.join(STATES)}")
+    node = _node(request)
+    return queries.jobs(node.db, node.outcomes, states=state or (), study_uid=study_uid, limit=limit)
+
+
+@router.get("/jobs/{job_id}", response_model=JobDetail, summary="One job: timings, findings, deliveries")
+def get_job(request: Request, job_id: int) -> JobDetail:
+    return _job_or_404(_node(request), job_id)
+
+
+@router.post(
+    "/jobs/{job_id}/retry",
+    response_model=RetryResult,
+    summary="Queue a failed job again with a fresh attempt budget",
+    responses={404: {"description": "no such job"}, 409: {"description": "the job has not failed"}},
+)
+def retry_job(request: Request, job_id: int) -> RetryResult:
+    node = _node(request)
+    job = _job_or_404(node, job_id)
+    if not node.retry_job(job_id):
+        current = _job_or_404(node, job_id)
+        raise HTTPException(
+            409, f"job {job_id} is {current.state}; only failed jobs can be retried"
+            + (" (a newer revision replaced it)" if current.state == "superseded" else ""),
+        )
+    job = _job_or_404(node, job_id)
+    return RetryResult(job=job, message=f"job {job_id} queued again ({job.max_attempts} attempts)")
+
+
+@router.get("/studies", response_model=list[StudySummary], summary="Recent studies and their routing")
+def list_studies(request: Request, limit: Limit = 50) -> list[StudySummary]:
+    return queries.studies(_node(request).db, limit)
+
+
+@router.get("/studies/{study_uid}", response_model=StudyDetail,
+            summary="One study: series, matched routes, jobs with findings and deliveries")
+def get_study(request: Request, study_uid: str) -> StudyDetail:
+    node = _node(request)
+    found = queries.study(node.db, node.outcomes, study_uid)
+    if found is None:
+        raise HTTPException(404, f"no study {study_uid} in the index")
+    return found
+
+
+@router.get(
+    "/studies/{study_uid}/preview.png",
+    response_class=Response,
+    summary="The source image with the job's regions drawn (PNG, not for diagnostic use)",
+    responses={200: {"content": {"image/png": {}}}, 404: {"description": "nothing to preview"}},
+)
+def study_preview(
+    request: Request,
+    study_uid: str,
+    job: Annotated[int | None, Query(description="the job (default: the latest with image findings)")] = None,
+    instance: Annotated[str | None, Query(description="SOP Instance UID (default: one with regions)")] = None,
+) -> Response:
+    node = _node(request)
+    state = request.app.state
+    if not hasattr(state, "previews"):
+        state.previews = PreviewCache()
+    png = preview_png(node.db, node.outcomes, state.previews, study_uid, job, instance)
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
+
+
+@router.get("/peers", response_model=list[Peer], summary="Configured peers")
+def list_peers(request: Request) -> list[Peer]:
+    return [peers.describe(p) for p in _node(request).config.peers]
+
+
+@router.post("/peers/{name}/echo", response_model=ConnectivityCheck,
+             summary="Connectivity check: C-ECHO (DIMSE peers) or a QIDO-RS query (DICOMweb peers)")
+def echo_peer(
+    request: Request, name: str, timeout_s: Annotated[float, Query(gt=0, le=60)] = 10.0
+) -> ConnectivityCheck:
+    node = _node(request)
+    peer = next((p for p in node.config.peers if p.name == name), None)
+    if peer is None:
+        known = ", ".join(p.name for p in node.config.peers) or "none configured"
+        raise HTTPException(404, f"no peer {name!r} (known: {known})")
+    return peers.check(peer, node.config.node.ae_title, timeout_s)
+
+
+@router.get("/destinations", response_model=list[DestinationStatus],
+            summary="Result delivery per destination: pending, delivered, failed")
+def list_destinations(request: Request) -> list[DestinationStatus]:
+    node = _node(request)
+    rows = {r["destination"]: r for r in node.db.query(
+        """SELECT destination, SUM(state = 'pending') AS pending, SUM(state = 'delivered') AS delivered,
+        SUM(state = 'failed') AS failed, MAX(delivered_at) AS last_delivered_at,
+        MIN(CASE WHEN state = 'pending' THEN next_attempt_at END) AS next_attempt_at,
+        (SELECT last_error FROM outbox o2 WHERE o2.destination = outbox.destination
+         AND o2.last_error != '' ORDER BY o2.id DESC LIMIT 1) AS last_error
+        FROM outbox GROUP BY destination""")}
+    found = []
+    for dest in node.config.destinations:
+        row: Any = rows.get(dest.name, {})
+        target = {"folder": str(getattr(dest, "path", "")), "sender": "the sending peer"}.get(
+            dest.type, str(getattr(dest, "peer", "")))
+        found.append(DestinationStatus(
+            name=dest.name, type=dest.type, target=target, pending=row["pending"] if row else 0,
+            delivered=row["delivered"] if row else 0, failed=row["failed"] if row else 0,
+            last_error=(row["last_error"] if row else "") or "",
+            last_delivered_at=row["last_delivered_at"] if row else None,
+            next_attempt_at=row["next_attempt_at"] if row else None,
+        ))
+    return found
+
+
+def redact(value: Any, key: str = "") -> Any:
+    """`value` with every password, token and secret replaced by "***"."""
+    if isinstance(value, dict):
+        return {k: redact(v, k) for k, v in value.items()}
+    if key in SECRET_KEYS and value:
+        return [REDACTED for _ in value] if isinstance(value, list) else REDACTED
+    if isinstance(value, list):
+        return [redact(v) for v in value]
+    return value
+
+
+@router.get("/config", summary="The active configuration (read only; secrets shown as ***)")
+def get_config(request: Request) -> dict[str, Any]:
+    return redact(_node(request).config.model_dump(mode="json"))  # type: ignore[no-any-return]

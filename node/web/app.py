@@ -49,6 +49,8 @@ def create_app(node: Node, credentials: Credentials) -> FastAPI:
         return {"principal": principal, "version": __version__}
 
     for module, prefix in ROUTERS:
-        router = importlib.import_module(module).router
-        app.include_router(router, prefix=prefix, dependencies=[Depends(authenticated)])
+        part = importlib.import_module(module)
+        app.include_router(part.router, prefix=prefix, dependencies=[Depends(authenticated)])
+        if hasattr(part, "install"):  # app-wide hooks of a part (the dashboard's sign-in page)
+            part.install(app)
     return app

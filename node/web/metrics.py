@@ -1,5 +1,22 @@
-"""Placeholder router, replaced by its implementation (issue 4)."""
+"""`GET /metrics`: the node's Prometheus metrics (node.metrics) in the text exposition format.
 
-from fastapi import APIRouter
+Authenticated like the rest of the HTTP side: give Prometheus a bearer token
+(`authorization: {credentials: ...}` in its scrape config) or a Basic user.
+"""
 
-router = APIRouter()
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from prometheus_client import CONTENT_TYPE_LATEST
+
+router = APIRouter(tags=["service"])
+
+
+@router.get(
+    "/metrics",
+    response_class=Response,
+    summary="Prometheus metrics (text exposition format 0.0.4)",
+    responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}},
+)
+def metrics(request: Request) -> Response:
+    return Response(request.app.state.node.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)

@@ -3,6 +3,7 @@
 `test-kos` produces a real derived object: a Key Object Selection document (PS3.3 A.59) that
 references every instance of the routed series, so a test can check which instances the node
 processed. `test-flaky` fails a set number of times first; `test-decline` is never applicable.
+`test-regions` adds findings: every image a "fracture" with one square region (REGION_BOX).
 """
 
 from __future__ import annotations
@@ -16,7 +17,14 @@ from pydicom.uid import generate_uid
 
 from node.config import Config
 from node.pipelines import register
-from node.records import PipelineInput, PipelineOutcome
+from node.records import (
+    Algorithm,
+    Findings,
+    ImageFinding,
+    PipelineInput,
+    PipelineOutcome,
+    RegionFinding,
+)
 
 FLAKY_FAILURES = {"remaining": 0}
 _flaky_lock = threading.Lock()
@@ -64,6 +72,30 @@ class DecliningPipeline:
         return PipelineOutcome(not_applicable="the test pipeline declines every study")
 
 
+REGION_BOX = (0.4, 0.4, 0.6, 0.6)  # column0, row0, column1, row1 as fractions of the image
+
+
+class RegionPipeline(KeyObjectPipeline):
+    name = "test-regions"
+
+    def run(self, request: PipelineInput) -> PipelineOutcome:
+        outcome = super().run(request)
+        images = []
+        for path in (p for series in request.series for p in series.paths):
+            ds = dcmread(path, stop_before_pixels=True)
+            c0, r0, c1, r1 = (f * n for f, n in zip(REGION_BOX, (ds.Columns, ds.Rows) * 2, strict=True))
+            region = RegionFinding(polygon=((c0, r0), (c1, r0), (c1, r1), (c0, r1)), box=(c0, r0, c1, r1),
+                                   probability=0.9)
+            images.append(ImageFinding(
+                sop_instance_uid=str(ds.SOPInstanceUID), path=path, fracture_probability=0.9,
+                category="fracture", regions=(region,), region_map=None, body_region="hand",
+                body_region_probability=0.8,
+            ))
+        findings = Findings(request.study_instance_uid, Algorithm("test-regions", "1", "0" * 64), tuple(images))
+        return PipelineOutcome(datasets=outcome.datasets, summary=f"{len(images)} image(s): fracture",
+                               findings=findings)
+
+
 def referenced_instances(document: Dataset) -> set[str]:
     return {
         item.ReferencedSOPInstanceUID
@@ -81,6 +113,11 @@ def _kos(config: Config) -> KeyObjectPipeline:
 @register("test-flaky")
 def _flaky(config: Config) -> FlakyPipeline:
     return FlakyPipeline()
+
+
+@register("test-regions")
+def _regions(config: Config) -> RegionPipeline:
+    return RegionPipeline()
 
 
 @register("test-decline")

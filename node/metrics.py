@@ -1,0 +1,156 @@
+"""Prometheus metrics of one node, in the node's own registry (served at `/metrics`).
+
+Counters and histograms are moved where things happen (ingest, assembly, workers, outbox,
+model forwards); queue sizes are read from SQLite at scrape time, so they are right after a
+restart too. The registry belongs to the node, not to prometheus_client's global one, so
+several nodes in one process (tests) keep separate numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from node.db import Database
+
+if TYPE_CHECKING:
+    from node.dispatch.outbox import OutboxItem
+    from node.records import Job
+
+JOB_STATES = ("queued", "running", "done", "failed", "not_applicable", "superseded")
+TRANSPORTS = ("dimse", "stow")
+STAGES = ("assembly", "queue", "pipeline", "dispatch")
+# seconds: from a fast forward pass (milliseconds) to a study that waits out a long quiet period
+STAGE_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+INFERENCE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+
+class _QueueCollector(Collector):
+    """Jobs per state and outbox items waiting per destination, counted when scraped."""
+
+    def __init__(self, db: Database, destinations: Iterable[str]) -> None:
+        self.db = db
+        self.destinations = tuple(destinations)
+
+    def collect(self) -> Iterator[Metric]:
+        jobs = GaugeMetricFamily("fracnode_jobs", "Jobs in each state", labels=["state"])
+        counts = {row["state"]: row["n"] for row in self.db.query(
+            "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
+        for state in dict.fromkeys((*JOB_STATES, *counts)):
+            jobs.add_metric([state], counts.get(state, 0))
+        yield jobs
+        pending = GaugeMetricFamily(
+            "fracnode_outbox_pending", "Result objects waiting for delivery, per destination",
+            labels=["destination"],
+        )
+        waiting = {row["destination"]: row["n"] for row in self.db.query(
+            "SELECT destination, COUNT(*) AS n FROM outbox WHERE state = 'pending' GROUP BY destination")}
+        for name in dict.fromkeys((*self.destinations, *waiting)):
+            pending.add_metric([name], waiting.get(name, 0))
+        yield pending
+        studies = GaugeMetricFamily("fracnode_studies_pending", "Studies still receiving (not complete)")
+        studies.add_metric([], self.db.query("SELECT COUNT(*) AS n FROM studies WHERE pending = 1")[0]["n"])
+        yield studies
+
+
+class Metrics:
+    """The node's metrics; the `*` methods are the hooks the stages call."""
+
+    def __init__(self, db: Database, destinations: Iterable[str] = ()) -> None:
+        self.db = db
+        self.registry = CollectorRegistry(auto_describe=True)
+        destinations = tuple(destinations)
+        self.instances_received = Counter(
+            "fracnode_instances_received", "Instances stored in the spool (an identical resend is not counted)",
+            ["transport"], registry=self.registry,
+        )
+        self.studies_completed = Counter(
+            "fracnode_studies_completed", "Study revisions declared complete and routed",
+            registry=self.registry,
+        )
+        self.jobs_finished = Counter(
+            "fracnode_jobs_finished", "Job attempts that ended, by pipeline and outcome",
+            ["pipeline", "outcome"], registry=self.registry,
+        )
+        self.stage_seconds = Histogram(
+            "fracnode_stage_seconds",
+            "Time spent per stage: assembly (first instance to study complete), queue (job due to"
+            " claimed), pipeline (one run), dispatch (result staged to delivered)",
+            ["stage"], buckets=STAGE_BUCKETS, registry=self.registry,
+        )
+        self.deliveries = Counter(
+            "fracnode_results_delivered", "Result objects delivered, per destination",
+            ["destination"], registry=self.registry,
+        )
+        self.dispatch_failures = Counter(
+            "fracnode_dispatch_failures", "Failed delivery attempts, per destination",
+            ["destination"], registry=self.registry,
+        )
+        self.inference_seconds = Histogram(
+            "fracnode_inference_seconds", "Duration of one batched forward pass, per model bundle",
+            ["model"], buckets=INFERENCE_BUCKETS, registry=self.registry,
+        )
+        self.inference_images = Counter(
+            "fracnode_inference_images", "Images run through each model", ["model"], registry=self.registry,
+        )
+        # series at zero from the start, so rates and alerts work before the first event
+        for transport in TRANSPORTS:
+            self.instances_received.labels(transport)
+        for stage in STAGES:
+            self.stage_seconds.labels(stage)
+        for name in destinations:
+            self.dispatch_failures.labels(name)
+            self.deliveries.labels(name)
+        self.registry.register(_QueueCollector(db, destinations))
+
+    def exposition(self) -> bytes:
+        """The text exposition format (Prometheus 0.0.4)."""
+        return generate_latest(self.registry)
+
+    # -- hooks ------------------------------------------------------------------------------------
+
+    def instance_received(self, transport: str, count: int = 1) -> None:
+        """An instance is durably in the spool; `transport` is "dimse" or "stow"."""
+        self.instances_received.labels(transport).inc(count)
+
+    def study_completed(self, study_uid: str, now: float) -> None:
+        self.studies_completed.inc()
+        rows = self.db.query("SELECT first_received_at FROM studies WHERE study_uid = ?", (study_uid,))
+        if rows:
+            self.stage_seconds.labels("assembly").observe(max(0.0, now - rows[0]["first_received_at"]))
+
+    def job_claimed(self, job: Job, now: float) -> None:
+        """Queue wait: from when the job (or its retry) was due until a worker took it."""
+        rows = self.db.query("SELECT not_before FROM jobs WHERE id = ?", (job.id,))
+        if rows:
+            self.stage_seconds.labels("queue").observe(max(0.0, now - rows[0]["not_before"]))
+
+    def job_ended(self, job: Job, outcome: str, seconds: float) -> None:
+        self.jobs_finished.labels(job.pipeline, outcome).inc()
+        self.stage_seconds.labels("pipeline").observe(seconds)
+
+    def delivery(self, item: OutboxItem, outcome: str, now: float) -> None:
+        """An outbox delivery attempt ended: "delivered", "failed" (retried later) or "given_up"."""
+        if outcome == "delivered":
+            self.deliveries.labels(item.destination).inc()
+            if item.created_at:
+                self.stage_seconds.labels("dispatch").observe(max(0.0, now - item.created_at))
+        else:
+            self.dispatch_failures.labels(item.destination).inc()
+
+    def forward(self, model: str, images: int, seconds: float) -> None:
+        """One batched forward pass of `model` (a bundle name) over `images` images."""
+        self.inference_seconds.labels(model).observe(seconds)
+        self.inference_images.labels(model).inc(images)
+
+    def watch_engines(self, pipeline: Any) -> None:
+        """Time every model engine a pipeline holds (attributes with an `on_forward` hook)."""
+        for value in vars(pipeline).values():
+            members = value if isinstance(value, list | tuple) else (value,)
+            for member in members:
+                if hasattr(member, "on_forward") and member.on_forward is None:
+                    member.on_forward = self.forward

@@ -1,0 +1,98 @@
+"""PNG previews of a job's result: the source image from the spool with the regions drawn.
+
+The picture is the secondary capture's burn-in (node.results.preview: regions outlined in the
+category's colour, the label, "not for diagnostic use"), drawn from the findings the job
+recorded (node.outcomes), so it matches what the PACS got. Rendered on demand, a few kept.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+from fastapi import HTTPException
+from pydicom import dcmread
+
+from node.db import Database
+from node.outcomes import JobOutcomes, image_finding, image_findings
+
+CACHED = 32  # previews kept in memory (about 0.3-1 MB each)
+
+
+class PreviewCache:
+    def __init__(self, size: int = CACHED) -> None:
+        self.size = size
+        self._items: OrderedDict[tuple[object, ...], bytes] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[object, ...]) -> bytes | None:
+        with self._lock:
+            if key in self._items:
+                self._items.move_to_end(key)
+                return self._items[key]
+        return None
+
+    def put(self, key: tuple[object, ...], png: bytes) -> None:
+        with self._lock:
+            self._items[key] = png
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+
+
+def _job_with_images(db: Database, outcomes: JobOutcomes, study_uid: str, job_id: int | None) -> int:
+    if job_id is not None:
+        rows = db.query("SELECT study_uid FROM jobs WHERE id = ?", (job_id,))
+        if not rows or rows[0]["study_uid"] != study_uid:
+            raise HTTPException(404, f"study {study_uid} has no job {job_id}")
+        return job_id
+    ids = [r["id"] for r in db.query("SELECT id FROM jobs WHERE study_uid = ? ORDER BY id DESC", (study_uid,))]
+    if not ids:
+        raise HTTPException(404, f"no job for study {study_uid}")
+    recorded = outcomes.many(ids)
+    for candidate in ids:
+        if candidate in recorded and image_findings(recorded[candidate].findings):
+            return candidate
+    raise HTTPException(404, f"no job of study {study_uid} recorded image findings to preview")
+
+
+def _pick(images: list[dict[str, Any]], instance: str | None, job_id: int) -> dict[str, Any]:
+    if instance is not None:
+        for image in images:
+            if image["sop_instance_uid"] == instance:
+                return image
+        raise HTTPException(404, f"job {job_id} has no finding for instance {instance}")
+    return next((i for i in images if i.get("regions")), images[0])
+
+
+def preview_png(
+    db: Database, outcomes: JobOutcomes, cache: PreviewCache,
+    study_uid: str, job_id: int | None, instance: str | None,
+) -> bytes:
+    """The PNG, or an HTTPException (404) that says what is missing."""
+    from node.results.preview import render
+
+    job_id = _job_with_images(db, outcomes, study_uid, job_id)
+    outcome = outcomes.get(job_id)
+    images = image_findings(outcome.findings if outcome else None)
+    if outcome is None or not images:
+        raise HTTPException(404, f"job {job_id} recorded no image findings to preview")
+    image = _pick(images, instance, job_id)
+    uid = image["sop_instance_uid"]
+    key = (job_id, uid, outcome.recorded_at)
+    cached = cache.get(key)
+    if cached is not None:
+        return cached
+    rows = db.query("SELECT path FROM instances WHERE sop_instance_uid = ? AND study_uid = ?", (uid, study_uid))
+    path = Path(rows[0]["path"]) if rows else None
+    if path is None or not path.exists():
+        raise HTTPException(
+            404, f"the source image {uid} is no longer in the spool (storage.retention_days removed it)"
+        )
+    buffer = BytesIO()
+    render(dcmread(path), image_finding(image, path)).save(buffer, format="PNG")
+    png = buffer.getvalue()
+    cache.put(key, png)
+    return png
