@@ -1,7 +1,8 @@
 """Study assembly: decide when a study is complete and snapshot it as a `Study` record.
 
 A study is complete after `quiet_period_s` without a new instance, or, with
-`complete_on_release`, as soon as an association that carried it is released. Instances that
+`complete_on_release`, as soon as an association that carried it is released, or, whatever
+`complete_on_release` says, as soon as a pull (node.pull) has retrieved it. Instances that
 arrive later set the study pending again; the next completion is a new revision that
 supersedes the earlier analysis.
 """
@@ -14,6 +15,10 @@ from collections.abc import Iterable
 from node.config import AssemblySettings
 from node.db import Database
 from node.records import SeriesAttributes, Study
+
+# studies.release_ready: 0 wait for the quiet period; RELEASED an association that carried it
+# ended (counts with complete_on_release); RETRIEVED a pull finished (counts always)
+RELEASED, RETRIEVED = 1, 2
 
 
 def is_complete(
@@ -66,18 +71,32 @@ class Assembly:
                 [(uid,) for uid in study_uids],
             )
 
+    def mark_retrieved(self, study_uid: str, source: str) -> bool:
+        """A pull retrieved this study: complete it at the next step as a new revision, even when
+        every instance was already here (someone asked for the analysis), with `source` as the
+        calling AE routing sees. False when no instance of the study is in the spool."""
+        changed = self.db.execute(
+            "UPDATE studies SET pending = 1, release_ready = ?, calling_ae = ? WHERE study_uid = ?",
+            (RETRIEVED, source, study_uid),
+        )
+        return changed > 0
+
+    def _released(self, release_ready: int) -> bool:
+        # a release flag left by an earlier run counts only while complete_on_release is set
+        if self.settings.complete_on_release:
+            return bool(release_ready)
+        return release_ready == RETRIEVED
+
     def run_once(self, now: float) -> list[Study]:
         """Complete every study whose rule holds now; return their snapshots."""
         completed: list[Study] = []
         candidates = self.db.query(
             "SELECT study_uid, last_received_at, release_ready FROM studies WHERE pending = 1"
         )
-        # a release flag left by an earlier run counts only while complete_on_release is set
-        on_release = self.settings.complete_on_release
         for row in candidates:
             if not is_complete(
                 row["last_received_at"], now, self.settings.quiet_period_s,
-                on_release and bool(row["release_ready"]),
+                self._released(row["release_ready"]),
             ):
                 continue
             with self.db.transaction() as conn:
@@ -89,7 +108,7 @@ class Assembly:
                 ).fetchone()
                 if not current["pending"] or not is_complete(
                     current["last_received_at"], now, self.settings.quiet_period_s,
-                    on_release and bool(current["release_ready"]),
+                    self._released(current["release_ready"]),
                 ):
                     continue
                 revision = current["revision"] + 1

@@ -148,28 +148,60 @@ def cmd_send(args: argparse.Namespace) -> int:
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from node.analyze import analyze, print_table
-    from node.inference.bundle import BundleError
-
     config = _load(args)
-    files = _dicom_files(args.paths)
-    if not files:
-        print("fracnode analyze: no files found", file=sys.stderr)
-        return 1
     overlays = frozenset(o for o in args.overlays.split(",") if o)
     unknown = overlays - {"gsps", "secondary_capture"}
     if unknown:
         print(f"fracnode analyze: unknown overlay(s) {', '.join(sorted(unknown))}"
               " (choose from gsps, secondary_capture)", file=sys.stderr)
         return 2
+    if args.source or args.study:
+        if not (args.source and args.study) or args.paths:
+            print("fracnode analyze: give either PATH... or --from PEER --study UID", file=sys.stderr)
+            return 2
+        return _analyze_from_peer(config, args.source, args.study, Path(args.out), overlays)
+    if not args.paths:
+        print("fracnode analyze: give DICOM files or folders, or --from PEER --study UID", file=sys.stderr)
+        return 2
+    files = _dicom_files(args.paths)
+    if not files:
+        print("fracnode analyze: no files found", file=sys.stderr)
+        return 1
+    return _analyze_files(config, files, Path(args.out), overlays)
+
+
+def _analyze_files(config: Config, files: list[Path], out: Path, overlays: frozenset[str]) -> int:
+    from node.analyze import analyze, print_table
+    from node.inference.bundle import BundleError
+
     try:
-        rows = analyze(config, files, Path(args.out), overlays)
+        rows = analyze(config, files, out, overlays)
     except (BundleError, ValueError) as exc:
         print(f"fracnode analyze: {exc}", file=sys.stderr)
         return 2
     print_table(rows)
-    print(f"\nresults, previews and summary.csv in {args.out}")
+    print(f"\nresults, previews and summary.csv in {out}")
     return 0
+
+
+def _analyze_from_peer(config: Config, peer: str, study_uid: str, out: Path, overlays: frozenset[str]) -> int:
+    """Retrieve the study into a folder under `out` (removed afterwards), then analyse it."""
+    import tempfile
+
+    from node.pull import PullError
+    from node.pull.offline import retrieve_into
+
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=".retrieving-", dir=out) as folder:
+        try:
+            retrieved, files = retrieve_into(config, peer, study_uid, Path(folder))
+        except PullError as exc:
+            print(f"fracnode analyze: {exc}", file=sys.stderr)
+            return 1
+        print(f"study {study_uid} from {peer}: {retrieved.summary}", file=sys.stderr)
+        if not files:
+            return 1
+        return _analyze_files(config, files, out, overlays)
 
 
 def _age(now: float, then: float | None) -> str:
@@ -286,7 +318,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     analyze = sub.add_parser("analyze", help="run the routes' pipelines on DICOM files offline",
                              parents=[config_option])
-    analyze.add_argument("paths", nargs="+", help="DICOM files or folders")
+    analyze.add_argument("paths", nargs="*", help="DICOM files or folders")
+    analyze.add_argument("--from", dest="source", metavar="PEER",
+                         help="retrieve the study from this configured peer (WADO-RS, C-GET or C-MOVE)")
+    analyze.add_argument("--study", metavar="UID", help="the StudyInstanceUID to retrieve with --from")
     analyze.add_argument("--out", required=True, help="folder for results, previews and summary.csv")
     analyze.add_argument("--overlays", default="", help="also write gsps and/or secondary_capture, comma-separated")
     analyze.set_defaults(func=cmd_analyze)

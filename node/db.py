@@ -108,6 +108,25 @@ CREATE TABLE IF NOT EXISTS outbox (
     delivered_at REAL
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (destination, state, next_attempt_at);
+
+-- studies pulled from a peer on request (node.pull): WADO-RS, C-GET or C-MOVE
+CREATE TABLE IF NOT EXISTS pulls (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    study_uid TEXT NOT NULL,
+    peer TEXT NOT NULL,
+    method TEXT NOT NULL,
+    state TEXT NOT NULL,
+    expected INTEGER,
+    received INTEGER NOT NULL DEFAULT 0,
+    duplicates INTEGER NOT NULL DEFAULT 0,
+    failed INTEGER NOT NULL DEFAULT 0,
+    error TEXT NOT NULL DEFAULT '',
+    requested_by TEXT NOT NULL DEFAULT '',
+    created_at REAL NOT NULL,
+    started_at REAL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS pulls_study ON pulls (study_uid, state);
 """
 
 

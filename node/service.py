@@ -27,6 +27,7 @@ from node.jobs import FINAL_STATES, NOT_APPLICABLE, JobQueue
 from node.logs import event
 from node.metrics import Metrics
 from node.outcomes import JobOutcomes
+from node.pull.puller import Puller
 from node.records import Job, PipelineInput, SeriesInput
 from node.routing import route_study
 from node.spool import Spool
@@ -67,6 +68,7 @@ class Node:
             on_stored=lambda: self.metrics.instance_received("dimse"),
         )
         self.stow = StowIngest(self.spool, self.db, on_released=self._on_released)
+        self.pulls = Puller(config, self.spool, self.db, self.assembly, on_retrieved=self._assembly_wake_set)
         self.web: WebServer | None = WebServer(self, config.web) if config.web.enabled else None
         self._stop = threading.Event()
         self._assembly_wake = threading.Event()
@@ -291,6 +293,9 @@ class Node:
 
     # -- threads ------------------------------------------------------------------------------
 
+    def _assembly_wake_set(self) -> None:
+        self._assembly_wake.set()
+
     def _on_released(self, study_uids: set[str]) -> None:
         self.assembly.mark_released(study_uids)
         self._assembly_wake.set()
@@ -319,6 +324,7 @@ class Node:
             except WebBindError:
                 self.ingest.stop()
                 raise
+        self.pulls.recover()  # after the ingest: a C-MOVE's instances arrive there
 
         def spawn(name: str, step, wake: threading.Event | None, tick: float) -> None:  # type: ignore[no-untyped-def]
             thread = threading.Thread(target=self._loop, args=(name, step, wake, tick), name=name, daemon=True)
@@ -350,6 +356,7 @@ class Node:
         self.ingest.stop()
         if self.web is not None:
             self.web.stop()
+        self.pulls.stop()
         for thread in self._threads:
             thread.join(timeout=10)
         self.db.close()

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
 ROUTERS: tuple[tuple[str, str], ...] = (
     ("node.web.stow", "/dicomweb"),
     ("node.web.api", "/api/v1"),
+    ("node.web.pull", "/api/v1"),
     ("node.web.metrics", ""),
     ("node.web.dashboard", ""),
 )

@@ -11,7 +11,7 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 ORTHANC = shutil.which("Orthanc") or "/usr/sbin/Orthanc"
 PLUGIN_DIR = Path("/usr/share/orthanc/plugins")
@@ -139,7 +139,7 @@ class Orthanc:
             time.sleep(0.2)
         raise AssertionError(f"Orthanc holds {len(found)} instance(s), expected {count} within {timeout_s}s")
 
-    def __enter__(self) -> Orthanc:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

@@ -1,0 +1,115 @@
+"""Pull a study from a peer and analyse it: `POST /api/v1/studies/{StudyInstanceUID}/analyze`.
+
+The node first asks the peer whether it holds the study (QIDO-RS or C-FIND), so an unknown
+study (404) or an unreachable peer (502) is answered at once; the retrieval itself (WADO-RS,
+C-GET or C-MOVE) runs in the background: 202 Accepted, with the pull's URL in `Location`.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Literal
+
+from fastapi import APIRouter, HTTPException, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+from pydicom.uid import RE_VALID_UID
+
+from node.pull import PullError
+from node.pull.puller import Pull
+
+if TYPE_CHECKING:
+    from node.service import Node
+
+router = APIRouter(tags=["pull"])
+_VALID_UID = re.compile(RE_VALID_UID)
+
+
+class AnalyzeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    peer: str = Field(min_length=1, description="name of a configured peer (dimse or dicomweb)",
+                      examples=["orthanc-web"])
+
+
+class JobSummary(BaseModel):
+    id: int
+    route: str
+    pipeline: str
+    state: str
+    detail: str
+
+
+class PullStatus(BaseModel):
+    id: int
+    study_uid: str
+    peer: str
+    method: Literal["wado-rs", "c-get", "c-move"]
+    state: Literal["queued", "running", "done", "failed"] = Field(
+        description="done: retrieved and handed to routing (see jobs); failed: see error")
+    expected: int | None = Field(description="instances the peer said the study holds, if it said")
+    received: int = Field(description="instances new to the node")
+    duplicates: int = Field(description="instances the node already held, identical")
+    failed: int
+    error: str
+    requested_by: str
+    created_at: float
+    started_at: float | None
+    finished_at: float | None
+    status_url: str
+    jobs: list[JobSummary] = Field(description="the study's jobs created since the pull ended")
+
+
+def _node(request: Request) -> Node:
+    return request.app.state.node  # type: ignore[no-any-return]
+
+
+def _status(node: Node, pull: Pull) -> PullStatus:
+    jobs: list[JobSummary] = []
+    if pull.finished_at is not None:
+        rows = node.db.query(
+            """SELECT id, route, pipeline, state, last_error, summary FROM jobs
+            WHERE study_uid = ? AND created_at >= ? ORDER BY id""",
+            (pull.study_uid, pull.finished_at),
+        )
+        jobs = [JobSummary(id=r["id"], route=r["route"], pipeline=r["pipeline"], state=r["state"],
+                           detail=r["last_error"] or r["summary"]) for r in rows]
+    return PullStatus(**pull.__dict__, status_url=f"/api/v1/pulls/{pull.id}", jobs=jobs)
+
+
+@router.post(
+    "/studies/{study_uid}/analyze",
+    status_code=202,
+    summary="Retrieve a study from a peer and analyse it as if it had been pushed",
+    responses={
+        200: {"description": "this study is already being pulled from this peer: that pull"},
+        400: {"description": "unknown peer (the message lists the configured ones) or invalid UID"},
+        404: {"description": "the peer does not hold the study"},
+        502: {"description": "the peer cannot be reached, or refused us (the message says why)"},
+    },
+)
+def analyze(study_uid: str, body: AnalyzeRequest, request: Request, response: Response) -> PullStatus:
+    if len(study_uid) > 64 or not _VALID_UID.match(study_uid):
+        raise HTTPException(400, f"{study_uid[:80]!r} is not a valid Study Instance UID")
+    node = _node(request)
+    try:
+        pull, created = node.pulls.request(study_uid, body.peer, getattr(request.state, "principal", ""))
+    except PullError as exc:
+        raise HTTPException(exc.status, str(exc)) from exc
+    response.status_code = 202 if created else 200
+    response.headers["Location"] = f"/api/v1/pulls/{pull.id}"
+    return _status(node, pull)
+
+
+@router.get("/pulls/{pull_id}", summary="A pull's state, counts and the jobs it led to")
+def pull_status(pull_id: int, request: Request) -> PullStatus:
+    node = _node(request)
+    pull = node.pulls.get(pull_id)
+    if pull is None:
+        raise HTTPException(404, f"no pull {pull_id}")
+    return _status(node, pull)
+
+
+@router.get("/pulls", summary="Recent pulls, newest first")
+def pulls(request: Request, limit: int = 50) -> list[PullStatus]:
+    node = _node(request)
+    return [_status(node, p) for p in node.pulls.recent(max(1, min(limit, 500)))]
