@@ -7,16 +7,17 @@ Authenticated like the rest of the HTTP side: give Prometheus a bearer token
 from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
-from prometheus_client import CONTENT_TYPE_LATEST
 
 router = APIRouter(tags=["service"])
+# the classic text format, which generate_latest writes and every Prometheus version reads
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 @router.get(
     "/metrics",
     response_class=Response,
     summary="Prometheus metrics (text exposition format 0.0.4)",
-    responses={200: {"content": {CONTENT_TYPE_LATEST.split(";")[0]: {}}}},
+    responses={200: {"content": {"text/plain": {}}}},
 )
 def metrics(request: Request) -> Response:
-    return Response(request.app.state.node.metrics.exposition(), media_type=CONTENT_TYPE_LATEST)
+    return Response(request.app.state.node.metrics.exposition(), media_type=CONTENT_TYPE)
