@@ -67,7 +67,10 @@ class Node:
             config.node, self.spool, self.db, on_released=self._on_released,
             on_stored=lambda: self.metrics.instance_received("dimse"),
         )
-        self.stow = StowIngest(self.spool, self.db, on_released=self._on_released)
+        self.stow = StowIngest(
+            self.spool, self.db, on_released=self._on_released,
+            on_stored=lambda: self.metrics.instance_received("stow"),
+        )
         self.pulls = Puller(config, self.spool, self.db, self.assembly, on_retrieved=self._assembly_wake_set)
         self.web: WebServer | None = WebServer(self, config.web) if config.web.enabled else None
         self._stop = threading.Event()

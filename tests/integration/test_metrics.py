@@ -127,3 +127,15 @@ def test_model_inference_is_timed_per_model(tmp_path, start_node, eager_models):
     assert job["findings"]["algorithm"]["name"] and len(job["findings"]["algorithm"]["weights_sha256"]) == 64
     preview = api(node, job["previews"][0])
     assert preview.status_code == 200 and preview.content.startswith(b"\x89PNG")
+
+
+def test_instances_stored_by_stow_rs_are_counted_as_stow(tmp_path, start_node):
+    from tests.integration.test_stow import multipart, part10, stow
+
+    node = start_node(node_config(tmp_path))
+    cr = dicomgen.cr_image()
+    assert stow(node, multipart(part10(cr))).status_code == 200
+    assert stow(node, multipart(part10(cr))).status_code == 200  # identical resend: not counted again
+    samples = scrape(node)
+    assert value(samples, "fracnode_instances_received_total", transport="stow") == 1
+    assert value(samples, "fracnode_instances_received_total", transport="dimse") == 0
