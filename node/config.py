@@ -306,6 +306,19 @@ class InferenceSettings(Strict):
     max_wait_ms: float = Field(
         5.0, ge=0, le=10000, description="how long a batch waits for images of other studies"
     )
+    weights_sha256: dict[str, str] = Field(
+        default_factory=dict,
+        description="sha256 of a bundle's weights file by bundle name, for bundles that record none"
+        " (a MONAI Model Zoo bundle); checked before loading, as the one in metadata.json is",
+    )
+
+    @field_validator("weights_sha256")
+    @classmethod
+    def _sha256_hex(cls, values: dict[str, str]) -> dict[str, str]:
+        for name, value in values.items():
+            if len(value) != 64 or any(c not in "0123456789abcdefABCDEF" for c in value):
+                raise ValueError(f"{name}: a sha256 is 64 hex digits (`sha256sum models/model.pt`)")
+        return values
 
     def bundle(self, name: str) -> Path:
         base = self.models_dir or Path(__file__).resolve().parent.parent / "models"
