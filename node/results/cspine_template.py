@@ -15,12 +15,11 @@ import highdicom as hd
 from pydantic import Field, field_validator
 
 from node.results.templates import (
-    CATEGORIES,
     TEMPLATES_DIR,
     AlgorithmSpec,
     CodeSpec,
     DocumentSpec,
-    ProbabilitySpec,
+    FindingSpec,
     Series,
     SeriesSpec,
     TemplateError,
@@ -48,20 +47,10 @@ def _formats_with_vertebra(value: str) -> str:
     return value
 
 
-class CSpineFindingSpec(_Strict):
-    type: CodeSpec
-    site: CodeSpec
-    presence: dict[str, CodeSpec]
-    probability: ProbabilitySpec
+class CSpineFindingSpec(FindingSpec):
+    """The radiograph finding's spec plus a finding site (the cervical spine)."""
 
-    @field_validator("presence")
-    @classmethod
-    def _every_category(cls, value: dict[str, CodeSpec]) -> dict[str, CodeSpec]:
-        if set(value) != set(CATEGORIES):
-            raise ValueError(
-                f"needs exactly the categories {list(CATEGORIES)}, got {sorted(value)}"
-            )
-        return value
+    site: CodeSpec
 
 
 class CSpineTrackingSpec(_Strict):
