@@ -19,7 +19,7 @@ from tqdm import tqdm
 from node import pipelines
 from node.assembly import summarize_series
 from node.config import Config
-from node.records import Findings, PipelineInput, SeriesInput, Study
+from node.records import CSpineFindings, Findings, PipelineInput, SeriesInput, Study
 from node.routing import route_study
 from node.spool import UnreadableInstance, read_header
 
@@ -100,6 +100,12 @@ def analyze(config: Config, files: list[Path], out: Path, overlays: frozenset[st
             folder = out / study_uid
             written = _write(folder, outcome.datasets)
             base = {"study_uid": study_uid, "route": match.route, "pipeline": match.pipeline}
+            if isinstance(outcome.findings, CSpineFindings):  # one row per study: the patient level
+                rows.append({**base, "category": outcome.findings.category,
+                             "fracture_probability": f"{outcome.findings.fracture_probability:.4f}",
+                             "regions": len(outcome.findings.vertebrae),
+                             "result": f"{len(written)} object(s): {outcome.summary}"})
+                continue
             if outcome.findings is None:
                 rows.append({**base, "result": outcome.not_applicable or outcome.summary})
                 continue

@@ -444,7 +444,13 @@ def _default_routes() -> list[Route]:
             match=RouteMatchRule(modality=["CR", "DX"]),
             pipeline="radiograph-fracture",
             destinations=["results-folder"],
-        )
+        ),
+        Route(  # every CT series: the pipeline picks the axial one and says why it skips the rest
+            name="ct",
+            match=RouteMatchRule(modality=["CT"]),
+            pipeline="cspine-fracture",
+            destinations=["results-folder"],
+        ),
     ]
 
 
@@ -467,7 +473,7 @@ class Config(Strict):
     @model_validator(mode="before")
     @classmethod
     def _default_route(cls, data: Any) -> Any:
-        """Without `routes`, radiographs go to the default folder destination (when there is one)."""
+        """Without `routes`, radiographs and CT go to the default folder destination (when there is one)."""
         if not isinstance(data, dict) or "routes" in data:
             return data
         destinations = data.get("destinations")

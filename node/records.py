@@ -152,7 +152,7 @@ class PipelineOutcome:
     datasets: tuple = field(default_factory=tuple)  # tuple[pydicom.Dataset, ...]
     summary: str = ""
     not_applicable: str = ""
-    findings: Findings | None = None  # what the model concluded, for previews and reports
+    findings: Findings | CSpineFindings | None = None  # what the models concluded, for previews and reports
 
 
 @dataclass(frozen=True)
@@ -184,3 +184,4 @@ class CSpineFindings:
     vertebrae: tuple[VertebraFinding, ...]  # present vertebrae only, in label order
     thresholds: tuple[tuple[str, float], ...] = ()  # ("fracture", 0.6), ("suspicious", 0.2)
     skipped: tuple[tuple[str, str], ...] = ()  # (Series Instance UID, reason) not analysed
+    seconds: tuple[tuple[str, float], ...] = ()  # (stage, seconds) of the run, for the job record

@@ -25,7 +25,7 @@ class Pipeline(Protocol):
 
 PipelineFactory = Callable[[Config], Pipeline]
 _REGISTRY: dict[str, PipelineFactory] = {}
-BUILTIN_MODULES: tuple[str, ...] = ("node.pipelines.radiograph",)
+BUILTIN_MODULES: tuple[str, ...] = ("node.pipelines.radiograph", "node.pipelines.cspine")
 
 
 class PipelineNotFound(KeyError):
