@@ -45,6 +45,16 @@ log = logging.getLogger("fracnode.pull")
 pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False  # identifiers hold patient data
 pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
 
+# PS3.4 C.6.2 Study Root Query/Retrieve Information Model: the SOP class of each DIMSE service a
+# pull uses as SCU, each proposed alone on its own association with QUERY_RETRIEVE_TRANSFER_SYNTAXES
+# (docs/conformance.md's tables are generated from these; tests/unit/test_conformance.py checks them)
+QUERY_RETRIEVE_SOP_CLASSES: dict[str, UID] = {
+    "C-FIND": StudyRootQueryRetrieveInformationModelFind,
+    "C-GET": StudyRootQueryRetrieveInformationModelGet,
+    "C-MOVE": StudyRootQueryRetrieveInformationModelMove,
+}
+QUERY_LEVEL = "STUDY"  # PS3.4 C.6.2.1: a study is found and retrieved whole, by its UID (unique key)
+FIND_RETURN_KEYS = ("NumberOfStudyRelatedInstances", "SOPClassesInStudy")  # PS3.4 C.6.2.1.2, optional
 PENDING = (0xFF00, 0xFF01)
 MOVE_DESTINATION_UNKNOWN = 0xA801  # PS3.4 C.4.2.1.4
 MAX_STORAGE_CLASSES = 63  # two presentation contexts each, plus the C-GET one: ≤ 128
@@ -56,6 +66,7 @@ COMPRESSED = [  # proposed in a second context, so the peer can send an image as
     "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",  # JPEG baseline, extended
     "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.1.99",  # RLE lossless, deflated explicit VR LE
 ]
+QUERY_RETRIEVE_TRANSFER_SYNTAXES = UNCOMPRESSED
 # When the peer does not say which SOP classes the study holds (SOPClassesInStudy is optional in
 # C-FIND): the image classes a fracture AI reads and the objects it writes.
 COMMON_STORAGE_CLASSES = [
@@ -119,7 +130,7 @@ def _connect(ae: AE, peer: DimsePeer, **kwargs: object) -> Association:
 
 def _study_query(study_uid: str, level_keys: Sequence[str] = ()) -> Dataset:
     ds = Dataset()
-    ds.QueryRetrieveLevel = "STUDY"
+    ds.QueryRetrieveLevel = QUERY_LEVEL
     ds.StudyInstanceUID = study_uid
     for keyword in level_keys:
         setattr(ds, keyword, "")
@@ -145,12 +156,12 @@ def find_study(peer: DimsePeer, calling_ae: str, study_uid: str, timeout_s: floa
     """Study Root C-FIND at STUDY level (PS3.4 C.6.2). Raises StudyNotFound, PeerUnreachable;
     Found(None) when the peer does not answer queries (a retrieve-only archive)."""
     ae = _ae(calling_ae, timeout_s)
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind, UNCOMPRESSED)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind, QUERY_RETRIEVE_TRANSFER_SYNTAXES)
     assoc = _connect(ae, peer)
     matches: list[Dataset] = []
     final = 0
     try:
-        query = _study_query(study_uid, ("NumberOfStudyRelatedInstances", "SOPClassesInStudy"))
+        query = _study_query(study_uid, FIND_RETURN_KEYS)
         replies = assoc.send_c_find(query, StudyRootQueryRetrieveInformationModelFind)
         for code, _, identifier in _responses(assoc, replies, "C-FIND", peer, never):
             if code in PENDING and identifier is not None:
@@ -184,7 +195,7 @@ def get_study(
     """Study Root C-GET (PS3.4 C.4.3); the C-STORE sub-operations go into the spool."""
     classes = list(dict.fromkeys(sop_classes or COMMON_STORAGE_CLASSES))[:MAX_STORAGE_CLASSES]
     ae = _ae(calling_ae, timeout_s)
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet, UNCOMPRESSED)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet, QUERY_RETRIEVE_TRANSFER_SYNTAXES)
     for sop_class, syntaxes in storage_contexts(classes):
         ae.add_requested_context(sop_class, syntaxes)
     transfer = f"c-get-{uuid.uuid4().hex[:12]}"
@@ -233,7 +244,7 @@ def move_study(
 ) -> Retrieved:
     """Study Root C-MOVE (PS3.4 C.4.2) to `move_destination`, whose C-STORE SCP receives."""
     ae = _ae(calling_ae, timeout_s)
-    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove, UNCOMPRESSED)
+    ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove, QUERY_RETRIEVE_TRANSFER_SYNTAXES)
     assoc = _connect(ae, peer)
     final, status_ds = 0, Dataset()
     try:
