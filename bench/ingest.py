@@ -31,7 +31,10 @@ from pathlib import Path
 from typing import Protocol
 
 from tests.support import dicomgen
+from tests.support.dcmtk import put_dcmtk_first
 from tests.support.orthanc import ORTHANC, Orthanc, free_port
+
+put_dcmtk_first()  # DCMTK's storescu/storescp, not pynetdicom's console scripts
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = Path(__file__).with_name("RESULTS.md")

@@ -145,7 +145,7 @@ def query_retrieve_tables() -> dict[str, str]:
     )
     # the AE every pull association is requested with (its defaults are pynetdicom's)
     defaults = {name: field.default for name, field in NodeSettings.model_fields.items()}
-    requestor = pull_dimse._ae(defaults["ae_title"], defaults["network_timeout_s"])
+    requestor = pull_dimse.scu_ae(defaults["ae_title"], defaults["network_timeout_s"])
     association = markdown_table(["", ""], [
         ("Information model", (f"Study Root (PS3.4 C.6.2), level {level} only: no Patient Root,"
                                " no Patient/Study Only, no relational queries or retrievals")),
@@ -158,7 +158,7 @@ def query_retrieve_tables() -> dict[str, str]:
         ("Maximum PDU size received", f"{requestor.maximum_pdu_size}"),
         ("Implementation Class UID, Version Name", (
             f"`{requestor.implementation_class_uid}`, `{requestor.implementation_version_name}`"
-            " (pynetdicom's defaults, like every association the AE requests)")),
+            " (fracnode's, like every association the node requests)")),
         ("Timeouts", (f"`node.network_timeout_s` (default {defaults['network_timeout_s']:g} s) for"
                       " connection, ACSE, DIMSE and network reads")),
     ])

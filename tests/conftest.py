@@ -12,7 +12,10 @@ import pytest
 
 from node.config import Config
 from node.service import Node
+from tests.support.dcmtk import put_dcmtk_first
 from tests.support.orthanc import Orthanc
+
+put_dcmtk_first()  # DCMTK's storescu/echoscu/findscu, not pynetdicom's console scripts
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"

@@ -13,6 +13,7 @@ from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from node.ingest.dimse import set_nodelay
 
 log = logging.getLogger("fracnode.dispatch")
@@ -64,18 +65,18 @@ def _associate(ae: AE, target: Target) -> Association:
     return assoc
 
 
-def _ae(calling_ae: str, timeout_s: float) -> AE:
+def scu_ae(calling_ae: str, timeout_s: float) -> AE:
+    """A pynetdicom AE for associations the node requests, identified as fracnode (PS3.7 D.3.3.2)."""
     ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = timeout_s
-    ae.dimse_timeout = timeout_s
-    ae.network_timeout = timeout_s
-    ae.connection_timeout = timeout_s
+    ae.implementation_class_uid = IMPLEMENTATION_CLASS_UID
+    ae.implementation_version_name = IMPLEMENTATION_VERSION_NAME
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
     return ae
 
 
 def echo(target: Target, calling_ae: str, timeout_s: float = 10.0) -> int:
     """C-ECHO `target`; return the status (0x0000 is success). Raises AssociationFailed."""
-    ae = _ae(calling_ae, timeout_s)
+    ae = scu_ae(calling_ae, timeout_s)
     ae.add_requested_context(Verification)
     assoc = _associate(ae, target)
     try:
@@ -103,7 +104,7 @@ def store(
     for path in paths:
         ds = dcmread(path, stop_before_pixels=True, specific_tags=["SOPClassUID"])
         headers.append((path, str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)))
-    ae = _ae(calling_ae, timeout_s)
+    ae = scu_ae(calling_ae, timeout_s)
     for sop_class, syntax in sorted({(c, t) for _, c, t in headers})[:MAX_CONTEXTS]:
         syntaxes = list(dict.fromkeys([syntax, *FALLBACK_TRANSFER_SYNTAXES]))
         ae.add_requested_context(sop_class, syntaxes)

@@ -26,6 +26,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 )
 
 from node.config import DimsePeer
+from node.dispatch.dimse import scu_ae
 from node.header import Header
 from node.pull import (
     MAX_PROBLEMS,
@@ -105,12 +106,6 @@ def storage_contexts(classes: Sequence[str]) -> list[tuple[str, list[str]]]:
     return contexts
 
 
-def _ae(calling_ae: str, timeout_s: float) -> AE:
-    ae = AE(ae_title=calling_ae)
-    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = ae.connection_timeout = timeout_s
-    return ae
-
-
 def _connect(ae: AE, peer: DimsePeer, **kwargs: object) -> Association:
     """Associate with the peer; PeerUnreachable saying why when no association is made."""
     connected: list[bool] = []
@@ -155,7 +150,7 @@ def _responses(assoc: Association, replies: Iterator[tuple[Dataset, Dataset | No
 def find_study(peer: DimsePeer, calling_ae: str, study_uid: str, timeout_s: float) -> Found:
     """Study Root C-FIND at STUDY level (PS3.4 C.6.2). Raises StudyNotFound, PeerUnreachable;
     Found(None) when the peer does not answer queries (a retrieve-only archive)."""
-    ae = _ae(calling_ae, timeout_s)
+    ae = scu_ae(calling_ae, timeout_s)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelFind, QUERY_RETRIEVE_TRANSFER_SYNTAXES)
     assoc = _connect(ae, peer)
     matches: list[Dataset] = []
@@ -194,7 +189,7 @@ def get_study(
 ) -> Retrieved:
     """Study Root C-GET (PS3.4 C.4.3); the C-STORE sub-operations go into the spool."""
     classes = list(dict.fromkeys(sop_classes or COMMON_STORAGE_CLASSES))[:MAX_STORAGE_CLASSES]
-    ae = _ae(calling_ae, timeout_s)
+    ae = scu_ae(calling_ae, timeout_s)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelGet, QUERY_RETRIEVE_TRANSFER_SYNTAXES)
     for sop_class, syntaxes in storage_contexts(classes):
         ae.add_requested_context(sop_class, syntaxes)
@@ -243,7 +238,7 @@ def move_study(
     progress: Progress = no_progress, cancelled: Cancelled = never,
 ) -> Retrieved:
     """Study Root C-MOVE (PS3.4 C.4.2) to `move_destination`, whose C-STORE SCP receives."""
-    ae = _ae(calling_ae, timeout_s)
+    ae = scu_ae(calling_ae, timeout_s)
     ae.add_requested_context(StudyRootQueryRetrieveInformationModelMove, QUERY_RETRIEVE_TRANSFER_SYNTAXES)
     assoc = _connect(ae, peer)
     final, status_ds = 0, Dataset()

@@ -65,11 +65,13 @@ def _node(request: Request) -> Node:
 
 def _status(node: Node, pull: Pull) -> PullStatus:
     jobs: list[JobSummary] = []
-    if pull.finished_at is not None:
+    if pull.finished_at is not None and pull.started_at is not None:
+        # since the retrieval started: assembly may complete the study (it is marked retrieved)
+        # a moment before the pull records its finish
         rows = node.db.query(
             """SELECT id, route, pipeline, state, last_error, summary FROM jobs
             WHERE study_uid = ? AND created_at >= ? ORDER BY id""",
-            (pull.study_uid, pull.finished_at),
+            (pull.study_uid, pull.started_at),
         )
         jobs = [JobSummary(id=r["id"], route=r["route"], pipeline=r["pipeline"], state=r["state"],
                            detail=r["last_error"] or r["summary"]) for r in rows]
