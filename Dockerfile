@@ -1,9 +1,11 @@
 # fracnode in a container: the DICOM node on port 11112, its state on the /data volume.
 #
 #   docker build -t fracnode .
-#   docker run -p 11112:11112 -v fracnode-data:/data fracnode
+#   docker run -p 11112:11112 -p 8080:8080 -v fracnode-data:/data fracnode
+#   docker exec <c> cat /data/api-token       # the generated API/dashboard token (no web.auth set)
 #   docker run ... -v ./site.yaml:/etc/fracnode/fracnode.yaml:ro fracnode     # a site's config
 #
+# DICOM on 11112; HTTP (dashboard, REST API, STOW-RS, /metrics) on 8080.
 # The node runs as user fracnode (uid 10001): a bind-mounted /data must be writable by it.
 # PyTorch is the CPU build (installed first, so no dependency pulls a CUDA build).
 FROM python:3.11-slim-bookworm
@@ -41,7 +43,7 @@ WORKDIR /data
 VOLUME /data
 USER fracnode
 
-EXPOSE 11112
+EXPOSE 11112 8080
 
 # The node stops cleanly on SIGTERM (docker stop); `docker exec <c> fracnode status` reads the
 # same configuration through FRACNODE_CONFIG.
