@@ -135,7 +135,7 @@ class CSpineFracturePipeline:
         self.rules = rules
         self._one_ct = threading.Lock()
 
-    def _volume(
+    def choose_volume(
         self, request: PipelineInput, watch: Stopwatch, skipped: list[tuple[str, str]]
     ) -> Volume | None:
         """The best eligible series that builds into a volume; None (with every reason in
@@ -179,7 +179,7 @@ class CSpineFracturePipeline:
 
         watch = Stopwatch()
         skipped: list[tuple[str, str]] = []
-        volume = self._volume(request, watch, skipped)
+        volume = self.choose_volume(request, watch, skipped)
         if volume is None:
             return self._not_applicable(request, watch, f"{NO_SERIES} ({reasons(skipped)})")
         with watch.stage("analyze"):
