@@ -1,4 +1,4 @@
-"""`fracnode train radiograph` and `fracnode evaluate radiograph`."""
+"""`fracnode train radiograph|cspine`, `fracnode evaluate radiograph|cspine`, `fracnode phantom cspine`."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         data=Path(args.data),
         bundle=bundle,
         cache=Path(args.cache),
-        epochs=getattr(args, "epochs", 24),
+        epochs=getattr(args, "epochs", None) or 24,
         learning_rate=getattr(args, "learning_rate", 2e-3),
         init=Path(args.init) if getattr(args, "init", None) else None,
         batch_size=args.batch_size,
@@ -30,6 +30,10 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.model == "cspine":
+        from node.training.cspine_cli import cmd_train as train_cspine
+
+        return train_cspine(args)
     from node.inference.bundle import BundleError
     from node.training import radiograph
     from node.training.fracatlas import DataError
@@ -49,6 +53,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    if args.model == "cspine":
+        from node.training.cspine_cli import cmd_evaluate as evaluate_cspine
+
+        return evaluate_cspine(args)
     from node.inference.bundle import BundleError
     from node.training import radiograph
     from node.training.fracatlas import DataError
@@ -105,8 +113,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         ("evaluate", cmd_evaluate, "measure a model on the held-out test split of its dataset"),
     ):
         parser = sub.add_parser(name, help=help_text)
-        parser.add_argument("model", choices=["radiograph"], help="which model")
-        parser.add_argument("--data", required=True, help="the FracAtlas folder (with manifest.csv)")
+        parser.add_argument("model", choices=["radiograph", "cspine"], help="which model")
+        parser.add_argument("--data", required=True,
+                            help="radiograph: the FracAtlas folder (manifest.csv); cspine: the RSNA 2022 layout (train.csv)")
         parser.add_argument("--bundle", help="bundle folder (default: the shipped models/radiograph_fracture)")
         parser.add_argument("--cache", default=str(DEFAULT_CACHE),
                             help=f"preprocessed images and checkpoints (default: {DEFAULT_CACHE})")
@@ -114,10 +123,13 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         parser.add_argument("--seed", type=int, default=7, help="split and training seed")
         parser.add_argument("--threads", type=int, default=0, help="CPU threads (0: PyTorch's default)")
         if name == "train":
-            parser.add_argument("--epochs", type=int, default=24)
+            parser.add_argument("--epochs", type=int, help="radiograph: 24 by default; cspine: fracture model, 12")
             parser.add_argument("--learning-rate", type=float, default=2e-3, help="peak of the one-cycle schedule")
             parser.add_argument("--init", help="start from these weights (a state dict), e.g. to fine-tune")
         else:
             parser.add_argument("--write", action="store_true",
                                 help="write the numbers into the bundle's metadata and model card")
+        from node.training.cspine_cli import add_arguments as cspine_arguments
+
+        cspine_arguments(parser, name)
         parser.set_defaults(func=func)

@@ -1,0 +1,218 @@
+"""Training loops of the two cervical-spine networks (PyTorch, CPU or CUDA).
+
+Vertebrae: random patches of the bundle's roi size (three in four centred on a vertebra voxel),
+left-right flips and intensity jitter, Dice + cross-entropy (MONAI DiceCELoss), AdamW with a
+one-cycle schedule; validated by sliding window on whole validation volumes (mean Dice over
+C1–C7), best epoch kept. Fracture: crops shifted by up to ±4 voxels, left-right flips and
+intensity jitter; binary cross-entropy weighted 2 : 1 for fractured vertebrae (the competition
+metric's weights, so the probabilities it learns are the ones that metric rewards); best epoch
+by validation loss.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from monai.inferers import sliding_window_inference
+from monai.losses import DiceCELoss
+from tqdm import tqdm
+
+from node.training.cspine_data import CROP_MARGIN, CropSet, SegmentationCase
+from node.training.cspine_metrics import dice_per_label
+
+Log = Callable[[str], None]
+POSITIVE_WEIGHT = 2.0  # RSNA 2022 per-vertebra weight of a fractured vertebra (negative: 1)
+
+
+def _device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+# -- vertebrae ------------------------------------------------------------------------------------
+
+
+def _foreground(case: SegmentationCase, rng: np.random.Generator, keep: int = 4000) -> np.ndarray:
+    points = np.argwhere(case.labels > 0)
+    if len(points) > keep:
+        points = points[rng.choice(len(points), keep, replace=False)]
+    return points
+
+
+def _patch(case: SegmentationCase, points: np.ndarray, size: Sequence[int], rng: np.random.Generator,
+           augment: bool) -> tuple[np.ndarray, np.ndarray]:
+    shape = np.array(case.image.shape)
+    if len(points) and rng.random() < 0.75:
+        centre = points[rng.integers(len(points))] + rng.integers(-16, 17, 3)
+    else:
+        centre = np.array([rng.integers(0, n) for n in shape])
+    start = np.clip(centre - np.array(size) // 2, 0, np.maximum(shape - np.array(size), 0))
+    region = tuple(slice(int(s), int(s) + n) for s, n in zip(start, size, strict=True))
+    image = np.zeros(size, np.float32)
+    labels = np.zeros(size, np.int64)
+    part = case.image[region].astype(np.float32)
+    image[tuple(slice(0, n) for n in part.shape)] = part
+    labels[tuple(slice(0, n) for n in part.shape)] = case.labels[region]
+    if augment:
+        if rng.random() < 0.5:  # axis 0 is right-left on the RAS grid
+            image, labels = image[::-1], labels[::-1]
+        image = image * rng.uniform(0.9, 1.1) + rng.uniform(-0.04, 0.04)
+        image = image + rng.normal(0, rng.uniform(0, 0.01), image.shape).astype(np.float32)
+    return np.ascontiguousarray(image), np.ascontiguousarray(labels)
+
+
+def segmentation_dice(network: torch.nn.Module, cases: Sequence[SegmentationCase], roi: Sequence[int]) -> float:
+    """Mean over cases of the mean Dice over C1–C7 on the model grid (sliding window, argmax)."""
+    device = next(network.parameters()).device
+    network.eval()
+    scores = []
+    with torch.no_grad():
+        for case in cases:
+            image = torch.from_numpy(case.image.astype(np.float32))[None, None].to(device)
+            logits = sliding_window_inference(image, roi, 2, network, overlap=0.25, mode="gaussian")
+            predicted = logits[0].argmax(0).cpu().numpy()
+            dice = dice_per_label(predicted, case.labels, range(1, 8))
+            scores.append(float(np.mean(list(dice.values()))) if dice else 1.0)
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def train_vertebrae(
+    network: torch.nn.Module, train: Sequence[SegmentationCase], val: Sequence[SegmentationCase],
+    roi: Sequence[int], epochs: int, seed: int, log: Log, patches_per_case: int = 1, batch_size: int = 2,
+    learning_rate: float = 3e-3, checkpoint: Callable[[dict], None] | None = None, validate_every: int = 1,
+) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    """Best weights by validation Dice (validated every `validate_every` epochs and after the last)."""
+    rng = np.random.default_rng(seed)
+    device = _device()
+    network.to(device)
+    points = [_foreground(case, rng) for case in train]
+    steps = max(1, (len(train) * patches_per_case) // batch_size)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, learning_rate, total_steps=steps * epochs, pct_start=0.15)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)  # Dice pooled over the batch: patches miss vertebrae
+    history: list[dict] = []
+    best_dice, best_state = -1.0, copy.deepcopy(network.state_dict())
+    for epoch in range(1, epochs + 1):
+        network.train()
+        started, total = time.monotonic(), 0.0
+        bar = tqdm(range(steps), desc=f"vertebrae epoch {epoch}/{epochs}", unit="batch", leave=False)
+        for _ in bar:
+            picks = rng.integers(0, len(train), batch_size)
+            pairs = [_patch(train[i], points[i], roi, rng, augment=True) for i in picks]
+            images = torch.from_numpy(np.stack([p[0] for p in pairs]))[:, None].to(device)
+            labels = torch.from_numpy(np.stack([p[1] for p in pairs]))[:, None].to(device)
+            optimizer.zero_grad()
+            loss = loss_fn(network(images), labels)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += float(loss)
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+        entry: dict = {"epoch": epoch, "loss": round(total / steps, 4)}
+        if epoch % validate_every == 0 or epoch == epochs:
+            dice = segmentation_dice(network, val, roi)
+            entry["val_dice"] = round(dice, 4)
+            if dice > best_dice or np.isnan(dice):
+                best_dice, best_state = dice, copy.deepcopy(network.state_dict())
+        entry["seconds"] = round(time.monotonic() - started, 1)
+        history.append(entry)
+        log(f"vertebrae epoch {epoch}: loss {total / steps:.4f}, val Dice {entry.get('val_dice', '-')},"
+            f" {time.monotonic() - started:.0f} s")
+        if checkpoint:
+            checkpoint({"model": network.state_dict(), "epoch": epoch, "optimizer": optimizer.state_dict()})
+    return {k: v.cpu() for k, v in best_state.items()}, history
+
+
+# -- fracture -------------------------------------------------------------------------------------
+
+
+def _stack(sets: Sequence[CropSet]) -> tuple[np.ndarray, np.ndarray]:
+    crops = [s.crops for s in sets if len(s.crops)]
+    flags = [s.fractured for s in sets if len(s.crops)]
+    if not crops:
+        return np.zeros((0, 2, 1, 1, 1), np.uint8), np.zeros(0, bool)
+    return np.concatenate(crops), np.concatenate(flags)
+
+
+def crop_batch(crops: np.ndarray, index: np.ndarray, rng: np.random.Generator | None) -> torch.Tensor:
+    """Float crops of the network's size from cached uint8 ones with margin (random shifts if rng)."""
+    size = [n - m for n, m in zip(crops.shape[2:], CROP_MARGIN, strict=True)]
+    out = np.empty((len(index), 2, *size), np.float32)
+    for row, i in enumerate(index):
+        if rng is None:
+            offset = [m // 2 for m in CROP_MARGIN]
+        else:
+            offset = [int(rng.integers(0, m + 1)) for m in CROP_MARGIN]
+        crop = crops[i][:, offset[0]:offset[0] + size[0], offset[1]:offset[1] + size[1], offset[2]:offset[2] + size[2]]
+        out[row] = crop
+        out[row, 0] /= 255.0
+        if rng is not None:
+            if rng.random() < 0.5:
+                out[row] = out[row, :, :, :, ::-1]
+            out[row, 0] = out[row, 0] * rng.uniform(0.92, 1.08) + rng.uniform(-0.03, 0.03)
+    return torch.from_numpy(out)
+
+
+def predict_crops(network: torch.nn.Module, crops: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    device = next(network.parameters()).device
+    network.eval()
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(crops), batch_size):
+            index = np.arange(start, min(start + batch_size, len(crops)))
+            out.append(torch.sigmoid(network(crop_batch(crops, index, None).to(device))).reshape(-1).cpu().numpy())
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def _weighted_bce(probabilities: np.ndarray, fractured: np.ndarray) -> float:
+    p = np.clip(probabilities, 1e-7, 1 - 1e-7)
+    weights = np.where(fractured, POSITIVE_WEIGHT, 1.0)
+    return float(np.sum(-weights * (fractured * np.log(p) + (~fractured) * np.log(1 - p))) / weights.sum())
+
+
+def train_fracture(
+    network: torch.nn.Module, train: Sequence[CropSet], val: Sequence[CropSet], epochs: int, seed: int,
+    log: Log, batch_size: int = 16, learning_rate: float = 2e-3, checkpoint: Callable[[dict], None] | None = None,
+) -> tuple[dict[str, torch.Tensor], list[dict]]:
+    rng = np.random.default_rng(seed)
+    device = _device()
+    network.to(device)
+    crops, fractured = _stack(train)
+    val_crops, val_fractured = _stack(val)
+    if not len(crops):
+        raise ValueError("no vertebra crops to train the fracture model on")
+    steps = max(1, len(crops) // batch_size)
+    optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, learning_rate, total_steps=steps * epochs, pct_start=0.2)
+    history: list[dict] = []
+    best_loss, best_state = float("inf"), copy.deepcopy(network.state_dict())
+    for epoch in range(1, epochs + 1):
+        network.train()
+        started, total = time.monotonic(), 0.0
+        order = rng.permutation(len(crops))
+        bar = tqdm(range(steps), desc=f"fracture epoch {epoch}/{epochs}", unit="batch", leave=False)
+        for step in bar:
+            index = order[step * batch_size:(step + 1) * batch_size]
+            images = crop_batch(crops, index, rng).to(device)
+            target = torch.from_numpy(fractured[index].astype(np.float32)).to(device)
+            weights = 1.0 + (POSITIVE_WEIGHT - 1.0) * target
+            optimizer.zero_grad()
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(
+                network(images).reshape(-1), target, weight=weights)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            total += float(loss)
+            bar.set_postfix(loss=f"{float(loss):.3f}")
+        val_loss = _weighted_bce(predict_crops(network, val_crops), val_fractured) if len(val_crops) else total / steps
+        history.append({"epoch": epoch, "loss": round(total / steps, 4), "val_loss": round(val_loss, 4),
+                        "seconds": round(time.monotonic() - started, 1)})
+        log(f"fracture epoch {epoch}: loss {total / steps:.4f}, val weighted BCE {val_loss:.4f}, {time.monotonic() - started:.0f} s")
+        if val_loss < best_loss:
+            best_loss, best_state = val_loss, copy.deepcopy(network.state_dict())
+        if checkpoint:
+            checkpoint({"model": network.state_dict(), "epoch": epoch, "optimizer": optimizer.state_dict()})
+    return {k: v.cpu() for k, v in best_state.items()}, history
