@@ -71,7 +71,7 @@ class CSpineModels:
         self.fracture_algorithm = _algorithm(self.fracture.bundle, self.fracture.weights_sha256)
 
     @classmethod
-    def from_config(cls, config: Config, *, warmup: bool = True) -> CSpineModels:
+    def from_config(cls, config: Config, *, runtime: RuntimeName = "auto", warmup: bool = True) -> CSpineModels:
         """Both bundles from the node's models folder (`inference.models_dir`), on `inference.device`.
 
         Each weights file is checked against the sha256 in its bundle's metadata.json and/or the one
@@ -86,7 +86,7 @@ class CSpineModels:
                     " inference.models_dir to the folder holding cspine_vertebrae/ and cspine_fracture/"
                 )
         return cls(
-            roots[VERTEBRA_BUNDLE], roots[FRACTURE_BUNDLE], device=settings.device,
+            roots[VERTEBRA_BUNDLE], roots[FRACTURE_BUNDLE], device=settings.device, runtime=runtime,
             vertebra_sha256=settings.weights_sha256.get(VERTEBRA_BUNDLE, ""),
             fracture_sha256=settings.weights_sha256.get(FRACTURE_BUNDLE, ""),
             warmup=warmup,

@@ -131,11 +131,27 @@ def inferer_settings(config: dict[str, Any], root: Path) -> dict[str, Any]:
     }
 
 
-def to_metatensor(volume: Volume) -> MetaTensor:
-    """The volume as MONAI's ITK reader would load it: (i, j, k) array, RAS affine, no channel."""
+def reorients(config: dict[str, Any]) -> bool:
+    """Whether the bundle's preprocessing turns its input to a fixed orientation (Orientation(d))."""
+    spec = config.get("preprocessing")
+    transforms = spec.get("transforms", []) if isinstance(spec, dict) else []
+    return any(str(t.get("_target_", "")).rsplit(".", 1)[-1] in ("Orientationd", "Orientation") for t in transforms)
+
+
+def to_metatensor(volume: Volume, native_order: bool = False) -> MetaTensor:
+    """The volume as MONAI's ITK reader would load it: (i, j, k) array, RAS affine, no channel.
+
+    `native_order` keeps the volume's own (k, j, i) memory order with the matching affine: the same
+    image, and when an Orientation transform follows, the same result, 4× faster (no transposing
+    copy of the whole volume before the resampling; 2.6 s → 0.7 s at 512×512×329).
+    """
     hu = volume.hu if volume.hu.dtype == np.float32 else volume.hu.astype(np.float32)
-    array = torch.from_numpy(hu).permute(2, 1, 0)  # a view: no copy of the volume
-    affine = torch.as_tensor(voxelgrid.volume_affine_ijk_ras(volume))
+    if native_order:
+        array = torch.from_numpy(hu)
+        affine = torch.as_tensor(voxelgrid.LPS_FROM_RAS @ voxelgrid.volume_affine(volume))
+    else:
+        array = torch.from_numpy(hu).permute(2, 1, 0)  # a view: no copy of the volume
+        affine = torch.as_tensor(voxelgrid.volume_affine_ijk_ras(volume))
     meta = {"original_channel_dim": "no_channel", "space": "RAS", "spatial_shape": tuple(array.shape),
             "original_affine": affine.clone(), "filename_or_obj": volume.series_instance_uid}
     return MetaTensor(array, affine=affine, meta=meta)
@@ -168,6 +184,7 @@ class VertebraModel:
         self.others = sorted(others - {self.background})
         self.softmax = output.activation == "none"
         self.transforms = preprocessing(self.bundle.config, self.bundle.root)
+        self.native_order = reorients(self.bundle.config)
         self.window = inferer_settings(self.bundle.config, self.bundle.root)
         if tuple(self.window["roi_size"]) != self.contract.spatial_shape:
             raise BundleError(
@@ -176,6 +193,7 @@ class VertebraModel:
             )
         given = min_volume_mm3 if min_volume_mm3 is not None else self.bundle.extras.get("min_vertebra_volume_mm3")
         self.min_volume_mm3 = float(given if given is not None else DEFAULT_MIN_VOLUME_MM3)
+        self.min_probability = float(self.bundle.extras.get("min_vertebra_probability", 0.0))
 
     @property
     def weights_sha256(self) -> str:
@@ -188,7 +206,8 @@ class VertebraModel:
 
     def prepare(self, volume: Volume) -> MetaTensor:
         """The bundle's preprocessing of the volume: (1, X, Y, Z) on the model's grid, RAS affine."""
-        image = self.transforms({"image": to_metatensor(volume)})["image"]
+        key = str(self.bundle.config.get("image_key", "image"))  # what the bundle's dictionary transforms read
+        image = self.transforms({key: to_metatensor(volume, self.native_order)})[key]
         return image if isinstance(image, MetaTensor) else MetaTensor(image)
 
     def _predict(self, windows: torch.Tensor) -> torch.Tensor:
@@ -203,20 +222,25 @@ class VertebraModel:
             kept.append(probabilities[:, self.others].amax(dim=1))
         return torch.stack(kept, dim=1)
 
-    def predict_grid(self, image: MetaTensor) -> np.ndarray:
-        """Label map (uint8, 0..7) on the model's grid: argmax of the blended window outputs."""
+    def predict_grid(self, image: MetaTensor) -> tuple[np.ndarray, np.ndarray]:
+        """Label map (uint8, 0..7) on the model's grid, argmax of the blended window outputs, and
+        the winning probability of each voxel (float32)."""
         w = self.window
         blended = sliding_window_inference(
             image.as_tensor()[None].float(), w["roi_size"], w["sw_batch_size"], self._predict,
             overlap=w["overlap"], mode=w["mode"], sigma_scale=w["sigma_scale"],
             padding_mode=w["padding_mode"], progress=False,
         )
-        labels = torch.argmax(blended[0], dim=0).to(torch.uint8).numpy()
+        confidence, winner = torch.max(blended[0], dim=0)
+        labels = winner.to(torch.uint8).numpy()
         labels[labels > 7] = 0  # "other" is not a vertebra
-        return labels
+        return labels, confidence.float().numpy()
 
-    def clean(self, labels: np.ndarray, voxel_mm3: float) -> tuple[np.ndarray, list[tuple[str, str]]]:
-        """Largest connected component per vertebra; components under min_volume_mm3 are dropped."""
+    def clean(
+        self, labels: np.ndarray, voxel_mm3: float, confidence: np.ndarray | None = None
+    ) -> tuple[np.ndarray, list[tuple[str, str]]]:
+        """Largest connected component per vertebra; dropped when under min_volume_mm3, or when its
+        mean probability is under min_probability (the bundle's `fracnode.min_vertebra_probability`)."""
         dropped: list[tuple[str, str]] = []
         cleaned = np.zeros_like(labels)
         for label in range(1, 8):
@@ -229,9 +253,15 @@ class VertebraModel:
             )
             largest = sitk.GetArrayViewFromImage(components) == 1
             volume_mm3 = float(largest.sum()) * voxel_mm3
+            name = VERTEBRAE[label - 1]
             if volume_mm3 < self.min_volume_mm3:
-                dropped.append((VERTEBRAE[label - 1], f"{volume_mm3:.0f} mm³ < {self.min_volume_mm3:.0f} mm³"))
+                dropped.append((name, f"{volume_mm3:.0f} mm³ < {self.min_volume_mm3:.0f} mm³"))
                 continue
+            if confidence is not None and self.min_probability > 0:
+                mean = float(confidence[largest].mean())
+                if mean < self.min_probability:
+                    dropped.append((name, f"mean probability {mean:.2f} < {self.min_probability:.2f}"))
+                    continue
             cleaned[largest] = label
         return cleaned, dropped
 
@@ -242,12 +272,12 @@ class VertebraModel:
         image = self.prepare(volume)
         seconds["preprocess"] = time.perf_counter() - start
         start = time.perf_counter()
-        grid = self.predict_grid(image)
+        grid, confidence = self.predict_grid(image)
         seconds["sliding_window"] = time.perf_counter() - start
         start = time.perf_counter()
         model_affine = voxelgrid.LPS_FROM_RAS @ np.asarray(image.affine, dtype=np.float64)
         voxel_mm3 = float(abs(np.linalg.det(model_affine[:3, :3])))
-        grid, dropped = self.clean(grid, voxel_mm3)
+        grid, dropped = self.clean(grid, voxel_mm3, confidence)
         labels = to_ct_grid(grid, model_affine, volume)
         vertebrae = measure(labels, volume)
         seconds["postprocess"] = time.perf_counter() - start
@@ -274,17 +304,20 @@ def to_ct_grid(grid: np.ndarray, grid_affine_lps: np.ndarray, volume: Volume) ->
 def measure(labels: np.ndarray, volume: Volume) -> tuple[VertebraMask, ...]:
     """Voxel count, box and centroid of each label 1..7 present in a CT-grid label volume."""
     voxel_mm3 = float(np.prod(volume.spacing))
-    present = np.nonzero(labels.reshape(labels.shape[0], -1).any(axis=1))[0]
-    if not present.size:
+    slices = np.nonzero(labels.reshape(labels.shape[0], -1).any(axis=1))[0]
+    if not slices.size:
         return ()
-    k0, k1 = int(present.min()), int(present.max()) + 1
+    k0, k1 = int(slices.min()), int(slices.max()) + 1
     block = labels[k0:k1]
+    rows, columns = np.nonzero(block.any(axis=(0, 2)))[0], np.nonzero(block.any(axis=(0, 1)))[0]
+    j0, i0 = int(rows.min()), int(columns.min())
+    block = block[:, j0:int(rows.max()) + 1, i0:int(columns.max()) + 1]  # the spine, not the whole scan
     found = []
     for label in range(1, 8):
         k, j, i = np.nonzero(block == label)
         if not k.size:
             continue
-        k = k + k0
+        k, j, i = k + k0, j + j0, i + i0
         centre_index = (float(k.mean()), float(j.mean()), float(i.mean()))
         centre = tuple(float(v) for v in volume.index_to_patient(centre_index))
         found.append(VertebraMask(

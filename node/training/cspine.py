@@ -64,6 +64,9 @@ class CSpineSettings:
     seg_patch: tuple[int, int, int] | None = None  # default: the bundle's roi size
     patches_per_case: int = 2  # vertebra model: random patches per training series and epoch
     negatives: Path | None = None  # CT series without a cervical spine: all-background cases
+    models: tuple[str, ...] = ("vertebrae", "fracture")  # which to train
+    init_vertebrae: Path | None = None  # start the vertebra model from these weights (fine-tuning)
+    seg_learning_rate: float = 3e-3
     all_studies: bool = False  # evaluate: every study of `data` (a dataset never used in training)
 
 
@@ -127,8 +130,7 @@ def train(settings: CSpineSettings, log: Log = print) -> dict[str, Any]:
     vertebra_bundle, fracture_bundle = bundles.read(settings.vertebra_bundle), bundles.read(settings.fracture_bundle)
     spec = _crop_spec(fracture_bundle)
     cache = settings.cache / "cspine"
-    checkpoints = cache / "checkpoints"
-    checkpoints.mkdir(parents=True, exist_ok=True)
+    (cache / "checkpoints").mkdir(parents=True, exist_ok=True)
 
     cases: dict[str, list[cspine_data.SegmentationCase]] = {"train": [], "val": []}
     crops: dict[str, list[cspine_data.CropSet]] = {"train": [], "val": []}
@@ -142,60 +144,82 @@ def train(settings: CSpineSettings, log: Log = print) -> dict[str, Any]:
     negatives = _negatives(settings, log)
     negative_cases = {name: [cspine_data.cached_negative(series, vertebra_bundle, cache)
                              for series in tqdm(negatives[name], desc=f"reading {name} negatives", unit="series")]
-                      for name in ("train", "val")}
-    validation = cases["val"][:3] + negative_cases["val"][:1]  # whole volumes: costly on a CPU
+                      for name in ("train", "val")} if "vertebrae" in settings.models else {"train": [], "val": []}
     prepared = time.monotonic()
+    common = {"seed": settings.seed, "split": {name: len(part) for name, part in parts.items()},
+              "data_preparation_seconds": round(prepared - started, 1),
+              "negatives": {name: len(part) for name, part in negatives.items()},
+              "hardware": (torch.cuda.get_device_name() if torch.cuda.is_available()
+                           else f"CPU, {torch.get_num_threads()} threads")}
+    trained: dict[str, Any] = {}
+    if "vertebrae" in settings.models:
+        trained["vertebrae"] = {**common, **_train_vertebrae(settings, vertebra_bundle, cases, negative_cases, log)}
+    del cases, negative_cases
+    if "fracture" in settings.models:
+        trained["fracture"] = {**common, **_train_fracture(settings, fracture_bundle, crops, parts, spec, log)}
+    return trained
 
-    seg_started = time.monotonic()
-    network = bundles.build_network(vertebra_bundle)
-    roi = settings.seg_patch or tuple(vertebra_bundle.inputs["image"]["spatial_shape"])
-    state, seg_history = cspine_loops.train_vertebrae(
+
+def _train_vertebrae(settings: CSpineSettings, bundle: bundles.Bundle, cases: dict[str, list[Any]],
+                     negative_cases: dict[str, list[Any]], log: Log) -> dict[str, Any]:
+    started = time.monotonic()
+    network = bundles.build_network(bundle)
+    init = ""
+    if settings.init_vertebrae:
+        state = torch.load(settings.init_vertebrae, map_location="cpu", weights_only=True)
+        network.load_state_dict(state.get("model", state))
+        init = bundles.sha256(settings.init_vertebrae)
+    # fine-tuning the bundle's own weights: keep how those were trained
+    before = {k: v for k, v in (bundle.extras.get("training") or {}).items()}
+    earlier = {"fine_tune_of": before} if init and init == bundle.weights_sha256 and before else {}
+    roi = settings.seg_patch or tuple(bundle.inputs["image"]["spatial_shape"])
+    validation = cases["val"][:3] + negative_cases["val"][:1]  # whole volumes: costly on a CPU
+    checkpoints = settings.cache / "cspine" / "checkpoints"
+    state, history = cspine_loops.train_vertebrae(
         network, cases["train"] + negative_cases["train"], validation, roi, settings.seg_epochs, settings.seed, log,
         patches_per_case=settings.patches_per_case, validate_every=max(1, settings.seg_epochs // 5),
+        learning_rate=settings.seg_learning_rate,
         checkpoint=lambda c: torch.save(c, checkpoints / "vertebrae_last.pt"))
-    vertebra_sha = _install(settings.vertebra_bundle, state)
-    seg_seconds = time.monotonic() - seg_started
-    del cases, negative_cases, validation
+    _install(settings.vertebra_bundle, state)
+    return {"epochs": settings.seg_epochs, "patch": list(roi), "patches_per_study": settings.patches_per_case,
+            "learning_rate": settings.seg_learning_rate, **({"init_weights_sha256": init} if init else {}),
+            "best_epoch": int(max((h for h in history if "val_dice" in h), key=lambda h: h["val_dice"])["epoch"]),
+            "training_seconds": round(time.monotonic() - started, 1), "history": history,
+            "training_series": {"with_vertebrae": len(cases["train"]), "without": len(negative_cases["train"])},
+            **earlier}
 
-    model = VertebraModel(settings.vertebra_bundle, device="auto", runtime="auto", warmup=False)
-    try:
-        for name in ("train", "val"):
-            for study in tqdm([s for s in parts[name] if not s.segmentation], desc=f"finding vertebrae ({name})", unit="study"):
-                crops[name].append(cspine_data.predicted_crops(
-                    study, lambda v: model.segment(v).labels, spec, cache, vertebra_sha))
-    finally:
-        model.close()
 
-    cls_started = time.monotonic()
-    network = bundles.build_network(fracture_bundle)
-    state, cls_history = cspine_loops.train_fracture(
+def _train_fracture(settings: CSpineSettings, bundle: bundles.Bundle, crops: dict[str, list[cspine_data.CropSet]],
+                    parts: dict[str, list[RsnaStudy]], spec: CropSpec, log: Log) -> dict[str, Any]:
+    """Crops of studies without a reference segmentation come from the vertebra bundle as it now is."""
+    cache = settings.cache / "cspine"
+    vertebra_sha = bundles.read(settings.vertebra_bundle).weights_sha256
+    unsegmented = {name: [s for s in parts[name] if not s.segmentation] for name in ("train", "val")}
+    if any(unsegmented.values()):
+        model = VertebraModel(settings.vertebra_bundle, device="auto", runtime="auto", warmup=False)
+        try:
+            for name, studies in unsegmented.items():
+                for study in tqdm(studies, desc=f"finding vertebrae ({name})", unit="study"):
+                    crops[name].append(cspine_data.predicted_crops(
+                        study, lambda v: model.segment(v).labels, spec, cache, vertebra_sha))
+        finally:
+            model.close()
+    started = time.monotonic()
+    network = bundles.build_network(bundle)
+    state, history = cspine_loops.train_fracture(
         network, crops["train"], crops["val"], settings.epochs, settings.seed, log, batch_size=settings.batch_size,
-        checkpoint=lambda c: torch.save(c, checkpoints / "fracture_last.pt"))
+        checkpoint=lambda c: torch.save(c, cache / "checkpoints" / "fracture_last.pt"))
     network.load_state_dict(state)
     choices = _validation_choices(network, crops, parts)
     _install(settings.fracture_bundle, state)
     _update_metadata(settings.fracture_bundle, lambda m: m["fracnode"].update(choices))
-    cls_seconds = time.monotonic() - cls_started
     log(f"validation choices: {json.dumps(choices)}")
-    (checkpoints / "history.json").write_text(json.dumps({"vertebrae": seg_history, "fracture": cls_history}, indent=2))
-    counts = {name: len(part) for name, part in parts.items()}
-    common = {"seed": settings.seed, "split": counts, "data_preparation_seconds": round(prepared - started, 1),
-              "negatives": {name: len(part) for name, part in negatives.items()},
-              "hardware": (torch.cuda.get_device_name() if torch.cuda.is_available()
-                           else f"CPU, {torch.get_num_threads()} threads")}
-    return {
-        "vertebrae": {**common, "epochs": settings.seg_epochs, "patch": list(roi),
-                      "best_epoch": int(max((h for h in seg_history if "val_dice" in h),
-                                            key=lambda h: h["val_dice"])["epoch"]),
-                      "patches_per_study": settings.patches_per_case,
-                      "training_seconds": round(seg_seconds, 1), "history": seg_history,
-                      "studies_with_segmentation": {n: sum(s.segmentation is not None for s in p) for n, p in parts.items()}},
-        "fracture": {**common, "epochs": settings.epochs, "batch_size": settings.batch_size,
-                     "best_epoch": int(min(cls_history, key=lambda h: h["val_loss"])["epoch"]),
-                     "training_seconds": round(cls_seconds, 1), "history": cls_history,
-                     "crops": {n: int(sum(len(c.crops) for c in crops[n])) for n in crops},
-                     "crops_from_predicted_masks": {n: int(sum(len(c.crops) for c in crops[n] if c.source == "predicted")) for n in crops}},
-    }
+    return {"epochs": settings.epochs, "batch_size": settings.batch_size,
+            "best_epoch": int(min(history, key=lambda h: h["val_loss"])["epoch"]),
+            "training_seconds": round(time.monotonic() - started, 1), "history": history,
+            "crops": {n: int(sum(len(c.crops) for c in crops[n])) for n in crops},
+            "crops_from_predicted_masks": {n: int(sum(len(c.crops) for c in crops[n] if c.source == "predicted"))
+                                           for n in crops}}
 
 
 def _validation_choices(network: torch.nn.Module, crops: dict[str, list[cspine_data.CropSet]],
@@ -205,7 +229,8 @@ def _validation_choices(network: torch.nn.Module, crops: dict[str, list[cspine_d
     rate = float(flags.mean()) if len(flags) else 0.1
     absent = round(2 * rate / (2 * rate + (1 - rate)), 4)  # minimises the 2:1 weighted loss of a constant
     by_uid = {c.uid: c for c in crops["val"]}
-    truth, predicted = {how: [] for how in AGGREGATIONS}, {how: [] for how in AGGREGATIONS}
+    truth: dict[str, list[list[float]]] = {how: [] for how in AGGREGATIONS}
+    predicted: dict[str, list[list[float]]] = {how: [] for how in AGGREGATIONS}
     for study in parts["val"]:
         row = np.full(7, absent)
         crop_set = by_uid.get(study.uid)
@@ -265,9 +290,9 @@ def evaluate(settings: CSpineSettings, log: Log = print) -> dict[str, Any]:
                 identified["found"] += sum(scores.get(label, 0.0) >= 0.5 for label in present)
         without = [_negative_outcome(models, series) for series in tqdm(negatives, desc="negatives", unit="series")]
     result = report(np.array(truth), np.array(predicted), dice, seed=settings.seed)
-    patients, scores = np.array(truth, bool)[:, 0], np.array(predicted)[:, 0]
+    patients, patient_scores = np.array(truth, bool)[:, 0], np.array(predicted)[:, 0]
     for name, threshold in points.items():
-        result[name] = {k: round(v, 4) for k, v in metrics.operating_point(patients, scores, threshold).items()}
+        result[name] = {k: round(v, 4) for k, v in metrics.operating_point(patients, patient_scores, threshold).items()}
     if identified["reference"]:
         result["vertebrae_identified"] = {**identified, "rate": round(identified["found"] / identified["reference"], 4),
                                           "rule": "Dice >= 0.5 against the reference label of the same vertebra"}
@@ -296,19 +321,21 @@ def record(settings: CSpineSettings, result: dict[str, Any], training: dict[str,
     seg_keys = ("measured_on", "dice", "dice_mean", "dice_studies", "vertebrae_identified", "no_cervical_spine",
                 "seconds_per_study")
 
+    training = training or {}
+
     def vertebrae(metadata: dict[str, Any]) -> None:
         metadata["eval_metrics"] = {k: result[k] for k in seg_keys if k in result}
-        if training:
+        if "vertebrae" in training:
             metadata["fracnode"]["training"] = {k: v for k, v in training["vertebrae"].items() if k != "history"}
 
     def fracture(metadata: dict[str, Any]) -> None:
         metadata["eval_metrics"] = {k: v for k, v in result.items() if k not in ("dice", "dice_mean", "dice_studies")}
-        if training:
+        if "fracture" in training:
             metadata["fracnode"]["training"] = {k: v for k, v in training["fracture"].items() if k != "history"}
 
     _update_metadata(settings.vertebra_bundle, vertebrae)
     _update_metadata(settings.fracture_bundle, fracture)
-    if training:
-        for root, key in ((settings.vertebra_bundle, "vertebrae"), (settings.fracture_bundle, "fracture")):
+    for root, key in ((settings.vertebra_bundle, "vertebrae"), (settings.fracture_bundle, "fracture")):
+        if key in training:
             (root / "docs").mkdir(exist_ok=True)
             (root / "docs" / "training_history.json").write_text(json.dumps(training[key]["history"], indent=2) + "\n")

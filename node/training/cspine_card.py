@@ -17,6 +17,9 @@ SYNTHETIC_WARNING = [
     "> not for clinical use, are not a medical device, and say nothing about real fractures.",
 ]
 
+PHANTOM_NUMBERS = ("These are phantom numbers, measured on synthetic studies the model never saw in training:"
+                   " they show the installation works and mean nothing clinically.")
+
 REAL_WEIGHTS = [
     "## Training real weights, or plugging in other ones",
     "",
@@ -57,20 +60,28 @@ def _number(value: Any) -> str:
     return "not measurable on this split" if value is None else f"{value:.3f}"
 
 
+def _describe(t: dict[str, Any]) -> str:
+    """One training run in a sentence, from its `fracnode.training` record."""
+    split, negatives = t.get("split", {}), t.get("negatives") or {}
+    return (f"`fracnode train cspine`, split seed {t.get('seed')}, studies train/val/test"
+            f" {split.get('train')}/{split.get('val')}/{split.get('test')}"
+            + (f" (and series without a cervical spine {negatives.get('train')}/{negatives.get('val')}/"
+               f"{negatives.get('test')})" if any(negatives.values()) else "")
+            + f", {t.get('epochs')} epochs"
+            + (f" at learning rate {t['learning_rate']}" if "learning_rate" in t else "")
+            + f" (best: {t.get('best_epoch')}), {t.get('training_seconds')} s of training on"
+            f" {t.get('hardware', 'this machine')}.")
+
+
 def _training(extras: dict[str, Any]) -> list[str]:
     t = extras.get("training") or {}
     if not t:
         return ["Not trained by `fracnode train cspine` yet.", ""]
-    split, negatives = t.get("split", {}), t.get("negatives") or {}
-    lines = [
-        (f"`fracnode train cspine`, split seed {t.get('seed')}, studies train/val/test"
-        f" {split.get('train')}/{split.get('val')}/{split.get('test')}"
-        + (f" (and series without a cervical spine {negatives.get('train')}/{negatives.get('val')}/"
-           f"{negatives.get('test')})" if any(negatives.values()) else "")
-        + f", {t.get('epochs')} epochs (best: {t.get('best_epoch')}), {t.get('training_seconds')} s of"
-        f" training on {t.get('hardware', 'this machine')}."),
-        "",
-    ]
+    earlier = t.get("fine_tune_of")
+    if earlier:
+        lines = [f"1. {_describe(earlier)}", f"2. Fine-tuned from those weights: {_describe(t)}", ""]
+    else:
+        lines = [_describe(t), ""]
     recipe = extras.get("recipe") or []
     if recipe:
         lines += ["How these weights were made (reproducible: the phantoms are seeded):", "", "```sh",
@@ -88,16 +99,27 @@ def render_vertebrae(root: Path) -> str:
              "## Model", "", meta["description"], "",
              "Output channels: " + ", ".join(f"{i} `{n}`" for i, n in enumerate(bundle.channels("pred"))) + ".",
              ("fracnode keeps each vertebra's largest connected component, drops those under"
-             f" {extras.get('min_vertebra_volume_mm3', 500)} mm³, and maps the labels back onto the CT grid by"
-             " nearest neighbour; boxes and centres of the vertebrae come from those masks."), "",
+             f" {extras.get('min_vertebra_volume_mm3', 500)} mm³"
+             + (f" (chosen on the {extras['min_vertebra_volume_choice']})" if extras.get("min_vertebra_volume_choice") else "")
+             + ", and maps the labels back onto the CT grid by nearest neighbour; boxes and centres of the"
+             " vertebrae come from those masks. No vertebra left: the study is not a cervical-spine CT."), "",
              "## Training", "", *_training(extras), "## Measured performance", ""]
     if m.get("dice"):
-        lines += [(f"Measured on the {m['measured_on']}; Dice on the CT grid, {m['dice_studies']} studies with"
+        lines += [(f"Measured on: {m['measured_on']}. Dice on the CT grid, {m['dice_studies']} studies with"
                   " a reference segmentation."), "", "| vertebra | Dice |", "|---|---|",
                   *(f"| {name} | {value:.3f} |" for name, value in m["dice"].items()),
-                  f"| mean | {m['dice_mean']:.3f} |", "",
-                  f"Run time per study (both models, this machine's CPU): {m.get('seconds_per_study', '?')} s.", "",
-                  "These are phantom numbers: they show the pipeline works, not how the model does on patients.", ""]
+                  f"| mean | {m['dice_mean']:.3f} |", ""]
+        found = m.get("vertebrae_identified")
+        if found:
+            lines += [(f"Vertebrae identified (Dice ≥ 0.5 with the reference of the same level): {found['found']} of"
+                      f" {found['reference']} ({100 * found['rate']:.1f}%)."), ""]
+        negatives = m.get("no_cervical_spine")
+        if negatives:
+            lines += [(f"Series without a cervical spine (abdomen phantoms): {negatives['with_vertebrae_found']} of"
+                      f" {negatives['series']} had a vertebra found ({negatives['vertebrae_found']} vertebrae in all);"
+                      " a study where none is found is reported as not applicable."), ""]
+        lines += [f"Run time per study (both models, this machine's CPU): {m.get('seconds_per_study', '?')} s.", "",
+                  PHANTOM_NUMBERS, ""]
     else:
         lines += ["Not measured yet: run `fracnode evaluate cspine --data DIR --write`.", ""]
     return "\n".join([*lines, *REAL_WEIGHTS, ""])
@@ -123,7 +145,7 @@ def render_fracture(root: Path) -> str:
              f"Operating points (patient level, validation split): {extras.get('operating_points')}.", "",
              "## Training", "", *_training(extras), "## Measured performance", ""]
     if "weighted_log_loss" in m:
-        lines += [(f"Measured on the {m['measured_on']}: {m['studies']} studies, {m['fractured_studies']} with a"
+        lines += [(f"Measured on: {m['measured_on']}. {m['studies']} studies, {m['fractured_studies']} with a"
                   f" fracture, {m['fractured_vertebrae']} fractured vertebrae."), "",
                   "| metric | value |", "|---|---|",
                   f"| RSNA 2022 weighted log loss (lower is better; 0.693 = always 0.5) | {m['weighted_log_loss']:.4f} |",
@@ -134,7 +156,12 @@ def render_fracture(root: Path) -> str:
                 p = m[name]
                 lines.append(f"| \"{name}\" (threshold {p['threshold']:.3f}) | sensitivity"
                              f" {100 * p['sensitivity']:.1f}%, specificity {100 * p['specificity']:.1f}% |")
-        lines += ["", "These are phantom numbers: they show the pipeline works, not how the model does on patients.", ""]
+        ci = m.get("vertebra_roc_auc_95ci")
+        if ci and ci[0] <= 0.5:
+            lines += ["", ("**The per-vertebra AUC's 95% CI includes 0.5: on these phantoms the classifier is not"
+                           " distinguishable from chance.** Its probabilities exercise the pipeline (SR, categories,"
+                           " operating points) but detect nothing; train longer (e.g. on a GPU) for a useful demo.")]
+        lines += ["", PHANTOM_NUMBERS, ""]
     else:
         lines += ["Not measured yet: run `fracnode evaluate cspine --data DIR --write`.", ""]
     lines += ["## Limits", "",

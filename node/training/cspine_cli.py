@@ -27,6 +27,11 @@ def add_arguments(parser: argparse.ArgumentParser, command: str) -> None:
     if command == "train":
         group.add_argument("--seg-epochs", type=int, default=DEFAULT_SEG_EPOCHS,
                            help=f"vertebra model epochs (default {DEFAULT_SEG_EPOCHS})")
+        group.add_argument("--models", choices=["both", "vertebrae", "fracture"], default="both",
+                           help="which model to train (the other bundle is left as it is; default both)")
+        group.add_argument("--init-vertebrae", help="start the vertebra model from these weights (fine-tuning)")
+        group.add_argument("--seg-learning-rate", type=float, default=3e-3,
+                           help="vertebra model: peak of the one-cycle schedule (default 3e-3)")
         group.add_argument("--seg-patches", type=int, default=2,
                            help="vertebra model: random patches per segmented training study and epoch (default 2)")
 
@@ -39,7 +44,7 @@ def bundle_roots(out: str | None) -> tuple[Path, Path]:
     from node.config import InferenceSettings
     from node.inference.cspine import FRACTURE_BUNDLE, VERTEBRA_BUNDLE
 
-    shipped = InferenceSettings()
+    shipped = InferenceSettings.model_validate({})
     if not out:
         return shipped.bundle(VERTEBRA_BUNDLE), shipped.bundle(FRACTURE_BUNDLE)
     roots = []
@@ -61,6 +66,9 @@ def settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         epochs=args.epochs if getattr(args, "epochs", None) is not None else DEFAULT_EPOCHS,
         seg_epochs=getattr(args, "seg_epochs", DEFAULT_SEG_EPOCHS),
         patches_per_case=getattr(args, "seg_patches", 2),
+        models=("vertebrae", "fracture") if getattr(args, "models", "both") == "both" else (args.models,),
+        init_vertebrae=Path(args.init_vertebrae) if getattr(args, "init_vertebrae", None) else None,
+        seg_learning_rate=getattr(args, "seg_learning_rate", 3e-3),
         seed=args.seed, threads=args.threads, batch_size=args.batch_size,
         negatives=Path(args.negatives) if args.negatives else None,
         all_studies=bool(getattr(args, "all_studies", False)),

@@ -20,7 +20,7 @@ import numpy as np
 from node.inference import voxelgrid
 from node.inference.bundle import Bundle
 from node.inference.vertebra_fracture import CropSpec, vertebra_crop
-from node.inference.vertebrae import measure, preprocessing, to_metatensor
+from node.inference.vertebrae import measure, preprocessing, reorients, to_metatensor
 from node.inference.volume import Volume
 from node.training.rsna_cspine import NegativeSeries, RsnaStudy, load_segmentation, load_volume
 
@@ -55,7 +55,7 @@ def segmentation_case(
     study: RsnaStudy | NegativeSeries, volume: Volume, labels: np.ndarray, bundle: Bundle
 ) -> SegmentationCase:
     chain = preprocessing(bundle.config, bundle.root)
-    image = chain({"image": to_metatensor(volume)})["image"]
+    image = chain({"image": to_metatensor(volume, reorients(bundle.config))})["image"]
     grid_affine = voxelgrid.LPS_FROM_RAS @ np.asarray(image.affine, dtype=np.float64)
     grid_shape = tuple(int(n) for n in image.shape[1:])
     moved = voxelgrid.nearest(labels, voxelgrid.volume_affine(volume), grid_shape, grid_affine)
@@ -79,7 +79,7 @@ def crop_set(
 
 def _save(path: Path, **arrays: np.ndarray) -> None:
     partial = path.with_name(path.name + ".partial.npz")
-    np.savez(partial, **arrays)
+    np.savez(partial, **arrays)  # type: ignore[arg-type]  # numpy's stub types **kwds as allow_pickle
     partial.replace(path)
 
 

@@ -49,7 +49,7 @@ def generate(
         spec = demo_spec(rng, size, region)
         study = generate_study(rng, spec, index)
         write_rsna_layout(neck if region == "neck" else no_neck, [study])
-        log(f"{index + 1}/{studies + negatives} {region} fov={spec.pixel_spacing * size:.0f}mm"
+        log(f"{index + 1}/{studies + negatives} {region} fov={(spec.pixel_spacing or 0.0) * size:.0f}mm"
             f" slices={len(study.datasets)} fractures={''.join(str(int(f)) for f in study.fractures)}")
     return neck, no_neck
 

@@ -25,6 +25,7 @@ from node.training.cspine_data import CROP_MARGIN, CropSet, SegmentationCase
 from node.training.cspine_metrics import dice_per_label
 
 Log = Callable[[str], None]
+BONE = 0.45  # preprocessed intensity of ~350 HU on the vertebra bundle's [-1000, 2000] HU scale
 POSITIVE_WEIGHT = 2.0  # RSNA 2022 per-vertebra weight of a fractured vertebra (negative: 1)
 
 
@@ -36,7 +37,11 @@ def _device() -> torch.device:
 
 
 def _foreground(case: SegmentationCase, rng: np.random.Generator, keep: int = 4000) -> np.ndarray:
+    """Where patches centre: vertebra voxels; in a series without any (a negative), its bone, so
+    the model sees the other spine it must leave alone rather than air and soft tissue."""
     points = np.argwhere(case.labels > 0)
+    if not len(points):
+        points = np.argwhere(case.image > BONE)
     if len(points) > keep:
         points = points[rng.choice(len(points), keep, replace=False)]
     return points
