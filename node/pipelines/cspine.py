@@ -267,7 +267,10 @@ def summarize(findings: CSpineFindings) -> str:
 def _factory(config: Config) -> CSpineFracturePipeline:
     from node.inference.cspine import CSpineModels
 
-    return CSpineFracturePipeline(CSpineModels.from_config(config))
+    settings = config.cspine
+    rules = SelectionRules(max_slice_thickness=settings.max_slice_thickness_mm, min_slices=settings.min_slices,
+                           max_obliquity_deg=settings.max_obliquity_deg)
+    return CSpineFracturePipeline(CSpineModels.from_config(config), rules)
 
 
 __all__ = ["NAME", "NO_CERVICAL_VERTEBRAE", "NO_SERIES", "CSpineFracturePipeline", "categorize",

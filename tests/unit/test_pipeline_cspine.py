@@ -20,6 +20,7 @@ from node.pipelines.cspine import (
     reasons,
     summarize,
 )
+from node.pipelines.cspine_select import SelectionRules
 from node.records import (
     Algorithm,
     CSpineFindings,
@@ -143,3 +144,26 @@ def test_summary_names_result_vertebrae_top_vertebra_and_skipped_series() -> Non
         "cervical spine fracture (probability 0.71); vertebrae C2, C3; highest C2 0.66;"
         " skipped series 1.2.9: localizer (scout) images (ImageType ORIGINAL\\PRIMARY\\LOCALIZER)"
     )
+
+
+def test_the_configured_selection_rules_reach_the_pipeline() -> None:
+    from node.config import Config
+    from node.pipelines import create
+
+    config = Config.model_validate(
+        {"cspine": {"max_slice_thickness_mm": 5.0, "min_slices": 12, "max_obliquity_deg": 10}}
+    )
+    pipeline = create("cspine-fracture", config)
+    assert pipeline.rules == SelectionRules(max_slice_thickness=5.0, min_slices=12, max_obliquity_deg=10.0)
+    pipeline.models.close()
+
+
+def test_a_5_mm_series_is_eligible_when_the_configuration_allows_it(tmp_path: Path) -> None:
+    study = "1.2.826.0.1.3680043.8.498.5"
+    five_mm = thick(dicomgen.ct_series(40, study_uid=study))
+    request = PipelineInput(study, 1, "", (routed(five_mm, tmp_path / "t"),))
+    loose = CSpineFracturePipeline(models=None, rules=SelectionRules(max_slice_thickness=5.0))  # type: ignore[arg-type]
+    skipped: list[tuple[str, str]] = []
+    chosen = loose.choose_volume(request, Stopwatch(), skipped)
+    assert chosen is not None and not skipped
+    assert CSpineFracturePipeline(models=None).choose_volume(request, Stopwatch(), skipped) is None  # type: ignore[arg-type]
