@@ -19,7 +19,11 @@ DENS_HEIGHT = 13.0
 
 
 def ellipse(u: np.ndarray, v: np.ndarray, cu: float, cv: float, a: float, b: float) -> np.ndarray:
-    """Depth inside an ellipse with semi-axes a (along u) and b (along v); approximate off the axes."""
+    """Depth inside an ellipse with semi-axes a (along u) and b (along v); approximate off the axes.
+
+    A degenerate ellipse (a or b not positive, e.g. a body that shrank to nothing) contains nothing."""
+    if a <= 0.0 or b <= 0.0:
+        return np.full(np.broadcast(u, v).shape, -1.0, dtype=np.result_type(u, v, np.float32))
     r = np.sqrt(((u - cu) / a) ** 2 + ((v - cv) / b) ** 2)
     return (1.0 - r) * min(a, b)
 
