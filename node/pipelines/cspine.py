@@ -36,6 +36,7 @@ from node.config import Config
 from node.logs import event
 from node.pipelines import register
 from node.pipelines.cspine_select import SelectionRules, select_cspine_series, summarize_ct_series
+from node.pipelines.radiograph import categorize  # the same two operating points
 from node.records import (
     Algorithm,
     CSpineFindings,
@@ -68,15 +69,6 @@ class CSpineModelSet(Protocol):
     fracture_algorithm: Algorithm
 
     def analyze(self, volume: Volume) -> CSpineAnalysis: ...
-
-
-def categorize(probability: float, operating_points: dict[str, float]) -> str:
-    """"fracture" at the high-specificity point, "suspicious" at the high-sensitivity one."""
-    if probability >= operating_points["fracture"]:
-        return "fracture"
-    if probability >= operating_points["suspicious"]:
-        return "suspicious"
-    return "negative"
 
 
 @dataclass
