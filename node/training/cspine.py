@@ -206,7 +206,7 @@ def _train_fracture(settings: CSpineSettings, bundle: bundles.Bundle, crops: dic
             model.close()
     started = time.monotonic()
     network = bundles.build_network(bundle)
-    state, history = cspine_loops.train_fracture(
+    state, history, calibration = cspine_loops.train_fracture(
         network, crops["train"], crops["val"], settings.epochs, settings.seed, log, batch_size=settings.batch_size,
         checkpoint=lambda c: torch.save(c, cache / "checkpoints" / "fracture_last.pt"))
     network.load_state_dict(state)
@@ -214,7 +214,7 @@ def _train_fracture(settings: CSpineSettings, bundle: bundles.Bundle, crops: dic
     _install(settings.fracture_bundle, state)
     _update_metadata(settings.fracture_bundle, lambda m: m["fracnode"].update(choices))
     log(f"validation choices: {json.dumps(choices)}")
-    return {"epochs": settings.epochs, "batch_size": settings.batch_size,
+    return {"epochs": settings.epochs, "batch_size": settings.batch_size, **calibration,
             "best_epoch": int(min(history, key=lambda h: h["val_loss"])["epoch"]),
             "training_seconds": round(time.monotonic() - started, 1), "history": history,
             "crops": {n: int(sum(len(c.crops) for c in crops[n])) for n in crops},

@@ -70,7 +70,11 @@ def _describe(t: dict[str, Any]) -> str:
             + f", {t.get('epochs')} epochs"
             + (f" at learning rate {t['learning_rate']}" if "learning_rate" in t else "")
             + f" (best: {t.get('best_epoch')}), {t.get('training_seconds')} s of training on"
-            f" {t.get('hardware', 'this machine')}.")
+            f" {t.get('hardware', 'this machine')}."
+            + (f" {t['sampling'].capitalize()}, {t.get('loss', 'binary cross-entropy')}; output recalibrated for"
+               f" the 2 : 1 weighted loss (prior logit {t.get('prior_logit')}, then Platt a, b ="
+               f" {t.get('validation_platt')} fitted on the validation split, both in the last layer's weights)."
+               if t.get("sampling") else ""))
 
 
 def _training(extras: dict[str, Any]) -> list[str]:

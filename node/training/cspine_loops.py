@@ -4,9 +4,10 @@ Vertebrae: random patches of the bundle's roi size (three in four centred on a v
 left-right flips and intensity jitter, Dice + cross-entropy (MONAI DiceCELoss), AdamW with a
 one-cycle schedule; validated by sliding window on whole validation volumes (mean Dice over
 C1–C7), best epoch kept. Fracture: crops shifted by up to ±4 voxels, left-right flips and
-intensity jitter; binary cross-entropy weighted 2 : 1 for fractured vertebrae (the competition
-metric's weights, so the probabilities it learns are the ones that metric rewards); best epoch
-by validation loss.
+intensity jitter (none of which removes a cleft or a height loss); balanced batches (half
+fractured) with plain binary cross-entropy, then the output recalibrated for the competition
+metric's 2 : 1 weights (prior shift, and a Platt fit on validation baked into the last layer);
+best epoch by that calibrated validation loss.
 """
 
 from __future__ import annotations
@@ -161,15 +162,19 @@ def crop_batch(crops: np.ndarray, index: np.ndarray, rng: np.random.Generator | 
     return torch.from_numpy(out)
 
 
-def predict_crops(network: torch.nn.Module, crops: np.ndarray, batch_size: int = 32) -> np.ndarray:
+def predict_logits(network: torch.nn.Module, crops: np.ndarray, batch_size: int = 32) -> np.ndarray:
     device = next(network.parameters()).device
     network.eval()
     out = []
     with torch.no_grad():
         for start in range(0, len(crops), batch_size):
             index = np.arange(start, min(start + batch_size, len(crops)))
-            out.append(torch.sigmoid(network(crop_batch(crops, index, None).to(device))).reshape(-1).cpu().numpy())
-    return np.concatenate(out) if out else np.zeros(0)
+            out.append(network(crop_batch(crops, index, None).to(device)).reshape(-1).cpu().numpy())
+    return np.concatenate(out).astype(np.float64) if out else np.zeros(0)
+
+
+def predict_crops(network: torch.nn.Module, crops: np.ndarray, batch_size: int = 32) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-predict_logits(network, crops, batch_size)))
 
 
 def _weighted_bce(probabilities: np.ndarray, fractured: np.ndarray) -> float:
@@ -178,10 +183,52 @@ def _weighted_bce(probabilities: np.ndarray, fractured: np.ndarray) -> float:
     return float(np.sum(-weights * (fractured * np.log(p) + (~fractured) * np.log(1 - p))) / weights.sum())
 
 
+def platt(logits: np.ndarray, fractured: np.ndarray, ridge: float = 1.0) -> tuple[float, float]:
+    """(a, b) minimising the 2 : 1 weighted log loss of sigmoid(a * logit + b) (Newton steps, a small
+    ridge towards (1, 0) so a few validation vertebrae cannot make it explode; a >= 0)."""
+    y = fractured.astype(np.float64)
+    if not len(y) or y.all() or not y.any():
+        return 1.0, 0.0
+    w = np.where(fractured, POSITIVE_WEIGHT, 1.0)
+    a, b = 1.0, 0.0
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-(a * logits + b)))
+        g, h = w * (p - y), w * p * (1 - p)
+        grad = np.array([np.sum(g * logits) + ridge * (a - 1.0), np.sum(g) + ridge * b])
+        hess = np.array([[np.sum(h * logits * logits) + ridge, np.sum(h * logits)],
+                         [np.sum(h * logits), np.sum(h) + ridge]])
+        step = np.linalg.solve(hess, grad)
+        a, b = max(0.0, a - float(step[0])), b - float(step[1])
+        if np.abs(step).max() < 1e-8:
+            break
+    return a, b
+
+
+def _sigmoid(z: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def balanced_batch(fractured: np.ndarray, batch_size: int, rng: np.random.Generator) -> np.ndarray:
+    """Half fractured, half intact crops (drawn at random; all of one kind if the other is absent)."""
+    positives, negatives = np.flatnonzero(fractured), np.flatnonzero(~fractured)
+    if not len(positives) or not len(negatives):
+        return rng.choice(len(fractured), batch_size, replace=len(fractured) < batch_size)
+    half = batch_size // 2
+    return np.concatenate([rng.choice(positives, half, replace=len(positives) < half),
+                           rng.choice(negatives, batch_size - half, replace=len(negatives) < batch_size - half)])
+
+
 def train_fracture(
     network: torch.nn.Module, train: Sequence[CropSet], val: Sequence[CropSet], epochs: int, seed: int,
     log: Log, batch_size: int = 16, learning_rate: float = 2e-3, checkpoint: Callable[[dict], None] | None = None,
-) -> tuple[dict[str, torch.Tensor], list[dict]]:
+) -> tuple[dict[str, torch.Tensor], list[dict], dict]:
+    """Balanced batches (fractured vertebrae are ~1 in 6 crops: uniform batches hold two or three, too
+    few to learn the clefts from) with plain BCE; the network then estimates the likelihood ratio, so
+    the log prior odds of the competition weighting, log(2 pi / (1 - pi)) with pi the training share of
+    fractured crops, is added to its output bias. Each epoch is scored on validation after a Platt fit
+    there (a, b of sigmoid(a * logit + b)); the best epoch's weights get that fit baked into the last
+    linear layer, so the bundle's sigmoid output is calibrated for the 2 : 1 weighted log loss.
+    Returns (weights, history, calibration facts)."""
     rng = np.random.default_rng(seed)
     device = _device()
     network.to(device)
@@ -189,35 +236,67 @@ def train_fracture(
     val_crops, val_fractured = _stack(val)
     if not len(crops):
         raise ValueError("no vertebra crops to train the fracture model on")
+    share = float(np.clip(fractured.mean(), 1e-3, 1 - 1e-3))
+    prior = float(np.log(POSITIVE_WEIGHT * share / (1 - share)))
     steps = max(1, len(crops) // batch_size)
     optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, learning_rate, total_steps=steps * epochs, pct_start=0.2)
     history: list[dict] = []
-    best_loss, best_state = float("inf"), copy.deepcopy(network.state_dict())
+    best_loss, best_state, best_fit = float("inf"), copy.deepcopy(network.state_dict()), (1.0, 0.0)
     for epoch in range(1, epochs + 1):
         network.train()
         started, total = time.monotonic(), 0.0
-        order = rng.permutation(len(crops))
         bar = tqdm(range(steps), desc=f"fracture epoch {epoch}/{epochs}", unit="batch", leave=False)
-        for step in bar:
-            index = order[step * batch_size:(step + 1) * batch_size]
+        for _ in bar:
+            index = balanced_batch(fractured, batch_size, rng)
             images = crop_batch(crops, index, rng).to(device)
             target = torch.from_numpy(fractured[index].astype(np.float32)).to(device)
-            weights = 1.0 + (POSITIVE_WEIGHT - 1.0) * target
             optimizer.zero_grad()
-            loss = torch.nn.functional.binary_cross_entropy_with_logits(
-                network(images).reshape(-1), target, weight=weights)
+            loss = torch.nn.functional.binary_cross_entropy_with_logits(network(images).reshape(-1), target)
             loss.backward()
             optimizer.step()
             schedule.step()
-            total += float(loss)
-            bar.set_postfix(loss=f"{float(loss):.3f}")
-        val_loss = _weighted_bce(predict_crops(network, val_crops), val_fractured) if len(val_crops) else total / steps
-        history.append({"epoch": epoch, "loss": round(total / steps, 4), "val_loss": round(val_loss, 4),
-                        "seconds": round(time.monotonic() - started, 1)})
-        log(f"fracture epoch {epoch}: loss {total / steps:.4f}, val weighted BCE {val_loss:.4f}, {time.monotonic() - started:.0f} s")
+            total += float(loss.detach())
+            bar.set_postfix(loss=f"{float(loss.detach()):.3f}")
+        entry: dict = {"epoch": epoch, "loss": round(total / steps, 4)}
+        if len(val_crops):
+            logits = predict_logits(network, val_crops) + prior
+            fit = platt(logits, val_fractured)
+            val_loss = _weighted_bce(_sigmoid(fit[0] * logits + fit[1]), val_fractured)
+            entry.update(val_loss_prior=round(_weighted_bce(_sigmoid(logits), val_fractured), 4),
+                         val_auc=round(_auc(val_fractured, logits), 4), platt=[round(fit[0], 4), round(fit[1], 4)])
+        else:
+            val_loss, fit = total / steps, (1.0, 0.0)
+        entry.update(val_loss=round(val_loss, 4), seconds=round(time.monotonic() - started, 1))
+        history.append(entry)
+        log(f"fracture epoch {epoch}: loss {total / steps:.4f}, val weighted BCE {val_loss:.4f} (Platt {fit[0]:.2f},"
+            f" {fit[1]:.2f}), val AUC {entry.get('val_auc', '-')}, {time.monotonic() - started:.0f} s")
         if val_loss < best_loss:
-            best_loss, best_state = val_loss, copy.deepcopy(network.state_dict())
+            best_loss, best_state, best_fit = val_loss, copy.deepcopy(network.state_dict()), fit
         if checkpoint:
             checkpoint({"model": network.state_dict(), "epoch": epoch, "optimizer": optimizer.state_dict()})
-    return {k: v.cpu() for k, v in best_state.items()}, history
+    state = {k: v.detach().cpu().clone() for k, v in best_state.items()}
+    weight, bias = _last_linear(state)
+    a, b = best_fit
+    state[weight] = state[weight] * a
+    state[bias] = (state[bias] + prior) * a + b
+    return state, history, {"sampling": "balanced batches (half fractured)", "loss": "binary cross-entropy",
+                            "fractured_share": round(share, 4), "prior_logit": round(prior, 4),
+                            "validation_platt": [round(a, 4), round(b, 4)]}
+
+
+def _last_linear(state: dict[str, torch.Tensor]) -> tuple[str, str]:
+    """Names of the final linear layer's weight and bias (MONAI ResNet: fc.weight, fc.bias)."""
+    names = [k for k in state if k.endswith(".weight") and state[k].ndim == 2]
+    if not names or names[-1][: -len("weight")] + "bias" not in state:
+        raise ValueError("the fracture network has no final linear layer with a bias to calibrate")
+    return names[-1], names[-1][: -len("weight")] + "bias"
+
+
+def _auc(fractured: np.ndarray, scores: np.ndarray) -> float:
+    positives, negatives = scores[fractured], scores[~fractured]
+    if not len(positives) or not len(negatives):
+        return float("nan")
+    ranks = np.argsort(np.argsort(np.concatenate([positives, negatives]), kind="stable"), kind="stable") + 1.0
+    return float((ranks[: len(positives)].sum() - len(positives) * (len(positives) + 1) / 2)
+                 / (len(positives) * len(negatives)))
