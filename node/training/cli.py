@@ -23,6 +23,7 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         epochs=getattr(args, "epochs", None) or 24,
         learning_rate=getattr(args, "learning_rate", 2e-3),
         init=Path(args.init) if getattr(args, "init", None) else None,
+        ema_decay=getattr(args, "ema", 0.0) or 0.0,
         batch_size=args.batch_size,
         seed=args.seed,
         threads=args.threads,
@@ -41,6 +42,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     settings = _settings(args)
     try:
+        if args.input_size:
+            radiograph.set_input_size(settings.bundle, args.input_size)
+            print(f"input size of {settings.bundle} set to {args.input_size}", file=sys.stderr)
         training = radiograph.train(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
         report = radiograph.evaluate(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
     except (DataError, BundleError) as exc:
@@ -126,6 +130,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
             parser.add_argument("--epochs", type=int, help="radiograph: 24 by default; cspine: fracture model, 12")
             parser.add_argument("--learning-rate", type=float, default=2e-3, help="peak of the one-cycle schedule")
             parser.add_argument("--init", help="start from these weights (a state dict), e.g. to fine-tune")
+            parser.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
+                                help="radiograph: validate and keep a moving average of the weights (e.g. 0.998)")
+            parser.add_argument("--input-size", type=int, metavar="PIXELS",
+                                help="radiograph: set the bundle's input size (a multiple of 32) before training")
         else:
             parser.add_argument("--write", action="store_true",
                                 help="write the numbers into the bundle's metadata and model card")

@@ -17,6 +17,25 @@ def _percent(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
+def _stages(training: dict) -> list[str]:
+    """One line per training stage (a fine-tuning run keeps the stages before it)."""
+    stages = training.get("stages") or [training]
+    lines = []
+    for number, stage in enumerate(stages, 1):
+        size = stage.get("input_size")
+        parts = [
+            f"{stage.get('epochs', '?')} epochs",
+            f"input {size}×{size}" if size else None,
+            f"peak learning rate {stage['learning_rate']:g}" if stage.get("learning_rate") else None,
+            f"moving average of the weights (decay {stage['ema_decay']:g}) validated and kept"
+            if stage.get("ema_decay") else None,
+            "started from the previous stage's weights" if stage.get("fine_tuned_from_sha256") else "from random weights",
+            f"best epoch {stage['best_epoch']}" if "best_epoch" in stage else None,
+        ]
+        lines.append(f"- Stage {number}: " + ", ".join(p for p in parts if p) + ".")
+    return lines
+
+
 def render(bundle_root: Path) -> str:
     bundle = read(bundle_root)
     meta, extras = bundle.metadata, bundle.extras
@@ -61,12 +80,13 @@ def render(bundle_root: Path) -> str:
         "",
         "## Training",
         "",
-        f"From scratch (no pretrained weights), `fracnode train radiograph --data DIR`: split seed"
-        f" {training.get('seed', 7)}, 70/15/15 by group, {training.get('epochs', '?')} epochs, AdamW with a"
-        " one-cycle schedule, batch 16, augmentation by random flips, rotations (±14°), scaling and gamma."
-        " Losses: class-weighted BCE (fracture), BCE + soft Dice on fractured images (regions), BCE"
-        " (body region). The epoch with the best validation ROC AUC is kept"
-        + (f" (epoch {training['best_epoch']})." if "best_epoch" in training else "."),
+        "From scratch (no pretrained weights), `fracnode train radiograph --data DIR`: split seed"
+        f" {training.get('seed', 7)}, 70/15/15 by group, AdamW with a one-cycle schedule, batch 16,"
+        " augmentation by random flips, rotations (±14°), scaling and gamma. Losses: class-weighted BCE"
+        " (fracture), BCE + soft Dice on fractured images (regions), BCE (body region). In each stage the"
+        " epoch with the best validation ROC AUC is kept.",
+        "",
+        *_stages(training),
         "",
     ]
     if m:

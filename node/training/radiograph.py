@@ -39,6 +39,7 @@ class TrainSettings:
     seed: int = 7
     threads: int = 0
     init: Path | None = None  # start from these weights (fine-tuning) instead of random ones
+    ema_decay: float = 0.0  # > 0: validate and keep an exponential moving average of the weights
 
 
 def _standardize(images: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -105,6 +106,22 @@ def predict(network: torch.nn.Module, arrays: fracatlas.Arrays, batch_size: int 
     return np.concatenate(scores), np.concatenate(maps), np.concatenate(body)
 
 
+def set_input_size(bundle_root: Path, size: int) -> None:
+    """Rewrite the bundle's contract (input, region map) and inference config for `size`×`size` input."""
+    if size < 64 or size % 32:
+        raise bundles.BundleError(f"input size {size}: use a multiple of 32 of at least 64 (the network halves it 5 times)")
+    root = Path(bundle_root)
+    meta_path, inference_path = root / "configs" / "metadata.json", root / "configs" / "inference.json"
+    meta = json.loads(meta_path.read_text())
+    data_format = meta["network_data_format"]
+    data_format["inputs"]["image"]["spatial_shape"] = [size, size]
+    data_format["outputs"]["regions"]["spatial_shape"] = [size, size]
+    meta_path.write_text(json.dumps(meta, indent=4) + "\n")
+    inference = json.loads(inference_path.read_text())
+    inference["spatial_size"] = size
+    inference_path.write_text(json.dumps(inference, indent=4) + "\n")
+
+
 def _load_splits(settings: TrainSettings, size: int):
     records = fracatlas.read_manifest(settings.data)
     parts = fracatlas.split(records, seed=settings.seed)
@@ -137,6 +154,15 @@ def train(settings: TrainSettings, log=print) -> dict:
     checkpoints = settings.cache / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(settings.seed)
+    ema = None
+    if settings.ema_decay > 0:
+        # Averaged weights (buffers too, so batch-norm statistics match) are what gets validated and
+        # kept: on a small dataset they are steadier from epoch to epoch than the raw weights.
+        ema = torch.optim.swa_utils.AveragedModel(
+            network, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(settings.ema_decay), use_buffers=True
+        )
+        log(f"validating an exponential moving average of the weights (decay {settings.ema_decay})")
+    kept = ema.module if ema is not None else network
     best = {"val_auc": -1.0, "epoch": 0}
     history = []
     for epoch in range(1, settings.epochs + 1):
@@ -158,16 +184,18 @@ def train(settings: TrainSettings, log=print) -> dict:
             loss.backward()
             optimizer.step()
             scheduler.step()
+            if ema is not None:
+                ema.update_parameters(network)
             total += float(loss)
             bar.set_postfix(loss=f"{total / (step + 1):.3f}")
-        scores, _, _ = predict(network, val_set, desc="validating")
+        scores, _, _ = predict(kept, val_set, desc="validating")
         val_auc = metrics.roc_auc(val_set.fractured, scores)
         history.append({"epoch": epoch, "loss": total / steps_per_epoch, "val_auc": val_auc})
         log(f"epoch {epoch}: loss {total / steps_per_epoch:.4f}, val ROC AUC {val_auc:.4f}, {time.monotonic() - started:.0f} s")
         torch.save({"model": network.state_dict(), "epoch": epoch, "optimizer": optimizer.state_dict()}, checkpoints / "last.pt")
         if val_auc > best["val_auc"]:
             best = {"val_auc": val_auc, "epoch": epoch}
-            torch.save(network.state_dict(), checkpoints / "best.pt")
+            torch.save(kept.state_dict(), checkpoints / "best.pt")
     (checkpoints / "history.json").write_text(json.dumps(history, indent=2))
     log(f"best epoch {best['epoch']} (val ROC AUC {best['val_auc']:.4f})")
     weights = bundle.weights_path
@@ -179,7 +207,9 @@ def train(settings: TrainSettings, log=print) -> dict:
         "epochs": settings.epochs,
         "seed": settings.seed,
         "learning_rate": settings.learning_rate,
-        "fine_tuned_from": str(settings.init) if settings.init else None,
+        "fine_tuned_from_sha256": bundles.sha256(settings.init) if settings.init else None,
+        "ema_decay": settings.ema_decay,
+        "input_size": size,
         "history": history,
     }
 
@@ -247,7 +277,14 @@ def record(bundle_root: Path, report: dict, training: dict | None = None) -> Non
         "fracture": report["fracture"]["threshold"],
     }
     if training:
-        extras["training"] = {k: v for k, v in training.items() if k != "history"}
+        stage = {k: v for k, v in training.items() if k != "history"}
+        previous = extras.get("training")
+        if stage.get("fine_tuned_from_sha256") and previous:
+            # fine-tuned from the weights this bundle held: keep how those were trained
+            earlier = previous.get("stages") or [previous]
+            extras["training"] = {**stage, "stages": [*earlier, stage]}
+        else:
+            extras["training"] = stage
     metadata["fracnode"] = extras
     path = bundle_root / "configs" / "metadata.json"
     partial = path.with_suffix(".tmp")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,8 @@ import pytest
 
 from node.training import fracatlas, metrics
 
-FRACATLAS = Path(__file__).resolve().parents[3] / "shared" / "data" / "fracatlas"
+REPO = Path(__file__).resolve().parents[2]
+FRACATLAS = REPO.parent / "shared" / "data" / "fracatlas"
 
 
 def _records(n_groups: int = 40, per_group: int = 5) -> list[fracatlas.Record]:
@@ -97,3 +99,51 @@ def test_localization_metrics() -> None:
     mask[:4] = True
     assert metrics.dice(mask, mask) == 1.0
     assert metrics.dice(mask, ~mask) == 0.0
+
+
+# -- bundle bookkeeping of a training run ---------------------------------------------------------
+
+
+@pytest.fixture
+def bundle_copy(tmp_path: Path) -> Path:
+    import shutil
+
+    target = tmp_path / "radiograph_fracture"
+    shutil.copytree(REPO / "models" / "radiograph_fracture", target)
+    return target
+
+
+def test_set_input_size_rewrites_the_contract_and_the_inference_config(bundle_copy: Path) -> None:
+    from node.inference import bundle as bundles
+    from node.training import radiograph
+
+    radiograph.set_input_size(bundle_copy, 384)
+    bundle = bundles.read(bundle_copy)
+    assert bundle.inputs["image"]["spatial_shape"] == [384, 384]
+    assert bundle.outputs["regions"]["spatial_shape"] == [384, 384]
+    assert json.loads((bundle_copy / "configs" / "inference.json").read_text())["spatial_size"] == 384
+    with pytest.raises(bundles.BundleError, match="multiple of 32"):
+        radiograph.set_input_size(bundle_copy, 400)
+
+
+def test_record_keeps_the_earlier_stages_of_a_fine_tuned_model(bundle_copy: Path) -> None:
+    from node.inference import bundle as bundles
+    from node.training import model_card, radiograph
+
+    report = json.loads((bundle_copy / "configs" / "metadata.json").read_text())["eval_metrics"]
+    first = {"epochs": 22, "best_epoch": 18, "seed": 7, "input_size": 320, "fine_tuned_from_sha256": None}
+    radiograph.record(bundle_copy, report, {**first, "history": [{"epoch": 1}]})
+    assert bundles.read(bundle_copy).extras["training"] == first
+    second = {"epochs": 20, "best_epoch": 11, "seed": 7, "input_size": 384, "ema_decay": 0.998,
+              "learning_rate": 0.001, "fine_tuned_from_sha256": "ab" * 32}
+    radiograph.record(bundle_copy, report, second)
+    training = bundles.read(bundle_copy).extras["training"]
+    assert training["stages"] == [first, second]
+    assert training["input_size"] == 384
+    card = model_card.render(bundle_copy)
+    assert "- Stage 1: 22 epochs, input 320×320, from random weights, best epoch 18." in card
+    assert ("- Stage 2: 20 epochs, input 384×384, peak learning rate 0.001, moving average of the weights"
+            " (decay 0.998) validated and kept, started from the previous stage's weights, best epoch 11.") in card
+    # training from scratch again replaces the stages
+    radiograph.record(bundle_copy, report, first)
+    assert bundles.read(bundle_copy).extras["training"] == first
