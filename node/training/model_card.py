@@ -120,6 +120,16 @@ def render(bundle_root: Path) -> str:
         ]
     else:
         lines += ["## Measured performance", "", "Not measured yet: run `fracnode evaluate radiograph --write`.", ""]
+    tried = extras.get("tried_not_shipped") or []
+    if tried:
+        lines += [
+            "## Tried, not shipped",
+            "",
+            "Measured on the validation split (the test split stays unseen by such choices):",
+            "",
+            *(f"- {entry}" for entry in tried),
+            "",
+        ]
     lines += [
         "## Limits",
         "",

@@ -147,3 +147,18 @@ def test_record_keeps_the_earlier_stages_of_a_fine_tuned_model(bundle_copy: Path
     # training from scratch again replaces the stages
     radiograph.record(bundle_copy, report, first)
     assert bundles.read(bundle_copy).extras["training"] == first
+
+
+def test_model_card_lists_what_was_tried_and_not_shipped(bundle_copy: Path) -> None:
+    from node.training import model_card
+
+    path = bundle_copy / "configs" / "metadata.json"
+    metadata = json.loads(path.read_text())
+    metadata["fracnode"].pop("tried_not_shipped", None)
+    path.write_text(json.dumps(metadata))
+    assert "## Tried, not shipped" not in model_card.render(bundle_copy)
+    metadata["fracnode"]["tried_not_shipped"] = ["Input 384×384: validation ROC AUC 0.846 vs 0.843."]
+    path.write_text(json.dumps(metadata))
+    card = model_card.render(bundle_copy)
+    assert "## Tried, not shipped" in card
+    assert "- Input 384×384: validation ROC AUC 0.846 vs 0.843." in card
