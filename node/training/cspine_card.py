@@ -81,9 +81,13 @@ def _training(extras: dict[str, Any]) -> list[str]:
     t = extras.get("training") or {}
     if not t:
         return ["Not trained by `fracnode train cspine` yet.", ""]
-    earlier = t.get("fine_tune_of")
-    if earlier:
-        lines = [f"1. {_describe(earlier)}", f"2. Fine-tuned from those weights: {_describe(t)}", ""]
+    chain = [t]  # a fine-tuning run keeps how the weights it started from were trained, stage by stage
+    while chain[-1].get("fine_tune_of"):
+        chain.append(chain[-1]["fine_tune_of"])
+    if len(chain) > 1:
+        first, *later = reversed(chain)
+        lines = [f"1. {_describe(first)}",
+                 *(f"{n}. Fine-tuned from those weights: {_describe(s)}" for n, s in enumerate(later, 2)), ""]
     else:
         lines = [_describe(t), ""]
     recipe = extras.get("recipe") or []

@@ -237,3 +237,26 @@ def test_centres_follow_an_oblique_shuffled_series_into_the_patient_frame(
         assert np.linalg.norm(np.array(after.centre) - matrix @ truth[after.name]) < 4.0, after.name
     assert oblique_volume.shape == straight.labels.shape
     assert np.array_equal(np.nonzero(oblique.labels)[0].size, np.nonzero(straight.labels)[0].size)
+
+
+def test_vertebra_model_card_lists_every_fine_tuning_stage_in_order(tmp_path: Path) -> None:
+    import json
+
+    from node.training import cspine_card
+
+    bundle = tmp_path / "cspine_vertebrae"
+    shutil.copytree(VERTEBRA_BUNDLE, bundle)
+    path = bundle / "configs" / "metadata.json"
+    metadata = json.loads(path.read_text())
+    stage = {"seed": 7, "split": {"train": 112, "val": 24, "test": 24}, "negatives": {"train": 45, "val": 10, "test": 9},
+             "epochs": 5, "learning_rate": 0.001, "best_epoch": 4, "training_seconds": 290.0}
+    first = {**stage, "epochs": 25, "best_epoch": 25, "training_seconds": 1314.4}
+    metadata["fracnode"]["training"] = {**stage, "training_seconds": 3.0,
+                                        "fine_tune_of": {**stage, "training_seconds": 2.0, "fine_tune_of": first}}
+    path.write_text(json.dumps(metadata))
+    card = cspine_card.render_vertebrae(bundle)
+    one, two, three = (card.index(f"\n{n}. ") for n in (1, 2, 3))
+    assert one < two < three
+    assert "25 epochs" in card[one:two] and "1314.4 s" in card[one:two]
+    assert card[two:].startswith("\n2. Fine-tuned from those weights:") and "2.0 s" in card[two:three]
+    assert card[three:].startswith("\n3. Fine-tuned from those weights:") and "3.0 s" in card[three:]
