@@ -26,6 +26,7 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         ema_decay=getattr(args, "ema", 0.0) or 0.0,
         batch_size=args.batch_size,
         seed=args.seed,
+        train_seed=getattr(args, "train_seed", None),
         threads=args.threads,
     )
 
@@ -132,6 +133,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
             parser.add_argument("--init", help="start from these weights (a state dict), e.g. to fine-tune")
             parser.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                                 help="radiograph: validate and keep a moving average of the weights (e.g. 0.998)")
+            parser.add_argument("--train-seed", type=int, metavar="SEED",
+                                help="radiograph: seed of the initial weights, batch order and augmentation"
+                                " (default: --seed); the split stays that of --seed")
             parser.add_argument("--input-size", type=int, metavar="PIXELS",
                                 help="radiograph: set the bundle's input size (a multiple of 32) before training")
         else:

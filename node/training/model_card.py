@@ -26,6 +26,7 @@ def _stages(training: dict) -> list[str]:
         parts = [
             f"{stage.get('epochs', '?')} epochs",
             f"input {size}×{size}" if size else None,
+            f"training seed {stage['train_seed']}" if stage.get("train_seed") is not None else None,
             f"peak learning rate {stage['learning_rate']:g}" if stage.get("learning_rate") else None,
             f"moving average of the weights (decay {stage['ema_decay']:g}) validated and kept"
             if stage.get("ema_decay") else None,

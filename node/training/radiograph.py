@@ -36,7 +36,8 @@ class TrainSettings:
     epochs: int = 24
     batch_size: int = 16
     learning_rate: float = 2e-3
-    seed: int = 7
+    seed: int = 7  # the split (and, without train_seed, the training run)
+    train_seed: int | None = None  # initial weights, batch order and augmentation; the split stays
     threads: int = 0
     init: Path | None = None  # start from these weights (fine-tuning) instead of random ones
     ema_decay: float = 0.0  # > 0: validate and keep an exponential moving average of the weights
@@ -129,7 +130,8 @@ def _load_splits(settings: TrainSettings, size: int):
 
 
 def train(settings: TrainSettings, log=print) -> dict:
-    torch.manual_seed(settings.seed)
+    run_seed = settings.seed if settings.train_seed is None else settings.train_seed
+    torch.manual_seed(run_seed)
     if settings.threads:
         torch.set_num_threads(settings.threads)
     bundle = bundles.read(settings.bundle)
@@ -153,7 +155,7 @@ def train(settings: TrainSettings, log=print) -> dict:
     pos_weight = torch.tensor((len(train_set.ids) - positives) / max(positives, 1.0))
     checkpoints = settings.cache / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(settings.seed)
+    rng = np.random.default_rng(run_seed)
     ema = None
     if settings.ema_decay > 0:
         # Averaged weights (buffers too, so batch-norm statistics match) are what gets validated and
@@ -206,6 +208,7 @@ def train(settings: TrainSettings, log=print) -> dict:
         "best_epoch": best["epoch"],
         "epochs": settings.epochs,
         "seed": settings.seed,
+        **({"train_seed": settings.train_seed} if settings.train_seed is not None else {}),
         "learning_rate": settings.learning_rate,
         "fine_tuned_from_sha256": bundles.sha256(settings.init) if settings.init else None,
         "ema_decay": settings.ema_decay,
