@@ -46,7 +46,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         if args.input_size:
             radiograph.set_input_size(settings.bundle, args.input_size)
             print(f"input size of {settings.bundle} set to {args.input_size}", file=sys.stderr)
-        training = radiograph.train(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
+        if args.combine:
+            training = radiograph.combine(settings.bundle, [Path(member) for member in args.combine])
+            print(f"{settings.bundle}: an ensemble of {len(args.combine)} networks", file=sys.stderr)
+        else:
+            training = radiograph.train(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
         report = radiograph.evaluate(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
     except (DataError, BundleError) as exc:
         print(f"fracnode train: {exc}", file=sys.stderr)
@@ -136,6 +140,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
             parser.add_argument("--train-seed", type=int, metavar="SEED",
                                 help="radiograph: seed of the initial weights, batch order and augmentation"
                                 " (default: --seed); the split stays that of --seed")
+            parser.add_argument("--combine", nargs="+", metavar="BUNDLE",
+                                help="radiograph: instead of training, make --bundle an ensemble of these trained"
+                                " bundles (same architecture and input size; outputs averaged), then evaluate it")
             parser.add_argument("--input-size", type=int, metavar="PIXELS",
                                 help="radiograph: set the bundle's input size (a multiple of 32) before training")
         else:

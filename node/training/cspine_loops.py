@@ -115,8 +115,8 @@ def train_vertebrae(
             loss.backward()
             optimizer.step()
             schedule.step()
-            total += float(loss)
-            bar.set_postfix(loss=f"{float(loss):.3f}")
+            total += loss.item()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
         entry: dict = {"epoch": epoch, "loss": round(total / steps, 4)}
         if epoch % validate_every == 0 or epoch == epochs:
             dice = segmentation_dice(network, val, roi)

@@ -17,24 +17,35 @@ def _percent(value: float) -> str:
     return f"{100 * value:.1f}%"
 
 
+def _stage(stage: dict) -> str:
+    size = stage.get("input_size")
+    parts = [
+        f"{stage.get('epochs', '?')} epochs",
+        f"input {size}×{size}" if size else None,
+        f"training seed {stage['train_seed']}" if stage.get("train_seed") is not None else None,
+        f"peak learning rate {stage['learning_rate']:g}" if stage.get("learning_rate") else None,
+        f"moving average of the weights (decay {stage['ema_decay']:g}) validated and kept"
+        if stage.get("ema_decay") else None,
+        "started from the previous stage's weights" if stage.get("fine_tuned_from_sha256") else "from random weights",
+        f"best epoch {stage['best_epoch']}" if "best_epoch" in stage else None,
+    ]
+    return ", ".join(p for p in parts if p)
+
+
 def _stages(training: dict) -> list[str]:
-    """One line per training stage (a fine-tuning run keeps the stages before it)."""
+    """One line per training stage (a fine-tuning run keeps the stages before it); per member of an ensemble."""
+    members = training.get("members")
+    if members:
+        lines = [f"An ensemble of {len(members)} networks of this architecture, trained independently (same split);"
+                 " each output is the mean of their logits.", ""]
+        for m, member in enumerate(members, 1):
+            stages = member.get("stages") or [member]
+            for number, stage in enumerate(stages, 1):
+                label = f"Member {m}" + (f", stage {number}" if len(stages) > 1 else "")
+                lines.append(f"- {label}: {_stage(stage)}.")
+        return lines
     stages = training.get("stages") or [training]
-    lines = []
-    for number, stage in enumerate(stages, 1):
-        size = stage.get("input_size")
-        parts = [
-            f"{stage.get('epochs', '?')} epochs",
-            f"input {size}×{size}" if size else None,
-            f"training seed {stage['train_seed']}" if stage.get("train_seed") is not None else None,
-            f"peak learning rate {stage['learning_rate']:g}" if stage.get("learning_rate") else None,
-            f"moving average of the weights (decay {stage['ema_decay']:g}) validated and kept"
-            if stage.get("ema_decay") else None,
-            "started from the previous stage's weights" if stage.get("fine_tuned_from_sha256") else "from random weights",
-            f"best epoch {stage['best_epoch']}" if "best_epoch" in stage else None,
-        ]
-        lines.append(f"- Stage {number}: " + ", ".join(p for p in parts if p) + ".")
-    return lines
+    return [f"- Stage {number}: {_stage(stage)}." for number, stage in enumerate(stages, 1)]
 
 
 def render(bundle_root: Path) -> str:

@@ -123,13 +123,65 @@ def set_input_size(bundle_root: Path, size: int) -> None:
     inference_path.write_text(json.dumps(inference, indent=4) + "\n")
 
 
+ENSEMBLE_TARGET = "scripts.network.FracAtlasEnsemble"
+
+
+def combine(bundle_root: Path, member_roots: list[Path]) -> dict:
+    """Make `bundle_root` an ensemble of the trained single networks in `member_roots` (bundles).
+
+    Every member must have the same network_def and input size, and weights matching its recorded
+    sha256. Returns the training record: each member's own record, and its weights' sha256.
+    """
+    if len(member_roots) < 2:
+        raise bundles.BundleError("an ensemble needs at least two trained bundles")
+    loaded = [bundles.read(root) for root in member_roots]
+    first = loaded[0]
+    definition = dict(first.config["network_def"])
+    if definition.get("_target_") == ENSEMBLE_TARGET:
+        raise bundles.BundleError(f"{first.root} is already an ensemble: give the bundles of single networks")
+    shape = first.inputs["image"]["spatial_shape"]
+    for other in loaded[1:]:
+        if other.config["network_def"] != first.config["network_def"] or other.inputs["image"]["spatial_shape"] != shape:
+            raise bundles.BundleError(
+                f"{other.root}: network_def or input size differs from {first.root}; members must share both")
+    states = []
+    for member in loaded:
+        network = bundles.build_network(member)
+        bundles.load_weights(member, network)  # refuses weights that do not match their sha256
+        states.append(network.state_dict())
+    root = Path(bundle_root)
+    set_input_size(root, int(shape[0]))
+    inference_path = root / "configs" / "inference.json"
+    inference = json.loads(inference_path.read_text())
+    inference["network_def"] = {**{k: v for k, v in definition.items() if k != "_target_"},
+                                "_target_": ENSEMBLE_TARGET, "members": len(loaded)}
+    inference_path.write_text(json.dumps(inference, indent=4) + "\n")
+    target = bundles.read(root)
+    network = bundles.build_network(target)
+    for part, state in zip(member_networks(network), states, strict=True):
+        part.load_state_dict(state)
+    target.weights_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.weights_path.with_suffix(".tmp")
+    torch.save(network.state_dict(), partial)
+    os.replace(partial, target.weights_path)
+    return {"members": [{**(member.extras.get("training") or {}), "weights_sha256": member.weights_sha256 or
+                         bundles.sha256(member.weights_path)} for member in loaded]}
+
+
 def _load_splits(settings: TrainSettings, size: int):
     records = fracatlas.read_manifest(settings.data)
     parts = fracatlas.split(records, seed=settings.seed)
     return {name: fracatlas.build(settings.data, members, size, settings.cache) for name, members in parts.items()}
 
 
+def member_networks(network: torch.nn.Module) -> list[torch.nn.Module]:
+    """The independently trained members of an ensemble network (`members` list), or the network itself."""
+    found = getattr(network, "members", None)
+    return list(found) if isinstance(found, torch.nn.ModuleList) else [network]
+
+
 def train(settings: TrainSettings, log=print) -> dict:
+    """Train the bundle's network; an ensemble's members one after another, each with its own seed."""
     run_seed = settings.seed if settings.train_seed is None else settings.train_seed
     torch.manual_seed(run_seed)
     if settings.threads:
@@ -137,7 +189,6 @@ def train(settings: TrainSettings, log=print) -> dict:
     bundle = bundles.read(settings.bundle)
     size = int(bundle.inputs["image"]["spatial_shape"][0])
     splits = _load_splits(settings, size)
-    train_set, val_set = splits["train"], splits["val"]
     log(
         "split (grouped by group_id): "
         + ", ".join(f"{k} {len(v.ids)} images / {int(v.fractured.sum())} fractured" for k, v in splits.items())
@@ -146,6 +197,39 @@ def train(settings: TrainSettings, log=print) -> dict:
     if settings.init:
         network.load_state_dict(torch.load(settings.init, map_location="cpu", weights_only=True))
         log(f"starting from {settings.init}")
+    parts = member_networks(network)
+    runs = []
+    for k, member in enumerate(parts):
+        checkpoints = settings.cache / "checkpoints"
+        if len(parts) > 1:
+            checkpoints = checkpoints / f"member{k + 1}"
+            log(f"ensemble member {k + 1} of {len(parts)}, training seed {run_seed + k}")
+        state, run = _fit(settings, member, splits["train"], splits["val"], run_seed + k, checkpoints, log)
+        member.load_state_dict(state)
+        runs.append(run)
+    weights = bundle.weights_path
+    weights.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(network.state_dict(), weights)
+    common = {
+        "epochs": settings.epochs,
+        "seed": settings.seed,
+        "learning_rate": settings.learning_rate,
+        "fine_tuned_from_sha256": bundles.sha256(settings.init) if settings.init else None,
+        "ema_decay": settings.ema_decay,
+        "input_size": size,
+    }
+    if len(parts) == 1:
+        run = runs[0]
+        if settings.train_seed is None:
+            run.pop("train_seed")
+        return {**common, **run}
+    return {**common, "members": [{**common, **run} for run in runs]}
+
+
+def _fit(settings: TrainSettings, network: torch.nn.Module, train_set: fracatlas.Arrays, val_set: fracatlas.Arrays,
+         seed: int, checkpoints: Path, log) -> tuple[dict, dict]:
+    """One network's training run: its best (validated) state and what happened."""
+    rng = np.random.default_rng(seed)
     optimizer = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate, weight_decay=1e-4)
     steps_per_epoch = math.ceil(len(train_set.ids) / settings.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
@@ -153,9 +237,7 @@ def train(settings: TrainSettings, log=print) -> dict:
     )
     positives = float(train_set.fractured.sum())
     pos_weight = torch.tensor((len(train_set.ids) - positives) / max(positives, 1.0))
-    checkpoints = settings.cache / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(run_seed)
     ema = None
     if settings.ema_decay > 0:
         # Averaged weights (buffers too, so batch-norm statistics match) are what gets validated and
@@ -188,7 +270,7 @@ def train(settings: TrainSettings, log=print) -> dict:
             scheduler.step()
             if ema is not None:
                 ema.update_parameters(network)
-            total += float(loss)
+            total += loss.item()
             bar.set_postfix(loss=f"{total / (step + 1):.3f}")
         scores, _, _ = predict(kept, val_set, desc="validating")
         val_auc = metrics.roc_auc(val_set.fractured, scores)
@@ -200,22 +282,8 @@ def train(settings: TrainSettings, log=print) -> dict:
             torch.save(kept.state_dict(), checkpoints / "best.pt")
     (checkpoints / "history.json").write_text(json.dumps(history, indent=2))
     log(f"best epoch {best['epoch']} (val ROC AUC {best['val_auc']:.4f})")
-    weights = bundle.weights_path
-    weights.parent.mkdir(parents=True, exist_ok=True)
     state = torch.load(checkpoints / "best.pt", map_location="cpu", weights_only=True)
-    torch.save(state, weights)
-    return {
-        "best_epoch": best["epoch"],
-        "epochs": settings.epochs,
-        "seed": settings.seed,
-        **({"train_seed": settings.train_seed} if settings.train_seed is not None else {}),
-        "learning_rate": settings.learning_rate,
-        "fine_tuned_from_sha256": bundles.sha256(settings.init) if settings.init else None,
-        "ema_decay": settings.ema_decay,
-        "input_size": size,
-        "history": history,
-    }
-
+    return state, {"train_seed": seed, "best_epoch": best["epoch"], "history": history}
 
 def evaluate(settings: TrainSettings, log=print) -> dict:
     """Measure the bundle's weights on the test split; thresholds chosen on the validation split."""
@@ -281,6 +349,8 @@ def record(bundle_root: Path, report: dict, training: dict | None = None) -> Non
     }
     if training:
         stage = {k: v for k, v in training.items() if k != "history"}
+        if "members" in stage:  # an ensemble: each member's record, without its epoch-by-epoch history
+            stage["members"] = [{k: v for k, v in member.items() if k != "history"} for member in stage["members"]]
         previous = extras.get("training")
         if stage.get("fine_tuned_from_sha256") and previous:
             # fine-tuned from the weights this bundle held: keep how those were trained

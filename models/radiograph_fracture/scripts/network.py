@@ -64,3 +64,21 @@ class FracAtlasNet(nn.Module):
         deepest = features[-1]
         pooled = self.dropout(torch.cat([deepest.mean(dim=(2, 3)), deepest.amax(dim=(2, 3))], dim=1))
         return self.fracture_head(pooled)[:, 0], regions, self.body_region_head(pooled)
+
+
+class FracAtlasEnsemble(nn.Module):
+    """Several FracAtlasNet members, trained independently (other training seeds), run as one network.
+
+    Each output is the mean of the members' logits, so the bundle's contract (three outputs, sigmoid
+    postprocessing) is that of a single FracAtlasNet. Weights are one state dict (`members.K.…`).
+    """
+
+    def __init__(self, members: int = 2, **member_arguments) -> None:
+        super().__init__()
+        if members < 1:
+            raise ValueError(f"an ensemble needs at least one member, got {members}")
+        self.members = nn.ModuleList(FracAtlasNet(**member_arguments) for _ in range(members))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        outputs = [member(x) for member in self.members]
+        return tuple(torch.stack(parts).mean(dim=0) for parts in zip(*outputs))  # type: ignore[return-value]

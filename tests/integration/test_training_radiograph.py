@@ -1,0 +1,151 @@
+"""`fracnode train radiograph` end to end on a tiny FracAtlas-shaped folder: one network, an ensemble
+trained member by member, and an ensemble combined from two trained bundles."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from node.inference import bundle as bundles
+from node.training import fracatlas, model_card, radiograph
+
+REPO = Path(__file__).resolve().parents[2]
+SHIPPED = REPO / "models" / "radiograph_fracture"
+SIZE = 64  # the smallest input the network takes (it halves the image 5 times)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """48 small radiograph-like JPEGs in 24 groups, a third fractured (with a polygon), FracAtlas layout."""
+    root = tmp_path_factory.mktemp("fracatlas")
+    (root / "images").mkdir()
+    rng = np.random.default_rng(5)
+    rows, coco_images, coco_annotations = [], [], []
+    for index in range(48):
+        group, fractured = index // 2, (index // 2) % 3 == 0
+        name = f"IMG{index:07d}.jpg"
+        pixels = rng.normal(90, 20, (96, 80)).clip(0, 255).astype(np.uint8)
+        if fractured:
+            pixels[40:44, 10:70] = 250  # a bright line where the polygon is
+            coco_annotations.append({"id": index, "image_id": index, "segmentation": [[10, 40, 70, 40, 70, 44, 10, 44]]})
+        Image.fromarray(pixels).save(root / "images" / name)
+        coco_images.append({"id": index, "file_name": name})
+        rows.append({"image_id": name, "label": "fractured" if fractured else "non_fractured",
+                     "image_path": f"images/{name}", "body_part": ("hand", "leg", "hip", "shoulder")[group % 4],
+                     "group_id": str(group)})
+    with (root / "manifest.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    coco = root / fracatlas.COCO_PATH
+    coco.parent.mkdir(parents=True)
+    coco.write_text(json.dumps({"images": coco_images, "annotations": coco_annotations}))
+    return root
+
+
+def small_bundle(target: Path, members: int = 1) -> Path:
+    shutil.copytree(SHIPPED, target)
+    radiograph.set_input_size(target, SIZE)
+    if members > 1:
+        path = target / "configs" / "inference.json"
+        config = json.loads(path.read_text())
+        config["network_def"] = {**config["network_def"], "_target_": radiograph.ENSEMBLE_TARGET, "members": members}
+        path.write_text(json.dumps(config))
+    return target
+
+
+def fracnode(*args: object) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRACNODE_")}
+    return subprocess.run([sys.executable, "-m", "node.cli", *map(str, args)], capture_output=True, text=True,
+                          timeout=600, cwd=REPO, env=env)
+
+
+def test_train_writes_weights_their_hash_the_test_numbers_and_the_stage(data: Path, tmp_path: Path) -> None:
+    bundle = small_bundle(tmp_path / "single")
+    before = bundles.sha256(bundle / "models" / "model.pt")
+    done = fracnode("train", "radiograph", "--data", data, "--bundle", bundle, "--cache", tmp_path / "cache",
+                    "--epochs", 1, "--batch-size", 8, "--threads", 1, "--train-seed", 3)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "epoch 1: loss" in done.stderr and "val ROC AUC" in done.stderr
+    trained = bundles.read(bundle)
+    assert trained.weights_sha256 == bundles.sha256(trained.weights_path) != before
+    assert trained.extras["training"]["train_seed"] == 3 and trained.extras["training"]["epochs"] == 1
+    assert "history" not in trained.extras["training"]
+    assert "test split" in trained.metadata["eval_metrics"]["measured_on"]
+    card = (bundle / "docs" / "README.md").read_text()
+    assert "- Stage 1: 1 epochs, input 64×64, training seed 3, peak learning rate 0.002, from random weights" in card
+
+
+def test_an_ensemble_bundle_trains_each_member_with_its_own_seed(data: Path, tmp_path: Path) -> None:
+    bundle = small_bundle(tmp_path / "ensemble", members=2)
+    settings = radiograph.TrainSettings(data=data, bundle=bundle, cache=tmp_path / "cache", epochs=1, batch_size=8,
+                                        threads=1, seed=7)
+    lines: list[str] = []
+    training = radiograph.train(settings, log=lines.append)
+    assert [m["train_seed"] for m in training["members"]] == [7, 8]
+    assert "ensemble member 2 of 2, training seed 8" in lines
+    state = torch.load(bundle / "models" / "model.pt", map_location="cpu", weights_only=True)
+    assert {key.split(".")[1] for key in state} == {"0", "1"}
+    first, second = (state[f"members.{k}.fracture_head.weight"] for k in (0, 1))
+    assert not torch.equal(first, second)  # independently initialised and trained
+    assert (tmp_path / "cache" / "checkpoints" / "member2" / "best.pt").is_file()
+
+
+def test_combine_makes_an_ensemble_whose_output_is_the_mean_of_the_members(data: Path, tmp_path: Path) -> None:
+    members = []
+    for seed in (1, 2):
+        member = small_bundle(tmp_path / f"member{seed}")
+        settings = radiograph.TrainSettings(data=data, bundle=member, cache=tmp_path / f"cache{seed}", epochs=1,
+                                            batch_size=8, threads=1, train_seed=seed)
+        training = radiograph.train(settings, log=lambda line: None)
+        radiograph.record(member, radiograph.evaluate(settings, log=lambda line: None), training)
+        members.append(member)
+    target = tmp_path / "combined"
+    shutil.copytree(SHIPPED, target)
+    done = fracnode("train", "radiograph", "--data", data, "--bundle", target, "--cache", tmp_path / "cache",
+                    "--threads", 1, "--combine", *members)
+    assert done.returncode == 0, done.stderr[-3000:]
+    combined = bundles.read(target)
+    assert combined.inputs["image"]["spatial_shape"] == [SIZE, SIZE]
+    assert combined.weights_sha256 == bundles.sha256(combined.weights_path)
+    records = combined.extras["training"]["members"]
+    assert [r["train_seed"] for r in records] == [1, 2]
+    assert [r["weights_sha256"] for r in records] == [bundles.read(m).weights_sha256 for m in members]
+    card = (target / "docs" / "README.md").read_text()
+    assert "An ensemble of 2 networks" in card and "- Member 2: 1 epochs, input 64×64, training seed 2" in card
+    # the ensemble's outputs are the mean of its members' logits
+    x = torch.randn(2, 1, SIZE, SIZE)
+    ensemble = bundles.build_network(combined)
+    bundles.load_weights(combined, ensemble)
+    singles = []
+    with torch.no_grad():
+        for member in members:
+            network = bundles.build_network(bundles.read(member))
+            bundles.load_weights(bundles.read(member), network)
+            singles.append(network.eval()(x))
+        outputs = ensemble.eval()(x)
+        for k, output in enumerate(outputs):
+            torch.testing.assert_close(output, (singles[0][k] + singles[1][k]) / 2)
+
+
+def test_combine_refuses_members_of_another_shape_or_an_ensemble(data: Path, tmp_path: Path) -> None:
+    one = small_bundle(tmp_path / "one")
+    other = tmp_path / "other"
+    shutil.copytree(SHIPPED, other)  # 320×320
+    with pytest.raises(bundles.BundleError, match="members must share"):
+        radiograph.combine(tmp_path / "x", [one, other])
+    with pytest.raises(bundles.BundleError, match="at least two"):
+        radiograph.combine(tmp_path / "x", [one])
+    ensemble = small_bundle(tmp_path / "ensemble", members=2)
+    with pytest.raises(bundles.BundleError, match="already an ensemble"):
+        radiograph.combine(tmp_path / "x", [ensemble, one])
