@@ -36,8 +36,8 @@ def _stages(training: dict) -> list[str]:
     """One line per training stage (a fine-tuning run keeps the stages before it); per member of an ensemble."""
     members = training.get("members")
     if members:
-        lines = [f"An ensemble of {len(members)} networks of this architecture, trained independently (same split);"
-                 " each output is the mean of their logits.", ""]
+        lines = [(f"An ensemble of {len(members)} networks of this architecture, trained independently (same split);"
+                  " each output is the mean of their logits."), ""]
         for m, member in enumerate(members, 1):
             stages = member.get("stages") or [member]
             for number, stage in enumerate(stages, 1):
@@ -92,11 +92,11 @@ def render(bundle_root: Path) -> str:
         "",
         "## Training",
         "",
-        "From scratch (no pretrained weights), `fracnode train radiograph --data DIR`: split seed"
-        f" {training.get('seed', 7)}, 70/15/15 by group, AdamW with a one-cycle schedule, batch 16,"
-        " augmentation by random flips, rotations (±14°), scaling and gamma. Losses: class-weighted BCE"
-        " (fracture), BCE + soft Dice on fractured images (regions), BCE (body region). In each stage the"
-        " epoch with the best validation ROC AUC is kept.",
+        ("From scratch (no pretrained weights), `fracnode train radiograph --data DIR`: split seed"
+         f" {training.get('seed', 7)}, 70/15/15 by group, AdamW with a one-cycle schedule, batch 16,"
+         " augmentation by random flips, rotations (±14°), scaling and gamma. Losses: class-weighted BCE"
+         " (fracture), BCE + soft Dice on fractured images (regions), BCE (body region). In each stage the"
+         " epoch with the best validation ROC AUC is kept."),
         "",
         *_stages(training),
         "",

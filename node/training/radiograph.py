@@ -164,8 +164,8 @@ def combine(bundle_root: Path, member_roots: list[Path]) -> dict:
     partial = target.weights_path.with_suffix(".tmp")
     torch.save(network.state_dict(), partial)
     os.replace(partial, target.weights_path)
-    return {"members": [{**(member.extras.get("training") or {}), "weights_sha256": member.weights_sha256 or
-                         bundles.sha256(member.weights_path)} for member in loaded]}
+    return {"members": [{**(member.extras.get("training") or {}), "weights_sha256": member.weights_sha256}
+                        for member in loaded]}
 
 
 def _load_splits(settings: TrainSettings, size: int):
@@ -284,6 +284,7 @@ def _fit(settings: TrainSettings, network: torch.nn.Module, train_set: fracatlas
     log(f"best epoch {best['epoch']} (val ROC AUC {best['val_auc']:.4f})")
     state = torch.load(checkpoints / "best.pt", map_location="cpu", weights_only=True)
     return state, {"train_seed": seed, "best_epoch": best["epoch"], "history": history}
+
 
 def evaluate(settings: TrainSettings, log=print) -> dict:
     """Measure the bundle's weights on the test split; thresholds chosen on the validation split."""

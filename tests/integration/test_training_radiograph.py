@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 from node.inference import bundle as bundles
-from node.training import fracatlas, model_card, radiograph
+from node.training import fracatlas, radiograph
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "models" / "radiograph_fracture"
@@ -67,7 +67,7 @@ def small_bundle(target: Path, members: int = 1) -> Path:
 def fracnode(*args: object) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FRACNODE_")}
     return subprocess.run([sys.executable, "-m", "node.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=600, cwd=REPO, env=env)
+                          timeout=600, cwd=REPO, env=env, check=False)
 
 
 def test_train_writes_weights_their_hash_the_test_numbers_and_the_stage(data: Path, tmp_path: Path) -> None:
