@@ -126,6 +126,14 @@ def set_input_size(bundle_root: Path, size: int) -> None:
 ENSEMBLE_TARGET = "scripts.network.FracAtlasEnsemble"
 
 
+def _save_weights(bundle: bundles.Bundle, state: dict) -> None:
+    """The bundle's weights file, replaced whole (a crash leaves the old or the new weights)."""
+    bundle.weights_path.parent.mkdir(parents=True, exist_ok=True)
+    partial = bundle.weights_path.with_suffix(".tmp")
+    torch.save(state, partial)
+    os.replace(partial, bundle.weights_path)
+
+
 def combine(bundle_root: Path, member_roots: list[Path]) -> dict:
     """Make `bundle_root` an ensemble of the trained single networks in `member_roots` (bundles).
 
@@ -141,7 +149,7 @@ def combine(bundle_root: Path, member_roots: list[Path]) -> dict:
         raise bundles.BundleError(f"{first.root} is already an ensemble: give the bundles of single networks")
     shape = first.inputs["image"]["spatial_shape"]
     for other in loaded[1:]:
-        if other.config["network_def"] != first.config["network_def"] or other.inputs["image"]["spatial_shape"] != shape:
+        if other.config["network_def"] != definition or other.inputs["image"]["spatial_shape"] != shape:
             raise bundles.BundleError(
                 f"{other.root}: network_def or input size differs from {first.root}; members must share both")
     states = []
@@ -153,17 +161,13 @@ def combine(bundle_root: Path, member_roots: list[Path]) -> dict:
     set_input_size(root, int(shape[0]))
     inference_path = root / "configs" / "inference.json"
     inference = json.loads(inference_path.read_text())
-    inference["network_def"] = {**{k: v for k, v in definition.items() if k != "_target_"},
-                                "_target_": ENSEMBLE_TARGET, "members": len(loaded)}
+    inference["network_def"] = {**definition, "_target_": ENSEMBLE_TARGET, "members": len(loaded)}
     inference_path.write_text(json.dumps(inference, indent=4) + "\n")
     target = bundles.read(root)
     network = bundles.build_network(target)
     for part, state in zip(member_networks(network), states, strict=True):
         part.load_state_dict(state)
-    target.weights_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.weights_path.with_suffix(".tmp")
-    torch.save(network.state_dict(), partial)
-    os.replace(partial, target.weights_path)
+    _save_weights(target, network.state_dict())
     return {"members": [{**(member.extras.get("training") or {}), "weights_sha256": member.weights_sha256}
                         for member in loaded]}
 
@@ -207,9 +211,7 @@ def train(settings: TrainSettings, log=print) -> dict:
         state, run = _fit(settings, member, splits["train"], splits["val"], run_seed + k, checkpoints, log)
         member.load_state_dict(state)
         runs.append(run)
-    weights = bundle.weights_path
-    weights.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(network.state_dict(), weights)
+    _save_weights(bundle, network.state_dict())
     common = {
         "epochs": settings.epochs,
         "seed": settings.seed,
