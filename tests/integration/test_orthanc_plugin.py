@@ -79,8 +79,10 @@ def click_analyze_in_explorer(orthanc: Orthanc, study: str) -> list[str]:
             page = browser.new_page()
             page.on("dialog", lambda dialog: (alerts.append(dialog.message), dialog.accept()))
             page.goto(f"{orthanc.url}/app/explorer.html#study?uuid={study}")
-            page.get_by_text("Analyze with fracnode").click()
-            wait_until(lambda: alerts, timeout_s=10)
+            # The sync API delivers events only while one of its calls runs (a time.sleep poll never
+            # sees an alert that comes after click() returned), so wait for the dialog through it.
+            with page.expect_event("dialog", timeout=10_000):
+                page.get_by_text("Analyze with fracnode").click()
         finally:
             browser.close()
     return alerts
