@@ -1,8 +1,9 @@
 """One instance arriving in fragments (a C-STORE data set), written to the spool as it arrives.
 
 The fragments are kept in memory until the indexed attributes are found in them (usually in the
-first fragment), then go straight to a temporary file beside the instance's final name, hashed on
-the way. `commit()` makes the file durable in the order the spool promises (fsync, rename,
+first fragment), then go straight to a temporary file beside the instance's final name. They are
+hashed on the way only when the SOP Instance UID is already indexed (a resend, which is a
+duplicate when its bytes are identical; see `node.spool`). `commit()` makes the file durable in the order the spool promises (fsync, rename,
 directory fsync) and commits its index row; only then may the sender be told "success".
 Data sets the byte scan does not walk (deflated, big endian, odd encodings) are kept whole in
 memory and stored by `Spool.store`, as every instance was before.
@@ -22,6 +23,7 @@ from node.spool import (
     Spool,
     Stored,
     check_free_space,
+    file_digest,
     fsync_dir,
     make_directory,
     temporary_path,
@@ -93,7 +95,12 @@ class Incoming:
         self._meta = received_meta if received_meta is not None else file_meta(
             sop_class_uid, sop_instance_uid, transfer_syntax
         )
-        self._hash = hashlib.sha256(self._meta)
+        # a UID not yet indexed needs no digest (see node.spool); an unknown UID (STOW-RS) might
+        self._hash = (
+            hashlib.sha256(self._meta)
+            if not sop_instance_uid or spool.is_indexed(sop_instance_uid)
+            else None
+        )
         self._size = len(self._meta)
         self._pending: list[bytes] = []
         self._pending_size = 0
@@ -105,7 +112,8 @@ class Incoming:
         self._fd = -1
 
     def add(self, fragment: bytes | memoryview) -> None:
-        self._hash.update(fragment)  # hashlib releases the GIL for fragments this large
+        if self._hash is not None:
+            self._hash.update(fragment)  # hashlib releases the GIL for fragments this large
         self._size += len(fragment)
         if self._fd >= 0:
             self._write((fragment,))
@@ -157,10 +165,18 @@ class Incoming:
                                     self.sop_instance_uid or None, self.check)
         header, path, temp = self._header, self._path, self._temp
         assert temp is not None
-        digest = self._hash.hexdigest()
-        if self.spool.holds(header, digest, path):
-            self.discard()
-            return Stored(header, path, duplicate=True)
+        held = self.spool.held_digest(header.sop_instance_uid, path)
+        digest = ""
+        if held is not None:
+            try:
+                # not hashed on the way when the UID arrived while this instance was under way
+                digest = self._hash.hexdigest() if self._hash is not None else file_digest(temp)
+            except OSError as exc:
+                self.discard()
+                raise write_failure(path, exc) from exc
+            if digest == held:
+                self.discard()
+                return Stored(header, path, duplicate=True)
         try:
             check_free_space(path.parent, 0, self.spool.min_free_bytes)  # the bytes are written
             os.fsync(self._fd)

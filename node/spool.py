@@ -3,6 +3,12 @@
 Layout: `<spool>/<StudyInstanceUID>/<SOPInstanceUID>.dcm`, stored byte for byte as received
 (file meta added by the receiver). A file is written to a temporary name, fsynced, renamed and
 its directory fsynced before it is indexed; only then may the sender be told "success".
+
+An index row's `digest` (sha256 of the file) is what makes a resend idempotent: identical bytes
+are a duplicate, different bytes replace the instance. It is computed when it is needed, not for
+every instance: an instance whose SOP Instance UID is not yet indexed is stored with digest ''
+(hashing is a sixth of the receiver's CPU time per instance), and the stored file is hashed the
+first time a resend of its UID arrives.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ __all__ = [
     "read_header", "write_atomically",
 ]
 TEMP_SUFFIX = ".tmp"
+HASH_CHUNK = 1 << 20
 
 
 class SpoolError(Exception):
@@ -68,6 +75,15 @@ def check_free_space(directory: Path, size: int, min_free_bytes: int) -> None:
             f"only {free // 2**20} MiB free in {directory}; the node keeps"
             f" {min_free_bytes // 2**20} MiB free (storage.min_free_mb)"
         )
+
+
+def file_digest(path: Path) -> str:
+    """The sha256 of a file's bytes, as hex."""
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(HASH_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def temporary_path(path: Path) -> Path:
@@ -142,25 +158,44 @@ class Spool:
         header = read_header(raw, expected_sop_instance_uid)
         if check is not None:
             check(header)
-        digest = hashlib.sha256(raw).hexdigest()
         path = self.path_for(header)
-        if self.holds(header, digest, path):
+        held = self.held_digest(header.sop_instance_uid, path)
+        digest = hashlib.sha256(raw).hexdigest() if held is not None else ""
+        if held is not None and held == digest:
             return Stored(header, path, duplicate=True)
         write_atomically(path, raw, self.min_free_bytes)
         self.index(header, path, digest, len(raw), calling_ae, association_id)
         return Stored(header, path, duplicate=False)
 
-    def holds(self, header: Header, digest: str, path: Path) -> bool:
-        """True when these very bytes are already stored and indexed (an identical resend)."""
-        existing = self.db.query(
-            "SELECT digest FROM instances WHERE sop_instance_uid = ?", (header.sop_instance_uid,)
+    def is_indexed(self, sop_instance_uid: str) -> bool:
+        rows = self.db.query("SELECT 1 FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))
+        return bool(rows)
+
+    def held_digest(self, sop_instance_uid: str, path: Path) -> str | None:
+        """The digest of the instance already stored at `path` under this UID; None when there is
+        none (then an arriving instance is new and needs no digest). A digest not yet computed is
+        computed from the file now and kept."""
+        rows = self.db.query(
+            "SELECT digest, path FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
         )
-        return bool(existing) and existing[0]["digest"] == digest and path.exists()
+        if not rows or rows[0]["path"] != str(path) or not path.exists():
+            return None
+        if rows[0]["digest"]:
+            return str(rows[0]["digest"])
+        try:
+            digest = file_digest(path)
+        except OSError:
+            return None
+        self.db.execute(
+            "UPDATE instances SET digest = ? WHERE sop_instance_uid = ? AND path = ? AND digest = ''",
+            (digest, sop_instance_uid, str(path)),
+        )
+        return digest
 
     def index(
         self, header: Header, path: Path, digest: str, size: int, calling_ae: str, association_id: str
     ) -> None:
-        """Commit the index row of a file already durable at `path`."""
+        """Commit the index row of a file already durable at `path` (`digest` '': not computed)."""
         try:
             self._index(header, path, digest, size, time.time(), calling_ae, association_id)
         except sqlite3.OperationalError as exc:
@@ -234,7 +269,6 @@ class Spool:
                     except UnreadableInstance:
                         entry.rename(entry.with_suffix(".unreadable"))
                         continue
-                    digest = hashlib.sha256(raw).hexdigest()
-                    self._index(header, entry, digest, len(raw), entry.stat().st_mtime, "", "")
+                    self._index(header, entry, "", len(raw), entry.stat().st_mtime, "", "")
                     added += 1
         return added

@@ -7,6 +7,7 @@ of compressed transfer syntaxes, and the absence of patient data in the logs.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import subprocess
 import threading
@@ -385,7 +386,7 @@ def test_resending_identical_instances_changes_nothing(tmp_path, start_node):
     files = dicomgen.write(study, tmp_path / "study")
     assert storescu(node.ingest.port, files, "-xs").returncode == 0
     (job,) = wait_until(lambda: [j for j in jobs(node) if j["state"] == DONE])
-    before = rows(node, "SELECT sop_instance_uid, digest, received_at FROM instances ORDER BY 1")
+    before = rows(node, "SELECT sop_instance_uid, path, size, received_at FROM instances ORDER BY 1")
 
     result = storescu(node.ingest.port, files, "-xs")
     assert result.returncode == 0, result.stderr
@@ -395,9 +396,12 @@ def test_resending_identical_instances_changes_nothing(tmp_path, start_node):
         f"{ds.SOPInstanceUID}.dcm" for ds in study
     )
     assert (
-        rows(node, "SELECT sop_instance_uid, digest, received_at FROM instances ORDER BY 1")
+        rows(node, "SELECT sop_instance_uid, path, size, received_at FROM instances ORDER BY 1")
         == before
     )
+    # the resend had each stored file hashed once, to compare (a new UID is stored unhashed)
+    digests = {r["path"]: r["digest"] for r in rows(node, "SELECT path, digest FROM instances")}
+    assert digests == {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in digests}
     (state,) = rows(node, "SELECT pending, revision FROM studies")
     assert state == {"pending": 0, "revision": 1}
     # well past the quiet period (0.5 s) and the assembly tick: still the one job

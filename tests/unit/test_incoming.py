@@ -66,7 +66,7 @@ def test_fragments_are_stored_as_file_meta_and_the_bytes_as_received(
     assert (row["transfer_syntax_uid"], row["calling_ae"], row["association_id"]) == (
         syntax, "MODALITY", "assoc-1"
     )
-    assert (row["digest"], row["size"]) == (hashlib.sha256(content).hexdigest(), len(content))
+    assert (row["digest"], row["size"]) == ("", len(content))  # a new UID is not hashed
     assert [p.name for p in everything_in(spool.root)] == [stored.path.name]
 
 
@@ -165,11 +165,13 @@ def test_identical_resend_is_a_duplicate_and_a_changed_one_replaces(spool: Spool
     ds = dicomgen.ct_series(1, size=16)[0]
     raw, offset = encoded(ds)
     first = received(spool, raw[offset:], ExplicitVRLittleEndian, ds.SOPClassUID, ds.SOPInstanceUID, 300)
-    first.commit()
+    path = first.commit().path
     before = rows(db)
+    assert before[0]["digest"] == ""
     again = received(spool, raw[offset:], ExplicitVRLittleEndian, ds.SOPClassUID, ds.SOPInstanceUID, 300)
     assert again.commit().duplicate
-    assert rows(db) == before
+    # the resend had the stored file hashed; nothing else changed
+    assert rows(db) == [{**before[0], "digest": hashlib.sha256(path.read_bytes()).hexdigest()}]
     assert len(everything_in(spool.root)) == 1
 
     ds.SeriesDescription = "corrected"
@@ -179,7 +181,29 @@ def test_identical_resend_is_a_duplicate_and_a_changed_one_replaces(spool: Spool
     assert not stored.duplicate
     (row,) = rows(db)
     assert row["series_description"] == "corrected"
+    assert row["digest"] == hashlib.sha256(stored.path.read_bytes()).hexdigest()
     assert dcmread(stored.path).SeriesDescription == "corrected"
+
+
+@pytest.mark.parametrize("changed", [False, True])
+def test_a_uid_indexed_while_the_instance_was_under_way_is_still_compared(
+    spool: Spool, db: Database, changed: bool
+) -> None:
+    """Not hashed on the way (the UID was new when it started), the temporary file is hashed."""
+    ds = dicomgen.ct_series(1, size=16)[0]
+    raw, offset = encoded(ds)
+    late = Incoming(spool, ExplicitVRLittleEndian, ds.SOPClassUID, ds.SOPInstanceUID, "M", "slow")
+    received(spool, raw[offset:], ExplicitVRLittleEndian, ds.SOPClassUID, ds.SOPInstanceUID, 300).commit()
+    if changed:
+        ds.SeriesDescription = "corrected"
+        raw, offset = encoded(ds)
+    late.add(raw[offset:])
+    stored = late.commit()
+    assert stored.duplicate is not changed
+    (row,) = rows(db)
+    assert row["association_id"] == ("slow" if changed else "assoc-1")
+    assert row["digest"] == hashlib.sha256(stored.path.read_bytes()).hexdigest()
+    assert everything_in(spool.root) == [stored.path]
 
 
 def test_discard_of_a_started_file_leaves_nothing(spool: Spool) -> None:
