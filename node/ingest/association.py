@@ -13,8 +13,6 @@ import socket
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from pynetdicom.presentation import PresentationContext
-
 from node.config import NodeSettings
 from node.incoming import Incoming
 from node.ingest import commands
@@ -58,7 +56,7 @@ class Owner(Protocol):
 
     settings: NodeSettings
     spool: Spool
-    supported: list[PresentationContext]
+    supported: dict[str, tuple[str, ...]]  # abstract syntax: transfer syntaxes, preferred first
     storage_sop_classes: frozenset[str]
 
     def admit(self, request: ul.AssociationRequest) -> tuple[tuple[int, int, int], str] | None: ...

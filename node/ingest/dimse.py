@@ -99,9 +99,13 @@ class DimseIngest:
         self.db = db
         self.on_stored = on_stored
         self.on_released = on_released
-        self.supported = [build_context(Verification)] + [
-            build_context(sop_class, TRANSFER_SYNTAXES) for sop_class in STORAGE_SOP_CLASSES
-        ]
+        # abstract syntax → accepted transfer syntaxes, preferred first (Verification: pynetdicom's
+        # default four uncompressed syntaxes)
+        self.supported: dict[str, tuple[str, ...]] = {
+            str(cx.abstract_syntax): tuple(str(ts) for ts in cx.transfer_syntax)
+            for cx in [build_context(Verification)]
+            + [build_context(sop_class, TRANSFER_SYNTAXES) for sop_class in STORAGE_SOP_CLASSES]
+        }
         self.storage_sop_classes = frozenset(STORAGE_SOP_CLASSES)
         self._lock = threading.Lock()
         self._open = 0  # accepted associations not yet ended

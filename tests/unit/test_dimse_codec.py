@@ -5,7 +5,13 @@ from __future__ import annotations
 from io import BytesIO
 
 import pytest
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    MRImageStorage,
+)
 from pynetdicom import build_context
 from pynetdicom.dimse_messages import C_ECHO_RQ, C_STORE_RQ
 from pynetdicom.dimse_primitives import C_ECHO, C_STORE
@@ -13,11 +19,13 @@ from pynetdicom.dsutils import decode as decode_dataset
 from pynetdicom.dsutils import encode as encode_dataset
 from pynetdicom.pdu import A_ASSOCIATE_AC, A_ASSOCIATE_RJ, P_DATA_TF
 from pynetdicom.pdu_primitives import (
+    ImplementationVersionNameNotification,
     SCP_SCU_RoleSelectionNegotiation,
 )
+from pynetdicom.presentation import negotiate_as_acceptor
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
-from node import IMPLEMENTATION_CLASS_UID
+from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from node.ingest import commands
 from node.ingest import upper_layer as ul
 from tests.support.rawdimse import associate_rq
@@ -120,7 +128,7 @@ def test_negotiation_accepts_the_first_supported_syntax_and_names_the_node() -> 
         role=True,
     )
     assert (request.calling_ae, request.called_ae, request.peer_max_pdu) == ("MODALITY", "FRACNODE", 16384)
-    supported = [build_context(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])]
+    supported = {CTImageStorage: (ExplicitVRLittleEndian, ImplicitVRLittleEndian)}
     acceptance = ul.accept(request, supported, max_pdu=0)
     assert acceptance.contexts == {1: (CTImageStorage, ExplicitVRLittleEndian)}
     reply = A_ASSOCIATE_AC()
@@ -130,7 +138,11 @@ def test_negotiation_accepts_the_first_supported_syntax_and_names_the_node() -> 
         1: 0x00, 3: 0x03
     }
     assert primitive.implementation_class_uid == IMPLEMENTATION_CLASS_UID
+    (version,) = [i for i in primitive.user_information if isinstance(i, ImplementationVersionNameNotification)]
+    assert version.implementation_version_name == IMPLEMENTATION_VERSION_NAME
     assert primitive.maximum_length_received == 0
+    assert (primitive.calling_ae_title, primitive.called_ae_title) == ("MODALITY", "FRACNODE")
+    assert primitive.application_context_name == "1.2.840.10008.3.1.1.1"
     # the node keeps the default roles (it is the SCP): no role reply, as pynetdicom's own acceptor
     assert not [i for i in primitive.user_information if isinstance(i, SCP_SCU_RoleSelectionNegotiation)]
 
@@ -144,3 +156,108 @@ def test_a_rejection_carries_result_source_and_diagnostic() -> None:
 def test_a_malformed_association_request_is_a_protocol_error() -> None:
     with pytest.raises(ul.ProtocolError):
         ul.decode_request(b"\x01\x00\x00\x00\x00\x10" + b"\xff" * 16)
+
+
+SUPPORTED = {
+    CTImageStorage: (ExplicitVRLittleEndian, ImplicitVRLittleEndian, JPEG2000Lossless),
+    Verification: (ImplicitVRLittleEndian, ExplicitVRLittleEndian),
+    MRImageStorage: (ExplicitVRLittleEndian,),
+}
+PROPOSALS = [
+    [(CTImageStorage, [ImplicitVRLittleEndian])],
+    [(CTImageStorage, [JPEG2000Lossless, ImplicitVRLittleEndian, ExplicitVRLittleEndian])],
+    [(CTImageStorage, ["1.2.840.10008.1.2.4.100"]), (MRImageStorage, [ImplicitVRLittleEndian])],
+    [("1.2.3.4.5.6", [ExplicitVRLittleEndian]), (Verification, [ExplicitVRLittleEndian]),
+     (CTImageStorage, [JPEG2000Lossless]), (MRImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])],
+]
+
+
+@pytest.mark.parametrize("proposal", PROPOSALS)
+@pytest.mark.parametrize("role", [False, True])
+def test_negotiation_answers_as_pynetdicoms_own_acceptor(proposal: list, role: bool) -> None:
+    """The node's codec and pynetdicom's `negotiate_as_acceptor`, given the same contexts, agree
+    on every result and transfer syntax, with and without a role selection item."""
+    pdu = associate_rq("MODALITY", proposal, scu_role_for=CTImageStorage if role else None)
+    acceptance = ul.accept(ul.decode_request(pdu.encode()), SUPPORTED, max_pdu=32768)
+    reply = A_ASSOCIATE_AC()
+    reply.decode(acceptance.pdu)
+    primitive = reply.to_primitive()
+    ours = [(cx.context_id, cx.result, str(cx.transfer_syntax[0]))
+            for cx in primitive.presentation_context_definition_results_list]
+
+    requested = pdu.to_primitive()
+    roles = {item.sop_class_uid: (item.scu_role, item.scp_role) for item in requested.user_information
+             if isinstance(item, SCP_SCU_RoleSelectionNegotiation)}
+    acceptor_contexts = [build_context(uid, list(syntaxes)) for uid, syntaxes in SUPPORTED.items()]
+    expected, role_replies = negotiate_as_acceptor(
+        requested.presentation_context_definition_list, acceptor_contexts, roles or None
+    )
+    assert ours == [(cx.context_id, cx.result, str(cx.transfer_syntax[0])) for cx in expected]
+    assert role_replies == []
+    assert acceptance.contexts == {
+        cx.context_id: (str(cx.abstract_syntax), str(cx.transfer_syntax[0])) for cx in expected if cx.result == 0
+    }
+    assert primitive.maximum_length_received == 32768
+
+
+def test_a_request_decodes_as_pynetdicom_reads_it() -> None:
+    contexts = [(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]), (Verification, [ImplicitVRLittleEndian])]
+    encoded = associate_rq("CT-SCANNER 01", contexts, scu_role_for=CTImageStorage).encode()
+    request = ul.decode_request(encoded)
+    assert (request.calling_ae, request.called_ae) == ("CT-SCANNER 01", "FRACNODE")
+    assert request.application_context == "1.2.840.10008.3.1.1.1"
+    assert request.peer_max_pdu == 16384
+    assert request.contexts == (
+        ul.ProposedContext(1, CTImageStorage, (ExplicitVRLittleEndian, ImplicitVRLittleEndian)),
+        ul.ProposedContext(3, Verification, (ImplicitVRLittleEndian,)),
+    )
+    assert request.ae_titles == encoded[10:42]
+
+
+def _request(*items: bytes) -> bytes:
+    body = b"\0\1\0\0" + b"FRACNODE".ljust(16) + b"MODALITY".ljust(16) + bytes(32) + b"".join(items)
+    return bytes((0x01, 0)) + len(body).to_bytes(4, "big") + body
+
+
+def _item(item_type: int, value: bytes) -> bytes:
+    return bytes((item_type, 0)) + len(value).to_bytes(2, "big") + value
+
+
+def _context(context_id: int, *sub_items: bytes) -> bytes:
+    return _item(0x20, bytes((context_id, 0, 0, 0)) + b"".join(sub_items))
+
+
+APPLICATION = _item(0x10, b"1.2.840.10008.3.1.1.1")
+CT = _item(0x30, CTImageStorage.encode())
+EXPLICIT = _item(0x40, ExplicitVRLittleEndian.encode())
+
+
+def test_nul_padded_uids_and_unknown_items_are_read() -> None:
+    request = ul.decode_request(_request(
+        _item(0x10, b"1.2.840.10008.3.1.1.1\0"),
+        _context(1, _item(0x30, CTImageStorage.encode() + b"\0"), EXPLICIT),
+        _item(0x50, _item(0x51, (65536).to_bytes(4, "big")) + _item(0x53, b"\0\1\0\1") + _item(0x58, b"\1\0")),
+        _item(0x7F, b"private"),
+    ))
+    assert request.application_context == "1.2.840.10008.3.1.1.1"
+    assert request.contexts == (ul.ProposedContext(1, CTImageStorage, (ExplicitVRLittleEndian,)),)
+    assert request.peer_max_pdu == 65536
+
+
+@pytest.mark.parametrize(
+    ("pdu", "message"),
+    [
+        (_request(APPLICATION)[:-3], "the PDU length does not match"),
+        (_request(APPLICATION, b"\x20\x00\x01"), "ends inside an item header"),
+        (_request(APPLICATION, _item(0x20, b"\x01\0\0\0" + CT + EXPLICIT)[:-4] + b"\0" * 0), "runs past the end"),
+        (_request(APPLICATION, _context(1, EXPLICIT)), "0 abstract syntaxes and 1 transfer syntaxes"),
+        (_request(APPLICATION, _context(1, CT)), "1 abstract syntaxes and 0 transfer syntaxes"),
+        (_request(APPLICATION, _context(1, CT, EXPLICIT), _context(1, CT, EXPLICIT)), "proposed twice"),
+        (_request(APPLICATION, _context(1, _item(0x30, "1.2.é".encode()), EXPLICIT)), "not ASCII"),
+        (_request(APPLICATION, _item(0x20, b"\x01\0")), "without its ID"),
+    ],
+)
+def test_malformed_requests_name_what_is_wrong(pdu: bytes, message: str) -> None:
+    with pytest.raises(ul.ProtocolError, match=message) as raised:
+        ul.decode_request(pdu)
+    assert raised.value.reason == ul.REASON_INVALID_PARAMETER
