@@ -30,6 +30,7 @@ test: system-deps $(STAMP)
 
 bench: $(STAMP) system-deps
 	$(VENV)/bin/python -m bench.ingest
+	$(VENV)/bin/python -m bench.associations
 
 bench-radiograph: $(STAMP) system-deps
 	$(VENV)/bin/python -m bench.radiograph_model
