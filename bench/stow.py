@@ -1,6 +1,6 @@
 """STOW-RS ingest throughput: fracnode against Orthanc's DICOMweb plugin, fed by the same client.
 
-    .venv/bin/python -m bench.stow [--repeat 3] [--slices 300] [--per-request 50] [--no-results]
+    .venv/bin/python -m bench.stow [--repeat 3] [--slices 300] [--per-request 50] [--label TEXT] [--no-results]
 
 One CT series (512×512 int16, Explicit VR Little Endian, Part 10 files) is posted as
 `multipart/related; type="application/dicom"` requests of `--per-request` instances each, over
@@ -184,9 +184,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--per-request", type=int, default=50)
     parser.add_argument("--tmpdir", type=Path, default=None)
+    parser.add_argument("--label", default="STOW-RS ingest", help="section title suffix in RESULTS.md"
+                        " (a section of the same date and label is replaced)")
     parser.add_argument("--no-results", action="store_true", help="do not write bench/RESULTS.md")
     args = parser.parse_args(argv)
-    args.title = f"{datetime.date.today().isoformat()}: STOW-RS ingest"
+    args.title = f"{datetime.date.today().isoformat()}: {args.label}"
     tmp = Path(tempfile.mkdtemp(prefix="fracnode-bench-stow-", dir=args.tmpdir))
     rates: dict[tuple[str, int], list[float]] = {}
     try:
