@@ -3,8 +3,9 @@
 The fragments are kept in memory until the indexed attributes are found in them (usually in the
 first fragment), then go straight to a temporary file beside the instance's final name. They are
 hashed on the way only when the SOP Instance UID is already indexed (a resend, which is a
-duplicate when its bytes are identical; see `node.spool`). `commit()` makes the file durable in the order the spool promises (fsync, rename,
-directory fsync) and commits its index row; only then may the sender be told "success".
+duplicate when its bytes are identical; see `node.spool`). `commit()` makes the file durable in
+the order the spool promises (fsync, rename, directory fsync) and commits its index row; only
+then may the sender be told "success".
 Data sets the byte scan does not walk (deflated, big endian, odd encodings) are kept whole in
 memory and stored by `Spool.store`, as every instance was before.
 """

@@ -50,6 +50,8 @@ REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)  # transient, service provider, local li
 
 _HEADER = struct.Struct(">BxL")
 _PDV_HEADER = struct.Struct(">LBB")
+PDV_HEADER_SIZE = _PDV_HEADER.size
+RELEASE_RP = _HEADER.pack(A_RELEASE_RP, 4) + b"\0\0\0\0"
 _ITEM = struct.Struct(">BxH")  # PS3.8 9.3.2.1-9.3.2.3: item type, reserved, item length
 
 # PS3.8 9.3.2 and 9.3.3: item types of the A-ASSOCIATE-RQ/AC variable fields
@@ -68,8 +70,6 @@ ASSOCIATE_FIXED_FIELDS = 68  # protocol version, reserved, called and calling AE
 CONTEXT_ACCEPTED = 0x00
 CONTEXT_ABSTRACT_SYNTAX_NOT_SUPPORTED = 0x03
 CONTEXT_TRANSFER_SYNTAXES_NOT_SUPPORTED = 0x04
-PDV_HEADER_SIZE = _PDV_HEADER.size
-RELEASE_RP = _HEADER.pack(A_RELEASE_RP, 4) + b"\0\0\0\0"
 
 
 class ProtocolError(Exception):
