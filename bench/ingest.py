@@ -202,10 +202,27 @@ class Measurement:
     associations: int
     instances: int
     seconds: float
+    busy_seconds: float = 0.0  # CPU time of the whole machine while the senders ran (/proc/stat)
 
     @property
     def rate(self) -> float:
         return self.instances / self.seconds
+
+    @property
+    def busy_ms_per_instance(self) -> float:
+        return 1000 * self.busy_seconds / self.instances
+
+    @property
+    def idle(self) -> float:
+        """The share of the machine's cores left idle (or waiting on I/O) during the send."""
+        return max(0.0, 1 - self.busy_seconds / (self.seconds * (os.cpu_count() or 1)))
+
+
+def busy_cpu_seconds() -> float:
+    """CPU seconds the whole machine has spent neither idle nor waiting on I/O since boot."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    idle, iowait = fields[3], fields[4]
+    return (sum(fields[:8]) - idle - iowait) / os.sysconf("SC_CLK_TCK")
 
 
 def send(files: Sequence[Path], ae_title: str, port: int, associations: int) -> tuple[float, int]:
@@ -233,14 +250,16 @@ def measure(receiver: Receiver, files: Sequence[Path], associations: int, workdi
     try:
         port = receiver.start(workdir)
         os.sync()  # the previous run's dirty pages must not be flushed during this one
+        busy_before = busy_cpu_seconds()
         seconds, acked = send(files, receiver.ae_title, port, associations)
+        busy = busy_cpu_seconds() - busy_before
         stored = receiver.stored()
     finally:
         receiver.stop()
     shutil.rmtree(workdir, ignore_errors=True)
     if acked != len(files) or stored != len(files):
         raise RuntimeError(f"{receiver.name}: sent {len(files)}, acknowledged {acked}, stored {stored}")
-    return Measurement(receiver.name, associations, len(files), seconds)
+    return Measurement(receiver.name, associations, len(files), seconds, busy)
 
 
 # -- machine description -----------------------------------------------------------------------
@@ -312,12 +331,16 @@ def summarize(results: list[Measurement]) -> dict[tuple[str, int], float]:
 
 def table(results: list[Measurement], names: list[str]) -> str:
     medians = summarize(results)
-    lines = ["| receiver | associations | instances/s (median) | runs (instances/s) |",
-             "|---|---|---|---|"]
+    lines = [("| receiver | associations | instances/s (median) | runs (instances/s) |"
+              " machine CPU per instance (median) | cores idle (median) |"),
+             "|---|---|---|---|---|---|"]
     for n in SCENARIOS:
         for name in names:
-            runs = ", ".join(f"{r.rate:.1f}" for r in results if (r.receiver, r.associations) == (name, n))
-            lines.append(f"| {name} | {n} | {medians[(name, n)]:.1f} | {runs} |")
+            mine = [r for r in results if (r.receiver, r.associations) == (name, n)]
+            runs = ", ".join(f"{r.rate:.1f}" for r in mine)
+            busy = statistics.median(r.busy_ms_per_instance for r in mine)
+            idle = statistics.median(r.idle for r in mine)
+            lines.append(f"| {name} | {n} | {medians[(name, n)]:.1f} | {runs} | {busy:.2f} ms | {idle:.0%} |")
     return "\n".join(lines)
 
 
@@ -352,6 +375,9 @@ empty storage for each run (so every instance is really written), `sync` runs be
 send, and the receivers take turns in a rotating order within each of {args.repeat} repetitions.
 The time runs from starting the storescu processes until the last exits; every instance must be
 acknowledged with Success (counted in storescu's output, exit status 0) and be found stored.
+Machine CPU per instance is the CPU time of the whole machine (receiver, senders, kernel threads;
+/proc/stat) during that time, divided by the instances; cores idle is the share of
+{os.cpu_count()} cores left idle or waiting on I/O meanwhile.
 
 Receivers:
 - fracnode: `fracnode serve` as its own process, bind 127.0.0.1, log level WARNING, no routes,
@@ -427,7 +453,8 @@ def main(argv: list[str] | None = None) -> int:
                     m = measure(receiver, files, n, tmp / f"run-{rep}-{n}-{receiver.name}")
                     results.append(m)
                     print(f"rep {rep + 1}/{args.repeat}  {m.receiver:9s} {n} assoc  "
-                          f"{m.rate:7.1f} instances/s  ({m.seconds:.2f} s)", flush=True)
+                          f"{m.rate:7.1f} instances/s  ({m.seconds:.2f} s, machine CPU"
+                          f" {m.busy_ms_per_instance:.2f} ms per instance, {m.idle:.0%} idle)", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
