@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from node.config import NodeSettings
-from node.incoming import Incoming
+from node.incoming import Incoming, SpareFile
 from node.ingest import commands
 from node.ingest import upper_layer as ul
 from node.logs import event
@@ -96,6 +96,7 @@ class Association:
         self._incoming: Incoming | None = None
         self._failure: tuple[int, str] | None = None
         self._view = memoryview(bytearray(CHUNK))
+        self._spare = SpareFile()
         self._linger = False  # after A-ASSOCIATE-RJ or A-RELEASE-RP the peer closes (Sta13)
 
     def run(self) -> None:
@@ -119,6 +120,7 @@ class Association:
         finally:
             if self._incoming is not None:
                 self._incoming.discard()
+            self._spare.close()
             if self.record is not None:
                 self.ingest.ended(self.record, outcome)
             if self._linger:
@@ -175,6 +177,7 @@ class Association:
             elif pdu_type == ul.A_RELEASE_RQ:
                 self._read_control_pdu(length)
                 self._drop_request()  # a release inside a message: what arrived is not stored
+                self._spare.close()  # before the answer: a released association leaves no file behind
                 self.transport.send(ul.RELEASE_RP)
                 self._linger = True
                 return "released"
@@ -246,7 +249,8 @@ class Association:
         else:
             assert self.record is not None
             self._incoming = Incoming(self.ingest.spool, transfer_syntax, command.affected_sop_class_uid,
-                                      command.affected_sop_instance_uid, self.calling_ae, self.record.id)
+                                      command.affected_sop_instance_uid, self.calling_ae, self.record.id,
+                                      spare=self._spare)
 
     def _data_fragment(self, context_id: int, size: int, last: bool) -> None:
         if self._request is None:
@@ -287,6 +291,8 @@ class Association:
             else:
                 self.ingest.stored(self.record, stored)
                 self._respond(context_id, request, STATUS_SUCCESS)
+                if self.record.received > 1:  # a series is under way: more are likely to come
+                    self._spare.prepare(stored.path.parent)  # while the sender readies the next
                 return
         status, reason = self._failure or (STATUS_PROCESSING_FAILURE, "no data set")
         self._refuse(context_id, request, status, reason)

@@ -258,3 +258,22 @@ def test_a_peer_that_falls_silent_mid_data_set_is_aborted_after_the_network_time
     scu.close()
     wait_until(lambda: rows(node, "SELECT * FROM associations WHERE outcome = 'aborted'"))
     assert spool_files(node) == []
+
+
+def test_a_series_in_one_association_leaves_only_its_instances(tmp_path, start_node):
+    """From the third instance on, each one is written into a file made while the sender
+    readied it (a spare); when the association is released no spare is left behind, and a
+    later series of another study in the same association gets files of its own."""
+    node = start_node(node_config(tmp_path / "data"))
+    first = dicomgen.ct_series(6, size=64)
+    second = dicomgen.ct_series(3, size=64)
+    files = dicomgen.write(first, tmp_path / "a") + dicomgen.write(second, tmp_path / "b")
+    assert send_files(node.ingest.port, files, [ExplicitVRLittleEndian]) == [0] * 9
+    expected = [
+        node.config.spool_dir / ds.StudyInstanceUID / f"{ds.SOPInstanceUID}.dcm" for ds in first + second
+    ]
+    assert spool_files(node) == sorted(expected)
+    for ds, original in zip(first + second, files):
+        stored = node.config.spool_dir / ds.StudyInstanceUID / f"{ds.SOPInstanceUID}.dcm"
+        assert dataset_bytes(stored) == dataset_bytes(original)
+    assert len(rows(node, "SELECT * FROM instances")) == 9

@@ -19,7 +19,7 @@ from pydicom.uid import (
 
 from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from node.db import Database
-from node.incoming import Incoming, file_meta
+from node.incoming import Incoming, SpareFile, file_meta
 from node.spool import TEMP_SUFFIX, OutOfSpace, Spool, UnreadableInstance
 from tests.support import dicomgen
 from tests.unit.test_header import encoded, with_sequences
@@ -214,3 +214,50 @@ def test_discard_of_a_started_file_leaves_nothing(spool: Spool) -> None:
     assert everything_in(spool.root)
     incoming.discard()
     assert everything_in(spool.root) == []
+
+
+def test_a_spare_file_in_the_instances_folder_becomes_its_temporary_file(spool: Spool) -> None:
+    first, second = dicomgen.ct_series(2, size=16)
+    spare = SpareFile()
+    spare.prepare(spool.root / first.StudyInstanceUID)
+    (made,) = everything_in(spool.root)
+    assert made.name.endswith(TEMP_SUFFIX)
+    raw, offset = encoded(second)
+    incoming = Incoming(spool, ExplicitVRLittleEndian, second.SOPClassUID, second.SOPInstanceUID, "M", "a",
+                        spare=spare)
+    incoming.add(raw[offset:])
+    assert everything_in(spool.root) == [made]  # written into the spare, no other file made
+    stored = incoming.commit()
+    assert everything_in(spool.root) == [stored.path]
+    assert stored.path.read_bytes()[132 + 12:].endswith(raw[offset:])
+    spare.close()  # nothing left to remove
+    assert everything_in(spool.root) == [stored.path]
+
+
+def test_a_spare_in_another_folder_is_kept_and_close_removes_it(spool: Spool) -> None:
+    (ds,) = dicomgen.ct_series(1, size=16)
+    spare = SpareFile()
+    spare.prepare(spool.root / "another-study")
+    spare.prepare(spool.root / "another-study")  # one spare per folder, not one per call
+    (made,) = everything_in(spool.root)
+    raw, offset = encoded(ds)
+    stored = received_with(spool, raw[offset:], ds, spare).commit()
+    assert sorted(everything_in(spool.root)) == sorted([made, stored.path])
+    spare.prepare(stored.path.parent)  # moves to the new folder
+    assert len(everything_in(spool.root)) == 2 and made not in everything_in(spool.root)
+    spare.close()
+    assert everything_in(spool.root) == [stored.path]
+
+
+def test_a_spare_that_cannot_be_made_is_no_error(tmp_path: Path, db: Database) -> None:
+    spool = Spool(tmp_path / "spool", db)
+    (spool.root / "a-file").write_bytes(b"")
+    spare = SpareFile()
+    spare.prepare(spool.root / "a-file")  # a folder whose name is taken by a file
+    assert spare.take(spool.root / "a-file" / "x.dcm") is None
+
+
+def received_with(spool: Spool, data: bytes, ds, spare: SpareFile) -> Incoming:
+    incoming = Incoming(spool, ExplicitVRLittleEndian, ds.SOPClassUID, ds.SOPInstanceUID, "M", "a", spare=spare)
+    incoming.add(data)
+    return incoming
