@@ -30,6 +30,7 @@ from bench.ingest import (
     Receiver,
     Storescp,
     machine,
+    require_dcmtk,
     write_results,
 )
 from tests.support import dicomgen
@@ -113,9 +114,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--notes", default="", help="text appended to the RESULTS.md section")
     parser.add_argument("--no-results", action="store_true", help="do not write bench/RESULTS.md")
     args = parser.parse_args(argv)
-    for tool in ("storescu", "storescp"):
-        if shutil.which(tool) is None:
-            parser.error(f"{tool} is not installed (Debian package dcmtk)")
+    require_dcmtk(parser)
     tmp = Path(tempfile.mkdtemp(prefix="fracnode-bench-"))
     runs: list[Run] = []
     try:

@@ -419,6 +419,12 @@ def write_results(title: str, text: str) -> None:
     RESULTS.write_text("".join(s if s.endswith("\n\n") or s is kept[-1] else s + "\n" for s in kept))
 
 
+def require_dcmtk(parser: argparse.ArgumentParser) -> None:
+    for tool in ("storescu", "storescp"):
+        if shutil.which(tool) is None:
+            parser.error(f"{tool} is not installed (Debian package dcmtk)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3)
@@ -430,9 +436,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--notes", default="", help="text appended to the RESULTS.md section")
     parser.add_argument("--no-results", action="store_true", help="do not write bench/RESULTS.md")
     args = parser.parse_args(argv)
-    for tool in ("storescu", "storescp"):
-        if shutil.which(tool) is None:
-            parser.error(f"{tool} is not installed (Debian package dcmtk)")
+    require_dcmtk(parser)
 
     tmp = Path(tempfile.mkdtemp(prefix="fracnode-bench-", dir=args.tmpdir))
     try:
