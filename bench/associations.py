@@ -86,16 +86,14 @@ def floor_ms(count: int) -> float:
 
 
 def report(runs: list[Run], floor: float) -> str:
-    medians = {
-        (r.receiver, r.proposal): statistics.median(
-            x.ms_per_association for x in runs if (x.receiver, x.proposal) == (r.receiver, r.proposal)
-        )
-        for r in runs
-    }
+    by_key: dict[tuple[str, str], list[float]] = {}
+    for r in runs:
+        by_key.setdefault((r.receiver, r.proposal), []).append(r.ms_per_association)
+    medians = {key: statistics.median(values) for key, values in by_key.items()}
     lines = ["| receiver | proposal | ms per association (median) | runs (ms) |", "|---|---|---|---|"]
     for name in ("fracnode", "storescp", "orthanc"):
         for proposal in PROPOSALS:
-            values = ", ".join(f"{r.ms_per_association:.1f}" for r in runs if (r.receiver, r.proposal) == (name, proposal))
+            values = ", ".join(f"{v:.1f}" for v in by_key[(name, proposal)])
             lines.append(f"| {name} | {proposal} | {medians[(name, proposal)]:.1f} | {values} |")
     lines += ["", f"storescu start-up alone (`storescu --version`): {floor:.1f} ms", "",
               "| proposal | associations/s fracnode ÷ storescp | fracnode ÷ Orthanc |", "|---|---|---|"]

@@ -161,7 +161,7 @@ class Spool:
         path = self.path_for(header)
         held = self.held_digest(header.sop_instance_uid, path)
         digest = hashlib.sha256(raw).hexdigest() if held is not None else ""
-        if held is not None and held == digest:
+        if held == digest:  # digest is '' exactly when nothing is held
             return Stored(header, path, duplicate=True)
         write_atomically(path, raw, self.min_free_bytes)
         self.index(header, path, digest, len(raw), calling_ae, association_id)
