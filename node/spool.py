@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import sqlite3
 import time
@@ -25,11 +26,13 @@ from pathlib import Path
 
 from node.db import Database
 from node.header import Header, UnreadableInstance, read_header
+from node.logs import event
 
 __all__ = [
     "Header", "OutOfSpace", "Spool", "SpoolError", "Stored", "UnreadableInstance", "fsync_dir",
     "read_header", "write_atomically",
 ]
+log = logging.getLogger("fracnode.spool")
 TEMP_SUFFIX = ".tmp"
 HASH_CHUNK = 1 << 20
 
@@ -195,14 +198,20 @@ class Spool:
     def index(
         self, header: Header, path: Path, digest: str, size: int, calling_ae: str, association_id: str
     ) -> None:
-        """Commit the index row of a file already durable at `path` (`digest` '': not computed)."""
+        """Commit the index row of a file already durable at `path` (`digest` '': not computed).
+
+        An instance that was held in another study's folder (a study corrected at the PACS and
+        resent) now belongs to this one alone: the old copy is removed once the row is committed.
+        """
         try:
-            self._index(header, path, digest, size, time.time(), calling_ae, association_id)
+            previous = self._index(header, path, digest, size, time.time(), calling_ae, association_id)
         except sqlite3.OperationalError as exc:
             # the index shares the disk: a full disk there is out of resources too, not a crash
             if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
                 raise
             raise OutOfSpace(f"cannot index {path.name}: the database's disk is full") from exc
+        if previous is not None and previous != path:
+            _remove_superseded(previous, header.sop_instance_uid, path)
 
     def _index(
         self,
@@ -213,8 +222,12 @@ class Spool:
         now: float,
         calling_ae: str,
         association_id: str,
-    ) -> None:
+    ) -> Path | None:
+        """Insert or replace the instance's row; returns the path the row held before, if any."""
         with self.db.transaction() as conn:
+            held = conn.execute(
+                "SELECT path FROM instances WHERE sop_instance_uid = ?", (header.sop_instance_uid,)
+            ).fetchone()
             conn.execute(
                 """INSERT OR REPLACE INTO instances (sop_instance_uid, sop_class_uid, study_uid,
                 series_uid, transfer_syntax_uid, modality, body_part, series_description,
@@ -247,6 +260,7 @@ class Spool:
                 release_ready = 0""",
                 (header.study_uid, calling_ae, now, now),
             )
+        return Path(held["path"]) if held is not None else None
 
     def reconcile(self) -> int:
         """After a crash: drop temporary files and index any durable file the index lacks.
@@ -263,12 +277,47 @@ class Spool:
                 if entry.name.endswith(TEMP_SUFFIX):
                     entry.unlink(missing_ok=True)
                 elif entry.suffix == ".dcm" and str(entry) not in indexed:
-                    raw = entry.read_bytes()
+                    try:
+                        raw = entry.read_bytes()
+                    except FileNotFoundError:
+                        continue  # an older copy of a moved instance, removed a moment ago
                     try:
                         header = read_header(raw)
                     except UnreadableInstance:
                         entry.rename(entry.with_suffix(".unreadable"))
                         continue
-                    self._index(header, entry, "", len(raw), entry.stat().st_mtime, "", "")
+                    newer = self._newer_copy(header.sop_instance_uid, entry)
+                    if newer is not None:
+                        _remove_superseded(entry, header.sop_instance_uid, newer)
+                        continue
+                    mtime = entry.stat().st_mtime
+                    previous = self._index(header, entry, "", len(raw), mtime, "", "")
+                    if previous is not None and previous != entry:
+                        _remove_superseded(previous, header.sop_instance_uid, entry)
                     added += 1
         return added
+
+    def _newer_copy(self, sop_instance_uid: str, entry: Path) -> Path | None:
+        """The file the index holds for this UID at another path when it is at least as new as
+        `entry` (then `entry` is an older copy of a moved instance), else None."""
+        rows = self.db.query("SELECT path FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))
+        if not rows or rows[0]["path"] == str(entry):
+            return None
+        held = Path(rows[0]["path"])
+        try:
+            return held if held.stat().st_mtime >= entry.stat().st_mtime else None
+        except FileNotFoundError:
+            return None
+
+
+def _remove_superseded(path: Path, sop_instance_uid: str, kept: Path) -> None:
+    """Remove the older copy of an instance held now in another study's folder (`kept`)."""
+    try:
+        path.unlink(missing_ok=True)
+        fsync_dir(path.parent)
+    except OSError as exc:
+        # left on disk it is harmless now: reconcile finds the newer copy indexed and removes it
+        log.warning("could not remove %s: %s", path, exc.strerror)
+        return
+    event(log, logging.INFO, "instance moved to another study", sop_instance_uid=sop_instance_uid,
+          removed=str(path), kept=str(kept))

@@ -185,6 +185,19 @@ def test_identical_resend_is_a_duplicate_and_a_changed_one_replaces(spool: Spool
     assert dcmread(stored.path).SeriesDescription == "corrected"
 
 
+def test_an_instance_resent_in_another_study_leaves_no_copy_behind(spool: Spool, db: Database) -> None:
+    ds = dicomgen.ct_series(1, size=16)[0]
+    raw, offset = encoded(ds)
+    received(spool, raw[offset:], ExplicitVRLittleEndian, ds.SOPClassUID, ds.SOPInstanceUID, 300).commit()
+    ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.77"
+    raw, offset = encoded(ds)
+    moved = received(spool, raw[offset:], ExplicitVRLittleEndian, ds.SOPClassUID, ds.SOPInstanceUID, 300)
+    stored = moved.commit()
+    assert everything_in(spool.root) == [stored.path]
+    (row,) = rows(db)
+    assert (row["study_uid"], row["path"]) == (ds.StudyInstanceUID, str(stored.path))
+
+
 @pytest.mark.parametrize("changed", [False, True])
 def test_a_uid_indexed_while_the_instance_was_under_way_is_still_compared(
     spool: Spool, db: Database, changed: bool

@@ -250,6 +250,47 @@ def test_same_sop_instance_with_other_bytes_replaces_the_file(spool: Spool, db: 
     assert row["digest"] == hashlib.sha256(changed).hexdigest()
 
 
+def test_an_instance_resent_in_another_study_moves_there(spool: Spool, db: Database) -> None:
+    """A PACS correcting a study (merge, split) resends an instance with its SOP Instance UID kept
+    and another Study Instance UID: the instance now belongs to the new study alone, also after a
+    restart."""
+    ds = cr()
+    first = spool.store(encode(ds), "CR01", "assoc-1")
+    ds.StudyInstanceUID = generate_uid()
+    moved = spool.store(encode(ds), "PACS", "assoc-2")
+    assert not moved.duplicate
+    assert moved.path.parent.name == ds.StudyInstanceUID
+    assert not first.path.exists()
+    (row,) = instance_rows(db)
+    assert (row["study_uid"], row["path"]) == (ds.StudyInstanceUID, str(moved.path))
+    assert spool.reconcile() == 0
+    assert [r["path"] for r in instance_rows(db)] == [str(moved.path)]
+
+
+def test_reconcile_keeps_the_newer_copy_of_a_moved_instance(spool: Spool, db: Database) -> None:
+    ds = cr()
+    old_raw = encode(ds)
+    first = spool.store(old_raw, "CR01", "assoc-1")
+    ds.StudyInstanceUID = generate_uid()
+    new_raw = encode(ds)
+    # the process died after the moved copy was renamed into place, before its index row
+    newer = spool.root / ds.StudyInstanceUID / first.path.name
+    newer.parent.mkdir()
+    newer.write_bytes(new_raw)
+    os.utime(first.path, (1_000_000_000, 1_000_000_000))
+    assert spool.reconcile() == 1
+    (row,) = instance_rows(db)
+    assert (row["study_uid"], row["path"]) == (ds.StudyInstanceUID, str(newer))
+    assert not first.path.exists()
+    # ... and after the index row, before the old copy was removed
+    stale = spool.root / first.path.parent.name / first.path.name
+    stale.write_bytes(old_raw)
+    os.utime(stale, (1_000_000_000, 1_000_000_000))
+    assert spool.reconcile() == 0
+    assert not stale.exists()
+    assert [r["path"] for r in instance_rows(db)] == [str(newer)]
+
+
 def test_resend_of_a_file_lost_from_disk_is_written_again(spool: Spool) -> None:
     raw = encode(cr())
     first = spool.store(raw, "CR01", "assoc-1")
