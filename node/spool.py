@@ -313,11 +313,14 @@ class Spool:
 def _remove_superseded(path: Path, sop_instance_uid: str, kept: Path) -> None:
     """Remove the older copy of an instance held now in another study's folder (`kept`)."""
     try:
-        path.unlink(missing_ok=True)
+        path.unlink()
         fsync_dir(path.parent)
+    except FileNotFoundError:
+        return  # gone already (retention, or removed by hand)
     except OSError as exc:
         # left on disk it is harmless now: reconcile finds the newer copy indexed and removes it
-        log.warning("could not remove %s: %s", path, exc.strerror)
+        event(log, logging.WARNING, "could not remove the older copy of a moved instance",
+              sop_instance_uid=sop_instance_uid, path=str(path), reason=exc.strerror)
         return
     event(log, logging.INFO, "instance moved to another study", sop_instance_uid=sop_instance_uid,
           removed=str(path), kept=str(kept))
