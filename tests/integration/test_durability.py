@@ -515,6 +515,35 @@ def test_restart_resumes_queued_and_interrupted_jobs(tmp_path, idle_node, start_
         ]
 
 
+def test_an_instance_resent_in_a_corrected_study_stays_there_after_a_restart(tmp_path, idle_node):
+    """A PACS that merges studies resends an instance with its SOP Instance UID kept and the other
+    study's UID: the node holds it in that study only, and a restart does not undo that."""
+    config = node_config(tmp_path / "data")
+    node = idle_node(config)
+    series = dicomgen.ct_series(3, seed=5)
+    assert storescu(node.ingest.port, dicomgen.write(series, tmp_path / "first")).returncode == 0
+    moved = series[0]
+    moved.StudyInstanceUID = dicomgen.ct_series(1, seed=6)[0].StudyInstanceUID
+    assert storescu(node.ingest.port, dicomgen.write([moved], tmp_path / "corrected")).returncode == 0
+
+    def where() -> dict[str, str]:
+        conn = sqlite3.connect(f"file:{config.database_path}?mode=ro", uri=True)
+        try:
+            return dict(conn.execute("SELECT sop_instance_uid, study_uid FROM instances"))
+        finally:
+            conn.close()
+
+    expected = {ds.SOPInstanceUID: ds.StudyInstanceUID for ds in series}
+    assert where() == expected
+    spooled = sorted(p.relative_to(config.spool_dir) for p in config.spool_dir.rglob("*.dcm"))
+    assert spooled == sorted(Path(study, f"{uid}.dcm") for uid, study in expected.items())
+    node.stop()
+
+    idle_node(config)  # start-up recovery reconciles the spool with the index
+    assert where() == expected
+    assert len(list(config.spool_dir.rglob("*.dcm"))) == 3
+
+
 def test_job_of_a_dead_worker_is_taken_over_when_its_lease_expires(tmp_path, idle_node):
     lease_s = 2.0
     config = node_config(tmp_path / "data", routes=[CT_ROUTE], jobs={"lease_s": lease_s})
