@@ -204,14 +204,12 @@ class Spool:
         resent) now belongs to this one alone: the old copy is removed once the row is committed.
         """
         try:
-            previous = self._index(header, path, digest, size, time.time(), calling_ae, association_id)
+            self._index(header, path, digest, size, time.time(), calling_ae, association_id)
         except sqlite3.OperationalError as exc:
             # the index shares the disk: a full disk there is out of resources too, not a crash
             if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
                 raise
             raise OutOfSpace(f"cannot index {path.name}: the database's disk is full") from exc
-        if previous is not None and previous != path:
-            _remove_superseded(previous, header.sop_instance_uid, path)
 
     def _index(
         self,
@@ -222,8 +220,9 @@ class Spool:
         now: float,
         calling_ae: str,
         association_id: str,
-    ) -> Path | None:
-        """Insert or replace the instance's row; returns the path the row held before, if any."""
+    ) -> None:
+        """Insert or replace the instance's row; once it is committed, remove the file the row
+        held before when that is another (the older copy of a moved instance)."""
         with self.db.transaction() as conn:
             held = conn.execute(
                 "SELECT path FROM instances WHERE sop_instance_uid = ?", (header.sop_instance_uid,)
@@ -260,7 +259,8 @@ class Spool:
                 release_ready = 0""",
                 (header.study_uid, calling_ae, now, now),
             )
-        return Path(held["path"]) if held is not None else None
+        if held is not None and held["path"] != str(path):
+            _remove_superseded(Path(held["path"]), header.sop_instance_uid, path)
 
     def reconcile(self) -> int:
         """After a crash: drop temporary files and index any durable file the index lacks.
@@ -290,10 +290,7 @@ class Spool:
                     if newer is not None:
                         _remove_superseded(entry, header.sop_instance_uid, newer)
                         continue
-                    mtime = entry.stat().st_mtime
-                    previous = self._index(header, entry, "", len(raw), mtime, "", "")
-                    if previous is not None and previous != entry:
-                        _remove_superseded(previous, header.sop_instance_uid, entry)
+                    self._index(header, entry, "", len(raw), entry.stat().st_mtime, "", "")
                     added += 1
         return added
 
