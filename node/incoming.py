@@ -25,10 +25,10 @@ from node.spool import (
     Spool,
     Stored,
     check_free_space,
+    create_temporary,
     file_digest,
     fsync_dir,
-    make_directory,
-    temporary_path,
+    remove_temporary,
     write_failure,
 )
 
@@ -65,30 +65,6 @@ def _write_all(fd: int, buffers: Sequence[bytes | memoryview]) -> None:
     rest = memoryview(b"".join(buffers))[written:]  # a short write: rare, finish it plainly
     while rest:
         rest = rest[os.write(fd, rest) :]
-
-
-def create_temporary(path: Path) -> tuple[int, Path]:
-    """An empty temporary file beside `path`, open for writing: (descriptor, its path)."""
-    make_directory(path.parent)
-    temp = temporary_path(path)
-    try:
-        return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640), temp
-    except OSError as exc:
-        raise write_failure(path, exc) from exc
-
-
-def remove_temporary(fd: int, temp: Path | None) -> None:
-    """Close a temporary file's descriptor (-1: none) and remove the file, ignoring failures."""
-    if fd >= 0:
-        try:
-            os.close(fd)
-        except OSError:
-            pass
-    if temp is not None:
-        try:
-            temp.unlink(missing_ok=True)
-        except OSError:
-            pass
 
 
 class SpareFile:

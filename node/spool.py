@@ -100,6 +100,30 @@ def write_failure(path: Path, exc: OSError) -> OutOfSpace:
     return OutOfSpace(f"cannot write {path.name}: {exc}")
 
 
+def create_temporary(path: Path) -> tuple[int, Path]:
+    """An empty temporary file beside `path`, open for writing: (descriptor, its path)."""
+    make_directory(path.parent)
+    temp = temporary_path(path)
+    try:
+        return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640), temp
+    except OSError as exc:
+        raise write_failure(path, exc) from exc
+
+
+def remove_temporary(fd: int, temp: Path | None) -> None:
+    """Close a temporary file's descriptor (-1: none) and remove the file, ignoring failures."""
+    if fd >= 0:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+    if temp is not None:
+        try:
+            temp.unlink(missing_ok=True)
+        except OSError:
+            pass
+
+
 def write_atomically(path: Path, data: bytes, min_free_bytes: int = 0) -> None:
     """Write `data` to `path` so that a crash leaves either the old file, the new file, or neither.
 
@@ -109,23 +133,18 @@ def write_atomically(path: Path, data: bytes, min_free_bytes: int = 0) -> None:
     directory = path.parent
     make_directory(directory)
     check_free_space(directory, len(data), min_free_bytes)
-    temp = temporary_path(path)
+    fd, temp = create_temporary(path)
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view) :]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
         os.replace(temp, path)
         fsync_dir(directory)
     except OSError as exc:
-        try:
-            temp.unlink(missing_ok=True)
-        except OSError:
-            pass
+        remove_temporary(fd, temp)
         raise write_failure(path, exc) from exc
 
 
