@@ -24,6 +24,7 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         learning_rate=getattr(args, "learning_rate", 2e-3),
         init=Path(args.init) if getattr(args, "init", None) else None,
         ema_decay=getattr(args, "ema", 0.0) or 0.0,
+        resume=getattr(args, "resume", False),
         batch_size=args.batch_size,
         seed=args.seed,
         train_seed=getattr(args, "train_seed", None),
@@ -50,7 +51,12 @@ def cmd_train(args: argparse.Namespace) -> int:
             training = radiograph.combine(settings.bundle, [Path(member) for member in args.combine])
             print(f"{settings.bundle}: an ensemble of {len(args.combine)} networks", file=sys.stderr)
         else:
-            training = radiograph.train(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
+            try:
+                training = radiograph.train(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
+            except KeyboardInterrupt:
+                print(f"\nfracnode train: interrupted; the last finished epoch is in {settings.cache / 'checkpoints'}."
+                      " Run the same command with --resume to go on from there.", file=sys.stderr)
+                return 130
         report = radiograph.evaluate(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
     except (DataError, BundleError) as exc:
         print(f"fracnode train: {exc}", file=sys.stderr)
@@ -137,6 +143,9 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
             parser.add_argument("--init", help="start from these weights (a state dict), e.g. to fine-tune")
             parser.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                                 help="radiograph: validate and keep a moving average of the weights (e.g. 0.998)")
+            parser.add_argument("--resume", action="store_true",
+                                help="radiograph: go on from the last finished epoch of an interrupted run with the"
+                                " same options and --cache")
             parser.add_argument("--train-seed", type=int, metavar="SEED",
                                 help="radiograph: seed of the initial weights, batch order and augmentation"
                                 " (default: --seed); the split stays that of --seed")

@@ -8,6 +8,7 @@ metric, on the test split only. The report goes into the bundle's metadata and m
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -41,6 +42,7 @@ class TrainSettings:
     threads: int = 0
     init: Path | None = None  # start from these weights (fine-tuning) instead of random ones
     ema_decay: float = 0.0  # > 0: validate and keep an exponential moving average of the weights
+    resume: bool = False  # continue from the checkpoint an interrupted run of the same settings left
 
 
 def _standardize(images: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -228,6 +230,59 @@ def train(settings: TrainSettings, log=print) -> dict:
     return {**common, "members": [{**common, **run} for run in runs]}
 
 
+def _save(path: Path, obj: object) -> None:
+    """torch.save through a temporary file, so an interruption never leaves half a checkpoint."""
+    partial = path.with_suffix(".partial")
+    torch.save(obj, partial)
+    os.replace(partial, path)
+
+
+def _run_identity(settings: TrainSettings, seed: int, train_set: fracatlas.Arrays) -> dict:
+    """What a checkpoint must have been written under for a run to continue from it."""
+    return {
+        "epochs": settings.epochs,
+        "batch_size": settings.batch_size,
+        "learning_rate": settings.learning_rate,
+        "ema_decay": settings.ema_decay,
+        "train_seed": seed,
+        "init_sha256": bundles.sha256(settings.init) if settings.init else None,
+        "train_images": hashlib.sha256("\n".join(map(str, train_set.ids)).encode()).hexdigest(),
+    }
+
+
+def _resume(checkpoints: Path, run: dict, network, optimizer, scheduler, ema, rng: np.random.Generator,
+            progress: dict, log) -> int:
+    """Restore an interrupted run's state from `last.pt`; the first epoch still to train."""
+    path = checkpoints / "last.pt"
+    if not path.is_file():
+        log(f"--resume: no checkpoint in {checkpoints}, starting at epoch 1")
+        return 1
+    saved = torch.load(path, map_location="cpu", weights_only=True)
+    if saved.get("run") != run:
+        differences = ", ".join(
+            f"{key} {saved.get('run', {}).get(key)!r} there, {value!r} now"
+            for key, value in run.items() if saved.get("run", {}).get(key) != value
+        )
+        raise fracatlas.DataError(
+            f"{path} was written by a run with other settings ({differences or 'no record of them'});"
+            " rerun with that run's options, or without --resume (or with another --cache) to start over"
+        )
+    network.load_state_dict(saved["model"])
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    if ema is not None:
+        ema.load_state_dict(saved["ema"])
+    rng.bit_generator.state = saved["rng"]
+    torch.set_rng_state(saved["torch_rng"])
+    progress.update(saved["progress"])
+    best = progress["best"]
+    if best["epoch"] == saved["epoch"]:  # the run may have stopped between writing last.pt and best.pt
+        _save(checkpoints / "best.pt", (ema.module if ema is not None else network).state_dict())
+    log(f"resuming after epoch {saved['epoch']} of {run['epochs']} from {path}"
+        f" (best so far: epoch {best['epoch']}, val ROC AUC {best['val_auc']:.4f})")
+    return saved["epoch"] + 1
+
+
 def _fit(settings: TrainSettings, network: torch.nn.Module, train_set: fracatlas.Arrays, val_set: fracatlas.Arrays,
          seed: int, checkpoints: Path, log) -> tuple[dict, dict]:
     """One network's training run: its best (validated) state and what happened."""
@@ -249,9 +304,12 @@ def _fit(settings: TrainSettings, network: torch.nn.Module, train_set: fracatlas
         )
         log(f"validating an exponential moving average of the weights (decay {settings.ema_decay})")
     kept = ema.module if ema is not None else network
-    best = {"val_auc": -1.0, "epoch": 0}
-    history = []
-    for epoch in range(1, settings.epochs + 1):
+    run = _run_identity(settings, seed, train_set)
+    progress = {"best": {"val_auc": -1.0, "epoch": 0}, "history": []}
+    first_epoch = 1
+    if settings.resume:
+        first_epoch = _resume(checkpoints, run, network, optimizer, scheduler, ema, rng, progress, log)
+    for epoch in range(first_epoch, settings.epochs + 1):
         network.train()
         order = rng.permutation(len(train_set.ids))
         started, total = time.monotonic(), 0.0
@@ -276,12 +334,19 @@ def _fit(settings: TrainSettings, network: torch.nn.Module, train_set: fracatlas
             bar.set_postfix(loss=f"{total / (step + 1):.3f}")
         scores, _, _ = predict(kept, val_set, desc="validating")
         val_auc = metrics.roc_auc(val_set.fractured, scores)
-        history.append({"epoch": epoch, "loss": total / steps_per_epoch, "val_auc": val_auc})
+        progress["history"].append({"epoch": epoch, "loss": total / steps_per_epoch, "val_auc": val_auc})
+        improved = val_auc > progress["best"]["val_auc"]
+        if improved:
+            progress["best"] = {"val_auc": val_auc, "epoch": epoch}
+        _save(checkpoints / "last.pt", {
+            "run": run, "epoch": epoch, "progress": progress, "model": network.state_dict(),
+            "ema": ema.state_dict() if ema is not None else None, "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(), "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
+        })
+        if improved:  # after last.pt, which a resumed run rewrites best.pt from if this write was cut off
+            _save(checkpoints / "best.pt", kept.state_dict())
         log(f"epoch {epoch}: loss {total / steps_per_epoch:.4f}, val ROC AUC {val_auc:.4f}, {time.monotonic() - started:.0f} s")
-        torch.save({"model": network.state_dict(), "epoch": epoch, "optimizer": optimizer.state_dict()}, checkpoints / "last.pt")
-        if val_auc > best["val_auc"]:
-            best = {"val_auc": val_auc, "epoch": epoch}
-            torch.save(kept.state_dict(), checkpoints / "best.pt")
+    best, history = progress["best"], progress["history"]
     (checkpoints / "history.json").write_text(json.dumps(history, indent=2))
     log(f"best epoch {best['epoch']} (val ROC AUC {best['val_auc']:.4f})")
     state = torch.load(checkpoints / "best.pt", map_location="cpu", weights_only=True)

@@ -7,6 +7,7 @@ import csv
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -149,3 +150,60 @@ def test_combine_refuses_members_of_another_shape_or_an_ensemble(data: Path, tmp
     ensemble = small_bundle(tmp_path / "ensemble", members=2)
     with pytest.raises(bundles.BundleError, match="already an ensemble"):
         radiograph.combine(tmp_path / "x", [ensemble, one])
+
+
+def _interrupt_after_first_epoch(line: str) -> None:
+    if line.startswith("epoch 1:"):
+        raise KeyboardInterrupt
+
+
+def test_an_interrupted_run_resumed_ends_where_an_uninterrupted_one_does(data: Path, tmp_path: Path) -> None:
+    def settings(name: str, resume: bool = False) -> radiograph.TrainSettings:
+        return radiograph.TrainSettings(data=data, bundle=tmp_path / name, cache=tmp_path / f"cache-{name}",
+                                        epochs=3, batch_size=8, threads=1, ema_decay=0.9, resume=resume)
+
+    small_bundle(tmp_path / "straight")
+    straight = radiograph.train(settings("straight"), log=lambda line: None)
+    small_bundle(tmp_path / "resumed")
+    with pytest.raises(KeyboardInterrupt):
+        radiograph.train(settings("resumed"), log=_interrupt_after_first_epoch)
+    lines: list[str] = []
+    resumed = radiograph.train(settings("resumed", resume=True), log=lines.append)
+    assert any(line.startswith("resuming after epoch 1 of 3 from ") for line in lines)
+    assert not any(line.startswith("epoch 1:") for line in lines)
+    assert resumed["history"] == straight["history"] and resumed["best_epoch"] == straight["best_epoch"]
+    ours = torch.load(tmp_path / "resumed" / "models" / "model.pt", weights_only=True)
+    theirs = torch.load(tmp_path / "straight" / "models" / "model.pt", weights_only=True)
+    assert ours.keys() == theirs.keys()
+    for key in ours:
+        torch.testing.assert_close(ours[key], theirs[key], msg=key)
+    # a finished run resumed trains nothing more and keeps its best epoch
+    lines.clear()
+    again = radiograph.train(settings("resumed", resume=True), log=lines.append)
+    assert again["history"] == straight["history"] and again["best_epoch"] == straight["best_epoch"]
+    assert any(line.startswith("resuming after epoch 3 of 3") for line in lines)
+    assert not any(line.startswith("epoch ") for line in lines)
+
+
+def test_ctrl_c_says_how_to_resume_and_a_resume_with_other_settings_is_refused(data: Path, tmp_path: Path) -> None:
+    bundle, cache = small_bundle(tmp_path / "bundle"), tmp_path / "cache"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRACNODE_")}
+    command = [sys.executable, "-m", "node.cli", "train", "radiograph", "--data", str(data), "--bundle", str(bundle),
+               "--cache", str(cache), "--epochs", "500", "--batch-size", "8", "--threads", "1"]
+    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+    assert process.stderr is not None
+    seen = []
+    for line in process.stderr:  # the progress bars write \r-separated updates; log lines end in \n
+        seen.append(line)
+        if "epoch 1: loss" in line:
+            process.send_signal(signal.SIGINT)
+            break
+    rest = process.stderr.read()
+    assert process.wait(timeout=120) == 130, "".join(seen)[-2000:] + rest[-2000:]
+    assert "interrupted" in rest and "--resume" in rest
+    saved = torch.load(cache / "checkpoints" / "last.pt", weights_only=True)
+    assert saved["epoch"] >= 1 and saved["run"]["epochs"] == 500
+    done = fracnode("train", "radiograph", "--data", data, "--bundle", bundle, "--cache", cache, "--epochs", 40,
+                    "--batch-size", 8, "--threads", 1, "--resume")
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "other settings (epochs 500 there, 40 now)" in done.stderr and "without --resume" in done.stderr
