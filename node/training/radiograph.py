@@ -259,14 +259,15 @@ def _resume(checkpoints: Path, run: dict, network, optimizer, scheduler, ema, rn
         return 1
     saved = torch.load(path, map_location="cpu", weights_only=True)
     if saved.get("run") != run:
-        differences = ", ".join(
-            f"{key} {saved.get('run', {}).get(key)!r} there, {value!r} now"
-            for key, value in run.items() if saved.get("run", {}).get(key) != value
-        )
-        raise fracatlas.DataError(
-            f"{path} was written by a run with other settings ({differences or 'no record of them'});"
-            " rerun with that run's options, or without --resume (or with another --cache) to start over"
-        )
+        if "run" in saved:
+            differences = ", ".join(
+                f"{key} {saved['run'].get(key)!r} there, {value!r} now"
+                for key, value in run.items() if saved["run"].get(key) != value
+            )
+            cause = f"was written by a run with other settings ({differences}); rerun with that run's options, or"
+        else:
+            cause = "has no record of the settings it was trained with, so it cannot be resumed; run"
+        raise fracatlas.DataError(f"{path} {cause} without --resume (or with another --cache) to start over")
     network.load_state_dict(saved["model"])
     optimizer.load_state_dict(saved["optimizer"])
     scheduler.load_state_dict(saved["scheduler"])

@@ -207,3 +207,13 @@ def test_ctrl_c_says_how_to_resume_and_a_resume_with_other_settings_is_refused(d
                     "--batch-size", 8, "--threads", 1, "--resume")
     assert done.returncode == 2, done.stderr[-2000:]
     assert "other settings (epochs 500 there, 40 now)" in done.stderr and "without --resume" in done.stderr
+
+
+def test_a_checkpoint_without_its_settings_is_not_resumed(data: Path, tmp_path: Path) -> None:
+    bundle, cache = small_bundle(tmp_path / "bundle"), tmp_path / "cache"
+    (cache / "checkpoints").mkdir(parents=True)
+    torch.save({"model": {}, "epoch": 3}, cache / "checkpoints" / "last.pt")  # as fracnode 0.2 wrote them
+    settings = radiograph.TrainSettings(data=data, bundle=bundle, cache=cache, epochs=4, batch_size=8, threads=1,
+                                        resume=True)
+    with pytest.raises(fracatlas.DataError, match="has no record of the settings .* without --resume"):
+        radiograph.train(settings, log=lambda line: None)
