@@ -33,10 +33,24 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    if args.model == "cspine":
-        from node.training.cspine_cli import cmd_train as train_cspine
+    from node.training.checkpoints import ResumeError
 
-        return train_cspine(args)
+    try:
+        if args.model == "cspine":
+            from node.training.cspine_cli import cmd_train as train_cspine
+
+            return train_cspine(args)
+        return _train_radiograph(args)
+    except ResumeError as exc:
+        print(f"fracnode train: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\nfracnode train: interrupted; the last finished epoch is checkpointed under {args.cache}."
+              " Run the same command with --resume to go on from there.", file=sys.stderr)
+        return 130
+
+
+def _train_radiograph(args: argparse.Namespace) -> int:
     from node.inference.bundle import BundleError
     from node.training import radiograph
     from node.training.fracatlas import DataError
@@ -51,12 +65,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             training = radiograph.combine(settings.bundle, [Path(member) for member in args.combine])
             print(f"{settings.bundle}: an ensemble of {len(args.combine)} networks", file=sys.stderr)
         else:
-            try:
-                training = radiograph.train(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
-            except KeyboardInterrupt:
-                print(f"\nfracnode train: interrupted; the last finished epoch is in {settings.cache / 'checkpoints'}."
-                      " Run the same command with --resume to go on from there.", file=sys.stderr)
-                return 130
+            training = radiograph.train(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
         report = radiograph.evaluate(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
     except (DataError, BundleError) as exc:
         print(f"fracnode train: {exc}", file=sys.stderr)
@@ -144,8 +153,8 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
             parser.add_argument("--ema", type=float, default=0.0, metavar="DECAY",
                                 help="radiograph: validate and keep a moving average of the weights (e.g. 0.998)")
             parser.add_argument("--resume", action="store_true",
-                                help="radiograph: go on from the last finished epoch of an interrupted run with the"
-                                " same options and --cache")
+                                help="go on from the last finished epoch of an interrupted run with the same options"
+                                " and --cache")
             parser.add_argument("--train-seed", type=int, metavar="SEED",
                                 help="radiograph: seed of the initial weights, batch order and augmentation"
                                 " (default: --seed); the split stays that of --seed")

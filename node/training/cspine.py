@@ -68,6 +68,7 @@ class CSpineSettings:
     init_vertebrae: Path | None = None  # start the vertebra model from these weights (fine-tuning)
     seg_learning_rate: float = 3e-3
     all_studies: bool = False  # evaluate: every study of `data` (a dataset never used in training)
+    resume: bool = False  # train: continue each model from the checkpoint an interrupted run left
 
 
 def _crop_spec(bundle: bundles.Bundle) -> CropSpec:
@@ -178,8 +179,7 @@ def _train_vertebrae(settings: CSpineSettings, bundle: bundles.Bundle, cases: di
     state, history = cspine_loops.train_vertebrae(
         network, cases["train"] + negative_cases["train"], validation, roi, settings.seg_epochs, settings.seed, log,
         patches_per_case=settings.patches_per_case, validate_every=max(1, settings.seg_epochs // 5),
-        learning_rate=settings.seg_learning_rate,
-        checkpoint=lambda c: torch.save(c, checkpoints / "vertebrae_last.pt"))
+        learning_rate=settings.seg_learning_rate, checkpoint=checkpoints / "vertebrae_last.pt", resume=settings.resume)
     _install(settings.vertebra_bundle, state)
     return {"epochs": settings.seg_epochs, "patch": list(roi), "patches_per_study": settings.patches_per_case,
             "learning_rate": settings.seg_learning_rate, **({"init_weights_sha256": init} if init else {}),
@@ -208,7 +208,7 @@ def _train_fracture(settings: CSpineSettings, bundle: bundles.Bundle, crops: dic
     network = bundles.build_network(bundle)
     state, history, calibration = cspine_loops.train_fracture(
         network, crops["train"], crops["val"], settings.epochs, settings.seed, log, batch_size=settings.batch_size,
-        checkpoint=lambda c: torch.save(c, cache / "checkpoints" / "fracture_last.pt"))
+        checkpoint=cache / "checkpoints" / "fracture_last.pt", resume=settings.resume)
     network.load_state_dict(state)
     choices = _validation_choices(network, crops, parts)
     _install(settings.fracture_bundle, state)

@@ -72,6 +72,7 @@ def settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         seed=args.seed, threads=args.threads, batch_size=args.batch_size,
         negatives=Path(args.negatives) if args.negatives else None,
         all_studies=bool(getattr(args, "all_studies", False)),
+        resume=bool(getattr(args, "resume", False)),
     )
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 from tqdm import tqdm
 
+from node.training import checkpoints
 from node.training.cspine_data import CROP_MARGIN, CropSet, SegmentationCase
 from node.training.cspine_metrics import dice_per_label
 
@@ -88,10 +90,16 @@ def segmentation_dice(network: torch.nn.Module, cases: Sequence[SegmentationCase
 def train_vertebrae(
     network: torch.nn.Module, train: Sequence[SegmentationCase], val: Sequence[SegmentationCase],
     roi: Sequence[int], epochs: int, seed: int, log: Log, patches_per_case: int = 1, batch_size: int = 2,
-    learning_rate: float = 3e-3, checkpoint: Callable[[dict], None] | None = None, validate_every: int = 1,
+    learning_rate: float = 3e-3, checkpoint: Path | None = None, resume: bool = False, validate_every: int = 1,
 ) -> tuple[dict[str, torch.Tensor], list[dict]]:
-    """Best weights by validation Dice (validated every `validate_every` epochs and after the last)."""
+    """Best weights by validation Dice (validated every `validate_every` epochs and after the last).
+    `checkpoint`: the file rewritten after every epoch, which `resume` continues from."""
     rng = np.random.default_rng(seed)
+    settings = {"epochs": epochs, "seed": seed, "roi": list(roi), "patches_per_case": patches_per_case,
+                "batch_size": batch_size, "learning_rate": learning_rate, "validate_every": validate_every,
+                "train_series": checkpoints.fingerprint(case.uid for case in train),
+                "validation_series": checkpoints.fingerprint(case.uid for case in val),
+                "initial_weights": checkpoints.fingerprint(network.state_dict().values())}
     device = _device()
     network.to(device)
     points = [_foreground(case, rng) for case in train]
@@ -101,7 +109,12 @@ def train_vertebrae(
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)  # Dice pooled over the batch: patches miss vertebrae
     history: list[dict] = []
     best_dice, best_state = -1.0, copy.deepcopy(network.state_dict())
-    for epoch in range(1, epochs + 1):
+    run = checkpoints.Run(checkpoint, settings, network, optimizer, schedule, rng) if checkpoint else None
+    first_epoch = 1
+    if run and resume and (resumed := run.resume(log)):
+        first_epoch = resumed[0] + 1
+        history, best_dice, best_state = (resumed[1][k] for k in ("history", "best_dice", "best_state"))
+    for epoch in range(first_epoch, epochs + 1):
         network.train()
         started, total = time.monotonic(), 0.0
         bar = tqdm(range(steps), desc=f"vertebrae epoch {epoch}/{epochs}", unit="batch", leave=False)
@@ -125,10 +138,10 @@ def train_vertebrae(
                 best_dice, best_state = dice, copy.deepcopy(network.state_dict())
         entry["seconds"] = round(time.monotonic() - started, 1)
         history.append(entry)
+        if run:
+            run.save(epoch, {"history": history, "best_dice": best_dice, "best_state": best_state})
         log(f"vertebrae epoch {epoch}: loss {total / steps:.4f}, val Dice {entry.get('val_dice', '-')},"
             f" {time.monotonic() - started:.0f} s")
-        if checkpoint:
-            checkpoint({"model": network.state_dict(), "epoch": epoch, "optimizer": optimizer.state_dict()})
     return {k: v.cpu() for k, v in best_state.items()}, history
 
 
@@ -220,7 +233,7 @@ def balanced_batch(fractured: np.ndarray, batch_size: int, rng: np.random.Genera
 
 def train_fracture(
     network: torch.nn.Module, train: Sequence[CropSet], val: Sequence[CropSet], epochs: int, seed: int,
-    log: Log, batch_size: int = 16, learning_rate: float = 2e-3, checkpoint: Callable[[dict], None] | None = None,
+    log: Log, batch_size: int = 16, learning_rate: float = 2e-3, checkpoint: Path | None = None, resume: bool = False,
 ) -> tuple[dict[str, torch.Tensor], list[dict], dict]:
     """Balanced batches (fractured vertebrae are ~1 in 6 crops: uniform batches hold two or three, too
     few to learn the clefts from) with plain BCE; the network then estimates the likelihood ratio, so
@@ -228,14 +241,19 @@ def train_fracture(
     fractured crops, is added to its output bias. Each epoch is scored on validation after a Platt fit
     there (a, b of sigmoid(a * logit + b)); the best epoch's weights get that fit baked into the last
     linear layer, so the bundle's sigmoid output is calibrated for the 2 : 1 weighted log loss.
+    `checkpoint`: the file rewritten after every epoch, which `resume` continues from.
     Returns (weights, history, calibration facts)."""
     rng = np.random.default_rng(seed)
-    device = _device()
-    network.to(device)
     crops, fractured = _stack(train)
     val_crops, val_fractured = _stack(val)
     if not len(crops):
         raise ValueError("no vertebra crops to train the fracture model on")
+    settings = {"epochs": epochs, "seed": seed, "batch_size": batch_size, "learning_rate": learning_rate,
+                "train_crops": checkpoints.fingerprint([crops, fractured]),
+                "validation_crops": checkpoints.fingerprint([val_crops, val_fractured]),
+                "initial_weights": checkpoints.fingerprint(network.state_dict().values())}
+    device = _device()
+    network.to(device)
     share = float(np.clip(fractured.mean(), 1e-3, 1 - 1e-3))
     prior = float(np.log(POSITIVE_WEIGHT * share / (1 - share)))
     steps = max(1, len(crops) // batch_size)
@@ -243,7 +261,13 @@ def train_fracture(
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, learning_rate, total_steps=steps * epochs, pct_start=0.2)
     history: list[dict] = []
     best_loss, best_state, best_fit = float("inf"), copy.deepcopy(network.state_dict()), (1.0, 0.0)
-    for epoch in range(1, epochs + 1):
+    run = checkpoints.Run(checkpoint, settings, network, optimizer, schedule, rng) if checkpoint else None
+    first_epoch = 1
+    if run and resume and (resumed := run.resume(log)):
+        first_epoch = resumed[0] + 1
+        history, best_loss, best_state, best_fit = (
+            resumed[1][k] for k in ("history", "best_loss", "best_state", "best_fit"))
+    for epoch in range(first_epoch, epochs + 1):
         network.train()
         started, total = time.monotonic(), 0.0
         bar = tqdm(range(steps), desc=f"fracture epoch {epoch}/{epochs}", unit="batch", leave=False)
@@ -269,12 +293,13 @@ def train_fracture(
             val_loss, fit = total / steps, (1.0, 0.0)
         entry.update(val_loss=round(val_loss, 4), seconds=round(time.monotonic() - started, 1))
         history.append(entry)
-        log(f"fracture epoch {epoch}: loss {total / steps:.4f}, val weighted BCE {val_loss:.4f} (Platt {fit[0]:.2f},"
-            f" {fit[1]:.2f}), val AUC {entry.get('val_auc', '-')}, {time.monotonic() - started:.0f} s")
         if val_loss < best_loss:
             best_loss, best_state, best_fit = val_loss, copy.deepcopy(network.state_dict()), fit
-        if checkpoint:
-            checkpoint({"model": network.state_dict(), "epoch": epoch, "optimizer": optimizer.state_dict()})
+        if run:
+            run.save(epoch, {"history": history, "best_loss": best_loss, "best_state": best_state,
+                             "best_fit": list(best_fit)})
+        log(f"fracture epoch {epoch}: loss {total / steps:.4f}, val weighted BCE {val_loss:.4f} (Platt {fit[0]:.2f},"
+            f" {fit[1]:.2f}), val AUC {entry.get('val_auc', '-')}, {time.monotonic() - started:.0f} s")
     state = {k: v.detach().cpu().clone() for k, v in best_state.items()}
     weight, bias = _last_linear(state)
     a, b = best_fit

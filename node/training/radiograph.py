@@ -8,7 +8,6 @@ metric, on the test split only. The report goes into the bundle's metadata and m
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -23,7 +22,7 @@ from tqdm import tqdm
 
 from node.inference import bundle as bundles
 from node.inference.regions import extract
-from node.training import fracatlas, metrics
+from node.training import checkpoints, fracatlas, metrics
 
 SUSPICIOUS_SENSITIVITY = 0.90
 FRACTURE_SPECIFICITY = 0.90
@@ -206,11 +205,11 @@ def train(settings: TrainSettings, log=print) -> dict:
     parts = member_networks(network)
     runs = []
     for k, member in enumerate(parts):
-        checkpoints = settings.cache / "checkpoints"
+        folder = settings.cache / "checkpoints"
         if len(parts) > 1:
-            checkpoints = checkpoints / f"member{k + 1}"
+            folder = folder / f"member{k + 1}"
             log(f"ensemble member {k + 1} of {len(parts)}, training seed {run_seed + k}")
-        state, run = _fit(settings, member, splits["train"], splits["val"], run_seed + k, checkpoints, log)
+        state, run = _fit(settings, member, splits["train"], splits["val"], run_seed + k, folder, log)
         member.load_state_dict(state)
         runs.append(run)
     _save_weights(bundle, network.state_dict())
@@ -230,14 +229,7 @@ def train(settings: TrainSettings, log=print) -> dict:
     return {**common, "members": [{**common, **run} for run in runs]}
 
 
-def _save(path: Path, obj: object) -> None:
-    """torch.save through a temporary file, so an interruption never leaves half a checkpoint."""
-    partial = path.with_suffix(".partial")
-    torch.save(obj, partial)
-    os.replace(partial, path)
-
-
-def _run_identity(settings: TrainSettings, seed: int, train_set: fracatlas.Arrays) -> dict:
+def _run_settings(settings: TrainSettings, seed: int, train_set: fracatlas.Arrays) -> dict:
     """What a checkpoint must have been written under for a run to continue from it."""
     return {
         "epochs": settings.epochs,
@@ -246,46 +238,12 @@ def _run_identity(settings: TrainSettings, seed: int, train_set: fracatlas.Array
         "ema_decay": settings.ema_decay,
         "train_seed": seed,
         "init_sha256": bundles.sha256(settings.init) if settings.init else None,
-        "train_images": hashlib.sha256("\n".join(map(str, train_set.ids)).encode()).hexdigest(),
+        "train_images": checkpoints.fingerprint(map(str, train_set.ids)),
     }
 
 
-def _resume(checkpoints: Path, run: dict, network, optimizer, scheduler, ema, rng: np.random.Generator,
-            progress: dict, log) -> int:
-    """Restore an interrupted run's state from `last.pt`; the first epoch still to train."""
-    path = checkpoints / "last.pt"
-    if not path.is_file():
-        log(f"--resume: no checkpoint in {checkpoints}, starting at epoch 1")
-        return 1
-    saved = torch.load(path, map_location="cpu", weights_only=True)
-    if saved.get("run") != run:
-        if "run" in saved:
-            differences = ", ".join(
-                f"{key} {saved['run'].get(key)!r} there, {value!r} now"
-                for key, value in run.items() if saved["run"].get(key) != value
-            )
-            cause = f"was written by a run with other settings ({differences}); rerun with that run's options, or"
-        else:
-            cause = "has no record of the settings it was trained with, so it cannot be resumed; run"
-        raise fracatlas.DataError(f"{path} {cause} without --resume (or with another --cache) to start over")
-    network.load_state_dict(saved["model"])
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
-    if ema is not None:
-        ema.load_state_dict(saved["ema"])
-    rng.bit_generator.state = saved["rng"]
-    torch.set_rng_state(saved["torch_rng"])
-    progress.update(saved["progress"])
-    best = progress["best"]
-    if best["epoch"] == saved["epoch"]:  # the run may have stopped between writing last.pt and best.pt
-        _save(checkpoints / "best.pt", (ema.module if ema is not None else network).state_dict())
-    log(f"resuming after epoch {saved['epoch']} of {run['epochs']} from {path}"
-        f" (best so far: epoch {best['epoch']}, val ROC AUC {best['val_auc']:.4f})")
-    return saved["epoch"] + 1
-
-
 def _fit(settings: TrainSettings, network: torch.nn.Module, train_set: fracatlas.Arrays, val_set: fracatlas.Arrays,
-         seed: int, checkpoints: Path, log) -> tuple[dict, dict]:
+         seed: int, folder: Path, log) -> tuple[dict, dict]:
     """One network's training run: its best (validated) state and what happened."""
     rng = np.random.default_rng(seed)
     optimizer = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate, weight_decay=1e-4)
@@ -295,7 +253,7 @@ def _fit(settings: TrainSettings, network: torch.nn.Module, train_set: fracatlas
     )
     positives = float(train_set.fractured.sum())
     pos_weight = torch.tensor((len(train_set.ids) - positives) / max(positives, 1.0))
-    checkpoints.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True)
     ema = None
     if settings.ema_decay > 0:
         # Averaged weights (buffers too, so batch-norm statistics match) are what gets validated and
@@ -305,11 +263,16 @@ def _fit(settings: TrainSettings, network: torch.nn.Module, train_set: fracatlas
         )
         log(f"validating an exponential moving average of the weights (decay {settings.ema_decay})")
     kept = ema.module if ema is not None else network
-    run = _run_identity(settings, seed, train_set)
+    run = checkpoints.Run(folder / "last.pt", _run_settings(settings, seed, train_set), network, optimizer, scheduler,
+                          rng, ema)
     progress = {"best": {"val_auc": -1.0, "epoch": 0}, "history": []}
     first_epoch = 1
-    if settings.resume:
-        first_epoch = _resume(checkpoints, run, network, optimizer, scheduler, ema, rng, progress, log)
+    if settings.resume and (resumed := run.resume(log)):
+        first_epoch, progress = resumed[0] + 1, resumed[1]
+        best = progress["best"]
+        log(f"best so far: epoch {best['epoch']}, val ROC AUC {best['val_auc']:.4f}")
+        if best["epoch"] == resumed[0]:  # the run may have stopped between writing last.pt and best.pt
+            checkpoints.save(folder / "best.pt", kept.state_dict())
     for epoch in range(first_epoch, settings.epochs + 1):
         network.train()
         order = rng.permutation(len(train_set.ids))
@@ -339,18 +302,14 @@ def _fit(settings: TrainSettings, network: torch.nn.Module, train_set: fracatlas
         improved = val_auc > progress["best"]["val_auc"]
         if improved:
             progress["best"] = {"val_auc": val_auc, "epoch": epoch}
-        _save(checkpoints / "last.pt", {
-            "run": run, "epoch": epoch, "progress": progress, "model": network.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None, "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-        })
+        run.save(epoch, progress)
         if improved:  # after last.pt, which a resumed run rewrites best.pt from if this write was cut off
-            _save(checkpoints / "best.pt", kept.state_dict())
+            checkpoints.save(folder / "best.pt", kept.state_dict())
         log(f"epoch {epoch}: loss {total / steps_per_epoch:.4f}, val ROC AUC {val_auc:.4f}, {time.monotonic() - started:.0f} s")
     best, history = progress["best"], progress["history"]
-    (checkpoints / "history.json").write_text(json.dumps(history, indent=2))
+    (folder / "history.json").write_text(json.dumps(history, indent=2))
     log(f"best epoch {best['epoch']} (val ROC AUC {best['val_auc']:.4f})")
-    state = torch.load(checkpoints / "best.pt", map_location="cpu", weights_only=True)
+    state = torch.load(folder / "best.pt", map_location="cpu", weights_only=True)
     return state, {"train_seed": seed, "best_epoch": best["epoch"], "history": history}
 
 

@@ -1,0 +1,118 @@
+"""Resumable training (node.training.checkpoints): an interrupted run resumed ends with the weights an
+uninterrupted one has, for the cervical spine loops (the radiograph run is tested end to end in
+tests/integration/test_training_radiograph.py); other settings or a bare checkpoint are refused."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from node.training import checkpoints
+from node.training.cspine_data import CROP_MARGIN, CropSet, SegmentationCase
+from node.training.cspine_loops import train_fracture, train_vertebrae
+
+
+def _interrupt_at(prefix: str) -> Callable[[str], None]:
+    def log(line: str) -> None:
+        if line.startswith(prefix):
+            raise KeyboardInterrupt
+
+    return log
+
+
+def _without_timings(history: list[dict]) -> list[dict]:
+    return [{k: v for k, v in entry.items() if k != "seconds"} for entry in history]
+
+
+def _fracture_data() -> tuple[CropSet, CropSet]:
+    rng = np.random.default_rng(2)
+    shape = [s + m for s, m in zip((8, 16, 16), CROP_MARGIN, strict=True)]
+
+    def crops(n: int) -> CropSet:
+        flags = rng.random(n) < 0.25
+        images = rng.integers(0, 60, (n, 2, *shape)).astype(np.uint8)
+        images[flags, 0] += 150
+        return CropSet("x", images, np.ones(n, np.int64), flags, "reference")
+
+    return crops(64), crops(32)
+
+
+def _fracture_network() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv3d(2, 4, 3), torch.nn.Dropout(0.3), torch.nn.AdaptiveAvgPool3d(1),
+                               torch.nn.Flatten(), torch.nn.Linear(4, 1))
+
+
+def test_the_fracture_loop_resumed_after_an_interruption_ends_as_an_uninterrupted_run(tmp_path: Path) -> None:
+    train, val = _fracture_data()
+    kwargs = {"epochs": 3, "seed": 0, "batch_size": 8, "learning_rate": 1e-2}
+    straight = train_fracture(_fracture_network(), [train], [val], log=lambda _: None, **kwargs)
+    path = tmp_path / "fracture_last.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train_fracture(_fracture_network(), [train], [val], log=_interrupt_at("fracture epoch 2:"),
+                       checkpoint=path, **kwargs)
+    lines: list[str] = []
+    resumed = train_fracture(_fracture_network(), [train], [val], log=lines.append, checkpoint=path, resume=True,
+                             **kwargs)
+    assert lines[0].startswith(f"resuming after epoch 2 of 3 from {path}")
+    assert [line.split(":")[0] for line in lines[1:]] == ["fracture epoch 3"]
+    torch.testing.assert_close(resumed[0], straight[0])
+    assert _without_timings(resumed[1]) == _without_timings(straight[1]) and resumed[2] == straight[2]
+
+
+def test_the_vertebra_loop_resumed_after_an_interruption_ends_as_an_uninterrupted_run(tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+
+    def case(uid: str) -> SegmentationCase:
+        labels = np.zeros((24, 24, 32), np.uint8)
+        for k in range(1, 8):
+            labels[8:16, 8:16, 4 * k - 4 : 4 * k - 1] = k
+        image = (labels > 0) * 0.5 + rng.normal(0, 0.05, labels.shape)
+        return SegmentationCase(uid, image.astype(np.float16), labels)
+
+    cases, val = [case(f"s{k}") for k in range(3)], [case("v")]
+
+    def network() -> torch.nn.Module:
+        torch.manual_seed(1)
+        return torch.nn.Sequential(torch.nn.Conv3d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Dropout3d(0.2),
+                                   torch.nn.Conv3d(8, 8, 1))
+
+    kwargs = {"roi": (16, 16, 16), "epochs": 3, "seed": 4, "batch_size": 2, "learning_rate": 1e-2}
+    straight = train_vertebrae(network(), cases, val, log=lambda _: None, **kwargs)
+    path = tmp_path / "vertebrae_last.pt"
+    with pytest.raises(KeyboardInterrupt):
+        train_vertebrae(network(), cases, val, log=_interrupt_at("vertebrae epoch 2:"), checkpoint=path, **kwargs)
+    lines: list[str] = []
+    resumed = train_vertebrae(network(), cases, val, log=lines.append, checkpoint=path, resume=True, **kwargs)
+    assert lines[0].startswith("resuming after epoch 2 of 3")  # saved before the line that was cut off
+    assert [line.split(":")[0] for line in lines[1:]] == ["vertebrae epoch 3"]
+    torch.testing.assert_close(resumed[0], straight[0])
+    assert _without_timings(resumed[1]) == _without_timings(straight[1])
+
+
+def test_a_resume_under_other_settings_names_them_and_a_missing_checkpoint_starts_afresh(tmp_path: Path) -> None:
+    train, val = _fracture_data()
+    path = tmp_path / "fracture_last.pt"
+    train_fracture(_fracture_network(), [train], [val], epochs=1, seed=0, log=lambda _: None, checkpoint=path)
+    with pytest.raises(checkpoints.ResumeError, match=r"other settings \(epochs 1 there, 2 now, batch_size 16 there, 8"):
+        train_fracture(_fracture_network(), [train], [val], epochs=2, seed=0, batch_size=8, log=lambda _: None,
+                       checkpoint=path, resume=True)
+    with pytest.raises(checkpoints.ResumeError, match="train_crops"):  # other training data
+        train_fracture(_fracture_network(), [_fracture_data()[1]], [val], epochs=1, seed=0, log=lambda _: None,
+                       checkpoint=path, resume=True)
+    lines: list[str] = []
+    train_fracture(_fracture_network(), [train], [val], epochs=1, seed=0, log=lines.append,
+                   checkpoint=tmp_path / "none.pt", resume=True)
+    assert lines[0] == f"--resume: no checkpoint {tmp_path / 'none.pt'} yet, starting at epoch 1"
+    assert lines[1].startswith("fracture epoch 1:")
+
+
+def test_checkpoints_are_written_whole_and_numpy_numbers_become_plain() -> None:
+    assert checkpoints._plain({"a": [np.float64(0.5), (np.int64(2),)]}) == {"a": [0.5, (2,)]}
+    assert type(checkpoints._plain(np.float32(1.5))) is float
+    assert checkpoints.fingerprint(["a", "b"]) != checkpoints.fingerprint(["ab"])
+    assert checkpoints.fingerprint([np.arange(3)]) == checkpoints.fingerprint([torch.arange(3).numpy()])
