@@ -229,7 +229,7 @@ def train(settings: TrainSettings, log=print) -> dict:
     return {**common, "members": [{**common, **run} for run in runs]}
 
 
-def _run_settings(settings: TrainSettings, seed: int, train_set: fracatlas.Arrays) -> dict:
+def _run_settings(settings: TrainSettings, network: torch.nn.Module, seed: int, train_set: fracatlas.Arrays) -> dict:
     """What a checkpoint must have been written under for a run to continue from it."""
     return {
         "epochs": settings.epochs,
@@ -237,8 +237,9 @@ def _run_settings(settings: TrainSettings, seed: int, train_set: fracatlas.Array
         "learning_rate": settings.learning_rate,
         "ema_decay": settings.ema_decay,
         "train_seed": seed,
-        "init_sha256": bundles.sha256(settings.init) if settings.init else None,
+        "input_size": int(train_set.images.shape[-1]),
         "train_images": checkpoints.fingerprint(map(str, train_set.ids)),
+        "initial_weights": checkpoints.fingerprint(network.state_dict().values()),  # random or --init
     }
 
 
@@ -263,8 +264,8 @@ def _fit(settings: TrainSettings, network: torch.nn.Module, train_set: fracatlas
         )
         log(f"validating an exponential moving average of the weights (decay {settings.ema_decay})")
     kept = ema.module if ema is not None else network
-    run = checkpoints.Run(folder / "last.pt", _run_settings(settings, seed, train_set), network, optimizer, scheduler,
-                          rng, ema)
+    run = checkpoints.Run(folder / "last.pt", _run_settings(settings, network, seed, train_set), network, optimizer,
+                          scheduler, rng, ema)
     progress = {"best": {"val_auc": -1.0, "epoch": 0}, "history": []}
     first_epoch = 1
     if settings.resume and (resumed := run.resume(log)):
