@@ -14,6 +14,7 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -66,7 +67,7 @@ def _batch(arrays: fracatlas.Arrays, index: np.ndarray, augment: bool, rng: np.r
         theta = torch.stack(
             [torch.stack([cos * flip, -sin, shift[:, 0]], 1), torch.stack([sin * flip, cos, shift[:, 1]], 1)], 1
         )
-        grid = F.affine_grid(theta, images.shape, align_corners=False)
+        grid = F.affine_grid(theta, list(images.shape), align_corners=False)
         images = F.grid_sample(images, grid, align_corners=False)
         masks = (F.grid_sample(masks, grid, align_corners=False) > 0.5).float()
         valid = (F.grid_sample(valid, grid, align_corners=False) > 0.5).float()
@@ -266,7 +267,7 @@ def _fit(settings: TrainSettings, network: torch.nn.Module, train_set: fracatlas
     kept = ema.module if ema is not None else network
     run = checkpoints.Run(folder / "last.pt", _run_settings(settings, network, seed, train_set), network, optimizer,
                           scheduler, rng, ema)
-    progress = {"best": {"val_auc": -1.0, "epoch": 0}, "history": []}
+    progress: dict[str, Any] = {"best": {"val_auc": -1.0, "epoch": 0}, "history": []}
     first_epoch = 1
     if settings.resume and (resumed := run.resume(log)):
         first_epoch, progress = resumed[0] + 1, resumed[1]
