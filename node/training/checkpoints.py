@@ -26,8 +26,12 @@ class ResumeError(ValueError):
 def save(path: Path, obj: object) -> None:
     """torch.save through a temporary file, so an interruption never leaves half a checkpoint."""
     partial = path.with_suffix(".partial")
-    torch.save(obj, partial)
-    os.replace(partial, path)
+    try:
+        torch.save(obj, partial)
+        os.replace(partial, path)
+    except BaseException:  # a full disk or Ctrl-C mid-write: the previous checkpoint stays, no leftover
+        partial.unlink(missing_ok=True)
+        raise
 
 
 def fingerprint(parts: Iterable[str | bytes | np.ndarray | torch.Tensor]) -> str:

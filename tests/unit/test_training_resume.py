@@ -116,3 +116,17 @@ def test_checkpoints_are_written_whole_and_numpy_numbers_become_plain() -> None:
     assert type(checkpoints._plain(np.float32(1.5))) is float
     assert checkpoints.fingerprint(["a", "b"]) != checkpoints.fingerprint(["ab"])
     assert checkpoints.fingerprint([np.arange(3)]) == checkpoints.fingerprint([torch.arange(3).numpy()])
+
+
+def test_a_checkpoint_that_cannot_be_written_leaves_the_previous_one_and_no_partial_file(tmp_path: Path) -> None:
+    path = tmp_path / "last.pt"
+    checkpoints.save(path, {"epoch": 1})
+
+    class Unpicklable:
+        def __reduce__(self) -> tuple:
+            raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space left"):
+        checkpoints.save(path, {"epoch": 2, "x": Unpicklable()})
+    assert torch.load(path, weights_only=True) == {"epoch": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
