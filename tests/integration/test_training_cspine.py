@@ -75,6 +75,19 @@ def test_train_then_evaluate_writes_weights_hashes_and_the_competition_metrics(d
     assert report["measured_on"].startswith("all 8 studies")
     assert shipped_state() == before
 
+    # the same command with --resume after a finished run: both models go on from their last epoch (none left)
+    weights = {name: bundles.read(out / name).weights_sha256 for name in ("cspine_vertebrae", "cspine_fracture")}
+    resumed = fracnode("train", "cspine", "--data", dataset / "neck", "--negatives", dataset / "no-neck",
+                       "--out", out, "--cache", cache, "--seg-epochs", 1, "--epochs", 1, "--threads", 2, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    for name in ("vertebrae", "fracture"):
+        assert f"resuming after epoch 1 of 1 from {cache / 'cspine' / 'checkpoints' / f'{name}_last.pt'}" in resumed.stderr
+        assert f"{name} epoch 1:" not in resumed.stderr
+    assert {name: bundles.read(out / name).weights_sha256 for name in weights} == weights
+    refused = fracnode("train", "cspine", "--data", dataset / "neck", "--negatives", dataset / "no-neck",
+                       "--out", out, "--cache", cache, "--seg-epochs", 2, "--epochs", 1, "--threads", 2, "--resume")
+    assert refused.returncode == 2 and "other settings (epochs 1 there, 2 now" in refused.stderr
+
 
 def test_a_folder_without_train_csv_is_refused_with_what_is_missing(tmp_path: Path) -> None:
     (tmp_path / "train_images").mkdir()
