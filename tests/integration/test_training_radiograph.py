@@ -188,7 +188,14 @@ def test_ctrl_c_says_how_to_resume_and_a_resume_with_other_settings_is_refused(d
     env = {k: v for k, v in os.environ.items() if not k.startswith("FRACNODE_")}
     command = [sys.executable, "-m", "node.cli", "train", "radiograph", "--data", str(data), "--bundle", str(bundle),
                "--cache", str(cache), "--epochs", "500", "--batch-size", "8", "--threads", "1"]
-    process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+    # A test run started in the background ignores SIGINT, and so would the child (Python raises
+    # KeyboardInterrupt only where SIGINT was not ignored at start): a handled signal is reset to its
+    # default by exec, so handle it here while the child starts.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        process = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, cwd=REPO, env=env)
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert process.stderr is not None
     seen = []
     for line in process.stderr:  # the progress bars write \r-separated updates; log lines end in \n
