@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,6 +46,18 @@ def fingerprint(parts: Iterable[str | bytes | np.ndarray | torch.Tensor]) -> str
         digest.update(part.encode() if isinstance(part, str) else part)
         digest.update(b"\0")
     return digest.hexdigest()
+
+
+def time_left(clock: float, first_epoch: int, epoch: int, epochs: int, now: float | None = None) -> str:
+    """", about 1 h 05 min left" after `epoch` of `epochs`, at the pace since `first_epoch` began at
+    `clock` (time.monotonic); "" after the last epoch. Appended to each epoch's log line."""
+    if epoch >= epochs:
+        return ""
+    pace = ((time.monotonic() if now is None else now) - clock) / (epoch - first_epoch + 1)
+    minutes = round(pace * (epochs - epoch) / 60)
+    if minutes < 1:
+        return ", under a minute left"
+    return f", about {minutes // 60} h {minutes % 60:02d} min left" if minutes >= 60 else f", about {minutes} min left"
 
 
 def _plain(value: Any) -> Any:

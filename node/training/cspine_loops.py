@@ -114,6 +114,7 @@ def train_vertebrae(
     if run and resume and (resumed := run.resume(log)):
         first_epoch = resumed[0] + 1
         history, best_dice, best_state = (resumed[1][k] for k in ("history", "best_dice", "best_state"))
+    clock = time.monotonic()
     for epoch in range(first_epoch, epochs + 1):
         network.train()
         started, total = time.monotonic(), 0.0
@@ -141,7 +142,7 @@ def train_vertebrae(
         if run:
             run.save(epoch, {"history": history, "best_dice": best_dice, "best_state": best_state})
         log(f"vertebrae epoch {epoch}: loss {total / steps:.4f}, val Dice {entry.get('val_dice', '-')},"
-            f" {time.monotonic() - started:.0f} s")
+            f" {time.monotonic() - started:.0f} s{checkpoints.time_left(clock, first_epoch, epoch, epochs)}")
     return {k: v.cpu() for k, v in best_state.items()}, history
 
 
@@ -267,6 +268,7 @@ def train_fracture(
         first_epoch = resumed[0] + 1
         history, best_loss, best_state, best_fit = (
             resumed[1][k] for k in ("history", "best_loss", "best_state", "best_fit"))
+    clock = time.monotonic()
     for epoch in range(first_epoch, epochs + 1):
         network.train()
         started, total = time.monotonic(), 0.0
@@ -299,7 +301,8 @@ def train_fracture(
             run.save(epoch, {"history": history, "best_loss": best_loss, "best_state": best_state,
                              "best_fit": list(best_fit)})
         log(f"fracture epoch {epoch}: loss {total / steps:.4f}, val weighted BCE {val_loss:.4f} (Platt {fit[0]:.2f},"
-            f" {fit[1]:.2f}), val AUC {entry.get('val_auc', '-')}, {time.monotonic() - started:.0f} s")
+            f" {fit[1]:.2f}), val AUC {entry.get('val_auc', '-')}, {time.monotonic() - started:.0f} s"
+            f"{checkpoints.time_left(clock, first_epoch, epoch, epochs)}")
     state = {k: v.detach().cpu().clone() for k, v in best_state.items()}
     weight, bias = _last_linear(state)
     a, b = best_fit

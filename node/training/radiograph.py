@@ -275,6 +275,7 @@ def _fit(settings: TrainSettings, network: torch.nn.Module, train_set: fracatlas
         log(f"best so far: epoch {best['epoch']}, val ROC AUC {best['val_auc']:.4f}")
         if best["epoch"] == resumed[0]:  # the run may have stopped between writing last.pt and best.pt
             checkpoints.save(folder / "best.pt", kept.state_dict())
+    clock = time.monotonic()
     for epoch in range(first_epoch, settings.epochs + 1):
         network.train()
         order = rng.permutation(len(train_set.ids))
@@ -307,7 +308,8 @@ def _fit(settings: TrainSettings, network: torch.nn.Module, train_set: fracatlas
         run.save(epoch, progress)
         if improved:  # after last.pt, which a resumed run rewrites best.pt from if this write was cut off
             checkpoints.save(folder / "best.pt", kept.state_dict())
-        log(f"epoch {epoch}: loss {total / steps_per_epoch:.4f}, val ROC AUC {val_auc:.4f}, {time.monotonic() - started:.0f} s")
+        log(f"epoch {epoch}: loss {total / steps_per_epoch:.4f}, val ROC AUC {val_auc:.4f},"
+            f" {time.monotonic() - started:.0f} s{checkpoints.time_left(clock, first_epoch, epoch, settings.epochs)}")
     best, history = progress["best"], progress["history"]
     (folder / "history.json").write_text(json.dumps(history, indent=2))
     log(f"best epoch {best['epoch']} (val ROC AUC {best['val_auc']:.4f})")

@@ -130,3 +130,19 @@ def test_a_checkpoint_that_cannot_be_written_leaves_the_previous_one_and_no_part
         checkpoints.save(path, {"epoch": 2, "x": Unpicklable()})
     assert torch.load(path, weights_only=True) == {"epoch": 1}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]
+
+
+@pytest.mark.parametrize(
+    ("elapsed", "first_epoch", "epoch", "epochs", "expected"),
+    [
+        (120.0, 1, 1, 80, ", about 2 h 38 min left"),  # 2 min per epoch, 79 to go
+        (600.0, 41, 45, 80, ", about 1 h 10 min left"),  # resumed at 41: the pace of this process's 5 epochs
+        (100.0, 1, 10, 12, ", under a minute left"),
+        (300.0, 1, 3, 6, ", about 5 min left"),
+        (300.0, 1, 6, 6, ""),  # nothing after the last epoch
+    ],
+)
+def test_each_epoch_line_says_about_how_long_the_run_has_left(
+    elapsed: float, first_epoch: int, epoch: int, epochs: int, expected: str
+) -> None:
+    assert checkpoints.time_left(1000.0, first_epoch, epoch, epochs, now=1000.0 + elapsed) == expected
