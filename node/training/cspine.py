@@ -33,7 +33,7 @@ from node.inference import bundle as bundles
 from node.inference.cspine import CSpineModels
 from node.inference.vertebra_fracture import AGGREGATIONS, CropSpec, aggregate
 from node.inference.vertebrae import VERTEBRAE, VertebraModel
-from node.training import cspine_data, cspine_loops, metrics
+from node.training import checkpoints, cspine_data, cspine_loops, metrics
 from node.training.cspine_metrics import dice_per_label, report, weighted_log_loss
 from node.training.rsna_cspine import (
     DataError,
@@ -81,7 +81,7 @@ def _install(bundle_root: Path, state: dict[str, torch.Tensor]) -> str:
     """Write weights into a bundle and record their sha256 in its metadata; returns the hash."""
     bundle = bundles.read(bundle_root)
     bundle.weights_path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(state, bundle.weights_path)
+    checkpoints.save(bundle.weights_path, state)  # replaced whole: a crash leaves the old or the new weights
     digest = bundles.sha256(bundle.weights_path)
     _update_metadata(bundle_root, lambda m: m.setdefault("fracnode", {}).update(weights_sha256=digest))
     return digest
@@ -175,11 +175,11 @@ def _train_vertebrae(settings: CSpineSettings, bundle: bundles.Bundle, cases: di
     earlier = {"fine_tune_of": before} if init and init == bundle.weights_sha256 and before else {}
     roi = settings.seg_patch or tuple(bundle.inputs["image"]["spatial_shape"])
     validation = cases["val"][:3] + negative_cases["val"][:1]  # whole volumes: costly on a CPU
-    checkpoints = settings.cache / "cspine" / "checkpoints"
     state, history = cspine_loops.train_vertebrae(
         network, cases["train"] + negative_cases["train"], validation, roi, settings.seg_epochs, settings.seed, log,
         patches_per_case=settings.patches_per_case, validate_every=max(1, settings.seg_epochs // 5),
-        learning_rate=settings.seg_learning_rate, checkpoint=checkpoints / "vertebrae_last.pt", resume=settings.resume)
+        learning_rate=settings.seg_learning_rate, resume=settings.resume,
+        checkpoint=settings.cache / "cspine" / "checkpoints" / "vertebrae_last.pt")
     _install(settings.vertebra_bundle, state)
     return {"epochs": settings.seg_epochs, "patch": list(roi), "patches_per_study": settings.patches_per_case,
             "learning_rate": settings.seg_learning_rate, **({"init_weights_sha256": init} if init else {}),

@@ -131,9 +131,7 @@ ENSEMBLE_TARGET = "scripts.network.FracAtlasEnsemble"
 def _save_weights(bundle: bundles.Bundle, state: dict) -> None:
     """The bundle's weights file, replaced whole (a crash leaves the old or the new weights)."""
     bundle.weights_path.parent.mkdir(parents=True, exist_ok=True)
-    partial = bundle.weights_path.with_suffix(".tmp")
-    torch.save(state, partial)
-    os.replace(partial, bundle.weights_path)
+    checkpoints.save(bundle.weights_path, state)
 
 
 def combine(bundle_root: Path, member_roots: list[Path]) -> dict:
