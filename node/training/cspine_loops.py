@@ -95,11 +95,6 @@ def train_vertebrae(
     """Best weights by validation Dice (validated every `validate_every` epochs and after the last).
     `checkpoint`: the file rewritten after every epoch, which `resume` continues from."""
     rng = np.random.default_rng(seed)
-    settings = {"epochs": epochs, "seed": seed, "roi": list(roi), "patches_per_case": patches_per_case,
-                "batch_size": batch_size, "learning_rate": learning_rate, "validate_every": validate_every,
-                "train_series": checkpoints.fingerprint(case.uid for case in train),
-                "validation_series": checkpoints.fingerprint(case.uid for case in val),
-                "initial_weights": checkpoints.fingerprint(network.state_dict().values())}
     device = _device()
     network.to(device)
     points = [_foreground(case, rng) for case in train]
@@ -109,7 +104,15 @@ def train_vertebrae(
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)  # Dice pooled over the batch: patches miss vertebrae
     history: list[dict] = []
     best_dice, best_state = -1.0, copy.deepcopy(network.state_dict())
-    run = checkpoints.Run(checkpoint, settings, network, optimizer, schedule, rng) if checkpoint else None
+    run = None
+    if checkpoint:  # the settings it records, the weights still the initial ones
+        run = checkpoints.Run(checkpoint, {
+            "epochs": epochs, "seed": seed, "roi": list(roi), "patches_per_case": patches_per_case,
+            "batch_size": batch_size, "learning_rate": learning_rate, "validate_every": validate_every,
+            "train_series": checkpoints.fingerprint(case.uid for case in train),
+            "validation_series": checkpoints.fingerprint(case.uid for case in val),
+            "initial_weights": checkpoints.fingerprint(network.state_dict().values()),
+        }, network, optimizer, schedule, rng)
     first_epoch = 1
     if run and resume and (resumed := run.resume(log)):
         first_epoch = resumed[0] + 1
@@ -245,16 +248,12 @@ def train_fracture(
     `checkpoint`: the file rewritten after every epoch, which `resume` continues from.
     Returns (weights, history, calibration facts)."""
     rng = np.random.default_rng(seed)
+    device = _device()
+    network.to(device)
     crops, fractured = _stack(train)
     val_crops, val_fractured = _stack(val)
     if not len(crops):
         raise ValueError("no vertebra crops to train the fracture model on")
-    settings = {"epochs": epochs, "seed": seed, "batch_size": batch_size, "learning_rate": learning_rate,
-                "train_crops": checkpoints.fingerprint([crops, fractured]),
-                "validation_crops": checkpoints.fingerprint([val_crops, val_fractured]),
-                "initial_weights": checkpoints.fingerprint(network.state_dict().values())}
-    device = _device()
-    network.to(device)
     share = float(np.clip(fractured.mean(), 1e-3, 1 - 1e-3))
     prior = float(np.log(POSITIVE_WEIGHT * share / (1 - share)))
     steps = max(1, len(crops) // batch_size)
@@ -262,7 +261,14 @@ def train_fracture(
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, learning_rate, total_steps=steps * epochs, pct_start=0.2)
     history: list[dict] = []
     best_loss, best_state, best_fit = float("inf"), copy.deepcopy(network.state_dict()), (1.0, 0.0)
-    run = checkpoints.Run(checkpoint, settings, network, optimizer, schedule, rng) if checkpoint else None
+    run = None
+    if checkpoint:  # the settings it records, the weights still the initial ones
+        run = checkpoints.Run(checkpoint, {
+            "epochs": epochs, "seed": seed, "batch_size": batch_size, "learning_rate": learning_rate,
+            "train_crops": checkpoints.fingerprint([crops, fractured]),
+            "validation_crops": checkpoints.fingerprint([val_crops, val_fractured]),
+            "initial_weights": checkpoints.fingerprint(network.state_dict().values()),
+        }, network, optimizer, schedule, rng)
     first_epoch = 1
     if run and resume and (resumed := run.resume(log)):
         first_epoch = resumed[0] + 1
