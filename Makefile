@@ -4,7 +4,7 @@ PYTHON  ?= python3
 CONFIG  ?= config/fracnode.yaml
 STAMP   := $(VENV)/.installed
 
-.PHONY: serve test install system-deps lint bench bench-radiograph clean
+.PHONY: serve test install system-deps bench bench-radiograph clean
 
 # A venv with torch 2.13.0 (CPU wheel) installed first, so no other package pulls a CUDA build.
 $(STAMP): pyproject.toml

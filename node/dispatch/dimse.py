@@ -44,7 +44,9 @@ class AssociationFailed(Exception):
 
 
 def _nodelay_handler(event: evt.Event) -> None:
-    set_nodelay(event.assoc.dul.socket.socket)  # type: ignore[union-attr]
+    transport = event.assoc.dul.socket
+    if transport is not None and transport.socket is not None:
+        set_nodelay(transport.socket)
 
 
 def _associate(ae: AE, target: Target) -> Association:

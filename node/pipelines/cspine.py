@@ -64,9 +64,12 @@ DEFAULT_RULES = SelectionRules()
 class CSpineModelSet(Protocol):
     """What the pipeline needs of `node.inference.cspine.CSpineModels`."""
 
-    operating_points: dict[str, float]
-    vertebra_algorithm: Algorithm
-    fracture_algorithm: Algorithm
+    @property
+    def operating_points(self) -> dict[str, float]: ...
+    @property
+    def vertebra_algorithm(self) -> Algorithm: ...
+    @property
+    def fracture_algorithm(self) -> Algorithm: ...
 
     def analyze(self, volume: Volume) -> CSpineAnalysis: ...
 

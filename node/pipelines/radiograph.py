@@ -67,9 +67,9 @@ class RadiographFracturePipeline:
             ds = dcmread(path)
             uid = str(ds.get("SOPInstanceUID", path.name))
             reason = own_result(ds)
-            loaded = None if reason else load_radiograph(ds)
-            if reason or isinstance(loaded, Skipped):
-                skipped.append((uid, reason or loaded.reason))
+            loaded = Skipped(reason) if reason else load_radiograph(ds)
+            if isinstance(loaded, Skipped):
+                skipped.append((uid, loaded.reason))
                 continue
             sources[uid] = ds
             prepared.append((uid, Path(path), self.engine.preprocess(loaded)))
@@ -80,7 +80,7 @@ class RadiographFracturePipeline:
             probability = float(np.asarray(row["fracture"]).reshape(-1)[0])
             category = categorize(probability, self.operating_points)
             plane = np.asarray(row["regions"], np.float32).reshape(box.size, box.size)
-            regions = ()
+            regions: tuple[RegionFinding, ...] = ()
             if category != "negative":
                 regions = tuple(
                     RegionFinding(

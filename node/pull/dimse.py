@@ -13,12 +13,14 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Iterator, Sequence
+from typing import Any, cast
 
 from pydicom import Dataset
 from pydicom.uid import UID
 from pynetdicom import AE, build_role, evt
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.association import Association
+from pynetdicom.dimse_primitives import C_STORE
 from pynetdicom.sop_class import (  # type: ignore[attr-defined]
     StudyRootQueryRetrieveInformationModelFind,
     StudyRootQueryRetrieveInformationModelGet,
@@ -106,7 +108,7 @@ def storage_contexts(classes: Sequence[str]) -> list[tuple[str, list[str]]]:
     return contexts
 
 
-def _connect(ae: AE, peer: DimsePeer, **kwargs: object) -> Association:
+def _connect(ae: AE, peer: DimsePeer, **kwargs: Any) -> Association:
     """Associate with the peer; PeerUnreachable saying why when no association is made."""
     connected: list[bool] = []
     handlers = list(kwargs.pop("evt_handlers", []))  # type: ignore[call-overload]
@@ -205,7 +207,7 @@ def get_study(
         """C-STORE sub-operation (PS3.4 B.2.3 statuses): the spool's promise, then success."""
         try:
             stored = spool.store(event.encoded_dataset(), source, transfer,
-                                 str(event.request.AffectedSOPInstanceUID or "") or None, check)
+                                 str(cast(C_STORE, event.request).AffectedSOPInstanceUID or "") or None, check)
         except (OutOfSpace, UnreadableInstance, _WrongStudy) as exc:
             counts["failed"] += 1
             if len(problems) < MAX_PROBLEMS:

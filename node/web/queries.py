@@ -97,7 +97,8 @@ def jobs(
     limit: int = 50,
 ) -> list[JobDetail]:
     """Most recent first; running and queued jobs are recent by definition (their id is newer)."""
-    where, params = [], []
+    where: list[str] = []
+    params: list[str | int] = []
     if states:
         where.append(f"j.state IN ({_placeholders(states)})")
         params += list(states)
