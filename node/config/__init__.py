@@ -1,0 +1,80 @@
+"""The node's configuration: one YAML file validated by pydantic (`extra="forbid"`).
+
+Every model default is the embedded default; `config/fracnode.yaml` spells the same
+values out (a test keeps the two equal). Errors name the YAML path and line.
+"""
+
+from node.config.loading import ENV_ALIASES, ConfigError, ConfigProblem, load, parse
+from node.config.model import Config, reference_problems
+from node.config.peers import (
+    BasicAuth,
+    BearerAuth,
+    Destination,
+    DestinationBase,
+    DicomwebDestination,
+    DicomwebPeer,
+    DimseDestination,
+    DimsePeer,
+    FolderDestination,
+    HttpAuth,
+    NoAuth,
+    Overlay,
+    Peer,
+    Route,
+    RouteMatchRule,
+    SenderDestination,
+)
+from node.config.settings import (
+    AssemblySettings,
+    CSpineSettings,
+    DispatchSettings,
+    InferenceSettings,
+    JobSettings,
+    LoggingSettings,
+    NodeSettings,
+    RetrySettings,
+    StorageSettings,
+    Strict,
+    WebAuthSettings,
+    WebSettings,
+    WebUser,
+)
+
+__all__ = [
+    "ENV_ALIASES",
+    "AssemblySettings",
+    "BasicAuth",
+    "BearerAuth",
+    "CSpineSettings",
+    "Config",
+    "ConfigError",
+    "ConfigProblem",
+    "Destination",
+    "DestinationBase",
+    "DicomwebDestination",
+    "DicomwebPeer",
+    "DimseDestination",
+    "DimsePeer",
+    "DispatchSettings",
+    "FolderDestination",
+    "HttpAuth",
+    "InferenceSettings",
+    "JobSettings",
+    "LoggingSettings",
+    "NoAuth",
+    "NodeSettings",
+    "Overlay",
+    "Peer",
+    "RetrySettings",
+    "Route",
+    "RouteMatchRule",
+    "SenderDestination",
+    "StorageSettings",
+    "Strict",
+    "WebAuthSettings",
+    "WebSettings",
+    "WebUser",
+    "load",
+    "parse",
+    "reference_problems",
+]
