@@ -65,8 +65,11 @@ def find_study(peer: DicomwebPeer, study_uid: str) -> Found:
     Raises StudyNotFound, PeerUnreachable. A peer that answers the search with an error other
     than those gives Found(None): the retrieval itself then decides.
     """
-    params: list[tuple[str, str | int | float | bool | None]] = [("StudyInstanceUID", study_uid), ("includefield", NUMBER_OF_STUDY_RELATED_INSTANCES),
-              ("includefield", SOP_CLASSES_IN_STUDY)]
+    params: list[tuple[str, str | int | float | bool | None]] = [
+        ("StudyInstanceUID", study_uid),
+        ("includefield", NUMBER_OF_STUDY_RELATED_INSTANCES),
+        ("includefield", SOP_CLASSES_IN_STUDY),
+    ]
     try:
         with client_for(peer) as client:
             response = client.get("/studies", params=params, headers={"Accept": "application/dicom+json"})
