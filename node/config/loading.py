@@ -109,7 +109,6 @@ _HINTS = {
 }
 
 
-
 _UNION_TAGS = ("folder", "dimse", "dicomweb", "sender")
 _AUTH_TAGS = ("none", "basic", "bearer")
 # hints that depend on which list the entry is in

@@ -18,7 +18,7 @@ from node.config.peers import (
     Route,
     RouteMatchRule,
     SenderDestination,
-    _peer_type,
+    peer_type,
 )
 from node.config.settings import (
     AssemblySettings,
@@ -64,7 +64,7 @@ def reference_problems(raw: dict[str, Any]) -> list[tuple[Loc, str]]:
                 problems.append(((key, i, "name"), f"{kind} names must be unique; {name!r} is repeated"))
             seen.add(name)
     peer_types = {
-        e["name"]: _peer_type(e) for _, e in _named_entries(raw, "peers") if isinstance(e.get("name"), str)
+        e["name"]: peer_type(e) for _, e in _named_entries(raw, "peers") if isinstance(e.get("name"), str)
     }
     peers = sorted(peer_types)
     for i, dest in _named_entries(raw, "destinations"):
@@ -190,7 +190,6 @@ class Config(Strict):
     @property
     def database_path(self) -> Path:
         return self.storage.data_dir / "fracnode.sqlite"
-
 
 
 def format_loc(loc: tuple[int | str, ...]) -> str:

@@ -117,7 +117,7 @@ class DicomwebPeer(Strict):
         return self.ae_title or self.name
 
 
-def _peer_type(value: Any) -> str:
+def peer_type(value: Any) -> str:
     """A peer without `type` is a DIMSE peer (configurations written before DICOMweb peers)."""
     found = value.get("type", "dimse") if isinstance(value, dict) else getattr(value, "type", "dimse")
     return found if isinstance(found, str) else "dimse"
@@ -126,7 +126,7 @@ def _peer_type(value: Any) -> str:
 Peer = Annotated[
     Annotated[DimsePeer, Tag("dimse")] | Annotated[DicomwebPeer, Tag("dicomweb")],
     Discriminator(
-        _peer_type,
+        peer_type,
         custom_error_type="peer_type_invalid",
         custom_error_message="a peer's type is dimse (the default when absent) or dicomweb",
     ),

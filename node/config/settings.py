@@ -94,7 +94,6 @@ class DispatchSettings(Strict):
     batch_size: int = Field(64, ge=1)
 
 
-
 class InferenceSettings(Strict):
     device: Literal["auto", "cpu", "cuda"] = Field(
         "auto", description="auto uses CUDA (half precision) when present, else the CPU"
