@@ -31,6 +31,7 @@ test: system-deps $(STAMP)
 bench: $(STAMP) system-deps
 	$(VENV)/bin/python -m bench.ingest
 	$(VENV)/bin/python -m bench.associations
+	$(VENV)/bin/python -m bench.durability
 
 bench-radiograph: $(STAMP) system-deps
 	$(VENV)/bin/python -m bench.radiograph_model
