@@ -59,8 +59,11 @@ def _train_radiograph(args: argparse.Namespace) -> int:
     settings = _settings(args)
     try:
         if args.input_size:
-            radiograph.set_input_size(settings.bundle, args.input_size)
-            print(f"input size of {settings.bundle} set to {args.input_size}", file=sys.stderr)
+            radiograph.set_input_size(settings.bundle, args.input_size, args.input_scale)
+            print(f"input size of {settings.bundle} set to {args.input_size}"
+                  + (f", input scale {args.input_scale}" if args.input_scale else ""), file=sys.stderr)
+        elif args.input_scale:
+            raise BundleError("--input-scale goes with --input-size (the input size must fit the scale)")
         if args.combine:
             training = radiograph.combine(settings.bundle, [Path(member) for member in args.combine])
             print(f"{settings.bundle}: an ensemble of {len(args.combine)} networks", file=sys.stderr)
@@ -163,6 +166,10 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                 " bundles (same architecture and input size; outputs averaged), then evaluate it")
             parser.add_argument("--input-size", type=int, metavar="PIXELS",
                                 help="radiograph: set the bundle's input size (a multiple of 32) before training")
+            parser.add_argument("--input-scale", type=int, choices=[1, 2], metavar="N",
+                                help="radiograph, with --input-size: 2 reads twice the pixels through a finer stem"
+                                " (a multiple of 64), so weights trained at scale 1 and half the size fine-tune"
+                                " with --init")
         else:
             parser.add_argument("--write", action="store_true",
                                 help="write the numbers into the bundle's metadata and model card")

@@ -109,18 +109,27 @@ def predict(network: torch.nn.Module, arrays: fracatlas.Arrays, batch_size: int 
     return np.concatenate(scores), np.concatenate(maps), np.concatenate(body)
 
 
-def set_input_size(bundle_root: Path, size: int) -> None:
-    """Rewrite the bundle's contract (input, region map) and inference config for `size`×`size` input."""
-    if size < 64 or size % 32:
-        raise bundles.BundleError(f"input size {size}: use a multiple of 32 of at least 64 (the network halves it 5 times)")
+def set_input_size(bundle_root: Path, size: int, input_scale: int | None = None) -> None:
+    """Rewrite the bundle's contract (input, region map) and inference config for `size`×`size` input;
+    `input_scale` (1 or 2, see FracAtlasNet) is set too when given, else the bundle's is kept."""
     root = Path(bundle_root)
     meta_path, inference_path = root / "configs" / "metadata.json", root / "configs" / "inference.json"
+    inference = json.loads(inference_path.read_text())
+    network_def = inference["network_def"]
+    if input_scale is not None:
+        if input_scale not in (1, 2):
+            raise bundles.BundleError(f"input scale {input_scale}: use 1 or 2")
+        network_def["input_scale"] = input_scale
+    halvings = 5 + int(network_def.get("input_scale", 1)) - 1
+    if size < 2**halvings or size % 2**halvings:
+        raise bundles.BundleError(
+            f"input size {size}: use a multiple of {2**halvings} of at least {2**halvings}"
+            f" (the network halves it {halvings} times)")
     meta = json.loads(meta_path.read_text())
     data_format = meta["network_data_format"]
     data_format["inputs"]["image"]["spatial_shape"] = [size, size]
     data_format["outputs"]["regions"]["spatial_shape"] = [size, size]
     meta_path.write_text(json.dumps(meta, indent=4) + "\n")
-    inference = json.loads(inference_path.read_text())
     inference["spatial_size"] = size
     inference_path.write_text(json.dumps(inference, indent=4) + "\n")
 
@@ -178,6 +187,26 @@ def _load_splits(settings: TrainSettings, size: int):
     return {name: fracatlas.build(settings.data, members, size, settings.cache) for name, members in parts.items()}
 
 
+def load_initial_weights(network: torch.nn.Module, state: dict) -> list[str]:
+    """Load `state` into `network` for fine-tuning; return the names it did not hold.
+
+    Only the layers that a network declares new at a finer input scale (`fine_tune_new`, e.g.
+    FracAtlasNet's stem reduction, which starts as a plain average) may be missing from `state`;
+    anything else missing or left over is an error, as in a strict load.
+    """
+    missing, unexpected = network.load_state_dict(state, strict=False)
+    new = {name for module in network.modules() for name in getattr(module, "fine_tune_new", ())}
+    unexplained = [key for key in missing if not any(f".{name}." in f".{key}" for name in new)]
+    if unexpected or unexplained:
+        raise bundles.BundleError(
+            "the initial weights do not fit the bundle's network: "
+            + "; ".join(part for part in (
+                f"missing {', '.join(unexplained[:5])}" if unexplained else "",
+                f"unexpected {', '.join(unexpected[:5])}" if unexpected else "",
+            ) if part))
+    return list(missing)
+
+
 def member_networks(network: torch.nn.Module) -> list[torch.nn.Module]:
     """The independently trained members of an ensemble network (`members` list), or the network itself."""
     found = getattr(network, "members", None)
@@ -199,8 +228,8 @@ def train(settings: TrainSettings, log=print) -> dict:
     )
     network = bundles.build_network(bundle)
     if settings.init:
-        network.load_state_dict(torch.load(settings.init, map_location="cpu", weights_only=True))
-        log(f"starting from {settings.init}")
+        added = load_initial_weights(network, torch.load(settings.init, map_location="cpu", weights_only=True))
+        log(f"starting from {settings.init}" + (f" ({len(added)} tensors of the finer stem start afresh)" if added else ""))
     parts = member_networks(network)
     runs = []
     for k, member in enumerate(parts):

@@ -126,6 +126,57 @@ def test_set_input_size_rewrites_the_contract_and_the_inference_config(bundle_co
         radiograph.set_input_size(bundle_copy, 400)
 
 
+def test_input_scale_2_needs_a_multiple_of_64_and_is_written_to_the_network_def(bundle_copy: Path) -> None:
+    from node.inference import bundle as bundles
+    from node.training import radiograph
+
+    with pytest.raises(bundles.BundleError, match="multiple of 64"):
+        radiograph.set_input_size(bundle_copy, 608, input_scale=2)
+    radiograph.set_input_size(bundle_copy, 640, input_scale=2)
+    inference = json.loads((bundle_copy / "configs" / "inference.json").read_text())
+    assert inference["network_def"]["input_scale"] == 2
+    assert inference["spatial_size"] == 640
+    radiograph.set_input_size(bundle_copy, 704)  # the scale stays; 704 = 11 × 64
+    assert bundles.read(bundle_copy).config["network_def"]["input_scale"] == 2
+
+
+def test_a_scale_1_network_fine_tunes_at_scale_2_starting_as_the_average_of_its_stem(bundle_copy: Path) -> None:
+    import torch
+    import torch.nn.functional as F
+
+    from node.inference import bundle as bundles
+    from node.training import radiograph
+
+    torch.manual_seed(0)
+    coarse = bundles.build_network(bundles.read(bundle_copy))
+    radiograph.set_input_size(bundle_copy, 128, input_scale=2)
+    fine = bundles.build_network(bundles.read(bundle_copy))
+    added = radiograph.load_initial_weights(fine, coarse.state_dict())
+    assert sorted(added) == ["stem_reduce.conv.weight", "stem_reduce.norm.bias", "stem_reduce.norm.running_mean",
+                             "stem_reduce.norm.running_var", "stem_reduce.norm.weight"]
+    fine.eval()
+    x = torch.randn(2, 1, 128, 128)
+    with torch.inference_mode():
+        stem = fine.stem(x)
+        assert torch.allclose(fine.stem_reduce(stem), F.avg_pool2d(stem, 2))
+        fracture, regions, body = fine(x)
+    assert fracture.shape == (2,) and regions.shape == (2, 1, 128, 128) and body.shape == (2, 4)
+
+
+def test_initial_weights_that_do_not_fit_are_refused_by_name(bundle_copy: Path) -> None:
+    from node.inference import bundle as bundles
+    from node.training import radiograph
+
+    network = bundles.build_network(bundles.read(bundle_copy))
+    state = network.state_dict()
+    del state["fracture_head.weight"]
+    with pytest.raises(bundles.BundleError, match="missing fracture_head.weight"):
+        radiograph.load_initial_weights(network, state)
+    state = {**network.state_dict(), "stem_reduce.conv.weight": network.state_dict()["stem.conv.weight"]}
+    with pytest.raises(bundles.BundleError, match="unexpected stem_reduce.conv.weight"):
+        radiograph.load_initial_weights(network, state)
+
+
 def test_record_keeps_the_earlier_stages_of_a_fine_tuned_model(bundle_copy: Path) -> None:
     from node.inference import bundle as bundles
     from node.training import model_card, radiograph

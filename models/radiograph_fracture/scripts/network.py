@@ -4,8 +4,13 @@ Built from MONAI blocks so the bundle needs nothing beyond MONAI and PyTorch. Th
 follows MTL-DlinkNet: the segmentation head makes the encoder attend to the fracture line itself,
 which helps the image-level classifier on a small dataset trained from scratch.
 
-forward(x) with x of shape (N, 1, H, W), H and W divisible by 32, returns
+forward(x) with x of shape (N, 1, H, W), H and W divisible by 32 × input_scale, returns
   fracture_logit (N,), region_logits (N, 1, H, W), body_region_logits (N, n_regions).
+
+input_scale 2 reads an image of twice the size at the cost of one more stem layer: the stem's
+output is halved again (an average plus a learned strided convolution that starts at zero), so
+everything after it sees the feature map size of input_scale 1 and a network trained at that
+scale can be fine-tuned at the finer one.
 """
 
 from __future__ import annotations
@@ -17,6 +22,8 @@ from torch import nn
 
 
 class FracAtlasNet(nn.Module):
+    fine_tune_new = ("stem_reduce",)  # layers that weights trained at input_scale 1 do not have
+
     def __init__(
         self,
         in_channels: int = 1,
@@ -24,9 +31,13 @@ class FracAtlasNet(nn.Module):
         n_body_regions: int = 4,
         fpn_channels: int = 64,
         dropout: float = 0.3,
+        input_scale: int = 1,
     ) -> None:
         super().__init__()
+        if input_scale not in (1, 2):
+            raise ValueError(f"input_scale {input_scale}: use 1 or 2")
         self.stem = Convolution(2, in_channels, channels[0], strides=2, kernel_size=5, act="relu", norm="batch")
+        self.stem_reduce = _StemReduce(channels[0]) if input_scale == 2 else nn.Identity()
         self.stages = nn.ModuleList()
         previous = channels[0]
         for width in channels[1:]:
@@ -50,7 +61,7 @@ class FracAtlasNet(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         size = x.shape[-2:]
         features = []
-        f = self.stem(x)
+        f = self.stem_reduce(self.stem(x))
         for stage in self.stages:
             f = stage(f)
             features.append(f)
@@ -64,6 +75,21 @@ class FracAtlasNet(nn.Module):
         deepest = features[-1]
         pooled = self.dropout(torch.cat([deepest.mean(dim=(2, 3)), deepest.amax(dim=(2, 3))], dim=1))
         return self.fracture_head(pooled)[:, 0], regions, self.body_region_head(pooled)
+
+
+class _StemReduce(nn.Module):
+    """Halves the stem's output: a 2×2 average plus a strided 3×3 convolution whose batch-norm scale
+    starts at zero, so at first the block is the average alone."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.pool = nn.AvgPool2d(2)
+        self.conv = nn.Conv2d(channels, channels, 3, stride=2, padding=1, bias=False)
+        self.norm = nn.BatchNorm2d(channels)
+        nn.init.zeros_(self.norm.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.pool(x) + self.norm(self.conv(x))
 
 
 class FracAtlasEnsemble(nn.Module):
