@@ -29,7 +29,6 @@ import shutil
 import statistics
 import tempfile
 import threading
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,6 +41,7 @@ from bench.ingest import (
     machine,
     measure,
     require_dcmtk,
+    run_threads,
     write_results,
 )
 from tests.support import dicomgen
@@ -104,15 +104,9 @@ def write_all(way: str, blobs: Sequence[bytes], out: Path, threads: int) -> Run:
         except BaseException as exc:  # noqa: BLE001 - reported after the join
             errors.append(exc)
 
-    workers = [threading.Thread(target=worker, args=(i,)) for i in range(threads)]
     os.sync()  # the previous run's dirty pages must not be flushed during this one
     busy_before = busy_cpu_seconds()
-    started = time.perf_counter()
-    for w in workers:
-        w.start()
-    for w in workers:
-        w.join()
-    seconds = time.perf_counter() - started
+    seconds = run_threads([threading.Thread(target=worker, args=(i,)) for i in range(threads)])
     busy = busy_cpu_seconds() - busy_before
     if errors:
         raise errors[0]

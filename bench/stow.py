@@ -25,7 +25,7 @@ from typing import Protocol
 
 import httpx
 
-from bench.ingest import Fracnode, machine, write_results
+from bench.ingest import Fracnode, machine, run_threads, write_results
 from tests.support import dicomgen
 from tests.support.orthanc import PLUGIN_DIR, Orthanc
 
@@ -114,13 +114,9 @@ def post_all(url: str, headers: dict[str, str], requests: list[bytes], connectio
                 if response.status_code != 200:
                     errors.append(f"{response.status_code}: {response.text[:300]}")
 
-    threads = [threading.Thread(target=worker, args=(requests[i::connections],)) for i in range(connections)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    seconds = time.perf_counter() - started
+    seconds = run_threads(
+        [threading.Thread(target=worker, args=(requests[i::connections],)) for i in range(connections)]
+    )
     if errors:
         raise RuntimeError(f"{len(errors)} request(s) failed: {errors[0]}")
     return seconds
