@@ -248,6 +248,7 @@ def train(settings: TrainSettings, log=print) -> dict:
         "fine_tuned_from_sha256": bundles.sha256(settings.init) if settings.init else None,
         "ema_decay": settings.ema_decay,
         "input_size": size,
+        **({"input_scale": scale} if (scale := int(bundle.config["network_def"].get("input_scale", 1))) != 1 else {}),
     }
     if len(parts) == 1:
         run = runs[0]
