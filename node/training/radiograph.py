@@ -121,9 +121,9 @@ def set_input_size(bundle_root: Path, size: int, input_scale: int | None = None)
             raise bundles.BundleError(f"input scale {input_scale}: use 1 or 2")
         network_def["input_scale"] = input_scale
     halvings = 5 + int(network_def.get("input_scale", 1)) - 1
-    if size < 2**halvings or size % 2**halvings:
+    if size < 2 ** (halvings + 1) or size % 2**halvings:
         raise bundles.BundleError(
-            f"input size {size}: use a multiple of {2**halvings} of at least {2**halvings}"
+            f"input size {size}: use a multiple of {2**halvings} of at least {2 ** (halvings + 1)}"
             f" (the network halves it {halvings} times)")
     meta = json.loads(meta_path.read_text())
     data_format = meta["network_data_format"]

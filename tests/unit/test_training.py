@@ -122,8 +122,10 @@ def test_set_input_size_rewrites_the_contract_and_the_inference_config(bundle_co
     assert bundle.inputs["image"]["spatial_shape"] == [384, 384]
     assert bundle.outputs["regions"]["spatial_shape"] == [384, 384]
     assert json.loads((bundle_copy / "configs" / "inference.json").read_text())["spatial_size"] == 384
-    with pytest.raises(bundles.BundleError, match="multiple of 32"):
+    with pytest.raises(bundles.BundleError, match="multiple of 32 of at least 64"):
         radiograph.set_input_size(bundle_copy, 400)
+    with pytest.raises(bundles.BundleError, match="multiple of 32 of at least 64"):
+        radiograph.set_input_size(bundle_copy, 32)
 
 
 def test_input_scale_2_needs_a_multiple_of_64_and_is_written_to_the_network_def(bundle_copy: Path) -> None:
