@@ -102,7 +102,9 @@ def index_to_patient(first: Dataset, spacing_z: float, normal: np.ndarray, kji: 
 def cspine_node(tmp_path: Path, start_node, orthanc):  # type: ignore[no-untyped-def]
     config = node_config(
         tmp_path / "data",
-        assembly={"complete_on_release": True},
+        # complete when storescu releases, never on a pause mid-transfer (the tests' 0.5 s quiet period
+        # split a loaded run's study in two, and the first, partial job was the one checked)
+        assembly={"complete_on_release": True, "quiet_period_s": 60},
         peers=[{"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port}],
         destinations=[{"name": "pacs", "type": "dimse", "peer": "pacs"}],
         routes=[{"name": "ct", "match": {"modality": ["CT"]}, "pipeline": "cspine-fracture",
