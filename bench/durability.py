@@ -30,12 +30,12 @@ import statistics
 import tempfile
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 from bench.ingest import (
     REPO,
     RESULTS,
+    Measurement,
     Storescp,
     busy_cpu_seconds,
     machine,
@@ -48,23 +48,7 @@ from tests.support import dicomgen
 
 WAYS = ("write + close", "durable")
 SCENARIOS = (1, 4)  # associations, and writer threads
-
-
-@dataclass(frozen=True)
-class Run:
-    way: str  # "storescp" or one of WAYS
-    threads: int  # associations, for storescp
-    files: int
-    seconds: float
-    busy_seconds: float
-
-    @property
-    def rate(self) -> float:
-        return self.files / self.seconds
-
-    @property
-    def busy_ms(self) -> float:
-        return 1000 * self.busy_seconds / self.files
+# A run is a Measurement: its receiver is "storescp" or one of WAYS, its associations the writer threads.
 
 
 def _write_plain(data: bytes, path: Path) -> None:
@@ -91,7 +75,7 @@ def _write_durable(data: bytes, path: Path) -> None:
         os.close(folder)
 
 
-def write_all(way: str, blobs: Sequence[bytes], out: Path, threads: int) -> Run:
+def write_all(way: str, blobs: Sequence[bytes], out: Path, threads: int) -> Measurement:
     """Write every blob as a file in `out`, spread over `threads` threads, the given way."""
     out.mkdir(parents=True)
     write = _write_durable if way == "durable" else _write_plain
@@ -111,7 +95,7 @@ def write_all(way: str, blobs: Sequence[bytes], out: Path, threads: int) -> Run:
     if errors:
         raise errors[0]
     shutil.rmtree(out, ignore_errors=True)
-    return Run(way, threads, len(blobs), seconds, busy)
+    return Measurement(way, threads, len(blobs), seconds, busy)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     require_dcmtk(parser)
 
     tmp = Path(tempfile.mkdtemp(prefix="fracnode-bench-", dir=args.tmpdir))
-    runs: list[Run] = []
+    runs: list[Measurement] = []
     try:
         info = machine(tmp)
         print(f"generating {args.slices} slices of 512×512 in {tmp} …", flush=True)
@@ -132,13 +116,12 @@ def main(argv: list[str] | None = None) -> int:
         blobs = [f.read_bytes() for f in files]
         for rep in range(args.repeat):
             for n in SCENARIOS:
-                m = measure(Storescp(), files, n, tmp / f"storescp-{rep}-{n}")
-                runs.append(Run("storescp", n, m.instances, m.seconds, m.busy_seconds))
+                runs.append(measure(Storescp(), files, n, tmp / f"storescp-{rep}-{n}"))
                 for way in WAYS if rep % 2 == 0 else reversed(WAYS):
                     runs.append(write_all(way, blobs, tmp / f"{way}-{rep}-{n}", n))
                 for run in runs[-3:]:
-                    print(f"rep {rep + 1}/{args.repeat}  {n} assoc/threads  {run.way:13s} "
-                          f"{run.rate:7.1f} per s, machine CPU {run.busy_ms:.2f} ms each", flush=True)
+                    print(f"rep {rep + 1}/{args.repeat}  {n} assoc/threads  {run.receiver:13s} "
+                          f"{run.rate:7.1f} per s, machine CPU {run.busy_ms_per_instance:.2f} ms each", flush=True)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -157,20 +140,20 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def report(runs: Sequence[Run], slices: int) -> str:
+def report(runs: Sequence[Measurement], slices: int) -> str:
     """Medians per way, and the two ceilings they put on a durable receiver against storescp."""
     cores = os.cpu_count() or 1
 
     def median(way: str, n: int, value: str) -> float:
-        return statistics.median(getattr(r, value) for r in runs if (r.way, r.threads) == (way, n))
+        return statistics.median(getattr(r, value) for r in runs if (r.receiver, r.associations) == (way, n))
 
     rows = [("| associations / threads | storescp | write + close | temporary file, fsync, rename,"
             " folder fsync | durability's extra CPU | CPU ceiling | fsync ceiling |"),
             "|---|---|---|---|---|---|---|"]
     notes = []
     for n in SCENARIOS:
-        scp_rate, scp_ms = median("storescp", n, "rate"), median("storescp", n, "busy_ms")
-        plain_ms, durable_ms = median(WAYS[0], n, "busy_ms"), median(WAYS[1], n, "busy_ms")
+        scp_rate, scp_ms = median("storescp", n, "rate"), median("storescp", n, "busy_ms_per_instance")
+        plain_ms, durable_ms = median(WAYS[0], n, "busy_ms_per_instance"), median(WAYS[1], n, "busy_ms_per_instance")
         durable_rate = median(WAYS[1], n, "rate")
         extra_ms = durable_ms - plain_ms
         cpu_ceiling = min(1.0, scp_ms / (scp_ms + extra_ms))  # storescp's work plus durability's
