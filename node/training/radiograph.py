@@ -120,7 +120,7 @@ def set_input_size(bundle_root: Path, size: int, input_scale: int | None = None)
         if input_scale not in (1, 2):
             raise bundles.BundleError(f"input scale {input_scale}: use 1 or 2")
         network_def["input_scale"] = input_scale
-    halvings = 5 + int(network_def.get("input_scale", 1)) - 1
+    halvings = 4 + int(network_def.get("input_scale", 1))  # five halvings, one more through the finer stem
     if size < 2 ** (halvings + 1) or size % 2**halvings:
         raise bundles.BundleError(
             f"input size {size}: use a multiple of {2**halvings} of at least {2 ** (halvings + 1)}"
