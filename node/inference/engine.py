@@ -66,6 +66,8 @@ class Engine:
             raise ValueError(f"max_wait_ms must not be negative, got {max_wait_ms}")
         self.bundle = bundles.read(bundle_path)
         self.contract: Contract = read_contract(self.bundle)
+        preprocessing = self.bundle.config.get("preprocessing") or {}
+        self.standardize = preprocessing.get("standardize", "image-area") != "none"
         self.device = _device(device)
         network = bundles.build_network(self.bundle)
         bundles.load_weights(self.bundle, network, expected_sha256=weights_sha256)
@@ -143,7 +145,8 @@ class Engine:
     # -- 2D images in and out -------------------------------------------------------------------
 
     def preprocess(self, radiograph: Radiograph) -> ModelInput:
-        """Letterbox to the contract's square input, then standardize over the image area."""
+        """Letterbox to the contract's square input, then standardize over the image area, unless the
+        bundle's `preprocessing.standardize` is "none" (a network that normalizes its [0, 1] input)."""
         channels, *spatial = self.contract.input_shape
         if channels != 1 or len(spatial) != 2 or spatial[0] != spatial[1]:
             raise ValueError(
@@ -151,7 +154,9 @@ class Engine:
                 " radiograph preprocessing does not apply"
             )
         plane, box = fit(radiograph.image, spatial[0])
-        return ModelInput(standardize(plane, box)[np.newaxis], box)
+        if self.standardize:
+            plane = standardize(plane, box)
+        return ModelInput(plane[np.newaxis], box)
 
     def postprocess(self, outputs: Outputs, letterbox: Letterbox) -> Outputs:
         """One image's outputs with every model-space map resampled to the source image's size.

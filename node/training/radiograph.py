@@ -43,6 +43,10 @@ class TrainSettings:
     init: Path | None = None  # start from these weights (fine-tuning) instead of random ones
     ema_decay: float = 0.0  # > 0: validate and keep an exponential moving average of the weights
     resume: bool = False  # continue from the checkpoint an interrupted run of the same settings left
+    pretrained: bool = False  # start the network's EfficientNet-Lite encoder from ImageNet weights
+    freeze_stages: int = 0  # keep the stem and the encoder's first N stages at their initial weights
+    warmup_epochs: int = 0  # train only the decoder and heads (whole encoder held still) for N epochs
+    encoder_lr_scale: float = 1.0  # the encoder's peak learning rate relative to the decoder's and heads'
 
 
 def _standardize(images: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -53,7 +57,8 @@ def _standardize(images: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     return (images - mean) / var.sqrt().clamp(min=1e-3) * valid
 
 
-def _batch(arrays: fracatlas.Arrays, index: np.ndarray, augment: bool, rng: np.random.Generator):
+def _batch(arrays: fracatlas.Arrays, index: np.ndarray, augment: bool, rng: np.random.Generator,
+           standardize: bool = True):
     images = torch.from_numpy(arrays.images[index]).float().unsqueeze(1) / 255.0
     masks = torch.from_numpy(arrays.masks[index]).float().unsqueeze(1)
     valid = torch.from_numpy(arrays.valid[index]).float().unsqueeze(1)
@@ -73,7 +78,13 @@ def _batch(arrays: fracatlas.Arrays, index: np.ndarray, augment: bool, rng: np.r
         valid = (F.grid_sample(valid, grid, align_corners=False) > 0.5).float()
         gamma = torch.from_numpy(rng.uniform(0.7, 1.4, (n, 1, 1, 1))).float()
         images = images.clamp(0, 1) ** gamma
-    return _standardize(images, valid), masks, valid
+        # contrast and brightness, as different exposures and processing would give
+        contrast = torch.from_numpy(rng.uniform(0.8, 1.25, (n, 1, 1, 1))).float()
+        brightness = torch.from_numpy(rng.uniform(-0.08, 0.08, (n, 1, 1, 1))).float()
+        images = ((images - 0.5) * contrast + 0.5 + brightness).clamp(0, 1) * valid
+    if standardize:
+        images = _standardize(images, valid)
+    return images.contiguous(memory_format=torch.channels_last), masks, valid
 
 
 def _losses(outputs, masks, fractured, body, pos_weight):
@@ -93,15 +104,22 @@ def _losses(outputs, masks, fractured, body, pos_weight):
     return classification + region + 0.3 * body_loss
 
 
+def standardizes(bundle: bundles.Bundle) -> bool:
+    """Whether the bundle's preprocessing standardizes each image (FracAtlasNet) or leaves it in [0, 1]
+    for a network that normalizes inside (the ImageNet-pretrained FracAtlasLiteNet)."""
+    return (bundle.config.get("preprocessing") or {}).get("standardize", "image-area") != "none"
+
+
 @torch.inference_mode()
-def predict(network: torch.nn.Module, arrays: fracatlas.Arrays, batch_size: int = 32, desc: str = "predicting"):
+def predict(network: torch.nn.Module, arrays: fracatlas.Arrays, batch_size: int = 32, desc: str = "predicting",
+            standardize: bool = True):
     """Fracture probability, region probability maps and body-region probabilities for every image."""
     network.eval()
     scores, maps, body = [], [], []
     rng = np.random.default_rng(0)
     for start in tqdm(range(0, len(arrays.ids), batch_size), desc=desc, unit="batch", leave=False):
         index = np.arange(start, min(start + batch_size, len(arrays.ids)))
-        images, _, _ = _batch(arrays, index, augment=False, rng=rng)
+        images, _, _ = _batch(arrays, index, augment=False, rng=rng, standardize=standardize)
         fracture_logit, region_logits, body_logits = network(images)
         scores.append(torch.sigmoid(fracture_logit).numpy())
         maps.append(torch.sigmoid(region_logits)[:, 0].numpy().astype(np.float16))
@@ -120,7 +138,8 @@ def set_input_size(bundle_root: Path, size: int, input_scale: int | None = None)
         if input_scale not in (1, 2):
             raise bundles.BundleError(f"input scale {input_scale}: use 1 or 2")
         network_def["input_scale"] = input_scale
-    halvings = 4 + int(network_def.get("input_scale", 1))  # five halvings, one more through the finer stem
+    # five halvings, one more through FracAtlasNet's finer stem
+    halvings = 4 + int(network_def.get("input_scale", 1)) if network_def.get("_target_") != LITE_TARGET else 5
     if size < 2 ** (halvings + 1) or size % 2**halvings:
         raise bundles.BundleError(
             f"input size {size}: use a multiple of {2**halvings} of at least {2 ** (halvings + 1)}"
@@ -135,6 +154,28 @@ def set_input_size(bundle_root: Path, size: int, input_scale: int | None = None)
 
 
 ENSEMBLE_TARGET = "scripts.network.FracAtlasEnsemble"
+LITE_TARGET = "scripts.network.FracAtlasLiteNet"
+LITE_PREPROCESSING = (
+    "grayscale, Modality/VOI LUT applied, MONOCHROME1 inverted, scaled to [0, 1]; letterboxed (long side ="
+    " spatial_size, zero padding, bilinear); no standardization: the network repeats the channel to RGB and"
+    " applies the ImageNet mean and standard deviation itself"
+)
+
+
+def set_encoder(bundle_root: Path, variant: str) -> None:
+    """Make the bundle's network a FracAtlasLiteNet with an EfficientNet-`variant` encoder, and its
+    preprocessing the [0, 1] input that network normalizes itself (ImageNet statistics)."""
+    from node.training.pretrained import SOURCES
+
+    if variant not in SOURCES:
+        raise bundles.BundleError(f"encoder {variant!r}: use one of {', '.join(SOURCES)}")
+    inference_path = Path(bundle_root) / "configs" / "inference.json"
+    inference = json.loads(inference_path.read_text())
+    inference["network_def"] = {"_target_": LITE_TARGET, "variant": variant, "n_body_regions": 4,
+                                "fpn_channels": 64, "dropout": 0.3, "drop_path": 0.1}
+    inference["preprocessing"] = {"description": LITE_PREPROCESSING, "letterbox": "@spatial_size",
+                                  "standardize": "none"}
+    inference_path.write_text(json.dumps(inference, indent=4) + "\n")
 
 
 def _save_weights(bundle: bundles.Bundle, state: dict) -> None:
@@ -227,6 +268,12 @@ def train(settings: TrainSettings, log=print) -> dict:
         + ", ".join(f"{k} {len(v.ids)} images / {int(v.fractured.sum())} fractured" for k, v in splits.items())
     )
     network = bundles.build_network(bundle)
+    encoder_weights = None
+    if settings.pretrained and not settings.init:
+        from node.training.pretrained import load_encoder
+
+        encoder_weights = load_encoder(network)
+        log(f"encoder initialised from {encoder_weights['weights']}, sha256 {encoder_weights['sha256'][:12]}…")
     if settings.init:
         added = load_initial_weights(network, torch.load(settings.init, map_location="cpu", weights_only=True))
         log(f"starting from {settings.init}" + (f" ({len(added)} tensors of the finer stem start afresh)" if added else ""))
@@ -237,7 +284,8 @@ def train(settings: TrainSettings, log=print) -> dict:
         if len(parts) > 1:
             folder = folder / f"member{k + 1}"
             log(f"ensemble member {k + 1} of {len(parts)}, training seed {run_seed + k}")
-        state, run = _fit(settings, member, splits["train"], splits["val"], run_seed + k, folder, log)
+        state, run = _fit(settings, member, splits["train"], splits["val"], run_seed + k, folder, log,
+                          standardizes(bundle))
         member.load_state_dict(state)
         runs.append(run)
     _save_weights(bundle, network.state_dict())
@@ -248,6 +296,9 @@ def train(settings: TrainSettings, log=print) -> dict:
         "fine_tuned_from_sha256": bundles.sha256(settings.init) if settings.init else None,
         "ema_decay": settings.ema_decay,
         "input_size": size,
+        **({"pretrained_encoder": encoder_weights} if encoder_weights else {}),
+        **({"freeze_stages": settings.freeze_stages, "warmup_epochs": settings.warmup_epochs,
+            "encoder_lr_scale": settings.encoder_lr_scale} if getattr(network, "encoder", None) is not None else {}),
         **({"input_scale": scale} if (scale := int(bundle.config["network_def"].get("input_scale", 1))) != 1 else {}),
     }
     if len(parts) == 1:
@@ -268,18 +319,60 @@ def _run_settings(settings: TrainSettings, network: torch.nn.Module, seed: int, 
         "train_seed": seed,
         "input_size": int(train_set.images.shape[-1]),
         "train_images": checkpoints.fingerprint(map(str, train_set.ids)),
-        "initial_weights": checkpoints.fingerprint(network.state_dict().values()),  # random or --init
+        "initial_weights": checkpoints.fingerprint(network.state_dict().values()),  # random, --init or ImageNet
+        **({"freeze_stages": settings.freeze_stages, "warmup_epochs": settings.warmup_epochs,
+            "encoder_lr_scale": settings.encoder_lr_scale} if _encoder(network) is not None else {}),
     }
 
 
+def _encoder(network: torch.nn.Module) -> Any:
+    """A pretrained-style network's encoder (FracAtlasLiteNet's EfficientNetLite, with `frozen_prefix`),
+    or None (FracAtlasNet trains as one piece)."""
+    encoder = getattr(network, "encoder", None)
+    return encoder if isinstance(encoder, torch.nn.Module) and hasattr(encoder, "frozen_prefix") else None
+
+
+def _parameter_groups(settings: TrainSettings, network: torch.nn.Module) -> list[dict[str, Any]]:
+    """The optimizer's groups: the encoder's trainable parameters (at encoder_lr_scale) and the rest."""
+    encoder = _encoder(network)
+    if encoder is None:
+        return [{"params": list(network.parameters()), "lr": settings.learning_rate}]
+    frozen = {id(p) for module in encoder.frozen_prefix(settings.freeze_stages) for p in module.parameters()}
+    inside = {id(p) for p in encoder.parameters()}
+    return [
+        {"params": [p for p in encoder.parameters() if id(p) not in frozen],
+         "lr": settings.learning_rate * settings.encoder_lr_scale},
+        {"params": [p for p in network.parameters() if id(p) not in inside], "lr": settings.learning_rate},
+    ]
+
+
+def _train_mode(settings: TrainSettings, network: torch.nn.Module, epoch: int) -> None:
+    """Training mode, except what is held still: the frozen stages always, the whole encoder during the
+    warm-up epochs (no gradients, and batch-norm statistics kept, so ImageNet's stay until it trains)."""
+    network.train()
+    encoder = _encoder(network)
+    if encoder is None:
+        return
+    still = [encoder] if epoch <= settings.warmup_epochs else encoder.frozen_prefix(settings.freeze_stages)
+    for parameter in encoder.parameters():
+        parameter.requires_grad_(True)
+    for module in still:
+        module.eval()
+        for parameter in module.parameters():
+            parameter.requires_grad_(False)
+
+
 def _fit(settings: TrainSettings, network: torch.nn.Module, train_set: fracatlas.Arrays, val_set: fracatlas.Arrays,
-         seed: int, folder: Path, log) -> tuple[dict, dict]:
+         seed: int, folder: Path, log, standardize: bool = True) -> tuple[dict, dict]:
     """One network's training run: its best (validated) state and what happened."""
     rng = np.random.default_rng(seed)
-    optimizer = torch.optim.AdamW(network.parameters(), lr=settings.learning_rate, weight_decay=1e-4)
+    network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # 1.2-1.9x faster convolutions on the CPU
+    groups = _parameter_groups(settings, network)
+    optimizer = torch.optim.AdamW(groups, lr=settings.learning_rate, weight_decay=1e-4)
     steps_per_epoch = math.ceil(len(train_set.ids) / settings.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=settings.learning_rate, total_steps=settings.epochs * steps_per_epoch, pct_start=0.15
+        optimizer, max_lr=[group["lr"] for group in groups], total_steps=settings.epochs * steps_per_epoch,
+        pct_start=0.15
     )
     positives = float(train_set.fractured.sum())
     pos_weight = torch.tensor((len(train_set.ids) - positives) / max(positives, 1.0))
@@ -305,13 +398,16 @@ def _fit(settings: TrainSettings, network: torch.nn.Module, train_set: fracatlas
             checkpoints.save(folder / "best.pt", kept.state_dict())
     clock = time.monotonic()
     for epoch in range(first_epoch, settings.epochs + 1):
-        network.train()
+        _train_mode(settings, network, epoch)
+        warming = _encoder(network) is not None and epoch <= settings.warmup_epochs
+        if warming and epoch == first_epoch:
+            log(f"warm-up: the encoder is held still for {settings.warmup_epochs} epoch(s)")
         order = rng.permutation(len(train_set.ids))
         started, total = time.monotonic(), 0.0
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{settings.epochs}", unit="batch")
         for step in bar:
             index = order[step * settings.batch_size : (step + 1) * settings.batch_size]
-            images, masks, _ = _batch(train_set, index, augment=True, rng=rng)
+            images, masks, _ = _batch(train_set, index, augment=True, rng=rng, standardize=standardize)
             loss = _losses(
                 network(images),
                 masks,
@@ -327,7 +423,7 @@ def _fit(settings: TrainSettings, network: torch.nn.Module, train_set: fracatlas
                 ema.update_parameters(network)
             total += loss.item()
             bar.set_postfix(loss=f"{total / (step + 1):.3f}")
-        scores, _, _ = predict(kept, val_set, desc="validating")
+        scores, _, _ = predict(kept, val_set, desc="validating", standardize=standardize)
         val_auc = metrics.roc_auc(val_set.fractured, scores)
         progress["history"].append({"epoch": epoch, "loss": total / steps_per_epoch, "val_auc": val_auc})
         improved = val_auc > progress["best"]["val_auc"]
@@ -354,11 +450,12 @@ def evaluate(settings: TrainSettings, log=print) -> dict:
     splits = _load_splits(settings, size)
     network = bundles.build_network(bundle)
     bundles.load_weights(bundle, network, verify=False)
-    val_scores, _, _ = predict(network, splits["val"], desc="validation split")
+    standardize = standardizes(bundle)
+    val_scores, _, _ = predict(network, splits["val"], desc="validation split", standardize=standardize)
     suspicious = metrics.threshold_for_sensitivity(splits["val"].fractured, val_scores, SUSPICIOUS_SENSITIVITY)
     fracture = metrics.threshold_for_specificity(splits["val"].fractured, val_scores, FRACTURE_SPECIFICITY)
     test = splits["test"]
-    scores, maps, body = predict(network, test, desc="test split")
+    scores, maps, body = predict(network, test, desc="test split", standardize=standardize)
     labels = test.fractured > 0
     auc = metrics.roc_auc(labels, scores)
     low, high = metrics.bootstrap_auc_ci(labels, scores)

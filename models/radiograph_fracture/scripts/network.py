@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from monai.networks.blocks import Convolution, ResidualUnit
 from torch import nn
 
+from .efficientnet_lite import IMAGENET_MEAN, IMAGENET_STD, EfficientNetLite
+
 
 class FracAtlasNet(nn.Module):
     fine_tune_new = ("stem_reduce",)  # layers that weights trained at input_scale 1 do not have
@@ -108,3 +110,63 @@ class FracAtlasEnsemble(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         outputs = [member(x) for member in self.members]
         return tuple(torch.stack(parts).mean(dim=0) for parts in zip(*outputs))  # type: ignore[return-value]
+
+
+class FracAtlasLiteNet(nn.Module):
+    """An EfficientNet-Lite encoder (ImageNet-pretrained at training time) with the same three heads.
+
+    forward(x) takes x of shape (N, 1, H, W), a grayscale radiograph scaled to [0, 1] (H and W
+    multiples of 32), and returns fracture_logit (N,), region_logits (N, 1, H, W) and
+    body_region_logits (N, n_regions), like FracAtlasNet. The gray channel is repeated to RGB and
+    normalized with the ImageNet mean and standard deviation inside the network, so preprocessing
+    stays "letterbox to [0, 1]" and training, ONNX export and inference cannot disagree on it.
+
+    Region map: a feature pyramid over the encoder's stride 4, 8, 16 and 32 outputs, decoded at
+    stride 4 and upsampled. Fracture and body region: mean and max pooling of the 1280-channel head.
+    """
+
+    def __init__(
+        self,
+        variant: str = "lite0",
+        n_body_regions: int = 4,
+        fpn_channels: int = 64,
+        dropout: float = 0.3,
+        drop_path: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.encoder = EfficientNetLite(variant, drop_path=drop_path)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.lateral = nn.ModuleList(nn.Conv2d(width, fpn_channels, 1) for width in self.encoder.channels)
+        self.smooth = nn.Sequential(
+            nn.Conv2d(fpn_channels, fpn_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(fpn_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(fpn_channels, fpn_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(fpn_channels),
+            nn.ReLU(inplace=True),
+        )
+        self.region_head = nn.Conv2d(fpn_channels, 1, 1)
+        self.dropout = nn.Dropout(dropout)
+        width = 2 * self.encoder.head[0].out_channels
+        self.fracture_head = nn.Linear(width, 1)
+        self.body_region_head = nn.Linear(width, n_body_regions)
+
+    def decoder_and_heads(self) -> list[nn.Module]:
+        """Everything that does not come from the pretrained encoder (trained from the start)."""
+        return [self.lateral, self.smooth, self.region_head, self.fracture_head, self.body_region_head]
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        size = x.shape[-2:]
+        taps, head = self.encoder.features((x - self.mean) / self.std)
+        pyramid = None
+        for lateral, feature in zip(reversed(self.lateral), reversed(taps)):
+            level = lateral(feature)
+            if pyramid is not None:
+                level = level + F.interpolate(pyramid, size=level.shape[-2:], mode="nearest")
+            pyramid = level
+        assert pyramid is not None
+        regions = F.interpolate(self.region_head(self.smooth(pyramid)), size=size, mode="bilinear",
+                                align_corners=False)
+        pooled = self.dropout(torch.cat([head.mean(dim=(2, 3)), head.amax(dim=(2, 3))], dim=1))
+        return self.fracture_head(pooled)[:, 0], regions, self.body_region_head(pooled)
