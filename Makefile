@@ -10,7 +10,7 @@ STAMP   := $(VENV)/.installed
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --disable-pip-version-check "torch==2.13.0"
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e ".[test]" "torch==2.13.0"
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -e ".[test,train]" "torch==2.13.0"
 	touch $@
 
 install: $(STAMP)
