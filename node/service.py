@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 
 from node import pipelines
-from node.assembly import Assembly, summarize_series
+from node.assembly import AnalysisRequest, Assembly, request_analysis, summarize_series
 from node.config import Config
 from node.db import Database
 from node.dispatch.dispatcher import Dispatcher
@@ -59,17 +59,18 @@ class Node:
         self.assembly = Assembly(self.db, config.assembly)
         self.jobs = JobQueue(self.db, config.jobs)
         self.outbox = Outbox(config.outbox_dir, self.db, config.dispatch.retry)
-        self.metrics = Metrics(self.db, [d.name for d in config.destinations])
+        self.metrics = Metrics(self.db, [d.name for d in config.destinations], data_dir,
+                               config.storage.min_free_mb * 2**20)
         self.outbox.on_attempt = self.metrics.delivery
         self.outcomes = JobOutcomes(self.db)
         self.dispatcher = Dispatcher(config, self.outbox)
         self.ingest = DimseIngest(
             config.node, self.spool, self.db, on_released=self._on_released,
-            on_stored=lambda: self.metrics.instance_received("dimse"),
+            on_stored=lambda: self.metrics.instance_received("dimse"), on_unchanged=self._on_unchanged,
         )
         self.stow = StowIngest(
             self.spool, self.db, on_released=self._on_released,
-            on_stored=lambda: self.metrics.instance_received("stow"),
+            on_stored=lambda: self.metrics.instance_received("stow"), on_unchanged=self._on_unchanged,
         )
         self.pulls = Puller(config, self.spool, self.db, self.assembly, on_retrieved=self._assembly_wake_set)
         self.web: WebServer | None = WebServer(self, config.web) if config.web.enabled else None
@@ -245,6 +246,24 @@ class Node:
         event(log, logging.INFO, "job retry requested", job=job_id)
         self._work_wake.set()
         return True
+
+    def analyze_again(self, study_uid: str, requested_by: str) -> AnalysisRequest:
+        """Operator action: analyse a held study anew from the spool (raises StudyNotHeld)."""
+        request = request_analysis(self.db, study_uid)
+        event(log, logging.INFO, "analysis requested", study_uid=study_uid, requested_by=requested_by,
+              instances=request.instances, queued=request.queued, outcome=request.message)
+        self._assembly_wake.set()
+        return request
+
+    def _on_unchanged(self, study_uids: set[str]) -> None:
+        """An association or STOW-RS request carried only instances the node already held, byte for
+        byte: nothing is analysed again (the spool is idempotent); say so, and how to ask."""
+        for uid in sorted(study_uids):
+            rows = self.db.query(
+                "SELECT id, state FROM jobs WHERE study_uid = ? ORDER BY id DESC LIMIT 1", (uid,))
+            event(log, logging.INFO, "study resent unchanged: the current result stands", study_uid=uid,
+                  latest_job=rows[0]["id"] if rows else None, latest_state=rows[0]["state"] if rows else None,
+                  to_analyse_again=f"fracnode analyze-again {uid}, or POST /api/v1/studies/{uid}/analyze")
 
     def _still_owns(self, job: Job, owner: str) -> bool:
         """A worker whose lease ran out (another worker took the job) must not record an outcome."""

@@ -7,10 +7,12 @@ proxies' and browsers' logs). Every route needs the credentials of `web.auth`.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 
+from node.dispatch.health import destination_health
 from node.jobs import FINAL_STATES, QUEUED, RUNNING
 from node.web import peers, queries
 from node.web.models import (
@@ -137,27 +139,23 @@ def echo_peer(
 
 
 @router.get("/destinations", response_model=list[DestinationStatus],
-            summary="Result delivery per destination: pending, delivered, failed")
+            summary="Result delivery per destination: pending, delivered, failed, and whether it is in trouble")
 def list_destinations(request: Request) -> list[DestinationStatus]:
     node = _node(request)
-    rows = {r["destination"]: r for r in node.db.query(
-        """SELECT destination, SUM(state = 'pending') AS pending, SUM(state = 'delivered') AS delivered,
-        SUM(state = 'failed') AS failed, MAX(delivered_at) AS last_delivered_at,
-        MIN(CASE WHEN state = 'pending' THEN next_attempt_at END) AS next_attempt_at,
-        (SELECT last_error FROM outbox o2 WHERE o2.destination = outbox.destination
-         AND o2.last_error != '' ORDER BY o2.id DESC LIMIT 1) AS last_error
-        FROM outbox GROUP BY destination""")}
+    configured = {d.name: d for d in node.config.destinations}
+    now = time.time()
     found = []
-    for dest in node.config.destinations:
-        row: Any = rows.get(dest.name, {})
+    for health in destination_health(node.db, configured):
+        dest = configured.get(health.name)
+        kind = dest.type if dest is not None else "removed from the configuration"
         target = {"folder": str(getattr(dest, "path", "")), "sender": "the sending peer"}.get(
-            dest.type, str(getattr(dest, "peer", "")))
+            kind, str(getattr(dest, "peer", "")))
         found.append(DestinationStatus(
-            name=dest.name, type=dest.type, target=target, pending=row["pending"] if row else 0,
-            delivered=row["delivered"] if row else 0, failed=row["failed"] if row else 0,
-            last_error=(row["last_error"] if row else "") or "",
-            last_delivered_at=row["last_delivered_at"] if row else None,
-            next_attempt_at=row["next_attempt_at"] if row else None,
+            name=health.name, type=kind, target=target, pending=health.pending,
+            delivered=health.delivered, failed=health.failed, last_error=health.last_error,
+            last_delivered_at=health.last_delivered_at, next_attempt_at=health.next_attempt_at,
+            oldest_pending_age_s=round(health.oldest_pending_age_s(now), 1), attempts=health.attempts,
+            in_trouble=health.in_trouble(now), trouble=health.trouble(now),
         ))
     return found
 

@@ -108,6 +108,10 @@ class DestinationStatus(BaseModel):
     last_error: str
     last_delivered_at: float | None
     next_attempt_at: float | None
+    oldest_pending_age_s: float = Field(description="how long the oldest undelivered result has waited")
+    attempts: int = Field(description="the most delivery attempts of an undelivered result")
+    in_trouble: bool = Field(description="results given up, or waiting after repeated failed attempts")
+    trouble: str = Field(description="what is wrong, for an operator; empty when nothing is")
 
 
 class Peer(BaseModel):
