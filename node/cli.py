@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -33,11 +34,12 @@ def _load(args: argparse.Namespace) -> Config:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from node import logs
+    from node.banner import banner
     from node.service import Node, NodeAlreadyRunning
     from node.web.server import WebBindError
 
     config = _load(args)
-    logs.setup(config.logging.level, config.logging.format)
+    logs.setup(config.logging.level, config.logging.format, libraries=config.logging.libraries)
     try:
         node = Node(config)
     except (NodeAlreadyRunning, ValueError) as exc:
@@ -59,10 +61,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    web = f"; HTTP on {config.web.bind}:{node.web.port}" if node.web is not None else ""
-    print(f"fracnode {__version__}: listening as {config.node.ae_title} on "
-          f"{config.node.bind}:{node.ingest.port}{web}; data in {config.storage.data_dir.resolve()}"
-          " (Ctrl-C stops)", file=sys.stderr, flush=True)
+    print(banner(config, node), file=sys.stderr, flush=True)
+
+    def when_warm() -> None:
+        node.warmed.wait()
+        ready = ", ".join(f"{name} {state}" for name, state in node.warm_results.items())
+        print(f"fracnode: models {ready or 'none routed'}", file=sys.stderr, flush=True)
+
+    threading.Thread(target=when_warm, name="banner", daemon=True).start()
     node.wait()
     node.stop()
     return 0

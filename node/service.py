@@ -81,6 +81,8 @@ class Node:
         self._threads: list[threading.Thread] = []
         self._pipelines: dict[str, pipelines.Pipeline] = {}
         self._pipelines_lock = threading.Lock()
+        self.warmed = threading.Event()
+        self.warm_results: dict[str, str] = {}
 
     @staticmethod
     def _take_lock(path: Path) -> int:
@@ -162,16 +164,21 @@ class Node:
             return self._pipelines[name]
 
     def warm_up(self) -> None:
-        """Build the routed pipelines (load their models) before the first study needs them."""
+        """Build the routed pipelines (load their models) before the first study needs them;
+        `warmed` is set after, with each pipeline's load time or failure in `warm_results`."""
         for name in dict.fromkeys(route.pipeline for route in self.config.routes):
             started = time.monotonic()
             try:
                 self.pipeline(name)
-            except Exception:
+            except Exception as exc:
+                self.warm_results[name] = f"failed: {type(exc).__name__}: {exc}"
                 log.exception("pipeline failed to load; its jobs will fail until this is fixed",
                               extra={"fields": {"pipeline": name}})
                 continue
-            event(log, logging.INFO, "pipeline ready", pipeline=name, seconds=round(time.monotonic() - started, 2))
+            seconds = round(time.monotonic() - started, 2)
+            self.warm_results[name] = f"ready in {seconds} s"
+            event(log, logging.INFO, "pipeline ready", pipeline=name, seconds=seconds)
+        self.warmed.set()
 
     def work_once(self, owner: str, now: float | None = None) -> bool:
         """Claim and run one job. Returns False when no job was due."""
