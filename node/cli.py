@@ -93,7 +93,9 @@ def _target(config: Config, text: str):  # type: ignore[no-untyped-def]
     if not match:
         known = ", ".join(p.name for p in config.peers) or "none configured"
         raise SystemExit(f"fracnode: {text!r} is neither a configured peer ({known}) nor AE@HOST:PORT / HOST:PORT")
-    return Target(match["ae"] or "ANY-SCP", match["host"], int(match["port"]))
+    # HOST:PORT alone calls the node's own AE title: the likeliest peer is another fracnode (or
+    # this one); a PACS needs its own, given as AE@HOST:PORT
+    return Target(match["ae"] or config.node.ae_title, match["host"], int(match["port"]))
 
 
 def cmd_echo(args: argparse.Namespace) -> int:
