@@ -9,7 +9,6 @@ import fcntl
 import json
 import logging
 import os
-import shutil
 import threading
 import time
 import uuid
@@ -20,16 +19,18 @@ from node.assembly import AnalysisRequest, Assembly, request_analysis, summarize
 from node.config import Config
 from node.db import Database
 from node.dispatch.dispatcher import Dispatcher
-from node.dispatch.outbox import DELIVERED, Outbox
+from node.dispatch.outbox import Outbox
 from node.ingest.dimse import DimseIngest
 from node.ingest.stow import StowIngest
-from node.jobs import FINAL_STATES, NOT_APPLICABLE, JobQueue
+from node.jobs import NOT_APPLICABLE, JobQueue
 from node.logs import event
 from node.metrics import Metrics
 from node.outcomes import JobOutcomes
 from node.pull.puller import Puller
 from node.records import Job, PipelineInput, SeriesInput
+from node.retention import purge_expired
 from node.routing import route_study
+from node.search import StudySearch
 from node.spool import Spool
 from node.web.server import WebBindError, WebServer
 
@@ -63,6 +64,7 @@ class Node:
                                config.storage.min_free_mb * 2**20)
         self.outbox.on_attempt = self.metrics.delivery
         self.outcomes = JobOutcomes(self.db)
+        self.search = StudySearch(self.db, data_dir)
         self.dispatcher = Dispatcher(config, self.outbox)
         self.ingest = DimseIngest(
             config.node, self.spool, self.db, on_released=self._on_released,
@@ -125,12 +127,18 @@ class Node:
             self.db.execute("UPDATE studies SET route_status = ? WHERE study_uid = ?",
                             (status, study.study_instance_uid))
             self.metrics.study_completed(study.study_instance_uid, now)
+            self._remember_for_search(study.study_instance_uid)
             event(log, logging.INFO, "study complete", study_uid=study.study_instance_uid,
                   revision=study.revision, series=len(study.series),
                   instances=sum(s.instance_count for s in study.series), routing=status)
         if studies:
             self._work_wake.set()
         return len(studies)
+
+    def _remember_for_search(self, study_uid: str) -> None:
+        rows = self.db.query("SELECT path FROM instances WHERE study_uid = ? LIMIT 1", (study_uid,))
+        if rows:
+            self.search.remember(study_uid, Path(rows[0]["path"]))
 
     def pipeline_input(self, job: Job) -> PipelineInput:
         placeholders = ",".join("?" * len(job.series_uids))
@@ -293,32 +301,7 @@ class Node:
 
     def clean_once(self, now: float | None = None) -> int:
         """Retention: delete spooled studies whose work ended `retention_days` ago."""
-        days = self.config.storage.retention_days
-        if days <= 0:
-            return 0
-        now = time.time() if now is None else now
-        cutoff = now - days * 86400
-        final = ",".join(f"'{s}'" for s in FINAL_STATES)
-        rows = self.db.query(
-            f"""SELECT s.study_uid FROM studies s WHERE s.pending = 0 AND s.last_received_at < ?
-            AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.study_uid = s.study_uid
-                AND (j.state NOT IN ({final}) OR j.finished_at >= ?))
-            AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.study_uid = s.study_uid
-                AND o.state != ?)""",
-            (cutoff, cutoff, DELIVERED),
-        )
-        for row in rows:
-            shutil.rmtree(self.config.spool_dir / row["study_uid"], ignore_errors=True)
-            for job in self.db.query("SELECT id FROM jobs WHERE study_uid = ?", (row["study_uid"],)):
-                shutil.rmtree(self.config.outbox_dir / str(job["id"]), ignore_errors=True)
-            with self.db.transaction() as conn:
-                conn.execute("DELETE FROM instances WHERE study_uid = ?", (row["study_uid"],))
-                conn.execute("DELETE FROM outbox WHERE study_uid = ?", (row["study_uid"],))
-                conn.execute("UPDATE studies SET route_status = route_status || ' (spool purged)'"
-                             " WHERE study_uid = ?", (row["study_uid"],))
-        if rows:
-            event(log, logging.INFO, "retention purge", studies=len(rows), retention_days=days)
-        return len(rows)
+        return purge_expired(self.config, self.db, time.time() if now is None else now)
 
     # -- threads ------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@ import time
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
 
 from node.dispatch.health import destination_health
 from node.jobs import FINAL_STATES, QUEUED, RUNNING
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
 
 router = APIRouter(tags=["operations"])
 STATES = (QUEUED, RUNNING, *FINAL_STATES)
+CATEGORIES = queries.CATEGORY_ORDER
 SECRET_KEYS = frozenset({"password", "token", "tokens", "secret", "api_key"})
 REDACTED = "***"
 Limit = Annotated[int, Query(ge=1, le=queries.MAX_LIMIT, description="most recent first")]
@@ -53,12 +55,21 @@ def list_jobs(
     state: Annotated[list[str] | None, Query(description=f"any of: {', '.join(STATES)}")] = None,
     study_uid: str | None = None,
     limit: Limit = 50,
+    pipeline: str | None = None,
+    since: Annotated[float | None, Query(description="created at or after (Unix seconds)")] = None,
+    category: Annotated[list[str] | None, Query(description=f"any of: {', '.join(CATEGORIES)}")] = None,
 ) -> list[JobDetail]:
-    unknown = sorted(set(state or ()) - set(STATES))
-    if unknown:
-        raise HTTPException(422, f"unknown job state(s) {', '.join(unknown)}; known: {', '.join(STATES)}")
+    _known(state, STATES, "job state")
+    _known(category, CATEGORIES, "category")
     node = _node(request)
-    return queries.jobs(node.db, node.outcomes, states=state or (), study_uid=study_uid, limit=limit)
+    return queries.jobs(node.db, node.outcomes, states=state or (), study_uid=study_uid, limit=limit,
+                        pipeline=pipeline, since=since, categories=category or ())
+
+
+def _known(given: list[str] | None, known: tuple[str, ...], what: str) -> None:
+    unknown = sorted(set(given or ()) - set(known))
+    if unknown:
+        raise HTTPException(422, f"unknown {what}(s) {', '.join(unknown)}; known: {', '.join(known)}")
 
 
 @router.get("/jobs/{job_id}", response_model=JobDetail, summary="One job: timings, findings, deliveries")
@@ -86,8 +97,32 @@ def retry_job(request: Request, job_id: int) -> RetryResult:
 
 
 @router.get("/studies", response_model=list[StudySummary], summary="Recent studies and their routing")
-def list_studies(request: Request, limit: Limit = 50) -> list[StudySummary]:
-    return queries.studies(_node(request).db, limit)
+def list_studies(
+    request: Request,
+    limit: Limit = 50,
+    state: Annotated[list[str] | None, Query(description="studies with a job in any of these states")] = None,
+    pipeline: str | None = None,
+    since: Annotated[float | None, Query(description="last instance received at or after (Unix s)")] = None,
+    category: Annotated[list[str] | None, Query(description=f"any of: {', '.join(CATEGORIES)}")] = None,
+) -> list[StudySummary]:
+    _known(state, STATES, "job state")
+    _known(category, CATEGORIES, "category")
+    return queries.studies(_node(request).db, limit, states=state or (), pipeline=pipeline, since=since,
+                           categories=category or ())
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1, max_length=64, description="a Study Instance UID (or its start),"
+                      " or an Accession Number; sent in the body so that it stays out of URLs and logs")
+
+
+@router.post("/studies/search", response_model=list[StudySummary],
+             summary="Find studies by Study Instance UID or Accession Number (matched, never shown)")
+def search_studies(request: Request, body: SearchRequest, limit: Limit = 50) -> list[StudySummary]:
+    node = _node(request)
+    return queries.studies(node.db, limit, uids=node.search.find(body.text, limit))
 
 
 @router.get("/studies/{study_uid}", response_model=StudyDetail,

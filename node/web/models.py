@@ -57,6 +57,9 @@ class JobSummary(BaseModel):
     retryable: bool = Field(description="POST /jobs/{id}/retry will queue it again")
     timings: Timings
     deliveries: list[Delivery]
+    category: str | None = Field(
+        None, description="the finding's category: fracture, suspicious or negative (the highest of"
+        " a study's images); null when the job recorded none")
 
 
 class JobDetail(JobSummary):
@@ -91,6 +94,10 @@ class StudySummary(BaseModel):
     series: int
     modalities: list[str]
     jobs: dict[str, int] = Field(description="jobs of the study per state")
+    pipelines: list[str] = Field(default_factory=list, description="pipelines of the latest revision's jobs")
+    result: str = Field("", description="the latest job's result (its summary or failure)")
+    result_state: str | None = Field(None, description="the latest job's state")
+    category: str | None = Field(None, description="the latest finished job's category, if any")
 
 
 class StudyDetail(StudySummary):
