@@ -64,7 +64,8 @@ def render_sagittal(paths: Sequence[Path], findings: dict[str, Any]) -> Image.Im
     position, row_dir, col_dir, spacing = first
     normal = np.cross(row_dir, col_dir)
     step = abs(strips[0][0] - strips[-1][0]) / (len(strips) - 1)
-    scale = 2.0  # display pixels per millimetre-ish: readable labels on a small neck
+    # display pixels per millimetre: at least 2, and at least 480 pixels on the longer side
+    scale = max(2.0, 480 / max(slab.shape[1] * spacing[0], slab.shape[0] * step))
     size = (max(1, round(slab.shape[1] * spacing[0] * scale)), max(1, round(slab.shape[0] * step * scale)))
     image = Image.fromarray(grey).resize(size, Image.Resampling.BILINEAR).convert("RGB")
     draw = ImageDraw.Draw(image)

@@ -55,6 +55,9 @@ def models(request: Request) -> Models:
     config = _node(request).config
     found = []
     for name in dict.fromkeys(route.pipeline for route in config.routes):
+        if not pipelines.bundles_of(name):
+            found.append(ModelInfo(pipeline=name, bundle="", name="", version="", metrics=[], measured_on="",
+                                   intended_use="", problem="this pipeline names no model bundle"))
         for bundle in pipelines.bundles_of(name):
             card = read_card(config.inference.bundle(bundle))
             found.append(ModelInfo(
