@@ -90,4 +90,4 @@ def test_alert_rules_fire_on_the_series_the_node_exposes(tmp_path) -> None:
     rules = yaml.safe_load((deploy / "prometheus-alerts.yml").read_text())
     for rule in rules["groups"][0]["rules"]:
         for name in set(re.findall(r"\bfracnode_[a-z_]+", rule["expr"])):
-            assert re.search(rf"^{name}[{{ ]", exposed, re.M), f"{rule['alert']}: {name} is not exposed"
+            assert re.search(rf"^{name}[{{ ]", exposed, re.MULTILINE), f"{rule['alert']}: {name} is not exposed"
