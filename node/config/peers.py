@@ -178,6 +178,9 @@ class RouteMatchRule(Strict):
 
     modality: list[str] = Field(default_factory=list)
     body_part: str | None = None
+    exclude_body_part: str | None = Field(
+        None, description="regex on BodyPartExamined that must NOT match (out-of-scope anatomy)"
+    )
     series_description: str | None = None
     protocol_name: str | None = None
     sop_class: list[str] = Field(default_factory=list)
@@ -186,7 +189,7 @@ class RouteMatchRule(Strict):
     )
     calling_ae: list[str] = Field(default_factory=list)
 
-    @field_validator("body_part", "series_description", "protocol_name")
+    @field_validator("body_part", "exclude_body_part", "series_description", "protocol_name")
     @classmethod
     def _regex(cls, value: str | None) -> str | None:
         if value is not None:

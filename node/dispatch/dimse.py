@@ -52,18 +52,20 @@ def _nodelay_handler(event: evt.Event) -> None:
 def _associate(ae: AE, target: Target) -> Association:
     """Request an association; raise AssociationFailed with the reason when none is made."""
     connected: list[bool] = []
+    answers: list[object] = []  # the A-ASSOCIATE response primitive, for a rejection's reason
 
     def on_open(event: evt.Event) -> None:
         connected.append(True)
         _nodelay_handler(event)
 
     assoc = ae.associate(target.host, target.port, ae_title=target.ae_title,
-                         evt_handlers=[(evt.EVT_CONN_OPEN, on_open)])
+                         evt_handlers=[(evt.EVT_CONN_OPEN, on_open),
+                                       (evt.EVT_ACSE_RECV, lambda event: answers.append(event.primitive))])
     if not assoc.is_established:
         # pynetdicom marks a refused TCP connection as aborted too: tell them apart
         if not connected:
             raise AssociationFailed(f"cannot connect to {target} (is it running and reachable?)")
-        raise AssociationFailed(_why_not(assoc, target))
+        raise AssociationFailed(_why_not(assoc, target, ae.ae_title, answers))
     return assoc
 
 
@@ -90,9 +92,23 @@ def echo(target: Target, calling_ae: str, timeout_s: float = 10.0) -> int:
         assoc.release()
 
 
-def _why_not(assoc: object, target: Target) -> str:
+# PS3.8 9.3.4, A-ASSOCIATE-RJ reasons given by the service user (source 1)
+CALLING_AE_REFUSED, CALLED_AE_REFUSED = 3, 7
+
+
+def _why_not(assoc: object, target: Target, calling_ae: str = "", answers: Sequence[object] = ()) -> str:
     if getattr(assoc, "is_rejected", False):
-        return f"{target} rejected the association (check the AE titles configured on both sides)"
+        answer = next((a for a in answers if getattr(a, "result", None) in (1, 2)), None)
+        source, reason = getattr(answer, "result_source", None), getattr(answer, "diagnostic", None)
+        if source == 1 and reason == CALLED_AE_REFUSED:
+            return (f"{target} rejected the association: it does not answer to the called AE title"
+                    f" {target.ae_title!r} (give its AE title: AE@HOST:PORT, or the peer's ae_title)")
+        if source == 1 and reason == CALLING_AE_REFUSED:
+            return (f"{target} rejected the association: it does not accept the calling AE title"
+                    f" {calling_ae!r} (add it on the peer, or use --calling-ae)")
+        said = f" ({getattr(answer, 'reason_str', '')})" if answer is not None else ""
+        return (f"{target} rejected the association{said}; called AE title {target.ae_title!r},"
+                f" calling AE title {calling_ae!r}: check the AE titles configured on both sides")
     if getattr(assoc, "is_aborted", False):
         return f"{target} aborted the association"
     return f"cannot connect to {target} (is it running and reachable?)"

@@ -163,6 +163,30 @@ class Outbox:
         )
         self._attempted(item, "given_up", now)
 
+    def undelivered(self, job_id: int, destination: str) -> int:
+        """Results of a job still waiting for (or given up on) one destination."""
+        rows = self.db.query(
+            "SELECT COUNT(*) AS n FROM outbox WHERE job_id = ? AND destination = ? AND state != ?",
+            (job_id, destination, DELIVERED),
+        )
+        return int(rows[0]["n"])
+
+    def replaced(self, job_id: int, destination: str) -> dict[tuple[int, int], list[str]]:
+        """Results this destination got from older revisions of the job's study and route:
+        {(job id, revision): [SOP Instance UID, ...]}, which the job's results supersede."""
+        rows = self.db.query(
+            """SELECT o.job_id, j.revision, o.sop_instance_uid FROM outbox o
+            JOIN jobs j ON j.id = o.job_id
+            JOIN jobs current ON current.id = ?
+            WHERE o.destination = ? AND o.state = ? AND j.study_uid = current.study_uid
+            AND j.route = current.route AND j.id < current.id ORDER BY o.id""",
+            (job_id, destination, DELIVERED),
+        )
+        found: dict[tuple[int, int], list[str]] = {}
+        for row in rows:
+            found.setdefault((row["job_id"], row["revision"]), []).append(row["sop_instance_uid"])
+        return found
+
     def requeue_failed(self, now: float) -> int:
         return self.db.execute(
             "UPDATE outbox SET state = ?, next_attempt_at = ? WHERE state = ?", (PENDING, now, FAILED)

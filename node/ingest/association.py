@@ -49,6 +49,7 @@ class AssociationRecord:
     received: int = 0
     failed: int = 0
     studies: set[str] = field(default_factory=set)
+    changed: set[str] = field(default_factory=set)  # studies with an instance new to the spool
 
 
 class Owner(Protocol):

@@ -90,6 +90,7 @@ class DimseIngest:
         db: Database,
         on_stored: Callable[[], None] = lambda: None,
         on_released: Callable[[set[str]], None] = lambda studies: None,
+        on_unchanged: Callable[[set[str]], None] = lambda studies: None,
     ) -> None:
         # the node's SCU side (dispatch) uses pynetdicom: query identifiers hold patient data
         pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
@@ -99,6 +100,7 @@ class DimseIngest:
         self.db = db
         self.on_stored = on_stored
         self.on_released = on_released
+        self.on_unchanged = on_unchanged  # studies an association resent without a new byte
         # abstract syntax → accepted transfer syntaxes, preferred first (Verification: pynetdicom's
         # default four uncompressed syntaxes)
         self.supported: dict[str, tuple[str, ...]] = {
@@ -219,11 +221,14 @@ class DimseIngest:
               instances_received=record.received, instances_failed=record.failed)
         if record.studies and outcome == "released":
             self.on_released(set(record.studies))
+            if record.studies - record.changed:
+                self.on_unchanged(record.studies - record.changed)
 
     def stored(self, record: AssociationRecord, stored: Stored) -> None:
         record.received += 1
         record.studies.add(stored.header.study_uid)
         if not stored.duplicate:
+            record.changed.add(stored.header.study_uid)
             self.on_stored()
 
     def refused(self, record: AssociationRecord, status: int, reason: str, sop_uid: str) -> None:

@@ -180,7 +180,7 @@ def summarize(findings: Findings) -> str:
     return text
 
 
-@register("radiograph-fracture")
+@register("radiograph-fracture", bundles=(BUNDLE,))
 def _factory(config: Config) -> RadiographFracturePipeline:
     from node.inference.engine import Engine
 

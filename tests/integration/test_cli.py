@@ -195,10 +195,15 @@ def test_echo_by_address_and_by_peer_name(served):
     assert by_name.returncode == 0, by_name.stdout + by_name.stderr
     assert re.search(rf"C-ECHO FRACNODE@127\.0\.0\.1:{served.port}: success", by_name.stdout)
 
-    # HOST:PORT alone calls "ANY-SCP", which this node (like most) refuses: a clear reason, exit 1
-    wrong_ae = fracnode("echo", f"127.0.0.1:{served.port}", "--timeout", "10")
+    # HOST:PORT alone calls the node's own AE title, so it reaches a fracnode as it is
+    by_port = fracnode("echo", f"127.0.0.1:{served.port}", "--timeout", "10")
+    assert by_port.returncode == 0, by_port.stdout + by_port.stderr
+    assert f"C-ECHO FRACNODE@127.0.0.1:{served.port}: success" in by_port.stdout
+
+    # another called AE title is refused: the message names the AE title that was refused, exit 1
+    wrong_ae = fracnode("echo", f"ANY-SCP@127.0.0.1:{served.port}", "--timeout", "10")
     assert wrong_ae.returncode == 1
-    assert "rejected the association" in wrong_ae.stderr and "AE title" in wrong_ae.stderr
+    assert "does not answer to the called AE title 'ANY-SCP'" in wrong_ae.stderr, wrong_ae.stderr
 
 
 def test_echo_to_a_closed_port_fails_clearly(tmp_path):
