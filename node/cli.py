@@ -298,9 +298,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--overlays", default="", help="also write gsps and/or secondary_capture, comma-separated")
     analyze.set_defaults(func=cmd_analyze)
 
-    from node.training.cli import add_parsers as add_training_parsers
-
-    add_training_parsers(sub)
+    _add_training_parsers(sub)
 
     config = sub.add_parser("config", help="configuration commands")
     config_sub = config.add_subparsers(dest="config_command", required=True)
@@ -309,6 +307,46 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", nargs="?", help="the YAML file (default: --config or the embedded defaults)")
     check.set_defaults(func=cmd_config_check)
     return parser
+
+
+TRAINING_COMMANDS = ("train", "evaluate", "phantom")
+
+
+def _add_training_parsers(sub: argparse._SubParsersAction) -> None:
+    """`train`, `evaluate` and `phantom` come from the top-level `training` package of a source checkout
+    (outside the runtime package; its libraries are the `[train]` extra). Without it the commands
+    still exist and say how to get it."""
+    try:
+        training_cli = _training_cli()
+    except ImportError as exc:
+        reason = str(exc)
+        for name in TRAINING_COMMANDS:
+            stub = sub.add_parser(name, help=f"{name} a model (needs a source checkout, see --help)", add_help=False)
+            stub.add_argument("rest", nargs=argparse.REMAINDER)
+            stub.set_defaults(func=lambda args, reason=reason: _no_training(reason))
+        return
+    training_cli.add_parsers(sub)
+
+
+def _training_cli():  # type: ignore[no-untyped-def]
+    """`training.cli`, from the environment or from the checkout this `node` package lives in."""
+    import importlib
+
+    try:
+        return importlib.import_module("training.cli")
+    except ImportError:
+        checkout = Path(__file__).resolve().parents[1]
+        if not (checkout / "training" / "cli.py").is_file():
+            raise
+        sys.path.insert(0, str(checkout))
+        return importlib.import_module("training.cli")
+
+
+def _no_training(reason: str) -> int:
+    print("fracnode: training and evaluation run from a source checkout with the training extra:"
+          " git clone the repository, then pip install -e '.[train]' (or make install) there"
+          f" ({reason})", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:

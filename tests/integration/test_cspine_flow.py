@@ -1,6 +1,6 @@
 """The cervical spine CT pipeline end to end: storescu → fracnode serve → SEG + SR in a real Orthanc.
 
-A synthetic cervical spine CT study (node.training.cspine_phantom: a thin axial bone series of
+A synthetic cervical spine CT study (training.phantom.generate: a thin axial bone series of
 300 slices of 256×256, plus a localizer and a 5 mm reconstruction of the same scan) is sent with
 DCMTK storescu to a node started in this process; the shipped vertebra and fracture models run
 for real on the CPU; the node sends the SEG and the SR to a real Orthanc with no manual step. The
@@ -27,11 +27,11 @@ from node.pipelines.cspine import NO_CERVICAL_VERTEBRAE, NO_SERIES, CSpineFractu
 from node.pipelines.cspine_select import SelectionRules
 from node.records import PipelineInput, SeriesAttributes, SeriesInput
 from node.results.cspine_template import VERTEBRAE
-from node.training.cspine_phantom import PhantomSpec, PhantomStudy, generate_study
 from tests.conftest import SHARED_DATA, node_config, wait_until
 from tests.integration.test_flow import storescu
 from tests.support import dicomgen
 from tests.support.dciodvfy import dciodvfy_errors
+from training.phantom.generate import PhantomSpec, PhantomStudy, generate_study
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"

@@ -18,7 +18,9 @@ import torch
 from PIL import Image
 
 from node.inference import bundle as bundles
-from node.training import checkpoints, fracatlas, radiograph
+from training.common import checkpoints
+from training.radiograph import bundle_edits, fracatlas
+from training.radiograph import run as radiograph
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "models" / "radiograph_fracture"
@@ -56,11 +58,11 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def small_bundle(target: Path, members: int = 1) -> Path:
     shutil.copytree(SHIPPED, target)
-    radiograph.set_input_size(target, SIZE)
+    bundle_edits.set_input_size(target, SIZE)
     if members > 1:
         path = target / "configs" / "inference.json"
         config = json.loads(path.read_text())
-        config["network_def"] = {**config["network_def"], "_target_": radiograph.ENSEMBLE_TARGET, "members": members}
+        config["network_def"] = {**config["network_def"], "_target_": bundle_edits.ENSEMBLE_TARGET, "members": members}
         path.write_text(json.dumps(config))
     return target
 
@@ -109,7 +111,7 @@ def test_combine_makes_an_ensemble_whose_output_is_the_mean_of_the_members(data:
         settings = radiograph.TrainSettings(data=data, bundle=member, cache=tmp_path / f"cache{seed}", epochs=1,
                                             batch_size=8, threads=1, train_seed=seed)
         training = radiograph.train(settings, log=lambda line: None)
-        radiograph.record(member, radiograph.evaluate(settings, log=lambda line: None), training)
+        bundle_edits.record(member, radiograph.evaluate(settings, log=lambda line: None), training)
         members.append(member)
     target = tmp_path / "combined"
     shutil.copytree(SHIPPED, target)
@@ -144,12 +146,12 @@ def test_combine_refuses_members_of_another_shape_or_an_ensemble(data: Path, tmp
     other = tmp_path / "other"
     shutil.copytree(SHIPPED, other)  # 320×320
     with pytest.raises(bundles.BundleError, match="members must share"):
-        radiograph.combine(tmp_path / "x", [one, other])
+        bundle_edits.combine(tmp_path / "x", [one, other])
     with pytest.raises(bundles.BundleError, match="at least two"):
-        radiograph.combine(tmp_path / "x", [one])
+        bundle_edits.combine(tmp_path / "x", [one])
     ensemble = small_bundle(tmp_path / "ensemble", members=2)
     with pytest.raises(bundles.BundleError, match="already an ensemble"):
-        radiograph.combine(tmp_path / "x", [ensemble, one])
+        bundle_edits.combine(tmp_path / "x", [ensemble, one])
 
 
 def _interrupt_after_first_epoch(line: str) -> None:

@@ -25,7 +25,7 @@ def _encoder_module():
 
 @pytest.mark.parametrize("variant", ["lite0", "lite1", "lite2"])
 def test_encoder_with_imagenet_weights_reproduces_the_reference_logits(variant: str) -> None:
-    from node.training.pretrained import weights_file
+    from training.radiograph.pretrained import weights_file
 
     lite = _encoder_module()
     path = weights_file(variant)  # also checks the recorded sha256
@@ -60,7 +60,7 @@ def test_variant_layouts_follow_the_lite_scaling_rules() -> None:
 
 
 def test_a_wrong_weights_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from node.training import pretrained
+    from training.radiograph import pretrained
 
     fake = tmp_path / "weights.pth"
     fake.write_bytes(b"not the ImageNet weights")

@@ -1,4 +1,4 @@
-"""Command-line glue of `fracnode train cspine` and `fracnode evaluate cspine` (see node.training.cspine).
+"""Command-line glue of `fracnode train cspine` and `fracnode evaluate cspine` (see training.cspine.run).
 
 Imports nothing heavy at module level: the CLI builds its parsers from here on every start.
 """
@@ -58,7 +58,7 @@ def bundle_roots(out: str | None) -> tuple[Path, Path]:
 
 
 def settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
-    from node.training.cspine import CSpineSettings
+    from training.cspine.run import CSpineSettings
 
     vertebrae, fracture = bundle_roots(args.out)
     return CSpineSettings(
@@ -78,9 +78,9 @@ def settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 def cmd_train(args: argparse.Namespace) -> int:
     from node.inference.bundle import BundleError
-    from node.training import cspine
-    from node.training.cspine_card import write_model_cards
-    from node.training.rsna_cspine import DataError
+    from training.cspine import run as cspine
+    from training.cspine.model_card import write_model_cards
+    from training.cspine.rsna import DataError
 
     config = settings(args)
     try:
@@ -97,9 +97,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from node.inference.bundle import BundleError
-    from node.training import cspine
-    from node.training.cspine_card import write_model_cards
-    from node.training.rsna_cspine import DataError
+    from training.cspine import run as cspine
+    from training.cspine.model_card import write_model_cards
+    from training.cspine.rsna import DataError
 
     config = settings(args)
     try:

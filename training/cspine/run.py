@@ -1,6 +1,6 @@
 """`fracnode train cspine` / `fracnode evaluate cspine`: the two cervical-spine bundles from RSNA data.
 
-Data: the RSNA 2022 layout (`node.training.rsna_cspine`), split by study 70/15/15 with a seeded
+Data: the RSNA 2022 layout (`training.cspine.rsna`), split by study 70/15/15 with a seeded
 hash (`--seed`). Training, in order:
 1. vertebrae: the `cspine_vertebrae` network on the train studies that have a segmentation,
    best epoch by validation Dice; weights and sha256 written into the bundle;
@@ -33,9 +33,11 @@ from node.inference import bundle as bundles
 from node.inference.cspine import CSpineModels
 from node.inference.vertebra_fracture import AGGREGATIONS, CropSpec, aggregate
 from node.inference.vertebrae import VERTEBRAE, VertebraModel
-from node.training import checkpoints, cspine_data, cspine_loops, metrics
-from node.training.cspine_metrics import dice_per_label, report, weighted_log_loss
-from node.training.rsna_cspine import (
+from training.common import checkpoints, metrics
+from training.cspine import data as cspine_data
+from training.cspine import loops as cspine_loops
+from training.cspine.metrics import dice_per_label, report, weighted_log_loss
+from training.cspine.rsna import (
     DataError,
     NegativeSeries,
     RsnaStudy,

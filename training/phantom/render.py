@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from node.training import cspine_anatomy as anat
-from node.training.cspine_anatomy import AIR, CSF, DISC, FAT, SOFT, Vertebra
+from training.phantom import anatomy as anat
+from training.phantom.anatomy import AIR, CSF, DISC, FAT, SOFT, Vertebra
 
 NOISE_BANK = 8
 

@@ -23,9 +23,9 @@ from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss
 from tqdm import tqdm
 
-from node.training import checkpoints
-from node.training.cspine_data import CROP_MARGIN, CropSet, SegmentationCase
-from node.training.cspine_metrics import dice_per_label
+from training.common import checkpoints
+from training.cspine.data import CROP_MARGIN, CropSet, SegmentationCase
+from training.cspine.metrics import dice_per_label
 
 Log = Callable[[str], None]
 BONE = 0.45  # preprocessed intensity of ~350 HU on the vertebra bundle's [-1000, 2000] HU scale

@@ -25,9 +25,9 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from node.training.cspine_anatomy import LABELS, Fracture, Vertebra, build_spine
-from node.training.cspine_dicom import series_datasets
-from node.training.cspine_render import Renderer, Scene
+from training.phantom.anatomy import LABELS, Fracture, Vertebra, build_spine
+from training.phantom.dicom import series_datasets
+from training.phantom.render import Renderer, Scene
 
 UID_PREFIX = (
     "1.2.826.0.1.3680043.8.498."  # pydicom's root; UIDs derive from the seed (reproducible)

@@ -13,7 +13,7 @@ DEFAULT_CACHE = Path("fracnode-data") / "training-cache"
 
 def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from node.config import InferenceSettings
-    from node.training.radiograph import TrainSettings
+    from training.radiograph.run import TrainSettings
 
     bundle = Path(args.bundle) if args.bundle else InferenceSettings().bundle(DEFAULT_BUNDLE)
     return TrainSettings(
@@ -37,11 +37,11 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from node.training.checkpoints import ResumeError
+    from training.common.checkpoints import ResumeError
 
     try:
         if args.model == "cspine":
-            from node.training.cspine_cli import cmd_train as train_cspine
+            from training.cspine.cli import cmd_train as train_cspine
 
             return train_cspine(args)
         return _train_radiograph(args)
@@ -56,25 +56,26 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train_radiograph(args: argparse.Namespace) -> int:
     from node.inference.bundle import BundleError
-    from node.training import radiograph
-    from node.training.fracatlas import DataError
-    from node.training.model_card import write_model_card
-    from node.training.pretrained import PretrainedError
+    from training.radiograph import bundle_edits
+    from training.radiograph import run as radiograph
+    from training.radiograph.fracatlas import DataError
+    from training.radiograph.model_card import write_model_card
+    from training.radiograph.pretrained import PretrainedError
 
     settings = _settings(args)
     try:
         if args.encoder:
-            radiograph.set_encoder(settings.bundle, args.encoder)
+            bundle_edits.set_encoder(settings.bundle, args.encoder)
             print(f"network of {settings.bundle}: FracAtlasLiteNet with an EfficientNet-{args.encoder} encoder"
                   + (" from ImageNet weights" if settings.pretrained else ""), file=sys.stderr)
         if args.input_size:
-            radiograph.set_input_size(settings.bundle, args.input_size, args.input_scale)
+            bundle_edits.set_input_size(settings.bundle, args.input_size, args.input_scale)
             print(f"input size of {settings.bundle} set to {args.input_size}"
                   + (f", input scale {args.input_scale}" if args.input_scale else ""), file=sys.stderr)
         elif args.input_scale:
             raise BundleError("--input-scale goes with --input-size (the input size must fit the scale)")
         if args.combine:
-            training = radiograph.combine(settings.bundle, [Path(member) for member in args.combine])
+            training = bundle_edits.combine(settings.bundle, [Path(member) for member in args.combine])
             print(f"{settings.bundle}: an ensemble of {len(args.combine)} networks", file=sys.stderr)
         else:
             training = radiograph.train(settings, log=lambda line: print(line, file=sys.stderr, flush=True))
@@ -82,7 +83,7 @@ def _train_radiograph(args: argparse.Namespace) -> int:
     except (DataError, BundleError, PretrainedError) as exc:
         print(f"fracnode train: {exc}", file=sys.stderr)
         return 2
-    radiograph.record(settings.bundle, report, training)
+    bundle_edits.record(settings.bundle, report, training)
     write_model_card(settings.bundle)
     print(f"weights, metrics and model card written to {settings.bundle}")
     return 0
@@ -90,13 +91,14 @@ def _train_radiograph(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.model == "cspine":
-        from node.training.cspine_cli import cmd_evaluate as evaluate_cspine
+        from training.cspine.cli import cmd_evaluate as evaluate_cspine
 
         return evaluate_cspine(args)
     from node.inference.bundle import BundleError
-    from node.training import radiograph
-    from node.training.fracatlas import DataError
-    from node.training.model_card import write_model_card
+    from training.radiograph import bundle_edits
+    from training.radiograph import run as radiograph
+    from training.radiograph.fracatlas import DataError
+    from training.radiograph.model_card import write_model_card
 
     settings = _settings(args)
     try:
@@ -106,14 +108,14 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         return 2
     print(json.dumps(report, indent=2))
     if args.write:
-        radiograph.record(settings.bundle, report)
+        bundle_edits.record(settings.bundle, report)
         write_model_card(settings.bundle)
         print(f"metrics written to {settings.bundle}", file=sys.stderr)
     return 0
 
 
 def cmd_phantom(args: argparse.Namespace) -> int:
-    from node.training.cspine_phantom import PhantomSpec, generate_layout
+    from training.phantom.generate import PhantomSpec, generate_layout
 
     try:
         spec = PhantomSpec(size=args.size, slices=args.slices, fracture_rate=args.fracture_rate,
@@ -193,7 +195,7 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
         else:
             parser.add_argument("--write", action="store_true",
                                 help="write the numbers into the bundle's metadata and model card")
-        from node.training.cspine_cli import add_arguments as cspine_arguments
+        from training.cspine.cli import add_arguments as cspine_arguments
 
         cspine_arguments(parser, name)
         parser.set_defaults(func=func)

@@ -1,6 +1,6 @@
 """The data behind the shipped cervical-spine demo weights: varied synthetic phantoms, reproducible.
 
-    python -m node.training.cspine_demo --out DIR --studies 160 --negatives 24 --seed 100 --size 256
+    python -m training.cspine.demo --out DIR --studies 160 --negatives 24 --seed 100 --size 256
 
 writes `DIR/neck/` (the RSNA 2022 layout: train.csv, train_images/, segmentations/) and
 `DIR/no-neck/train_images/` (abdomen-like CT without any cervical vertebra, the background the
@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from node.training.cspine_phantom import PhantomSpec, generate_study, write_rsna_layout
+from training.phantom.generate import PhantomSpec, generate_study, write_rsna_layout
 
 THICKNESSES = (0.625, 1.0, 1.25, 2.0, 3.0)
 
@@ -55,7 +55,7 @@ def generate(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m node.training.cspine_demo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m training.cspine.demo", description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="folder for neck/ and no-neck/")
     parser.add_argument("--studies", type=int, required=True, help="neck phantoms (RSNA layout)")
     parser.add_argument("--negatives", type=int, default=0, help="abdomen phantoms without a cervical spine")

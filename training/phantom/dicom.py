@@ -14,7 +14,7 @@ from pydicom import Dataset
 from pydicom.dataset import FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, CTImageStorage, ExplicitVRLittleEndian
 
-from node.training.cspine_render import Scene
+from training.phantom.render import Scene
 
 _DESCRIPTIONS = {
     "neck": ("CSPINE", "C-Spine", ("CT C-SPINE W/O", "CT CERVICAL SPINE", "Trauma HWS")),

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from node.inference.regions import Region, extract, on_dense_material
-from node.training import metrics
-from node.training.fracatlas import BODY_REGIONS, Arrays
+from training.common import metrics
+from training.radiograph.fracatlas import BODY_REGIONS, Arrays
 
 SUSPICIOUS_SENSITIVITY = 0.90
 FRACTURE_SPECIFICITY = 0.90

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from node.training.metrics import bootstrap_auc_ci, roc_auc
+from training.common.metrics import bootstrap_auc_ci, roc_auc
 
 EPSILON = 1e-15
 NEGATIVE_WEIGHTS = np.array([7.0, 1, 1, 1, 1, 1, 1, 1])  # patient_overall, C1 … C7
