@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -114,6 +114,20 @@ def _why_not(assoc: object, target: Target, calling_ae: str = "", answers: Seque
     return f"cannot connect to {target} (is it running and reachable?)"
 
 
+def proposed_syntaxes(syntax: str) -> list[str]:
+    """The transfer syntaxes of one presentation context for objects stored in `syntax`.
+
+    An SCP accepts one syntax per context (PS3.8 9.3.3.2) and may prefer its own order, and the
+    node never transcodes pixel data: an encapsulated (compressed) or big-endian object is
+    proposed in its own syntax alone, since a context accepted with a fallback could not carry
+    it. Little-endian native objects are re-encoded by pynetdicom, so they offer the fallbacks.
+    """
+    uid = UID(syntax)
+    if uid.is_compressed or not uid.is_little_endian:
+        return [syntax]
+    return list(dict.fromkeys([syntax, *FALLBACK_TRANSFER_SYNTAXES]))
+
+
 def store(
     target: Target, calling_ae: str, paths: Sequence[Path], timeout_s: float = 30.0
 ) -> list[StoreResult]:
@@ -124,8 +138,7 @@ def store(
         headers.append((path, str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)))
     ae = scu_ae(calling_ae, timeout_s)
     for sop_class, syntax in sorted({(c, t) for _, c, t in headers})[:MAX_CONTEXTS]:
-        syntaxes = list(dict.fromkeys([syntax, *FALLBACK_TRANSFER_SYNTAXES]))
-        ae.add_requested_context(sop_class, syntaxes)
+        ae.add_requested_context(sop_class, proposed_syntaxes(syntax))
     assoc = _associate(ae, target)
     results = []
     try:

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydicom import dcmread
+from pydicom.uid import JPEG2000Lossless
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -269,6 +271,18 @@ def test_send_folders_recursively_then_status_shows_the_flow(served, tmp_path):
     ), status
 
     assert served.stop() == 0  # SIGTERM stops the node cleanly
+
+
+def test_send_of_a_jpeg_2000_file_reaches_the_node_in_its_own_syntax(served, cr_sample):
+    """The README's `fracnode send` of the JPEG 2000 sample: the node prefers uncompressed syntaxes
+    when a context offers several, so the compressed syntax is proposed in a context of its own."""
+    sent = fracnode("-c", served.client_config, "send", "fracnode", cr_sample)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert "sent 1 of 1 file(s)" in sent.stdout
+    source = dcmread(cr_sample)
+    spooled = dcmread(served.data_dir / "spool" / source.StudyInstanceUID / f"{source.SOPInstanceUID}.dcm")
+    assert spooled.file_meta.TransferSyntaxUID == source.file_meta.TransferSyntaxUID == JPEG2000Lossless
+    assert spooled.PixelData == source.PixelData
 
 
 def test_send_of_a_missing_path_fails_before_connecting(served, tmp_path):
