@@ -55,7 +55,7 @@ def test_gsps_draws_each_region_closed_with_a_label_on_the_source(cr_overlays):
     assert [g.GraphicType for g in annotation.GraphicObjectSequence] == ["POLYLINE", "POLYLINE"]
     for points, region in zip(drawn, image.regions):
         np.testing.assert_allclose(points, [*region.polygon, region.polygon[0]])
-    assert [t.UnformattedTextValue for t in annotation.TextObjectSequence] == ["AI: fracture 87%"]
+    assert [t.UnformattedTextValue for t in annotation.TextObjectSequence] == ["AI: fracture likely (87 %), lower limb"]
 
 
 def test_gsps_keeps_the_source_window_and_inverts_monochrome1(cr_overlays):
@@ -81,7 +81,7 @@ def test_gsps_for_a_windowless_monochrome2_source_gets_a_percentile_window(tmp_p
     assert float(voi.WindowCenter) == pytest.approx(np.percentile(values, [0.5, 99.5]).mean())
     assert (
         gsps.GraphicAnnotationSequence[0].TextObjectSequence[0].UnformattedTextValue
-        == "AI: suspicious 34%"
+        == "AI: possible fracture (34 %; threshold 20 %), hand"
     )
     assert dciodvfy_errors(path) == []
 
@@ -97,7 +97,7 @@ def test_gsps_of_a_negative_image_has_only_the_label(tmp_path):
     )
     (annotation,) = dcmread(path).GraphicAnnotationSequence
     assert "GraphicObjectSequence" not in annotation
-    assert annotation.TextObjectSequence[0].UnformattedTextValue == "AI: negative 3%"
+    assert annotation.TextObjectSequence[0].UnformattedTextValue == "AI: no fracture found (3 %; threshold 20 %), hand"
     assert dciodvfy_errors(path) == []
 
 
