@@ -71,13 +71,10 @@ def _evaluation(category: str, producer: Producer[CSpineTemplate]) -> hd.sr.Qual
 
 
 def _label(
-    category: str, probability: float, site: hd.sr.CodedConcept, producer: Producer[CSpineTemplate]
+    category: str, site: hd.sr.CodedConcept, producer: Producer[CSpineTemplate]
 ) -> hd.sr.TextContentItem:
     template = producer.template
-    text = template.wording.label(
-        category, probability, site_phrase(site.meaning), producer.label_threshold
-    )
-    return comment(text, template.comment)
+    return comment(template.wording.finding(category, site_phrase(site.meaning)), template.comment)
 
 
 def centre_point(vertebra: VertebraFinding, frame_of_reference_uid: str) -> hd.sr.CoordinatesForMeasurement3D:
@@ -138,7 +135,7 @@ def patient_group(
         ],
         qualitative_evaluations=[_evaluation(findings.category, producer)],
     )
-    label = _label(findings.category, findings.fracture_probability, template.finding_site, producer)
+    label = _label(findings.category, template.finding_site, producer)
     return with_comment(group, label)
 
 
@@ -197,7 +194,7 @@ def vertebra_location_group(
         qualitative_evaluations=[_evaluation(vertebra.category, producer)],
     )
     return with_comment(
-        group, _label(vertebra.category, vertebra.fracture_probability, site, producer)
+        group, _label(vertebra.category, site, producer)
     )
 
 

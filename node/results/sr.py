@@ -18,10 +18,9 @@ Content, per source image in study order (PS3.16 TID 1500 → Imaging Measuremen
 Why every group has spatial coordinates: viewers draw TID 1500 groups by their SCOORDs. OHIF 3.13
 merges groups by tracking UID and reads the first SCOORD of each; a group without one (the old
 image finding) broke its viewport. With a frame around the image, a negative image shows its
-probability too. OHIF prints a group's Comment and NUM items as the label ("AI: possible fracture
-(31 %; threshold 7 %), lower limb", "Probability: 31.00 %"), which is why the probability's unit
-is % and the label is a comment: it prints finding-site codes and qualitative evaluations poorly
-or not at all.
+probability too. OHIF prints a group's Comment and NUM items as the label ("AI: possible fracture,
+lower limb", "Probability: 31.00 %"), which is why the probability's unit is % and the finding
+is also a comment: it prints finding-site codes and qualitative evaluations poorly or not at all.
 
 Every source image and every SEG made for the study are listed as evidence (Current Requested
 Procedure Evidence Sequence, PS3.3 C.17.2.2). The SEG's segment carries the image finding's
@@ -186,9 +185,7 @@ def image_finding_group(
         qualitative_evaluations=_evaluations(image, producer),
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
     )
-    label = template.label(
-        image.category, image.fracture_probability, image.body_region, producer.label_threshold
-    )
+    label = template.finding_words(image.category, image.body_region)
     return with_comment(group, comment(label, template.comment))
 
 

@@ -221,8 +221,12 @@ class FractureTemplate:
     def label(
         self, category: str, probability: float, body_region: str, threshold: float | None
     ) -> str:
-        """The one-line label of an image finding (SR comment, overlays, previews)."""
+        """The one-line label of an image finding on overlays and previews."""
         return self.wording.label(category, probability, self.site_words(body_region), threshold)
+
+    def finding_words(self, category: str, body_region: str) -> str:
+        """The image finding in words, the SR's Comment."""
+        return self.wording.finding(category, self.site_words(body_region))
 
 
 def resolve(spec: TemplateSpec) -> FractureTemplate:

@@ -1,13 +1,16 @@
 """The words of fracnode's human-readable labels: one finding, one sentence, everywhere.
 
-The SR comment that OHIF shows beside the outline, the GSPS text, the secondary capture's
-burned-in label and the dashboard preview all say the same thing: the category in words, the
-probability in percent and, where the result is not "fracture likely", the operating point it
-was compared with, then the site. For example
+The GSPS text, the secondary capture's burned-in label and the dashboard preview say the
+category in words, the probability in percent and, where the result is not "fracture likely",
+the operating point it was compared with, then the site:
 
     AI: fracture likely (87 %), lower limb
     AI: possible fracture (31 %; threshold 7 %), site not determined
     AI: no fracture found (4 %; threshold 7 %), C2 vertebra
+
+The SR's Comment says the finding only ("AI: possible fracture, site not determined"): the same
+measurement group holds the probability, which viewers print on the next line ("Probability:
+31.00 %"), and OHIF places the label beside the image, where a long line is cut off.
 
 The words come from the SR template (`wording:`), so a site can translate them.
 """
@@ -54,6 +57,10 @@ class Wording:
             raise ValueError(
                 f"unknown category {category!r} (known: {sorted(self.categories)})"
             ) from None
+
+    def finding(self, category: str, site: str) -> str:
+        """The finding without its numbers, for the SR (whose NUM item holds them)."""
+        return f"{self.prefix}: {self.words(category)}, {site}"
 
     def label(
         self, category: str, probability: float, site: str, threshold: float | None

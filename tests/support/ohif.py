@@ -215,3 +215,7 @@ class ViewerServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+if __name__ == "__main__":  # `make viewer`: install the pinned viewer into the test cache
+    print(f"OHIF {OHIF_VERSION}: {ohif_dist()}")
