@@ -305,6 +305,14 @@ def test_ct_sr_opens_on_the_fractured_vertebra_and_marks_it(browser, viewer, cas
         # vertebrae (on other slices) are not
         assert session.viewport.locator("svg polyline").count() >= 1
         assert not [line for line in labels if re.search(r"C[13-7] vertebra", line)], labels
+        # the viewport's measurement arrows step to the next vertebra, drawn on its own slice
+        slice_shown = session.page.locator("[data-cy=viewport-overlay-bottom-right]").first
+        on_c2 = slice_shown.inner_text()
+        session.page.locator("[data-cy=viewport-action-arrows-right]").first.click()
+        session.wait_for_label("AI: no fracture found, C1 vertebra:")
+        assert slice_shown.inner_text() != on_c2
+        assert "Probability: 5.00 %" in session.labels()
+        session.screenshot("sr-next")
     finally:
         session.close()
 
