@@ -7,8 +7,9 @@ import pytest
 from pydicom import dcmread
 
 from node.inference.pixels import load_radiograph
-from node.results.capture import COLOURS, build_secondary_capture
+from node.results.capture import COLOURS, build_secondary_capture, burn_in, displayed
 from node.results.gsps import build_presentation_state
+from node.results.preview import render
 from node.results.producer import Producer
 from node.results.templates import shipped_template
 from tests.support.dciodvfy import dciodvfy_errors
@@ -164,3 +165,17 @@ def test_grey_stored_as_rgb_gets_a_colour_presentation_state_and_capture(tmp_pat
     np.testing.assert_allclose(drawn, [*image.regions[0].polygon, image.regions[0].polygon[0]])
     for name, ds in (("cspr", state), ("sc", capture)):
         assert dciodvfy_errors(saved(ds, tmp_path, name)) == []
+
+
+def test_preview_label_says_the_finding_and_that_the_site_was_not_determined():
+    source = dx_image(rows=400, columns=300)
+    image = image_finding(
+        source, "suspicious", 0.31, (square(40.0, 60.0, 80.0, 0.7),), body_region=""
+    )
+    label = "AI: possible fracture (31 %; threshold 20 %), site not determined"
+    assert shipped_template().label("suspicious", 0.31, "", 0.2) == label
+    drawn = np.asarray(render(source, image, threshold=0.2))
+    expected = burn_in(displayed(source), image, label, shipped_template().disclaimer)
+    np.testing.assert_array_equal(drawn, expected)  # 400 px: shown at full size
+    other = burn_in(displayed(source), image, "AI: suspicious 31%", shipped_template().disclaimer)
+    assert not np.array_equal(drawn, other)  # the comparison sees the label's words
