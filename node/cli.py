@@ -14,6 +14,7 @@ from pathlib import Path
 
 from node import __version__, pipelines
 from node.config import Config, ConfigError, load
+from node.config.peers import OPTIONAL_OBJECTS
 
 DEFAULT_CONFIG_ENV = "FRACNODE_CONFIG"
 
@@ -157,10 +158,10 @@ def cmd_send(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     config = _load(args)
     overlays = frozenset(o for o in args.overlays.split(",") if o)
-    unknown = overlays - {"gsps", "secondary_capture"}
+    unknown = overlays - set(OPTIONAL_OBJECTS)
     if unknown:
         print(f"fracnode analyze: unknown overlay(s) {', '.join(sorted(unknown))}"
-              " (choose from gsps, secondary_capture)", file=sys.stderr)
+              f" (choose from {', '.join(OPTIONAL_OBJECTS)})", file=sys.stderr)
         return 2
     if args.source or args.study:
         if not (args.source and args.study) or args.paths:
@@ -295,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
                          help="retrieve the study from this configured peer (WADO-RS, C-GET or C-MOVE)")
     analyze.add_argument("--study", metavar="UID", help="the StudyInstanceUID to retrieve with --from")
     analyze.add_argument("--out", required=True, help="folder for results, previews and summary.csv")
-    analyze.add_argument("--overlays", default="", help="also write gsps and/or secondary_capture, comma-separated")
+    analyze.add_argument("--overlays", default="", help="also write gsps, secondary_capture and/or"
+                         " radiograph_seg (see docs/viewing-results.md), comma-separated")
     analyze.set_defaults(func=cmd_analyze)
 
     _add_training_parsers(sub)

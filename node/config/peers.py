@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
@@ -133,14 +133,20 @@ Peer = Annotated[
 ]
 
 
-Overlay = Literal["gsps", "secondary_capture"]
+# Objects a destination receives only when it asks: overlays for PACS that show neither SR nor
+# SEG, and the radiograph SEG, which is standard but which OHIF 3.13 cannot display
+# (docs/viewing-results.md says which viewer needs which).
+Overlay = Literal["gsps", "secondary_capture", "radiograph_seg"]
+OPTIONAL_OBJECTS: tuple[str, ...] = get_args(Overlay)
 
 
 class DestinationBase(Strict):
     name: str
     overlays: list[Overlay] = Field(
         default_factory=list,
-        description="extra objects for PACS that show neither SR nor SEG: gsps, secondary_capture",
+        description="optional objects: gsps and secondary_capture for PACS that show neither SR"
+        " nor SEG; radiograph_seg, the radiograph fracture-region SEG (standard, but OHIF 3.13"
+        " cannot display it)",
     )
 
 

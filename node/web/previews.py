@@ -116,7 +116,10 @@ def preview_png(
             404, f"the source image {uid} is no longer in the spool (storage.retention_days removed it)"
         )
     buffer = BytesIO()
-    render(dcmread(path), image_finding(image, path)).save(buffer, format="PNG")
+    thresholds = [float(value) for _, value in (outcome.findings or {}).get("thresholds", [])]
+    render(dcmread(path), image_finding(image, path), min(thresholds, default=None)).save(
+        buffer, format="PNG"
+    )
     png = buffer.getvalue()
     cache.put(key, png)
     return png

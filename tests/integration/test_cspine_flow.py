@@ -198,7 +198,8 @@ def test_cervical_ct_study_gets_seg_and_sr_in_orthanc(tmp_path, start_node, orth
         kji = np.array([a.mean() for a in np.nonzero(mask)])
         segment_centres[number] = index_to_patient(ct[0], step, normal, kji)
 
-    # SR: per vertebra a volumetric ROI on its segment and a centre point, probabilities as recorded
+    # SR: per vertebra a volumetric ROI on its segment and a location group (outline on a slice and
+    # centre point) with the probability as recorded, in percent
     rois = sr.content.get_volumetric_roi_measurement_groups()
     points = [g for g in sr.content.get_image_measurement_groups()
               if g.finding_sites[0].value.value != CERVICAL_SPINE]
@@ -210,11 +211,12 @@ def test_cervical_ct_study_gets_seg_and_sr_in_orthanc(tmp_path, start_node, orth
         assert roi.tracking_uid == seg.get_segment_description(number).tracking_uid == point_group.tracking_uid
         assert roi.finding_sites[0].value.value == VERTEBRA_CODES[name]
         assert point_group.finding_sites[0].value.value == VERTEBRA_CODES[name]
-        (roi_probability,) = roi.get_measurements(name=PROBABILITY)
+        assert roi.get_measurements() == []  # written once, in the location group
         (point_probability,) = point_group.get_measurements(name=PROBABILITY)
-        assert roi_probability.value == pytest.approx(vertebra["fracture_probability"], abs=1e-6)
-        assert point_probability.value == pytest.approx(vertebra["fracture_probability"], abs=1e-6)
-        (point,) = point_probability.referenced_coordinates
+        assert point_probability.value == pytest.approx(100 * vertebra["fracture_probability"], abs=1e-4)
+        outline, point = point_probability.referenced_coordinates
+        assert outline.GraphicType == "POLYLINE"  # the vertebra on its nearest slice, for viewers
+        assert outline.ContentSequence[0].referenced_sop_instance_uid in {ds.SOPInstanceUID for ds in ct}
         assert point.GraphicType == "POINT" and point.ReferencedFrameOfReferenceUID == ct[0].FrameOfReferenceUID
         centre = np.asarray(point.GraphicData, float)
         assert np.allclose(centre, vertebra["centre"], atol=1e-3)
@@ -225,7 +227,7 @@ def test_cervical_ct_study_gets_seg_and_sr_in_orthanc(tmp_path, start_node, orth
     (patient,) = [g for g in sr.content.get_image_measurement_groups()
                   if g.finding_sites[0].value.value == CERVICAL_SPINE]
     (probability,) = patient.get_measurements(name=PROBABILITY)
-    assert probability.value == pytest.approx(recorded["fracture_probability"], abs=1e-6)
+    assert probability.value == pytest.approx(100 * recorded["fracture_probability"], abs=1e-4)
     evidence = {i.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
                 for series in s.ReferencedSeriesSequence for i in series.ReferencedSOPSequence}
     assert evidence == {ds.SOPInstanceUID for ds in ct} | {seg.SOPInstanceUID}

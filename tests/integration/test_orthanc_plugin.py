@@ -106,7 +106,8 @@ def test_a_cr_study_in_orthanc_gets_sr_and_seg_without_any_other_action(
     node = start_node(node_config(
         tmp_path / "data",
         peers=[{"name": "orthanc", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port}],
-        destinations=[{"name": "back", "type": "sender", "overlays": ["gsps", "secondary_capture"]}],
+        destinations=[{"name": "back", "type": "sender",
+                       "overlays": ["gsps", "secondary_capture", "radiograph_seg"]}],
         routes=[{"name": "radiographs", "match": {"modality": ["CR", "DX"]}, "pipeline": "radiograph-fracture",
                  "destinations": ["back"]}],
         inference={"models_dir": str(eager_models), "device": "cpu"},
