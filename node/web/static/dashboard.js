@@ -275,7 +275,14 @@ function findingsTable(findings) {
       h("td", {}, categoryBadge(i.category)),
       h("td", {}, i.fracture_probability.toFixed(3)),
       h("td", {}, String((i.regions || []).length)),
-      h("td", {}, i.body_region ? `${i.body_region} (${(i.body_region_probability * 100).toFixed(0)} %)` : "—")))));
+      h("td", {}, bodyRegion(i))))));
+}
+
+// The finding site as the node decided it: from the header, from the model (with its confidence), or not determined.
+function bodyRegion(i) {
+  if (!i.body_region) return "not determined";
+  if (i.body_region_source === "header") return `${i.body_region} (from the header)`;
+  return `${i.body_region} (model, ${(i.body_region_probability * 100).toFixed(0)} %)`;
 }
 
 function vertebraTable(f) {
