@@ -1,7 +1,7 @@
 """The cervical-spine models together: vertebrae C1–C7, then a fracture probability per vertebra.
 
     models = CSpineModels.from_config(config)   # or CSpineModels(vertebra_bundle, fracture_bundle)
-    analysis = models.analyze(volume)           # a node.inference.volume.Volume
+    analysis = models.analyze(volume)           # a node.imaging.volume.Volume
     analysis.segmentation.labels                # uint8 (slices, rows, columns), 1 = C1 … 7 = C7
     analysis.segmentation.vertebrae             # VertebraMask: label, name, voxels, box, centre (LPS mm)
     analysis.fracture.vertebrae                 # VertebraProbability per vertebra found
@@ -23,12 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Self
 
+from node.imaging.volume import Volume
 from node.inference.bundle import Bundle, BundleError
 from node.inference.engine import Device
 from node.inference.runtime import RuntimeName
 from node.inference.vertebra_fracture import FractureModel, FractureResult
 from node.inference.vertebrae import VertebraModel, VertebraSegmentation
-from node.inference.volume import Volume
 from node.records import Algorithm
 
 if TYPE_CHECKING:

@@ -21,11 +21,11 @@ from typing import Literal, NamedTuple, Self
 import numpy as np
 import torch
 
+from node.imaging.letterbox import Letterbox, fit, standardize
+from node.imaging.pixels import Radiograph
 from node.inference import bundle as bundles
 from node.inference import runtime as runtimes
 from node.inference.contract import Contract, read_contract
-from node.inference.geometry import Letterbox, fit, standardize
-from node.inference.pixels import Radiograph
 from node.logs import event
 
 log = logging.getLogger(__name__)

@@ -22,11 +22,11 @@ from typing import Literal
 
 import numpy as np
 
+from node.imaging.volume import AIR_HU, Volume
 from node.inference.bundle import BundleError
 from node.inference.engine import Device, Engine
 from node.inference.runtime import RuntimeName
 from node.inference.vertebrae import VertebraSegmentation
-from node.inference.volume import AIR_HU, Volume
 
 Aggregation = Literal["noisy_or", "max"]
 AGGREGATIONS: tuple[Aggregation, ...] = ("noisy_or", "max")

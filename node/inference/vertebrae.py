@@ -31,11 +31,11 @@ from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
 from monai.transforms import Compose
 
-from node.inference import voxelgrid
+from node.imaging import voxelgrid
+from node.imaging.volume import Volume
 from node.inference.bundle import BundleError
 from node.inference.engine import Device, Engine
 from node.inference.runtime import RuntimeName
-from node.inference.volume import Volume
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ Per study (one job):
 
 1. select: the routed series are summarised from a few headers and the axial CT series are
    ranked (`node.pipelines.cspine_select`); every other series gets a reason.
-2. volume: the best series becomes an HU volume (`node.inference.volume.build_volume`). A series
+2. volume: the best series becomes an HU volume (`node.imaging.volume.build_volume`). A series
    the volume builder refuses (gantry tilt, gaps, mixed geometry …) is a property of the data,
    not a transient error: the next eligible series is tried, and when none is left the study is
    *not applicable* with every reason (retrying the job would only fail again).
@@ -48,8 +48,8 @@ from node.records import (
 from node.results.cspine_template import vertebra_name
 
 if TYPE_CHECKING:
+    from node.imaging.volume import Volume
     from node.inference.cspine import CSpineAnalysis
-    from node.inference.volume import Volume
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class CSpineFracturePipeline:
     ) -> Volume | None:
         """The best eligible series that builds into a volume; None (with every reason in
         `skipped`) when none does."""
-        from node.inference.volume import VolumeRefused, build_volume
+        from node.imaging.volume import VolumeRefused, build_volume
 
         with watch.stage("select"):
             by_uid: dict[str, SeriesInput] = {

@@ -1,6 +1,6 @@
 """`radiograph-fracture`: fracture probability, regions and body region for every radiograph of a study.
 
-Per image: pixels (node.inference.pixels) → the bundle's model (node.inference.engine, batched
+Per image: pixels (node.imaging.pixels) → the bundle's model (node.inference.engine, batched
 across concurrent studies) → Findings (probability, category at the bundle's two operating
 points, regions mapped back to source pixels) → SR, SEG and any overlays (node.results).
 """
@@ -66,7 +66,7 @@ class RadiographFracturePipeline:
         self.algorithm = Algorithm(name=bundle.name, version=bundle.version, weights_sha256=engine.weights_sha256)
 
     def analyse(self, request: PipelineInput) -> tuple[Findings, dict[str, Dataset]]:
-        from node.inference.pixels import Skipped, load_radiograph
+        from node.imaging.pixels import Skipped, load_radiograph
 
         sources: dict[str, Dataset] = {}
         prepared, skipped = [], []
@@ -104,7 +104,7 @@ class RadiographFracturePipeline:
         return findings, sources
 
     def _finding(self, uid: str, path: Path, scope: HeaderScope, model_input, row) -> ImageFinding:  # type: ignore[no-untyped-def]
-        from node.inference.regions import extract, on_dense_material
+        from node.imaging.regions import extract, on_dense_material
 
         box = model_input.letterbox
         probability = _scalar(row["fracture"])

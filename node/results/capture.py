@@ -1,7 +1,7 @@
 """Secondary Capture (PS3.3 A.8.1) copy of a radiograph with the AI result burned in.
 
 For PACS and viewers that show nothing but images. The picture is the radiograph as displayed
-(Modality LUT → VOI → MONOCHROME1 inversion, by node.inference.pixels, the same pipeline the
+(Modality LUT → VOI → MONOCHROME1 inversion, by node.imaging.pixels, the same pipeline the
 model and the previews use), at full resolution, as 8-bit RGB: the regions outlined in the
 category's colour, the label top left and "not for diagnostic use" along the bottom. The
 object says what it is: Burned In Annotation YES, Conversion Type WSD (workstation), Image Type
@@ -31,7 +31,7 @@ _ASCII_PUNCTUATION = str.maketrans(
 
 def displayed(source: Dataset) -> np.ndarray:
     """The source as a viewer shows it: uint8 (Rows, Columns), 0 black, bone bright."""
-    from node.inference.pixels import Radiograph, load_radiograph
+    from node.imaging.pixels import Radiograph, load_radiograph
 
     loaded = load_radiograph(source)
     if isinstance(loaded, Radiograph):

@@ -157,7 +157,7 @@ def build_cspine_results(
     """SEG and SR for one cervical spine CT, the SEG first (the SR references it).
 
     `sources` are the CT series' datasets in the slice order of `labels` (the order
-    `node.inference.volume.build_volume` returns), headers only or with pixel data.
+    `node.imaging.volume.build_volume` returns), headers only or with pixel data.
     """
     with no_name_warnings():
         template = template or shipped_cspine_template()

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from pydicom import Dataset
 
-from node.inference.regions import convex_hull
+from node.imaging.regions import convex_hull
 
 
 @dataclass(frozen=True)

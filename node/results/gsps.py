@@ -25,7 +25,7 @@ from node.results.capture import COLOURS
 from node.results.producer import Producer, series_laterality
 from node.results.sr import closed_polyline
 
-PERCENTILES = (0.5, 99.5)  # same display range as node.inference.pixels for windowless images
+PERCENTILES = (0.5, 99.5)  # same display range as node.imaging.pixels for windowless images
 _MARGIN = 0.01  # label position, as a fraction of the image size from the top-left corner
 
 

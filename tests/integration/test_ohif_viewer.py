@@ -32,13 +32,13 @@ from typing import Any, Self
 
 import numpy as np
 import pytest
+from node.training.cspine_phantom import PhantomSpec, generate_study
 from PIL import Image
 from pydicom import Dataset
 
 from node.records import Algorithm, CSpineFindings, VertebraFinding
 from node.results.cspine import build_cspine_results
 from node.results.radiograph import build_results
-from node.training.cspine_phantom import PhantomSpec, generate_study
 from tests.support.findings import cr_fracture_study, fracatlas_study, saved
 from tests.support.ohif import REPO, ViewerServer, ohif_dist
 from tests.support.orthanc import Orthanc

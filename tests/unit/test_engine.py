@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from node.imaging.pixels import Radiograph
 from node.inference import bundle as bundles
 from node.inference import runtime
 from node.inference.engine import Engine, InferenceError
-from node.inference.pixels import Radiograph
 
 REPO = Path(__file__).resolve().parents[2]
 RADIOGRAPH_BUNDLE = REPO / "models" / "radiograph_fracture"

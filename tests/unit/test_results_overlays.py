@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
-from node.inference.pixels import load_radiograph
+from node.imaging.pixels import load_radiograph
 from node.results.capture import COLOURS, build_secondary_capture, burn_in, displayed
 from node.results.gsps import build_presentation_state
 from node.results.preview import render

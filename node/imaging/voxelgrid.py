@@ -14,7 +14,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from node.inference.volume import Volume
+from node.imaging.volume import Volume
 
 LPS_FROM_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])  # its own inverse
 Box = tuple[tuple[int, int], ...]  # per axis (start, stop), stop exclusive
