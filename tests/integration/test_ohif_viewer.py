@@ -32,7 +32,6 @@ from typing import Any, Self
 
 import numpy as np
 import pytest
-from node.training.cspine_phantom import PhantomSpec, generate_study
 from PIL import Image
 from pydicom import Dataset
 
@@ -42,6 +41,7 @@ from node.results.radiograph import build_results
 from tests.support.findings import cr_fracture_study, fracatlas_study, saved
 from tests.support.ohif import REPO, ViewerServer, ohif_dist
 from tests.support.orthanc import Orthanc
+from training.phantom.generate import PhantomSpec, generate_study
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
