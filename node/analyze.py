@@ -19,7 +19,8 @@ from tqdm import tqdm
 from node import pipelines
 from node.assembly import summarize_series
 from node.config import Config
-from node.records import CSpineFindings, Findings, PipelineInput, SeriesInput, Study
+from node.pipelines.radiograph import Findings
+from node.records import CSpineFindings, PipelineInput, SeriesInput, Study
 from node.routing import route_study
 from node.spool import UnreadableInstance, read_header
 
@@ -58,7 +59,7 @@ def _write(folder: Path, datasets) -> list[Path]:  # type: ignore[no-untyped-def
 
 
 def _previews(folder: Path, findings: Findings) -> dict[str, Path]:
-    from node.results.preview import render_png
+    from node.pipelines.radiograph.preview import render_png
 
     previews = {}
     threshold = min((value for _, value in findings.thresholds), default=None)
@@ -107,7 +108,7 @@ def analyze(config: Config, files: list[Path], out: Path, overlays: frozenset[st
                              "regions": len(outcome.findings.vertebrae),
                              "result": f"{len(written)} object(s): {outcome.summary}"})
                 continue
-            if outcome.findings is None:
+            if not isinstance(outcome.findings, Findings):
                 rows.append({**base, "result": outcome.not_applicable or outcome.summary})
                 continue
             previews = _previews(folder, outcome.findings) if outcome.findings.images else {}

@@ -19,7 +19,6 @@ from typing import Any
 import numpy as np
 
 from node.db import Database
-from node.records import ImageFinding, RegionFinding
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS job_outcomes (
@@ -66,29 +65,6 @@ def image_findings(findings: dict[str, Any] | None) -> list[dict[str, Any]]:
     if not findings:
         return []
     return [i for i in findings.get("images", []) if isinstance(i, dict) and "sop_instance_uid" in i]
-
-
-def image_finding(stored: dict[str, Any], path: Path) -> ImageFinding:
-    """An `ImageFinding` rebuilt from its stored form, enough to draw it (no region map)."""
-    regions = tuple(
-        RegionFinding(
-            polygon=tuple((float(x), float(y)) for x, y in region["polygon"]),
-            box=tuple(float(v) for v in region["box"]),  # type: ignore[arg-type]
-            probability=float(region["probability"]),
-        )
-        for region in stored.get("regions", [])
-    )
-    return ImageFinding(
-        sop_instance_uid=str(stored["sop_instance_uid"]),
-        path=path,
-        fracture_probability=float(stored["fracture_probability"]),
-        category=str(stored["category"]),
-        regions=regions,
-        region_map=None,
-        body_region=str(stored.get("body_region", "")),
-        body_region_probability=float(stored.get("body_region_probability", 0.0)),
-        body_region_source=str(stored.get("body_region_source", "")),
-    )
 
 
 class JobOutcomes:

@@ -5,8 +5,10 @@ Each record is frozen: a stage hands a record on and never mutates what it recei
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, Protocol
 
 
 @dataclass(frozen=True)
@@ -104,43 +106,34 @@ class Algorithm:
     source: str = "fracnode"
 
 
-@dataclass(frozen=True)
-class RegionFinding:
-    """One predicted fracture region on a source image, in that image's pixel coordinates.
+Category = Literal["fracture", "suspicious", "negative"]
+CATEGORIES: tuple[Category, ...] = ("fracture", "suspicious", "negative")
 
-    `polygon` is closed (the first point is not repeated), points are (column, row) with (0, 0)
-    the top-left corner of the top-left pixel, as SCOORD PIXEL coordinates are.
+
+def categorize(probability: float, operating_points: Mapping[str, float]) -> Category:
+    """"fracture" at the high-specificity operating point, "suspicious" at the high-sensitivity one.
+
+    Every fracture model's bundle names its two operating points (`fracnode.operating_points`)."""
+    if probability >= operating_points["fracture"]:
+        return "fracture"
+    if probability >= operating_points["suspicious"]:
+        return "suspicious"
+    return "negative"
+
+
+class PipelineFindings(Protocol):
+    """What the stages after a pipeline read of its findings, whatever the pipeline.
+
+    Each pipeline's package defines its own frozen record (the radiograph pipeline's `Findings`,
+    the cervical spine pipeline's `CSpineFindings`); the job record keeps it as JSON
+    (node.outcomes), so every field is display data.
     """
 
-    polygon: tuple[tuple[float, float], ...]
-    box: tuple[float, float, float, float]  # column0, row0, column1, row1
-    probability: float  # the highest region probability inside the region
+    @property
+    def study_instance_uid(self) -> str: ...
 
-
-@dataclass(frozen=True)
-class ImageFinding:
-    """The model's result for one source radiograph."""
-
-    sop_instance_uid: str
-    path: Path  # the source file in the spool
-    fracture_probability: float
-    category: str  # "fracture" (≥ high-specificity threshold), "suspicious" (≥ high-sensitivity), "negative"
-    regions: tuple[RegionFinding, ...]
-    region_map: object  # numpy float32 (Rows, Columns): fracture-region probability in [0, 1]
-    body_region: str  # "hand" | "leg" | "hip" | "shoulder", or "" when not determined (no finding site)
-    body_region_probability: float  # the body-region head's probability for it (its highest when "")
-    body_region_source: str = ""  # "header" (an attribute named it), "model" (the head, confidently) or ""
-
-
-@dataclass(frozen=True)
-class Findings:
-    """Everything one pipeline run concluded about one study, before any DICOM is written."""
-
-    study_instance_uid: str
-    algorithm: Algorithm
-    images: tuple[ImageFinding, ...]
-    skipped: tuple[tuple[str, str], ...] = ()  # (SOP Instance UID, reason)
-    thresholds: tuple[tuple[str, float], ...] = ()  # ("suspicious", 0.2), ("fracture", 0.6)
+    @property
+    def skipped(self) -> tuple[tuple[str, str], ...]: ...  # (UID, reason) of what was not analysed
 
 
 @dataclass(frozen=True)
@@ -153,7 +146,7 @@ class PipelineOutcome:
     datasets: tuple = field(default_factory=tuple)  # tuple[pydicom.Dataset, ...]
     summary: str = ""
     not_applicable: str = ""
-    findings: Findings | CSpineFindings | None = None  # what the models concluded, for previews and reports
+    findings: PipelineFindings | None = None  # what the models concluded, for previews and reports
 
 
 @dataclass(frozen=True)

@@ -36,7 +36,6 @@ from node.config import Config
 from node.logs import event
 from node.pipelines import register
 from node.pipelines.cspine_select import SelectionRules, select_cspine_series, summarize_ct_series
-from node.pipelines.radiograph import categorize  # the same two operating points
 from node.records import (
     Algorithm,
     CSpineFindings,
@@ -44,6 +43,7 @@ from node.records import (
     PipelineOutcome,
     SeriesInput,
     VertebraFinding,
+    categorize,
 )
 from node.results.cspine_template import vertebra_name
 
@@ -268,5 +268,4 @@ def _factory(config: Config) -> CSpineFracturePipeline:
     return CSpineFracturePipeline(CSpineModels.from_config(config), rules)
 
 
-__all__ = ["NAME", "NO_CERVICAL_VERTEBRAE", "NO_SERIES", "CSpineFracturePipeline", "categorize",
-           "summarize"]
+__all__ = ["NAME", "NO_CERVICAL_VERTEBRAE", "NO_SERIES", "CSpineFracturePipeline", "summarize"]

@@ -32,7 +32,7 @@ from pydicom.uid import generate_uid
 from node.records import CSpineFindings
 from node.results import no_name_warnings
 from node.results.cspine_slices import place, slice_counts
-from node.results.cspine_sr import Tracking, build_cspine_sr, vertebra_trackings
+from node.results.cspine_sr import build_cspine_sr, vertebra_trackings
 from node.results.cspine_template import (
     VERTEBRAE,
     CSpineTemplate,
@@ -40,6 +40,7 @@ from node.results.cspine_template import (
     vertebra_name,
 )
 from node.results.producer import Producer
+from node.results.tracking import Tracking
 
 CONTENT_LABEL = "VERTEBRAE"  # Content Label (CS, ≤ 16 characters)
 

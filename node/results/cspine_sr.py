@@ -47,17 +47,17 @@ from node.records import CSpineFindings, VertebraFinding
 from node.results.cspine_slices import SlicePlace
 from node.results.cspine_template import CSpineTemplate
 from node.results.producer import Producer
-from node.results.sr import (
-    Tracking,
+from node.results.sr_content import (
     comment,
     observation_context,
     percent_probability,
     separate_items,
     with_comment,
 )
+from node.results.tracking import Tracking
 from node.results.wording import site_phrase
 
-__all__ = ["Tracking", "build_cspine_sr", "vertebra_trackings"]
+__all__ = ["build_cspine_sr", "vertebra_trackings"]
 
 
 def vertebra_trackings(template: CSpineTemplate, labels: Sequence[int]) -> dict[int, Tracking]:

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydicom import dcmread
 
-from node.results.capture import COLOURS
+from node.results.colours import COLOURS
 from node.results.cspine_template import vertebra_name
 
 SLAB_MM = 10.0

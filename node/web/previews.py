@@ -1,6 +1,6 @@
 """PNG previews of a job's result: the source image from the spool with the regions drawn.
 
-The picture is the secondary capture's burn-in (node.results.preview: regions outlined in the
+The picture is the secondary capture's burn-in (node.pipelines.radiograph.preview: regions outlined in the
 category's colour, the label, "not for diagnostic use"), drawn from the findings the job
 recorded (node.outcomes), so it matches what the PACS got. Rendered on demand, a few kept.
 """
@@ -17,7 +17,8 @@ from fastapi import HTTPException
 from pydicom import dcmread
 
 from node.db import Database
-from node.outcomes import JobOutcomes, image_finding, image_findings
+from node.outcomes import JobOutcomes, image_findings
+from node.pipelines.radiograph import ImageFinding
 
 CACHED = 32  # previews kept in memory (about 0.3-1 MB each)
 
@@ -94,7 +95,7 @@ def preview_png(
     study_uid: str, job_id: int | None, instance: str | None,
 ) -> bytes:
     """The PNG, or an HTTPException (404) that says what is missing."""
-    from node.results.preview import render
+    from node.pipelines.radiograph.preview import render
 
     job_id = _job_with_images(db, outcomes, study_uid, job_id)
     outcome = outcomes.get(job_id)
@@ -117,7 +118,7 @@ def preview_png(
         )
     buffer = BytesIO()
     thresholds = [float(value) for _, value in (outcome.findings or {}).get("thresholds", [])]
-    render(dcmread(path), image_finding(image, path), min(thresholds, default=None)).save(
+    render(dcmread(path), ImageFinding.from_stored(image, path), min(thresholds, default=None)).save(
         buffer, format="PNG"
     )
     png = buffer.getvalue()

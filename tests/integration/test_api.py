@@ -17,7 +17,7 @@ from tests.support.orthanc import free_port
 from tests.support.pipelines import FLAKY_FAILURES, REGION_BOX
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
-RED = (255, 48, 48)  # node.results.capture.COLOURS["fracture"]
+RED = (255, 48, 48)  # node.results.colours.COLOURS["fracture"]
 
 
 def api(node, path: str, method: str = "GET", **kwargs) -> httpx.Response:  # type: ignore[no-untyped-def]

@@ -17,14 +17,12 @@ from pydicom.uid import generate_uid
 
 from node.config import Config
 from node.pipelines import register
+from node.pipelines.radiograph import Findings, ImageFinding, RegionFinding
 from node.records import (
     Algorithm,
     CSpineFindings,
-    Findings,
-    ImageFinding,
     PipelineInput,
     PipelineOutcome,
-    RegionFinding,
     VertebraFinding,
 )
 

@@ -29,7 +29,8 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from node.records import ImageFinding
+from node.pipelines.radiograph.findings import ImageFinding
+from node.pipelines.radiograph.template import FractureTemplate
 from node.results.producer import Producer, patient_orientation
 
 SEGMENT_NUMBER = 1  # one segment: the fracture region map
@@ -50,7 +51,7 @@ def region_probabilities(image: ImageFinding, source: Dataset) -> np.ndarray:
 
 
 def segment_description(
-    image: ImageFinding, producer: Producer, tracking_id: str, tracking_uid: str
+    image: ImageFinding, producer: Producer[FractureTemplate], tracking_id: str, tracking_uid: str
 ) -> hd.seg.SegmentDescription:
     template = producer.template
     site = template.finding_site(image.body_region)  # None: site not determined, no region
@@ -70,7 +71,7 @@ def segment_description(
 def build_segmentation(
     image: ImageFinding,
     source: Dataset,
-    producer: Producer,
+    producer: Producer[FractureTemplate],
     series_instance_uid: str,
     instance_number: int,
     tracking_id: str,
@@ -81,10 +82,7 @@ def build_segmentation(
     `tracking_id`/`tracking_uid` are the image finding's TID 4108 identifiers in the SR, so a
     reader can pair the segment with the SR finding.
     """
-    if image.sop_instance_uid != source.SOPInstanceUID:
-        raise ValueError(
-            f"finding for {image.sop_instance_uid} paired with source {source.SOPInstanceUID}"
-        )
+    image.check_source(source)
     probabilities = region_probabilities(image, source)
     if not probabilities.any():
         raise ValueError(

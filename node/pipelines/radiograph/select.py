@@ -1,4 +1,5 @@
-"""The radiograph model's intended use, read from the DICOM header: which body region an image shows.
+"""Which objects of a study the radiograph pipeline analyses: not its own results, and only images
+of the model's intended use, read from the DICOM header (which body region an image shows).
 
 The model covers musculoskeletal radiographs of four regions (its body-region head's channels:
 hand, leg, hip, shoulder). The header decides when it is informative: Body Part Examined (PS3.3
@@ -92,3 +93,23 @@ def header_scope(ds: Dataset) -> HeaderScope:
         if region or outside:
             return HeaderScope(region=region, out_of_scope=outside, attribute=attribute)
     return HeaderScope()
+
+
+SECONDARY_CAPTURE_PREFIX = "1.2.840.10008.5.1.4.1.1.7"
+SCOPE = "the model covers hand/wrist, leg/foot, hip/pelvis and shoulder/arm radiographs"
+
+
+def own_result(ds: Dataset) -> str:
+    """Why an object is one of fracnode's own results (never analysed again), or ""."""
+    if str(ds.get("SOPClassUID", "")).startswith(SECONDARY_CAPTURE_PREFIX) and ds.get("Manufacturer") == "fracnode":
+        return "a fracnode result (secondary capture), not analysed again"
+    return ""
+
+
+def select(ds: Dataset) -> tuple[HeaderScope, str]:
+    """What the header says of an object's region, and why it is not analysed ("" when it is)."""
+    reason = own_result(ds)
+    scope = header_scope(ds)
+    if not reason and scope.out_of_scope:
+        reason = f"outside the model's intended use: {scope.attribute} names the {scope.out_of_scope} ({SCOPE})"
+    return scope, reason

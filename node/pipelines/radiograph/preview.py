@@ -7,9 +7,9 @@ from pathlib import Path
 from PIL import Image
 from pydicom import Dataset
 
-from node.records import ImageFinding
-from node.results.capture import burn_in, displayed
-from node.results.templates import shipped_template
+from node.pipelines.radiograph.capture import burn_in, displayed
+from node.pipelines.radiograph.findings import ImageFinding
+from node.pipelines.radiograph.template import shipped_template
 
 MAX_SIDE = 1024
 
@@ -20,9 +20,7 @@ def render(ds: Dataset, finding: ImageFinding, threshold: float | None = None) -
     `threshold` is the lowest operating point, which the label quotes (as the overlays do).
     """
     template = shipped_template()
-    label = template.label(
-        finding.category, finding.fracture_probability, finding.body_region, threshold
-    )
+    label = template.image_label(finding, threshold)
     picture = Image.fromarray(burn_in(displayed(ds), finding, label, template.disclaimer))
     scale = min(1.0, MAX_SIDE / max(picture.size))
     if scale < 1.0:

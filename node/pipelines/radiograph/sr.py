@@ -34,75 +34,38 @@ library (the library is optional); they stay referenced by their findings and as
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import TypeVar
 
 import highdicom as hd
 import numpy as np
 from pydicom import Dataset
-from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
-from node.records import Findings, ImageFinding, RegionFinding
+from node.pipelines.radiograph.findings import Findings, ImageFinding
+from node.pipelines.radiograph.template import FractureTemplate
+from node.results.polylines import closed_polyline
 from node.results.producer import Producer
+from node.results.sr_content import (
+    comment,
+    finding_sites,
+    local_coding_scheme,
+    observation_context,
+    percent_probability,
+    separate_items,
+    with_comment,
+)
+from node.results.tracking import Tracking
 
-LOCAL_SCHEME = "99FRACNODE"
 POSITIVE = ("fracture", "suspicious")  # the categories whose images may carry regions
-GroupT = TypeVar("GroupT", bound=hd.sr.templates.Template)
-DocumentT = TypeVar("DocumentT", bound=Dataset)
 
 
-@dataclass(frozen=True)
-class Tracking:
-    """TID 4108 Tracking Identifier: a readable id and a UID."""
-
-    identifier: str
-    uid: str
-
-    def content(self) -> hd.sr.TrackingIdentifier:
-        return hd.sr.TrackingIdentifier(uid=self.uid, identifier=self.identifier)
-
-
-def image_tracking(producer: Producer, number: int) -> Tracking:
+def image_tracking(producer: Producer[FractureTemplate], number: int) -> Tracking:
     """A fresh tracking identifier for the `number`-th (1-based) image finding of a study."""
     return Tracking(
         producer.template.image_tracking.format(image=number, region=0)[:64], generate_uid()
     )
 
 
-def closed_polyline(region: RegionFinding) -> np.ndarray:
-    """The region polygon as SCOORD graphic data: (column, row) points, the first repeated last."""
-    points = np.asarray(region.polygon, dtype=np.float64)
-    if points.ndim != 2 or points.shape[1] != 2 or len(points) < 3:
-        raise ValueError(
-            f"region polygon needs at least 3 (column, row) points, got {region.polygon!r}"
-        )
-    if np.array_equal(points[0], points[-1]):
-        raise ValueError(
-            "region polygon must not repeat its first point (RegionFinding convention)"
-        )
-    return np.vstack([points, points[:1]])
-
-
-def observation_context(producer: Producer) -> hd.sr.ObservationContext:
-    """TID 1001 with a device observer (TID 1004): the algorithm, by a UID stable per model build."""
-    algorithm = producer.algorithm
-    return hd.sr.ObservationContext(
-        observer_device_context=hd.sr.ObserverContext(
-            observer_type=codes.cid270.Device,
-            observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-                uid=generate_uid(
-                    entropy_srcs=[algorithm.name, algorithm.version, algorithm.weights_sha256]
-                ),
-                name=algorithm.name,
-                manufacturer_name=producer.equipment["manufacturer"],  # type: ignore[arg-type]
-                model_name=algorithm.name,
-            ),
-        )
-    )
-
-
-def _evaluations(image: ImageFinding, producer: Producer) -> list[hd.sr.QualitativeEvaluation]:
+def _evaluations(image: ImageFinding, producer: Producer[FractureTemplate]) -> list[hd.sr.QualitativeEvaluation]:
     template = producer.template
     try:
         value = template.presence[image.category]
@@ -114,39 +77,6 @@ def _evaluations(image: ImageFinding, producer: Producer) -> list[hd.sr.Qualitat
     return [hd.sr.QualitativeEvaluation(name=template.finding, value=value)]
 
 
-def percent_probability(
-    value: float,
-    name: hd.sr.CodedConcept,
-    unit: hd.sr.CodedConcept,
-    coordinates: Sequence[
-        hd.sr.CoordinatesForMeasurement | hd.sr.CoordinatesForMeasurement3D
-    ] = (),
-) -> hd.sr.Measurement:
-    """TID 300: a probability in [0, 1] written in percent (`unit` is UCUM %)."""
-    if not 0.0 <= value <= 1.0:
-        raise ValueError(f"probability {value!r} is outside [0, 1]")
-    return hd.sr.Measurement(
-        name=name,
-        value=100.0 * float(value),
-        unit=unit,
-        referenced_coordinates=list(coordinates) or None,
-    )
-
-
-def comment(text: str, name: hd.sr.CodedConcept) -> hd.sr.TextContentItem:
-    """The finding in words (CONTAINS TEXT "Comment"), the label viewers print first."""
-    return hd.sr.TextContentItem(
-        name=name, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
-    )
-
-
-def with_comment(group: GroupT, text: hd.sr.TextContentItem) -> GroupT:
-    """`group` with a Comment appended: TID 1501 and 1410 are extensible (PS3.16 6.2.4) and
-    highdicom's constructors have no argument for it."""
-    group[0].ContentSequence.append(text)
-    return group
-
-
 def image_frame(source: Dataset) -> np.ndarray:
     """A closed polyline along the edges of the whole image, in SCOORD pixel coordinates."""
     rows, columns = float(source.Rows), float(source.Columns)
@@ -155,12 +85,8 @@ def image_frame(source: Dataset) -> np.ndarray:
     )
 
 
-def finding_sites(site: hd.sr.CodedConcept | None) -> list[hd.sr.FindingSite] | None:
-    return [hd.sr.FindingSite(site)] if site is not None else None
-
-
 def image_finding_group(
-    image: ImageFinding, source: Dataset, producer: Producer, tracking: Tracking
+    image: ImageFinding, source: Dataset, producer: Producer[FractureTemplate], tracking: Tracking
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
     """TID 1501: the image-level fracture finding, its probability inferred from the whole image."""
     template = producer.template
@@ -189,7 +115,7 @@ def image_finding_group(
     return with_comment(group, comment(label, template.comment))
 
 
-def region_score(value: float, producer: Producer) -> hd.sr.Measurement:
+def region_score(value: float, producer: Producer[FractureTemplate]) -> hd.sr.Measurement:
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"region score {value!r} is outside [0, 1]")
     template = producer.template
@@ -199,7 +125,7 @@ def region_score(value: float, producer: Producer) -> hd.sr.Measurement:
 
 
 def region_groups(
-    image: ImageFinding, source: Dataset, producer: Producer, number: int
+    image: ImageFinding, source: Dataset, producer: Producer[FractureTemplate], number: int
 ) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
     """TID 1410 per region: a closed polyline on the source image with the region's score."""
     if image.regions and image.category not in POSITIVE:
@@ -218,7 +144,7 @@ def region_groups(
                 tracking_identifier=tracking.content(),
                 referenced_region=hd.sr.ImageRegion(
                     graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
-                    graphic_data=closed_polyline(region),
+                    graphic_data=closed_polyline(region.polygon),
                     source_image=hd.sr.SourceImageForRegion.from_source_image(source),
                 ),
                 finding_type=template.finding,
@@ -244,7 +170,7 @@ def library_images(sources: Sequence[Dataset]) -> list[Dataset]:
 def build_sr(
     findings: Findings,
     sources: Mapping[str, Dataset],
-    producer: Producer,
+    producer: Producer[FractureTemplate],
     trackings: Mapping[str, Tracking],
     segmentations: Sequence[Dataset],
     series_instance_uid: str,
@@ -285,26 +211,3 @@ def build_sr(
     )
     document.CodingSchemeIdentificationSequence = [local_coding_scheme()]
     return separate_items(document)
-
-
-def separate_items(document: DocumentT) -> DocumentT:
-    """Mark the document and its containers SEPARATE (PS3.3 C.17.3.2.2, Continuity of Content):
-    a measurement group is a list of statements, not one sentence. highdicom writes CONTINUOUS,
-    which renderers such as DCMTK's dsr2html honour by running the values together without their
-    names ("87.0 % Present"); SEPARATE gets "Probability: 87.0 %", "Fracture: Present"."""
-    pending: list[Dataset] = [document]
-    while pending:
-        item = pending.pop()
-        if item.get("ValueType") == "CONTAINER":
-            item.ContinuityOfContent = "SEPARATE"
-        pending.extend(item.get("ContentSequence", []))
-    return document
-
-
-def local_coding_scheme() -> Dataset:
-    """PS3.3 C.12.1.1.2: identifies the local scheme 99FRACNODE that the region score uses."""
-    item = Dataset()
-    item.CodingSchemeDesignator = LOCAL_SCHEME
-    item.CodingSchemeName = "fracnode result codes"
-    item.CodingSchemeResponsibleOrganization = "fracnode"
-    return item

@@ -20,10 +20,11 @@ from pydicom import Dataset
 from pydicom.pixels import apply_modality_lut
 from pydicom.uid import generate_uid
 
-from node.records import ImageFinding
-from node.results.capture import COLOURS
+from node.pipelines.radiograph.findings import ImageFinding
+from node.pipelines.radiograph.template import FractureTemplate
+from node.results.colours import COLOURS
+from node.results.polylines import closed_polyline
 from node.results.producer import Producer, series_laterality
-from node.results.sr import closed_polyline
 
 PERCENTILES = (0.5, 99.5)  # same display range as node.imaging.pixels for windowless images
 _MARGIN = 0.01  # label position, as a fraction of the image size from the top-left corner
@@ -70,7 +71,7 @@ def annotation(
     polylines = [
         hd.pr.GraphicObject(
             graphic_type=hd.pr.GraphicTypeValues.POLYLINE,
-            graphic_data=closed_polyline(region),
+            graphic_data=closed_polyline(region.polygon),
             units=hd.pr.AnnotationUnitsValues.PIXEL,
             is_filled=False,
         )
@@ -98,19 +99,14 @@ def annotation(
 def build_presentation_state(
     image: ImageFinding,
     source: Dataset,
-    producer: Producer,
+    producer: Producer[FractureTemplate],
     series_instance_uid: str,
     instance_number: int,
 ) -> hd.pr.GrayscaleSoftcopyPresentationState | hd.pr.ColorSoftcopyPresentationState:
     """A GSPS (colour PS for a colour source) on `source` with `image`'s regions and label."""
-    if image.sop_instance_uid != source.SOPInstanceUID:
-        raise ValueError(
-            f"finding for {image.sop_instance_uid} paired with source {source.SOPInstanceUID}"
-        )
+    image.check_source(source)
     template = producer.template
-    label = template.label(
-        image.category, image.fracture_probability, image.body_region, producer.label_threshold
-    )
+    label = template.image_label(image, producer.label_threshold)
     layer = hd.pr.GraphicLayer(
         layer_name=template.content_label,
         order=1,

@@ -17,11 +17,13 @@ from pydicom import Dataset
 from pydicom.dataset import Dataset as Item
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from node.records import ImageFinding
+from node.imaging.pixels import Radiograph, load_radiograph
+from node.pipelines.radiograph.findings import ImageFinding
+from node.pipelines.radiograph.template import FractureTemplate
+from node.results.colours import COLOURS
+from node.results.polylines import closed_polyline
 from node.results.producer import Producer, patient_orientation, series_laterality
-from node.results.sr import closed_polyline
 
-COLOURS = {"fracture": (255, 48, 48), "suspicious": (255, 200, 0), "negative": (80, 200, 120)}
 _PLACEHOLDER_ORIENTATION = ("L", "F")  # highdicom wants one; replaced by the source's below
 # Pillow's built-in font has no typographic dashes or quotes; burn in their ASCII look-alikes.
 _ASCII_PUNCTUATION = str.maketrans(
@@ -31,8 +33,6 @@ _ASCII_PUNCTUATION = str.maketrans(
 
 def displayed(source: Dataset) -> np.ndarray:
     """The source as a viewer shows it: uint8 (Rows, Columns), 0 black, bone bright."""
-    from node.imaging.pixels import Radiograph, load_radiograph
-
     loaded = load_radiograph(source)
     if isinstance(loaded, Radiograph):
         return np.clip(loaded.image * 255.0 + 0.5, 0, 255).astype(np.uint8)
@@ -68,7 +68,7 @@ def burn_in(grey: np.ndarray, image: ImageFinding, label: str, disclaimer: str) 
     width = max(2, round(side / 400))
     for region in image.regions:
         draw.line(
-            [tuple(p) for p in closed_polyline(region).tolist()],
+            [tuple(p) for p in closed_polyline(region.polygon).tolist()],
             fill=colour,
             width=width,
             joint="curve",
@@ -89,19 +89,14 @@ def burn_in(grey: np.ndarray, image: ImageFinding, label: str, disclaimer: str) 
 def build_secondary_capture(
     image: ImageFinding,
     source: Dataset,
-    producer: Producer,
+    producer: Producer[FractureTemplate],
     series_instance_uid: str,
     instance_number: int,
 ) -> hd.sc.SCImage:
     """An RGB secondary capture of `source` with `image`'s result burned in."""
-    if image.sop_instance_uid != source.SOPInstanceUID:
-        raise ValueError(
-            f"finding for {image.sop_instance_uid} paired with source {source.SOPInstanceUID}"
-        )
+    image.check_source(source)
     template = producer.template
-    label = template.label(
-        image.category, image.fracture_probability, image.body_region, producer.label_threshold
-    )
+    label = template.image_label(image, producer.label_threshold)
     pixels = burn_in(displayed(source), image, label, template.disclaimer)
     series = template.series["secondary_capture"]
     equipment = producer.equipment

@@ -3,7 +3,7 @@
 Always an SR (TID 1500) for the study. On request (a destination's `overlays`): a GSPS and/or a
 secondary capture per source image, and `radiograph_seg`, a SEG per source image that has
 regions. The SEG is opt-in because no standard-conformant radiograph SEG displays in OHIF 3.13
-(see node.results.seg); the SR's outlines are what viewers draw. Pure: nothing is written or
+(see node.pipelines.radiograph.seg); the SR's outlines are what viewers draw. Pure: nothing is written or
 sent here. Each kind of object goes into its own new series (numbers and descriptions from the
 SR template), and every object gets a new SOP Instance UID.
 """
@@ -15,16 +15,16 @@ from collections.abc import Callable, Collection, Mapping
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from node.records import Findings, ImageFinding
+from node.pipelines.radiograph.capture import build_secondary_capture
+from node.pipelines.radiograph.findings import Findings, ImageFinding
+from node.pipelines.radiograph.gsps import build_presentation_state
+from node.pipelines.radiograph.seg import build_segmentation
+from node.pipelines.radiograph.sr import build_sr, image_tracking
+from node.pipelines.radiograph.template import FractureTemplate, shipped_template
 from node.results import no_name_warnings
-from node.results.capture import build_secondary_capture
-from node.results.gsps import build_presentation_state
 from node.results.producer import Producer
-from node.results.seg import build_segmentation
-from node.results.sr import build_sr, image_tracking
-from node.results.templates import FractureTemplate, shipped_template
 
-Overlay = Callable[[ImageFinding, Dataset, Producer, str, int], Dataset]
+Overlay = Callable[[ImageFinding, Dataset, Producer[FractureTemplate], str, int], Dataset]
 OVERLAYS: dict[str, Overlay] = {
     "gsps": build_presentation_state,
     "secondary_capture": build_secondary_capture,
