@@ -19,8 +19,9 @@ from tqdm import tqdm
 from node import pipelines
 from node.assembly import summarize_series
 from node.config import Config
+from node.pipelines.cspine import CSpineFindings
 from node.pipelines.radiograph import Findings
-from node.records import CSpineFindings, PipelineInput, SeriesInput, Study
+from node.records import PipelineInput, SeriesInput, Study
 from node.routing import route_study
 from node.spool import UnreadableInstance, read_header
 

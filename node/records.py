@@ -147,35 +147,3 @@ class PipelineOutcome:
     summary: str = ""
     not_applicable: str = ""
     findings: PipelineFindings | None = None  # what the models concluded, for previews and reports
-
-
-@dataclass(frozen=True)
-class VertebraFinding:
-    """The fracture model's result for one cervical vertebra the vertebra model found."""
-
-    label: int  # label value in the vertebra label volume: 1 = C1 … 7 = C7
-    fracture_probability: float
-    category: str  # "fracture" | "suspicious" | "negative", as ImageFinding.category
-    centre: tuple[float, float, float]  # (x, y, z) mm in the CT's frame of reference (LPS)
-    voxels: int  # voxels of the vertebra in the label volume (on the CT grid)
-
-
-@dataclass(frozen=True)
-class CSpineFindings:
-    """What the cspine-fracture pipeline concluded about one CT series of a study.
-
-    The vertebra label volume itself (uint8 (slices, rows, columns) on the CT grid) travels beside
-    this record: it is large and only the SEG needs it.
-    """
-
-    study_instance_uid: str
-    series_instance_uid: str  # the CT series analysed
-    frame_of_reference_uid: str
-    segmentation_algorithm: Algorithm  # the vertebra model (SEG)
-    fracture_algorithm: Algorithm  # the fracture model (SR)
-    fracture_probability: float  # patient level
-    category: str
-    vertebrae: tuple[VertebraFinding, ...]  # present vertebrae only, in label order
-    thresholds: tuple[tuple[str, float], ...] = ()  # ("fracture", 0.6), ("suspicious", 0.2)
-    skipped: tuple[tuple[str, str], ...] = ()  # (Series Instance UID, reason) not analysed
-    seconds: tuple[tuple[str, float], ...] = ()  # (stage, seconds) of the run, for the job record

@@ -80,7 +80,7 @@ class JobSettings(Strict):
 
 
 class CSpineSettings(Strict):
-    """Which CT series the cervical-spine pipeline may analyse (node.pipelines.cspine_select)."""
+    """Which CT series the cervical-spine pipeline may analyse (node.pipelines.cspine.select)."""
 
     max_slice_thickness_mm: float = Field(3.0, gt=0, le=20, description="thicker series are skipped")
     min_slices: int = Field(30, ge=3, description="series with fewer slices are skipped")

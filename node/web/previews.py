@@ -71,7 +71,7 @@ def _pick(images: list[dict[str, Any]], instance: str | None, job_id: int) -> di
 
 def _ct_preview(db: Database, cache: PreviewCache, study_uid: str, job_id: int,
                 findings: dict[str, Any], recorded_at: float) -> bytes:
-    from node.web.ct_preview import sagittal_png
+    from node.pipelines.cspine.preview import sagittal_png
 
     key = (job_id, "sagittal", recorded_at)
     cached = cache.get(key)

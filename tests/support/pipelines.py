@@ -17,14 +17,9 @@ from pydicom.uid import generate_uid
 
 from node.config import Config
 from node.pipelines import register
+from node.pipelines.cspine import CSpineFindings, VertebraFinding
 from node.pipelines.radiograph import Findings, ImageFinding, RegionFinding
-from node.records import (
-    Algorithm,
-    CSpineFindings,
-    PipelineInput,
-    PipelineOutcome,
-    VertebraFinding,
-)
+from node.records import Algorithm, PipelineInput, PipelineOutcome
 
 FLAKY_FAILURES = {"remaining": 0}
 _flaky_lock = threading.Lock()

@@ -14,21 +14,15 @@ from pydicom import Dataset
 
 from node.pipelines.cspine import (
     NO_SERIES,
+    CSpineFindings,
     CSpineFracturePipeline,
-    Stopwatch,
-    categorize,
-    reasons,
+    VertebraFinding,
     summarize,
 )
-from node.pipelines.cspine_select import SelectionRules
-from node.records import (
-    Algorithm,
-    CSpineFindings,
-    PipelineInput,
-    SeriesAttributes,
-    SeriesInput,
-    VertebraFinding,
-)
+from node.pipelines.cspine.findings import reasons
+from node.pipelines.cspine.pipeline import Stopwatch
+from node.pipelines.cspine.select import SelectionRules
+from node.records import Algorithm, PipelineInput, SeriesAttributes, SeriesInput, categorize
 from tests.support import dicomgen
 
 

@@ -25,7 +25,7 @@ import pydicom
 import SimpleITK as sitk
 
 from node.imaging.volume import Volume, VolumeRefused, build_volume, resample_labels
-from node.inference.vertebrae import VERTEBRAE
+from node.pipelines.cspine.findings import VERTEBRAE
 
 COLUMNS = ("StudyInstanceUID", "patient_overall", *VERTEBRAE)
 

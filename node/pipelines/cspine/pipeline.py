@@ -3,16 +3,16 @@
 Per study (one job):
 
 1. select: the routed series are summarised from a few headers and the axial CT series are
-   ranked (`node.pipelines.cspine_select`); every other series gets a reason.
+   ranked (`node.pipelines.cspine.select`); every other series gets a reason.
 2. volume: the best series becomes an HU volume (`node.imaging.volume.build_volume`). A series
    the volume builder refuses (gantry tilt, gaps, mixed geometry …) is a property of the data,
    not a transient error: the next eligible series is tried, and when none is left the study is
    *not applicable* with every reason (retrying the job would only fail again).
-3. analyze: one `CSpineModels.analyze` call (node.inference.cspine) labels C1–C7 on the CT grid
+3. analyze: one `CSpineModels.analyze` call (node.pipelines.cspine.models) labels C1–C7 on the CT grid
    and gives a fracture probability per vertebra and for the patient. No vertebra found → not
    applicable: "CT does not cover the cervical spine: no C1–C7 found". The category (fracture /
    suspicious / negative) comes from the fracture model's two operating points.
-4. results: SEG (one segment per vertebra found) and SR (TID 1500), `node.results.cspine`.
+4. results: SEG (one segment per vertebra found) and SR (TID 1500), `node.pipelines.cspine.results`.
 
 Stage seconds (the models' own included) go into one "cspine stages" log event (no patient data)
 and into the findings the job records; the job summary names the result and every series that was
@@ -35,21 +35,13 @@ import numpy as np
 from node.config import Config
 from node.logs import event
 from node.pipelines import register
-from node.pipelines.cspine_select import SelectionRules, select_cspine_series, summarize_ct_series
-from node.records import (
-    Algorithm,
-    CSpineFindings,
-    PipelineInput,
-    PipelineOutcome,
-    SeriesInput,
-    VertebraFinding,
-    categorize,
-)
-from node.results.cspine_template import vertebra_name
+from node.pipelines.cspine.findings import CSpineFindings, VertebraFinding, reasons, summarize
+from node.pipelines.cspine.select import SelectionRules, select_cspine_series, summarize_ct_series
+from node.records import Algorithm, PipelineInput, PipelineOutcome, SeriesInput, categorize
 
 if TYPE_CHECKING:
     from node.imaging.volume import Volume
-    from node.inference.cspine import CSpineAnalysis
+    from node.pipelines.cspine.models import CSpineAnalysis
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +54,7 @@ DEFAULT_RULES = SelectionRules()
 
 
 class CSpineModelSet(Protocol):
-    """What the pipeline needs of `node.inference.cspine.CSpineModels`."""
+    """What the pipeline needs of `node.pipelines.cspine.models.CSpineModels`."""
 
     @property
     def operating_points(self) -> dict[str, float]: ...
@@ -96,14 +88,6 @@ class Stopwatch:
 
     def fields(self) -> dict[str, float]:
         return {f"{name}_s": value for name, value in self.rounded()}
-
-
-def reasons(skipped: list[tuple[str, str]] | tuple[tuple[str, str], ...]) -> str:
-    """"series UID: reason; …" for the job table."""
-    return (
-        "; ".join(f"series {uid or '(no SeriesInstanceUID)'}: {reason}" for uid, reason in skipped)
-        or "no series routed"
-    )
 
 
 def unreferenceable(volume: Volume) -> str:
@@ -170,7 +154,7 @@ class CSpineFracturePipeline:
             return self._run(request)
 
     def _run(self, request: PipelineInput) -> PipelineOutcome:
-        from node.results.cspine import build_cspine_results
+        from node.pipelines.cspine.results import build_cspine_results
 
         watch = Stopwatch()
         skipped: list[tuple[str, str]] = []
@@ -244,28 +228,11 @@ class CSpineFracturePipeline:
         return PipelineOutcome(not_applicable=reason)
 
 
-def summarize(findings: CSpineFindings) -> str:
-    """One line for the job table: the patient-level result, the vertebrae, the top vertebra and
-    every series passed over with its reason."""
-    names = ", ".join(vertebra_name(v.label) for v in findings.vertebrae)
-    top = max(findings.vertebrae, key=lambda v: v.fracture_probability)
-    text = (
-        f"cervical spine {findings.category} (probability {findings.fracture_probability:.2f});"
-        f" vertebrae {names}; highest {vertebra_name(top.label)} {top.fracture_probability:.2f}"
-    )
-    if findings.skipped:
-        text += f"; skipped {reasons(findings.skipped)}"
-    return text
-
-
 @register(NAME, bundles=("cspine_vertebrae", "cspine_fracture"))
 def _factory(config: Config) -> CSpineFracturePipeline:
-    from node.inference.cspine import CSpineModels
+    from node.pipelines.cspine.models import CSpineModels
 
     settings = config.cspine
     rules = SelectionRules(max_slice_thickness=settings.max_slice_thickness_mm, min_slices=settings.min_slices,
                            max_obliquity_deg=settings.max_obliquity_deg)
     return CSpineFracturePipeline(CSpineModels.from_config(config), rules)
-
-
-__all__ = ["NAME", "NO_CERVICAL_VERTEBRAE", "NO_SERIES", "CSpineFracturePipeline", "summarize"]

@@ -1,4 +1,6 @@
-"""A CT study's preview: a sagittal slab through the cervical spine with the vertebrae labelled.
+"""A cervical spine CT's preview: a sagittal slab through the spine with the vertebrae labelled.
+
+What the dashboard shows for a cspine-fracture job (its HTTP route is node.web.previews).
 
 Drawn from the spooled axial slices of the series the cspine pipeline analysed and the findings
 the job recorded (vertebra centres in patient coordinates, PS3.3 C.7.6.2.1.1): a maximum
@@ -17,8 +19,8 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 from pydicom import dcmread
 
+from node.pipelines.cspine.findings import vertebra_name
 from node.results.colours import COLOURS
-from node.results.cspine_template import vertebra_name
 
 SLAB_MM = 10.0
 BONE_WINDOW = (400.0, 1800.0)  # centre, width (HU)

@@ -17,6 +17,7 @@ import numpy as np
 from pydicom import Dataset
 
 from node.imaging.regions import convex_hull
+from node.results.polylines import closed_polyline
 
 
 @dataclass(frozen=True)
@@ -85,4 +86,4 @@ def place(
         min(max(column, 0.0), float(ds.Columns)),
         min(max(row, 0.0), float(ds.Rows)),
     )
-    return SlicePlace(index, inside, np.vstack([hull, hull[:1]]))
+    return SlicePlace(index, inside, closed_polyline(hull))

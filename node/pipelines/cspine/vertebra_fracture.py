@@ -1,6 +1,6 @@
 """Fracture probability per cervical vertebra, and for the patient, from a crop classifier bundle.
 
-Each vertebra found by `node.inference.vertebrae` gets one crop: the bundle's input box
+Each vertebra found by `node.pipelines.cspine.vertebrae` gets one crop: the bundle's input box
 (`spatial_shape`, e.g. 40×64×64) of `fracnode.crop.spacing_mm` voxels, axes along the patient
 frame (slices inferior→superior, rows anterior→posterior, columns right→left), centred on the
 vertebra's centroid. Channel 0 is the CT (trilinear; HU clipped to `crop.hu_window`, scaled to
@@ -18,15 +18,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, Unpack
 
 import numpy as np
 
 from node.imaging.volume import AIR_HU, Volume
 from node.inference.bundle import BundleError
-from node.inference.engine import Device, Engine
-from node.inference.runtime import RuntimeName
-from node.inference.vertebrae import VertebraSegmentation
+from node.inference.engine import BundleModel, Engine, EngineOptions
+from node.pipelines.cspine.vertebrae import VertebraSegmentation
 
 Aggregation = Literal["noisy_or", "max"]
 AGGREGATIONS: tuple[Aggregation, ...] = ("noisy_or", "max")
@@ -124,24 +123,11 @@ def crop_spec(engine: Engine) -> CropSpec:
     return spec
 
 
-class FractureModel:
+class FractureModel(BundleModel):
     """A per-vertebra fracture classifier bundle, loaded and verified once (sha256)."""
 
-    def __init__(
-        self,
-        bundle_path: Path | str,
-        *,
-        device: Device = "auto",
-        runtime: RuntimeName = "auto",
-        weights_sha256: str = "",
-        threads: int | None = None,
-        max_batch: int = 8,
-        max_wait_ms: float = 5.0,
-        warmup: bool = True,
-    ) -> None:
-        self.engine = Engine(bundle_path, device=device, runtime=runtime, weights_sha256=weights_sha256,
-                             threads=threads, max_batch=max_batch, max_wait_ms=max_wait_ms, warmup=warmup)
-        self.bundle, self.contract = self.engine.bundle, self.engine.contract
+    def __init__(self, bundle_path: Path | str, **options: Unpack[EngineOptions]) -> None:
+        super().__init__(bundle_path, **options)
         self.spec = crop_spec(self.engine)
         how = str(self.bundle.extras.get("patient_aggregation", "noisy_or"))
         if how not in AGGREGATIONS:
@@ -157,16 +143,9 @@ class FractureModel:
             )
         self.operating_points = {k: float(v) for k, v in points.items()}
 
-    @property
-    def weights_sha256(self) -> str:
-        return self.engine.weights_sha256
-
-    def close(self) -> None:
-        self.engine.close()
-
     def probabilities(self, crops: Sequence[np.ndarray]) -> list[float]:
         """Fracture probability of each crop (each the contract's input shape)."""
-        return [float(row[self.output_name].reshape(-1)[0]) for row in self.engine.infer(list(crops))]
+        return [float(row[self.output_name].reshape(-1)[0]) for row in self.infer(list(crops))]
 
     def classify(self, volume: Volume, segmentation: VertebraSegmentation) -> FractureResult:
         """Per-vertebra and patient-level fracture probabilities for the vertebrae found."""

@@ -14,6 +14,7 @@ from typing import ClassVar
 import highdicom as hd
 from pydantic import Field, field_validator
 
+from node.pipelines.cspine.findings import VERTEBRAE, vertebra_name
 from node.results.templates import (
     CodeSpec,
     FindingSpec,
@@ -25,15 +26,7 @@ from node.results.templates import (
 )
 
 CSPINE_FRACTURE = "cspine-fracture"
-VERTEBRAE = ("C1", "C2", "C3", "C4", "C5", "C6", "C7")  # label value i + 1 is VERTEBRAE[i]
 CSPINE_OBJECTS = ("sr", "seg")
-
-
-def vertebra_name(label: int) -> str:
-    """The vertebra of a label value of the vertebra model (1 = C1 … 7 = C7)."""
-    if not 1 <= label <= len(VERTEBRAE):
-        raise ValueError(f"vertebra label {label!r} is outside 1..{len(VERTEBRAE)} (C1..C7)")
-    return VERTEBRAE[label - 1]
 
 
 def _formats_with_vertebra(value: str) -> str:

@@ -21,7 +21,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Unpack
 
 import numpy as np
 import SimpleITK as sitk
@@ -34,12 +34,11 @@ from monai.transforms import Compose
 from node.imaging import voxelgrid
 from node.imaging.volume import Volume
 from node.inference.bundle import BundleError
-from node.inference.engine import Device, Engine
-from node.inference.runtime import RuntimeName
+from node.inference.engine import BundleModel, EngineOptions
+from node.pipelines.cspine.findings import VERTEBRAE
 
 log = logging.getLogger(__name__)
 
-VERTEBRAE = ("C1", "C2", "C3", "C4", "C5", "C6", "C7")
 _NAME = re.compile(r"^(?:vertebrae?[_ ]?)?(C[1-7])$", re.IGNORECASE)
 _LOADERS = {"LoadImage", "LoadImaged"}
 DEFAULT_MIN_VOLUME_MM3 = 500.0
@@ -157,24 +156,16 @@ def to_metatensor(volume: Volume, native_order: bool = False) -> MetaTensor:
     return MetaTensor(array, affine=affine, meta=meta)
 
 
-class VertebraModel:
+class VertebraModel(BundleModel):
     """A vertebra segmentation bundle, loaded and verified once (sha256), run on whole CT volumes."""
 
+    max_batch = 4  # sliding-window patches per forward
+    max_wait_ms = 0.0  # one volume's patches: nothing to wait for
+
     def __init__(
-        self,
-        bundle_path: Path | str,
-        *,
-        device: Device = "auto",
-        runtime: RuntimeName = "auto",
-        weights_sha256: str = "",
-        threads: int | None = None,
-        max_batch: int = 4,
-        warmup: bool = True,
-        min_volume_mm3: float | None = None,
+        self, bundle_path: Path | str, *, min_volume_mm3: float | None = None, **options: Unpack[EngineOptions]
     ) -> None:
-        self.engine = Engine(bundle_path, device=device, runtime=runtime, weights_sha256=weights_sha256,
-                             threads=threads, max_batch=max_batch, max_wait_ms=0.0, warmup=warmup)
-        self.bundle, self.contract = self.engine.bundle, self.engine.contract
+        super().__init__(bundle_path, **options)
         output = self.contract.outputs[0]
         self.output_name = output.name
         self.channels = vertebra_channels(output.channels)  # label -> channel
@@ -195,13 +186,6 @@ class VertebraModel:
         self.min_volume_mm3 = float(given if given is not None else DEFAULT_MIN_VOLUME_MM3)
         self.min_probability = float(self.bundle.extras.get("min_vertebra_probability", 0.0))
 
-    @property
-    def weights_sha256(self) -> str:
-        return self.engine.weights_sha256
-
-    def close(self) -> None:
-        self.engine.close()
-
     # -- the stages -------------------------------------------------------------------------------
 
     def prepare(self, volume: Volume) -> MetaTensor:
@@ -212,7 +196,7 @@ class VertebraModel:
 
     def _predict(self, windows: torch.Tensor) -> torch.Tensor:
         """One batch of windows → (n, 9, …): background, C1 … C7, the largest other probability."""
-        rows = self.engine.infer([w.numpy() for w in windows.detach().float().cpu()])
+        rows = self.infer([w.numpy() for w in windows.detach().float().cpu()])
         logits = torch.from_numpy(np.stack([row[self.output_name] for row in rows]))
         probabilities = torch.softmax(logits, dim=1) if self.softmax else logits
         kept = [probabilities[:, self.background]]

@@ -21,15 +21,14 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Self, Unpack
 
 from node.imaging.volume import Volume
-from node.inference.bundle import Bundle, BundleError
-from node.inference.engine import Device
+from node.inference.bundle import BundleError
+from node.inference.engine import EngineOptions, configured_bundle
 from node.inference.runtime import RuntimeName
-from node.inference.vertebra_fracture import FractureModel, FractureResult
-from node.inference.vertebrae import VertebraModel, VertebraSegmentation
-from node.records import Algorithm
+from node.pipelines.cspine.vertebra_fracture import FractureModel, FractureResult
+from node.pipelines.cspine.vertebrae import VertebraModel, VertebraSegmentation
 
 if TYPE_CHECKING:
     from node.config import Config
@@ -51,24 +50,22 @@ class CSpineModels:
         vertebra_bundle: Path | str,
         fracture_bundle: Path | str,
         *,
-        device: Device = "auto",
-        runtime: RuntimeName = "auto",
         vertebra_sha256: str = "",
         fracture_sha256: str = "",
-        threads: int | None = None,
-        warmup: bool = True,
+        **options: Unpack[EngineOptions],
     ) -> None:
-        self.vertebrae = VertebraModel(vertebra_bundle, device=device, runtime=runtime,
-                                       weights_sha256=vertebra_sha256, threads=threads, warmup=warmup)
+        """Both models with the same engine `options` (device, runtime, threads, warm-up); each
+        bundle's weights checked against its metadata's sha256 and/or the one given for it."""
+        vertebra: EngineOptions = {**options, "weights_sha256": vertebra_sha256}
+        fracture: EngineOptions = {**options, "weights_sha256": fracture_sha256}
+        self.vertebrae = VertebraModel(vertebra_bundle, **vertebra)
         try:
-            self.fracture = FractureModel(fracture_bundle, device=device, runtime=runtime,
-                                          weights_sha256=fracture_sha256, threads=threads, warmup=warmup)
+            self.fracture = FractureModel(fracture_bundle, **fracture)
         except Exception:
             self.vertebrae.close()
             raise
-
-        self.vertebra_algorithm = _algorithm(self.vertebrae.bundle, self.vertebrae.weights_sha256)
-        self.fracture_algorithm = _algorithm(self.fracture.bundle, self.fracture.weights_sha256)
+        self.vertebra_algorithm = self.vertebrae.algorithm
+        self.fracture_algorithm = self.fracture.algorithm
 
     @classmethod
     def from_config(cls, config: Config, *, runtime: RuntimeName = "auto", warmup: bool = True) -> CSpineModels:
@@ -77,19 +74,17 @@ class CSpineModels:
         Each weights file is checked against the sha256 in its bundle's metadata.json and/or the one
         given in `inference.weights_sha256` (needed for a Model Zoo bundle, which records none).
         """
-        settings = config.inference
-        roots = {name: settings.bundle(name) for name in (VERTEBRA_BUNDLE, FRACTURE_BUNDLE)}
-        for name, root in roots.items():
+        found = {name: configured_bundle(config, name) for name in (VERTEBRA_BUNDLE, FRACTURE_BUNDLE)}
+        for name, (root, _) in found.items():
             if not (root / "configs" / "metadata.json").is_file():
                 raise BundleError(
                     f"{root}: no bundle {name!r} there (configs/metadata.json missing); set"
                     " inference.models_dir to the folder holding cspine_vertebrae/ and cspine_fracture/"
                 )
+        (vertebra_root, vertebra), (fracture_root, fracture) = found[VERTEBRA_BUNDLE], found[FRACTURE_BUNDLE]
         return cls(
-            roots[VERTEBRA_BUNDLE], roots[FRACTURE_BUNDLE], device=settings.device, runtime=runtime,
-            vertebra_sha256=settings.weights_sha256.get(VERTEBRA_BUNDLE, ""),
-            fracture_sha256=settings.weights_sha256.get(FRACTURE_BUNDLE, ""),
-            warmup=warmup,
+            vertebra_root, fracture_root, device=config.inference.device, runtime=runtime, warmup=warmup,
+            vertebra_sha256=vertebra.get("weights_sha256", ""), fracture_sha256=fracture.get("weights_sha256", ""),
         )
 
     @property
@@ -120,7 +115,3 @@ class CSpineModels:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _algorithm(bundle: Bundle, weights_sha256: str) -> Algorithm:
-    return Algorithm(name=bundle.name, version=bundle.version, weights_sha256=weights_sha256)

@@ -43,9 +43,9 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from node.records import CSpineFindings, VertebraFinding
-from node.results.cspine_slices import SlicePlace
-from node.results.cspine_template import CSpineTemplate
+from node.pipelines.cspine.findings import CSpineFindings, VertebraFinding
+from node.pipelines.cspine.slices import SlicePlace
+from node.pipelines.cspine.template import CSpineTemplate
 from node.results.producer import Producer
 from node.results.sr_content import (
     comment,
