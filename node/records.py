@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Protocol
 
+from pydicom import Dataset
+
 
 @dataclass(frozen=True)
 class Instance:
@@ -135,6 +137,24 @@ class PipelineFindings(Protocol):
     @property
     def skipped(self) -> tuple[tuple[str, str], ...]: ...  # (UID, reason) of what was not analysed
 
+    def rows(self) -> tuple[FindingRow, ...]:
+        """The findings as table rows (`fracnode analyze`'s summary): what was analysed, then what
+        was passed over."""
+        ...
+
+
+@dataclass(frozen=True)
+class FindingRow:
+    """One row of a findings table: an item a pipeline analysed (an image; a CT series at the
+    patient level) or one it passed over, with why."""
+
+    sop_instance_uid: str = ""  # the image, when the row is about one image
+    category: Category | None = None
+    fracture_probability: float | None = None
+    regions: int | None = None  # regions outlined on the image, or vertebrae found
+    body_region: str = ""
+    skipped: str = ""  # why the item was not analysed; "" when it was
+
 
 @dataclass(frozen=True)
 class PipelineOutcome:
@@ -143,7 +163,7 @@ class PipelineOutcome:
     `not_applicable` carries the reason when the pipeline declined the study (no objects then).
     """
 
-    datasets: tuple = field(default_factory=tuple)  # tuple[pydicom.Dataset, ...]
+    datasets: tuple[Dataset, ...] = field(default_factory=tuple)
     summary: str = ""
     not_applicable: str = ""
     findings: PipelineFindings | None = None  # what the models concluded, for previews and reports

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from typing import Protocol
+from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 from node.config import Config
-from node.records import PipelineInput, PipelineOutcome
+from node.records import PipelineFindings, PipelineInput, PipelineOutcome
 
 
 class Pipeline(Protocol):
@@ -21,6 +22,15 @@ class Pipeline(Protocol):
     name: str
 
     def run(self, request: PipelineInput) -> PipelineOutcome: ...
+
+
+@runtime_checkable
+class DrawsPreviews(Protocol):
+    """A pipeline that draws its findings as PNG pictures (`fracnode analyze` writes them)."""
+
+    def write_previews(self, findings: PipelineFindings, folder: Path) -> dict[str, Path]:
+        """PNG files written into `folder`, by the SOP Instance UID of the image each shows."""
+        ...
 
 
 PipelineFactory = Callable[[Config], Pipeline]

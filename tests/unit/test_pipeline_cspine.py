@@ -22,7 +22,14 @@ from node.pipelines.cspine import (
 from node.pipelines.cspine.findings import reasons
 from node.pipelines.cspine.pipeline import Stopwatch
 from node.pipelines.cspine.select import SelectionRules
-from node.records import Algorithm, PipelineInput, SeriesAttributes, SeriesInput, categorize
+from node.records import (
+    Algorithm,
+    FindingRow,
+    PipelineInput,
+    SeriesAttributes,
+    SeriesInput,
+    categorize,
+)
 from tests.support import dicomgen
 
 
@@ -138,6 +145,8 @@ def test_summary_names_result_vertebrae_top_vertebra_and_skipped_series() -> Non
         "cervical spine fracture (probability 0.71); vertebrae C2, C3; highest C2 0.66;"
         " skipped series 1.2.9: localizer (scout) images (ImageType ORIGINAL\\PRIMARY\\LOCALIZER)"
     )
+    # one table row for the study, at the patient level
+    assert findings.rows() == (FindingRow(category="fracture", fracture_probability=0.71, regions=2),)
 
 
 def test_the_configured_selection_rules_reach_the_pipeline() -> None:

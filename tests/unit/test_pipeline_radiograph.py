@@ -66,6 +66,10 @@ def test_every_image_of_the_study_gets_a_finding_and_other_objects_a_reason(tmp_
             assert all(0 <= x <= ds.Columns and 0 <= y <= ds.Rows for x, y in region.polygon)
     assert findings.algorithm.weights_sha256 == model.weights_sha256
     assert set(sources) == {str(ds.SOPInstanceUID) for ds in images}
+    rows = findings.rows()  # the images analysed, then the report passed over, with why
+    assert [row.sop_instance_uid for row in rows] == [*(str(ds.SOPInstanceUID) for ds in images), str(report.SOPInstanceUID)]
+    assert [bool(row.skipped) for row in rows] == [False, False, True]
+    assert [row.category for row in rows[:2]] == [f.category for f in findings.images]
 
 
 def test_identical_pixels_give_identical_findings_whatever_else_is_in_the_batch(tmp_path, model) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from node.records import Algorithm, Category
+from node.records import Algorithm, Category, FindingRow
 
 VERTEBRAE = ("C1", "C2", "C3", "C4", "C5", "C6", "C7")  # label value i + 1 is VERTEBRAE[i]
 
@@ -53,6 +53,11 @@ class CSpineFindings:
     thresholds: tuple[tuple[str, float], ...] = ()  # ("fracture", 0.6), ("suspicious", 0.2)
     skipped: tuple[tuple[str, str], ...] = ()  # (Series Instance UID, reason) not analysed
     seconds: tuple[tuple[str, float], ...] = ()  # (stage, seconds) of the run, for the job record
+
+    def rows(self) -> tuple[FindingRow, ...]:
+        """One row for the study: the patient-level result (the summary names the vertebrae)."""
+        return (FindingRow(category=self.category, fracture_probability=self.fracture_probability,
+                           regions=len(self.vertebrae)),)
 
 
 def reasons(skipped: list[tuple[str, str]] | tuple[tuple[str, str], ...]) -> str:

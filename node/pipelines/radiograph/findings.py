@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from pydicom import Dataset
 
-from node.records import CATEGORIES, Algorithm, Category
+from node.records import CATEGORIES, Algorithm, Category, FindingRow
 
 
 @dataclass(frozen=True)
@@ -87,6 +87,15 @@ class Findings:
     images: tuple[ImageFinding, ...]
     skipped: tuple[tuple[str, str], ...] = ()  # (SOP Instance UID, reason)
     thresholds: tuple[tuple[str, float], ...] = ()  # ("suspicious", 0.2), ("fracture", 0.6)
+
+    def rows(self) -> tuple[FindingRow, ...]:
+        """One row per image analysed, then one per object passed over."""
+        analysed = tuple(
+            FindingRow(image.sop_instance_uid, image.category, image.fracture_probability, len(image.regions),
+                       image.body_region)
+            for image in self.images
+        )
+        return analysed + tuple(FindingRow(uid, skipped=reason) for uid, reason in self.skipped)
 
 
 def summarize(findings: Findings) -> str:

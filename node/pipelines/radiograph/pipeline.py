@@ -21,7 +21,7 @@ from node.imaging.pixels import Skipped, load_radiograph
 from node.pipelines import register
 from node.pipelines.radiograph.findings import Findings, ImageFinding, RegionFinding, summarize
 from node.pipelines.radiograph.select import HeaderScope, select
-from node.records import PipelineInput, PipelineOutcome, categorize
+from node.records import PipelineFindings, PipelineInput, PipelineOutcome, categorize
 
 if TYPE_CHECKING:  # torch and SimpleITK load when a node builds the pipeline, not when it registers
     from node.inference.engine import Outputs
@@ -120,6 +120,11 @@ class RadiographFracturePipeline:
         if float(body.max()) >= self.model.site_confidence:
             return regions[int(body.argmax())], float(body.max())
         return "", float(body.max())
+
+    def write_previews(self, findings: PipelineFindings, folder: Path) -> dict[str, Path]:
+        from node.pipelines.radiograph.preview import write_previews
+
+        return write_previews(findings, folder) if isinstance(findings, Findings) else {}
 
     def run(self, request: PipelineInput) -> PipelineOutcome:
         from node.pipelines.radiograph.results import build_results

@@ -1,14 +1,14 @@
-"""PNG previews for `fracnode analyze`: the secondary capture's burned-in picture, scaled down."""
+"""PNG previews (`fracnode analyze`, the dashboard): the secondary capture's burned-in picture, scaled down."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from PIL import Image
-from pydicom import Dataset
+from pydicom import Dataset, dcmread
 
 from node.pipelines.radiograph.capture import burn_in, displayed
-from node.pipelines.radiograph.findings import ImageFinding
+from node.pipelines.radiograph.findings import Findings, ImageFinding
 from node.pipelines.radiograph.template import shipped_template
 
 MAX_SIDE = 1024
@@ -27,6 +27,18 @@ def render(ds: Dataset, finding: ImageFinding, threshold: float | None = None) -
         size = (round(picture.width * scale), round(picture.height * scale))
         picture = picture.resize(size, Image.Resampling.LANCZOS)
     return picture
+
+
+def write_previews(findings: Findings, folder: Path) -> dict[str, Path]:
+    """`preview_<SOP Instance UID>.png` of every image finding in `folder`, labelled against the
+    lowest operating point as the overlays are."""
+    previews = {}
+    threshold = min((value for _, value in findings.thresholds), default=None)
+    for image in findings.images:
+        path = folder / f"preview_{image.sop_instance_uid}.png"
+        render_png(dcmread(image.path), image, path, threshold)
+        previews[image.sop_instance_uid] = path
+    return previews
 
 
 def render_png(
