@@ -74,7 +74,7 @@ def _summary_row(
 
 def analyze(config: Config, files: list[Path], out: Path, overlays: frozenset[str]) -> list[dict]:
     pipelines.load_modules(config.pipeline_modules)
-    problems = pipelines.check_routes(config)
+    problems = pipelines.check(config)
     if problems:
         raise ValueError("; ".join(problems))
     grouped = group(files)

@@ -41,6 +41,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     config = _load(args)
     logs.setup(config.logging.level, config.logging.format, libraries=config.logging.libraries)
+    for note in config.deprecations:
+        logs.event(logging.getLogger("fracnode.config"), logging.WARNING, "deprecated setting", advice=note)
     try:
         node = Node(config)
     except (NodeAlreadyRunning, ValueError) as exc:
@@ -243,12 +245,15 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"configuration {source}: 1 problem(s)\n  {exc}")
         return 1
+    for note in config.deprecations:
+        print(f"configuration {source}: deprecated: {note}")
     hint = f"pipelines available: {', '.join(pipelines.known()) or 'none'}"
-    problems = [(p, hint) for p in pipelines.check_routes(config)] + folder_problems(config)
+    problems = [(p, hint) for p in pipelines.check_routes(config)]
+    problems += [(p, "") for p in pipelines.check_settings(config)] + folder_problems(config)
     if problems:
         print(f"configuration {source}: {len(problems)} problem(s)")
         for problem, why in problems:
-            print(f"  {problem}\n    hint: {why}")
+            print(f"  {problem}\n    hint: {why}" if why else f"  {problem}")
         return 1
     print(f"configuration {source}: OK — AE title {config.node.ae_title} on port {config.node.port},"
           f" {len(config.peers)} peer(s), {len(config.destinations)} destination(s),"

@@ -52,7 +52,7 @@ class Node:
         data_dir.mkdir(parents=True, exist_ok=True)
         self._lock_file = self._take_lock(data_dir / "fracnode.lock")
         pipelines.load_modules(config.pipeline_modules)
-        problems = pipelines.check_routes(config)
+        problems = pipelines.check(config)
         if problems:
             raise ValueError("; ".join(problems))
         self.db = Database(config.database_path)

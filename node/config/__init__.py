@@ -26,7 +26,6 @@ from node.config.peers import (
 )
 from node.config.settings import (
     AssemblySettings,
-    CSpineSettings,
     DispatchSettings,
     InferenceSettings,
     JobSettings,
@@ -45,7 +44,6 @@ __all__ = [
     "AssemblySettings",
     "BasicAuth",
     "BearerAuth",
-    "CSpineSettings",
     "Config",
     "ConfigError",
     "ConfigProblem",

@@ -79,16 +79,6 @@ class JobSettings(Strict):
     retry: RetrySettings = RetrySettings(initial_s=5.0, factor=3.0, max_s=300.0)
 
 
-class CSpineSettings(Strict):
-    """Which CT series the cervical-spine pipeline may analyse (node.pipelines.cspine.select)."""
-
-    max_slice_thickness_mm: float = Field(3.0, gt=0, le=20, description="thicker series are skipped")
-    min_slices: int = Field(30, ge=3, description="series with fewer slices are skipped")
-    max_obliquity_deg: float = Field(
-        30.0, ge=0, le=90, description="largest angle between the slice normal and the patient's long axis"
-    )
-
-
 class DispatchSettings(Strict):
     retry: RetrySettings = RetrySettings()
     batch_size: int = Field(64, ge=1)

@@ -154,7 +154,7 @@ def test_the_configured_selection_rules_reach_the_pipeline() -> None:
     from node.pipelines import create
 
     config = Config.model_validate(
-        {"cspine": {"max_slice_thickness_mm": 5.0, "min_slices": 12, "max_obliquity_deg": 10}}
+        {"pipelines": {"cspine-fracture": {"max_slice_thickness_mm": 5.0, "min_slices": 12, "max_obliquity_deg": 10}}}
     )
     pipeline = create("cspine-fracture", config)
     assert pipeline.rules == SelectionRules(max_slice_thickness=5.0, min_slices=12, max_obliquity_deg=10.0)

@@ -32,11 +32,13 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
+from node import pipelines
 from node.config import Config
 from node.logs import event
 from node.pipelines import register
 from node.pipelines.cspine.findings import CSpineFindings, VertebraFinding, reasons, summarize
 from node.pipelines.cspine.select import SelectionRules, select_cspine_series, summarize_ct_series
+from node.pipelines.cspine.settings import CSpineSettings
 from node.records import Algorithm, PipelineInput, PipelineOutcome, SeriesInput, categorize
 
 if TYPE_CHECKING:
@@ -228,11 +230,11 @@ class CSpineFracturePipeline:
         return PipelineOutcome(not_applicable=reason)
 
 
-@register(NAME, bundles=("cspine_vertebrae", "cspine_fracture"))
+@register(NAME, bundles=("cspine_vertebrae", "cspine_fracture"), settings=CSpineSettings)
 def _factory(config: Config) -> CSpineFracturePipeline:
     from node.pipelines.cspine.models import CSpineModels
 
-    settings = config.cspine
+    settings = pipelines.settings(config, NAME, CSpineSettings)
     rules = SelectionRules(max_slice_thickness=settings.max_slice_thickness_mm, min_slices=settings.min_slices,
                            max_obliquity_deg=settings.max_obliquity_deg)
     return CSpineFracturePipeline(CSpineModels.from_config(config), rules)
