@@ -1,71 +1,19 @@
-"""Pipelines defined by the test suite (loaded through `pipeline_modules`).
+"""Test pipelines that conclude like the built-in ones, without models: their findings records are
+the ones the dashboard draws (the radiograph pipeline's `Findings`, the cervical spine pipeline's
+`CSpineFindings`, from those packages' public names), their DICOM is test-kos's.
 
-`test-kos` produces a real derived object: a Key Object Selection document (PS3.3 A.59) that
-references every instance of the routed series, so a test can check which instances the node
-processed. `test-flaky` fails a set number of times first; `test-decline` is never applicable.
-`test-regions` adds findings: every image a "fracture" with one square region (REGION_BOX).
+`test-regions`: every image a "fracture" with one square region (REGION_BOX).
+`test-vertebrae`: C1-C3 at the routed series' centre line, one vertebra of each category.
 """
 
 from __future__ import annotations
 
-import threading
+from pydicom import dcmread
 
-import highdicom as hd
-from pydicom import Dataset, dcmread
-from pydicom.sr.codedict import codes
-from pydicom.uid import generate_uid
-
-from node.config import Config
-from node.pipelines import register
 from node.pipelines.cspine import CSpineFindings, VertebraFinding
 from node.pipelines.radiograph import Findings, ImageFinding, RegionFinding
 from node.records import Algorithm, PipelineInput, PipelineOutcome
-
-FLAKY_FAILURES = {"remaining": 0}
-_flaky_lock = threading.Lock()
-
-
-class KeyObjectPipeline:
-    name = "test-kos"
-
-    def run(self, request: PipelineInput) -> PipelineOutcome:
-        evidence = [
-            dcmread(path, stop_before_pixels=True) for series in request.series for path in series.paths
-        ]
-        content = hd.ko.KeyObjectSelection(
-            document_title=codes.DCM.OfInterest,
-            referenced_objects=evidence,
-            description=f"fracnode test pipeline, revision {request.revision}",
-        )
-        document = hd.ko.KeyObjectSelectionDocument(
-            evidence=evidence,
-            content=content,
-            series_instance_uid=generate_uid(),
-            series_number=990,
-            sop_instance_uid=generate_uid(),
-            instance_number=1,
-            manufacturer="fracnode",
-        )
-        return PipelineOutcome(datasets=(document,), summary=f"{len(evidence)} instance(s) selected")
-
-
-class FlakyPipeline(KeyObjectPipeline):
-    name = "test-flaky"
-
-    def run(self, request: PipelineInput) -> PipelineOutcome:
-        with _flaky_lock:
-            if FLAKY_FAILURES["remaining"] > 0:
-                FLAKY_FAILURES["remaining"] -= 1
-                raise RuntimeError("simulated model failure")
-        return super().run(request)
-
-
-class DecliningPipeline:
-    name = "test-decline"
-
-    def run(self, request: PipelineInput) -> PipelineOutcome:
-        return PipelineOutcome(not_applicable="the test pipeline declines every study")
-
+from tests.support.pipelines.kos import KeyObjectPipeline
 
 REGION_BOX = (0.4, 0.4, 0.6, 0.6)  # column0, row0, column1, row1 as fractions of the image
 
@@ -120,37 +68,3 @@ class VertebraePipeline(KeyObjectPipeline):
         )
         return PipelineOutcome(datasets=outcome.datasets, summary="cervical spine fracture (probability 0.80)",
                                findings=findings)
-
-
-def referenced_instances(document: Dataset) -> set[str]:
-    return {
-        item.ReferencedSOPInstanceUID
-        for study in document.CurrentRequestedProcedureEvidenceSequence
-        for series in study.ReferencedSeriesSequence
-        for item in series.ReferencedSOPSequence
-    }
-
-
-@register("test-kos")
-def _kos(config: Config) -> KeyObjectPipeline:
-    return KeyObjectPipeline()
-
-
-@register("test-flaky")
-def _flaky(config: Config) -> FlakyPipeline:
-    return FlakyPipeline()
-
-
-@register("test-regions")
-def _regions(config: Config) -> RegionPipeline:
-    return RegionPipeline()
-
-
-@register("test-vertebrae")
-def _vertebrae(config: Config) -> VertebraePipeline:
-    return VertebraePipeline()
-
-
-@register("test-decline")
-def _decline(config: Config) -> DecliningPipeline:
-    return DecliningPipeline()
