@@ -1,5 +1,5 @@
 """The operator's REST API (/api/v1) on a running node: studies sent with storescu, real pipelines
-from tests/support/pipelines.py, a real Orthanc for the connectivity check."""
+from tests/support/pipelines/, a real Orthanc for the connectivity check."""
 
 from __future__ import annotations
 
