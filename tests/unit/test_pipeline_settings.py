@@ -77,19 +77,26 @@ def test_a_bad_pipeline_section_is_a_problem_that_names_its_path(section: str, p
     assert found in pipelines.check(config)
 
 
+def config_check(text: str, folder: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+                 ) -> tuple[int, str]:
+    """`fracnode config check` of a file holding `text`, without the environment's FRACNODE_ settings."""
+    for variable in [v for v in os.environ if v.startswith("FRACNODE_")]:
+        monkeypatch.delenv(variable)
+    path = folder / "site.yaml"
+    path.write_text(text)
+    return run(["config", "check", str(path)]), capsys.readouterr().out
+
+
 def test_config_check_says_the_old_section_is_deprecated_and_where_it_goes(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for variable in [v for v in os.environ if v.startswith("FRACNODE_")]:
-        monkeypatch.delenv(variable)
-    path = tmp_path / "site.yaml"
-    path.write_text(textwrap.dedent(f"""\
+    text = textwrap.dedent(f"""\
         storage: {{data_dir: {tmp_path / "data"}}}
         destinations: [{{name: results-folder, type: folder, path: {tmp_path / "results"}}}]
         cspine: {{min_slices: 12}}
-        """))
-    assert run(["config", "check", str(path)]) == 0
-    out = capsys.readouterr().out
+        """)
+    code, out = config_check(text, tmp_path, capsys, monkeypatch)
+    assert code == 0
     assert "deprecated: the top-level 'cspine:' section is deprecated" in out
     assert f"pipelines: {{{CSPINE}: ...}}" in out and "OK" in out
 
@@ -97,12 +104,9 @@ def test_config_check_says_the_old_section_is_deprecated_and_where_it_goes(
 def test_config_check_reports_a_bad_pipeline_setting(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for variable in [v for v in os.environ if v.startswith("FRACNODE_")]:
-        monkeypatch.delenv(variable)
-    path = tmp_path / "site.yaml"
-    path.write_text(f"pipelines:\n  {CSPINE}: {{min_slices: 2}}\n")
-    assert run(["config", "check", str(path)]) == 1
-    assert f"pipelines.{CSPINE}.min_slices: Input should be greater than or equal to 3" in capsys.readouterr().out
+    code, out = config_check(f"pipelines:\n  {CSPINE}: {{min_slices: 2}}\n", tmp_path, capsys, monkeypatch)
+    assert code == 1
+    assert f"pipelines.{CSPINE}.min_slices: Input should be greater than or equal to 3" in out
 
 
 @pytest.mark.parametrize("path", sorted((REPO / "config" / "examples").glob("*.yaml")), ids=lambda p: p.name)

@@ -8,8 +8,10 @@ export (tests/unit/test_pipeline_folder.py checks that).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from node.config import Config
-from node.pipelines import register
+from node.pipelines import Pipeline, register
 from tests.support.pipelines.findings import REGION_BOX, RegionPipeline, VertebraePipeline
 from tests.support.pipelines.kos import (
     FLAKY_FAILURES,
@@ -22,26 +24,13 @@ from tests.support.pipelines.kos import (
 __all__ = ["FLAKY_FAILURES", "REGION_BOX", "referenced_instances"]
 
 
-@register("test-kos")
-def _kos(config: Config) -> KeyObjectPipeline:
-    return KeyObjectPipeline()
+
+def _factory(pipeline: type[Pipeline]) -> Callable[[Config], Pipeline]:
+    def build(config: Config) -> Pipeline:
+        return pipeline()  # no models, no settings: a fresh instance per node
+
+    return build
 
 
-@register("test-flaky")
-def _flaky(config: Config) -> FlakyPipeline:
-    return FlakyPipeline()
-
-
-@register("test-regions")
-def _regions(config: Config) -> RegionPipeline:
-    return RegionPipeline()
-
-
-@register("test-vertebrae")
-def _vertebrae(config: Config) -> VertebraePipeline:
-    return VertebraePipeline()
-
-
-@register("test-decline")
-def _decline(config: Config) -> DecliningPipeline:
-    return DecliningPipeline()
+for _pipeline in (KeyObjectPipeline, FlakyPipeline, RegionPipeline, VertebraePipeline, DecliningPipeline):
+    register(_pipeline.name)(_factory(_pipeline))
