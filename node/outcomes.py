@@ -18,16 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from node.db import Database
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS job_outcomes (
-    job_id INTEGER PRIMARY KEY,
-    findings TEXT NOT NULL DEFAULT '',
-    timings TEXT NOT NULL DEFAULT '{}',
-    recorded_at REAL NOT NULL
-);
-"""
+from node.store import Database
+from node.store import outcomes as table
 
 
 def jsonable(value: Any) -> Any:
@@ -70,35 +62,21 @@ def image_findings(findings: dict[str, Any] | None) -> list[dict[str, Any]]:
 class JobOutcomes:
     def __init__(self, db: Database) -> None:
         self.db = db
-        with db.transaction() as conn:
-            conn.execute(SCHEMA)
 
     def record(self, job_id: int, findings: object | None, timings: dict[str, float], now: float) -> None:
         """Keep the latest attempt's findings and timings (a retry replaces them)."""
         data = json.dumps(jsonable(findings)) if findings is not None else ""
-        self.db.execute(
-            """INSERT OR REPLACE INTO job_outcomes (job_id, findings, timings, recorded_at)
-            VALUES (?, ?, ?, ?)""",
-            (job_id, data, json.dumps({k: round(v, 4) for k, v in timings.items()}), now),
-        )
+        table.record(self.db, job_id, data, json.dumps({k: round(v, 4) for k, v in timings.items()}), now)
 
     def get(self, job_id: int) -> JobOutcome | None:
         found = self.many([job_id])
         return found.get(job_id)
 
     def many(self, job_ids: list[int]) -> dict[int, JobOutcome]:
-        if not job_ids:
-            return {}
-        rows = self.db.query(
-            f"SELECT * FROM job_outcomes WHERE job_id IN ({','.join('?' * len(job_ids))})",
-            tuple(job_ids),
-        )
         return {
-            row["job_id"]: JobOutcome(
-                row["job_id"],
-                json.loads(row["findings"]) if row["findings"] else None,
-                json.loads(row["timings"] or "{}"),
-                row["recorded_at"],
+            row.job_id: JobOutcome(
+                row.job_id, json.loads(row.findings) if row.findings else None, json.loads(row.timings),
+                row.recorded_at,
             )
-            for row in rows
+            for row in table.of_jobs(self.db, job_ids)
         }

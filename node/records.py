@@ -5,17 +5,17 @@ Each record is frozen: a stage hands a record on and never mutates what it recei
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from pydicom import Dataset
 
 
 @dataclass(frozen=True)
 class Instance:
-    """One received SOP instance, durably in the spool."""
+    """One received SOP instance, durably in the spool: its index row."""
 
     sop_instance_uid: str
     sop_class_uid: str
@@ -23,11 +23,16 @@ class Instance:
     series_instance_uid: str
     transfer_syntax_uid: str
     path: Path
-    digest: str
+    digest: str  # sha256 of the file, '' until a resend needs it (node.spool)
     size: int
     received_at: float
     calling_ae: str
     association_id: str
+    modality: str = ""
+    body_part: str = ""
+    series_description: str = ""
+    protocol_name: str = ""
+    image_type: str = ""
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,40 @@ class SeriesAttributes:
     sop_class_uids: tuple[str, ...] = ()
     image_types: tuple[str, ...] = ()
     instance_count: int = 0
+
+
+class _Fields(Protocol):
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+def summarize_series(rows: Iterable[_Fields]) -> tuple[SeriesAttributes, ...]:
+    """Fold instances' indexed attributes (series_uid, sop_class_uid, modality, body_part,
+    series_description, protocol_name, image_type) into one SeriesAttributes per series, in UID
+    order; a series' attributes are its first instance's."""
+    grouped: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        entry = grouped.setdefault(
+            row["series_uid"],
+            {"first": row, "sop_classes": [], "image_types": [], "count": 0},
+        )
+        entry["count"] += 1
+        if row["sop_class_uid"] not in entry["sop_classes"]:
+            entry["sop_classes"].append(row["sop_class_uid"])
+        if row["image_type"] and row["image_type"] not in entry["image_types"]:
+            entry["image_types"].append(row["image_type"])
+    return tuple(
+        SeriesAttributes(
+            series_instance_uid=uid,
+            modality=entry["first"]["modality"],
+            body_part_examined=entry["first"]["body_part"],
+            series_description=entry["first"]["series_description"],
+            protocol_name=entry["first"]["protocol_name"],
+            sop_class_uids=tuple(entry["sop_classes"]),
+            image_types=tuple(entry["image_types"]),
+            instance_count=entry["count"],
+        )
+        for uid, entry in sorted(grouped.items())
+    )
 
 
 @dataclass(frozen=True)

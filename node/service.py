@@ -15,9 +15,8 @@ import uuid
 from pathlib import Path
 
 from node import pipelines
-from node.assembly import AnalysisRequest, Assembly, request_analysis, summarize_series
+from node.assembly import AnalysisRequest, Assembly, request_analysis
 from node.config import Config
-from node.db import Database
 from node.dispatch.dispatcher import Dispatcher
 from node.dispatch.outbox import Outbox
 from node.ingest.dimse import DimseIngest
@@ -32,6 +31,7 @@ from node.retention import purge_expired
 from node.routing import route_study
 from node.search import StudySearch
 from node.spool import Spool
+from node.store import instances, jobs, open_database, outbox, studies
 from node.web.server import WebBindError, WebServer
 
 log = logging.getLogger("fracnode.node")
@@ -55,7 +55,7 @@ class Node:
         problems = pipelines.check(config)
         if problems:
             raise ValueError("; ".join(problems))
-        self.db = Database(config.database_path)
+        self.db = open_database(config.database_path)
         self.spool = Spool(config.spool_dir, self.db, config.storage.min_free_mb * 2**20)
         self.assembly = Assembly(self.db, config.assembly)
         self.jobs = JobQueue(self.db, config.jobs)
@@ -106,8 +106,8 @@ class Node:
         indexed = self.spool.reconcile()
         requeued = self.jobs.recover(now)
         orphans = self.outbox.remove_orphans()
-        pending = self.db.query("SELECT COUNT(*) AS n FROM studies WHERE pending = 1")[0]["n"]
-        undelivered = self.db.query("SELECT COUNT(*) AS n FROM outbox WHERE state = 'pending'")[0]["n"]
+        pending = studies.count_pending(self.db)
+        undelivered = outbox.count_pending(self.db)
         event(log, logging.INFO, "recovered state", files_indexed=indexed, jobs_requeued=requeued,
               orphan_results_removed=orphans, studies_pending=pending, results_undelivered=undelivered)
 
@@ -116,43 +116,33 @@ class Node:
     def assemble_once(self, now: float | None = None) -> int:
         """Complete due studies, route them and queue their jobs. Returns studies completed."""
         now = time.time() if now is None else now
-        studies = self.assembly.run_once(now)
-        for study in studies:
+        completed = self.assembly.run_once(now)
+        for study in completed:
             matches = route_study(study, self.config.routes)
             for match in matches:
                 self.jobs.enqueue(study, match, now)
             status = (
                 "routed: " + ", ".join(m.route for m in matches) if matches else "no route matched"
             )
-            self.db.execute("UPDATE studies SET route_status = ? WHERE study_uid = ?",
-                            (status, study.study_instance_uid))
+            studies.set_route_status(self.db, study.study_instance_uid, status)
             self.metrics.study_completed(study.study_instance_uid, now)
             self._remember_for_search(study.study_instance_uid)
             event(log, logging.INFO, "study complete", study_uid=study.study_instance_uid,
                   revision=study.revision, series=len(study.series),
                   instances=sum(s.instance_count for s in study.series), routing=status)
-        if studies:
+        if completed:
             self._work_wake.set()
-        return len(studies)
+        return len(completed)
 
     def _remember_for_search(self, study_uid: str) -> None:
-        rows = self.db.query("SELECT path FROM instances WHERE study_uid = ? LIMIT 1", (study_uid,))
-        if rows:
-            self.search.remember(study_uid, Path(rows[0]["path"]))
+        path = instances.any_path(self.db, study_uid)
+        if path is not None:
+            self.search.remember(study_uid, path)
 
     def pipeline_input(self, job: Job) -> PipelineInput:
-        placeholders = ",".join("?" * len(job.series_uids))
-        rows = self.db.query(
-            f"""SELECT * FROM instances WHERE study_uid = ? AND series_uid IN ({placeholders})
-            ORDER BY series_uid, path""",
-            (job.study_instance_uid, *job.series_uids),
-        )
-        attributes = {s.series_instance_uid: s for s in summarize_series(rows)}
-        paths: dict[str, list[Path]] = {}
-        for row in rows:
-            paths.setdefault(row["series_uid"], []).append(Path(row["path"]))
         series = tuple(
-            SeriesInput(attributes[uid], tuple(paths[uid])) for uid in job.series_uids if uid in paths
+            SeriesInput(attributes, paths)
+            for attributes, paths in instances.series_files(self.db, job.study_instance_uid, job.series_uids)
         )
         overlays = frozenset().union(*self._overlays(job.destinations).values())
         return PipelineInput(job.study_instance_uid, job.revision, job.calling_ae, series, overlays)
@@ -274,10 +264,9 @@ class Node:
         """An association or STOW-RS request carried only instances the node already held, byte for
         byte: nothing is analysed again (the spool is idempotent); say so, and how to ask."""
         for uid in sorted(study_uids):
-            rows = self.db.query(
-                "SELECT id, state FROM jobs WHERE study_uid = ? ORDER BY id DESC LIMIT 1", (uid,))
+            latest = jobs.latest_of_study(self.db, uid)
             event(log, logging.INFO, "study resent unchanged: the current result stands", study_uid=uid,
-                  latest_job=rows[0]["id"] if rows else None, latest_state=rows[0]["state"] if rows else None,
+                  latest_job=latest.id if latest else None, latest_state=latest.state if latest else None,
                   to_analyse_again=f"fracnode analyze-again {uid}, or POST /api/v1/studies/{uid}/analyze")
 
     def _still_owns(self, job: Job, owner: str) -> bool:

@@ -17,16 +17,16 @@ import errno
 import hashlib
 import logging
 import os
-import sqlite3
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.db import Database
 from node.header import Header, UnreadableInstance, read_header
 from node.logs import event
+from node.records import Instance
+from node.store import Database, StorageFull, instances, studies
 
 __all__ = [
     "Header", "OutOfSpace", "Spool", "SpoolError", "Stored", "UnreadableInstance", "fsync_dir",
@@ -190,28 +190,22 @@ class Spool:
         return Stored(header, path, duplicate=False)
 
     def is_indexed(self, sop_instance_uid: str) -> bool:
-        rows = self.db.query("SELECT 1 FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))
-        return bool(rows)
+        return instances.is_indexed(self.db, sop_instance_uid)
 
     def held_digest(self, sop_instance_uid: str, path: Path) -> str | None:
         """The digest of the instance already stored at `path` under this UID; None when there is
         none (then an arriving instance is new and needs no digest). A digest not yet computed is
         computed from the file now and kept."""
-        rows = self.db.query(
-            "SELECT digest, path FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,)
-        )
-        if not rows or rows[0]["path"] != str(path) or not path.exists():
+        held = instances.held(self.db, sop_instance_uid)
+        if held is None or held.path != str(path) or not path.exists():
             return None
-        if rows[0]["digest"]:
-            return str(rows[0]["digest"])
+        if held.digest:
+            return held.digest
         try:
             digest = file_digest(path)
         except OSError:
             return None
-        self.db.execute(
-            "UPDATE instances SET digest = ? WHERE sop_instance_uid = ? AND path = ? AND digest = ''",
-            (digest, sop_instance_uid, str(path)),
-        )
+        instances.set_digest(self.db, sop_instance_uid, path, digest)
         return digest
 
     def index(
@@ -224,10 +218,8 @@ class Spool:
         """
         try:
             self._index(header, path, digest, size, time.time(), calling_ae, association_id)
-        except sqlite3.OperationalError as exc:
+        except StorageFull as exc:
             # the index shares the disk: a full disk there is out of resources too, not a crash
-            if getattr(exc, "sqlite_errorcode", None) != sqlite3.SQLITE_FULL:
-                raise
             raise OutOfSpace(f"cannot index {path.name}: the database's disk is full") from exc
 
     def _index(
@@ -242,44 +234,18 @@ class Spool:
     ) -> None:
         """Insert or replace the instance's row; once it is committed, remove the file the row
         held before when that is another (the older copy of a moved instance)."""
-        with self.db.transaction() as conn:
-            held = conn.execute(
-                "SELECT path FROM instances WHERE sop_instance_uid = ?", (header.sop_instance_uid,)
-            ).fetchone()
-            conn.execute(
-                """INSERT OR REPLACE INTO instances (sop_instance_uid, sop_class_uid, study_uid,
-                series_uid, transfer_syntax_uid, modality, body_part, series_description,
-                protocol_name, image_type, path, digest, size, received_at, calling_ae,
-                association_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)""",
-                (
-                    header.sop_instance_uid,
-                    header.sop_class_uid,
-                    header.study_uid,
-                    header.series_uid,
-                    header.transfer_syntax_uid,
-                    header.modality,
-                    header.body_part,
-                    header.series_description,
-                    header.protocol_name,
-                    header.image_type,
-                    str(path),
-                    digest,
-                    size,
-                    now,
-                    calling_ae,
-                    association_id,
-                ),
-            )
-            conn.execute(
-                """INSERT INTO studies (study_uid, calling_ae, first_received_at, last_received_at,
-                pending) VALUES (?, ?, ?, ?, 1)
-                ON CONFLICT (study_uid) DO UPDATE SET last_received_at = excluded.last_received_at,
-                calling_ae = COALESCE(NULLIF(excluded.calling_ae, ''), calling_ae), pending = 1,
-                release_ready = 0""",
-                (header.study_uid, calling_ae, now, now),
-            )
-        if held is not None and held["path"] != str(path):
-            _remove_superseded(Path(held["path"]), header.sop_instance_uid, path)
+        instance = Instance(
+            header.sop_instance_uid, header.sop_class_uid, header.study_uid, header.series_uid,
+            header.transfer_syntax_uid, path, digest, size, now, calling_ae, association_id,
+            header.modality, header.body_part, header.series_description, header.protocol_name,
+            header.image_type,
+        )
+        with self.db.transaction() as sql:
+            held = instances.held(sql, header.sop_instance_uid)
+            instances.put(sql, instance)
+            studies.received(sql, header.study_uid, calling_ae, now)
+        if held is not None and held.path != str(path):
+            _remove_superseded(Path(held.path), header.sop_instance_uid, path)
 
     def reconcile(self) -> int:
         """After a crash: drop temporary files and index any durable file the index lacks.
@@ -287,7 +253,7 @@ class Spool:
         Returns the number of files indexed anew. A file renamed into place whose index row
         was not committed was never acknowledged, but it is kept and processed all the same.
         """
-        indexed = {row["path"] for row in self.db.query("SELECT path FROM instances")}
+        indexed = instances.indexed_paths(self.db)
         added = 0
         for study_dir in self.root.iterdir():
             if not study_dir.is_dir():
@@ -316,10 +282,10 @@ class Spool:
     def _newer_copy(self, sop_instance_uid: str, entry: Path) -> Path | None:
         """The file the index holds for this UID at another path when it is at least as new as
         `entry` (then `entry` is an older copy of a moved instance), else None."""
-        rows = self.db.query("SELECT path FROM instances WHERE sop_instance_uid = ?", (sop_instance_uid,))
-        if not rows or rows[0]["path"] == str(entry):
+        copy = instances.held(self.db, sop_instance_uid)
+        if copy is None or copy.path == str(entry):
             return None
-        held = Path(rows[0]["path"])
+        held = Path(copy.path)
         try:
             return held if held.stat().st_mtime >= entry.stat().st_mtime else None
         except FileNotFoundError:

@@ -11,20 +11,20 @@ go on. The request is one transfer for the audit trail and for `complete_on_rele
 from __future__ import annotations
 
 import logging
-import sqlite3
 import struct
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from node.db import Database
 from node.header import Header
 from node.incoming import Incoming
 from node.ingest.dimse import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from node.ingest.multipart import MalformedMultipart, MultipartParser, parse_content_type
+from node.ingest.trail import Trail
 from node.logs import event
 from node.spool import OutOfSpace, Spool, Stored, UnreadableInstance
+from node.store import Database
 
 log = logging.getLogger("fracnode.ingest")
 audit = logging.getLogger("fracnode.audit")
@@ -357,6 +357,7 @@ class StowIngest:
     ) -> None:
         self.spool = spool
         self.db = db
+        self.trail = Trail(db)
         self.on_released = on_released
         self.on_unchanged = on_unchanged  # studies a request resent without a new byte
         self.on_stored = on_stored
@@ -367,11 +368,7 @@ class StowIngest:
               study_uid: str | None) -> StoreTransaction:
         record = TransferRecord(uuid.uuid4().hex, time.time(), calling_ae_for(principal),
                                 address[0], int(address[1]))
-        self._audit_row(
-            """INSERT INTO associations (id, started_at, peer_ae, peer_address, peer_port,
-            called_ae, outcome) VALUES (?,?,?,?,?,?, 'open')""",
-            (record.id, record.started_at, record.calling_ae, record.address, record.port, CALLED),
-        )
+        self.trail.opened(record.id, record.started_at, record.calling_ae, record.address, record.port, CALLED)
         event(audit, logging.INFO, "STOW-RS request accepted", transfer=record.id,
               calling_ae=record.calling_ae, address=record.address, port=record.port,
               study_uid=study_uid)
@@ -381,11 +378,7 @@ class StowIngest:
         """`released` (the body was read to its end), `aborted` or `malformed`."""
         received = sum(1 for o in record.outcomes if o.stored)
         failed = len(record.outcomes) - received
-        self._audit_row(
-            """UPDATE associations SET ended_at = ?, outcome = ?, instances_received = ?,
-            instances_failed = ? WHERE id = ?""",
-            (time.time(), outcome, received, failed, record.id),
-        )
+        self.trail.ended(record.id, time.time(), outcome, received, failed)
         event(audit, logging.INFO, f"STOW-RS request {outcome}", transfer=record.id,
               calling_ae=record.calling_ae, address=record.address,
               instances_received=received, instances_failed=failed)
@@ -395,10 +388,3 @@ class StowIngest:
             unchanged = studies - {o.study_uid for o in record.outcomes if o.stored and not o.duplicate}
             if unchanged:
                 self.on_unchanged(unchanged)
-
-    def _audit_row(self, sql: str, params: tuple[object, ...]) -> None:
-        # like the DIMSE trail: a full disk must not turn a request into a crash
-        try:
-            self.db.execute(sql, params)
-        except sqlite3.Error as exc:
-            event(log, logging.WARNING, "audit row not written", reason=str(exc))

@@ -107,7 +107,8 @@ def list_studies(
 ) -> list[StudySummary]:
     _known(state, STATES, "job state")
     _known(category, CATEGORIES, "category")
-    return queries.studies(_node(request).db, limit, states=state or (), pipeline=pipeline, since=since,
+    node = _node(request)
+    return queries.studies(node.db, node.outcomes, limit, states=state or (), pipeline=pipeline, since=since,
                            categories=category or ())
 
 
@@ -122,7 +123,7 @@ class SearchRequest(BaseModel):
              summary="Find studies by Study Instance UID or Accession Number (matched, never shown)")
 def search_studies(request: Request, body: SearchRequest, limit: Limit = 50) -> list[StudySummary]:
     node = _node(request)
-    return queries.studies(node.db, limit, uids=node.search.find(body.text, limit))
+    return queries.studies(node.db, node.outcomes, limit, uids=node.search.find(body.text, limit))
 
 
 @router.get("/studies/{study_uid}", response_model=StudyDetail,

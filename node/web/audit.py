@@ -13,7 +13,7 @@ from typing import Protocol
 
 from pydantic import BaseModel, Field
 
-from node.db import Database
+from node.store import Database, associations
 
 
 class AuditEvent(BaseModel):
@@ -36,20 +36,15 @@ class AssociationAudit:
         self.db = db
 
     def recent(self, limit: int) -> list[AuditEvent]:
-        rows = self.db.query(
-            """SELECT started_at, called_ae, peer_ae, peer_address, outcome, reason,
-            instances_received, instances_failed FROM associations ORDER BY started_at DESC LIMIT ?""",
-            (limit,),
-        )
         return [
             AuditEvent(
-                at=row["started_at"],
-                kind="STOW-RS request" if row["called_ae"].startswith("STOW") else "DICOM association",
-                outcome=row["outcome"],
-                who=row["peer_ae"],
-                where=row["peer_address"],
-                detail=(f"{row['instances_received']} instance(s) received, {row['instances_failed']} refused"
-                        + (f"; {row['reason']}" if row["reason"] else "")),
+                at=row.started_at,
+                kind="STOW-RS request" if row.called_ae.startswith("STOW") else "DICOM association",
+                outcome=row.outcome,
+                who=row.peer_ae,
+                where=row.peer_address,
+                detail=(f"{row.instances_received} instance(s) received, {row.instances_failed} refused"
+                        + (f"; {row.reason}" if row.reason else "")),
             )
-            for row in rows
+            for row in associations.recent(self.db, limit)
         ]

@@ -16,6 +16,7 @@ from node import pipelines
 from node.banner import NOTICE
 from node.dispatch.folder import file_name, kind
 from node.inference.cards import read_card
+from node.store import instances, jobs, outbox
 from node.web.audit import AssociationAudit, AuditEvent, AuditTrail
 
 if TYPE_CHECKING:
@@ -81,11 +82,10 @@ class DiskUsage(BaseModel):
 def disk(request: Request) -> DiskUsage:
     node = _node(request)
     usage = shutil.disk_usage(node.config.storage.data_dir)
-    row = node.db.query("SELECT COALESCE(SUM(size), 0) AS bytes, COUNT(DISTINCT study_uid) AS studies"
-                        " FROM instances")[0]
+    held = instances.usage(node.db)
     return DiskUsage(data_dir=str(node.config.storage.data_dir.resolve()), size_bytes=usage.total,
                      free_bytes=usage.free, min_free_bytes=node.config.storage.min_free_mb * 2**20,
-                     spool_bytes=row["bytes"], studies_held=row["studies"])
+                     spool_bytes=held.bytes, studies_held=held.studies)
 
 
 class ActivityBucket(BaseModel):
@@ -111,21 +111,16 @@ def activity(
     now = time.time()
     start = now - hours * 3600
     width = hours * 3600 / buckets
-    rows = node.db.query(
-        """SELECT j.finished_at, j.state, s.completed_at FROM jobs j
-        LEFT JOIN studies s ON s.study_uid = j.study_uid
-        WHERE j.finished_at >= ? AND j.state IN ('done', 'failed', 'not_applicable')""",
-        (start,),
-    )
+    rows = jobs.finished_since(node.db, start)
     finished: list[list[float]] = [[] for _ in range(buckets)]
     failed = [0] * buckets
     counts = [0] * buckets
     for row in rows:
-        i = min(buckets - 1, int((row["finished_at"] - start) // width))
+        i = min(buckets - 1, int((row.finished_at - start) // width))
         counts[i] += 1
-        failed[i] += row["state"] == "failed"
-        if row["completed_at"] is not None and row["finished_at"] >= row["completed_at"]:
-            finished[i].append(row["finished_at"] - row["completed_at"])
+        failed[i] += row.state == "failed"
+        if row.completed_at is not None and row.finished_at >= row.completed_at:
+            finished[i].append(row.finished_at - row.completed_at)
     return Activity(bucket_s=width, buckets=[
         ActivityBucket(start=start + i * width, finished=counts[i], failed=failed[i],
                        median_latency_s=round(statistics.median(finished[i]), 3) if finished[i] else None,
@@ -150,13 +145,10 @@ class ResultFile(BaseModel):
 
 
 def _results(node: Node, job_id: int) -> list[tuple[str, str, Path]]:
-    rows = node.db.query(
-        "SELECT DISTINCT sop_instance_uid, sop_class_uid, path FROM outbox WHERE job_id = ? ORDER BY id",
-        (job_id,),
-    )
-    if not rows and not node.db.query("SELECT 1 FROM jobs WHERE id = ?", (job_id,)):
+    found = outbox.results_of_job(node.db, job_id)
+    if not found and jobs.get(node.db, job_id) is None:
         raise HTTPException(404, f"no job {job_id}")
-    return [(r["sop_instance_uid"], r["sop_class_uid"], Path(r["path"])) for r in rows]
+    return [(r.sop_instance_uid, r.sop_class_uid, r.path) for r in found]
 
 
 @router.get("/jobs/{job_id}/results", response_model=list[ResultFile],

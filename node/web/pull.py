@@ -20,6 +20,7 @@ from pydicom.uid import RE_VALID_UID
 from node.assembly import StudyNotHeld
 from node.pull import PullError
 from node.pull.puller import Pull
+from node.store import jobs as job_rows
 
 if TYPE_CHECKING:
     from node.service import Node
@@ -84,13 +85,9 @@ def _status(node: Node, pull: Pull) -> PullStatus:
     if pull.finished_at is not None and pull.started_at is not None:
         # since the retrieval started: assembly may complete the study (it is marked retrieved)
         # a moment before the pull records its finish
-        rows = node.db.query(
-            """SELECT id, route, pipeline, state, last_error, summary FROM jobs
-            WHERE study_uid = ? AND created_at >= ? ORDER BY id""",
-            (pull.study_uid, pull.started_at),
-        )
-        jobs = [JobSummary(id=r["id"], route=r["route"], pipeline=r["pipeline"], state=r["state"],
-                           detail=r["last_error"] or r["summary"]) for r in rows]
+        jobs = [JobSummary(id=j.id, route=j.route, pipeline=j.pipeline, state=j.state,
+                           detail=j.last_error or j.summary)
+                for j in job_rows.created_since(node.db, pull.study_uid, pull.started_at)]
     return PullStatus(**pull.__dict__, status_url=f"/api/v1/pulls/{pull.id}", jobs=jobs)
 
 

@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from node.db import Database
 from node.spool import Spool
+from node.store import Database, open_database
 
 
 @pytest.fixture
 def db(tmp_path: Path) -> Iterator[Database]:
-    database = Database(tmp_path / "index.sqlite")
+    database = open_database(tmp_path / "index.sqlite")
     yield database
     database.close()
 

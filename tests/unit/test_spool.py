@@ -11,7 +11,6 @@ import pytest
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from node.db import Database
 from node.dispatch.outbox import encode
 from node.spool import (
     TEMP_SUFFIX,
@@ -21,6 +20,7 @@ from node.spool import (
     read_header,
     write_atomically,
 )
+from node.store import Database
 from tests.support import dicomgen
 
 

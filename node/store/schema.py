@@ -1,21 +1,17 @@
-"""The node's index: one SQLite database in WAL mode, shared by all stages through one lock.
+"""The tables, created when a database is opened; `meta.schema_version` says which schema it has.
 
-The spool files are the truth for received instances; the `instances` table indexes them and
-can be rebuilt from the files (see `spool.reconcile`). Jobs and the outbox live only here.
+One text for every backend: `{id}` and `{real}` are the dialect's types for a key the database
+assigns and for Unix seconds. A change of the schema raises SCHEMA_VERSION and adds the statements
+that bring a database of the previous version up to it.
 """
 
 from __future__ import annotations
 
-import sqlite3
-import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
-from pathlib import Path
-from typing import Any
+from node.store.sql import Sql
 
 SCHEMA_VERSION = 1
 
-SCHEMA = """
+TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
 CREATE TABLE IF NOT EXISTS instances (
@@ -32,7 +28,7 @@ CREATE TABLE IF NOT EXISTS instances (
     path TEXT NOT NULL,
     digest TEXT NOT NULL,
     size INTEGER NOT NULL,
-    received_at REAL NOT NULL,
+    received_at {real} NOT NULL,
     calling_ae TEXT NOT NULL DEFAULT '',
     association_id TEXT NOT NULL DEFAULT ''
 );
@@ -41,20 +37,20 @@ CREATE INDEX IF NOT EXISTS instances_study ON instances (study_uid, series_uid);
 CREATE TABLE IF NOT EXISTS studies (
     study_uid TEXT PRIMARY KEY,
     calling_ae TEXT NOT NULL DEFAULT '',
-    first_received_at REAL NOT NULL,
-    last_received_at REAL NOT NULL,
+    first_received_at {real} NOT NULL,
+    last_received_at {real} NOT NULL,
     pending INTEGER NOT NULL DEFAULT 1,
     release_ready INTEGER NOT NULL DEFAULT 0,
     revision INTEGER NOT NULL DEFAULT 0,
-    completed_at REAL,
+    completed_at {real},
     route_status TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS studies_pending ON studies (pending, last_received_at);
 
 CREATE TABLE IF NOT EXISTS associations (
     id TEXT PRIMARY KEY,
-    started_at REAL NOT NULL,
-    ended_at REAL,
+    started_at {real} NOT NULL,
+    ended_at {real},
     peer_ae TEXT NOT NULL DEFAULT '',
     peer_address TEXT NOT NULL DEFAULT '',
     peer_port INTEGER,
@@ -67,7 +63,7 @@ CREATE TABLE IF NOT EXISTS associations (
 CREATE INDEX IF NOT EXISTS associations_started ON associations (started_at);
 
 CREATE TABLE IF NOT EXISTS jobs (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id {id},
     study_uid TEXT NOT NULL,
     revision INTEGER NOT NULL,
     route TEXT NOT NULL,
@@ -80,19 +76,19 @@ CREATE TABLE IF NOT EXISTS jobs (
     max_attempts INTEGER NOT NULL,
     last_error TEXT NOT NULL DEFAULT '',
     summary TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL,
-    not_before REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL,
+    created_at {real} NOT NULL,
+    not_before {real} NOT NULL,
+    started_at {real},
+    finished_at {real},
     lease_owner TEXT,
-    lease_until REAL,
+    lease_until {real},
     superseded_by INTEGER
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs (state, not_before);
 CREATE INDEX IF NOT EXISTS jobs_study ON jobs (study_uid);
 
 CREATE TABLE IF NOT EXISTS outbox (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id {id},
     job_id INTEGER NOT NULL,
     study_uid TEXT NOT NULL,
     destination TEXT NOT NULL,
@@ -102,16 +98,16 @@ CREATE TABLE IF NOT EXISTS outbox (
     sop_class_uid TEXT NOT NULL,
     state TEXT NOT NULL,
     attempts INTEGER NOT NULL DEFAULT 0,
-    next_attempt_at REAL NOT NULL,
+    next_attempt_at {real} NOT NULL,
     last_error TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL,
-    delivered_at REAL
+    created_at {real} NOT NULL,
+    delivered_at {real}
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (destination, state, next_attempt_at);
 
 -- studies pulled from a peer on request (node.pull): WADO-RS, C-GET or C-MOVE
 CREATE TABLE IF NOT EXISTS pulls (
-    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    id {id},
     study_uid TEXT NOT NULL,
     peer TEXT NOT NULL,
     method TEXT NOT NULL,
@@ -122,59 +118,42 @@ CREATE TABLE IF NOT EXISTS pulls (
     failed INTEGER NOT NULL DEFAULT 0,
     error TEXT NOT NULL DEFAULT '',
     requested_by TEXT NOT NULL DEFAULT '',
-    created_at REAL NOT NULL,
-    started_at REAL,
-    finished_at REAL
+    created_at {real} NOT NULL,
+    started_at {real},
+    finished_at {real}
 );
 CREATE INDEX IF NOT EXISTS pulls_study ON pulls (study_uid, state);
+
+-- what each job concluded, for the dashboard (node.outcomes): findings as JSON, timings
+CREATE TABLE IF NOT EXISTS job_outcomes (
+    job_id INTEGER PRIMARY KEY,
+    findings TEXT NOT NULL DEFAULT '',
+    timings TEXT NOT NULL DEFAULT '{{}}',
+    recorded_at {real} NOT NULL
+);
+
+-- a keyed hash of each study's Accession Number, never the number (node.search)
+CREATE TABLE IF NOT EXISTS study_search (
+    study_uid TEXT PRIMARY KEY,
+    accession_hmac TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS study_search_accession ON study_search (accession_hmac);
 """
 
 
-class Database:
-    """One SQLite connection guarded by a lock; `transaction()` gives BEGIN IMMEDIATE … COMMIT."""
+def statements(sql: Sql) -> list[str]:
+    """The schema's statements in the dialect of `sql`."""
+    text = TABLES.format(id=sql.dialect.id_column, real=sql.dialect.real)
+    lines = [line for line in text.splitlines() if not line.lstrip().startswith("--")]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
-    def __init__(self, path: Path, readonly: bool = False) -> None:
-        self.path = path
-        if readonly:
-            uri = f"file:{path}?mode=ro"
-            self._conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=30)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            self._conn = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
-            # WAL + NORMAL: a process crash never loses a commit; after power loss the index is
-            # rebuilt from the fsynced spool files (spool.reconcile), so FULL is not needed here.
-            self._conn.execute("PRAGMA journal_mode=WAL")
-            self._conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn.executescript(SCHEMA)
-            self._conn.execute(
-                "INSERT OR IGNORE INTO meta (key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
-        self._conn.row_factory = sqlite3.Row
-        self._lock = threading.RLock()
 
-    @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            self._conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield self._conn
-                self._conn.execute("COMMIT")
-            except BaseException:
-                # a failed COMMIT (e.g. SQLITE_FULL) may leave the transaction open
-                if self._conn.in_transaction:
-                    self._conn.execute("ROLLBACK")
-                raise
+def create(sql: Sql) -> None:
+    """Create what is missing (inside the caller's transaction) and record the schema version."""
+    for statement in statements(sql):
+        sql.execute(statement)
+    sql.execute(
+        "INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO NOTHING",
+        (str(SCHEMA_VERSION),),
+    )
 
-    def query(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._conn.execute(sql, params).fetchall()
-
-    def execute(self, sql: str, params: tuple[Any, ...] | dict[str, Any] = ()) -> int:
-        """Run one statement in its own transaction; return the number of rows changed."""
-        with self._lock:
-            return self._conn.execute(sql, params).rowcount
-
-    def close(self) -> None:
-        with self._lock:
-            self._conn.close()
