@@ -56,17 +56,18 @@ def status(config: Config, limit: int) -> int:
         state = "receiving" if study.pending else (study.route_status or "complete")
         print(f"  {study.study_uid}  rev {study.revision}  last instance {_age(now, study.last_received_at)}  {state}")
     print("\nrecent jobs:")
-    for job in jobs.recent(db, limit):
-        took = f" {job.finished_at - job.started_at:.1f}s" if job.finished_at and job.started_at else ""
-        detail = job.last_error or job.summary
-        print(f"  #{job.id} {job.pipeline} ({job.route}) {job.state}{took}"
-              f" attempts {job.attempts}/{job.max_attempts} study {job.study_uid}"
+    for row in jobs.recent(db, limit):
+        job = row.job
+        took = f" {row.finished_at - row.started_at:.1f}s" if row.finished_at and row.started_at else ""
+        detail = row.last_error or row.summary
+        print(f"  #{job.id} {job.pipeline} ({job.route}) {row.state}{took}"
+              f" attempts {job.attempts}/{row.max_attempts} study {job.study_instance_uid}"
               + (f"\n      {detail}" if detail else ""))
     print("\nrecent associations:")
-    for row in associations.recent(db, limit):
-        print(f"  {_age(now, row.started_at)}  {row.peer_ae} {row.peer_address}  {row.outcome}"
-              f"  received {row.instances_received} failed {row.instances_failed}"
-              + (f"  ({row.reason})" if row.reason else ""))
+    for trail in associations.recent(db, limit):
+        print(f"  {_age(now, trail.started_at)}  {trail.peer_ae} {trail.peer_address}  {trail.outcome}"
+              f"  received {trail.instances_received} failed {trail.instances_failed}"
+              + (f"  ({trail.reason})" if trail.reason else ""))
     db.close()
     return 0
 

@@ -1,6 +1,8 @@
 """The running node: wires ingest → assembly → routing → jobs → pipelines → outbox → dispatch.
 
-Every stage has a `*_once()` step that tests call directly; `start()` runs them in threads.
+Wiring only: each stage is built here and handed what it needs; every stage has a `*_once()`
+step that tests call directly, and `start()` runs them in threads. The HTTP side gets a
+`Queries` object to read and this node as its `Commands` to act (node.web.commands).
 """
 
 from __future__ import annotations
@@ -20,19 +22,22 @@ from node.config import Config
 from node.dispatch.dispatcher import Dispatcher
 from node.dispatch.outbox import Outbox
 from node.ingest.dimse import DimseIngest
-from node.ingest.stow import StowIngest
-from node.jobs import NOT_APPLICABLE, JobQueue
+from node.ingest.stow import StoreTransaction, StowIngest
+from node.jobs import JobQueue
 from node.logs import event
 from node.metrics import Metrics
 from node.outcomes import JobOutcomes
 from node.pull.puller import Puller
-from node.records import Job, PipelineInput, SeriesInput
+from node.records import Job
 from node.retention import purge_expired
 from node.routing import route_study
 from node.search import StudySearch
 from node.spool import Spool
 from node.store import instances, jobs, open_database, outbox, studies
+from node.store.pulls import Pull
+from node.web.queries import Queries
 from node.web.server import WebBindError, WebServer
+from node.worker import Worker
 
 log = logging.getLogger("fracnode.node")
 ASSEMBLY_TICK_S = 0.2
@@ -75,16 +80,19 @@ class Node:
             on_stored=lambda: self.metrics.instance_received("stow"), on_unchanged=self._on_unchanged,
         )
         self.pulls = Puller(config, self.spool, self.db, self.assembly, on_retrieved=self._assembly_wake_set)
-        self.web: WebServer | None = WebServer(self, config.web) if config.web.enabled else None
+        self.worker = Worker(config, self.db, self.jobs, self.outbox, self.outcomes, self.metrics,
+                             on_staged=self._on_staged)
+        self.web: WebServer | None = None
+        if config.web.enabled:
+            queries = Queries(config, self.db, self.outcomes, self.search, self.metrics.exposition)
+            self.web = WebServer(config, queries, self)
         self._stop = threading.Event()
         self._assembly_wake = threading.Event()
         self._work_wake = threading.Event()
         self._dispatch_wake = {d.name: threading.Event() for d in config.destinations}
         self._threads: list[threading.Thread] = []
-        self._pipelines: dict[str, pipelines.Pipeline] = {}
-        self._pipelines_lock = threading.Lock()
-        self.warmed = threading.Event()
-        self.warm_results: dict[str, str] = {}
+        self.warmed = self.worker.warmed
+        self.warm_results = self.worker.warm_results
 
     @staticmethod
     def _take_lock(path: Path) -> int:
@@ -139,110 +147,16 @@ class Node:
         if path is not None:
             self.search.remember(study_uid, path)
 
-    def pipeline_input(self, job: Job) -> PipelineInput:
-        series = tuple(
-            SeriesInput(attributes, paths)
-            for attributes, paths in instances.series_files(self.db, job.study_instance_uid, job.series_uids)
-        )
-        overlays = frozenset().union(*self._overlays(job.destinations).values())
-        return PipelineInput(job.study_instance_uid, job.revision, job.calling_ae, series, overlays)
-
-    def _overlays(self, destinations: tuple[str, ...]) -> dict[str, frozenset[str]]:
-        """The overlay kinds (gsps, secondary_capture) each of these destinations asked for."""
-        configured = {d.name: d for d in self.config.destinations}
-        return {name: frozenset(configured[name].overlays) for name in destinations if name in configured}
-
-    def pipeline(self, name: str) -> pipelines.Pipeline:
-        """The one instance of a pipeline, shared by every worker (so a model loads once and
-        images of concurrent studies share its batches); built on first use."""
-        with self._pipelines_lock:
-            if name not in self._pipelines:
-                self._pipelines[name] = pipelines.create(name, self.config)
-                self.metrics.watch_engines(self._pipelines[name])
-            return self._pipelines[name]
-
-    def warm_up(self) -> None:
-        """Build the routed pipelines (load their models) before the first study needs them;
-        `warmed` is set after, with each pipeline's load time or failure in `warm_results`."""
-        for name in dict.fromkeys(route.pipeline for route in self.config.routes):
-            started = time.monotonic()
-            try:
-                self.pipeline(name)
-            except Exception as exc:
-                self.warm_results[name] = f"failed: {type(exc).__name__}: {exc}"
-                log.exception("pipeline failed to load; its jobs will fail until this is fixed",
-                              extra={"fields": {"pipeline": name}})
-                continue
-            seconds = round(time.monotonic() - started, 2)
-            self.warm_results[name] = f"ready in {seconds} s"
-            event(log, logging.INFO, "pipeline ready", pipeline=name, seconds=seconds)
-        self.warmed.set()
-
     def work_once(self, owner: str, now: float | None = None) -> bool:
-        """Claim and run one job. Returns False when no job was due."""
-        now = time.time() if now is None else now
-        job = self.jobs.claim(owner, now)
-        if job is None:
-            return False
-        self.metrics.job_claimed(job, now)
-        started = time.monotonic()
-        timings: dict[str, float] = {}
-        job_ended = threading.Event()
-        renewer = threading.Thread(target=self._renew_lease, args=(job, owner, job_ended), daemon=True)
-        renewer.start()
-        try:
-            if self.jobs.is_superseded(job):
-                self.jobs.supersede(job.id, time.time())
-                return True
-            request = self.pipeline_input(job)
-            if not request.series:
-                raise RuntimeError("the routed series are no longer in the spool")
-            timings["load"] = time.monotonic() - started
-            outcome = self.pipeline(job.pipeline).run(request)
-            timings["pipeline"] = time.monotonic() - started - timings["load"]
-            if not self._still_owns(job, owner):
-                return True
-            if outcome.not_applicable:
-                self.jobs.finish(job.id, NOT_APPLICABLE, outcome.not_applicable, time.time())
-                self._job_ended(job, NOT_APPLICABLE, outcome.findings, timings)
-                event(log, logging.INFO, "job not applicable", job=job.id, pipeline=job.pipeline,
-                      study_uid=job.study_instance_uid, reason=outcome.not_applicable)
-                return True
-            staging = time.monotonic()
-            staged = self.outbox.stage(
-                job, outcome.datasets, outcome.summary, time.time(), self._overlays(job.destinations)
-            )
-            timings["stage"] = time.monotonic() - staging
-            self._job_ended(job, "done", outcome.findings, timings)
-            event(log, logging.INFO, "job done", job=job.id, pipeline=job.pipeline,
-                  study_uid=job.study_instance_uid, revision=job.revision, objects=len(outcome.datasets),
-                  deliveries=staged, seconds=round(time.monotonic() - started, 3))
-            for name in job.destinations:
-                if name in self._dispatch_wake:
-                    self._dispatch_wake[name].set()
-        except Exception as exc:
-            if not self._still_owns(job, owner):
-                return True
-            state = self.jobs.fail(job.id, f"{type(exc).__name__}: {exc}", time.time())
-            timings.setdefault("pipeline", time.monotonic() - started - timings.get("load", 0.0))
-            self._job_ended(job, "failed" if state == "failed" else "retried", None, timings)
-            log.warning("job failed", exc_info=True, extra={"fields": {
-                "job": job.id, "pipeline": job.pipeline, "study_uid": job.study_instance_uid,
-                "attempt": job.attempts, "new_state": state}})
-        finally:
-            job_ended.set()
-            renewer.join()
-        return True
+        """Claim and run one job (node.worker). Returns False when no job was due."""
+        return self.worker.work_once(owner, now)
 
-    def _job_ended(self, job: Job, outcome: str, findings: object, timings: dict[str, float]) -> None:
-        """Keep the attempt's findings and timings for the dashboard; count it in the metrics.
+    def _on_staged(self, job: Job) -> None:
+        for name in job.destinations:
+            if name in self._dispatch_wake:
+                self._dispatch_wake[name].set()
 
-        Display data only: a failure here is logged and never changes the job's outcome."""
-        try:
-            self.outcomes.record(job.id, findings, timings, time.time())
-            self.metrics.job_ended(job, outcome, timings.get("pipeline", 0.0))
-        except Exception:
-            log.exception("cannot record the job's findings", extra={"fields": {"job": job.id}})
+    # -- what the HTTP side may ask (node.web.commands.Commands) ---------------------------------
 
     def retry_job(self, job_id: int) -> bool:
         """Operator action: queue a failed job again with fresh attempts; False if not failed."""
@@ -260,29 +174,24 @@ class Node:
         self._assembly_wake.set()
         return request
 
+    def request_pull(self, study_uid: str, peer: str, requested_by: str) -> tuple[Pull, bool]:
+        """Operator action: retrieve a study from a peer, then analyse it (raises PullError)."""
+        return self.pulls.request(study_uid, peer, requested_by)
+
+    def begin_stow(self, principal: str, address: tuple[str, int], boundary: bytes,
+                   study_uid: str | None) -> StoreTransaction:
+        return self.stow.begin(principal, address, boundary, study_uid)
+
+    # -- callbacks of the stages -------------------------------------------------------------------
+
     def _on_unchanged(self, study_uids: set[str]) -> None:
         """An association or STOW-RS request carried only instances the node already held, byte for
         byte: nothing is analysed again (the spool is idempotent); say so, and how to ask."""
         for uid in sorted(study_uids):
             latest = jobs.latest_of_study(self.db, uid)
             event(log, logging.INFO, "study resent unchanged: the current result stands", study_uid=uid,
-                  latest_job=latest.id if latest else None, latest_state=latest.state if latest else None,
+                  latest_job=latest.job.id if latest else None, latest_state=latest.state if latest else None,
                   to_analyse_again=f"fracnode analyze-again {uid}, or POST /api/v1/studies/{uid}/analyze")
-
-    def _still_owns(self, job: Job, owner: str) -> bool:
-        """A worker whose lease ran out (another worker took the job) must not record an outcome."""
-        if self.jobs.renew(job.id, owner, time.time()):
-            return True
-        event(log, logging.WARNING, "job lease lost; outcome discarded", job=job.id, owner=owner,
-              pipeline=job.pipeline, study_uid=job.study_instance_uid)
-        return False
-
-    def _renew_lease(self, job: Job, owner: str, job_ended: threading.Event) -> None:
-        """Keep the job's lease while it runs, so no other worker takes it over."""
-        interval = max(0.5, self.config.jobs.lease_s / 3)
-        while not job_ended.wait(interval):
-            if not self.jobs.renew(job.id, owner, time.time()):
-                return
 
     def dispatch_once(self, now: float | None = None) -> int:
         now = time.time() if now is None else now
@@ -332,7 +241,7 @@ class Node:
             thread.start()
             self._threads.append(thread)
 
-        warm = threading.Thread(target=self.warm_up, name="warm-up", daemon=True)
+        warm = threading.Thread(target=self.worker.warm_up, name="warm-up", daemon=True)
         warm.start()
         self._threads.append(warm)
         spawn("assembly", lambda: self.assemble_once() > 0 and False, self._assembly_wake, ASSEMBLY_TICK_S)

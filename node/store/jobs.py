@@ -21,16 +21,8 @@ FINAL_STATES = (DONE, FAILED, NOT_APPLICABLE, SUPERSEDED)
 class JobRow:
     """A job with all it records: the API's and `fracnode status`' view of it."""
 
-    id: int
-    study_uid: str
-    revision: int
-    route: str
-    pipeline: str
-    destinations: tuple[str, ...]
-    series_uids: tuple[str, ...]
-    calling_ae: str
+    job: Job  # what a worker runs, with the attempts made
     state: str
-    attempts: int
     max_attempts: int
     last_error: str
     summary: str
@@ -43,7 +35,7 @@ class JobRow:
 
 @dataclass(frozen=True)
 class ListedJob:
-    job: JobRow
+    row: JobRow
     first_received_at: float | None  # the study's first instance
     completed_at: float | None  # when the job's study revision completed
 
@@ -57,9 +49,7 @@ class FinishedJob:
 
 def _row(r: Row) -> JobRow:
     return JobRow(
-        r["id"], r["study_uid"], r["revision"], r["route"], r["pipeline"],
-        tuple(json.loads(r["destinations"])), tuple(json.loads(r["series_uids"])), r["calling_ae"],
-        r["state"], r["attempts"], r["max_attempts"], r["last_error"], r["summary"], r["created_at"],
+        _job(r), r["state"], r["max_attempts"], r["last_error"], r["summary"], r["created_at"],
         r["not_before"], r["started_at"], r["finished_at"], r["superseded_by"],
     )
 

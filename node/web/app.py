@@ -1,35 +1,35 @@
 """The HTTP application: DICOMweb (PS3.18), the REST API, the dashboard and /metrics.
 
-Each part is a router in its own module; this one assembles them and holds the node reference
-(`request.app.state.node`) that handlers use. Handlers that touch SQLite or files are plain
-`def` functions, which FastAPI runs in its thread pool, so the event loop never blocks.
+Each part is a router in its own module; this one assembles them. Handlers reach the node only
+through what the application holds: `request.app.state.queries` (node.web.queries.Queries) to
+read, `request.app.state.commands` (node.web.commands.Commands) to act, and
+`request.app.state.config`. Handlers that touch the database or files are plain `def`
+functions, which FastAPI runs in its thread pool, so the event loop never blocks.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING
-
-from fastapi import Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 
 from node import __version__
+from node.config import Config
+from node.web import api, dashboard, metrics, overview, pull, stow
 from node.web.auth import Credentials, authenticated
+from node.web.commands import Commands
+from node.web.queries import Queries
 
-if TYPE_CHECKING:
-    from node.service import Node
-
-# (module, URL prefix): every module exposes `router`; all but /health need authentication
-ROUTERS: tuple[tuple[str, str], ...] = (
-    ("node.web.stow", "/dicomweb"),
-    ("node.web.api", "/api/v1"),
-    ("node.web.pull", "/api/v1"),
-    ("node.web.overview", "/api/v1"),
-    ("node.web.metrics", ""),
-    ("node.web.dashboard", ""),
+# (router, URL prefix): all but /health need authentication
+ROUTERS: tuple[tuple[APIRouter, str], ...] = (
+    (stow.router, "/dicomweb"),
+    (api.router, "/api/v1"),
+    (pull.router, "/api/v1"),
+    (overview.router, "/api/v1"),
+    (metrics.router, ""),
+    (dashboard.router, ""),
 )
 
 
-def create_app(node: Node, credentials: Credentials) -> FastAPI:
+def create_app(config: Config, queries: Queries, commands: Commands, credentials: Credentials) -> FastAPI:
     app = FastAPI(
         title="fracnode",
         version=__version__,
@@ -39,7 +39,9 @@ def create_app(node: Node, credentials: Credentials) -> FastAPI:
         redoc_url=None,
         openapi_url="/api/openapi.json",
     )
-    app.state.node = node
+    app.state.config = config
+    app.state.queries = queries
+    app.state.commands = commands
     app.state.credentials = credentials
 
     @app.get("/health", tags=["service"], summary="Liveness (no authentication)")
@@ -50,9 +52,7 @@ def create_app(node: Node, credentials: Credentials) -> FastAPI:
     def session(principal: str = Depends(authenticated)) -> dict[str, str]:
         return {"principal": principal, "version": __version__}
 
-    for module, prefix in ROUTERS:
-        part = importlib.import_module(module)
-        app.include_router(part.router, prefix=prefix, dependencies=[Depends(authenticated)])
-        if hasattr(part, "install"):  # app-wide hooks of a part (the dashboard's sign-in page)
-            part.install(app)
+    for router, prefix in ROUTERS:
+        app.include_router(router, prefix=prefix, dependencies=[Depends(authenticated)])
+    dashboard.install(app)  # its sign-in page answers refusals of the dashboard's URLs
     return app

@@ -4,7 +4,7 @@
 reads what the node records today: every DICOM association and STOW-RS request (who, from
 where, accepted or rejected and why, instances received and refused) from the `associations`
 table. A fuller trail (IHE ATNA events for exports, queries and user actions) can replace it by
-setting `node.audit_trail` to another object with the same method.
+handing another object with the same method to `node.web.queries.Queries` (`audit_trail`).
 """
 
 from __future__ import annotations

@@ -7,26 +7,28 @@ import shutil
 import statistics
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from node import pipelines
 from node.banner import NOTICE
+from node.config import Config
 from node.dispatch.folder import file_name, kind
 from node.inference.cards import read_card
-from node.store import instances, jobs, outbox
-from node.web.audit import AssociationAudit, AuditEvent, AuditTrail
-
-if TYPE_CHECKING:
-    from node.service import Node
+from node.web.audit import AuditEvent
+from node.web.queries import Queries
 
 router = APIRouter(tags=["overview"])
 
 
-def _node(request: Request) -> Node:
-    return request.app.state.node  # type: ignore[no-any-return]
+def _queries(request: Request) -> Queries:
+    return request.app.state.queries  # type: ignore[no-any-return]
+
+
+def _config(request: Request) -> Config:
+    return request.app.state.config  # type: ignore[no-any-return]
 
 
 class Metric(BaseModel):
@@ -53,7 +55,7 @@ class Models(BaseModel):
 
 @router.get("/models", response_model=Models, summary="The routed pipelines' models, versions and measured accuracy")
 def models(request: Request) -> Models:
-    config = _node(request).config
+    config = _config(request)
     found = []
     for name in dict.fromkeys(route.pipeline for route in config.routes):
         if not pipelines.bundles_of(name):
@@ -80,11 +82,11 @@ class DiskUsage(BaseModel):
 
 @router.get("/disk", response_model=DiskUsage, summary="The data folder's disk: size, free, spool")
 def disk(request: Request) -> DiskUsage:
-    node = _node(request)
-    usage = shutil.disk_usage(node.config.storage.data_dir)
-    held = instances.usage(node.db)
-    return DiskUsage(data_dir=str(node.config.storage.data_dir.resolve()), size_bytes=usage.total,
-                     free_bytes=usage.free, min_free_bytes=node.config.storage.min_free_mb * 2**20,
+    storage = _config(request).storage
+    usage = shutil.disk_usage(storage.data_dir)
+    held = _queries(request).spool_usage()
+    return DiskUsage(data_dir=str(storage.data_dir.resolve()), size_bytes=usage.total,
+                     free_bytes=usage.free, min_free_bytes=storage.min_free_mb * 2**20,
                      spool_bytes=held.bytes, studies_held=held.studies)
 
 
@@ -107,11 +109,10 @@ def activity(
     hours: Annotated[float, Query(gt=0, le=24 * 14)] = 24,
     buckets: Annotated[int, Query(ge=1, le=200)] = 24,
 ) -> Activity:
-    node = _node(request)
     now = time.time()
     start = now - hours * 3600
     width = hours * 3600 / buckets
-    rows = jobs.finished_since(node.db, start)
+    rows = _queries(request).jobs_finished_since(start)
     finished: list[list[float]] = [[] for _ in range(buckets)]
     failed = [0] * buckets
     counts = [0] * buckets
@@ -131,9 +132,7 @@ def activity(
 
 @router.get("/audit", response_model=list[AuditEvent], summary="The audit trail, newest first")
 def audit(request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 100) -> list[AuditEvent]:
-    node = _node(request)
-    trail: AuditTrail = getattr(node, "audit_trail", None) or AssociationAudit(node.db)
-    return trail.recent(limit)
+    return _queries(request).audit(limit)
 
 
 class ResultFile(BaseModel):
@@ -144,9 +143,9 @@ class ResultFile(BaseModel):
     url: str
 
 
-def _results(node: Node, job_id: int) -> list[tuple[str, str, Path]]:
-    found = outbox.results_of_job(node.db, job_id)
-    if not found and jobs.get(node.db, job_id) is None:
+def _results(reads: Queries, job_id: int) -> list[tuple[str, str, Path]]:
+    found = reads.results(job_id)
+    if not found and not reads.job_exists(job_id):
         raise HTTPException(404, f"no job {job_id}")
     return [(r.sop_instance_uid, r.sop_class_uid, r.path) for r in found]
 
@@ -155,7 +154,7 @@ def _results(node: Node, job_id: int) -> list[tuple[str, str, Path]]:
             summary="The DICOM objects a job produced (SR, SEG, ...), for download")
 def results(request: Request, job_id: int) -> list[ResultFile]:
     found = []
-    for uid, sop_class, path in _results(_node(request), job_id):
+    for uid, sop_class, path in _results(_queries(request), job_id):
         size = path.stat().st_size if path.exists() else None
         found.append(ResultFile(sop_instance_uid=uid, sop_class_uid=sop_class, kind=kind(sop_class, ""),
                                 size=size, url=f"/api/v1/jobs/{job_id}/results/{uid}"))
@@ -169,7 +168,7 @@ def results(request: Request, job_id: int) -> list[ResultFile]:
     responses={200: {"content": {"application/dicom": {}}}, 404: {"description": "no such result, or purged"}},
 )
 def result_file(request: Request, job_id: int, sop_instance_uid: str) -> Response:
-    for uid, sop_class, path in _results(_node(request), job_id):
+    for uid, sop_class, path in _results(_queries(request), job_id):
         if uid != sop_instance_uid:
             continue
         if not path.exists():

@@ -45,7 +45,7 @@ class PreviewCache:
 def _job_with_images(db: Database, outcomes: JobOutcomes, study_uid: str, job_id: int | None) -> int:
     if job_id is not None:
         job = jobs.get(db, job_id)
-        if job is None or job.study_uid != study_uid:
+        if job is None or job.job.study_instance_uid != study_uid:
             raise HTTPException(404, f"study {study_uid} has no job {job_id}")
         return job_id
     ids = jobs.ids_of_study(db, study_uid)

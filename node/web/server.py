@@ -10,17 +10,15 @@ import asyncio
 import logging
 import socket
 import threading
-from typing import TYPE_CHECKING
 
 import uvicorn
 
-from node.config import WebSettings
+from node.config import Config
 from node.logs import event
 from node.web.app import create_app
 from node.web.auth import credentials
-
-if TYPE_CHECKING:
-    from node.service import Node
+from node.web.commands import Commands
+from node.web.queries import Queries
 
 log = logging.getLogger("fracnode.web")
 
@@ -30,9 +28,9 @@ class WebBindError(RuntimeError):
 
 
 class WebServer:
-    def __init__(self, node: Node, settings: WebSettings) -> None:
-        self.settings = settings
-        self.app = create_app(node, credentials(settings.auth, node.config.storage.data_dir))
+    def __init__(self, config: Config, queries: Queries, commands: Commands) -> None:
+        self.settings = settings = config.web
+        self.app = create_app(config, queries, commands, credentials(settings.auth, config.storage.data_dir))
         self._server = uvicorn.Server(uvicorn.Config(
             self.app, log_config=None, access_log=False, lifespan="off",
             timeout_graceful_shutdown=5, h11_max_incomplete_event_size=1 << 20,
