@@ -19,11 +19,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from node.header import Header, NotScannable, header_from_elements, is_scannable, scan_elements
-from node.spool import (
+from node.files import (
     OutOfSpace,
-    Spool,
-    Stored,
     check_free_space,
     create_temporary,
     file_digest,
@@ -31,6 +28,8 @@ from node.spool import (
     remove_temporary,
     write_failure,
 )
+from node.header import Header, NotScannable, header_from_elements, is_scannable, scan_elements
+from node.spool import Spool, Stored
 
 _PREAMBLE = b"\0" * 128 + b"DICM"  # PS3.10 7.1
 

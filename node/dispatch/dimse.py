@@ -14,7 +14,7 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from node.ingest.dimse import set_nodelay
+from node.net import set_nodelay
 
 log = logging.getLogger("fracnode.dispatch")
 MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: at most 128 presentation contexts per association

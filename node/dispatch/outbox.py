@@ -14,13 +14,13 @@ from pathlib import Path
 from pydicom import Dataset
 
 from node.config import RetrySettings
+from node.files import write_atomically
 from node.records import Job
 from node.retry import retry_delay
-from node.spool import write_atomically
 from node.store import Database
 from node.store import jobs as jobs_table
 from node.store import outbox as table
-from node.store.outbox import DELIVERED, FAILED, PENDING, NewItem, OutboxItem
+from node.store.outbox import DELIVERED, FAILED, PENDING, OutboxItem
 
 __all__ = ["DELIVERED", "FAILED", "PENDING", "Outbox", "OutboxItem", "encode", "optional_kind", "wanted_by"]
 MAX_ERROR = 2000  # characters of an error kept
@@ -95,16 +95,16 @@ class Outbox:
             path = self.root / str(job.id) / f"{ds.SOPInstanceUID}.dcm"
             write_atomically(path, encode(ds))
             files.append((path, str(ds.SOPInstanceUID), str(ds.SOPClassUID), ds))
-        items = [
-            NewItem(job.id, job.study_instance_uid, destination, job.calling_ae, path, sop_uid, sop_class)
+        objects = [
+            (destination, path, sop_uid, sop_class)
             for destination in job.destinations
             for path, sop_uid, sop_class, ds in files
             if wanted_by(overlays.get(destination, ()), ds)
         ]
         with self.db.transaction() as sql:
-            table.add(sql, items, now)
+            table.add(sql, job, objects, now)
             jobs_table.mark_finished(sql, job.id, jobs_table.DONE, summary, now)
-        return len(items)
+        return len(objects)
 
     def due(self, destination: str, now: float, limit: int) -> list[OutboxItem]:
         return table.due(self.db, destination, now, limit)

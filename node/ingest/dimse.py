@@ -24,6 +24,7 @@ from node.ingest import upper_layer as ul
 from node.ingest.association import Association, AssociationRecord
 from node.ingest.trail import Trail
 from node.logs import event
+from node.net import set_nodelay
 from node.spool import Spool, Stored
 from node.store import Database
 
@@ -50,14 +51,6 @@ TRANSFER_SYNTAXES = [
     "1.2.840.10008.1.2.5",  # RLE Lossless
 ]
 STORAGE_SOP_CLASSES = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
-
-
-def set_nodelay(sock: socket.socket) -> None:
-    """Disable Nagle's algorithm: DIMSE sends small PDUs and waits for replies."""
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:
-        pass
 
 
 class _Listener(socketserver.ThreadingTCPServer):

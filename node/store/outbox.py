@@ -9,6 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from node.records import Job
 from node.store.sql import Row, Sql
 
 PENDING, DELIVERED, FAILED = "pending", "delivered", "failed"
@@ -28,19 +29,6 @@ class OutboxItem:
     sop_class_uid: str
     attempts: int
     created_at: float = 0.0  # when the result was staged
-
-
-@dataclass(frozen=True)
-class NewItem:
-    """A row `add` creates: what to send where."""
-
-    job_id: int
-    study_uid: str
-    destination: str
-    calling_ae: str
-    path: Path
-    sop_instance_uid: str
-    sop_class_uid: str
 
 
 @dataclass(frozen=True)
@@ -92,16 +80,16 @@ def _count(state: str) -> str:
     return f"SUM(CASE WHEN state = '{state}' THEN 1 ELSE 0 END)"
 
 
-def add(sql: Sql, items: Iterable[NewItem], now: float) -> None:
-    """Queue the items, due now."""
+def add(sql: Sql, job: Job, objects: Iterable[tuple[str, Path, str, str]], now: float) -> None:
+    """Queue the job's objects, due now: (destination, file, SOP Instance UID, SOP Class UID)."""
     sql.execute_many(
         """INSERT INTO outbox (job_id, study_uid, destination, calling_ae, path,
         sop_instance_uid, sop_class_uid, state, next_attempt_at, created_at)
         VALUES (?,?,?,?,?,?,?,?,?,?)""",
         [
-            (i.job_id, i.study_uid, i.destination, i.calling_ae, str(i.path), i.sop_instance_uid,
-             i.sop_class_uid, PENDING, now, now)
-            for i in items
+            (job.id, job.study_instance_uid, destination, job.calling_ae, str(path), sop_uid, sop_class,
+             PENDING, now, now)
+            for destination, path, sop_uid, sop_class in objects
         ],
     )
 
