@@ -123,13 +123,16 @@ def first_received_at(sql: Sql, study_uid: str) -> float | None:
 
 def purgeable(sql: Sql, cutoff: float, final_states: Sequence[str], delivered: str) -> list[str]:
     """Complete studies last received before `cutoff` whose every job ended before it (in one of
-    `final_states`) and whose every result is `delivered`."""
+    `final_states`) and whose every result is `delivered`, and which still hold instances or
+    results (a study purged once is not purged again)."""
     rows = sql.query(
         f"""SELECT s.study_uid FROM studies s WHERE s.pending = 0 AND s.last_received_at < ?
         AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.study_uid = s.study_uid
             AND (j.state NOT IN ({sql.dialect.params(len(final_states))}) OR j.finished_at >= ?))
         AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.study_uid = s.study_uid
-            AND o.state != ?)""",
+            AND o.state != ?)
+        AND (EXISTS (SELECT 1 FROM instances i WHERE i.study_uid = s.study_uid)
+            OR EXISTS (SELECT 1 FROM outbox o WHERE o.study_uid = s.study_uid))""",
         (cutoff, *final_states, cutoff, delivered),
     )
     return [row["study_uid"] for row in rows]
