@@ -25,8 +25,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from node.db import Database
-from node.header import Header, UnreadableInstance, read_header
+from node.header import Header, UnreadableInstance
 from node.logs import event
+from node.part10 import read_header, scan_file
+from node.scan import ScanLimits
 
 __all__ = [
     "Header", "OutOfSpace", "Spool", "SpoolError", "Stored", "UnreadableInstance", "fsync_dir",
@@ -58,7 +60,7 @@ def make_directory(directory: Path) -> None:
     try:
         if directory.is_dir():
             return
-        directory.mkdir(parents=True, exist_ok=True)
+        directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # spooled instances are patient data
         fsync_dir(directory.parent)
     except OSError as exc:
         raise OutOfSpace(f"cannot use {directory}: {exc.strerror}") from exc
@@ -105,7 +107,7 @@ def create_temporary(path: Path) -> tuple[int, Path]:
     make_directory(path.parent)
     temp = temporary_path(path)
     try:
-        return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640), temp
+        return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), temp
     except OSError as exc:
         raise write_failure(path, exc) from exc
 
@@ -156,11 +158,13 @@ class Stored:
 
 
 class Spool:
-    def __init__(self, root: Path, db: Database, min_free_bytes: int = 0) -> None:
+    def __init__(self, root: Path, db: Database, min_free_bytes: int = 0,
+                 limits: ScanLimits | None = None) -> None:
         self.root = root
         self.db = db
         self.min_free_bytes = min_free_bytes
-        root.mkdir(parents=True, exist_ok=True)
+        self.limits = limits or ScanLimits()  # what a data set may be (node.scan)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
 
     def path_for(self, header: Header) -> Path:
         return self.root / header.study_uid / f"{header.sop_instance_uid}.dcm"
@@ -173,11 +177,13 @@ class Spool:
         expected_sop_instance_uid: str | None = None,
         check: Callable[[Header], None] | None = None,
     ) -> Stored:
-        """Make one instance durable and indexed. Re-sending identical bytes changes nothing.
+        """Make one whole instance (a DICOM file in memory) durable and indexed. Re-sending
+        identical bytes changes nothing.
 
-        `check` sees the header before anything is written and may raise to refuse the instance.
+        The data set is scanned to its end first (UnreadableInstance unless whole); `check` sees
+        the header before anything is written and may raise to refuse the instance.
         """
-        header = read_header(raw, expected_sop_instance_uid)
+        header = read_header(raw, expected_sop_instance_uid, self.limits)
         if check is not None:
             check(header)
         path = self.path_for(header)
@@ -297,19 +303,19 @@ class Spool:
                     entry.unlink(missing_ok=True)
                 elif entry.suffix == ".dcm" and str(entry) not in indexed:
                     try:
-                        raw = entry.read_bytes()
+                        header, size = scan_file(entry, self.limits)  # in pieces: no file is read whole
                     except FileNotFoundError:
                         continue  # an older copy of a moved instance, removed a moment ago
-                    try:
-                        header = read_header(raw)
-                    except UnreadableInstance:
+                    except UnreadableInstance as exc:
                         entry.rename(entry.with_suffix(".unreadable"))
+                        event(log, logging.WARNING, "spooled file is not a whole instance; renamed",
+                              path=str(entry.with_suffix(".unreadable")), reason=str(exc))
                         continue
                     newer = self._newer_copy(header.sop_instance_uid, entry)
                     if newer is not None:
                         _remove_superseded(entry, header.sop_instance_uid, newer)
                         continue
-                    self._index(header, entry, "", len(raw), entry.stat().st_mtime, "", "")
+                    self._index(header, entry, "", size, entry.stat().st_mtime, "", "")
                     added += 1
         return added
 

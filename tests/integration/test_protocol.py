@@ -287,7 +287,7 @@ def test_datasets_the_node_cannot_understand_get_failure_statuses(
         assert 0xC000 <= int(status.Status) <= 0xCFFF, f"0x{int(status.Status):04X}"
         assert str(status.get("ErrorComment", "")).strip()
     assert int(statuses[0].Status) == 0xC210
-    assert "study" in str(statuses[0].ErrorComment)
+    assert "Study Instance UID (0020,000D)" in str(statuses[0].ErrorComment)
 
     assert spool_files(node) == []
     assert rows(node, "SELECT * FROM instances") == []
@@ -322,7 +322,7 @@ def test_real_ct_with_empty_study_uid_is_refused_and_the_node_keeps_running(
         assoc.release()
     for status in statuses:
         assert int(status.Status) == 0xC210
-        assert "no study uid" in str(status.ErrorComment)
+        assert "no Study Instance UID (0020,000D)" in str(status.ErrorComment)
     assert spool_files(node) == []
     assert rows(node, "SELECT * FROM instances") == []
     assert echo_ok(port)
