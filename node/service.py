@@ -30,7 +30,8 @@ from node.outcomes import JobOutcomes
 from node.pull.puller import Puller
 from node.records import Job, PipelineInput, SeriesInput
 from node.routing import route_study
-from node.spool import Spool
+from node.scan import ScanLimits
+from node.spool import Spool, private
 from node.web.server import WebBindError, WebServer
 
 log = logging.getLogger("fracnode.node")
@@ -48,14 +49,18 @@ class Node:
         self.config = config
         self.instance_id = uuid.uuid4().hex[:12]
         data_dir = config.storage.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private(data_dir)
         self._lock_file = self._take_lock(data_dir / "fracnode.lock")
         pipelines.load_modules(config.pipeline_modules)
         problems = pipelines.check_routes(config)
         if problems:
             raise ValueError("; ".join(problems))
         self.db = Database(config.database_path)
-        self.spool = Spool(config.spool_dir, self.db, config.storage.min_free_mb * 2**20)
+        storage = config.storage
+        self.spool = Spool(config.spool_dir, self.db, storage.min_free_mb * 2**20, ScanLimits(
+            max_depth=storage.max_sequence_depth, max_inflated_bytes=storage.max_inflated_mb * 2**20,
+            max_inflation_ratio=storage.max_inflation_ratio))
         self.assembly = Assembly(self.db, config.assembly)
         self.jobs = JobQueue(self.db, config.jobs)
         self.outbox = Outbox(config.outbox_dir, self.db, config.dispatch.retry)
@@ -84,7 +89,7 @@ class Node:
     @staticmethod
     def _take_lock(path: Path) -> int:
         # flock is released by the kernel when the process dies: no stale lock files
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

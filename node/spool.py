@@ -47,6 +47,14 @@ class OutOfSpace(SpoolError):
     """The spool cannot take the instance (disk full, below the free-space floor, unwritable)."""
 
 
+def private(path: Path) -> None:
+    """Make an existing folder (0700) or file (0600) the node's user's alone: state is patient data."""
+    try:
+        path.chmod(0o700 if path.is_dir() else 0o600)
+    except OSError as exc:
+        event(log, logging.WARNING, "cannot make private", path=str(path), reason=exc.strerror)
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -165,6 +173,7 @@ class Spool:
         self.min_free_bytes = min_free_bytes
         self.limits = limits or ScanLimits()  # what a data set may be (node.scan)
         root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private(root)
 
     def path_for(self, header: Header) -> Path:
         return self.root / header.study_uid / f"{header.sop_instance_uid}.dcm"

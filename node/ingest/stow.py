@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 import sqlite3
-import struct
 import time
 import uuid
 from collections.abc import Callable
