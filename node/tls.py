@@ -139,3 +139,26 @@ def peer_subject(sock: ssl.SSLSocket) -> str:
             if pair[0] == "commonName":
                 return str(pair[1])
     return ""
+
+
+def tls_args(settings: PeerTls | None, host: str, where: str) -> tuple[ssl.SSLContext, str] | None:
+    """pynetdicom's `tls_args` for an association to a peer: (context, the name to verify)."""
+    if settings is None:
+        return None
+    return client_context(settings, where), settings.server_name or host
+
+
+def why_no_connection(settings: PeerTls, host: str, port: int, where: str, timeout_s: float) -> str:
+    """After a failed TLS association: the handshake tried again alone, to say why it failed
+    (pynetdicom logs the reason but does not return it)."""
+    try:
+        context = client_context(settings, where)
+        with socket.create_connection((host, port), timeout=timeout_s) as raw, \
+                context.wrap_socket(raw, server_hostname=settings.server_name or host):
+            return "the TLS handshake succeeds now; the peer refused the association after it"
+    except TlsSetupError as exc:
+        return str(exc)
+    except (OSError, ValueError) as exc:
+        if isinstance(exc, ssl.SSLError | ssl.CertificateError):
+            return f"TLS handshake with {host}:{port} failed: {failure_reason(exc)}"
+        return f"cannot connect to {host}:{port}: {exc.strerror if isinstance(exc, OSError) and exc.strerror else exc}"

@@ -61,7 +61,7 @@ class Dispatcher:
     def _to(self, peer: DimsePeer | DicomwebPeer, items: list[OutboxItem], now: float) -> int:
         if isinstance(peer, DicomwebPeer):
             return self._to_dicomweb(peer, items, now)
-        return self._to_peer(Target(peer.ae_title, peer.host, peer.port), items, now)
+        return self._to_peer(Target(peer.ae_title, peer.host, peer.port, peer.tls), items, now)
 
     def _to_folder(self, dest: FolderDestination, items: list[OutboxItem], now: float) -> int:
         delivered = 0

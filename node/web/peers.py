@@ -31,7 +31,7 @@ def _check(peer: str, kind: str, check: str, started: float, ok: bool, status: i
 
 
 def echo_dimse(peer: Any, calling_ae: str, timeout_s: float) -> ConnectivityCheck:
-    target = Target(peer.ae_title, peer.host, peer.port)
+    target = Target(peer.ae_title, peer.host, peer.port, peer.tls)
     started = time.monotonic()
     try:
         status = echo(target, calling_ae, timeout_s)
