@@ -134,7 +134,8 @@ class DimseIngest:
         self._connection_count = 0  # admitted connections not yet closed (threads may lag)
         self._refusals: dict[str, tuple[int, float]] = {}  # host: (refused since logged, logged at)
         self._servers: dict[str, _Listener] = {}
-        self._tls_context: ssl.SSLContext | None = None
+        # made now: a certificate that cannot be used fails the node's construction (TlsSetupError)
+        self._tls_context = server_context(settings.tls, "node.tls") if settings.tls.enabled else None
         self.on_security_alert: Callable[[str, str, str], None] = lambda what, host, reason: None
 
     @property
@@ -149,8 +150,6 @@ class DimseIngest:
         return int(server.server_address[1]) if server is not None else None
 
     def start(self) -> None:
-        if self.settings.tls.enabled:  # before any listener: a bad certificate fails the start
-            self._tls_context = server_context(self.settings.tls, "node.tls")
         listeners: list[tuple[str, int, Callable[[socket.socket, tuple[str, int]], None]]] = []
         if self.settings.plain:
             listeners.append(("plain", self.settings.port, self._serve))

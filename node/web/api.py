@@ -1,5 +1,5 @@
 """The operator's REST API under /api/v1: jobs (with retry), studies, previews, peers, destinations
-and the active configuration. JSON, OpenAPI documented at /api/docs.
+and the active configuration. JSON, OpenAPI documented at /api/docs (with the same credentials).
 
 URLs carry job ids and Study Instance UIDs only, never patient names or IDs (they end up in
 proxies' and browsers' logs). Every route needs the credentials of `web.auth`.
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 
 from node.jobs import FINAL_STATES, QUEUED, RUNNING
 from node.web import peers, queries
@@ -32,6 +32,8 @@ STATES = (QUEUED, RUNNING, *FINAL_STATES)
 SECRET_KEYS = frozenset({"password", "token", "tokens", "secret", "api_key"})
 REDACTED = "***"
 Limit = Annotated[int, Query(ge=1, le=queries.MAX_LIMIT, description="most recent first")]
+MAX_ID = 2**63 - 1  # SQLite's INTEGER: a larger id is no job (422), not an overflow (500)
+JobId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 def _node(request: Request) -> Node:
@@ -60,7 +62,7 @@ def list_jobs(
 
 
 @router.get("/jobs/{job_id}", response_model=JobDetail, summary="One job: timings, findings, deliveries")
-def get_job(request: Request, job_id: int) -> JobDetail:
+def get_job(request: Request, job_id: JobId) -> JobDetail:
     return _job_or_404(_node(request), job_id)
 
 
@@ -70,7 +72,7 @@ def get_job(request: Request, job_id: int) -> JobDetail:
     summary="Queue a failed job again with a fresh attempt budget",
     responses={404: {"description": "no such job"}, 409: {"description": "the job has not failed"}},
 )
-def retry_job(request: Request, job_id: int) -> RetryResult:
+def retry_job(request: Request, job_id: JobId) -> RetryResult:
     node = _node(request)
     job = _job_or_404(node, job_id)
     if not node.retry_job(job_id):
@@ -107,7 +109,8 @@ def get_study(request: Request, study_uid: str) -> StudyDetail:
 def study_preview(
     request: Request,
     study_uid: str,
-    job: Annotated[int | None, Query(description="the job (default: the latest with image findings)")] = None,
+    job: Annotated[int | None, Query(ge=1, le=MAX_ID,
+                                     description="the job (default: the latest with image findings)")] = None,
     instance: Annotated[str | None, Query(description="SOP Instance UID (default: one with regions)")] = None,
 ) -> Response:
     node = _node(request)
@@ -115,7 +118,7 @@ def study_preview(
     if not hasattr(state, "previews"):
         state.previews = PreviewCache()
     png = preview_png(node.db, node.outcomes, state.previews, study_uid, job, instance)
-    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
+    return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})  # patient images
 
 
 @router.get("/peers", response_model=list[Peer], summary="Configured peers")

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from fastapi import Depends, FastAPI
 
 from node import __version__
+from node.web import hardening
 from node.web.auth import Credentials, authenticated
 
 if TYPE_CHECKING:
@@ -34,9 +35,9 @@ def create_app(node: Node, credentials: Credentials) -> FastAPI:
         version=__version__,
         description="A DICOM node that runs fracture AI. DICOMweb STOW-RS under /dicomweb, "
         "the operator's API under /api/v1, the dashboard at /, Prometheus metrics at /metrics.",
-        docs_url="/api/docs",
+        docs_url=None,  # node.web.hardening serves both, with authentication
         redoc_url=None,
-        openapi_url="/api/openapi.json",
+        openapi_url=None,
     )
     app.state.node = node
     app.state.credentials = credentials
@@ -54,4 +55,5 @@ def create_app(node: Node, credentials: Credentials) -> FastAPI:
         app.include_router(part.router, prefix=prefix, dependencies=[Depends(authenticated)])
         if hasattr(part, "install"):  # app-wide hooks of a part (the dashboard's sign-in page)
             part.install(app)
+    hardening.install(app, https=node.config.web.tls.enabled)
     return app

@@ -8,9 +8,9 @@ C-GET or C-MOVE) runs in the background: 202 Accepted, with the pull's URL in `L
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Annotated, Literal
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, HTTPException, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from pydicom.uid import RE_VALID_UID
 
@@ -103,7 +103,7 @@ def analyze(study_uid: str, body: AnalyzeRequest, request: Request, response: Re
 
 
 @router.get("/pulls/{pull_id}", summary="A pull's state, counts and the jobs it led to")
-def pull_status(pull_id: int, request: Request) -> PullStatus:
+def pull_status(pull_id: Annotated[int, Path(ge=1, le=2**63 - 1)], request: Request) -> PullStatus:
     node = _node(request)
     pull = node.pulls.get(pull_id)
     if pull is None:

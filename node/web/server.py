@@ -16,6 +16,7 @@ import uvicorn
 
 from node.config import WebSettings
 from node.logs import event
+from node.tls import server_context
 from node.web.app import create_app
 from node.web.auth import credentials
 
@@ -33,10 +34,17 @@ class WebServer:
     def __init__(self, node: Node, settings: WebSettings) -> None:
         self.settings = settings
         self.app = create_app(node, credentials(settings.auth, node.config.storage.data_dir))
-        self._server = uvicorn.Server(uvicorn.Config(
+        tls = settings.tls
+        config = uvicorn.Config(
             self.app, log_config=None, access_log=False, lifespan="off",
             timeout_graceful_shutdown=5, h11_max_incomplete_event_size=1 << 20,
-        ))
+            ssl_certfile=str(tls.certificate) if tls.certificate else None,
+            ssl_keyfile=str(tls.private_key) if tls.private_key else None,
+        )
+        if tls.enabled:
+            config.load()
+            config.ssl = server_context(tls, "web.tls")  # BCP 195, as the DICOM listener
+        self._server = uvicorn.Server(config)
         self._socket: socket.socket | None = None
         self._thread: threading.Thread | None = None
 
@@ -66,7 +74,8 @@ class WebServer:
             target=lambda: asyncio.run(self._server.serve(sockets=[sock])), name="web", daemon=True
         )
         self._thread.start()
-        event(log, logging.INFO, "web server listening", bind=self.settings.bind, port=self.port)
+        event(log, logging.INFO, "web server listening", bind=self.settings.bind, port=self.port,
+              https=self.settings.tls.enabled)
 
     def stop(self) -> None:
         self._server.should_exit = True

@@ -229,7 +229,7 @@ def test_every_endpoint_refuses_without_credentials(tmp_path, start_node, method
 
 def test_openapi_documents_the_operator_endpoints(tmp_path, start_node):
     node = start_node(node_config(tmp_path / "data"))
-    schema = httpx.get(f"http://127.0.0.1:{node.web.port}/api/openapi.json").json()
+    schema = api(node, "/api/openapi.json").json()
     paths = schema["paths"]
     expected = {
         "/api/v1/jobs": {"get"}, "/api/v1/jobs/{job_id}": {"get"}, "/api/v1/jobs/{job_id}/retry": {"post"},
