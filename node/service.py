@@ -17,6 +17,7 @@ from pathlib import Path
 
 from node import pipelines
 from node.assembly import Assembly, summarize_series
+from node.audit import Audit
 from node.config import Config
 from node.db import Database
 from node.dispatch.dispatcher import Dispatcher
@@ -31,7 +32,7 @@ from node.pull.puller import Puller
 from node.records import Job, PipelineInput, SeriesInput
 from node.routing import route_study
 from node.scan import ScanLimits
-from node.spool import Spool, private
+from node.spool import Spool, private, private_dirs
 from node.web.server import WebBindError, WebServer
 
 log = logging.getLogger("fracnode.node")
@@ -49,7 +50,7 @@ class Node:
         self.config = config
         self.instance_id = uuid.uuid4().hex[:12]
         data_dir = config.storage.data_dir
-        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dirs(data_dir)
         private(data_dir)
         self._lock_file = self._take_lock(data_dir / "fracnode.lock")
         pipelines.load_modules(config.pipeline_modules)
@@ -57,6 +58,7 @@ class Node:
         if problems:
             raise ValueError("; ".join(problems))
         self.db = Database(config.database_path)
+        self.audit = Audit(config)
         storage = config.storage
         self.spool = Spool(config.spool_dir, self.db, storage.min_free_mb * 2**20, ScanLimits(
             max_depth=storage.max_sequence_depth, max_inflated_bytes=storage.max_inflated_mb * 2**20,
@@ -68,13 +70,14 @@ class Node:
         self.outbox.on_attempt = self.metrics.delivery
         self.outcomes = JobOutcomes(self.db)
         self.dispatcher = Dispatcher(config, self.outbox)
+        self.dispatcher.audit = self.audit
         self.ingest = DimseIngest(
             config.node, self.spool, self.db, on_released=self._on_released,
-            on_stored=lambda: self.metrics.instance_received("dimse"),
+            on_stored=lambda: self.metrics.instance_received("dimse"), audit=self.audit,
         )
         self.stow = StowIngest(
             self.spool, self.db, on_released=self._on_released,
-            on_stored=lambda: self.metrics.instance_received("stow"),
+            on_stored=lambda: self.metrics.instance_received("stow"), audit=self.audit,
         )
         self.pulls = Puller(config, self.spool, self.db, self.assembly, on_retrieved=self._assembly_wake_set)
         self.web: WebServer | None = WebServer(self, config.web) if config.web.enabled else None
@@ -295,6 +298,7 @@ class Node:
                 conn.execute("DELETE FROM outbox WHERE study_uid = ?", (row["study_uid"],))
                 conn.execute("UPDATE studies SET route_status = route_status || ' (spool purged)'"
                              " WHERE study_uid = ?", (row["study_uid"],))
+            self.audit.study_deleted(row["study_uid"], f"storage.retention_days ({days}) after its work ended")
         if rows:
             event(log, logging.INFO, "retention purge", studies=len(rows), retention_days=days)
         return len(rows)
@@ -324,6 +328,7 @@ class Node:
                 self._stop.wait(tick)
 
     def start(self) -> None:
+        self.audit.started()
         self.recover()
         self.ingest.start()
         if self.web is not None:
@@ -367,6 +372,7 @@ class Node:
         self.pulls.stop()
         for thread in self._threads:
             thread.join(timeout=10)
+        self.audit.stopped()
         self.db.close()
         os.close(self._lock_file)
         event(log, logging.INFO, "node stopped", instance=self.instance_id)

@@ -55,6 +55,17 @@ def private(path: Path) -> None:
         event(log, logging.WARNING, "cannot make private", path=str(path), reason=exc.strerror)
 
 
+def private_dirs(directory: Path) -> None:
+    """`directory` and its missing parents, each 0700 (mkdir(parents=True) gives parents the
+    umask's mode): what they will hold is patient data."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
+
+
 def fsync_dir(path: Path) -> None:
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
     try:
@@ -68,7 +79,7 @@ def make_directory(directory: Path) -> None:
     try:
         if directory.is_dir():
             return
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)  # spooled instances are patient data
+        private_dirs(directory)
         fsync_dir(directory.parent)
     except OSError as exc:
         raise OutOfSpace(f"cannot use {directory}: {exc.strerror}") from exc
@@ -172,7 +183,7 @@ class Spool:
         self.db = db
         self.min_free_bytes = min_free_bytes
         self.limits = limits or ScanLimits()  # what a data set may be (node.scan)
-        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        private_dirs(root)
         private(root)
 
     def path_for(self, header: Header) -> Path:

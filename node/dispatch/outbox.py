@@ -6,6 +6,7 @@ Files are written durably under `<outbox>/<job id>/`; the rows that send them an
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import sqlite3
 from collections.abc import Callable, Collection, Mapping, Sequence
@@ -137,12 +138,28 @@ class Outbox:
         return rows[0]["t"] if rows else None
 
     def delivered(self, item: OutboxItem, now: float) -> None:
+        """Record a delivery; a result delivered to all its destinations leaves the outbox (its
+        file is patient data: the destinations hold it now)."""
         self.db.execute(
             """UPDATE outbox SET state = ?, attempts = attempts + 1, delivered_at = ?,
             last_error = '' WHERE id = ?""",
             (DELIVERED, now, item.id),
         )
         self._attempted(item, "delivered", now)
+        waiting = self.db.query("SELECT 1 FROM outbox WHERE path = ? AND state != ? LIMIT 1",
+                                (str(item.path), DELIVERED))
+        if not waiting:
+            item.path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                item.path.parent.rmdir()  # the job's folder, once its last result has left
+
+    def states(self, ids: Sequence[int]) -> dict[int, str]:
+        """The state of each of these outbox rows."""
+        if not ids:
+            return {}
+        rows = self.db.query(f"SELECT id, state FROM outbox WHERE id IN ({','.join('?' * len(ids))})",
+                             tuple(ids))
+        return {row["id"]: row["state"] for row in rows}
 
     def failed_attempt(self, item: OutboxItem, error: str, now: float) -> float:
         """Record a failed delivery; returns when it will be tried again."""

@@ -56,7 +56,7 @@ class AssociationRecord:
     tls_subject: str = ""  # the common name of the peer's TLS certificate, if it sent one
     received: int = 0
     failed: int = 0
-    studies: set[str] = field(default_factory=set)
+    studies: dict[str, int] = field(default_factory=dict)  # Study Instance UID: instances stored
 
 
 class Owner(Protocol):

@@ -23,6 +23,7 @@ from pynetdicom import AllStoragePresentationContexts, build_context
 from pynetdicom import _config as pynetdicom_config
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
+from node.audit import Audit
 from node.config import NodeSettings
 from node.db import Database
 from node.ingest import upper_layer as ul
@@ -109,6 +110,7 @@ class DimseIngest:
         db: Database,
         on_stored: Callable[[], None] = lambda: None,
         on_released: Callable[[set[str]], None] = lambda studies: None,
+        audit: Audit | None = None,
     ) -> None:
         # the node's SCU side (dispatch) uses pynetdicom: query identifiers hold patient data
         pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
@@ -118,6 +120,7 @@ class DimseIngest:
         self.db = db
         self.on_stored = on_stored
         self.on_released = on_released
+        self.audit = audit
         # abstract syntax → accepted transfer syntaxes, preferred first (Verification: pynetdicom's
         # default four uncompressed syntaxes)
         self.supported: dict[str, tuple[str, ...]] = {
@@ -136,7 +139,6 @@ class DimseIngest:
         self._servers: dict[str, _Listener] = {}
         # made now: a certificate that cannot be used fails the node's construction (TlsSetupError)
         self._tls_context = server_context(settings.tls, "node.tls") if settings.tls.enabled else None
-        self.on_security_alert: Callable[[str, str, str], None] = lambda what, host, reason: None
 
     @property
     def port(self) -> int:
@@ -253,7 +255,8 @@ class DimseIngest:
             reason = failure_reason(exc)
         event(log, logging.WARNING, "TLS connection refused", address=address[0], port=address[1],
               reason=reason)
-        self.on_security_alert("TLS handshake failed", address[0], reason)
+        if self.audit is not None:
+            self.audit.tls_refused(address[0], reason)
         try:
             sock.close()
         except OSError:
@@ -304,6 +307,8 @@ class DimseIngest:
         event(audit, logging.INFO, "association accepted", association=record.id,
               calling_ae=record.peer_ae, address=record.peer_address, port=record.peer_port,
               called_ae=record.called_ae, tls_subject=peer_subject or None)
+        if self.audit is not None:
+            self.audit.association(record.peer_ae, record.peer_address, True, tls_subject=peer_subject)
         return record
 
     def rejected(self, request: ul.AssociationRequest, address: tuple[str, int], reason: str) -> None:
@@ -317,6 +322,8 @@ class DimseIngest:
         event(audit, logging.WARNING, "association rejected", association=record_id,
               calling_ae=request.calling_ae, address=address[0], port=int(address[1]),
               called_ae=request.called_ae, reason=reason)
+        if self.audit is not None:
+            self.audit.association(request.calling_ae, address[0], False, reason)
 
     def release(self, host: str) -> None:
         """Give back the slot `admit` counted, for an association that was never accepted."""
@@ -338,12 +345,15 @@ class DimseIngest:
         event(audit, logging.INFO, f"association {outcome}", association=record.id,
               calling_ae=record.peer_ae, address=record.peer_address,
               instances_received=record.received, instances_failed=record.failed)
+        if self.audit is not None:
+            self.audit.association_ended(record.peer_ae, record.peer_address, outcome,
+                                         record.studies, record.failed)
         if record.studies and outcome == "released":
             self.on_released(set(record.studies))
 
     def stored(self, record: AssociationRecord, stored: Stored) -> None:
         record.received += 1
-        record.studies.add(stored.header.study_uid)
+        record.studies[stored.header.study_uid] = record.studies.get(stored.header.study_uid, 0) + 1
         if not stored.duplicate:
             self.on_stored()
 

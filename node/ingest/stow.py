@@ -14,9 +14,11 @@ import logging
 import sqlite3
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from node.audit import Audit
 from node.db import Database
 from node.header import Header, MismatchedInstance
 from node.incoming import Incoming
@@ -276,8 +278,10 @@ class StowIngest:
         db: Database,
         on_released: Callable[[set[str]], None] = lambda studies: None,
         on_stored: Callable[[], None] = lambda: None,
+        audit: Audit | None = None,
     ) -> None:
         self.spool = spool
+        self.audit = audit
         self.db = db
         self.on_released = on_released
         self.on_stored = on_stored
@@ -310,9 +314,11 @@ class StowIngest:
         event(audit, logging.INFO, f"STOW-RS request {outcome}", transfer=record.id,
               calling_ae=record.calling_ae, address=record.address,
               instances_received=received, instances_failed=failed)
-        studies = {o.study_uid for o in record.outcomes if o.stored}
+        studies = Counter(o.study_uid for o in record.outcomes if o.stored)
+        if self.audit is not None:
+            self.audit.transferred_in(record.calling_ae, record.address, studies, failed)
         if studies and outcome == "released":
-            self.on_released(studies)
+            self.on_released(set(studies))
 
     def _audit_row(self, sql: str, params: tuple[object, ...]) -> None:
         # like the DIMSE trail: a full disk must not turn a request into a crash

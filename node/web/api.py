@@ -75,6 +75,9 @@ def get_job(request: Request, job_id: JobId) -> JobDetail:
 def retry_job(request: Request, job_id: JobId) -> RetryResult:
     node = _node(request)
     job = _job_or_404(node, job_id)
+    node.audit.operator_action(getattr(request.state, "principal", ""),
+                               request.client.host if request.client else "",
+                               f"POST /api/v1/jobs/{job_id}/retry", job.study_uid)
     if not node.retry_job(job_id):
         current = _job_or_404(node, job_id)
         raise HTTPException(

@@ -93,6 +93,10 @@ def analyze(study_uid: str, body: AnalyzeRequest, request: Request, response: Re
     if len(study_uid) > 64 or not _VALID_UID.match(study_uid):
         raise HTTPException(400, f"{study_uid[:80]!r} is not a valid Study Instance UID")
     node = _node(request)
+    node.audit.operator_action(getattr(request.state, "principal", ""),
+                               request.client.host if request.client else "",
+                               f"POST /api/v1/studies/{study_uid}/analyze from peer {body.peer[:64]!r}",
+                               study_uid)
     try:
         pull, created = node.pulls.request(study_uid, body.peer, getattr(request.state, "principal", ""))
     except PullError as exc:
