@@ -30,6 +30,7 @@ from node.metrics import Metrics
 from node.outcomes import JobOutcomes
 from node.pull.puller import Puller
 from node.records import Job, PipelineInput, SeriesInput
+from node.redact import error_text
 from node.routing import route_study
 from node.scan import ScanLimits
 from node.spool import Spool, private, private_dirs
@@ -225,7 +226,7 @@ class Node:
         except Exception as exc:
             if not self._still_owns(job, owner):
                 return True
-            state = self.jobs.fail(job.id, f"{type(exc).__name__}: {exc}", time.time())
+            state = self.jobs.fail(job.id, error_text(exc), time.time())  # tags, never values
             timings.setdefault("pipeline", time.monotonic() - started - timings.get("load", 0.0))
             self._job_ended(job, "failed" if state == "failed" else "retried", None, timings)
             log.warning("job failed", exc_info=True, extra={"fields": {

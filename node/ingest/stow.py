@@ -26,6 +26,7 @@ from node.ingest.dimse import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from node.ingest.multipart import MalformedMultipart, MultipartParser, parse_content_type
 from node.logs import event
 from node.part10 import MAX_META, PART10_PREFIX, FileMeta, read_file_meta
+from node.redact import error_text
 from node.spool import OutOfSpace, Spool, Stored, UnreadableInstance
 
 log = logging.getLogger("fracnode.ingest")
@@ -266,7 +267,7 @@ def _as_refusal(exc: BaseException) -> Refused:
     if isinstance(exc, UnreadableInstance):
         return Refused(FAILURE_CANNOT_UNDERSTAND, str(exc))
     log.error("STOW-RS part failed", exc_info=exc)
-    return Refused(FAILURE_PROCESSING, f"{type(exc).__name__}: {exc}")
+    return Refused(FAILURE_PROCESSING, error_text(exc))
 
 
 class StowIngest:

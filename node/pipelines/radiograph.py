@@ -11,7 +11,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 
 from node.config import Config
 from node.pipelines import register
@@ -23,6 +23,7 @@ from node.records import (
     PipelineOutcome,
     RegionFinding,
 )
+from node.sources import read_source
 
 log = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ class RadiographFracturePipeline:
         sources: dict[str, Dataset] = {}
         prepared, skipped = [], []
         for path in (p for series in request.series for p in series.paths):
-            ds = dcmread(path)
+            ds = read_source(Path(path))  # malformed header attributes are dropped, not fatal
             uid = str(ds.get("SOPInstanceUID", path.name))
             reason = own_result(ds)
             loaded = Skipped(reason) if reason else load_radiograph(ds)

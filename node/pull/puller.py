@@ -21,6 +21,7 @@ from node.config import Config, DicomwebPeer, DimsePeer
 from node.db import Database
 from node.logs import event
 from node.pull import Found, PullError, Retrieved, StudyNotFound, UnknownPeer, dimse, wado
+from node.redact import error_text
 from node.spool import Spool
 
 log = logging.getLogger("fracnode.pull")
@@ -158,7 +159,7 @@ class Puller:
                   peer=pull.peer, error=str(exc))
             return
         except Exception as exc:
-            self._finish(pull_id, FAILED, f"{type(exc).__name__}: {exc}")
+            self._finish(pull_id, FAILED, error_text(exc))
             log.exception("pull failed", extra={"fields": {"pull": pull_id, "study_uid": pull.study_uid}})
             return
         self._progress(pull_id, retrieved.received, retrieved.duplicates, retrieved.failed)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import struct
 import tracemalloc
-import zlib
 from io import BytesIO
 
 import pytest
@@ -92,7 +91,7 @@ def test_an_element_that_declares_gigabytes_and_sends_64_bytes_is_refused(declar
 
 
 def test_an_image_cut_between_two_elements_is_refused_by_its_pixel_module() -> None:
-    raw, offset = encoded(dicomgen.ct_series(1, size=8)[0])
+    raw, _ = encoded(dicomgen.ct_series(1, size=8)[0])
     pixel = raw.index(b"\xe0\x7f\x10\x00")
     with pytest.raises(BrokenDataSet, match=r"without Pixel Data"):
         read_header(raw[:pixel])  # a whole data set structurally, but no image

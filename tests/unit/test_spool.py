@@ -12,8 +12,8 @@ from pydicom import Dataset
 from pydicom.uid import generate_uid
 
 from node.db import Database
-from node.header import MismatchedInstance
 from node.dispatch.outbox import encode
+from node.header import MismatchedInstance
 from node.spool import (
     TEMP_SUFFIX,
     OutOfSpace,
