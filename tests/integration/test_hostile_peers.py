@@ -262,3 +262,53 @@ def test_32_trickling_peers_do_not_stop_another_hosts_echo_within_30s(ct_node, p
             time.sleep(0.5)
     finally:
         stop.set()
+
+
+def closed_at_once(port: int, source: str) -> bool:
+    with socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0)) as sock:
+        try:
+            return sock.recv(1) == b""
+        except ConnectionResetError:
+            return True
+        except TimeoutError:
+            return False
+
+
+def test_connections_over_the_caps_are_closed_before_they_cost_a_thread(tmp_path, start_node):
+    node = start_node(node_config(tmp_path / "data", node={
+        "max_connections": 4, "max_connections_per_host": 2, "negotiation_timeout_s": 30}))
+    port = node.ingest.port
+    held = [socket.create_connection(("127.0.0.1", port), source_address=("127.0.2.1", 0)) for _ in range(2)]
+    try:
+        time.sleep(0.3)
+        assert closed_at_once(port, "127.0.2.1")  # the host's third connection
+        held.append(socket.create_connection(("127.0.0.1", port), source_address=("127.0.2.2", 0)))
+        held.append(socket.create_connection(("127.0.0.1", port), source_address=("127.0.2.3", 0)))
+        time.sleep(0.3)
+        assert closed_at_once(port, "127.0.2.4")  # the fifth connection in all
+    finally:
+        for sock in held:
+            sock.close()
+    wait_until(lambda: echo_from(port, "127.0.2.4"))  # slots given back when they close
+
+
+def test_one_host_cannot_take_every_association(tmp_path, start_node):
+    node = start_node(node_config(tmp_path / "data", node={"max_associations": 4, "max_associations_per_host": 2}))
+    port = node.ingest.port
+    held = []
+    for _ in range(2):
+        ae = AE(ae_title="GREEDY")
+        ae.add_requested_context(Verification)
+        held.append(ae.associate("127.0.0.1", port, ae_title="FRACNODE", bind_address=("127.0.3.1", 0)))
+    try:
+        assert all(a.is_established for a in held)
+        ae = AE(ae_title="GREEDY")
+        ae.add_requested_context(Verification)
+        third = ae.associate("127.0.0.1", port, ae_title="FRACNODE", bind_address=("127.0.3.1", 0))
+        assert third.is_rejected or third.is_aborted
+        assert echo_from(port, "127.0.3.2")  # another host still gets in
+        (row,) = wait_until(lambda: rows(node, "SELECT * FROM associations WHERE outcome = 'rejected'"))
+        assert "node.max_associations_per_host" in row["reason"]
+    finally:
+        for assoc in held:
+            assoc.release()

@@ -68,6 +68,7 @@ def serve(folder: Path, **sections: Any) -> Served:
     }
     for key, value in sections.items():
         config[key] = {**config[key], **value} if isinstance(value, dict) and isinstance(config.get(key), dict) else value
+    folder.mkdir(parents=True, exist_ok=True)
     path = folder / "node.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     log = folder / "serve.log"
