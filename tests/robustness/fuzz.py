@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import warnings
 import random
 import socket
 import struct
@@ -27,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from io import BytesIO
