@@ -22,9 +22,9 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 from tests.conftest import node_config, wait_until
 from tests.integration.test_ingest import RawScu, rows, spool_files
 from tests.support import dicomgen
+from tests.support.bombs import nested
 from tests.support.rawdimse import associate_rq
 from tests.unit.test_header import encoded
-from tests.unit.test_scan import nested
 
 ABORT, ASSOCIATE_AC, ASSOCIATE_RJ = 0x07, 0x02, 0x03
 

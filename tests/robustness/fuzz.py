@@ -46,10 +46,10 @@ from pydicom.uid import (
 from node.incoming import file_meta
 from tests.conftest import API_TOKEN
 from tests.support import dicomgen
+from tests.support.bombs import nested
 from tests.support.rawdimse import associate_rq
 from tests.support.served import Served, serve
 from tests.unit.test_header import encoded, with_sequences
-from tests.unit.test_scan import nested
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
 SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,

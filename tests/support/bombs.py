@@ -1,5 +1,6 @@
-"""Deflate bombs: Deflated Explicit VR Little Endian data sets (PS3.5 A.5) a few MB long that
-inflate to gigabytes, made in a blink by repeating one compressed block of zeros."""
+"""Hostile data sets: deflate bombs (Deflated Explicit VR Little Endian, PS3.5 A.5, a few MB
+that inflate to gigabytes, made in a blink by repeating one compressed block of zeros) and
+sequences nested deeper than anyone reads back."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from functools import lru_cache
 from io import BytesIO
 
 from pydicom import Dataset
+from pydicom.sequence import Sequence
 from pydicom.uid import DeflatedExplicitVRLittleEndian, ExplicitVRLittleEndian
 
 from tests.support import dicomgen
@@ -55,3 +57,16 @@ def bomb_instance(inflated_size: int = 2 << 30) -> tuple[Dataset, bytes]:
     header.file_meta = ds.file_meta
     header.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
     return header, _zeros_stream(bytes(prefix), inflated_size, data[at + len(_MARKER) :])
+
+
+def nested(depth: int) -> Dataset:
+    """A CT slice with sequences nested `depth` deep (Referenced Image Sequence in itself)."""
+    (ds,) = dicomgen.ct_series(1, size=8)
+    inner = Dataset()
+    inner.ReferencedSOPInstanceUID = "1.2.3"
+    for _ in range(depth - 1):
+        outer = Dataset()
+        outer.ReferencedImageSequence = Sequence([inner])
+        inner = outer
+    ds.ReferencedImageSequence = Sequence([inner])
+    return ds

@@ -8,9 +8,8 @@ import tracemalloc
 from io import BytesIO
 
 import pytest
-from pydicom import Dataset, dcmread
+from pydicom import dcmread
 from pydicom.encaps import encapsulate
-from pydicom.sequence import Sequence
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
@@ -23,7 +22,7 @@ from node.header import UnreadableInstance
 from node.part10 import read_header
 from node.scan import BrokenDataSet, DataSetScan, ScanLimits
 from tests.support import dicomgen
-from tests.support.bombs import bomb_instance
+from tests.support.bombs import bomb_instance, nested
 from tests.unit.test_header import encoded, with_sequences
 
 SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
@@ -36,19 +35,6 @@ def scan(data: bytes, syntax: str, piece: int = 1 << 30, limits: ScanLimits | No
         found.feed(memoryview(data)[start : start + piece])
     found.finish()
     return found
-
-
-def nested(depth: int) -> Dataset:
-    """A CT slice with sequences nested `depth` deep (Referenced Image Sequence in itself)."""
-    (ds,) = dicomgen.ct_series(1, size=8)
-    inner = Dataset()
-    inner.ReferencedSOPInstanceUID = "1.2.3"
-    for _ in range(depth - 1):
-        outer = Dataset()
-        outer.ReferencedImageSequence = Sequence([inner])
-        inner = outer
-    ds.ReferencedImageSequence = Sequence([inner])
-    return ds
 
 
 @pytest.mark.parametrize("syntax", SYNTAXES)
