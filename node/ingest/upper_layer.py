@@ -50,6 +50,8 @@ REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)  # transient, service provider, local li
 REJECT_PROTOCOL_VERSION = (0x01, 0x02, 0x02)  # permanent, service provider (ACSE), protocol version
 SMALL_BUFFER = 4096  # a connection's read buffer until its association is accepted
 SEND_TIMEOUT_S = 10.0  # the least time a send may take (the peer must read what it asked for)
+DIRECT_READ = 8192  # a value rest at least this long is received into its place directly
+TIMEOUT_SLACK_S = 0.5  # how far past its deadline a read may end (see Transport._recv_into)
 
 _HEADER = struct.Struct(">BxL")
 _PDV_HEADER = struct.Struct(">LBB")
@@ -137,6 +139,7 @@ class Transport:
         self._start = 0
         self._end = 0
         self.deadline = math.inf
+        self._timeout = math.inf  # the socket's timeout as last set
         self._waiting_for = "data"
 
     def expect(self, seconds: float, what: str) -> None:
@@ -153,19 +156,27 @@ class Transport:
             self._start, self._end = 0, len(buffered)
 
     def _recv_into(self, view: memoryview) -> int:
-        remaining = self.deadline - time.monotonic()
-        if remaining <= 0:
-            raise PeerSilent(f"{self._waiting_for} did not arrive in time")
-        try:
-            self.sock.settimeout(remaining)
-            count = self.sock.recv_into(view)
-        except TimeoutError as exc:
-            raise PeerSilent(f"{self._waiting_for} did not arrive in time") from exc
-        except (OSError, ValueError) as exc:  # reset, TLS alert, or a socket closed by stop()
-            raise PeerClosed(str(exc) or type(exc).__name__) from exc
-        if count == 0:
-            raise PeerClosed("the peer closed the connection")
-        return count
+        """One recv under the deadline. Setting a socket's timeout costs system calls, so it is
+        changed only when the deadline comes nearer than it by TIMEOUT_SLACK_S, or when it ran
+        out early (a new phase has a later deadline): a read never ends later than that slack
+        past its deadline."""
+        while True:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise PeerSilent(f"{self._waiting_for} did not arrive in time")
+            try:
+                if self._timeout > remaining + TIMEOUT_SLACK_S:
+                    self.sock.settimeout(remaining)
+                    self._timeout = remaining
+                count = self.sock.recv_into(view)
+            except TimeoutError:
+                self._timeout = math.inf  # set afresh from the deadline on the next turn
+                continue
+            except (OSError, ValueError) as exc:  # reset, TLS alert, or a socket closed by stop()
+                raise PeerClosed(str(exc) or type(exc).__name__) from exc
+            if count == 0:
+                raise PeerClosed("the peer closed the connection")
+            return count
 
     def _fill(self) -> None:
         if self._start == self._end:
@@ -197,23 +208,28 @@ class Transport:
         return bytes(gathered)
 
     def read_into(self, view: memoryview) -> None:
-        """Fill `view`: from the buffer first, then straight from the socket."""
-        filled = min(len(view), self._end - self._start)
-        view[:filled] = self._buffer[self._start : self._start + filled]
-        self._start += filled
-        while filled < len(view):
-            if len(view) - filled >= len(self._buffer):
+        """Fill `view`: from the buffer first, then straight from the socket (no second copy),
+        but through the buffer for a small rest (so that the next header comes with it)."""
+        size = len(view)
+        filled = min(size, self._end - self._start)
+        if filled:
+            view[:filled] = self._buffer[self._start : self._start + filled]
+            self._start += filled
+        while filled < size:
+            if size - filled >= DIRECT_READ:
                 filled += self._recv_into(view[filled:])
                 continue
             self._fill()
-            take = min(len(view) - filled, self._end - self._start)
+            take = min(size - filled, self._end - self._start)
             view[filled : filled + take] = self._buffer[self._start : self._start + take]
             self._start += take
             filled += take
 
     def send(self, data: bytes) -> None:
         try:
-            self.sock.settimeout(max(self.deadline - time.monotonic(), SEND_TIMEOUT_S))
+            if self._timeout < SEND_TIMEOUT_S:  # the peer gets this long to read what it asked for
+                self.sock.settimeout(SEND_TIMEOUT_S)
+                self._timeout = SEND_TIMEOUT_S
             self.sock.sendall(data)
         except OSError as exc:
             raise PeerClosed(str(exc)) from exc
@@ -222,6 +238,7 @@ class Transport:
         """After a final PDU the requestor closes the connection (PS3.8 Sta13); wait for that."""
         deadline = time.monotonic() + timeout_s
         scratch = memoryview(bytearray(4096))
+        self._timeout = math.inf
         try:
             while (remaining := deadline - time.monotonic()) > 0:
                 self.sock.settimeout(remaining)
