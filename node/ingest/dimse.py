@@ -17,6 +17,7 @@ import ssl
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 
 from pynetdicom import AllStoragePresentationContexts, build_context
@@ -64,6 +65,13 @@ def set_nodelay(sock: socket.socket) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     except OSError:
         pass
+
+
+def _count_out(counts: Counter[str], host: str) -> None:
+    """One less for `host`; a host with none left is forgotten (the table stays small)."""
+    counts[host] -= 1
+    if counts[host] <= 0:
+        del counts[host]
 
 
 class _Listener(socketserver.ThreadingTCPServer):
@@ -131,9 +139,9 @@ class DimseIngest:
         self.storage_sop_classes = frozenset(STORAGE_SOP_CLASSES)
         self._lock = threading.Lock()
         self._open = 0  # accepted associations not yet ended
-        self._open_by_host: dict[str, int] = {}
+        self._open_by_host: Counter[str] = Counter()
         self._connections: dict[threading.Thread, socket.socket] = {}
-        self._connections_by_host: dict[str, int] = {}
+        self._connections_by_host: Counter[str] = Counter()
         self._connection_count = 0  # admitted connections not yet closed (threads may lag)
         self._refusals: dict[str, tuple[int, float]] = {}  # host: (refused since logged, logged at)
         self._servers: dict[str, _Listener] = {}
@@ -188,11 +196,11 @@ class DimseIngest:
     def _admit_connection(self, host: str) -> bool:
         """Count a new connection in, or refuse it: node.max_connections, and per host."""
         with self._lock:
-            per_host = self._connections_by_host.get(host, 0)
+            per_host = self._connections_by_host[host]
             if (self._connection_count < self.settings.max_connections
                     and per_host < self.settings.max_connections_per_host):
                 self._connection_count += 1
-                self._connections_by_host[host] = per_host + 1
+                self._connections_by_host[host] += 1
                 return True
             refused, logged_at = self._refusals.get(host, (0, 0.0))
             refused += 1
@@ -210,11 +218,7 @@ class DimseIngest:
     def _connection_closed(self, host: str) -> None:
         with self._lock:
             self._connection_count -= 1
-            left = self._connections_by_host.get(host, 1) - 1
-            if left:
-                self._connections_by_host[host] = left
-            else:
-                self._connections_by_host.pop(host, None)
+            _count_out(self._connections_by_host, host)
 
     def _serve(self, sock: socket.socket, address: tuple[str, int], tls: bool = False) -> None:
         current = threading.current_thread()
@@ -279,11 +283,11 @@ class DimseIngest:
         with self._lock:
             if self._open >= self.settings.max_associations:
                 return ul.REJECT_LOCAL_LIMIT, "too many associations (node.max_associations)"
-            from_host = self._open_by_host.get(host, 0)
+            from_host = self._open_by_host[host]
             if from_host >= self.settings.max_associations_per_host:
                 return ul.REJECT_LOCAL_LIMIT, "too many associations from this host (node.max_associations_per_host)"
             self._open += 1
-            self._open_by_host[host] = from_host + 1
+            self._open_by_host[host] += 1
         return None
 
     def _audit_row(self, sql: str, params: tuple[object, ...]) -> None:
@@ -329,11 +333,7 @@ class DimseIngest:
         """Give back the slot `admit` counted, for an association that was never accepted."""
         with self._lock:
             self._open -= 1
-            left = self._open_by_host.get(host, 1) - 1
-            if left:
-                self._open_by_host[host] = left
-            else:
-                self._open_by_host.pop(host, None)
+            _count_out(self._open_by_host, host)
 
     def ended(self, record: AssociationRecord, outcome: str) -> None:
         self.release(record.peer_address)
