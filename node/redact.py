@@ -3,8 +3,8 @@
 The node's own messages name tags, UIDs, sizes and settings, never values read from a data set.
 Messages of other libraries do not keep to that: pydicom's "Unable to convert '<value>' to
 'DA'", a highdicom ValueError quoting an attribute. So an exception's message is kept only when
-it was raised in the node's own code; for one raised inside a library, only its type and where
-it was raised are told (`error_text`). Tracebacks in the log follow the same rule
+it was raised in the node's own code (or in a configured pipeline module); for one raised inside
+a library, only its type and where it was raised are told (`error_text`). Tracebacks in the log follow the same rule
 (`format_exception`), and so do third-party log records and warnings (`withhold_values`):
 anything quoted in them is replaced, since values are what libraries quote.
 """
@@ -17,6 +17,7 @@ from pathlib import Path
 from types import TracebackType
 
 _NODE_PACKAGE = str(Path(__file__).resolve().parent)
+_trusted: set[str] = set()  # files of configured pipeline modules (node.pipelines.load_modules)
 _QUOTED = re.compile(r"""b?'(?:[^'\\]|\\.)*'|b?"(?:[^"\\]|\\.)*\"""", re.DOTALL)
 WITHHELD = "<withheld>"
 
@@ -26,7 +27,16 @@ def _raised_in_node(tb: TracebackType | None) -> bool:
     while tb is not None:
         last = tb
         tb = tb.tb_next
-    return last is not None and last.tb_frame.f_code.co_filename.startswith(_NODE_PACKAGE)
+    if last is None:
+        return False
+    filename = last.tb_frame.f_code.co_filename
+    return filename.startswith(_NODE_PACKAGE) or filename in _trusted
+
+
+def trust(path: Path) -> None:
+    """Keep the messages of exceptions raised in this file (a configured pipeline module: it is
+    the node's code too, and must name tags, never values, as the node's does)."""
+    _trusted.add(str(path))
 
 
 def _origin(tb: TracebackType | None) -> str:

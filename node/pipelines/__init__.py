@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 
 from node.config import Config
 from node.records import PipelineInput, PipelineOutcome
+from node.redact import trust
 
 
 class Pipeline(Protocol):
@@ -46,9 +48,11 @@ def load_modules(modules: list[str]) -> None:
     """Import the built-in pipeline modules and the configured extra ones."""
     for module in (*BUILTIN_MODULES, *modules):
         try:
-            importlib.import_module(module)
+            imported = importlib.import_module(module)
         except ImportError as exc:
             raise ValueError(f"pipeline_modules: cannot import {module!r}: {exc}") from exc
+        if module in modules and imported.__file__:
+            trust(Path(imported.__file__))  # a configured pipeline's own messages are kept
 
 
 def known() -> list[str]:
