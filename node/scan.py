@@ -262,9 +262,10 @@ class _Walker:
         if top and tag == PIXEL_DATA:
             self.pixel_data = length
         if length == UNDEFINED_LENGTH:
-            if vr in ("OB", "OW") or (tag == PIXEL_DATA and vr in (None, "UN")):
+            if vr in ("OB", "OW") or (tag == PIXEL_DATA and vr is None):
                 self._stack.append(_Frame(_FRAGMENTS, _NO_END, frame.implicit, tag))  # PS3.5 A.4
-            elif vr in (None, "SQ", "UN"):  # UN: an implicit VR sequence inside (PS3.5 6.2.2)
+            elif vr in (None, "SQ", "UN"):  # UN: an implicit VR sequence inside (PS3.5 6.2.2),
+                # Pixel Data included: encapsulated, it is OB (A.4), as DCMTK reads it too
                 self._open_sequence(tag, _NO_END, frame.implicit or vr == "UN")
             else:
                 raise BrokenDataSet(f"{_tag_text(tag)} ({vr}) has an undefined length")

@@ -175,3 +175,22 @@ def test_deflated_bytes_that_are_no_stream_or_end_early_are_refused() -> None:
     scan(data + b"\0", DeflatedExplicitVRLittleEndian)  # PS3.5 A.5: one NUL pads an odd length
     with pytest.raises(BrokenDataSet, match="follow the end"):
         scan(data + b"\0" * 64, DeflatedExplicitVRLittleEndian)
+
+
+def test_encapsulated_pixel_data_labelled_un_is_read_as_dcmtk_reads_it(tmp_path) -> None:
+    """UN of undefined length is an implicit VR sequence (PS3.5 6.2.2), Pixel Data too: its
+    fragments are no data set, so the data set is refused, as DCMTK's dcmdump refuses it (found
+    by the long fuzz run, case 7345 of seed 2020, acknowledged until then)."""
+    import subprocess
+
+    (ds,) = dicomgen.ct_series(1, size=16)
+    ds.PixelData = encapsulate([bytes(range(256)) * 2])
+    ds["PixelData"].VR = "OB"
+    raw, _ = encoded(ds, JPEG2000Lossless)
+    read_header(raw)
+    relabelled = raw.replace(b"\xe0\x7f\x10\x00OB\0\0\xff\xff\xff\xff", b"\xe0\x7f\x10\x00UN\0\0\xff\xff\xff\xff")
+    assert relabelled != raw
+    with pytest.raises(BrokenDataSet):
+        read_header(relabelled)
+    (tmp_path / "un.dcm").write_bytes(relabelled)
+    assert subprocess.run(["dcmdump", "-q", str(tmp_path / "un.dcm")], capture_output=True).returncode != 0
