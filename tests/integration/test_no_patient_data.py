@@ -91,6 +91,7 @@ def everything_the_node_shows(node: Served) -> dict[str, str]:
     return places
 
 
+@pytest.mark.filterwarnings("ignore:Invalid value for VR DA")  # pydicom, as the test writes the bad date
 def test_marker_strings_never_leave_the_results(tmp_path, cr_sample):
     node = serve(tmp_path, routes=[
         {"name": "radiographs", "match": {"modality": ["CR"]}, "pipeline": "radiograph-fracture",
