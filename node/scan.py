@@ -11,6 +11,11 @@ It refuses (`BrokenDataSet`, whose message names tags, offsets and sizes, never 
   opened (PS3.5 7.5.2, A.4),
 - a data set that ends inside an element (its declared length is longer than what arrived),
 - an explicit VR that is no VR (PS3.5 6.2),
+- in implicit VR, an undefined length on an element whose VR the data dictionary fixes as other
+  than SQ (a group length is UL, PS3.5 7.2; a private creator LO, 7.8.1): only a sequence, or an
+  element the dictionary does not know (UN, an implicit VR sequence, 6.2.2), may have one (7.1.1),
+- an indexed attribute after an element past the indexed ones: elements are in ascending tag
+  order (PS3.5 7.1), and the index is final once an element past them has arrived,
 - sequences nested deeper than `ScanLimits.max_depth`, as soon as the level is opened,
 - a Deflated Explicit VR Little Endian data set (PS3.5 A.5) that is no deflate stream, ends
   before the stream does, or inflates past `max_inflated_bytes` or `max_inflation_ratio`: it is
@@ -24,7 +29,7 @@ import zlib
 from dataclasses import dataclass
 from functools import lru_cache
 
-from pydicom.datadict import DicomDictionary
+from pydicom.datadict import DicomDictionary, dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import BaseTag
 from pydicom.uid import UID
@@ -86,6 +91,28 @@ def _is_sequence_in_dictionary(tag: int) -> bool:
     return entry is not None and entry[0] == "SQ"
 
 
+@lru_cache(maxsize=1024)
+def _implicit_vr(tag: int) -> str | None:
+    """The VR an implicit VR element has by its tag alone (PS3.5 7.1.3), None when unknown."""
+    group, number = tag >> 16, tag & 0xFFFF
+    if number == 0x0000:
+        return "UL"  # Group Length, of any group (PS3.5 7.2)
+    if group & 1:
+        return "LO" if 0x0010 <= number <= 0x00FF else None  # Private Creator (PS3.5 7.8.1)
+    try:
+        return str(dictionary_VR(tag))  # repeating groups (50xx, 60xx) included
+    except KeyError:
+        return None
+
+
+def _may_be_undefined_in_implicit_vr(tag: int) -> bool:
+    """Only a sequence may have an undefined length in implicit VR (PS3.5 7.1.1): one by the data
+    dictionary, or an element it does not know, whose VR is then UN (an implicit VR sequence,
+    PS3.5 6.2.2). DCMTK reads them the same way."""
+    vr = _implicit_vr(tag)
+    return vr is None or vr in ("SQ", "UN")
+
+
 class _Frame:
     __slots__ = ("end", "implicit", "kind", "tag")
 
@@ -127,6 +154,7 @@ class _Walker:
         self.pixel_data: int | None = None  # Pixel Data's length; UNDEFINED_LENGTH: encapsulated
         self.fragments = 0  # items of encapsulated Pixel Data, the Basic Offset Table included
         self.past_header = False  # every indexed attribute that the data set has is in `elements`
+        self._past_header_tag = 0  # the top-level element that made `past_header` true
 
     @property
     def depth(self) -> int:
@@ -259,16 +287,22 @@ class _Walker:
         top = len(self._stack) == 1
         if top and not self.past_header and tag > _LAST_HEADER_TAG:
             self.past_header = True
+            self._past_header_tag = tag
+        elif top and self.past_header and tag in WANTED_TAGS:
+            # indexed or not depending on where the sender's fragments end: refused either way
+            raise BrokenDataSet(f"{_tag_text(tag)} comes after {_tag_text(self._past_header_tag)}:"
+                                " elements are in ascending tag order (PS3.5 7.1)")
         if top and tag == PIXEL_DATA:
             self.pixel_data = length
         if length == UNDEFINED_LENGTH:
             if vr in ("OB", "OW") or (tag == PIXEL_DATA and vr is None):
                 self._stack.append(_Frame(_FRAGMENTS, _NO_END, frame.implicit, tag))  # PS3.5 A.4
-            elif vr in (None, "SQ", "UN"):  # UN: an implicit VR sequence inside (PS3.5 6.2.2),
-                # Pixel Data included: encapsulated, it is OB (A.4), as DCMTK reads it too
+            elif vr in ("SQ", "UN") or (vr is None and _may_be_undefined_in_implicit_vr(tag)):
+                # UN: an implicit VR sequence inside (PS3.5 6.2.2), Pixel Data included:
+                # encapsulated, it is OB (A.4), as DCMTK reads it too
                 self._open_sequence(tag, _NO_END, frame.implicit or vr == "UN")
             else:
-                raise BrokenDataSet(f"{_tag_text(tag)} ({vr}) has an undefined length")
+                raise BrokenDataSet(f"{_tag_text(tag)} ({vr or _implicit_vr(tag)}) has an undefined length")
             return
         end = self._pos + length
         if frame.end != _NO_END and end > frame.end:

@@ -194,3 +194,70 @@ def test_encapsulated_pixel_data_labelled_un_is_read_as_dcmtk_reads_it(tmp_path)
         read_header(relabelled)
     (tmp_path / "un.dcm").write_bytes(relabelled)
     assert subprocess.run(["dcmdump", "-q", str(tmp_path / "un.dcm")], capture_output=True, check=False).returncode != 0
+
+
+UNDEFINED_ITEM_SEQUENCE = (  # an undefined-length item holding Code Value, then the sequence's end
+    b"\xfe\xff\x00\xe0\xff\xff\xff\xff" + struct.pack("<HHL", 0x0008, 0x0100, 8) + b"T-D1100 "
+    + b"\xfe\xff\x0d\xe0\0\0\0\0" + b"\xfe\xff\xdd\xe0\0\0\0\0"
+)
+
+
+def dcmdump_reads(raw: bytes, path) -> bool:  # type: ignore[no-untyped-def]
+    import subprocess
+
+    path.write_bytes(raw)
+    return subprocess.run(["dcmdump", "-q", str(path)], capture_output=True, check=False).returncode == 0
+
+
+@pytest.mark.parametrize(
+    ("tag", "whole"),
+    [
+        (0xFFFF0000, False),  # a group length (UL, PS3.5 7.2): the long fuzz run's case
+        (0x00090000, False),  # a private group's length
+        (0x00090010, False),  # a private creator (LO, PS3.5 7.8.1)
+        (0x7FE00000, False),  # a standard group's length
+        (0x60003000, False),  # Overlay Data (OB or OW), a repeating group
+        (0xFFFCFFFC, False),  # Data Set Trailing Padding (OB)
+        (0x7FE11010, True),  # a private element nobody's dictionary knows: UN, a sequence (PS3.5 6.2.2)
+        (0xFFFA0010, True),  # a standard tag the dictionary does not know either
+    ],
+)
+def test_an_undefined_length_in_implicit_vr_is_read_as_dcmtk_reads_it(tag: int, whole: bool, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """In implicit VR only a sequence may have an undefined length (PS3.5 7.1.1): one by the data
+    dictionary, or an element it does not know (UN). An element whose VR is fixed otherwise is no
+    sequence even when items follow, and DCMTK cannot read it; it was acknowledged until the long
+    fuzz run found it (seed 2021, case 6700). Appended last, so the tags stay in order."""
+    raw, offset = encoded(dicomgen.ct_series(1, size=8)[0], ImplicitVRLittleEndian)
+    forged = raw + struct.pack("<HHL", tag >> 16, tag & 0xFFFF, 0xFFFFFFFF) + UNDEFINED_ITEM_SEQUENCE
+    assert dcmdump_reads(forged, tmp_path / "forged.dcm") is whole
+    if whole:
+        scan(forged[offset:], ImplicitVRLittleEndian)
+    else:
+        with pytest.raises(BrokenDataSet, match=r"has an undefined length"):
+            scan(forged[offset:], ImplicitVRLittleEndian)
+
+
+@pytest.mark.parametrize("piece", [1 << 30, 7, 256])
+def test_the_long_fuzz_runs_group_length_sequence_is_refused_in_pieces_of_any_size(piece: int, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """Seed 2021's case 6700: Referenced Image Sequence's tag made (FFFF,0000) in implicit VR. It
+    was acknowledged when its data set came in one fragment (dcmdump cannot read it) and refused
+    for a missing Study Instance UID when it came in several; now refused for what it is."""
+    raw, offset = encoded(with_sequences(dicomgen.ct_series(1, size=8)[0], True), ImplicitVRLittleEndian)
+    sequence = b"\x08\x00\x40\x11\xff\xff\xff\xff"  # (0008,1140), undefined length
+    assert raw.count(sequence) == 1
+    forged = raw.replace(sequence, b"\xff\xff\x00\x00\xff\xff\xff\xff")
+    assert not dcmdump_reads(forged, tmp_path / "case-6700.dcm")
+    with pytest.raises(BrokenDataSet, match=r"\(FFFF,0000\) \(UL\) has an undefined length"):
+        scan(forged[offset:], ImplicitVRLittleEndian, piece)
+
+
+@pytest.mark.parametrize("piece", [1 << 30, 7, 256])
+def test_an_indexed_attribute_after_the_index_is_final_is_refused_whatever_the_pieces(piece: int) -> None:
+    """Elements are in ascending tag order (PS3.5 7.1). Body Part Examined or Study Instance UID
+    after an element past the indexed ones would be indexed or not depending on where the sender's
+    fragments end, so the data set is refused, whatever they are."""
+    raw, offset = encoded(with_sequences(dicomgen.ct_series(1, size=8)[0], True), ImplicitVRLittleEndian)
+    sequence = b"\x08\x00\x40\x11\xff\xff\xff\xff"
+    moved = raw.replace(sequence, b"\x21\x00\x10\x10\xff\xff\xff\xff")  # a private (0021,1010) sequence
+    with pytest.raises(BrokenDataSet, match=r"\(0018,0015\) comes after \(0021,1010\): elements are in ascending"):
+        scan(moved[offset:], ImplicitVRLittleEndian, piece)
