@@ -3,6 +3,10 @@ STOW-RS multipart bodies, mutated where their structure is (item and element len
 delimiters, fragment flags, boundaries), never only at random.
 
     .venv/bin/python -m tests.robustness.fuzz --cases 10000 [--seed N] [--folder DIR]
+    .venv/bin/python -m tests.robustness.fuzz --seed N --only 6700[-6710]   # replay some cases
+
+`--only` draws every earlier case's mutations from the same random sequence without sending
+them, so a case of a long run is reproduced alone (each case's draws do not depend on answers).
 
 A short run (a few hundred cases) is part of `make test` (tests/robustness/test_fuzz.py).
 What must hold, checked after every case or every CHECK_EVERY cases:
@@ -41,6 +45,7 @@ from pydicom.uid import (
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
+    generate_uid,
 )
 
 from node.incoming import file_meta
@@ -70,17 +75,26 @@ class Sample:
     dataset: Dataset  # what `data` encodes (a deflated one is encoded again for each case)
 
 
+def _fixed_uids(ds: Dataset, name: str) -> Dataset:
+    """The same UIDs in every run: the samples' lengths steer the random draws (randrange), so
+    with random UIDs a seed would not give the same cases twice."""
+    for keyword in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "FrameOfReferenceUID"):
+        if keyword in ds:
+            setattr(ds, keyword, generate_uid(entropy_srcs=["fracnode-fuzz", name, keyword]))
+    return ds
+
+
 def corpus() -> list[Sample]:
     samples = []
     for syntax in SYNTAXES:
         for undefined in (True, False):
-            ds = with_sequences(dicomgen.ct_series(1, size=16)[0], undefined)
+            ds = _fixed_uids(with_sequences(dicomgen.ct_series(1, size=16)[0], undefined), f"{syntax}-{undefined}")
             if syntax == JPEG2000Lossless:
                 ds.PixelData = encapsulate([bytes(range(256)) * 2])
                 ds["PixelData"].VR = "OB"
             raw, offset = encoded(ds, syntax)
             samples.append(Sample(syntax, str(ds.SOPInstanceUID), raw[offset:], ds))
-    deep = nested(20)
+    deep = _fixed_uids(nested(20), "nested")
     raw, offset = encoded(deep)
     samples.append(Sample(ExplicitVRLittleEndian, str(deep.SOPInstanceUID), raw[offset:], deep))
     return samples
@@ -136,7 +150,8 @@ def mutate_data_set(rng: random.Random, sample: Sample) -> tuple[str, bytes, boo
             at = rng.randrange(0, len(data))
             data[at] ^= 1 << rng.randrange(8)
     elif kind == "deepen":
-        deep = nested(rng.choice([33, 60, 100]))
+        depth = rng.choice([33, 60, 100])
+        deep = _fixed_uids(nested(depth), f"nested-{depth}")
         deep.SOPInstanceUID = sample.sop_instance_uid  # so that each case's own UID replaces it
         raw, offset = encoded(deep, ExplicitVRLittleEndian if sample.syntax != ExplicitVRBigEndian
                               else ExplicitVRBigEndian)
@@ -255,7 +270,9 @@ def whole_on_disk(node: Served, sop_instance_uid: str, sent: bytes | None) -> st
     raw = found[0].read_bytes()
     if sent is not None and not raw.endswith(sent):
         return "the stored data set is not the bytes sent"
-    dump = subprocess.run(["dcmdump", "-q", str(found[0])], capture_output=True, check=False)
+    # without -q: dcmdump -q says nothing on stderr about why it failed
+    dump = subprocess.run(["dcmdump", str(found[0])], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                          check=False)
     if dump.returncode != 0:
         return f"dcmdump cannot read it: {dump.stderr.decode(errors='replace')[:200]}"
     try:
@@ -290,6 +307,7 @@ class Fuzzer:
         self.report = Report()
         self.baseline_kib = node.rss_kib()
         self._uid = 0
+        self.dry = False  # draw the case's mutations (keeping the random sequence), send nothing
 
     def _fail(self, case: int, kind: str, text: str) -> None:
         self.report.failures.append(f"case {case} ({kind}): {text}")
@@ -309,6 +327,8 @@ class Fuzzer:
 
     def case_associate(self, case: int) -> None:
         kind, pdu = mutate_associate(self.rng)
+        if self.dry:
+            return
         self.report.kinds[f"associate:{kind}"] += 1
         conn = Connection(self.node.port)
         try:
@@ -329,44 +349,49 @@ class Fuzzer:
         sample = self.rng.choice(self.samples)
         kind, data, broken = mutate_data_set(self.rng, sample)
         uid, data = self._fresh(sample, data)
+        fragments = self.rng.choice([1, 3, 16])
+        if self.dry:
+            return
         self.report.kinds[f"data-set:{kind}"] += 1
-        self._store(case, f"data-set:{kind}", sample.syntax, uid, data, broken, self.rng.choice([1, 3, 16]))
+        self._store(case, f"data-set:{kind}", sample.syntax, uid, data, broken, fragments)
 
     def case_p_data(self, case: int) -> None:
         sample = self.rng.choice(self.samples)
         uid, data = self._fresh(sample, sample.data)
         kind = self.rng.choice(["pdv-length", "context", "control", "command-split", "no-command",
                                 "two-commands", "pdu-length", "reorder"])
+        command = c_store_command(uid)
+        pdus = [pdv(1, 0x03, command)]
+        step = self.rng.choice([7, 100, 1000, len(data) + 1])
+        pieces = [data[i : i + step] for i in range(0, len(data), step)]
+        pdus += [pdv(1, 0x02 if n == len(pieces) - 1 else 0x00, piece) for n, piece in enumerate(pieces)]
+        target = self.rng.randrange(len(pdus))
+        pdu = bytearray(pdus[target])
+        if kind == "pdv-length":
+            struct.pack_into(">L", pdu, 6, self.rng.choice([0, 1, 2, len(pdu), 0xFFFFFFFF]))
+        elif kind == "context":
+            pdu[10] = self.rng.choice([0, 3, 255])
+        elif kind == "control":
+            pdu[11] = self.rng.randrange(256)
+        elif kind == "command-split":
+            pdus[0:1] = [pdv(1, 0x01, command[:10]), pdv(1, 0x01, command[10:20]), pdv(1, 0x03, command[20:])]
+            pdu = bytearray(pdus[target])
+        elif kind == "no-command":
+            pdus = pdus[1:] or pdus
+            pdu = bytearray(pdus[min(target, len(pdus) - 1)])
+        elif kind == "two-commands":
+            pdus.insert(1, pdus[0])
+        elif kind == "pdu-length":
+            struct.pack_into(">L", pdu, 2, self.rng.choice([0, 2, 6, len(pdu) + 10, 0xFFFFFFFF]))
+        elif kind == "reorder" and len(pdus) > 2:
+            pdus[1], pdus[-1] = pdus[-1], pdus[1]
+        if kind not in ("command-split", "no-command", "two-commands", "reorder"):
+            pdus[target] = bytes(pdu)
+        if self.dry:
+            return
         self.report.kinds[f"p-data:{kind}"] += 1
         conn = Connection(self.node.port, sample.syntax)
         try:
-            command = c_store_command(uid)
-            pdus = [pdv(1, 0x03, command)]
-            step = self.rng.choice([7, 100, 1000, len(data) + 1])
-            pieces = [data[i : i + step] for i in range(0, len(data), step)]
-            pdus += [pdv(1, 0x02 if n == len(pieces) - 1 else 0x00, piece) for n, piece in enumerate(pieces)]
-            target = self.rng.randrange(len(pdus))
-            pdu = bytearray(pdus[target])
-            if kind == "pdv-length":
-                struct.pack_into(">L", pdu, 6, self.rng.choice([0, 1, 2, len(pdu), 0xFFFFFFFF]))
-            elif kind == "context":
-                pdu[10] = self.rng.choice([0, 3, 255])
-            elif kind == "control":
-                pdu[11] = self.rng.randrange(256)
-            elif kind == "command-split":
-                pdus[0:1] = [pdv(1, 0x01, command[:10]), pdv(1, 0x01, command[10:20]), pdv(1, 0x03, command[20:])]
-                pdu = bytearray(pdus[target])
-            elif kind == "no-command":
-                pdus = pdus[1:] or pdus
-                pdu = bytearray(pdus[min(target, len(pdus) - 1)])
-            elif kind == "two-commands":
-                pdus.insert(1, pdus[0])
-            elif kind == "pdu-length":
-                struct.pack_into(">L", pdu, 2, self.rng.choice([0, 2, 6, len(pdu) + 10, 0xFFFFFFFF]))
-            elif kind == "reorder" and len(pdus) > 2:
-                pdus[1], pdus[-1] = pdus[-1], pdus[1]
-            if kind not in ("command-split", "no-command", "two-commands", "reorder"):
-                pdus[target] = bytes(pdu)
             conn.sock.sendall(b"".join(pdus))
             conn.sock.shutdown(socket.SHUT_WR)
             status = conn.status()
@@ -407,7 +432,6 @@ class Fuzzer:
             parts.append(file_meta(CT, uid, sample.syntax) + data)
             expectations.append((uid, data, broken, kind))
         kind = self.rng.choice(["parts", "boundary", "header-junk", "truncate-body", "no-closing"])
-        self.report.kinds[f"stow:{kind}"] += 1
         headers = ["Content-Type: application/dicom\r\n" for _ in parts]
         if kind == "header-junk":
             headers[0] = self.rng.choice(["Content-Type: application/x\x01\x7fdicom\r\n", "X: " + "y" * 70000 + "\r\n",
@@ -421,6 +445,9 @@ class Fuzzer:
             body = body[: self.rng.randrange(1, len(body))]
         elif kind == "no-closing":
             body = body[: body.rfind(b"--" + boundary.encode() + b"--")]
+        if self.dry:
+            return
+        self.report.kinds[f"stow:{kind}"] += 1
         try:
             response = httpx.post(f"{self.node.url}/dicomweb/studies", content=body, timeout=60, headers={
                 "Authorization": f"Bearer {API_TOKEN}",
@@ -461,17 +488,21 @@ class Fuzzer:
                 return temps
             time.sleep(0.5)
 
-    def run(self, cases: int) -> Report:
+    def run(self, cases: int, first: int = 1) -> Report:
+        """Cases `first` to `cases` (the earlier ones are only drawn, see `dry`)."""
         started = time.monotonic()
         steps = [self.case_associate, self.case_p_data, self.case_data_set, self.case_data_set, self.case_stow]
         for case in range(1, cases + 1):
+            self.dry = case < first
             try:
                 self.rng.choice(steps)(case)
             except AssertionError as exc:
                 self._fail(case, "harness", str(exc))
             except (OSError, ConnectionError):
                 self.report.outcomes["connection-ended"] += 1
-            self.report.cases = case
+            if self.dry:
+                continue
+            self.report.cases += 1
             if case % CHECK_EVERY == 0 or case == cases:
                 self.check(case)
         for temp in self.leftovers():
@@ -482,10 +513,10 @@ class Fuzzer:
         return self.report
 
 
-def fuzz(folder: Path, cases: int, seed: int) -> Report:
+def fuzz(folder: Path, cases: int, seed: int, first: int = 1) -> Report:
     node = serve(folder, node={"negotiation_timeout_s": 5.0, "pdu_timeout_s": 5.0, "network_timeout_s": 5.0})
     try:
-        return Fuzzer(node, seed).run(cases)
+        return Fuzzer(node, seed).run(cases, first)
     finally:
         node.stop()
 
@@ -496,10 +527,16 @@ def main() -> int:
     parser.add_argument("--cases", type=int, default=10000)
     parser.add_argument("--seed", type=int, default=20)
     parser.add_argument("--folder", type=Path, default=None, help="where the node keeps its data")
+    parser.add_argument("--only", default=None, metavar="FIRST[-LAST]",
+                        help="run only these cases of the seed's sequence (instead of --cases)")
     args = parser.parse_args()
+    first, last = 1, args.cases
+    if args.only:
+        low, _, high = args.only.partition("-")
+        first, last = int(low), int(high or low)
     folder = args.folder or Path(tempfile.mkdtemp(prefix="fracnode-fuzz-"))
-    report = fuzz(folder, args.cases, args.seed)
-    print(json.dumps({"cases": report.cases, "seed": args.seed, "seconds": round(report.seconds, 1),
+    report = fuzz(folder, last, args.seed, first)
+    print(json.dumps({"cases": report.cases, "first": first, "seed": args.seed, "seconds": round(report.seconds, 1),
                       "failures": report.failures[:50], "failure_count": len(report.failures),
                       "peak_rss_mb": round(report.peak_rss_mb, 1), "kinds": dict(report.kinds),
                       "outcomes": dict(report.outcomes)}, indent=2))
