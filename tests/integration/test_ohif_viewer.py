@@ -42,6 +42,7 @@ from node.training.cspine_phantom import PhantomSpec, generate_study
 from tests.support.findings import cr_fracture_study, fracatlas_study, saved
 from tests.support.ohif import REPO, ViewerServer, ohif_dist
 from tests.support.orthanc import Orthanc
+from training.phantom.generate import PhantomSpec, generate_study
 
 CHROMIUM = Path("/usr/bin/chromium")
 pytestmark = [
