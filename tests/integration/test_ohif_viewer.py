@@ -38,7 +38,6 @@ from pydicom import Dataset
 from node.records import Algorithm, CSpineFindings, VertebraFinding
 from node.results.cspine import build_cspine_results
 from node.results.radiograph import build_results
-from node.training.cspine_phantom import PhantomSpec, generate_study
 from tests.support.findings import cr_fracture_study, fracatlas_study, saved
 from tests.support.ohif import REPO, ViewerServer, ohif_dist
 from tests.support.orthanc import Orthanc
