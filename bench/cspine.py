@@ -2,7 +2,7 @@
 
     nice .venv/bin/python -m bench.cspine [--slices 300 600] [--device cpu] [--models-dir DIR] [--no-results]
 
-For each size, one synthetic cervical spine CT (`node.training.cspine_phantom`, 512×512, the
+For each size, one synthetic cervical spine CT (`training.phantom.generate`, 512×512, the
 given number of slices, int16, Explicit VR Little Endian) is written to disk and sent with DCMTK
 `storescu` (one association) to a fresh `fracnode serve` process (`complete_on_release: true`,
 route CT → `cspine-fracture` → a real Orthanc on loopback). The node is started fresh for each
@@ -56,7 +56,7 @@ class Run:
 
 def write_study(slices: int, folder: Path, seed: int) -> tuple[str, list[Path]]:
     """A 512×512 phantom neck CT of `slices` slices on disk; (StudyInstanceUID, files)."""
-    from node.training.cspine_phantom import PhantomSpec, generate_study
+    from training.phantom.generate import PhantomSpec, generate_study
 
     study = generate_study(seed, PhantomSpec(size=512, slices=slices, region="neck"))
     folder.mkdir(parents=True)

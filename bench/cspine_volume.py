@@ -44,7 +44,7 @@ def main() -> int:
     parser.add_argument("--slices", type=int, nargs="+", default=[300, 600])
     parser.add_argument("--size", type=int, default=512)
     args = parser.parse_args()
-    from node.training.cspine_phantom import PhantomSpec, generate_study
+    from training.phantom.generate import PhantomSpec, generate_study
 
     for slices in args.slices:
         spec = PhantomSpec(size=args.size, slices=slices, slice_thickness=0.625)

@@ -61,9 +61,10 @@ def _previews(folder: Path, findings: Findings) -> dict[str, Path]:
     from node.results.preview import render_png
 
     previews = {}
+    threshold = min((value for _, value in findings.thresholds), default=None)
     for image in findings.images:
         path = folder / f"preview_{image.sop_instance_uid}.png"
-        render_png(dcmread(image.path), image, path)
+        render_png(dcmread(image.path), image, path, threshold)
         previews[image.sop_instance_uid] = path
     return previews
 

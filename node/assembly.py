@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 from node.config import AssemblySettings
 from node.db import Database
@@ -126,3 +127,61 @@ class Assembly:
                 Study(row["study_uid"], revision, current["calling_ae"], summarize_series(instances))
             )
         return completed
+
+
+@dataclass(frozen=True)
+class AnalysisRequest:
+    """What became of an operator's request to analyse a held study again (`request_analysis`)."""
+
+    study_uid: str
+    queued: bool  # False: the study is still being received (or already queued): one run follows
+    instances: int
+    message: str
+
+
+class StudyNotHeld(LookupError):
+    """The study is not in the index, or its spooled instances were purged (`purged`)."""
+
+    def __init__(self, message: str, purged: bool) -> None:
+        super().__init__(message)
+        self.purged = purged
+
+
+def request_analysis(db: Database, study_uid: str) -> AnalysisRequest:
+    """Complete a held study again as a new revision, so routing runs it anew on the spooled copy.
+
+    An identical resend changes nothing (the spool is idempotent), so this is how an operator asks
+    for a new analysis of an unchanged study. The request uses the pull's flag (RETRIEVED): the
+    study completes at the next assembly step whatever `complete_on_release` says, and instances
+    arriving meanwhile make it wait for its quiet period as usual. Raises StudyNotHeld.
+    """
+    with db.transaction() as conn:
+        study = conn.execute(
+            "SELECT pending, release_ready FROM studies WHERE study_uid = ?", (study_uid,)
+        ).fetchone()
+        instances = conn.execute(
+            "SELECT COUNT(*) FROM instances WHERE study_uid = ?", (study_uid,)
+        ).fetchone()[0]
+        if study is None:
+            raise StudyNotHeld(f"no study {study_uid} in the node's index", purged=False)
+        if not instances:
+            raise StudyNotHeld(
+                f"the spooled copy of study {study_uid} was removed (storage.retention_days);"
+                " send the study again, or pull it from a peer",
+                purged=True,
+            )
+        if study["pending"]:
+            already = study["release_ready"] == RETRIEVED
+            return AnalysisRequest(study_uid, False, instances, (
+                "an analysis of this study is already requested; it starts at the next step"
+                if already else
+                "the study is still being received; it is analysed once complete"
+            ))
+        conn.execute(
+            "UPDATE studies SET pending = 1, release_ready = ? WHERE study_uid = ?",
+            (RETRIEVED, study_uid),
+        )
+    return AnalysisRequest(study_uid, True, instances, (
+        f"study queued for a new analysis of its {instances} spooled instance(s); the new"
+        " revision's results supersede the current ones"
+    ))

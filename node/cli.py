@@ -7,13 +7,14 @@ import logging
 import os
 import re
 import signal
-import sqlite3
 import sys
+import threading
 import time
 from pathlib import Path
 
 from node import __version__, pipelines
 from node.config import Config, ConfigError, load
+from node.config.peers import OPTIONAL_OBJECTS
 
 DEFAULT_CONFIG_ENV = "FRACNODE_CONFIG"
 
@@ -34,11 +35,12 @@ def _load(args: argparse.Namespace) -> Config:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     from node import logs
+    from node.banner import banner
     from node.service import Node, NodeAlreadyRunning
     from node.web.server import WebBindError
 
     config = _load(args)
-    logs.setup(config.logging.level, config.logging.format)
+    logs.setup(config.logging.level, config.logging.format, libraries=config.logging.libraries)
     try:
         node = Node(config)
     except (NodeAlreadyRunning, ValueError) as exc:
@@ -60,10 +62,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    web = f"; HTTP on {config.web.bind}:{node.web.port}" if node.web is not None else ""
-    print(f"fracnode {__version__}: listening as {config.node.ae_title} on "
-          f"{config.node.bind}:{node.ingest.port}{web}; data in {config.storage.data_dir.resolve()}"
-          " (Ctrl-C stops)", file=sys.stderr, flush=True)
+    print(banner(config, node), file=sys.stderr, flush=True)
+
+    def when_warm() -> None:
+        node.warmed.wait()
+        ready = ", ".join(f"{name} {state}" for name, state in node.warm_results.items())
+        print(f"fracnode: models {ready or 'none routed'}", file=sys.stderr, flush=True)
+
+    threading.Thread(target=when_warm, name="banner", daemon=True).start()
     node.wait()
     node.stop()
     return 0
@@ -88,7 +94,9 @@ def _target(config: Config, text: str):  # type: ignore[no-untyped-def]
     if not match:
         known = ", ".join(p.name for p in config.peers) or "none configured"
         raise SystemExit(f"fracnode: {text!r} is neither a configured peer ({known}) nor AE@HOST:PORT / HOST:PORT")
-    return Target(match["ae"] or "ANY-SCP", match["host"], int(match["port"]))
+    # HOST:PORT alone calls the node's own AE title: the likeliest peer is another fracnode (or
+    # this one); a PACS needs its own, given as AE@HOST:PORT
+    return Target(match["ae"] or config.node.ae_title, match["host"], int(match["port"]))
 
 
 def cmd_echo(args: argparse.Namespace) -> int:
@@ -150,10 +158,10 @@ def cmd_send(args: argparse.Namespace) -> int:
 def cmd_analyze(args: argparse.Namespace) -> int:
     config = _load(args)
     overlays = frozenset(o for o in args.overlays.split(",") if o)
-    unknown = overlays - {"gsps", "secondary_capture"}
+    unknown = overlays - set(OPTIONAL_OBJECTS)
     if unknown:
         print(f"fracnode analyze: unknown overlay(s) {', '.join(sorted(unknown))}"
-              " (choose from gsps, secondary_capture)", file=sys.stderr)
+              f" (choose from {', '.join(OPTIONAL_OBJECTS)})", file=sys.stderr)
         return 2
     if args.source or args.study:
         if not (args.source and args.study) or args.paths:
@@ -204,57 +212,22 @@ def _analyze_from_peer(config: Config, peer: str, study_uid: str, out: Path, ove
         return _analyze_files(config, files, out, overlays)
 
 
-def _age(now: float, then: float | None) -> str:
-    if then is None:
-        return "-"
-    seconds = max(0, now - then)
-    return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago" if seconds < 7200 else f"{seconds / 3600:.1f}h ago"
+FOLDER_HINT = "create the folder and give it to the node's user, or choose a folder under storage.data_dir"
 
 
-def cmd_status(args: argparse.Namespace) -> int:
-    config = _load(args)
-    path = config.database_path
-    if not path.exists():
-        print(f"no node state in {config.storage.data_dir} yet (the node has not run with this data_dir)")
-        return 0
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
-    now = time.time()
-    jobs = dict(conn.execute("SELECT state, COUNT(*) FROM jobs GROUP BY state").fetchall())
-    print("jobs:    " + (", ".join(f"{k} {v}" for k, v in sorted(jobs.items())) or "none"))
-    outbox = conn.execute(
-        "SELECT destination, state, COUNT(*) AS n FROM outbox GROUP BY destination, state ORDER BY 1, 2"
-    ).fetchall()
-    print("outbox:  " + (", ".join(f"{r['destination']} {r['state']} {r['n']}" for r in outbox) or "empty"))
-    pending = conn.execute("SELECT COUNT(*) FROM studies WHERE pending = 1").fetchone()[0]
-    print(f"studies receiving: {pending}")
-    print("\nrecent studies:")
-    for row in conn.execute(
-        "SELECT study_uid, revision, last_received_at, route_status, pending FROM studies"
-        " ORDER BY last_received_at DESC LIMIT ?", (args.limit,)
-    ):
-        state = "receiving" if row["pending"] else (row["route_status"] or "complete")
-        print(f"  {row['study_uid']}  rev {row['revision']}  last instance {_age(now, row['last_received_at'])}  {state}")
-    print("\nrecent jobs:")
-    for row in conn.execute(
-        "SELECT id, pipeline, route, state, attempts, max_attempts, last_error, summary, created_at,"
-        " started_at, finished_at, study_uid FROM jobs ORDER BY id DESC LIMIT ?", (args.limit,)
-    ):
-        took = f" {row['finished_at'] - row['started_at']:.1f}s" if row["finished_at"] and row["started_at"] else ""
-        detail = row["last_error"] or row["summary"]
-        print(f"  #{row['id']} {row['pipeline']} ({row['route']}) {row['state']}{took}"
-              f" attempts {row['attempts']}/{row['max_attempts']} study {row['study_uid']}"
-              + (f"\n      {detail}" if detail else ""))
-    print("\nrecent associations:")
-    for row in conn.execute(
-        "SELECT started_at, peer_ae, peer_address, outcome, reason, instances_received, instances_failed"
-        " FROM associations ORDER BY started_at DESC LIMIT ?", (args.limit,)
-    ):
-        print(f"  {_age(now, row['started_at'])}  {row['peer_ae']} {row['peer_address']}  {row['outcome']}"
-              f"  received {row['instances_received']} failed {row['instances_failed']}"
-              + (f"  ({row['reason']})" if row["reason"] else ""))
-    conn.close()
-    return 0
+def folder_problems(config: Config) -> list[tuple[str, str]]:
+    """Folder destinations the node could not write into: their results would wait forever."""
+    from node.config import FolderDestination
+    from node.dispatch.folder import writable_problem
+
+    found = []
+    for i, dest in enumerate(config.destinations):
+        if isinstance(dest, FolderDestination):
+            problem = writable_problem(dest.path)
+            if problem:
+                found.append((f"destinations[{i}] ({dest.name!r}).path: {problem}",
+                              FOLDER_HINT))
+    return found
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
@@ -270,11 +243,12 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"configuration {source}: 1 problem(s)\n  {exc}")
         return 1
-    problems = pipelines.check_routes(config)
+    hint = f"pipelines available: {', '.join(pipelines.known()) or 'none'}"
+    problems = [(p, hint) for p in pipelines.check_routes(config)] + folder_problems(config)
     if problems:
         print(f"configuration {source}: {len(problems)} problem(s)")
-        for problem in problems:
-            print(f"  {problem}\n    hint: pipelines available: {', '.join(pipelines.known()) or 'none'}")
+        for problem, why in problems:
+            print(f"  {problem}\n    hint: {why}")
         return 1
     print(f"configuration {source}: OK — AE title {config.node.ae_title} on port {config.node.port},"
           f" {len(config.peers)} peer(s), {len(config.destinations)} destination(s),"
@@ -311,10 +285,9 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("--timeout", type=float, default=30.0)
     send.set_defaults(func=cmd_send)
 
-    status = sub.add_parser("status", help="queue, recent studies, jobs and associations",
-                            parents=[config_option])
-    status.add_argument("--limit", type=int, default=10)
-    status.set_defaults(func=cmd_status)
+    from node.cli_state import add_parsers as add_state_parsers
+
+    add_state_parsers(sub, config_option)
 
     analyze = sub.add_parser("analyze", help="run the routes' pipelines on DICOM files offline",
                              parents=[config_option])
@@ -323,12 +296,11 @@ def build_parser() -> argparse.ArgumentParser:
                          help="retrieve the study from this configured peer (WADO-RS, C-GET or C-MOVE)")
     analyze.add_argument("--study", metavar="UID", help="the StudyInstanceUID to retrieve with --from")
     analyze.add_argument("--out", required=True, help="folder for results, previews and summary.csv")
-    analyze.add_argument("--overlays", default="", help="also write gsps and/or secondary_capture, comma-separated")
+    analyze.add_argument("--overlays", default="", help="also write gsps, secondary_capture and/or"
+                         " radiograph_seg (see docs/viewing-results.md), comma-separated")
     analyze.set_defaults(func=cmd_analyze)
 
-    from node.training.cli import add_parsers as add_training_parsers
-
-    add_training_parsers(sub)
+    _add_training_parsers(sub)
 
     config = sub.add_parser("config", help="configuration commands")
     config_sub = config.add_subparsers(dest="config_command", required=True)
@@ -337,6 +309,46 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("file", nargs="?", help="the YAML file (default: --config or the embedded defaults)")
     check.set_defaults(func=cmd_config_check)
     return parser
+
+
+TRAINING_COMMANDS = ("train", "evaluate", "phantom")
+
+
+def _add_training_parsers(sub: argparse._SubParsersAction) -> None:
+    """`train`, `evaluate` and `phantom` come from the top-level `training` package of a source checkout
+    (outside the runtime package; its libraries are the `[train]` extra). Without it the commands
+    still exist and say how to get it."""
+    try:
+        training_cli = _training_cli()
+    except ImportError as exc:
+        reason = str(exc)
+        for name in TRAINING_COMMANDS:
+            stub = sub.add_parser(name, help=f"{name} a model (needs a source checkout, see --help)", add_help=False)
+            stub.add_argument("rest", nargs=argparse.REMAINDER)
+            stub.set_defaults(func=lambda args, reason=reason: _no_training(reason))
+        return
+    training_cli.add_parsers(sub)
+
+
+def _training_cli():  # type: ignore[no-untyped-def]
+    """`training.cli`, from the environment or from the checkout this `node` package lives in."""
+    import importlib
+
+    try:
+        return importlib.import_module("training.cli")
+    except ImportError:
+        checkout = Path(__file__).resolve().parents[1]
+        if not (checkout / "training" / "cli.py").is_file():
+            raise
+        sys.path.insert(0, str(checkout))
+        return importlib.import_module("training.cli")
+
+
+def _no_training(reason: str) -> int:
+    print("fracnode: training and evaluation run from a source checkout with the training extra:"
+          " git clone the repository, then pip install -e '.[train]' (or make install) there"
+          f" ({reason})", file=sys.stderr)
+    return 2
 
 
 def main(argv: list[str] | None = None) -> int:

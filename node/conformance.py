@@ -203,7 +203,7 @@ def tables() -> dict[str, str]:
         ["Transfer Syntax", "Transfer Syntax UID", "Proposed"],
         [(UID(uid).name, f"`{uid}`", "; ".join(
             (["the syntax results are written in"] if uid == RESULT_TRANSFER_SYNTAX else [])
-            + (["a fallback after each object's own syntax"] if uid in fallback else [])))
+            + (["a fallback after the syntax of an uncompressed little-endian object"] if uid in fallback else [])))
          for uid in scu_transfer_syntaxes()],
     )
     identification = markdown_table(["", ""], [

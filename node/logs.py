@@ -57,18 +57,37 @@ def event(logger: logging.Logger, level: int, message: str, **fields: Any) -> No
     logger.log(level, message, extra={"fields": fields})
 
 
-def setup(level: str = "INFO", fmt: str = "json", stream: Any = None) -> None:
+OWN_LOGGERS = ("fracnode", "node")  # the node's own: `fracnode.*` and modules' `__name__`
+
+
+class LibraryLevel(logging.Filter):
+    """The node's records from `own` up, other libraries' from `libraries` up: highdicom alone
+    logs an INFO line per content item it builds, which would bury the node's own lines."""
+
+    def __init__(self, own: int, libraries: int) -> None:
+        super().__init__()
+        self.own = own
+        self.libraries = libraries
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        own = record.name.split(".", 1)[0] in OWN_LOGGERS
+        return record.levelno >= (self.own if own else self.libraries)
+
+
+def setup(level: str = "INFO", fmt: str = "json", stream: Any = None, libraries: str = "WARNING") -> None:
     from pynetdicom import _config as pynetdicom_config
 
     pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
     pynetdicom_config.LOG_RESPONSE_IDENTIFIERS = False
     handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    own_level, library_level = logging.getLevelName(level), logging.getLevelName(libraries)
+    handler.addFilter(LibraryLevel(own_level, library_level))
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
     root.addHandler(handler)
-    root.setLevel(level)
+    root.setLevel(min(own_level, library_level))
     logging.captureWarnings(True)  # pydicom warns with values: into this log, where they are withheld
     # pynetdicom's own INFO/DEBUG lines describe every PDU; the node logs what operators need
-    logging.getLogger("pynetdicom").setLevel(logging.WARNING)
+    logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, library_level))

@@ -8,7 +8,10 @@ several nodes in one process (tests) keep separate numbers.
 
 from __future__ import annotations
 
+import shutil
+import time
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -16,6 +19,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from node.db import Database
+from node.dispatch.health import destination_health
 
 if TYPE_CHECKING:
     from node.dispatch.outbox import OutboxItem
@@ -30,11 +34,15 @@ INFERENCE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30
 
 
 class _QueueCollector(Collector):
-    """Jobs per state and outbox items waiting per destination, counted when scraped."""
+    """Jobs per state, outbox items waiting per destination, how long the oldest has waited, and
+    the data folder's disk, read when scraped."""
 
-    def __init__(self, db: Database, destinations: Iterable[str]) -> None:
+    def __init__(self, db: Database, destinations: Iterable[str], data_dir: Path | None,
+                 min_free_bytes: int) -> None:
         self.db = db
         self.destinations = tuple(destinations)
+        self.data_dir = data_dir
+        self.min_free_bytes = min_free_bytes
 
     def collect(self) -> Iterator[Metric]:
         jobs = GaugeMetricFamily("fracnode_jobs", "Jobs in each state", labels=["state"])
@@ -55,12 +63,61 @@ class _QueueCollector(Collector):
         studies = GaugeMetricFamily("fracnode_studies_pending", "Studies still receiving (not complete)")
         studies.add_metric([], self.db.query("SELECT COUNT(*) AS n FROM studies WHERE pending = 1")[0]["n"])
         yield studies
+        yield from self._destinations()
+        yield from self._disk()
+
+    def _destinations(self) -> Iterator[Metric]:
+        now = time.time()
+        oldest = GaugeMetricFamily(
+            "fracnode_outbox_oldest_pending_seconds",
+            "Age of the oldest result waiting for delivery, per destination (0 when none waits)",
+            labels=["destination"])
+        attempts = GaugeMetricFamily(
+            "fracnode_outbox_pending_attempts_max",
+            "The most delivery attempts of a result still waiting, per destination", labels=["destination"])
+        failed = GaugeMetricFamily(
+            "fracnode_outbox_failed",
+            "Results given up (retrying cannot help; an operator must act), per destination",
+            labels=["destination"])
+        trouble = GaugeMetricFamily(
+            "fracnode_destination_in_trouble",
+            "1 when a destination has given-up results or results waiting after repeated failures",
+            labels=["destination"])
+        for health in destination_health(self.db, self.destinations):
+            oldest.add_metric([health.name], round(health.oldest_pending_age_s(now), 3))
+            attempts.add_metric([health.name], health.attempts)
+            failed.add_metric([health.name], health.failed)
+            trouble.add_metric([health.name], int(health.in_trouble(now)))
+        yield from (oldest, attempts, failed, trouble)
+
+    def _disk(self) -> Iterator[Metric]:
+        spool = GaugeMetricFamily("fracnode_spool_bytes", "Bytes of the instances held in the spool")
+        spool.add_metric([], self.db.query("SELECT COALESCE(SUM(size), 0) AS n FROM instances")[0]["n"])
+        yield spool
+        if self.data_dir is None:
+            return
+        try:
+            usage = shutil.disk_usage(self.data_dir)
+        except OSError:
+            return  # the folder is gone: the scrape still answers, the alert on absence fires
+        free = GaugeMetricFamily(
+            "fracnode_disk_free_bytes", "Free bytes on the file system of storage.data_dir")
+        free.add_metric([], usage.free)
+        size = GaugeMetricFamily(
+            "fracnode_disk_size_bytes", "Size of the file system of storage.data_dir in bytes")
+        size.add_metric([], usage.total)
+        floor = GaugeMetricFamily(
+            "fracnode_disk_min_free_bytes",
+            "storage.min_free_mb in bytes: below this the node refuses instances (0xA700)")
+        floor.add_metric([], self.min_free_bytes)
+        yield from (free, size, floor)
 
 
 class Metrics:
     """The node's metrics; the `*` methods are the hooks the stages call."""
 
-    def __init__(self, db: Database, destinations: Iterable[str] = ()) -> None:
+    def __init__(self, db: Database, destinations: Iterable[str] = (), data_dir: Path | None = None,
+                 min_free_bytes: int = 0) -> None:
         self.db = db
         self.registry = CollectorRegistry(auto_describe=True)
         destinations = tuple(destinations)
@@ -105,7 +162,7 @@ class Metrics:
         for name in destinations:
             self.dispatch_failures.labels(name)
             self.deliveries.labels(name)
-        self.registry.register(_QueueCollector(db, destinations))
+        self.registry.register(_QueueCollector(db, destinations, data_dir, min_free_bytes))
 
     def exposition(self) -> bytes:
         """The text exposition format (Prometheus 0.0.4)."""

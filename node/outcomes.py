@@ -87,6 +87,7 @@ def image_finding(stored: dict[str, Any], path: Path) -> ImageFinding:
         region_map=None,
         body_region=str(stored.get("body_region", "")),
         body_region_probability=float(stored.get("body_region_probability", 0.0)),
+        body_region_source=str(stored.get("body_region_source", "")),
     )
 
 

@@ -127,8 +127,9 @@ class ImageFinding:
     category: str  # "fracture" (≥ high-specificity threshold), "suspicious" (≥ high-sensitivity), "negative"
     regions: tuple[RegionFinding, ...]
     region_map: object  # numpy float32 (Rows, Columns): fracture-region probability in [0, 1]
-    body_region: str  # "hand" | "leg" | "hip" | "shoulder"
-    body_region_probability: float
+    body_region: str  # "hand" | "leg" | "hip" | "shoulder", or "" when not determined (no finding site)
+    body_region_probability: float  # the body-region head's probability for it (its highest when "")
+    body_region_source: str = ""  # "header" (an attribute named it), "model" (the head, confidently) or ""
 
 
 @dataclass(frozen=True)

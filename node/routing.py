@@ -34,6 +34,8 @@ def series_matches(rule: RouteMatchRule, series: SeriesAttributes, calling_ae: s
         wanted = {v.upper() for v in rule.image_type}
         if not any(wanted <= set(t.upper().split("\\")) for t in series.image_types):
             return False
+    if rule.exclude_body_part is not None and _pattern(rule.exclude_body_part).search(series.body_part_examined):
+        return False
     return (
         _text_matches(rule.body_part, series.body_part_examined)
         and _text_matches(rule.series_description, series.series_description)

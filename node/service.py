@@ -9,30 +9,31 @@ import fcntl
 import json
 import logging
 import os
-import shutil
 import threading
 import time
 import uuid
 from pathlib import Path
 
 from node import pipelines
-from node.assembly import Assembly, summarize_series
+from node.assembly import AnalysisRequest, Assembly, request_analysis, summarize_series
 from node.audit import Audit
 from node.config import Config
 from node.db import Database
 from node.dispatch.dispatcher import Dispatcher
-from node.dispatch.outbox import DELIVERED, Outbox
+from node.dispatch.outbox import Outbox
 from node.ingest.dimse import DimseIngest
 from node.ingest.stow import StowIngest
-from node.jobs import FINAL_STATES, NOT_APPLICABLE, JobQueue
+from node.jobs import NOT_APPLICABLE, JobQueue
 from node.logs import event
 from node.metrics import Metrics
 from node.outcomes import JobOutcomes
 from node.pull.puller import Puller
 from node.records import Job, PipelineInput, SeriesInput
 from node.redact import error_text
+from node.retention import purge_expired
 from node.routing import route_study
 from node.scan import ScanLimits
+from node.search import StudySearch
 from node.spool import Spool, private, private_dirs
 from node.web.server import WebBindError, WebServer
 
@@ -67,18 +68,22 @@ class Node:
         self.assembly = Assembly(self.db, config.assembly)
         self.jobs = JobQueue(self.db, config.jobs)
         self.outbox = Outbox(config.outbox_dir, self.db, config.dispatch.retry)
-        self.metrics = Metrics(self.db, [d.name for d in config.destinations])
+        self.metrics = Metrics(self.db, [d.name for d in config.destinations], data_dir,
+                               config.storage.min_free_mb * 2**20)
         self.outbox.on_attempt = self.metrics.delivery
         self.outcomes = JobOutcomes(self.db)
+        self.search = StudySearch(self.db, data_dir)
         self.dispatcher = Dispatcher(config, self.outbox)
         self.dispatcher.audit = self.audit
         self.ingest = DimseIngest(
             config.node, self.spool, self.db, on_released=self._on_released,
-            on_stored=lambda: self.metrics.instance_received("dimse"), audit=self.audit,
+            on_stored=lambda: self.metrics.instance_received("dimse"), on_unchanged=self._on_unchanged,
+            audit=self.audit,
         )
         self.stow = StowIngest(
             self.spool, self.db, on_released=self._on_released,
-            on_stored=lambda: self.metrics.instance_received("stow"), audit=self.audit,
+            on_stored=lambda: self.metrics.instance_received("stow"), on_unchanged=self._on_unchanged,
+            audit=self.audit,
         )
         self.pulls = Puller(config, self.spool, self.db, self.assembly, on_retrieved=self._assembly_wake_set)
         self.web: WebServer | None = WebServer(self, config.web) if config.web.enabled else None
@@ -89,6 +94,8 @@ class Node:
         self._threads: list[threading.Thread] = []
         self._pipelines: dict[str, pipelines.Pipeline] = {}
         self._pipelines_lock = threading.Lock()
+        self.warmed = threading.Event()
+        self.warm_results: dict[str, str] = {}
 
     @staticmethod
     def _take_lock(path: Path) -> int:
@@ -131,12 +138,18 @@ class Node:
             self.db.execute("UPDATE studies SET route_status = ? WHERE study_uid = ?",
                             (status, study.study_instance_uid))
             self.metrics.study_completed(study.study_instance_uid, now)
+            self._remember_for_search(study.study_instance_uid)
             event(log, logging.INFO, "study complete", study_uid=study.study_instance_uid,
                   revision=study.revision, series=len(study.series),
                   instances=sum(s.instance_count for s in study.series), routing=status)
         if studies:
             self._work_wake.set()
         return len(studies)
+
+    def _remember_for_search(self, study_uid: str) -> None:
+        rows = self.db.query("SELECT path FROM instances WHERE study_uid = ? LIMIT 1", (study_uid,))
+        if rows:
+            self.search.remember(study_uid, Path(rows[0]["path"]))
 
     def pipeline_input(self, job: Job) -> PipelineInput:
         placeholders = ",".join("?" * len(job.series_uids))
@@ -170,16 +183,21 @@ class Node:
             return self._pipelines[name]
 
     def warm_up(self) -> None:
-        """Build the routed pipelines (load their models) before the first study needs them."""
+        """Build the routed pipelines (load their models) before the first study needs them;
+        `warmed` is set after, with each pipeline's load time or failure in `warm_results`."""
         for name in dict.fromkeys(route.pipeline for route in self.config.routes):
             started = time.monotonic()
             try:
                 self.pipeline(name)
-            except Exception:
+            except Exception as exc:
+                self.warm_results[name] = f"failed: {type(exc).__name__}: {exc}"
                 log.exception("pipeline failed to load; its jobs will fail until this is fixed",
                               extra={"fields": {"pipeline": name}})
                 continue
-            event(log, logging.INFO, "pipeline ready", pipeline=name, seconds=round(time.monotonic() - started, 2))
+            seconds = round(time.monotonic() - started, 2)
+            self.warm_results[name] = f"ready in {seconds} s"
+            event(log, logging.INFO, "pipeline ready", pipeline=name, seconds=seconds)
+        self.warmed.set()
 
     def work_once(self, owner: str, now: float | None = None) -> bool:
         """Claim and run one job. Returns False when no job was due."""
@@ -255,6 +273,24 @@ class Node:
         self._work_wake.set()
         return True
 
+    def analyze_again(self, study_uid: str, requested_by: str) -> AnalysisRequest:
+        """Operator action: analyse a held study anew from the spool (raises StudyNotHeld)."""
+        request = request_analysis(self.db, study_uid)
+        event(log, logging.INFO, "analysis requested", study_uid=study_uid, requested_by=requested_by,
+              instances=request.instances, queued=request.queued, outcome=request.message)
+        self._assembly_wake.set()
+        return request
+
+    def _on_unchanged(self, study_uids: set[str]) -> None:
+        """An association or STOW-RS request carried only instances the node already held, byte for
+        byte: nothing is analysed again (the spool is idempotent); say so, and how to ask."""
+        for uid in sorted(study_uids):
+            rows = self.db.query(
+                "SELECT id, state FROM jobs WHERE study_uid = ? ORDER BY id DESC LIMIT 1", (uid,))
+            event(log, logging.INFO, "study resent unchanged: the current result stands", study_uid=uid,
+                  latest_job=rows[0]["id"] if rows else None, latest_state=rows[0]["state"] if rows else None,
+                  to_analyse_again=f"fracnode analyze-again {uid}, or POST /api/v1/studies/{uid}/analyze")
+
     def _still_owns(self, job: Job, owner: str) -> bool:
         """A worker whose lease ran out (another worker took the job) must not record an outcome."""
         if self.jobs.renew(job.id, owner, time.time()):
@@ -276,33 +312,8 @@ class Node:
 
     def clean_once(self, now: float | None = None) -> int:
         """Retention: delete spooled studies whose work ended `retention_days` ago."""
-        days = self.config.storage.retention_days
-        if days <= 0:
-            return 0
-        now = time.time() if now is None else now
-        cutoff = now - days * 86400
-        final = ",".join(f"'{s}'" for s in FINAL_STATES)
-        rows = self.db.query(
-            f"""SELECT s.study_uid FROM studies s WHERE s.pending = 0 AND s.last_received_at < ?
-            AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.study_uid = s.study_uid
-                AND (j.state NOT IN ({final}) OR j.finished_at >= ?))
-            AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.study_uid = s.study_uid
-                AND o.state != ?)""",
-            (cutoff, cutoff, DELIVERED),
-        )
-        for row in rows:
-            shutil.rmtree(self.config.spool_dir / row["study_uid"], ignore_errors=True)
-            for job in self.db.query("SELECT id FROM jobs WHERE study_uid = ?", (row["study_uid"],)):
-                shutil.rmtree(self.config.outbox_dir / str(job["id"]), ignore_errors=True)
-            with self.db.transaction() as conn:
-                conn.execute("DELETE FROM instances WHERE study_uid = ?", (row["study_uid"],))
-                conn.execute("DELETE FROM outbox WHERE study_uid = ?", (row["study_uid"],))
-                conn.execute("UPDATE studies SET route_status = route_status || ' (spool purged)'"
-                             " WHERE study_uid = ?", (row["study_uid"],))
-            self.audit.study_deleted(row["study_uid"], f"storage.retention_days ({days}) after its work ended")
-        if rows:
-            event(log, logging.INFO, "retention purge", studies=len(rows), retention_days=days)
-        return len(rows)
+        return purge_expired(self.config, self.db, time.time() if now is None else now,
+                             on_purged=self.audit.study_deleted)
 
     # -- threads ------------------------------------------------------------------------------
 

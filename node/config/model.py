@@ -101,15 +101,24 @@ def reference_problems(raw: dict[str, Any]) -> list[tuple[Loc, str]]:
     return problems
 
 
+# BodyPartExamined values (PS3.16 Annex L defined terms, searched case-insensitively) of anatomy
+# the radiograph model never saw: chest, abdomen, head and spine films are not analysed. HEAD and
+# NECK only as whole values: "FEMORAL NECK" or "HUMERAL HEAD" are in scope.
+OUT_OF_SCOPE_RADIOGRAPHS = (
+    "CHEST|THORAX|LUNG|HEART|BREAST|RIB|STERNUM|ABDOMEN|BOWEL|KIDNEY|SKULL|BRAIN|FACE|ORBIT"
+    "|SINUS|JAW|MANDIBLE|TMJ|SPINE|COCCYX|SACRUM|^HEAD$|^NECK$"
+)
+
+
 def _default_destinations() -> list[Destination]:
     return [FolderDestination(type="folder", name="results-folder", path=Path("fracnode-data/results"))]
 
 
 def _default_routes() -> list[Route]:
     return [
-        Route(
+        Route(  # the radiograph model knows limbs, hip and shoulder: other anatomy is routed away
             name="radiographs",
-            match=RouteMatchRule(modality=["CR", "DX"]),
+            match=RouteMatchRule(modality=["CR", "DX"], exclude_body_part=OUT_OF_SCOPE_RADIOGRAPHS),
             pipeline="radiograph-fracture",
             destinations=["results-folder"],
         ),

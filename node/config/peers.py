@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
@@ -147,14 +147,20 @@ Peer = Annotated[
 ]
 
 
-Overlay = Literal["gsps", "secondary_capture"]
+# Objects a destination receives only when it asks: overlays for PACS that show neither SR nor
+# SEG, and the radiograph SEG, which is standard but which OHIF 3.13 cannot display
+# (docs/viewing-results.md says which viewer needs which).
+Overlay = Literal["gsps", "secondary_capture", "radiograph_seg"]
+OPTIONAL_OBJECTS: tuple[str, ...] = get_args(Overlay)
 
 
 class DestinationBase(Strict):
     name: str
     overlays: list[Overlay] = Field(
         default_factory=list,
-        description="extra objects for PACS that show neither SR nor SEG: gsps, secondary_capture",
+        description="optional objects: gsps and secondary_capture for PACS that show neither SR"
+        " nor SEG; radiograph_seg, the radiograph fracture-region SEG (standard, but OHIF 3.13"
+        " cannot display it)",
     )
 
 
@@ -192,6 +198,9 @@ class RouteMatchRule(Strict):
 
     modality: list[str] = Field(default_factory=list)
     body_part: str | None = None
+    exclude_body_part: str | None = Field(
+        None, description="regex on BodyPartExamined that must NOT match (out-of-scope anatomy)"
+    )
     series_description: str | None = None
     protocol_name: str | None = None
     sop_class: list[str] = Field(default_factory=list)
@@ -200,7 +209,7 @@ class RouteMatchRule(Strict):
     )
     calling_ae: list[str] = Field(default_factory=list)
 
-    @field_validator("body_part", "series_description", "protocol_name")
+    @field_validator("body_part", "exclude_body_part", "series_description", "protocol_name")
     @classmethod
     def _regex(cls, value: str | None) -> str | None:
         if value is not None:

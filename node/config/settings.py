@@ -186,4 +186,7 @@ class WebSettings(Strict):
 class LoggingSettings(Strict):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     format: Literal["json", "text"] = "json"
+    libraries: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "WARNING", description="level of other libraries' loggers (highdicom, pynetdicom, MONAI, uvicorn)"
+    )
 

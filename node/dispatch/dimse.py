@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pydicom import dcmread
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 from pynetdicom import AE, evt
 from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
@@ -55,6 +55,7 @@ def _nodelay_handler(event: evt.Event) -> None:
 def _associate(ae: AE, target: Target) -> Association:
     """Request an association; raise AssociationFailed with the reason when none is made."""
     connected: list[bool] = []
+    answers: list[object] = []  # the A-ASSOCIATE response primitive, for a rejection's reason
 
     def on_open(event: evt.Event) -> None:
         connected.append(True)
@@ -65,7 +66,9 @@ def _associate(ae: AE, target: Target) -> Association:
     except TlsSetupError as exc:
         raise AssociationFailed(str(exc)) from exc
     assoc = ae.associate(target.host, target.port, ae_title=target.ae_title,
-                         evt_handlers=[(evt.EVT_CONN_OPEN, on_open)], tls_args=secure)
+                         evt_handlers=[(evt.EVT_CONN_OPEN, on_open),
+                                       (evt.EVT_ACSE_RECV, lambda event: answers.append(event.primitive))],
+                         tls_args=secure)
     if not assoc.is_established:
         # pynetdicom marks a refused TCP connection as aborted too: tell them apart
         if not connected and target.tls is not None:
@@ -74,7 +77,7 @@ def _associate(ae: AE, target: Target) -> Association:
             raise AssociationFailed(f"{target}: {reason}")
         if not connected:
             raise AssociationFailed(f"cannot connect to {target} (is it running and reachable?)")
-        raise AssociationFailed(_why_not(assoc, target))
+        raise AssociationFailed(_why_not(assoc, target, ae.ae_title, answers))
     return assoc
 
 
@@ -101,12 +104,40 @@ def echo(target: Target, calling_ae: str, timeout_s: float = 10.0) -> int:
         assoc.release()
 
 
-def _why_not(assoc: object, target: Target) -> str:
+# PS3.8 9.3.4, A-ASSOCIATE-RJ reasons given by the service user (source 1)
+CALLING_AE_REFUSED, CALLED_AE_REFUSED = 3, 7
+
+
+def _why_not(assoc: object, target: Target, calling_ae: str = "", answers: Sequence[object] = ()) -> str:
     if getattr(assoc, "is_rejected", False):
-        return f"{target} rejected the association (check the AE titles configured on both sides)"
+        answer = next((a for a in answers if getattr(a, "result", None) in (1, 2)), None)
+        source, reason = getattr(answer, "result_source", None), getattr(answer, "diagnostic", None)
+        if source == 1 and reason == CALLED_AE_REFUSED:
+            return (f"{target} rejected the association: it does not answer to the called AE title"
+                    f" {target.ae_title!r} (give its AE title: AE@HOST:PORT, or the peer's ae_title)")
+        if source == 1 and reason == CALLING_AE_REFUSED:
+            return (f"{target} rejected the association: it does not accept the calling AE title"
+                    f" {calling_ae!r} (add it on the peer, or use --calling-ae)")
+        said = f" ({getattr(answer, 'reason_str', '')})" if answer is not None else ""
+        return (f"{target} rejected the association{said}; called AE title {target.ae_title!r},"
+                f" calling AE title {calling_ae!r}: check the AE titles configured on both sides")
     if getattr(assoc, "is_aborted", False):
         return f"{target} aborted the association"
     return f"cannot connect to {target} (is it running and reachable?)"
+
+
+def proposed_syntaxes(syntax: str) -> list[str]:
+    """The transfer syntaxes of one presentation context for objects stored in `syntax`.
+
+    An SCP accepts one syntax per context (PS3.8 9.3.3.2) and may prefer its own order, and the
+    node never transcodes pixel data: an encapsulated (compressed) or big-endian object is
+    proposed in its own syntax alone, since a context accepted with a fallback could not carry
+    it. Little-endian native objects are re-encoded by pynetdicom, so they offer the fallbacks.
+    """
+    uid = UID(syntax)
+    if uid.is_compressed or not uid.is_little_endian:
+        return [syntax]
+    return list(dict.fromkeys([syntax, *FALLBACK_TRANSFER_SYNTAXES]))
 
 
 def store(
@@ -119,8 +150,7 @@ def store(
         headers.append((path, str(ds.SOPClassUID), str(ds.file_meta.TransferSyntaxUID)))
     ae = scu_ae(calling_ae, timeout_s)
     for sop_class, syntax in sorted({(c, t) for _, c, t in headers})[:MAX_CONTEXTS]:
-        syntaxes = list(dict.fromkeys([syntax, *FALLBACK_TRANSFER_SYNTAXES]))
-        ae.add_requested_context(sop_class, syntaxes)
+        ae.add_requested_context(sop_class, proposed_syntaxes(syntax))
     assoc = _associate(ae, target)
     results = []
     try:

@@ -15,6 +15,7 @@ from node.config import (
     FolderDestination,
     SenderDestination,
 )
+from node.dispatch import folder
 from node.dispatch.dicomweb import StowFailed, StowItem, stow
 from node.dispatch.dimse import AssociationFailed, Target, store
 from node.dispatch.outbox import DELIVERED, Outbox, OutboxItem
@@ -76,11 +77,15 @@ class Dispatcher:
         return self._to_peer(Target(peer.ae_title, peer.host, peer.port, peer.tls), items, now)
 
     def _to_folder(self, dest: FolderDestination, items: list[OutboxItem], now: float) -> int:
+        """Write each result as <path>/<study>/KIND_SERIES_UID.dcm (node.dispatch.folder); a job
+        whose results are all there sets aside the older revisions' results it replaces."""
         delivered = 0
+        completed: set[int] = set()
         for item in items:
             try:
-                target = dest.path / item.study_uid / f"{item.sop_instance_uid}.dcm"
-                write_atomically(target, item.path.read_bytes())
+                folder.write_readme(dest.path)
+                name = folder.file_name(item.path, item.sop_instance_uid, item.sop_class_uid)
+                write_atomically(dest.path / item.study_uid / name, item.path.read_bytes())
             except (OSError, OutOfSpace) as exc:
                 retry_at = self.outbox.failed_attempt(item, f"folder {dest.path}: {exc}", now)
                 event(log, logging.WARNING, "delivery failed", destination=dest.name,
@@ -88,9 +93,26 @@ class Dispatcher:
                 continue
             self.outbox.delivered(item, now)
             delivered += 1
+            completed.add(item.job_id)
+        for job_id in sorted(completed):
+            if self.outbox.undelivered(job_id, dest.name) == 0:
+                self._set_aside_replaced(dest, job_id, items)
         if delivered:
             event(log, logging.INFO, "results delivered", destination=dest.name, count=delivered)
         return delivered
+
+    def _set_aside_replaced(self, dest: FolderDestination, job_id: int, items: list[OutboxItem]) -> None:
+        study = next(item.study_uid for item in items if item.job_id == job_id)
+        for (old_job, revision), uids in self.outbox.replaced(job_id, dest.name).items():
+            try:
+                moved = folder.set_aside(dest.path / study, old_job, revision, uids)
+            except OSError as exc:  # the current results are in place: a leftover is cosmetic
+                event(log, logging.WARNING, "could not set superseded results aside", destination=dest.name,
+                      study_uid=study, job=old_job, error=str(exc))
+                continue
+            if moved:
+                event(log, logging.INFO, "superseded results set aside", destination=dest.name,
+                      study_uid=study, job=old_job, revision=revision, files=moved, by_job=job_id)
 
     def _to_peer(self, target: Target, items: list[OutboxItem], now: float) -> int:
         by_path = {item.path: item for item in items}

@@ -36,9 +36,24 @@ OVERLAY_SOP_CLASSES = {
 }
 
 
-def wanted_by(overlays: Collection[str], sop_class_uid: str) -> bool:
-    """Whether a destination with these `overlays` receives an object of this SOP class."""
-    kind = OVERLAY_SOP_CLASSES.get(sop_class_uid)
+SEGMENTATION_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
+
+
+def optional_kind(ds: Dataset) -> str | None:
+    """The `overlays` entry a destination needs to receive `ds`, or None (every destination).
+
+    A SEG without a frame of reference is a radiograph's (PS3.3 A.51: only SEGs of images in a
+    patient frame of reference have one); OHIF 3.13 cannot display it, so it is opt-in.
+    """
+    sop_class = str(ds.SOPClassUID)
+    if sop_class == SEGMENTATION_STORAGE and "FrameOfReferenceUID" not in ds:
+        return "radiograph_seg"
+    return OVERLAY_SOP_CLASSES.get(sop_class)
+
+
+def wanted_by(overlays: Collection[str], ds: Dataset) -> bool:
+    """Whether a destination with these `overlays` receives `ds`."""
+    kind = optional_kind(ds)
     return kind is None or kind in overlays
 
 
@@ -93,20 +108,20 @@ class Outbox:
     ) -> int:
         """Write the job's results, queue them for each destination and mark the job done.
 
-        `overlays` maps a destination to the overlay kinds it takes (GSPS, secondary capture);
-        other destinations get no overlay objects.
+        `overlays` maps a destination to the optional kinds it takes (GSPS, secondary capture,
+        radiograph SEG: `optional_kind`); other destinations get none of those objects.
         """
         overlays = overlays or {}
         files = []
         for ds in datasets:
             path = self.root / str(job.id) / f"{ds.SOPInstanceUID}.dcm"
             write_atomically(path, encode(ds))
-            files.append((path, str(ds.SOPInstanceUID), str(ds.SOPClassUID)))
+            files.append((path, str(ds.SOPInstanceUID), str(ds.SOPClassUID), ds))
         rows = [
             (destination, path, sop_uid, sop_class)
             for destination in job.destinations
-            for path, sop_uid, sop_class in files
-            if wanted_by(overlays.get(destination, ()), sop_class)
+            for path, sop_uid, sop_class, ds in files
+            if wanted_by(overlays.get(destination, ()), ds)
         ]
         with self.db.transaction() as conn:
             conn.executemany(
@@ -179,6 +194,30 @@ class Outbox:
             (FAILED, error[:2000], item.id),
         )
         self._attempted(item, "given_up", now)
+
+    def undelivered(self, job_id: int, destination: str) -> int:
+        """Results of a job still waiting for (or given up on) one destination."""
+        rows = self.db.query(
+            "SELECT COUNT(*) AS n FROM outbox WHERE job_id = ? AND destination = ? AND state != ?",
+            (job_id, destination, DELIVERED),
+        )
+        return int(rows[0]["n"])
+
+    def replaced(self, job_id: int, destination: str) -> dict[tuple[int, int], list[str]]:
+        """Results this destination got from older revisions of the job's study and route:
+        {(job id, revision): [SOP Instance UID, ...]}, which the job's results supersede."""
+        rows = self.db.query(
+            """SELECT o.job_id, j.revision, o.sop_instance_uid FROM outbox o
+            JOIN jobs j ON j.id = o.job_id
+            JOIN jobs current ON current.id = ?
+            WHERE o.destination = ? AND o.state = ? AND j.study_uid = current.study_uid
+            AND j.route = current.route AND j.id < current.id ORDER BY o.id""",
+            (job_id, destination, DELIVERED),
+        )
+        found: dict[tuple[int, int], list[str]] = {}
+        for row in rows:
+            found.setdefault((row["job_id"], row["revision"]), []).append(row["sop_instance_uid"])
+        return found
 
     def requeue_failed(self, now: float) -> int:
         return self.db.execute(

@@ -6,7 +6,7 @@ frame (slices inferior→superior, rows anterior→posterior, columns right→le
 vertebra's centroid. Channel 0 is the CT (trilinear; HU clipped to `crop.hu_window`, scaled to
 [0, 1]; air outside the scan), channel 1 the vertebra's own mask (nearest neighbour), which tells
 the network which of the vertebrae in the box it is asked about. The same function makes the
-training crops (`node.training.cspine`), so training and inference see identical inputs.
+training crops (`training.cspine.run`), so training and inference see identical inputs.
 
 The patient-level probability combines the vertebrae's: "noisy_or" = 1 − Π(1 − pᵢ) (fractures
 independent given the images), or "max"; `fracnode.patient_aggregation` names the one chosen on

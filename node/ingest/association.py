@@ -57,6 +57,7 @@ class AssociationRecord:
     received: int = 0
     failed: int = 0
     studies: dict[str, int] = field(default_factory=dict)  # Study Instance UID: instances stored
+    changed: set[str] = field(default_factory=set)  # studies with an instance new to the spool
 
 
 class Owner(Protocol):

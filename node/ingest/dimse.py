@@ -119,6 +119,7 @@ class DimseIngest:
         on_stored: Callable[[], None] = lambda: None,
         on_released: Callable[[set[str]], None] = lambda studies: None,
         audit: Audit | None = None,
+        on_unchanged: Callable[[set[str]], None] = lambda studies: None,
     ) -> None:
         # the node's SCU side (dispatch) uses pynetdicom: query identifiers hold patient data
         pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False
@@ -129,6 +130,7 @@ class DimseIngest:
         self.on_stored = on_stored
         self.on_released = on_released
         self.audit = audit
+        self.on_unchanged = on_unchanged  # studies an association resent without a new byte
         # abstract syntax → accepted transfer syntaxes, preferred first (Verification: pynetdicom's
         # default four uncompressed syntaxes)
         self.supported: dict[str, tuple[str, ...]] = {
@@ -350,11 +352,15 @@ class DimseIngest:
                                          record.studies, record.failed)
         if record.studies and outcome == "released":
             self.on_released(set(record.studies))
+            unchanged = record.studies.keys() - record.changed
+            if unchanged:
+                self.on_unchanged(unchanged)
 
     def stored(self, record: AssociationRecord, stored: Stored) -> None:
         record.received += 1
         record.studies[stored.header.study_uid] = record.studies.get(stored.header.study_uid, 0) + 1
         if not stored.duplicate:
+            record.changed.add(stored.header.study_uid)
             self.on_stored()
 
     def refused(self, record: AssociationRecord, status: int, reason: str, sop_uid: str) -> None:

@@ -280,11 +280,13 @@ class StowIngest:
         on_released: Callable[[set[str]], None] = lambda studies: None,
         on_stored: Callable[[], None] = lambda: None,
         audit: Audit | None = None,
+        on_unchanged: Callable[[set[str]], None] = lambda studies: None,
     ) -> None:
         self.spool = spool
         self.audit = audit
         self.db = db
         self.on_released = on_released
+        self.on_unchanged = on_unchanged  # studies a request resent without a new byte
         self.on_stored = on_stored
         self.storage_sop_classes = frozenset(STORAGE_SOP_CLASSES)
         self.transfer_syntaxes = frozenset(TRANSFER_SYNTAXES)
@@ -320,6 +322,9 @@ class StowIngest:
             self.audit.transferred_in(record.calling_ae, record.address, studies, failed)
         if studies and outcome == "released":
             self.on_released(set(studies))
+            unchanged = set(studies) - {o.study_uid for o in record.outcomes if o.stored and not o.duplicate}
+            if unchanged:
+                self.on_unchanged(unchanged)
 
     def _audit_row(self, sql: str, params: tuple[object, ...]) -> None:
         # like the DIMSE trail: a full disk must not turn a request into a crash

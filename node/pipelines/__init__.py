@@ -27,6 +27,7 @@ class Pipeline(Protocol):
 
 PipelineFactory = Callable[[Config], Pipeline]
 _REGISTRY: dict[str, PipelineFactory] = {}
+_BUNDLES: dict[str, tuple[str, ...]] = {}  # pipeline → the model bundles it loads (by folder name)
 BUILTIN_MODULES: tuple[str, ...] = ("node.pipelines.radiograph", "node.pipelines.cspine")
 
 
@@ -34,11 +35,13 @@ class PipelineNotFound(KeyError):
     pass
 
 
-def register(name: str) -> Callable[[PipelineFactory], PipelineFactory]:
-    """Decorator: register `factory(config) -> Pipeline` under `name`."""
+def register(name: str, bundles: tuple[str, ...] = ()) -> Callable[[PipelineFactory], PipelineFactory]:
+    """Decorator: register `factory(config) -> Pipeline` under `name`; `bundles` names the model
+    bundles it loads from `inference.models_dir` (shown with their metrics at start)."""
 
     def decorator(factory: PipelineFactory) -> PipelineFactory:
         _REGISTRY[name] = factory
+        _BUNDLES[name] = bundles
         return factory
 
     return decorator
@@ -53,6 +56,10 @@ def load_modules(modules: list[str]) -> None:
             raise ValueError(f"pipeline_modules: cannot import {module!r}: {exc}") from exc
         if module in modules and imported.__file__:
             trust(Path(imported.__file__))  # a configured pipeline's own messages are kept
+
+
+def bundles_of(name: str) -> tuple[str, ...]:
+    return _BUNDLES.get(name, ())
 
 
 def known() -> list[str]:

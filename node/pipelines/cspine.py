@@ -258,7 +258,7 @@ def summarize(findings: CSpineFindings) -> str:
     return text
 
 
-@register(NAME)
+@register(NAME, bundles=("cspine_vertebrae", "cspine_fracture"))
 def _factory(config: Config) -> CSpineFracturePipeline:
     from node.inference.cspine import CSpineModels
 

@@ -99,7 +99,9 @@ def build_secondary_capture(
             f"finding for {image.sop_instance_uid} paired with source {source.SOPInstanceUID}"
         )
     template = producer.template
-    label = template.label(image.category, image.fracture_probability)
+    label = template.label(
+        image.category, image.fracture_probability, image.body_region, producer.label_threshold
+    )
     pixels = burn_in(displayed(source), image, label, template.disclaimer)
     series = template.series["secondary_capture"]
     equipment = producer.equipment

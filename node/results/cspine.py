@@ -16,7 +16,8 @@ SEG (PS3.3 A.51), BINARY:
   neck of ~150 slices gives a few hundred 1-bit frames, not 600 × 7.
 - the CT series is referenced (Referenced Series Sequence, Derivation Image per frame).
 
-SR (Comprehensive 3D SR, TID 1500), see `node.results.cspine_sr`.
+SR (Comprehensive 3D SR, TID 1500), see `node.results.cspine_sr`; where each vertebra lies on the
+CT's slices, see `node.results.cspine_slices`.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from pydicom.uid import generate_uid
 
 from node.records import CSpineFindings
 from node.results import no_name_warnings
+from node.results.cspine_slices import place, slice_counts
 from node.results.cspine_sr import Tracking, build_cspine_sr, vertebra_trackings
 from node.results.cspine_template import (
     VERTEBRAE,
@@ -42,27 +44,13 @@ from node.results.producer import Producer
 CONTENT_LABEL = "VERTEBRAE"  # Content Label (CS, ≤ 16 characters)
 
 
-def label_counts(labels: np.ndarray) -> np.ndarray:
-    """Voxels per label value 0..7, slice by slice (a whole-volume bincount would first copy a
-    600-slice volume to int64, 1.2 GB)."""
-    counts = np.zeros(len(VERTEBRAE) + 1, dtype=np.int64)
-    for plane in labels:
-        low, high = int(plane.min()), int(plane.max())
-        if low < 0 or high > len(VERTEBRAE):
-            raise ValueError(
-                f"labels hold values outside 0..{len(VERTEBRAE)} (0 background, 1 = C1 … 7 = C7): "
-                f"{low if low < 0 else high}"
-            )
-        counts += np.bincount(plane.reshape(-1), minlength=len(VERTEBRAE) + 1)
-    return counts
-
-
 def check_inputs(
-    findings: CSpineFindings, sources: Sequence[Dataset], labels: np.ndarray
+    findings: CSpineFindings, sources: Sequence[Dataset], labels: np.ndarray, counts: np.ndarray
 ) -> dict[int, int]:
     """Validate the inputs against each other; returns label value → voxel count of each present one.
 
-    Raises ValueError naming the argument and value that disagree.
+    `counts` are `slice_counts(labels)`. Raises ValueError naming the argument and value that
+    disagree.
     """
     if not sources:
         raise ValueError(f"study {findings.study_instance_uid}: no source CT datasets")
@@ -82,10 +70,8 @@ def check_inputs(
         raise ValueError(
             f"labels have shape {labels.shape}; the CT series is {expected} (slices, rows, columns)"
         )
-    if labels.dtype.kind not in "ui":
-        raise ValueError(f"labels must be an integer label volume, got dtype {labels.dtype}")
-    counts = label_counts(labels)
-    present = {label: int(counts[label]) for label in range(1, len(VERTEBRAE) + 1) if counts[label]}
+    totals = counts.sum(axis=0)
+    present = {label: int(totals[label]) for label in range(1, len(VERTEBRAE) + 1) if totals[label]}
     if not present:
         raise ValueError(f"study {findings.study_instance_uid}: the label volume has no vertebra")
     reported = [v.label for v in findings.vertebrae]
@@ -175,7 +161,13 @@ def build_cspine_results(
     """
     with no_name_warnings():
         template = template or shipped_cspine_template()
-        present = check_inputs(findings, sources, labels)
+        if labels.dtype.kind not in "ui":
+            raise ValueError(f"labels must be an integer label volume, got dtype {labels.dtype}")
+        counts = slice_counts(labels, len(VERTEBRAE))
+        present = check_inputs(findings, sources, labels, counts)
+        places = {
+            v.label: place(sources, labels, counts, v.label, v.centre) for v in findings.vertebrae
+        }
         numbers = segment_numbers(list(present))
         trackings = vertebra_trackings(template, list(present))
         seg_producer = Producer(findings.segmentation_algorithm, template)
@@ -184,6 +176,6 @@ def build_cspine_results(
             sources, labels, numbers, seg_producer, trackings, generate_uid()
         )
         report = build_cspine_sr(
-            findings, sources, seg, numbers, sr_producer, trackings, generate_uid()
+            findings, sources, seg, numbers, sr_producer, trackings, places, generate_uid()
         )
         return [seg, report]

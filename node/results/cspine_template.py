@@ -23,9 +23,12 @@ from node.results.templates import (
     Series,
     SeriesSpec,
     TemplateError,
+    WordingSpec,
     _Strict,
     read_spec,
+    resolve_wording,
 )
+from node.results.wording import Wording
 
 CSPINE_FRACTURE = "cspine-fracture"
 VERTEBRAE = ("C1", "C2", "C3", "C4", "C5", "C6", "C7")  # label value i + 1 is VERTEBRAE[i]
@@ -76,6 +79,7 @@ class CSpineTemplateSpec(_Strict):
     algorithm: AlgorithmSpec
     segmentation: CSpineSegmentationSpec
     series: dict[str, SeriesSpec]
+    wording: WordingSpec
 
     @field_validator("vertebrae")
     @classmethod
@@ -107,7 +111,8 @@ class CSpineTemplate:
     finding_site: hd.sr.CodedConcept  # cervical spine: patient-level site, SEG anatomic region
     presence: dict[str, hd.sr.CodedConcept]  # category → evaluation value
     probability: hd.sr.CodedConcept
-    probability_unit: hd.sr.CodedConcept
+    probability_unit: hd.sr.CodedConcept  # UCUM %
+    comment: hd.sr.CodedConcept
     vertebrae: dict[str, hd.sr.CodedConcept]  # C1 … C7 → SCT vertebra
     study_tracking: str
     vertebra_tracking: str
@@ -115,6 +120,7 @@ class CSpineTemplate:
     segment_category: hd.sr.CodedConcept
     segment_label_format: str
     series: dict[str, Series]  # sr, seg
+    wording: Wording
 
     def vertebra(self, label: int) -> hd.sr.CodedConcept:
         """The SNOMED CT concept of the vertebra with label value `label` (1 = C1)."""
@@ -145,6 +151,7 @@ def resolve_cspine(spec: CSpineTemplateSpec) -> CSpineTemplate:
         presence={k: v.concept() for k, v in spec.finding.presence.items()},
         probability=spec.finding.probability.name.concept(),
         probability_unit=spec.finding.probability.unit.concept(),
+        comment=spec.finding.comment.concept(),
         vertebrae={k: v.concept() for k, v in spec.vertebrae.items()},
         study_tracking=spec.tracking.study,
         vertebra_tracking=spec.tracking.vertebra,
@@ -152,6 +159,7 @@ def resolve_cspine(spec: CSpineTemplateSpec) -> CSpineTemplate:
         segment_category=spec.segmentation.category.concept(),
         segment_label_format=spec.segmentation.label,
         series={k: Series(v.number, v.description) for k, v in spec.series.items()},
+        wording=resolve_wording(spec.wording),
     )
 
 

@@ -108,11 +108,13 @@ def build_presentation_state(
             f"finding for {image.sop_instance_uid} paired with source {source.SOPInstanceUID}"
         )
     template = producer.template
-    label = template.label(image.category, image.fracture_probability)
+    label = template.label(
+        image.category, image.fracture_probability, image.body_region, producer.label_threshold
+    )
     layer = hd.pr.GraphicLayer(
         layer_name=template.content_label,
         order=1,
-        description=label,
+        description=label[:64],  # LO
         display_color=hd.color.CIELabColor.from_rgb(*COLOURS[image.category]),
     )
     series = template.series["gsps"]

@@ -62,6 +62,12 @@ class Producer(Generic[TemplateT]):
         }
 
     @property
+    def label_threshold(self) -> float | None:
+        """The operating point labels compare with: the lowest one (where "possible" starts)."""
+        values = [value for _, value in self.thresholds]
+        return min(values) if values else None
+
+    @property
     def parameters(self) -> dict[str, str]:
         """Algorithm parameters worth recording: the weights digest and the operating points."""
         values = {"weights_sha256": self.algorithm.weights_sha256}

@@ -1,9 +1,11 @@
 """Results of the radiograph-fracture pipeline: Findings + source datasets → derived DICOM objects.
 
-Always an SR (TID 1500) for the study; a SEG per source image that has regions; on request a
-GSPS and/or a secondary capture per source image. Pure: nothing is written or sent here. Each
-kind of object goes into its own new series (numbers and descriptions from the SR template), and
-every object gets a new SOP Instance UID.
+Always an SR (TID 1500) for the study. On request (a destination's `overlays`): a GSPS and/or a
+secondary capture per source image, and `radiograph_seg`, a SEG per source image that has
+regions. The SEG is opt-in because no standard-conformant radiograph SEG displays in OHIF 3.13
+(see node.results.seg); the SR's outlines are what viewers draw. Pure: nothing is written or
+sent here. Each kind of object goes into its own new series (numbers and descriptions from the
+SR template), and every object gets a new SOP Instance UID.
 """
 
 from __future__ import annotations
@@ -27,6 +29,8 @@ OVERLAYS: dict[str, Overlay] = {
     "gsps": build_presentation_state,
     "secondary_capture": build_secondary_capture,
 }
+RADIOGRAPH_SEG = "radiograph_seg"  # the optional object that is not an overlay of one image
+OPTIONAL = (*OVERLAYS, RADIOGRAPH_SEG)
 
 
 def _paired_sources(findings: Findings, sources: Mapping[str, Dataset]) -> dict[str, Dataset]:
@@ -52,10 +56,10 @@ def build_results(
     overlays: Collection[str] = frozenset(),
     template: FractureTemplate | None = None,
 ) -> list[Dataset]:
-    """SR, SEG(s) and the requested overlays for one study, SEGs first, then the SR, then overlays.
+    """SR and the requested optional objects for one study: SEGs first, then the SR, then overlays.
 
     `sources` maps SOP Instance UID → source dataset (with pixel data when overlays are wanted);
-    `overlays` ⊆ {"gsps", "secondary_capture"}. No image with a region → no SEG.
+    `overlays` ⊆ {"gsps", "secondary_capture", "radiograph_seg"}. No image with a region → no SEG.
     """
     with no_name_warnings():
         return _build(findings, sources, overlays, template)
@@ -67,9 +71,9 @@ def _build(
     overlays: Collection[str],
     template: FractureTemplate | None,
 ) -> list[Dataset]:
-    unknown = sorted(set(overlays) - set(OVERLAYS))
+    unknown = sorted(set(overlays) - set(OPTIONAL))
     if unknown:
-        raise ValueError(f"overlays: unknown {unknown} (known: {sorted(OVERLAYS)})")
+        raise ValueError(f"overlays: unknown {unknown} (known: {sorted(OPTIONAL)})")
     if not findings.images:
         raise ValueError(
             f"study {findings.study_instance_uid}: no image findings, nothing to report"
@@ -83,7 +87,8 @@ def _build(
     }
     segmentations: list[Dataset] = []
     seg_series = generate_uid()
-    for image in (i for i in findings.images if i.regions):
+    wanted = findings.images if RADIOGRAPH_SEG in overlays else ()
+    for image in (i for i in wanted if i.regions):
         tracking = trackings[image.sop_instance_uid]
         segmentations.append(
             build_segmentation(

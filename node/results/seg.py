@@ -2,11 +2,18 @@
 
 Choices, and why:
 
+- Optional (a destination's `overlays: [radiograph_seg]`), never sent by default: OHIF 3.13 cannot
+  display it. OHIF's SEG loader needs the Pixel Measures and Plane Orientation functional groups,
+  which PS3.3 A.51 (Table A.51-2) ties to a patient frame of reference that a projection
+  radiograph does not have (highdicom refuses them here), and it rejects FRACTIONAL segments
+  ("Fractional segmentations are not yet supported"). A SEG that OHIF would load would have to
+  invent a frame of reference; fracnode does not write one. What OHIF shows of a radiograph is
+  the SR: the region outlines (TID 1410) and the image finding. The SEG is for readers of the
+  standard object that keep the per-pixel map (3D Slicer, highdicom, research archives).
 - FRACTIONAL / PROBABILITY (PS3.3 C.8.20.2.3), from the model's region map, not a BINARY mask of
   the thresholded regions. The map is what the model actually said, per pixel; the thresholded
   outline is already in the SR as TID 1410 polylines, so a binary SEG would only repeat it while
-  discarding the probabilities. Viewers (OHIF, 3D Slicer) display fractional segments directly
-  or threshold them; 8 bits (max fractional value 255) resolve the probability to 0.4 %.
+  discarding the map. 8 bits (max fractional value 255) resolve it to 0.4 %.
 - One SEG per source image that has regions, not one per study: highdicom (like the IOD for
   images without a frame of reference) builds a SEG over one series of equally sized images, and
   a study's radiographs are usually separate series of different sizes.
@@ -25,7 +32,7 @@ from pydicom.uid import generate_uid
 from node.records import ImageFinding
 from node.results.producer import Producer, patient_orientation
 
-SEGMENT_NUMBER = 1  # one segment: fracture probability
+SEGMENT_NUMBER = 1  # one segment: the fracture region map
 
 
 def region_probabilities(image: ImageFinding, source: Dataset) -> np.ndarray:
@@ -46,6 +53,7 @@ def segment_description(
     image: ImageFinding, producer: Producer, tracking_id: str, tracking_uid: str
 ) -> hd.seg.SegmentDescription:
     template = producer.template
+    site = template.finding_site(image.body_region)  # None: site not determined, no region
     return hd.seg.SegmentDescription(
         segment_number=SEGMENT_NUMBER,
         segment_label=template.segment_label,
@@ -55,7 +63,7 @@ def segment_description(
         algorithm_identification=producer.seg_algorithm(),
         tracking_uid=tracking_uid,
         tracking_id=tracking_id,
-        anatomic_regions=[template.finding_site(image.body_region)],
+        anatomic_regions=[site] if site is not None else None,
     )
 
 

@@ -2,18 +2,29 @@
 
 Content, per source image in study order (PS3.16 TID 1500 → Imaging Measurements):
 
-- one image-level finding, TID 1501: finding type Fracture, finding site from the body region,
-  the qualitative evaluation "Fracture" = Present / Suspected / Absent by model category, the
-  fracture probability as a TID 300 measurement, the source image (Source Image for Measurement
-  Group), the algorithm (TID 4019); every image gets one, with regions or without;
-- one TID 1410 planar ROI per predicted region: a closed POLYLINE SCOORD on the source image
-  (first point repeated last, pixel coordinates with 0,0 the top-left corner of the top-left
-  pixel, PS3.3 C.18.6.1.1), the same evaluation, and the region's peak probability.
+- one image finding, TID 1501, for every image, positive or negative: finding type Fracture, the
+  finding site from the body region (none when the site was not determined), the qualitative
+  evaluation "Fracture" = Present / Suspected / Absent by model category, the image's fracture
+  probability in percent (TID 300) INFERRED FROM a closed POLYLINE SCOORD around the whole image
+  (the area the model read), the finding in words as a Comment (TEXT; TID 1501 is extensible),
+  the source image (Source Image for Measurement Group) and the algorithm (TID 4019);
+- per predicted region (only images at or above the suspicious operating point have any), one
+  TID 1410 planar ROI: a closed POLYLINE SCOORD on the source image (first point repeated last,
+  pixel coordinates with 0,0 the top-left corner of the top-left pixel, PS3.3 C.18.6.1.1), the
+  image's evaluation and the region score: the peak of the model's region map inside the outline,
+  coded as a score (99FRACNODE), not as a second probability of the finding. No finding site:
+  the image finding carries it, and a site in every region would only repeat it.
+
+Why every group has spatial coordinates: viewers draw TID 1500 groups by their SCOORDs. OHIF 3.13
+merges groups by tracking UID and reads the first SCOORD of each; a group without one (the old
+image finding) broke its viewport. With a frame around the image, a negative image shows its
+probability too. OHIF prints a group's Comment and NUM items as the label ("AI: possible fracture,
+lower limb", "Probability: 31.00 %"), which is why the probability's unit is % and the finding
+is also a comment: it prints finding-site codes and qualitative evaluations poorly or not at all.
 
 Every source image and every SEG made for the study are listed as evidence (Current Requested
-Procedure Evidence Sequence, PS3.3 C.17.2.2): TID 1410 holds either a region or a segment, never
-both, and the polylines are what viewers draw. The segment carries the image finding's tracking
-UID, which pairs it with the SR finding.
+Procedure Evidence Sequence, PS3.3 C.17.2.2). The SEG's segment carries the image finding's
+tracking UID, which pairs it with the SR finding.
 
 Image Library (TID 1600): highdicom writes TID 1603 projection radiography descriptors, which
 need Patient Orientation and Imager Pixel Spacing. Images lacking either are left out of the
@@ -24,6 +35,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import highdicom as hd
 import numpy as np
@@ -33,6 +45,11 @@ from pydicom.uid import generate_uid
 
 from node.records import Findings, ImageFinding, RegionFinding
 from node.results.producer import Producer
+
+LOCAL_SCHEME = "99FRACNODE"
+POSITIVE = ("fracture", "suspicious")  # the categories whose images may carry regions
+GroupT = TypeVar("GroupT", bound=hd.sr.templates.Template)
+DocumentT = TypeVar("DocumentT", bound=Dataset)
 
 
 @dataclass(frozen=True)
@@ -97,35 +114,99 @@ def _evaluations(image: ImageFinding, producer: Producer) -> list[hd.sr.Qualitat
     return [hd.sr.QualitativeEvaluation(name=template.finding, value=value)]
 
 
-def _probability(value: float, producer: Producer) -> hd.sr.Measurement:
+def percent_probability(
+    value: float,
+    name: hd.sr.CodedConcept,
+    unit: hd.sr.CodedConcept,
+    coordinates: Sequence[
+        hd.sr.CoordinatesForMeasurement | hd.sr.CoordinatesForMeasurement3D
+    ] = (),
+) -> hd.sr.Measurement:
+    """TID 300: a probability in [0, 1] written in percent (`unit` is UCUM %)."""
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"probability {value!r} is outside [0, 1]")
-    template = producer.template
     return hd.sr.Measurement(
-        name=template.probability, value=float(value), unit=template.probability_unit
+        name=name,
+        value=100.0 * float(value),
+        unit=unit,
+        referenced_coordinates=list(coordinates) or None,
     )
+
+
+def comment(text: str, name: hd.sr.CodedConcept) -> hd.sr.TextContentItem:
+    """The finding in words (CONTAINS TEXT "Comment"), the label viewers print first."""
+    return hd.sr.TextContentItem(
+        name=name, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
+    )
+
+
+def with_comment(group: GroupT, text: hd.sr.TextContentItem) -> GroupT:
+    """`group` with a Comment appended: TID 1501 and 1410 are extensible (PS3.16 6.2.4) and
+    highdicom's constructors have no argument for it."""
+    group[0].ContentSequence.append(text)
+    return group
+
+
+def image_frame(source: Dataset) -> np.ndarray:
+    """A closed polyline along the edges of the whole image, in SCOORD pixel coordinates."""
+    rows, columns = float(source.Rows), float(source.Columns)
+    return np.array(
+        [[0.0, 0.0], [columns, 0.0], [columns, rows], [0.0, rows], [0.0, 0.0]], dtype=np.float64
+    )
+
+
+def finding_sites(site: hd.sr.CodedConcept | None) -> list[hd.sr.FindingSite] | None:
+    return [hd.sr.FindingSite(site)] if site is not None else None
 
 
 def image_finding_group(
     image: ImageFinding, source: Dataset, producer: Producer, tracking: Tracking
 ) -> hd.sr.MeasurementsAndQualitativeEvaluations:
-    """TID 1501: the image-level fracture finding with its probability."""
+    """TID 1501: the image-level fracture finding, its probability inferred from the whole image."""
     template = producer.template
-    return hd.sr.MeasurementsAndQualitativeEvaluations(
+    frame = hd.sr.CoordinatesForMeasurement(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE,
+        graphic_data=image_frame(source),
+        source_image=hd.sr.SourceImageForRegion.from_source_image(source),
+    )
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=tracking.content(),
         finding_type=template.finding,
         algorithm_id=producer.sr_algorithm(),
-        finding_sites=[hd.sr.FindingSite(template.finding_site(image.body_region))],
-        measurements=[_probability(image.fracture_probability, producer)],
+        finding_sites=finding_sites(template.finding_site(image.body_region)),
+        measurements=[
+            percent_probability(
+                image.fracture_probability,
+                template.probability,
+                template.probability_unit,
+                [frame],
+            )
+        ],
         qualitative_evaluations=_evaluations(image, producer),
         source_images=[hd.sr.SourceImageForMeasurementGroup.from_source_image(source)],
+    )
+    label = template.finding_words(image.category, image.body_region)
+    return with_comment(group, comment(label, template.comment))
+
+
+def region_score(value: float, producer: Producer) -> hd.sr.Measurement:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"region score {value!r} is outside [0, 1]")
+    template = producer.template
+    return hd.sr.Measurement(
+        name=template.region_score, value=float(value), unit=template.region_score_unit
     )
 
 
 def region_groups(
     image: ImageFinding, source: Dataset, producer: Producer, number: int
 ) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
-    """TID 1410 per region: a closed polyline on the source image with the region's probability."""
+    """TID 1410 per region: a closed polyline on the source image with the region's score."""
+    if image.regions and image.category not in POSITIVE:
+        raise ValueError(
+            f"finding {image.sop_instance_uid}: category {image.category!r} has regions; "
+            f"regions belong only to images at or above the suspicious operating point"
+        )
     template = producer.template
     groups = []
     for index, region in enumerate(image.regions, start=1):
@@ -142,8 +223,7 @@ def region_groups(
                 ),
                 finding_type=template.finding,
                 algorithm_id=producer.sr_algorithm(),
-                finding_sites=[hd.sr.FindingSite(template.finding_site(image.body_region))],
-                measurements=[_probability(region.probability, producer)],
+                measurements=[region_score(region.probability, producer)],
                 qualitative_evaluations=_evaluations(image, producer),
             )
         )
@@ -192,7 +272,7 @@ def build_sr(
         referenced_images=library_images(evidence) or None,
     )
     series = producer.template.series["sr"]
-    return hd.sr.Comprehensive3DSR(
+    document = hd.sr.Comprehensive3DSR(
         evidence=[*evidence, *segmentations],
         content=report[0],
         series_instance_uid=series_instance_uid,
@@ -203,3 +283,28 @@ def build_sr(
         is_complete=True,
         **producer.equipment,  # type: ignore[arg-type]
     )
+    document.CodingSchemeIdentificationSequence = [local_coding_scheme()]
+    return separate_items(document)
+
+
+def separate_items(document: DocumentT) -> DocumentT:
+    """Mark the document and its containers SEPARATE (PS3.3 C.17.3.2.2, Continuity of Content):
+    a measurement group is a list of statements, not one sentence. highdicom writes CONTINUOUS,
+    which renderers such as DCMTK's dsr2html honour by running the values together without their
+    names ("87.0 % Present"); SEPARATE gets "Probability: 87.0 %", "Fracture: Present"."""
+    pending: list[Dataset] = [document]
+    while pending:
+        item = pending.pop()
+        if item.get("ValueType") == "CONTAINER":
+            item.ContinuityOfContent = "SEPARATE"
+        pending.extend(item.get("ContentSequence", []))
+    return document
+
+
+def local_coding_scheme() -> Dataset:
+    """PS3.3 C.12.1.1.2: identifies the local scheme 99FRACNODE that the region score uses."""
+    item = Dataset()
+    item.CodingSchemeDesignator = LOCAL_SCHEME
+    item.CodingSchemeName = "fracnode result codes"
+    item.CodingSchemeResponsibleOrganization = "fracnode"
+    return item

@@ -1,8 +1,9 @@
 """SR templates: the declarative content in `sr_templates/*.yaml`, validated and resolved to codes.
 
 A template file carries every concept code the result objects use (PS3.16 SNOMED CT / DCM /
-UCUM triples), the finding sites per body region, tracking identifiers, series numbers and
-descriptions and the overlay texts. `load_template` validates it with pydantic (unknown keys are
+UCUM triples, and fracnode's own 99FRACNODE codes where no standard one says what a number is),
+the finding sites per body region, tracking identifiers, series numbers and descriptions and the
+words every human-readable label uses (node.results.wording). `load_template` validates it with pydantic (unknown keys are
 errors) and returns a `FractureTemplate` whose fields are ready-made highdicom `CodedConcept`s,
 so the builders in `node.results` hold no codes of their own.
 """
@@ -19,6 +20,8 @@ import highdicom as hd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from node.results.wording import Wording, site_phrase
+
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "sr_templates"
 RADIOGRAPH_FRACTURE = "radiograph-fracture"
 CATEGORIES = ("fracture", "suspicious", "negative")
@@ -34,8 +37,9 @@ class _Strict(BaseModel):
 
 
 class CodeSpec(_Strict):
-    value: str = Field(min_length=1, max_length=64)
-    scheme: Literal["SCT", "DCM", "UCUM", "LN"]
+    value: str = Field(min_length=1, max_length=16)  # Code Value is SH (PS3.3 8.1)
+    # 99FRACNODE: fracnode's local coding scheme (PS3.3 8.2: local designators start with "99")
+    scheme: Literal["SCT", "DCM", "UCUM", "LN", "99FRACNODE"]
     meaning: str = Field(min_length=1, max_length=64)
 
     def concept(self) -> hd.sr.CodedConcept:
@@ -58,6 +62,7 @@ class FindingSpec(_Strict):
     type: CodeSpec
     presence: dict[str, CodeSpec]
     probability: ProbabilitySpec
+    comment: CodeSpec  # the human-readable label (TEXT) each finding group carries
 
     @field_validator("presence")
     @classmethod
@@ -83,6 +88,29 @@ class TrackingSpec(_Strict):
         return value
 
 
+class RadiographFindingSpec(FindingSpec):
+    """The radiograph finding: plus the region score each TID 1410 region carries."""
+
+    region_score: ProbabilitySpec
+
+
+class WordingSpec(_Strict):
+    """The words of every human-readable label (SR comment, overlays, previews)."""
+
+    prefix: str = Field(min_length=1, max_length=16)
+    categories: dict[str, str]
+    site_not_determined: str = Field(min_length=1, max_length=32)
+
+    @field_validator("categories")
+    @classmethod
+    def _every_category(cls, value: dict[str, str]) -> dict[str, str]:
+        if set(value) != set(CATEGORIES) or not all(value.values()):
+            raise ValueError(
+                f"needs words for exactly the categories {list(CATEGORIES)}, got {sorted(value)}"
+            )
+        return value
+
+
 class AlgorithmSpec(_Strict):
     family: CodeSpec
 
@@ -99,20 +127,8 @@ class SeriesSpec(_Strict):
 
 
 class OverlaySpec(_Strict):
-    label: str = Field(min_length=1, max_length=64)
     disclaimer: str = Field(min_length=1, max_length=64)
     content_label: str
-
-    @field_validator("label")
-    @classmethod
-    def _label_format(cls, value: str) -> str:
-        try:
-            value.format(category="fracture", percent=87)
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(
-                f"{value!r} may use only {{category}} and {{percent}}: {exc}"
-            ) from None
-        return value
 
     @field_validator("content_label")
     @classmethod
@@ -126,13 +142,21 @@ class OverlaySpec(_Strict):
 class TemplateSpec(_Strict):
     pipeline: str
     document: DocumentSpec
-    finding: FindingSpec
+    finding: RadiographFindingSpec
     finding_sites: dict[str, CodeSpec] = Field(min_length=1)
     tracking: TrackingSpec
     algorithm: AlgorithmSpec
     segmentation: SegmentationSpec
     series: dict[str, SeriesSpec]
+    wording: WordingSpec
     overlay: OverlaySpec
+
+    @field_validator("finding_sites")
+    @classmethod
+    def _no_empty_region(cls, value: dict[str, CodeSpec]) -> dict[str, CodeSpec]:
+        if "" in value:
+            raise ValueError('"" means "site not determined" and cannot have a finding site')
+        return value
 
     @field_validator("series")
     @classmethod
@@ -161,7 +185,10 @@ class FractureTemplate:
     finding: hd.sr.CodedConcept
     presence: dict[str, hd.sr.CodedConcept]  # category → evaluation value
     probability: hd.sr.CodedConcept
-    probability_unit: hd.sr.CodedConcept
+    probability_unit: hd.sr.CodedConcept  # UCUM "%": the SR writes probabilities in percent
+    region_score: hd.sr.CodedConcept
+    region_score_unit: hd.sr.CodedConcept
+    comment: hd.sr.CodedConcept
     finding_sites: dict[str, hd.sr.CodedConcept]  # body region → anatomic region
     image_tracking: str
     region_tracking: str
@@ -170,21 +197,36 @@ class FractureTemplate:
     segment_type: hd.sr.CodedConcept
     segment_label: str
     series: dict[str, Series]  # sr, seg, gsps, secondary_capture
-    overlay_label: str
+    wording: Wording
     disclaimer: str
     content_label: str
 
-    def finding_site(self, body_region: str) -> hd.sr.CodedConcept:
+    def finding_site(self, body_region: str) -> hd.sr.CodedConcept | None:
+        """The anatomic region of a body region; None when the site was not determined ("")."""
+        if body_region == "":
+            return None
         try:
             return self.finding_sites[body_region]
         except KeyError:
             raise ValueError(
                 f"body region {body_region!r} has no finding site in the template "
-                f"(known: {sorted(self.finding_sites)})"
+                f"(known: {sorted(self.finding_sites)}, or \"\" for not determined)"
             ) from None
 
-    def label(self, category: str, probability: float) -> str:
-        return self.overlay_label.format(category=category, percent=round(100 * probability))
+    def site_words(self, body_region: str) -> str:
+        """The finding site as a label says it: "lower limb", or "site not determined"."""
+        site = self.finding_site(body_region)
+        return site_phrase(site.meaning) if site is not None else self.wording.site_not_determined
+
+    def label(
+        self, category: str, probability: float, body_region: str, threshold: float | None
+    ) -> str:
+        """The one-line label of an image finding on overlays and previews."""
+        return self.wording.label(category, probability, self.site_words(body_region), threshold)
+
+    def finding_words(self, category: str, body_region: str) -> str:
+        """The image finding in words, the SR's Comment."""
+        return self.wording.finding(category, self.site_words(body_region))
 
 
 def resolve(spec: TemplateSpec) -> FractureTemplate:
@@ -196,6 +238,9 @@ def resolve(spec: TemplateSpec) -> FractureTemplate:
         presence={k: v.concept() for k, v in spec.finding.presence.items()},
         probability=spec.finding.probability.name.concept(),
         probability_unit=spec.finding.probability.unit.concept(),
+        region_score=spec.finding.region_score.name.concept(),
+        region_score_unit=spec.finding.region_score.unit.concept(),
+        comment=spec.finding.comment.concept(),
         finding_sites={k: v.concept() for k, v in spec.finding_sites.items()},
         image_tracking=spec.tracking.image,
         region_tracking=spec.tracking.region,
@@ -204,10 +249,14 @@ def resolve(spec: TemplateSpec) -> FractureTemplate:
         segment_type=spec.segmentation.type.concept(),
         segment_label=spec.segmentation.label,
         series={k: Series(v.number, v.description) for k, v in spec.series.items()},
-        overlay_label=spec.overlay.label,
+        wording=resolve_wording(spec.wording),
         disclaimer=spec.overlay.disclaimer,
         content_label=spec.overlay.content_label,
     )
+
+
+def resolve_wording(spec: WordingSpec) -> Wording:
+    return Wording(spec.prefix, dict(spec.categories), spec.site_not_determined)
 
 
 SpecT = TypeVar("SpecT", bound=BaseModel)

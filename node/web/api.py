@@ -7,10 +7,13 @@ proxies' and browsers' logs). Every route needs the credentials of `web.auth`.
 
 from __future__ import annotations
 
+import time
 from typing import TYPE_CHECKING, Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
 
+from node.dispatch.health import destination_health
 from node.jobs import FINAL_STATES, QUEUED, RUNNING
 from node.web import peers, queries
 from node.web.models import (
@@ -29,6 +32,7 @@ if TYPE_CHECKING:
 
 router = APIRouter(tags=["operations"])
 STATES = (QUEUED, RUNNING, *FINAL_STATES)
+CATEGORIES = queries.CATEGORY_ORDER
 SECRET_KEYS = frozenset({"password", "token", "tokens", "secret", "api_key"})
 REDACTED = "***"
 Limit = Annotated[int, Query(ge=1, le=queries.MAX_LIMIT, description="most recent first")]
@@ -53,12 +57,21 @@ def list_jobs(
     state: Annotated[list[str] | None, Query(description=f"any of: {', '.join(STATES)}")] = None,
     study_uid: str | None = None,
     limit: Limit = 50,
+    pipeline: str | None = None,
+    since: Annotated[float | None, Query(description="created at or after (Unix seconds)")] = None,
+    category: Annotated[list[str] | None, Query(description=f"any of: {', '.join(CATEGORIES)}")] = None,
 ) -> list[JobDetail]:
-    unknown = sorted(set(state or ()) - set(STATES))
-    if unknown:
-        raise HTTPException(422, f"unknown job state(s) {', '.join(unknown)}; known: {', '.join(STATES)}")
+    _known(state, STATES, "job state")
+    _known(category, CATEGORIES, "category")
     node = _node(request)
-    return queries.jobs(node.db, node.outcomes, states=state or (), study_uid=study_uid, limit=limit)
+    return queries.jobs(node.db, node.outcomes, states=state or (), study_uid=study_uid, limit=limit,
+                        pipeline=pipeline, since=since, categories=category or ())
+
+
+def _known(given: list[str] | None, known: tuple[str, ...], what: str) -> None:
+    unknown = sorted(set(given or ()) - set(known))
+    if unknown:
+        raise HTTPException(422, f"unknown {what}(s) {', '.join(unknown)}; known: {', '.join(known)}")
 
 
 @router.get("/jobs/{job_id}", response_model=JobDetail, summary="One job: timings, findings, deliveries")
@@ -89,8 +102,32 @@ def retry_job(request: Request, job_id: JobId) -> RetryResult:
 
 
 @router.get("/studies", response_model=list[StudySummary], summary="Recent studies and their routing")
-def list_studies(request: Request, limit: Limit = 50) -> list[StudySummary]:
-    return queries.studies(_node(request).db, limit)
+def list_studies(
+    request: Request,
+    limit: Limit = 50,
+    state: Annotated[list[str] | None, Query(description="studies with a job in any of these states")] = None,
+    pipeline: str | None = None,
+    since: Annotated[float | None, Query(description="last instance received at or after (Unix s)")] = None,
+    category: Annotated[list[str] | None, Query(description=f"any of: {', '.join(CATEGORIES)}")] = None,
+) -> list[StudySummary]:
+    _known(state, STATES, "job state")
+    _known(category, CATEGORIES, "category")
+    return queries.studies(_node(request).db, limit, states=state or (), pipeline=pipeline, since=since,
+                           categories=category or ())
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    text: str = Field(min_length=1, max_length=64, description="a Study Instance UID (or its start),"
+                      " or an Accession Number; sent in the body so that it stays out of URLs and logs")
+
+
+@router.post("/studies/search", response_model=list[StudySummary],
+             summary="Find studies by Study Instance UID or Accession Number (matched, never shown)")
+def search_studies(request: Request, body: SearchRequest, limit: Limit = 50) -> list[StudySummary]:
+    node = _node(request)
+    return queries.studies(node.db, limit, uids=node.search.find(body.text, limit))
 
 
 @router.get("/studies/{study_uid}", response_model=StudyDetail,
@@ -143,27 +180,23 @@ def echo_peer(
 
 
 @router.get("/destinations", response_model=list[DestinationStatus],
-            summary="Result delivery per destination: pending, delivered, failed")
+            summary="Result delivery per destination: pending, delivered, failed, and whether it is in trouble")
 def list_destinations(request: Request) -> list[DestinationStatus]:
     node = _node(request)
-    rows = {r["destination"]: r for r in node.db.query(
-        """SELECT destination, SUM(state = 'pending') AS pending, SUM(state = 'delivered') AS delivered,
-        SUM(state = 'failed') AS failed, MAX(delivered_at) AS last_delivered_at,
-        MIN(CASE WHEN state = 'pending' THEN next_attempt_at END) AS next_attempt_at,
-        (SELECT last_error FROM outbox o2 WHERE o2.destination = outbox.destination
-         AND o2.last_error != '' ORDER BY o2.id DESC LIMIT 1) AS last_error
-        FROM outbox GROUP BY destination""")}
+    configured = {d.name: d for d in node.config.destinations}
+    now = time.time()
     found = []
-    for dest in node.config.destinations:
-        row: Any = rows.get(dest.name, {})
+    for health in destination_health(node.db, configured):
+        dest = configured.get(health.name)
+        kind = dest.type if dest is not None else "removed from the configuration"
         target = {"folder": str(getattr(dest, "path", "")), "sender": "the sending peer"}.get(
-            dest.type, str(getattr(dest, "peer", "")))
+            kind, str(getattr(dest, "peer", "")))
         found.append(DestinationStatus(
-            name=dest.name, type=dest.type, target=target, pending=row["pending"] if row else 0,
-            delivered=row["delivered"] if row else 0, failed=row["failed"] if row else 0,
-            last_error=(row["last_error"] if row else "") or "",
-            last_delivered_at=row["last_delivered_at"] if row else None,
-            next_attempt_at=row["next_attempt_at"] if row else None,
+            name=health.name, type=kind, target=target, pending=health.pending,
+            delivered=health.delivered, failed=health.failed, last_error=health.last_error,
+            last_delivered_at=health.last_delivered_at, next_attempt_at=health.next_attempt_at,
+            oldest_pending_age_s=round(health.oldest_pending_age_s(now), 1), attempts=health.attempts,
+            in_trouble=health.in_trouble(now), trouble=health.trouble(now),
         ))
     return found
 

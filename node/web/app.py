@@ -24,6 +24,7 @@ ROUTERS: tuple[tuple[str, str], ...] = (
     ("node.web.stow", "/dicomweb"),
     ("node.web.api", "/api/v1"),
     ("node.web.pull", "/api/v1"),
+    ("node.web.overview", "/api/v1"),
     ("node.web.metrics", ""),
     ("node.web.dashboard", ""),
 )

@@ -57,6 +57,9 @@ class JobSummary(BaseModel):
     retryable: bool = Field(description="POST /jobs/{id}/retry will queue it again")
     timings: Timings
     deliveries: list[Delivery]
+    category: str | None = Field(
+        None, description="the finding's category: fracture, suspicious or negative (the highest of"
+        " a study's images); null when the job recorded none")
 
 
 class JobDetail(JobSummary):
@@ -91,6 +94,10 @@ class StudySummary(BaseModel):
     series: int
     modalities: list[str]
     jobs: dict[str, int] = Field(description="jobs of the study per state")
+    pipelines: list[str] = Field(default_factory=list, description="pipelines of the latest revision's jobs")
+    result: str = Field("", description="the latest job's result (its summary or failure)")
+    result_state: str | None = Field(None, description="the latest job's state")
+    category: str | None = Field(None, description="the latest finished job's category, if any")
 
 
 class StudyDetail(StudySummary):
@@ -108,6 +115,10 @@ class DestinationStatus(BaseModel):
     last_error: str
     last_delivered_at: float | None
     next_attempt_at: float | None
+    oldest_pending_age_s: float = Field(description="how long the oldest undelivered result has waited")
+    attempts: int = Field(description="the most delivery attempts of an undelivered result")
+    in_trouble: bool = Field(description="results given up, or waiting after repeated failed attempts")
+    trouble: str = Field(description="what is wrong, for an operator; empty when nothing is")
 
 
 class Peer(BaseModel):

@@ -53,7 +53,8 @@ def _job_with_images(db: Database, outcomes: JobOutcomes, study_uid: str, job_id
         raise HTTPException(404, f"no job for study {study_uid}")
     recorded = outcomes.many(ids)
     for candidate in ids:
-        if candidate in recorded and image_findings(recorded[candidate].findings):
+        findings = recorded[candidate].findings if candidate in recorded else None
+        if image_findings(findings) or (findings and findings.get("vertebrae")):
             return candidate
     raise HTTPException(404, f"no job of study {study_uid} recorded image findings to preview")
 
@@ -67,6 +68,27 @@ def _pick(images: list[dict[str, Any]], instance: str | None, job_id: int) -> di
     return next((i for i in images if i.get("regions")), images[0])
 
 
+def _ct_preview(db: Database, cache: PreviewCache, study_uid: str, job_id: int,
+                findings: dict[str, Any], recorded_at: float) -> bytes:
+    from node.web.ct_preview import sagittal_png
+
+    key = (job_id, "sagittal", recorded_at)
+    cached = cache.get(key)
+    if cached is not None:
+        return cached
+    rows = db.query("SELECT path FROM instances WHERE study_uid = ? AND series_uid = ? ORDER BY path",
+                    (study_uid, findings.get("series_instance_uid", "")))
+    paths = [Path(r["path"]) for r in rows if Path(r["path"]).exists()]
+    if not paths:
+        raise HTTPException(404, "the analysed CT series is no longer in the spool (storage.retention_days)")
+    try:
+        png = sagittal_png(paths, findings)
+    except ValueError as exc:
+        raise HTTPException(404, f"no CT preview for job {job_id}: {exc}") from exc
+    cache.put(key, png)
+    return png
+
+
 def preview_png(
     db: Database, outcomes: JobOutcomes, cache: PreviewCache,
     study_uid: str, job_id: int | None, instance: str | None,
@@ -76,6 +98,8 @@ def preview_png(
 
     job_id = _job_with_images(db, outcomes, study_uid, job_id)
     outcome = outcomes.get(job_id)
+    if outcome is not None and outcome.findings and outcome.findings.get("kind") == "CSpineFindings":
+        return _ct_preview(db, cache, study_uid, job_id, outcome.findings, outcome.recorded_at)
     images = image_findings(outcome.findings if outcome else None)
     if outcome is None or not images:
         raise HTTPException(404, f"job {job_id} recorded no image findings to preview")
@@ -92,7 +116,10 @@ def preview_png(
             404, f"the source image {uid} is no longer in the spool (storage.retention_days removed it)"
         )
     buffer = BytesIO()
-    render(dcmread(path), image_finding(image, path)).save(buffer, format="PNG")
+    thresholds = [float(value) for _, value in (outcome.findings or {}).get("thresholds", [])]
+    render(dcmread(path), image_finding(image, path), min(thresholds, default=None)).save(
+        buffer, format="PNG"
+    )
     png = buffer.getvalue()
     cache.put(key, png)
     return png

@@ -1,6 +1,8 @@
-"""Pull a study from a peer and analyse it: `POST /api/v1/studies/{StudyInstanceUID}/analyze`.
+"""Analyse a study on request: `POST /api/v1/studies/{StudyInstanceUID}/analyze`.
 
-The node first asks the peer whether it holds the study (QIDO-RS or C-FIND), so an unknown
+Without a peer, the node analyses its spooled copy again (a new revision: an identical resend
+would change nothing, as the spool is idempotent). With `{"peer": NAME}` it pulls the study from
+that peer first. The node first asks the peer whether it holds the study (QIDO-RS or C-FIND), so an unknown
 study (404) or an unreachable peer (502) is answered at once; the retrieval itself (WADO-RS,
 C-GET or C-MOVE) runs in the background: 202 Accepted, with the pull's URL in `Location`.
 """
@@ -9,11 +11,13 @@ from __future__ import annotations
 
 import re
 from typing import TYPE_CHECKING, Annotated, Literal
+from urllib.parse import quote
 
-from fastapi import APIRouter, HTTPException, Path, Request, Response
+from fastapi import APIRouter, Body, HTTPException, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from pydicom.uid import RE_VALID_UID
 
+from node.assembly import StudyNotHeld
 from node.pull import PullError
 from node.pull.puller import Pull
 
@@ -27,8 +31,20 @@ _VALID_UID = re.compile(RE_VALID_UID)
 class AnalyzeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    peer: str = Field(min_length=1, description="name of a configured peer (dimse or dicomweb)",
-                      examples=["orthanc-web"])
+    peer: str | None = Field(
+        None, min_length=1, examples=["orthanc-web"],
+        description="name of a configured peer (dimse or dicomweb) to pull the study from; without"
+        " it the node analyses the copy it holds again",
+    )
+
+
+class AnalysisStatus(BaseModel):
+    study_uid: str
+    queued: bool = Field(description="a new analysis was queued; false: one follows anyway (the"
+                         " study is still being received, or already queued)")
+    instances: int = Field(description="spooled instances the analysis reads")
+    message: str
+    study_url: str
 
 
 class JobSummary(BaseModel):
@@ -81,24 +97,39 @@ def _status(node: Node, pull: Pull) -> PullStatus:
 @router.post(
     "/studies/{study_uid}/analyze",
     status_code=202,
-    summary="Retrieve a study from a peer and analyse it as if it had been pushed",
+    summary="Analyse a study again from the node's copy, or retrieve it from a peer first",
     responses={
-        200: {"description": "this study is already being pulled from this peer: that pull"},
+        200: {"description": "an analysis follows already (the study is being received, or being"
+              " pulled from this peer: that pull)"},
         400: {"description": "unknown peer (the message lists the configured ones) or invalid UID"},
-        404: {"description": "the peer does not hold the study"},
+        404: {"description": "the peer does not hold the study; without a peer: the node does not"},
+        409: {"description": "without a peer: the node's copy was purged (retention); name a peer"},
         502: {"description": "the peer cannot be reached, or refused us (the message says why)"},
     },
 )
-def analyze(study_uid: str, body: AnalyzeRequest, request: Request, response: Response) -> PullStatus:
+def analyze(
+    study_uid: str, request: Request, response: Response,
+    body: Annotated[AnalyzeRequest | None, Body()] = None,
+) -> PullStatus | AnalysisStatus:
     if len(study_uid) > 64 or not _VALID_UID.match(study_uid):
         raise HTTPException(400, f"{study_uid[:80]!r} is not a valid Study Instance UID")
     node = _node(request)
-    node.audit.operator_action(getattr(request.state, "principal", ""),
-                               request.client.host if request.client else "",
-                               f"POST /api/v1/studies/{study_uid}/analyze from peer {body.peer[:64]!r}",
-                               study_uid)
+    principal = getattr(request.state, "principal", "")
+    what = f"from peer {body.peer[:64]!r}" if body is not None and body.peer is not None else "again from its copy"
+    node.audit.operator_action(principal, request.client.host if request.client else "",
+                               f"POST /api/v1/studies/{study_uid}/analyze {what}", study_uid)
+    if body is None or body.peer is None:
+        try:
+            asked = node.analyze_again(study_uid, principal)
+        except StudyNotHeld as exc:
+            raise HTTPException(409 if exc.purged else 404, str(exc)) from exc
+        url = f"/api/v1/studies/{quote(study_uid, safe='')}"
+        response.status_code = 202 if asked.queued else 200
+        response.headers["Location"] = url
+        return AnalysisStatus(study_uid=study_uid, queued=asked.queued, instances=asked.instances,
+                              message=asked.message, study_url=url)
     try:
-        pull, created = node.pulls.request(study_uid, body.peer, getattr(request.state, "principal", ""))
+        pull, created = node.pulls.request(study_uid, body.peer, principal)
     except PullError as exc:
         raise HTTPException(exc.status, str(exc)) from exc
     response.status_code = 202 if created else 200

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Sequence
+from typing import Any
 from urllib.parse import quote
 
 from node.db import Database
@@ -67,6 +68,19 @@ JOB_COLUMNS = """j.*, s.first_received_at AS first_received_at,
     AS completed_at"""
 
 
+CATEGORY_ORDER = ("negative", "suspicious", "fracture")
+
+
+def category(findings: dict[str, Any] | None) -> str | None:
+    """A job's category: the study-level one (CT), else the highest of its images'."""
+    if not findings:
+        return None
+    if isinstance(findings.get("category"), str):
+        return str(findings["category"])
+    found = [i.get("category") for i in image_findings(findings) if i.get("category") in CATEGORY_ORDER]
+    return max(found, key=CATEGORY_ORDER.index) if found else None
+
+
 def _job(row: sqlite3.Row, outcome: JobOutcome | None, delivered: list[Delivery]) -> JobDetail:
     findings = outcome.findings if outcome else None
     study = quote(row["study_uid"], safe="")
@@ -74,6 +88,8 @@ def _job(row: sqlite3.Row, outcome: JobOutcome | None, delivered: list[Delivery]
         f"/api/v1/studies/{study}/preview.png?job={row['id']}&instance={quote(image['sop_instance_uid'], safe='')}"
         for image in image_findings(findings)
     ]
+    if findings and findings.get("kind") == "CSpineFindings":
+        previews = [f"/api/v1/studies/{study}/preview.png?job={row['id']}"]
     return JobDetail(
         id=row["id"], study_uid=row["study_uid"], revision=row["revision"], route=row["route"],
         pipeline=row["pipeline"], destinations=json.loads(row["destinations"]),
@@ -84,6 +100,7 @@ def _job(row: sqlite3.Row, outcome: JobOutcome | None, delivered: list[Delivery]
         superseded_by=row["superseded_by"], retryable=row["state"] == FAILED,
         timings=_timings(row, outcome, delivered), deliveries=delivered,
         series_uids=json.loads(row["series_uids"]), findings=findings, previews=previews,
+        category=category(findings),
     )
 
 
@@ -95,10 +112,19 @@ def jobs(
     study_uid: str | None = None,
     job_id: int | None = None,
     limit: int = 50,
+    pipeline: str | None = None,
+    since: float | None = None,
+    categories: Sequence[str] = (),
 ) -> list[JobDetail]:
     """Most recent first; running and queued jobs are recent by definition (their id is newer)."""
     where: list[str] = []
-    params: list[str | int] = []
+    params: list[str | int | float] = []
+    if pipeline:
+        where.append("j.pipeline = ?")
+        params.append(pipeline)
+    if since is not None:
+        where.append("j.created_at >= ?")
+        params.append(since)
     if states:
         where.append(f"j.state IN ({_placeholders(states)})")
         params += list(states)
@@ -111,12 +137,15 @@ def jobs(
     rows = db.query(
         f"""SELECT {JOB_COLUMNS} FROM jobs j LEFT JOIN studies s ON s.study_uid = j.study_uid
         {"WHERE " + " AND ".join(where) if where else ""} ORDER BY j.id DESC LIMIT ?""",
-        (*params, min(limit, MAX_LIMIT)),
+        (*params, MAX_LIMIT if categories else min(limit, MAX_LIMIT)),
     )
     ids = [row["id"] for row in rows]
     found = outcomes.many(ids)
     sent = deliveries(db, ids)
-    return [_job(row, found.get(row["id"]), sent.get(row["id"], [])) for row in rows]
+    listed = [_job(row, found.get(row["id"]), sent.get(row["id"], [])) for row in rows]
+    if categories:  # known only from the recorded findings: filtered here, not in SQL
+        listed = [job for job in listed if job.category in categories][:limit]
+    return listed
 
 
 STUDY_COLUMNS = """s.*, COUNT(i.sop_instance_uid) AS instances,
@@ -131,7 +160,22 @@ def _study(db: Database, row: sqlite3.Row) -> StudySummary:
         "SELECT DISTINCT route FROM jobs WHERE study_uid = ? AND revision = ? ORDER BY route",
         (uid, row["revision"]),
     )
+    latest = db.query(
+        """SELECT j.id, j.state, j.summary, j.last_error, o.findings FROM jobs j
+        LEFT JOIN job_outcomes o ON o.job_id = j.id WHERE j.study_uid = ? ORDER BY j.id DESC LIMIT 1""",
+        (uid,),
+    )
+    pipelines = db.query(
+        "SELECT DISTINCT pipeline FROM jobs WHERE study_uid = ? AND revision = ? ORDER BY pipeline",
+        (uid, row["revision"]),
+    )
+    last = latest[0] if latest else None
+    findings = json.loads(last["findings"]) if last is not None and last["findings"] else None
     return StudySummary(
+        pipelines=[r["pipeline"] for r in pipelines],
+        result=(last["last_error"] or last["summary"]) if last is not None else "",
+        result_state=last["state"] if last is not None else None,
+        category=category(findings),
         study_uid=uid, calling_ae=row["calling_ae"], first_received_at=row["first_received_at"],
         last_received_at=row["last_received_at"], completed_at=row["completed_at"],
         receiving=bool(row["pending"]), revision=row["revision"], route_status=row["route_status"],
@@ -141,13 +185,39 @@ def _study(db: Database, row: sqlite3.Row) -> StudySummary:
     )
 
 
-def studies(db: Database, limit: int = 50) -> list[StudySummary]:
+def studies(
+    db: Database,
+    limit: int = 50,
+    *,
+    uids: Sequence[str] | None = None,
+    states: Sequence[str] = (),
+    pipeline: str | None = None,
+    since: float | None = None,
+    categories: Sequence[str] = (),
+) -> list[StudySummary]:
+    """Most recently received first; `uids` limits to those studies (a search's matches)."""
+    where = ["s.last_received_at >= ?"]
+    params: list[str | float] = [since if since is not None else 0.0]
+    if uids is not None:
+        if not uids:
+            return []
+        where.append(f"s.study_uid IN ({_placeholders(uids)})")
+        params += list(uids)
+    filtered = bool(states or pipeline or categories)
     rows = db.query(
         f"""SELECT {STUDY_COLUMNS} FROM studies s LEFT JOIN instances i ON i.study_uid = s.study_uid
-        GROUP BY s.study_uid ORDER BY s.last_received_at DESC LIMIT ?""",
-        (min(limit, MAX_LIMIT),),
+        WHERE {" AND ".join(where)} GROUP BY s.study_uid ORDER BY s.last_received_at DESC LIMIT ?""",
+        (*params, MAX_LIMIT if filtered else min(limit, MAX_LIMIT)),
     )
-    return [_study(db, row) for row in rows]
+    found = [_study(db, row) for row in rows]
+    if filtered:  # by the studies' jobs, which SQL above does not join
+        found = [
+            s for s in found
+            if (not states or set(states) & set(s.jobs))
+            and (not pipeline or pipeline in s.pipelines)
+            and (not categories or s.category in categories)
+        ]
+    return found[:limit]
 
 
 def study(db: Database, outcomes: JobOutcomes, study_uid: str) -> StudyDetail | None:

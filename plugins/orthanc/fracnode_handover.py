@@ -43,8 +43,8 @@ class Settings:
     state_file: str = ""
     max_attempts: int = 5
     retry_delay_s: float = 30.0  # doubled after each failed attempt
-    url: str = ""  # pull mode: fracnode's HTTP base URL
-    token: str = ""  # pull mode: a bearer token from fracnode's web.auth.tokens
+    url: str = ""  # pull mode, and store mode's forced hand-overs: fracnode's HTTP base URL
+    token: str = ""  # with `url`: a bearer token from fracnode's web.auth.tokens
     peer: str = ""  # pull mode: the name of fracnode's peer for this Orthanc (its DICOMweb or DIMSE side)
     timeout_s: float = 30.0
     ae_title: str = "FRACNODE"  # with `host`: the plugin defines the modality itself (one snippet)

@@ -107,6 +107,8 @@ class Worker:
         if not decision.instances:
             orthanc.LogInfo(f"fracnode: study {task.resource}: {decision.reason}")
             return
+        if forced and self.settings.mode == "store":
+            self._ask_again(task.resource)
         handover = self.state.record(task.resource, decision.instances, task.reason, self.settings.mode, "",
                                      "submitted")
         self._hand_over(handover, task.resource, decision.instances, attempts=1)
@@ -126,17 +128,36 @@ class Worker:
         except (orthanc.OrthancException, HandOverError, OSError) as exc:
             self._failed(handover, attempts, f"{type(exc).__name__}: {exc}")
 
-    def _pull(self, study: str) -> None:
+    def _ask_again(self, study: str) -> None:
+        """A forced hand-over in store mode: fracnode acknowledges instances it already holds
+        without analysing them again, so ask it (with `Url`/`Token`) to analyse its copy anew;
+        a study it does not hold yet (404) is analysed when the C-STORE below delivers it."""
+        if not self.settings.url:
+            orthanc.LogWarning(f"fracnode: study {study}: sent again; fracnode analyses a study it already"
+                               " holds again only when asked: set Fracnode.Url and Token so the button asks")
+            return
         uid = _get(f"/studies/{study}")["MainDicomTags"]["StudyInstanceUID"]
+        try:
+            answer = self._fracnode(f"/api/v1/studies/{uid}/analyze", {})
+            orthanc.LogWarning(f"fracnode: study {study}: {answer.get('message', 'analysis requested')}")
+        except HandOverError as exc:
+            orthanc.LogWarning(f"fracnode: study {study}: {exc}; the study is sent as it is")
+
+    def _fracnode(self, path: str, body: Any) -> Any:
         request = urllib.request.Request(
-            f"{self.settings.url}/api/v1/studies/{uid}/analyze", method="POST",
-            data=json.dumps({"peer": self.settings.peer}).encode(),
+            f"{self.settings.url}{path}", method="POST", data=json.dumps(body).encode(),
             headers={"Authorization": f"Bearer {self.settings.token}", "Content-Type": "application/json"})
         try:
             with urllib.request.urlopen(request, timeout=self.settings.timeout_s) as response:
-                response.read()
+                return json.loads(response.read() or b"{}")
         except urllib.error.HTTPError as exc:
             raise HandOverError(f"fracnode answered HTTP {exc.code}: {exc.read()[:300]!r}") from exc
+        except (OSError, ValueError) as exc:
+            raise HandOverError(f"cannot ask fracnode: {exc}") from exc
+
+    def _pull(self, study: str) -> None:
+        uid = _get(f"/studies/{study}")["MainDicomTags"]["StudyInstanceUID"]
+        self._fracnode(f"/api/v1/studies/{uid}/analyze", {"peer": self.settings.peer})
 
     def _failed(self, handover: int, attempts: int, error: str) -> None:
         if attempts >= self.settings.max_attempts:
@@ -229,7 +250,8 @@ $('#study').live('pagebeforecreate', function() {
     if (!$.mobile.pageData) { return false; }
     $.ajax({
       url: '../fracnode/studies/' + $.mobile.pageData.uuid + '/analyze', type: 'POST', dataType: 'json',
-      success: function(answer) { alert('fracnode: the study is queued for analysis'); },
+      success: function(answer) { alert('fracnode: the study is queued for analysis' +
+        (answer.AnalyzeAgain ? ' (fracnode is asked to analyse it again)' : '')); },
       error: function(xhr) { alert('fracnode: cannot queue the study (HTTP ' + xhr.status + ')'); }
     });
     return false;
@@ -277,7 +299,9 @@ class Plugin:
             output.SendHttpStatus(404, body, len(body))
             return
         self.worker.tasks.put_nowait(Task("study", study, "forced"))
-        output.AnswerBuffer(json.dumps({"Study": study, "Queued": True}), "application/json")
+        answer = {"Study": study, "Queued": True,
+                  "AnalyzeAgain": self.settings.mode == "pull" or bool(self.settings.url)}
+        output.AnswerBuffer(json.dumps(answer), "application/json")
 
     def status(self, output: Any, uri: str, **request: Any) -> None:
         """GET /fracnode/status: settings, queue, callback timing and the recent hand-overs."""

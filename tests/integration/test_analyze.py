@@ -27,7 +27,7 @@ def test_analyze_writes_results_previews_and_a_summary(tmp_path: Path, cr_sample
     out = tmp_path / "out"
 
     result = subprocess.run(
-        [sys.executable, "-m", "node.cli", "analyze", str(inputs), "--out", str(out), "--overlays", "gsps"],
+        [sys.executable, "-m", "node.cli", "analyze", str(inputs), "--out", str(out), "--overlays", "gsps,radiograph_seg"],
         capture_output=True, text=True, timeout=300, check=False,
     )
     assert result.returncode == 0, result.stderr

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from pydicom import dcmread
+from pydicom.uid import JPEG2000Lossless
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
@@ -195,10 +197,15 @@ def test_echo_by_address_and_by_peer_name(served):
     assert by_name.returncode == 0, by_name.stdout + by_name.stderr
     assert re.search(rf"C-ECHO FRACNODE@127\.0\.0\.1:{served.port}: success", by_name.stdout)
 
-    # HOST:PORT alone calls "ANY-SCP", which this node (like most) refuses: a clear reason, exit 1
-    wrong_ae = fracnode("echo", f"127.0.0.1:{served.port}", "--timeout", "10")
+    # HOST:PORT alone calls the node's own AE title, so it reaches a fracnode as it is
+    by_port = fracnode("echo", f"127.0.0.1:{served.port}", "--timeout", "10")
+    assert by_port.returncode == 0, by_port.stdout + by_port.stderr
+    assert f"C-ECHO FRACNODE@127.0.0.1:{served.port}: success" in by_port.stdout
+
+    # another called AE title is refused: the message names the AE title that was refused, exit 1
+    wrong_ae = fracnode("echo", f"ANY-SCP@127.0.0.1:{served.port}", "--timeout", "10")
     assert wrong_ae.returncode == 1
-    assert "rejected the association" in wrong_ae.stderr and "AE title" in wrong_ae.stderr
+    assert "does not answer to the called AE title 'ANY-SCP'" in wrong_ae.stderr, wrong_ae.stderr
 
 
 def test_echo_to_a_closed_port_fails_clearly(tmp_path):
@@ -264,6 +271,18 @@ def test_send_folders_recursively_then_status_shows_the_flow(served, tmp_path):
     ), status
 
     assert served.stop() == 0  # SIGTERM stops the node cleanly
+
+
+def test_send_of_a_jpeg_2000_file_reaches_the_node_in_its_own_syntax(served, cr_sample):
+    """The README's `fracnode send` of the JPEG 2000 sample: the node prefers uncompressed syntaxes
+    when a context offers several, so the compressed syntax is proposed in a context of its own."""
+    sent = fracnode("-c", served.client_config, "send", "fracnode", cr_sample)
+    assert sent.returncode == 0, sent.stdout + sent.stderr
+    assert "sent 1 of 1 file(s)" in sent.stdout
+    source = dcmread(cr_sample)
+    spooled = dcmread(served.data_dir / "spool" / source.StudyInstanceUID / f"{source.SOPInstanceUID}.dcm")
+    assert spooled.file_meta.TransferSyntaxUID == source.file_meta.TransferSyntaxUID == JPEG2000Lossless
+    assert spooled.PixelData == source.PixelData
 
 
 def test_send_of_a_missing_path_fails_before_connecting(served, tmp_path):

@@ -1,6 +1,6 @@
 """The cervical spine CT pipeline end to end: storescu → fracnode serve → SEG + SR in a real Orthanc.
 
-A synthetic cervical spine CT study (node.training.cspine_phantom: a thin axial bone series of
+A synthetic cervical spine CT study (training.phantom.generate: a thin axial bone series of
 300 slices of 256×256, plus a localizer and a 5 mm reconstruction of the same scan) is sent with
 DCMTK storescu to a node started in this process; the shipped vertebra and fracture models run
 for real on the CPU; the node sends the SEG and the SR to a real Orthanc with no manual step. The
@@ -27,11 +27,11 @@ from node.pipelines.cspine import NO_CERVICAL_VERTEBRAE, NO_SERIES, CSpineFractu
 from node.pipelines.cspine_select import SelectionRules
 from node.records import PipelineInput, SeriesAttributes, SeriesInput
 from node.results.cspine_template import VERTEBRAE
-from node.training.cspine_phantom import PhantomSpec, PhantomStudy, generate_study
 from tests.conftest import SHARED_DATA, node_config, wait_until
 from tests.integration.test_flow import storescu
 from tests.support import dicomgen
 from tests.support.dciodvfy import dciodvfy_errors
+from training.phantom.generate import PhantomSpec, PhantomStudy, generate_study
 
 SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
@@ -198,7 +198,8 @@ def test_cervical_ct_study_gets_seg_and_sr_in_orthanc(tmp_path, start_node, orth
         kji = np.array([a.mean() for a in np.nonzero(mask)])
         segment_centres[number] = index_to_patient(ct[0], step, normal, kji)
 
-    # SR: per vertebra a volumetric ROI on its segment and a centre point, probabilities as recorded
+    # SR: per vertebra a volumetric ROI on its segment and a location group (outline on a slice and
+    # centre point) with the probability as recorded, in percent
     rois = sr.content.get_volumetric_roi_measurement_groups()
     points = [g for g in sr.content.get_image_measurement_groups()
               if g.finding_sites[0].value.value != CERVICAL_SPINE]
@@ -210,11 +211,12 @@ def test_cervical_ct_study_gets_seg_and_sr_in_orthanc(tmp_path, start_node, orth
         assert roi.tracking_uid == seg.get_segment_description(number).tracking_uid == point_group.tracking_uid
         assert roi.finding_sites[0].value.value == VERTEBRA_CODES[name]
         assert point_group.finding_sites[0].value.value == VERTEBRA_CODES[name]
-        (roi_probability,) = roi.get_measurements(name=PROBABILITY)
+        assert roi.get_measurements() == []  # written once, in the location group
         (point_probability,) = point_group.get_measurements(name=PROBABILITY)
-        assert roi_probability.value == pytest.approx(vertebra["fracture_probability"], abs=1e-6)
-        assert point_probability.value == pytest.approx(vertebra["fracture_probability"], abs=1e-6)
-        (point,) = point_probability.referenced_coordinates
+        assert point_probability.value == pytest.approx(100 * vertebra["fracture_probability"], abs=1e-4)
+        outline, point = point_probability.referenced_coordinates
+        assert outline.GraphicType == "POLYLINE"  # the vertebra on its nearest slice, for viewers
+        assert outline.ContentSequence[0].referenced_sop_instance_uid in {ds.SOPInstanceUID for ds in ct}
         assert point.GraphicType == "POINT" and point.ReferencedFrameOfReferenceUID == ct[0].FrameOfReferenceUID
         centre = np.asarray(point.GraphicData, float)
         assert np.allclose(centre, vertebra["centre"], atol=1e-3)
@@ -225,7 +227,7 @@ def test_cervical_ct_study_gets_seg_and_sr_in_orthanc(tmp_path, start_node, orth
     (patient,) = [g for g in sr.content.get_image_measurement_groups()
                   if g.finding_sites[0].value.value == CERVICAL_SPINE]
     (probability,) = patient.get_measurements(name=PROBABILITY)
-    assert probability.value == pytest.approx(recorded["fracture_probability"], abs=1e-6)
+    assert probability.value == pytest.approx(100 * recorded["fracture_probability"], abs=1e-4)
     evidence = {i.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
                 for series in s.ReferencedSeriesSequence for i in series.ReferencedSOPSequence}
     assert evidence == {ds.SOPInstanceUID for ds in ct} | {seg.SOPInstanceUID}

@@ -48,9 +48,9 @@ def test_a_sent_study_appears_as_a_job_and_its_result_opens(tmp_path, start_node
     ))
     context = browser.new_context(http_credentials={"username": USER, "password": PASSWORD})  # type: ignore[attr-defined]
     page = context.new_page()
-    assert page.goto(web(node) + "/").status == 200
+    assert page.goto(web(node) + "/#/jobs").status == 200
     expect(page.locator("#who")).to_contain_text(USER)
-    expect(page.locator("#jobs")).to_contain_text("No jobs yet.")
+    expect(page.locator("#jobs")).to_contain_text("No jobs match.")
 
     cr = dicomgen.cr_image(size=400)
     assert storescu(node.ingest.port, dicomgen.write([cr], tmp_path / "in")).returncode == 0
@@ -79,7 +79,7 @@ def test_a_failed_job_is_retried_from_the_dashboard_after_a_token_sign_in(tmp_pa
     FLAKY_FAILURES["remaining"] = 1
     node = start_node(node_config(tmp_path / "data", routes=[route("test-flaky")], jobs={"max_attempts": 1}))
     page = browser.new_page()  # type: ignore[attr-defined]
-    refused = page.goto(web(node) + "/")
+    refused = page.goto(web(node) + "/#/jobs")
     assert refused.status == 401  # without credentials the page is the sign-in form, with the 401
     expect(page.locator("#sign-in")).to_be_visible()
     expect(page.locator("#refusal")).to_contain_text("The node refused access: authentication required")

@@ -7,6 +7,7 @@ and neither their arrival nor an Orthanc restart hands the study over a second t
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import time
 import urllib.error
@@ -105,7 +106,8 @@ def test_a_cr_study_in_orthanc_gets_sr_and_seg_without_any_other_action(
     node = start_node(node_config(
         tmp_path / "data",
         peers=[{"name": "orthanc", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port}],
-        destinations=[{"name": "back", "type": "sender", "overlays": ["gsps", "secondary_capture"]}],
+        destinations=[{"name": "back", "type": "sender",
+                       "overlays": ["gsps", "secondary_capture", "radiograph_seg"]}],
         routes=[{"name": "radiographs", "match": {"modality": ["CR", "DX"]}, "pipeline": "radiograph-fracture",
                  "destinations": ["back"]}],
         inference={"models_dir": str(eager_models), "device": "cpu"},
@@ -153,15 +155,69 @@ def test_a_cr_study_in_orthanc_gets_sr_and_seg_without_any_other_action(
         script = orthanc.rest_bytes("/plugins/explorer.js").decode()
         assert "Analyze with fracnode" in script and "/fracnode/studies/" in script
         answer = orthanc.rest(f"/fracnode/studies/{study}/analyze", data=b"", method="POST")
-        assert answer == {"Study": study, "Queued": True}
+        assert answer == {"Study": study, "Queued": True, "AnalyzeAgain": False}  # no Url/Token to ask with
         wait_until(lambda: len(associations_from_orthanc(node)) == 2, timeout_s=60)
         wait_until(lambda: status(orthanc)["HandOvers"][0]["state"] == "sent", timeout_s=30)
         assert status(orthanc)["HandOvers"][0]["reason"] == "forced"
+        # fracnode holds these bytes already: the resend is acknowledged, and the log says how to ask
+        assert "set Fracnode.Url and Token so the button asks" in (tmp_path / "orthanc" / "orthanc.log").read_text()
         with pytest.raises(urllib.error.HTTPError) as missing:
             orthanc.rest("/fracnode/studies/not-a-study/analyze", data=b"", method="POST")
         assert missing.value.code == 404
     finally:
         orthanc.stop()
+
+
+def test_the_button_in_store_mode_has_fracnode_analyse_its_copy_again(tmp_path, start_node, caplog):
+    """Store mode with `Url`/`Token`: the Explorer button asks fracnode's API for a new analysis of
+    the study it holds (an identical C-STORE alone changes nothing), then hands the study over."""
+    node = start_node(node_config(tmp_path / "data", routes=[
+        {"name": "cr", "match": {"modality": ["CR"]}, "pipeline": "test-kos", "destinations": ["results-folder"]}]))
+    orthanc = plugin_orthanc(tmp_path / "orthanc", Url=f"http://127.0.0.1:{node.web.port}", Token=API_TOKEN)
+    connect(orthanc, node)
+    with orthanc:
+        wait_until(lambda: status(orthanc)["CaughtUp"])
+        cr = dicomgen.write([dicomgen.cr_image()], tmp_path / "cr")
+        store_into_orthanc(orthanc, *cr)
+        uid = str(dcmread(cr[0]).StudyInstanceUID)
+        study = orthanc.rest("/tools/lookup", data=uid.encode(), method="POST")[0]["ID"]
+
+        def jobs_done() -> list[tuple[int, str]]:
+            rows = node.db.query("SELECT revision, state FROM jobs WHERE study_uid = ? ORDER BY id", (uid,))
+            return [(row["revision"], row["state"]) for row in rows]
+
+        wait_until(lambda: jobs_done() == [(1, "done")], timeout_s=60)
+        quiet(orthanc)  # handed over once, on stable
+
+        with caplog.at_level(logging.INFO, logger="fracnode.node"):
+            alerts = click_analyze_in_explorer(orthanc, study)
+            assert alerts == ["fracnode: the study is queued for analysis (fracnode is asked to analyse it again)"]
+            wait_until(lambda: jobs_done() == [(1, "done"), (2, "done")], timeout_s=60)
+            wait_until(lambda: len(associations_from_orthanc(node)) == 2, timeout_s=60)  # the hand-over itself
+            wait_until(lambda: status(orthanc)["HandOvers"][0]["state"] == "sent", timeout_s=30)
+        asked = [r for r in caplog.records if r.getMessage() == "analysis requested"]
+        assert len(asked) == 1 and asked[0].fields["study_uid"] == uid  # type: ignore[attr-defined]
+        assert asked[0].fields["queued"] is True  # type: ignore[attr-defined]
+        log = (tmp_path / "orthanc" / "orthanc.log").read_text()
+        assert f"fracnode: study {study}: study queued for a new analysis of its 1 spooled instance(s)" in log
+
+        time.sleep(1.5)  # past the quiet period: the identical C-STORE that followed queued nothing more
+        assert jobs_done() == [(1, "done"), (2, "done")]
+        assert [h["reason"] for h in status(orthanc)["HandOvers"]] == ["forced", "stable"]
+
+        # a study fracnode does not hold yet (a CT, outside `Modalities`): its API says 404, the
+        # plugin says so and hands the study over all the same
+        ct = dicomgen.write(dicomgen.ct_series(2), tmp_path / "ct")
+        store_into_orthanc(orthanc, *ct)
+        ct_uid = str(dcmread(ct[0]).StudyInstanceUID)
+        ct_study = orthanc.rest("/tools/lookup", data=ct_uid.encode(), method="POST")[0]["ID"]
+        answer = orthanc.rest(f"/fracnode/studies/{ct_study}/analyze", data=b"", method="POST")
+        assert answer == {"Study": ct_study, "Queued": True, "AnalyzeAgain": True}
+        wait_until(lambda: len(node.db.query("SELECT 1 FROM instances WHERE study_uid = ?", (ct_uid,))) == 2,
+                   timeout_s=60)
+        log = (tmp_path / "orthanc" / "orthanc.log").read_text()
+        assert f"fracnode: study {ct_study}: fracnode answered HTTP 404" in log
+        assert "the study is sent as it is" in log
 
 
 def test_filtered_studies_wait_for_the_button_and_interrupted_ones_are_caught_up(tmp_path, start_node):

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from node.inference import bundle as bundles
-from node.training.cspine_phantom import PhantomSpec, generate_study, write_rsna_layout
+from training.phantom.generate import PhantomSpec, generate_study, write_rsna_layout
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = [REPO / "models" / "cspine_vertebrae", REPO / "models" / "cspine_fracture"]

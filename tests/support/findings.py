@@ -2,13 +2,20 @@
 
 No model runs: a test says where the regions are and how sure the "model" was, and these
 helpers build the matching `ImageFinding` (region map painted from the regions) and `Findings`.
+Real images: the CR sample, and FracAtlas radiographs (JPEG, ../shared/data/fracatlas) wrapped as
+DX with the annotators' fracture polygon as the region, so a test never depends on what the
+model of the day would say.
 """
 
 from __future__ import annotations
 
+import csv
+import json
+from functools import cache
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 from pydicom import Dataset, dcmread
 from pydicom.uid import generate_uid
 
@@ -16,6 +23,8 @@ from node.records import Algorithm, Findings, ImageFinding, RegionFinding
 from tests.support import dicomgen
 
 ALGORITHM = Algorithm(name="FracAtlasNet", version="1.2.0", weights_sha256="5e" * 32)
+FRACATLAS = Path(__file__).resolve().parents[3] / "shared" / "data" / "fracatlas"
+FRACATLAS_COCO = FRACATLAS / "Annotations" / "COCO JSON" / "COCO_fracture_masks.json"
 THRESHOLDS = (("fracture", 0.6), ("suspicious", 0.2))
 DX_FOR_PRESENTATION = "1.2.840.10008.5.1.4.1.1.1.1"
 
@@ -125,3 +134,66 @@ def saved(ds: Dataset, folder: Path, name: str) -> Path:
     path = folder / f"{name}.dcm"
     ds.save_as(path, enforce_file_format=True)
     return path
+
+
+def polygon_region(polygon: tuple[tuple[float, float], ...], score: float) -> RegionFinding:
+    """A region outlined by `polygon` ((column, row) points, not closed)."""
+    points = np.asarray(polygon, dtype=np.float64)
+    (c0, r0), (c1, r1) = points.min(axis=0), points.max(axis=0)
+    return RegionFinding(
+        polygon=tuple((float(c), float(r)) for c, r in points),
+        box=(float(c0), float(r0), float(c1), float(r1)),
+        probability=score,
+    )
+
+
+@cache
+def _fracatlas_manifest() -> dict[str, dict[str, str]]:
+    with (FRACATLAS / "manifest.csv").open(newline="") as handle:
+        return {row["image_id"]: row for row in csv.DictReader(handle)}
+
+
+@cache
+def fracatlas_polygons(image_id: str) -> tuple[tuple[tuple[float, float], ...], ...]:
+    """The annotated fracture polygons of one FracAtlas image (COCO, in its stored pixels)."""
+    coco = json.loads(FRACATLAS_COCO.read_text(encoding="utf-8"))
+    (image,) = [i for i in coco["images"] if i["file_name"] == image_id]
+    return tuple(
+        tuple(zip(flat[0::2], flat[1::2], strict=True))
+        for annotation in coco["annotations"]
+        if annotation["image_id"] == image["id"]
+        for flat in annotation["segmentation"]
+    )
+
+
+def fracatlas_dx(image_id: str, study_uid: str | None = None) -> Dataset:
+    """A FracAtlas radiograph as a DX (8-bit MONOCHROME2), BodyPartExamined from its manifest."""
+    row = _fracatlas_manifest()[image_id]
+    pixels = np.asarray(Image.open(FRACATLAS / row["image_path"]).convert("L"), dtype=np.uint8)
+    body_part = row["body_part"].split("|")[0].upper()
+    ds = dicomgen.radiograph(
+        pixels,
+        photometric="MONOCHROME2",
+        BodyPartExamined=body_part,
+        SeriesDescription=f"{body_part} {row['views'].split('|')[0]}",
+        ImageType=["ORIGINAL", "PRIMARY"],
+        PresentationIntentType="FOR PRESENTATION",
+    )
+    if study_uid:
+        ds.StudyInstanceUID = study_uid
+    return ds
+
+
+def fracatlas_study(
+    image_id: str, category: str, probability: float, score: float, body_region: str
+) -> tuple[Dataset, Findings]:
+    """A FracAtlas radiograph with the annotators' fracture polygons as the model's regions
+    (none for a negative finding)."""
+    source = fracatlas_dx(image_id)
+    regions = (
+        ()
+        if category == "negative"
+        else tuple(polygon_region(p, score) for p in fracatlas_polygons(image_id))
+    )
+    image = image_finding(source, category, probability, regions, body_region)
+    return source, study_findings(image, study_uid=str(source.StudyInstanceUID))

@@ -19,11 +19,13 @@ from node.config import Config
 from node.pipelines import register
 from node.records import (
     Algorithm,
+    CSpineFindings,
     Findings,
     ImageFinding,
     PipelineInput,
     PipelineOutcome,
     RegionFinding,
+    VertebraFinding,
 )
 
 FLAKY_FAILURES = {"remaining": 0}
@@ -96,6 +98,37 @@ class RegionPipeline(KeyObjectPipeline):
                                findings=findings)
 
 
+class VertebraePipeline(KeyObjectPipeline):
+    """A CT pipeline's findings without the models: C1-C3 at the routed series' centre line, with
+    one vertebra of each category (the dashboard's vertebra table and CT preview draw them)."""
+
+    name = "test-vertebrae"
+
+    def run(self, request: PipelineInput) -> PipelineOutcome:
+        outcome = super().run(request)
+        series = request.series[0]
+        first = dcmread(series.paths[0], stop_before_pixels=True)
+        x = float(first.ImagePositionPatient[0]) + first.Columns * float(first.PixelSpacing[1]) / 2
+        y = float(first.ImagePositionPatient[1]) + first.Rows * float(first.PixelSpacing[0]) / 2
+        zs = sorted(float(dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]) for p in series.paths)
+        levels = [zs[len(zs) * k // 4] for k in (3, 2, 1)]  # C1 at the top
+        vertebrae = tuple(
+            VertebraFinding(label=i + 1, fracture_probability=p, category=c, centre=(x, y, z), voxels=1000)
+            for i, (p, c, z) in enumerate(zip((0.05, 0.3, 0.8), ("negative", "suspicious", "fracture"),
+                                              levels, strict=True))
+        )
+        algorithm = Algorithm("test-vertebrae", "1", "0" * 64)
+        findings = CSpineFindings(
+            study_instance_uid=request.study_instance_uid,
+            series_instance_uid=series.attributes.series_instance_uid,
+            frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")),
+            segmentation_algorithm=algorithm, fracture_algorithm=algorithm, fracture_probability=0.8,
+            category="fracture", vertebrae=vertebrae,
+        )
+        return PipelineOutcome(datasets=outcome.datasets, summary="cervical spine fracture (probability 0.80)",
+                               findings=findings)
+
+
 def referenced_instances(document: Dataset) -> set[str]:
     return {
         item.ReferencedSOPInstanceUID
@@ -118,6 +151,11 @@ def _flaky(config: Config) -> FlakyPipeline:
 @register("test-regions")
 def _regions(config: Config) -> RegionPipeline:
     return RegionPipeline()
+
+
+@register("test-vertebrae")
+def _vertebrae(config: Config) -> VertebraePipeline:
+    return VertebraePipeline()
 
 
 @register("test-decline")

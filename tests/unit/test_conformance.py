@@ -102,13 +102,15 @@ def test_stow_rs_accepts_the_same_classes_and_syntaxes():
 
 @pytest.fixture(scope="module")
 def built_results(cr_sample):
-    """Every kind of object the radiograph pipeline sends: grey and colour sources, both overlays."""
+    """Every kind of object the radiograph pipeline sends: grey and colour sources, every optional
+    object (both overlays and the radiograph SEG)."""
     source, findings = cr_fracture_study(cr_sample)
-    grey = build_results(findings, {source.SOPInstanceUID: source}, {"gsps", "secondary_capture"})
+    optional = {"gsps", "secondary_capture", "radiograph_seg"}
+    grey = build_results(findings, {source.SOPInstanceUID: source}, optional)
     rgb = rgb_dx_image()
     colour_findings = study_findings(image_finding(rgb, "fracture", 0.7, (square(6.0, 6.0, 12.0, 0.8),)),
                                      study_uid=str(rgb.StudyInstanceUID))
-    colour = build_results(colour_findings, {rgb.SOPInstanceUID: rgb}, {"gsps", "secondary_capture"})
+    colour = build_results(colour_findings, {rgb.SOPInstanceUID: rgb}, optional)
     return [*grey, *colour]
 
 

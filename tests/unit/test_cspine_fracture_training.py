@@ -1,12 +1,12 @@
-"""The fracture classifier's sampling and calibration (node.training.cspine_loops)."""
+"""The fracture classifier's sampling and calibration (training.cspine.loops)."""
 
 from __future__ import annotations
 
 import numpy as np
 import torch
 
-from node.training.cspine_data import CROP_MARGIN, CropSet
-from node.training.cspine_loops import (
+from training.cspine.data import CROP_MARGIN, CropSet
+from training.cspine.loops import (
     POSITIVE_WEIGHT,
     balanced_batch,
     platt,

@@ -21,8 +21,8 @@ from node.inference.bundle import BundleError
 from node.inference.cspine import CSpineModels
 from node.inference.vertebrae import VertebraModel, vertebra_channels
 from node.inference.volume import build_volume
-from node.training.cspine_metrics import dice_per_label
-from node.training.cspine_phantom import PhantomSpec, PhantomStudy, generate_study
+from training.cspine.metrics import dice_per_label
+from training.phantom.generate import PhantomSpec, PhantomStudy, generate_study
 
 REPO = Path(__file__).resolve().parents[2]
 VERTEBRA_BUNDLE = REPO / "models" / "cspine_vertebrae"
@@ -242,7 +242,7 @@ def test_centres_follow_an_oblique_shuffled_series_into_the_patient_frame(
 def test_vertebra_model_card_lists_every_fine_tuning_stage_in_order(tmp_path: Path) -> None:
     import json
 
-    from node.training import cspine_card
+    from training.cspine import model_card as cspine_card
 
     bundle = tmp_path / "cspine_vertebrae"
     shutil.copytree(VERTEBRA_BUNDLE, bundle)

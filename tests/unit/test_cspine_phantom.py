@@ -12,7 +12,7 @@ import SimpleITK as sitk
 
 from node.cli import main
 from node.inference.volume import build_volume, resample_labels
-from node.training.cspine_phantom import (
+from training.phantom.generate import (
     PhantomSpec,
     PhantomStudy,
     generate_study,

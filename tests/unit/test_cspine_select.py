@@ -19,7 +19,7 @@ from node.pipelines.cspine_select import (
     summarize_ct_series,
 )
 from node.records import SeriesAttributes, SeriesInput
-from node.training.cspine_phantom import PhantomSpec, generate_study
+from training.phantom.generate import PhantomSpec, generate_study
 
 AXIAL = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 SAGITTAL = (0.0, 1.0, 0.0, 0.0, 0.0, -1.0)

@@ -7,6 +7,8 @@ import shutil
 from pathlib import Path
 
 import pytest
+from pydicom import dcmread
+from pydicom.data import get_testdata_file
 from pydicom.uid import generate_uid
 
 from node.config import Config, InferenceSettings
@@ -15,6 +17,7 @@ from node.pipelines import create, load_modules
 from node.pipelines.radiograph import RadiographFracturePipeline, categorize, summarize
 from node.records import PipelineInput, SeriesAttributes, SeriesInput
 from node.results.radiograph import build_results
+from tests.conftest import CR_SAMPLES
 from tests.support import dicomgen
 from tests.support.findings import dx_image
 
@@ -132,3 +135,57 @@ def test_building_results_logs_no_names_from_the_source(tmp_path, engine) -> Non
     with warnings.catch_warnings(record=True) as caught:
         build_results(findings, sources, {"gsps", "secondary_capture"})
     assert not [w for w in caught if "SENTINEL" in str(w.message)]
+
+
+# -- the intended-use gate and the finding site, on real radiographs -------------------------------
+
+REGION_ATTRIBUTES = ("BodyPartExamined", "AnatomicRegionSequence", "SeriesDescription", "StudyDescription",
+                     "ProtocolName")
+
+
+def _sample(name: str, *removed: str):  # type: ignore[no-untyped-def]
+    ds = dcmread(CR_SAMPLES / name)
+    for keyword in removed:
+        if keyword in ds:
+            delattr(ds, keyword)
+    return ds
+
+
+@pytest.mark.parametrize(
+    ("removed", "reason"),
+    [
+        ((), "BodyPartExamined names the chest"),
+        (("BodyPartExamined",), "StudyDescription names the chest"),
+        (REGION_ATTRIBUTES, "unlike the musculoskeletal radiographs it was trained on"),
+    ],
+    ids=["header", "without-body-part", "header-silent"],
+)
+def test_the_chest_film_is_not_analysed(tmp_path, engine, removed, reason) -> None:
+    outcome = RadiographFracturePipeline(engine).run(request(tmp_path, [_sample("RG1_J2KI.dcm", *removed)]))
+    assert outcome.datasets == ()  # no fracture finding is sent
+    assert "outside the model's intended use" in outcome.not_applicable and reason in outcome.not_applicable
+
+
+@pytest.mark.parametrize("name", ["CT_small.dcm", "MR_small.dcm"])
+def test_an_image_that_is_no_radiograph_is_refused_by_the_network(tmp_path, engine, name) -> None:
+    source = dcmread(get_testdata_file(name))
+    image = dicomgen.radiograph((source.pixel_array - source.pixel_array.min()).astype("uint16"))
+    outcome = RadiographFracturePipeline(engine).run(request(tmp_path, [image]))
+    assert outcome.datasets == () and "unlike the musculoskeletal radiographs" in outcome.not_applicable
+
+
+def test_the_tibia_sample_is_analysed_with_its_site_from_the_description(tmp_path, engine) -> None:
+    findings, _ = RadiographFracturePipeline(engine).analyse(request(tmp_path, [_sample("RG3_J2KI.dcm")]))
+    (image,) = findings.images
+    assert (image.body_region, image.body_region_source) == ("leg", "header")
+
+
+def test_without_a_header_region_the_site_is_the_networks_only_when_confident(tmp_path, engine) -> None:
+    pipeline = RadiographFracturePipeline(engine)
+    findings, _ = pipeline.analyse(request(tmp_path, [_sample("RG3_J2KI.dcm", *REGION_ATTRIBUTES)]))
+    (image,) = findings.images  # a lower-leg film: in scope for the network too
+    assert image.body_region in ("leg", "")  # never "hip" for a tibia
+    if image.body_region:
+        assert image.body_region_source == "model" and image.body_region_probability >= pipeline.site_confidence
+    else:
+        assert image.body_region_source == "" and image.body_region_probability < pipeline.site_confidence

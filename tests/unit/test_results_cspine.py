@@ -38,6 +38,8 @@ PAINTED = {2: (range(4, 12), 0.12, "negative"), 3: (range(12, 19), 0.83, "fractu
 FRACTURE = hd.sr.CodedConcept("72704001", "SCT", "Fracture")
 CERVICAL_SPINE = hd.sr.CodedConcept("122494005", "SCT", "Cervical spine")
 PROBABILITY = hd.sr.CodedConcept("122157", "DCM", "Probability")
+PERCENT = hd.sr.CodedConcept("%", "UCUM", "percent")
+COMMENT = hd.sr.CodedConcept("121106", "DCM", "Comment")
 PRESENCE = {"fracture": hd.sr.CodedConcept("52101004", "SCT", "Present"),
             "suspicious": hd.sr.CodedConcept("415684004", "SCT", "Suspected"),
             "negative": hd.sr.CodedConcept("272519000", "SCT", "Absent")}
@@ -92,6 +94,16 @@ def results(tmp_path_factory):  # type: ignore[no-untyped-def]
 
 def code(concept) -> tuple[str, str]:  # type: ignore[no-untyped-def]
     return concept.value, concept.scheme_designator
+
+
+def comments(group) -> list[str]:  # type: ignore[no-untyped-def]
+    return [item.TextValue for item in hd.sr.utils.find_content_items(group[0], name=COMMENT)]
+
+
+def nearest_painted_slice(ct: list[Dataset], label: int, z: float) -> int:
+    """The painted slice of `label` nearest `z` (axial series, no tilt)."""
+    slices = PAINTED[label][0]
+    return min(slices, key=lambda k: abs(float(ct[k].ImagePositionPatient[2]) - z))
 
 
 # -- validity ----------------------------------------------------------------------------------
@@ -191,8 +203,28 @@ def test_patient_level_finding_is_cervical_spine_fracture_with_probability(resul
     (evaluation,) = group.get_qualitative_evaluations(name=FRACTURE)
     assert evaluation.value == PRESENCE["fracture"]
     (probability,) = group.get_measurements(name=PROBABILITY)
-    assert probability.value == pytest.approx(0.83)
-    assert probability.unit == hd.sr.CodedConcept("1", "UCUM", "no units")
+    assert probability.value == pytest.approx(83.0)
+    assert probability.unit == PERCENT
+    assert comments(group) == ["AI: fracture likely, cervical spine"]
+
+
+def test_patient_probability_is_inferred_from_each_vertebra_on_its_slice_top_one_first(results):
+    ct, sr, findings = results["ct"], results["sr"], results["findings"]
+    (group,) = [g for g in sr.content.get_image_measurement_groups()
+                if g.finding_sites[0].value == CERVICAL_SPINE]
+    (probability,) = group.get_measurements(name=PROBABILITY)
+    points = probability.referenced_coordinates
+    assert all(p.ValueType == "SCOORD" and p.GraphicType == "POINT" for p in points)
+    by_probability = sorted(findings.vertebrae, key=lambda v: -v.fracture_probability)
+    assert [v.label for v in by_probability] == [3, 5, 2]  # C3 (0.83) decided; a viewer shows it
+    for point, vertebra in zip(points, by_probability, strict=True):
+        k = nearest_painted_slice(ct, vertebra.label, vertebra.centre[2])
+        assert point.ContentSequence[0].referenced_sop_instance_uid == ct[k].SOPInstanceUID
+        spacing = float(ct[k].PixelSpacing[0])
+        origin = [float(v) for v in ct[k].ImagePositionPatient]
+        expected = [(vertebra.centre[0] - origin[0]) / spacing + 0.5,
+                    (vertebra.centre[1] - origin[1]) / spacing + 0.5]
+        np.testing.assert_allclose(point.value.reshape(-1), expected, atol=1e-4)
 
 
 def test_each_vertebra_is_a_volumetric_roi_on_its_segment(results):
@@ -212,28 +244,51 @@ def test_each_vertebra_is_a_volumetric_roi_on_its_segment(results):
         assert segment.referenced_segment_numbers == [number]
         assert group.tracking_uid == seg.get_segment_description(number).tracking_uid
         assert segment.source_series_for_segmentation.value == findings.series_instance_uid
-        (measured,) = group.get_measurements(name=PROBABILITY)
-        assert measured.value == pytest.approx(probability)
+        # the probability is written once per vertebra, in its TID 1501 group (viewers merge the
+        # two groups by tracking UID and would print a copy twice)
+        assert group.get_measurements() == []
         (evaluation,) = group.get_qualitative_evaluations(name=FRACTURE)
         assert evaluation.value == PRESENCE[category]
 
 
-def test_each_vertebra_centre_is_an_scoord3d_point_in_the_ct_frame(results):
-    sr, findings = results["sr"], results["findings"]
+def test_each_vertebra_is_outlined_on_its_nearest_slice_and_placed_in_the_ct_frame(results):
+    ct, sr, findings = results["ct"], results["sr"], results["findings"]
     by_uid = {g.tracking_uid: g for g in sr.content.get_volumetric_roi_measurement_groups()}
-    points = [g for g in sr.content.get_image_measurement_groups()
-              if g.finding_sites[0].value != CERVICAL_SPINE]
-    assert len(points) == 3
-    for group, vertebra in zip(points, findings.vertebrae):
+    located = [g for g in sr.content.get_image_measurement_groups()
+               if g.finding_sites[0].value != CERVICAL_SPINE]
+    assert len(located) == 3
+    for group, vertebra in zip(located, findings.vertebrae, strict=True):
+        name = VERTEBRAE[vertebra.label - 1]
         assert group.tracking_uid in by_uid  # pairs with the vertebra's ROI group
-        assert [code(s.value) for s in group.finding_sites] == [
-            (VERTEBRA_CODES[VERTEBRAE[vertebra.label - 1]], "SCT")]
+        assert [code(s.value) for s in group.finding_sites] == [(VERTEBRA_CODES[name], "SCT")]
         (measured,) = group.get_measurements(name=PROBABILITY)
-        assert measured.value == pytest.approx(vertebra.fracture_probability)
-        (point,) = measured.referenced_coordinates
+        assert (measured.value, measured.unit) == (
+            pytest.approx(100 * vertebra.fracture_probability), PERCENT)
+        outline, point = measured.referenced_coordinates
+        k = nearest_painted_slice(ct, vertebra.label, vertebra.centre[2])
+        assert outline.ValueType == "SCOORD" and outline.GraphicType == "POLYLINE"
+        assert outline.ContentSequence[0].referenced_sop_instance_uid == ct[k].SOPInstanceUID
+        corners = outline.value
+        assert np.array_equal(corners[0], corners[-1])  # closed
+        label = vertebra.label  # painted rows 20 + label … 39, columns 18 … 43 - label
+        assert (corners.min(axis=0).tolist(), corners.max(axis=0).tolist()) == (
+            [18.0, 20.0 + label], [44.0 - label, 40.0])
         assert point.ValueType == "SCOORD3D" and point.GraphicType == "POINT"
         assert point.ReferencedFrameOfReferenceUID == findings.frame_of_reference_uid
         assert np.allclose(point.GraphicData, vertebra.centre, atol=1e-3)
+        category = PAINTED[vertebra.label][2]
+        assert comments(group) == [{
+            "negative": f"AI: no fracture found, {name} vertebra",
+            "fracture": f"AI: fracture likely, {name} vertebra",
+            "suspicious": f"AI: possible fracture, {name} vertebra",
+        }[category]]
+
+
+def test_sr_containers_are_separate_items(results):
+    sr = results["sr"]
+    containers = hd.sr.utils.find_content_items(
+        sr, value_type=hd.sr.ValueTypeValues.CONTAINER, recursive=True)
+    assert {c.ContinuityOfContent for c in [sr, *containers]} == {"SEPARATE"}
 
 
 def test_algorithm_is_identified_with_version_and_weights_hash(results):

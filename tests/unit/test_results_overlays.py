@@ -7,8 +7,9 @@ import pytest
 from pydicom import dcmread
 
 from node.inference.pixels import load_radiograph
-from node.results.capture import COLOURS, build_secondary_capture
+from node.results.capture import COLOURS, build_secondary_capture, burn_in, displayed
 from node.results.gsps import build_presentation_state
+from node.results.preview import render
 from node.results.producer import Producer
 from node.results.templates import shipped_template
 from tests.support.dciodvfy import dciodvfy_errors
@@ -55,7 +56,7 @@ def test_gsps_draws_each_region_closed_with_a_label_on_the_source(cr_overlays):
     assert [g.GraphicType for g in annotation.GraphicObjectSequence] == ["POLYLINE", "POLYLINE"]
     for points, region in zip(drawn, image.regions):
         np.testing.assert_allclose(points, [*region.polygon, region.polygon[0]])
-    assert [t.UnformattedTextValue for t in annotation.TextObjectSequence] == ["AI: fracture 87%"]
+    assert [t.UnformattedTextValue for t in annotation.TextObjectSequence] == ["AI: fracture likely (87 %), lower limb"]
 
 
 def test_gsps_keeps_the_source_window_and_inverts_monochrome1(cr_overlays):
@@ -81,7 +82,7 @@ def test_gsps_for_a_windowless_monochrome2_source_gets_a_percentile_window(tmp_p
     assert float(voi.WindowCenter) == pytest.approx(np.percentile(values, [0.5, 99.5]).mean())
     assert (
         gsps.GraphicAnnotationSequence[0].TextObjectSequence[0].UnformattedTextValue
-        == "AI: suspicious 34%"
+        == "AI: possible fracture (34 %; threshold 20 %), hand"
     )
     assert dciodvfy_errors(path) == []
 
@@ -97,7 +98,7 @@ def test_gsps_of_a_negative_image_has_only_the_label(tmp_path):
     )
     (annotation,) = dcmread(path).GraphicAnnotationSequence
     assert "GraphicObjectSequence" not in annotation
-    assert annotation.TextObjectSequence[0].UnformattedTextValue == "AI: negative 3%"
+    assert annotation.TextObjectSequence[0].UnformattedTextValue == "AI: no fracture found (3 %; threshold 20 %), hand"
     assert dciodvfy_errors(path) == []
 
 
@@ -164,3 +165,17 @@ def test_grey_stored_as_rgb_gets_a_colour_presentation_state_and_capture(tmp_pat
     np.testing.assert_allclose(drawn, [*image.regions[0].polygon, image.regions[0].polygon[0]])
     for name, ds in (("cspr", state), ("sc", capture)):
         assert dciodvfy_errors(saved(ds, tmp_path, name)) == []
+
+
+def test_preview_label_says_the_finding_and_that_the_site_was_not_determined():
+    source = dx_image(rows=400, columns=300)
+    image = image_finding(
+        source, "suspicious", 0.31, (square(40.0, 60.0, 80.0, 0.7),), body_region=""
+    )
+    label = "AI: possible fracture (31 %; threshold 20 %), site not determined"
+    assert shipped_template().label("suspicious", 0.31, "", 0.2) == label
+    drawn = np.asarray(render(source, image, threshold=0.2))
+    expected = burn_in(displayed(source), image, label, shipped_template().disclaimer)
+    np.testing.assert_array_equal(drawn, expected)  # 400 px: shown at full size
+    other = burn_in(displayed(source), image, "AI: suspicious 31%", shipped_template().disclaimer)
+    assert not np.array_equal(drawn, other)  # the comparison sees the label's words

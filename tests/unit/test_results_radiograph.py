@@ -1,4 +1,8 @@
-"""build_results for whole studies: which objects, how they refer to each other, all valid by dciodvfy."""
+"""build_results for whole studies: which objects, how they refer to each other, all valid by dciodvfy.
+
+By default a study gets its SR only; GSPS, secondary capture and the radiograph SEG are optional
+objects a destination asks for (`overlays`), the SEG because OHIF cannot display it.
+"""
 
 from __future__ import annotations
 
@@ -40,12 +44,12 @@ def evaluation(group) -> hd.sr.CodedConcept:  # type: ignore[no-untyped-def]
 def cr_results(cr_sample, tmp_path_factory):
     source, findings = cr_fracture_study(cr_sample)
     datasets = build_results(
-        findings, {source.SOPInstanceUID: source}, {"gsps", "secondary_capture"}
+        findings, {source.SOPInstanceUID: source}, {"gsps", "secondary_capture", "radiograph_seg"}
     )
     return source, datasets, written(datasets, tmp_path_factory.mktemp("results"))
 
 
-def test_fracture_study_gets_seg_sr_and_the_requested_overlays(cr_results):
+def test_fracture_study_gets_seg_sr_and_the_requested_optional_objects(cr_results):
     _, datasets, _ = cr_results
     assert [ds.SOPClassUID for ds in datasets] == [SEG, SR, GSPS, SC]
 
@@ -85,11 +89,10 @@ def test_sr_references_the_seg_and_shares_its_tracking_uid(cr_results):
     assert seg.get_segment_description(1).tracking_uid == finding.tracking_uid
 
 
-def test_without_overlays_only_sr_and_seg(cr_sample):
+def test_by_default_a_fracture_study_gets_only_its_sr(cr_sample):
     source, findings = cr_fracture_study(cr_sample)
     assert [ds.SOPClassUID for ds in build_results(findings, {source.SOPInstanceUID: source})] == [
-        SEG,
-        SR,
+        SR
     ]
 
 
@@ -104,7 +107,7 @@ def test_negative_study_gets_an_absent_finding_and_no_seg(tmp_path):
     report = hd.sr.srread(path)
     (group,) = report.content.get_image_measurement_groups()
     assert evaluation(group) == ABSENT
-    assert group.get_measurements()[0].value == pytest.approx(0.04)
+    assert group.get_measurements()[0].value == pytest.approx(4.0)  # percent
     assert report.content.get_planar_roi_measurement_groups() == []
     assert [uid for _, _, uid, _ in report.get_evidence()] == [source.SOPInstanceUID]
 
@@ -120,7 +123,7 @@ def test_study_with_two_images_of_different_size_reports_both(tmp_path):
         study_uid=broken.StudyInstanceUID,
     )
     sources = {ds.SOPInstanceUID: ds for ds in (broken, normal)}
-    datasets = build_results(findings, sources, {"gsps", "secondary_capture"})
+    datasets = build_results(findings, sources, {"gsps", "secondary_capture", "radiograph_seg"})
     assert [ds.SOPClassUID for ds in datasets] == [SEG, SR, GSPS, GSPS, SC, SC]
     paths = written(datasets, tmp_path)
     assert all(dciodvfy_errors(path) == [] for path in paths)
@@ -163,14 +166,35 @@ def test_source_without_imager_pixel_spacing_or_orientation_still_gets_valid_res
         study_uid=source.StudyInstanceUID,
     )
     datasets = build_results(
-        findings, {source.SOPInstanceUID: source}, {"gsps", "secondary_capture"}
+        findings, {source.SOPInstanceUID: source}, {"gsps", "secondary_capture", "radiograph_seg"}
     )
     paths = written(datasets, tmp_path)
     assert {p.name: dciodvfy_errors(p) for p in paths} == {p.name: [] for p in paths}
     report = hd.sr.srread(paths[1])
-    (roi,) = report.content.get_planar_roi_measurement_groups()
-    assert roi.finding_sites[0].value == hd.sr.CodedConcept("16982005", "SCT", "Shoulder")
+    (image,) = report.content.get_image_measurement_groups()
+    assert image.finding_sites[0].value == hd.sr.CodedConcept("16982005", "SCT", "Shoulder")
     assert not datasets[0].PatientOrientation
+
+
+def test_every_object_accepts_an_undetermined_site(tmp_path):
+    source = dx_image()
+    findings = study_findings(
+        image_finding(source, "fracture", 0.8, (square(8.0, 8.0, 24.0, 0.75),), body_region=""),
+        study_uid=source.StudyInstanceUID,
+    )
+    datasets = build_results(
+        findings, {source.SOPInstanceUID: source}, {"gsps", "secondary_capture", "radiograph_seg"}
+    )
+    assert [ds.SOPClassUID for ds in datasets] == [SEG, SR, GSPS, SC]
+    paths = written(datasets, tmp_path)
+    assert {p.name: dciodvfy_errors(p) for p in paths} == {p.name: [] for p in paths}
+    seg = hd.seg.segread(paths[0])
+    assert "AnatomicRegionSequence" not in seg.SegmentSequence[0]
+    assert hd.sr.srread(paths[1]).content.get_image_measurement_groups()[0].finding_sites == []
+    label = "AI: fracture likely (80 %), site not determined"
+    gsps, sc = dcmread(paths[2]), dcmread(paths[3])
+    assert gsps.GraphicAnnotationSequence[0].TextObjectSequence[0].UnformattedTextValue == label
+    assert sc.DerivationDescription.startswith(label)
 
 
 def test_unknown_overlay_is_refused():

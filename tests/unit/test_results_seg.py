@@ -55,7 +55,7 @@ def test_seg_is_fractional_probability_on_the_source_image(cr_seg):
     assert seg.SOPInstanceUID != source.SOPInstanceUID
     assert (seg.SeriesNumber, seg.SeriesDescription) == (
         9102,
-        "AI fracture probability map (fracnode)",
+        "AI fracture region map (fracnode)",
     )
     assert seg.Manufacturer == "fracnode"
     assert seg.PatientOrientation == source.PatientOrientation

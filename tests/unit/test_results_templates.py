@@ -29,7 +29,11 @@ def test_shipped_template_carries_the_standard_codes():
         "negative": ("272519000", "SCT"),  # Absent (CID 240)
     }
     assert codes_of(template.probability) == ("122157", "DCM")
-    assert codes_of(template.probability_unit) == ("1", "UCUM")
+    assert codes_of(template.probability_unit) == ("%", "UCUM")
+    # the region's number is fracnode's own score, not a DICOM probability
+    assert codes_of(template.region_score) == ("REGION-SCORE", "99FRACNODE")
+    assert codes_of(template.region_score_unit) == ("{score}", "UCUM")
+    assert codes_of(template.comment) == ("121106", "DCM")
     assert codes_of(template.algorithm_family) == ("123110", "DCM")  # Artificial Intelligence
 
 
@@ -46,9 +50,32 @@ def test_unknown_body_region_is_a_clear_error():
         shipped_template().finding_site("knee")
 
 
-def test_overlay_label_is_rounded_percent():
-    assert shipped_template().label("fracture", 0.866) == "AI: fracture 87%"
-    assert shipped_template().label("suspicious", 0.34) == "AI: suspicious 34%"
+def test_empty_body_region_means_site_not_determined():
+    assert shipped_template().finding_site("") is None
+    assert shipped_template().site_words("") == "site not determined"
+    assert shipped_template().site_words("leg") == "lower limb"
+
+
+@pytest.mark.parametrize(
+    ("category", "probability", "body_region", "threshold", "label"),
+    [
+        ("fracture", 0.866, "leg", 0.07, "AI: fracture likely (87 %), lower limb"),
+        ("suspicious", 0.31, "hand", 0.07, "AI: possible fracture (31 %; threshold 7 %), hand"),
+        ("negative", 0.004, "", 0.065,
+         "AI: no fracture found (<1 %; threshold 6.5 %), site not determined"),
+        ("fracture", 0.999, "hip", None, "AI: fracture likely (>99 %), hip"),
+        ("suspicious", 0.31, "shoulder", None, "AI: possible fracture (31 %), shoulder"),
+    ],
+)
+def test_label_says_the_category_in_words_and_what_the_number_means(
+    category, probability, body_region, threshold, label
+):
+    assert shipped_template().label(category, probability, body_region, threshold) == label
+
+
+def test_label_never_hides_an_unknown_category():
+    with pytest.raises(ValueError, match="unknown category 'maybe'"):
+        shipped_template().label("maybe", 0.5, "hand", 0.1)
 
 
 def _broken(tmp_path: Path, change) -> Path:  # type: ignore[no-untyped-def]
@@ -74,7 +101,12 @@ def _broken(tmp_path: Path, change) -> Path:  # type: ignore[no-untyped-def]
         ),
         (lambda raw: raw["series"].pop("gsps"), r"series: .*objects"),
         (lambda raw: raw["overlay"].update(content_label="fracnode-ai"), r"overlay\.content_label"),
-        (lambda raw: raw["overlay"].update(label="AI {score}"), r"overlay\.label"),
+        (lambda raw: raw["overlay"].update(label="AI {score}"), r"overlay\.label: Extra inputs"),
+        (lambda raw: raw["wording"]["categories"].pop("negative"), r"wording\.categories"),
+        (lambda raw: raw["finding_sites"].update({"": raw["finding_sites"]["hand"]}),
+         r"finding_sites: .*site not determined"),
+        (lambda raw: raw["finding"]["region_score"]["name"].update(value="X" * 17),
+         r"finding\.region_score\.name\.value"),
         (lambda raw: raw["tracking"].update(image="image {number}"), r"tracking\.image"),
         (lambda raw: raw["document"].pop("title"), r"document\.title: Field required"),
     ],

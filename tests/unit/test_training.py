@@ -8,7 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from node.training import fracatlas, metrics
+from training.common import metrics
+from training.radiograph import fracatlas
 
 REPO = Path(__file__).resolve().parents[2]
 FRACATLAS = REPO.parent / "shared" / "data" / "fracatlas"
@@ -115,30 +116,30 @@ def bundle_copy(tmp_path: Path) -> Path:
 
 def test_set_input_size_rewrites_the_contract_and_the_inference_config(bundle_copy: Path) -> None:
     from node.inference import bundle as bundles
-    from node.training import radiograph
+    from training.radiograph import bundle_edits
 
-    radiograph.set_input_size(bundle_copy, 384)
+    bundle_edits.set_input_size(bundle_copy, 384)
     bundle = bundles.read(bundle_copy)
     assert bundle.inputs["image"]["spatial_shape"] == [384, 384]
     assert bundle.outputs["regions"]["spatial_shape"] == [384, 384]
     assert json.loads((bundle_copy / "configs" / "inference.json").read_text())["spatial_size"] == 384
     with pytest.raises(bundles.BundleError, match="multiple of 32 of at least 64"):
-        radiograph.set_input_size(bundle_copy, 400)
+        bundle_edits.set_input_size(bundle_copy, 400)
     with pytest.raises(bundles.BundleError, match="multiple of 32 of at least 64"):
-        radiograph.set_input_size(bundle_copy, 32)
+        bundle_edits.set_input_size(bundle_copy, 32)
 
 
 def test_input_scale_2_needs_a_multiple_of_64_and_is_written_to_the_network_def(bundle_copy: Path) -> None:
     from node.inference import bundle as bundles
-    from node.training import radiograph
+    from training.radiograph import bundle_edits
 
     with pytest.raises(bundles.BundleError, match="multiple of 64"):
-        radiograph.set_input_size(bundle_copy, 608, input_scale=2)
-    radiograph.set_input_size(bundle_copy, 640, input_scale=2)
+        bundle_edits.set_input_size(bundle_copy, 608, input_scale=2)
+    bundle_edits.set_input_size(bundle_copy, 640, input_scale=2)
     inference = json.loads((bundle_copy / "configs" / "inference.json").read_text())
     assert inference["network_def"]["input_scale"] == 2
     assert inference["spatial_size"] == 640
-    radiograph.set_input_size(bundle_copy, 704)  # the scale stays; 704 = 11 × 64
+    bundle_edits.set_input_size(bundle_copy, 704)  # the scale stays; 704 = 11 × 64
     assert bundles.read(bundle_copy).config["network_def"]["input_scale"] == 2
 
 
@@ -147,13 +148,13 @@ def test_a_scale_1_network_fine_tunes_at_scale_2_starting_as_the_average_of_its_
     import torch.nn.functional as F
 
     from node.inference import bundle as bundles
-    from node.training import radiograph
+    from training.radiograph import bundle_edits
 
     torch.manual_seed(0)
     coarse = bundles.build_network(bundles.read(bundle_copy))
-    radiograph.set_input_size(bundle_copy, 128, input_scale=2)
+    bundle_edits.set_input_size(bundle_copy, 128, input_scale=2)
     fine = bundles.build_network(bundles.read(bundle_copy))
-    added = radiograph.load_initial_weights(fine, coarse.state_dict())
+    added = bundle_edits.load_initial_weights(fine, coarse.state_dict())
     assert sorted(added) == ["stem_reduce.conv.weight", "stem_reduce.norm.bias", "stem_reduce.norm.running_mean",
                              "stem_reduce.norm.running_var", "stem_reduce.norm.weight"]
     fine.eval()
@@ -167,29 +168,29 @@ def test_a_scale_1_network_fine_tunes_at_scale_2_starting_as_the_average_of_its_
 
 def test_initial_weights_that_do_not_fit_are_refused_by_name(bundle_copy: Path) -> None:
     from node.inference import bundle as bundles
-    from node.training import radiograph
+    from training.radiograph import bundle_edits
 
     network = bundles.build_network(bundles.read(bundle_copy))
     state = network.state_dict()
     del state["fracture_head.weight"]
     with pytest.raises(bundles.BundleError, match="missing fracture_head.weight"):
-        radiograph.load_initial_weights(network, state)
+        bundle_edits.load_initial_weights(network, state)
     state = {**network.state_dict(), "stem_reduce.conv.weight": network.state_dict()["stem.conv.weight"]}
     with pytest.raises(bundles.BundleError, match="unexpected stem_reduce.conv.weight"):
-        radiograph.load_initial_weights(network, state)
+        bundle_edits.load_initial_weights(network, state)
 
 
 def test_record_keeps_the_earlier_stages_of_a_fine_tuned_model(bundle_copy: Path) -> None:
     from node.inference import bundle as bundles
-    from node.training import model_card, radiograph
+    from training.radiograph import bundle_edits, model_card
 
     report = json.loads((bundle_copy / "configs" / "metadata.json").read_text())["eval_metrics"]
     first = {"epochs": 22, "best_epoch": 18, "seed": 7, "input_size": 320, "fine_tuned_from_sha256": None}
-    radiograph.record(bundle_copy, report, {**first, "history": [{"epoch": 1}]})
+    bundle_edits.record(bundle_copy, report, {**first, "history": [{"epoch": 1}]})
     assert bundles.read(bundle_copy).extras["training"] == first
     second = {"epochs": 20, "best_epoch": 11, "seed": 7, "input_size": 640, "input_scale": 2, "ema_decay": 0.998,
               "learning_rate": 0.001, "fine_tuned_from_sha256": "ab" * 32}
-    radiograph.record(bundle_copy, report, second)
+    bundle_edits.record(bundle_copy, report, second)
     training = bundles.read(bundle_copy).extras["training"]
     assert training["stages"] == [first, second]
     assert training["input_size"] == 640
@@ -199,12 +200,12 @@ def test_record_keeps_the_earlier_stages_of_a_fine_tuned_model(bundle_copy: Path
             " moving average of the weights (decay 0.998) validated and kept, started from the previous stage's"
             " weights, best epoch 11.") in card
     # training from scratch again replaces the stages
-    radiograph.record(bundle_copy, report, first)
+    bundle_edits.record(bundle_copy, report, first)
     assert bundles.read(bundle_copy).extras["training"] == first
 
 
 def test_model_card_lists_what_was_tried_and_not_shipped(bundle_copy: Path) -> None:
-    from node.training import model_card
+    from training.radiograph import model_card
 
     path = bundle_copy / "configs" / "metadata.json"
     metadata = json.loads(path.read_text())

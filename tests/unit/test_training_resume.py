@@ -1,4 +1,4 @@
-"""Resumable training (node.training.checkpoints): an interrupted run resumed ends with the weights an
+"""Resumable training (training.common.checkpoints): an interrupted run resumed ends with the weights an
 uninterrupted one has, for the cervical spine loops (the radiograph run is tested end to end in
 tests/integration/test_training_radiograph.py); other settings or a bare checkpoint are refused."""
 
@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from node.training import checkpoints
-from node.training.cspine_data import CROP_MARGIN, CropSet, SegmentationCase
-from node.training.cspine_loops import train_fracture, train_vertebrae
+from training.common import checkpoints
+from training.cspine.data import CROP_MARGIN, CropSet, SegmentationCase
+from training.cspine.loops import train_fracture, train_vertebrae
 
 
 def _interrupt_at(prefix: str) -> Callable[[str], None]:

@@ -15,7 +15,7 @@ import SimpleITK as sitk
 from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
 
 from node.inference.volume import Volume, VolumeRefused, build_volume, resample_labels
-from node.training.cspine_phantom import PhantomSpec, PhantomStudy, generate_study, label_image
+from training.phantom.generate import PhantomSpec, PhantomStudy, generate_study, label_image
 
 SAMPLE = Path("/work/shared/data/spine_ct_samples/totalsegmentator_example")
 SIZE, SLICES = 48, 30

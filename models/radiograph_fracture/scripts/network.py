@@ -116,14 +116,24 @@ class FracAtlasLiteNet(nn.Module):
     """An EfficientNet-Lite encoder (ImageNet-pretrained at training time) with the same three heads.
 
     forward(x) takes x of shape (N, 1, H, W), a grayscale radiograph scaled to [0, 1] (H and W
-    multiples of 32), and returns fracture_logit (N,), region_logits (N, 1, H, W) and
-    body_region_logits (N, n_regions), like FracAtlasNet. The gray channel is repeated to RGB and
-    normalized with the ImageNet mean and standard deviation inside the network, so preprocessing
-    stays "letterbox to [0, 1]" and training, ONNX export and inference cannot disagree on it.
+    multiples of 32), and returns fracture_logit (N,), region_logits (N, 1, H, W),
+    body_region_logits (N, n_regions), like FracAtlasNet, and atypicality (N,). The gray channel is
+    repeated to RGB and normalized with the ImageNet mean and standard deviation inside the network,
+    so preprocessing stays "letterbox to [0, 1]" and training, ONNX export and inference cannot
+    disagree on it.
 
     Region map: a feature pyramid over the encoder's stride 4, 8, 16 and 32 outputs, decoded at
     stride 4 and upsampled. Fracture and body region: mean and max pooling of the 1280-channel head.
+
+    Two things are fitted after training and kept as buffers, so the weights file carries them:
+    - `calibration` (scale, bias): Platt scaling of the fracture logit, fitted on the validation split;
+    - the typicality model: mean, principal axes and variances of the mean-pooled head features of
+      the training images. `atypicality` is the image's squared Mahalanobis distance in that space
+      (whitened principal coordinates plus the residual off them, each term about 1 for a typical
+      training image), so an image unlike the training radiographs (a chest film, a CT slice) scores high.
     """
+
+    typicality_axes = 32
 
     def __init__(
         self,
@@ -151,12 +161,30 @@ class FracAtlasLiteNet(nn.Module):
         width = 2 * self.encoder.head[0].out_channels
         self.fracture_head = nn.Linear(width, 1)
         self.body_region_head = nn.Linear(width, n_body_regions)
+        features = self.encoder.head[0].out_channels
+        self.register_buffer("calibration", torch.tensor([1.0, 0.0]))
+        self.register_buffer("feature_mean", torch.zeros(features))
+        self.register_buffer("feature_axes", torch.zeros(features, self.typicality_axes))
+        self.register_buffer("feature_variances", torch.ones(self.typicality_axes))
+        self.register_buffer("residual_variance", torch.ones(1))
+
+    def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The mean-pooled head features the typicality model describes (N, 1280)."""
+        _, head = self.encoder.features((x - self.mean) / self.std)
+        return head.mean(dim=(2, 3))
+
+    def atypicality(self, features: torch.Tensor) -> torch.Tensor:
+        centred = features - self.feature_mean
+        coordinates = centred @ self.feature_axes
+        residual = (centred * centred).sum(dim=1) - (coordinates * coordinates).sum(dim=1)
+        terms = (coordinates * coordinates / self.feature_variances).sum(dim=1) + residual / self.residual_variance
+        return terms / (self.typicality_axes + 1)
 
     def decoder_and_heads(self) -> list[nn.Module]:
         """Everything that does not come from the pretrained encoder (trained from the start)."""
         return [self.lateral, self.smooth, self.region_head, self.fracture_head, self.body_region_head]
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         size = x.shape[-2:]
         taps, head = self.encoder.features((x - self.mean) / self.std)
         pyramid = None
@@ -168,5 +196,7 @@ class FracAtlasLiteNet(nn.Module):
         assert pyramid is not None
         regions = F.interpolate(self.region_head(self.smooth(pyramid)), size=size, mode="bilinear",
                                 align_corners=False)
-        pooled = self.dropout(torch.cat([head.mean(dim=(2, 3)), head.amax(dim=(2, 3))], dim=1))
-        return self.fracture_head(pooled)[:, 0], regions, self.body_region_head(pooled)
+        average = head.mean(dim=(2, 3))
+        pooled = self.dropout(torch.cat([average, head.amax(dim=(2, 3))], dim=1))
+        fracture = self.fracture_head(pooled)[:, 0] * self.calibration[0] + self.calibration[1]
+        return fracture, regions, self.body_region_head(pooled), self.atypicality(average)

@@ -1,1 +1,0 @@
-"""Training and evaluation of the shipped models (`fracnode train` / `fracnode evaluate`)."""

@@ -1,0 +1,1 @@
+"""Training and evaluation of the shipped models: outside the runtime package (the [train] extra)."""

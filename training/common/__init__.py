@@ -1,0 +1,1 @@
+"""What every model's training shares: checkpoints that resume, evaluation metrics."""

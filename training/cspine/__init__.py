@@ -1,0 +1,1 @@
+"""The cervical spine CT models: RSNA-layout data, training loops, evaluation, model cards."""

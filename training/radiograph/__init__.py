@@ -1,0 +1,1 @@
+"""The radiograph fracture model: FracAtlas data, training, evaluation, model card."""
