@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from node.config import Config
 from tests.conftest import API_TOKEN, node_config, wait_until
 from tests.integration.test_flow import storescu
 from tests.support import dicomgen
@@ -174,15 +175,19 @@ def test_echo_reaches_a_running_orthanc_and_explains_an_unreachable_peer(tmp_pat
     assert unknown.status_code == 404 and "known: pacs, gone" in unknown.json()["detail"]
 
 
-def test_destinations_count_deliveries_and_keep_the_last_error(tmp_path, start_node):
-    config = node_config(
+def folder_and_gone_pacs(tmp_path, *routes: dict) -> Config:  # type: ignore[no-untyped-def]
+    """Results to a folder and to a PACS that is not there (its deliveries keep waiting)."""
+    return node_config(
         tmp_path / "data",
         peers=[{"name": "gone", "ae_title": "GONE", "host": "127.0.0.1", "port": free_port()}],
         destinations=[{"name": "results-folder", "type": "folder", "path": str(tmp_path / "results")},
                       {"name": "pacs", "type": "dimse", "peer": "gone"}],
-        routes=[route("test-kos", "results-folder", "pacs")],
+        routes=list(routes),
     )
-    node = start_node(config)
+
+
+def test_destinations_count_deliveries_and_keep_the_last_error(tmp_path, start_node):
+    node = start_node(folder_and_gone_pacs(tmp_path, route("test-kos", "results-folder", "pacs")))
     cr = dicomgen.cr_image()
     assert storescu(node.ingest.port, dicomgen.write([cr], tmp_path / "in")).returncode == 0
 
@@ -200,15 +205,9 @@ def test_destinations_count_deliveries_and_keep_the_last_error(tmp_path, start_n
 def test_a_result_downloads_from_the_outbox_then_from_the_folder_it_was_delivered_to(tmp_path, start_node):
     # a result delivered to every destination leaves the outbox (docs/security.md): the download
     # then reads the folder destination's copy, and says so when the node holds none
-    config = node_config(
-        tmp_path / "data",
-        peers=[{"name": "gone", "ae_title": "GONE", "host": "127.0.0.1", "port": free_port()}],
-        destinations=[{"name": "results-folder", "type": "folder", "path": str(tmp_path / "results")},
-                      {"name": "pacs", "type": "dimse", "peer": "gone"}],
-        routes=[{**route("test-kos", "results-folder", "pacs"), "match": {"body_part": "HAND"}},
-                {**route("test-kos", "results-folder"), "name": "knees", "match": {"body_part": "KNEE"}}],
-    )
-    node = start_node(config)
+    node = start_node(folder_and_gone_pacs(
+        tmp_path, {**route("test-kos", "results-folder", "pacs"), "match": {"body_part": "HAND"}},
+        {**route("test-kos", "results-folder"), "name": "knees", "match": {"body_part": "KNEE"}}))
     cr, dx = dicomgen.cr_image(), dicomgen.cr_image(body_part="KNEE")
     assert storescu(node.ingest.port, dicomgen.write([cr, dx], tmp_path / "in")).returncode == 0
     waiting = wait_until(lambda: [j for j in api(node, "/api/v1/jobs", params={"study_uid": cr.StudyInstanceUID}).json()
