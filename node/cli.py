@@ -91,7 +91,7 @@ def _target(config: Config, text: str):  # type: ignore[no-untyped-def]
         if peer.type == "dicomweb":
             raise SystemExit(f"fracnode: peer {text!r} is a DICOMweb peer ({peer.url});"
                              " echo and send speak DIMSE to a peer with an AE title, host and port")
-        return Target(peer.ae_title, peer.host, peer.port)
+        return Target(peer.ae_title, peer.host, peer.port, peer.tls)
     match = _TARGET.match(text)
     if not match:
         known = ", ".join(p.name for p in config.peers) or "none configured"

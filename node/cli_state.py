@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import fcntl
+import getpass
 import os
 import time
 from pathlib import Path
@@ -89,9 +90,30 @@ def analyze_again(config: Config, study_uid: str) -> int:
     finally:
         db.close()
     print(f"study {study_uid}: {asked.message}")
+    _audit_operator(config, f"fracnode analyze-again {study_uid} (command line)", study_uid)
     if not node_running(config.storage.data_dir):
         print(f"the node is not running with {config.storage.data_dir}: it analyses the study when it starts")
     return 0
+
+
+def _audit_operator(config: Config, what: str, study_uid: str) -> None:
+    """An operator's action from the command line goes into the audit trail, as the API's do
+    (Use of Restricted Function; the local user, no address)."""
+    from node.audit import Audit
+
+    try:
+        audit = Audit(config)
+    except OSError as exc:  # e.g. another user's data folder: the action stands, say it is not audited
+        print(f"not recorded in the audit trail {config.audit_path}: {exc.strerror}")
+        return
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # a uid without a name (containers)
+        user = "unknown"
+    try:
+        audit.operator_action(f"{user} (uid {os.getuid()})", "", what, study_uid)
+    finally:
+        audit.trail.close()
 
 
 def add_parsers(sub: argparse._SubParsersAction, config_option: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import logging
 import os
 import uuid
 from pathlib import Path
 
+from node.logs import event
+
+log = logging.getLogger("fracnode.spool")
 TEMP_SUFFIX = ".tmp"
 HASH_CHUNK = 1 << 20
 
@@ -20,6 +24,25 @@ HASH_CHUNK = 1 << 20
 class OutOfSpace(Exception):
     """A file cannot be written (disk full, below the free-space floor, unwritable); the ingest
     edge answers it with a DICOM status (0xA700), dispatch retries."""
+
+
+def private(path: Path) -> None:
+    """Make an existing folder (0700) or file (0600) the node's user's alone: state is patient data."""
+    try:
+        path.chmod(0o700 if path.is_dir() else 0o600)
+    except OSError as exc:
+        event(log, logging.WARNING, "cannot make private", path=str(path), reason=exc.strerror)
+
+
+def private_dirs(directory: Path) -> None:
+    """`directory` and its missing parents, each 0700 (mkdir(parents=True) gives parents the
+    umask's mode): what they will hold is patient data."""
+    missing = []
+    while not directory.exists():
+        missing.append(directory)
+        directory = directory.parent
+    for folder in reversed(missing):
+        folder.mkdir(mode=0o700, exist_ok=True)
 
 
 def fsync_dir(path: Path) -> None:
@@ -35,7 +58,7 @@ def make_directory(directory: Path) -> None:
     try:
         if directory.is_dir():
             return
-        directory.mkdir(parents=True, exist_ok=True)
+        private_dirs(directory)
         fsync_dir(directory.parent)
     except OSError as exc:
         raise OutOfSpace(f"cannot use {directory}: {exc.strerror}") from exc
@@ -82,7 +105,7 @@ def create_temporary(path: Path) -> tuple[int, Path]:
     make_directory(path.parent)
     temp = temporary_path(path)
     try:
-        return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640), temp
+        return os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), temp
     except OSError as exc:
         raise write_failure(path, exc) from exc
 

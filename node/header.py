@@ -1,26 +1,22 @@
-"""The attributes the node indexes for each received instance, and two ways to read them.
+"""The attributes the node indexes for each received instance, and the checks they must pass.
 
-`read_header` parses a whole DICOM file with pydicom. `scan_elements` walks the first bytes of
-an encoded data set (PS3.5 7.1: tag, VR, length, value; elements in ascending tag order) and
-picks out the indexed elements without decoding anything else, so the C-STORE receive path can
-name the instance's file from its first fragment. Both hand the same raw elements to pydicom for
-value conversion (character sets, multi-values, padding), so both give the same `Header`.
+`node.scan.DataSetScan` finds the indexed elements while it walks a data set; this module turns
+them into a `Header`, converting values as pydicom does (character sets, multi-values, padding),
+and refuses an instance whose UIDs are missing, invalid or not the ones its sender announced
+(the C-STORE command, PS3.7 9.1.1, or the File Meta Information, PS3.10 7.1). Messages name the
+attribute, never its value: a corrupted length can make a UID swallow the patient's name.
 """
 
 from __future__ import annotations
 
 import re
-import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from io import BytesIO
 from typing import cast
 
 from pydicom import Dataset
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
-from pydicom.errors import InvalidDicomError
-from pydicom.filereader import read_partial
 from pydicom.tag import BaseTag, Tag
 from pydicom.uid import RE_VALID_UID
 
@@ -39,40 +35,18 @@ HEADER_TAGS = [
 _HEADER_TAG_NUMBERS: list[BaseTag | int] = [Tag(keyword) for keyword in HEADER_TAGS]
 LAST_HEADER_TAG = max(_HEADER_TAG_NUMBERS)
 SPECIFIC_CHARACTER_SET = 0x00080005  # needed to convert the text values (PS3.5 6.1.2.3)
-_WANTED = frozenset(int(t) for t in _HEADER_TAG_NUMBERS) | {SPECIFIC_CHARACTER_SET}
+WANTED_TAGS = frozenset(int(t) for t in _HEADER_TAG_NUMBERS) | {SPECIFIC_CHARACTER_SET}
 # (keyword, tag, VR from the data dictionary) of each indexed attribute
 _INDEXED = [(keyword, int(Tag(keyword)), dictionary_VR(keyword)) for keyword in HEADER_TAGS]
 _VALID_UID = re.compile(RE_VALID_UID)
-
-# PS3.5 Table 7.1-1: VRs whose explicit encoding has 2 reserved bytes and a 32-bit length
-_LONG_VRS = frozenset(
-    b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split()
-)
-_SHORT_VRS = frozenset(
-    b"AE AS AT CS DA DS DT FL FD IS LO LT PN SH SL SS ST TM UI UL US".split()
-)
-UNDEFINED_LENGTH = 0xFFFFFFFF
-_ITEM, _ITEM_END, _SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
-_MAX_NESTING = 16
-_TAG = struct.Struct("<HH")
-_TAG_LENGTH = struct.Struct("<HHL")
-_EXPLICIT_SHORT = struct.Struct("<HH2sH")
-_U32 = struct.Struct("<L")
-
-IMPLICIT_VR_LITTLE_ENDIAN = "1.2.840.10008.1.2"
-# PS3.5 A.1-A.5: every accepted syntax but these encodes the data set as Explicit VR Little Endian
-_NOT_SCANNED_SYNTAXES = frozenset({
-    "1.2.840.10008.1.2.1.99",  # Deflated Explicit VR Little Endian: the bytes are zlib data
-    "1.2.840.10008.1.2.2",  # Explicit VR Big Endian
-})
 
 
 class UnreadableInstance(Exception):
     """The bytes are not a DICOM dataset the node can index (missing UIDs, garbage)."""
 
 
-class NotScannable(Exception):
-    """The data set uses an encoding the byte scan does not walk; pydicom reads it instead."""
+class MismatchedInstance(UnreadableInstance):
+    """The data set is not the instance its sender announced (PS3.4 B.2.3 status 0xA900)."""
 
 
 @dataclass(frozen=True)
@@ -99,25 +73,32 @@ def _text(value: object) -> str:
     return str(value).strip()
 
 
-def _past_header(tag: BaseTag, vr: str | None, length: int) -> bool:
-    return tag > LAST_HEADER_TAG
+_UID_NAMES = {  # Header field: the attribute as messages name it
+    "sop_class_uid": "SOP Class UID (0008,0016)",
+    "sop_instance_uid": "SOP Instance UID (0008,0018)",
+    "study_uid": "Study Instance UID (0020,000D)",
+    "series_uid": "Series Instance UID (0020,000E)",
+}
 
 
 def _validated(
     values: Mapping[str, str],
     transfer_syntax: str,
-    media_class: str,
+    expected_sop_class_uid: str | None,
     expected_sop_instance_uid: str | None,
+    announced_by: str,
 ) -> Header:
-    sop_instance = values["SOPInstanceUID"] or (expected_sop_instance_uid or "")
-    if expected_sop_instance_uid and sop_instance != expected_sop_instance_uid:
-        raise UnreadableInstance(
-            f"SOPInstanceUID in the dataset ({sop_instance}) differs from the request's"
-            f" Affected SOP Instance UID ({expected_sop_instance_uid})"
-        )
+    for name, keyword, expected in (("sop_class_uid", "SOPClassUID", expected_sop_class_uid),
+                                    ("sop_instance_uid", "SOPInstanceUID", expected_sop_instance_uid)):
+        found = values[keyword]
+        if expected and found and found != expected:
+            shown = found if _is_valid_uid(found) else f"({len(found)} characters, not a valid UID)"
+            raise MismatchedInstance(f"the data set's {_UID_NAMES[name]} {shown} is not the"
+                                     f" {announced_by}'s {expected}")
+    # a data set without them (some anonymisers strip them) takes the ones announced with it
     header = Header(
-        sop_class_uid=values["SOPClassUID"] or media_class,
-        sop_instance_uid=sop_instance,
+        sop_class_uid=values["SOPClassUID"] or (expected_sop_class_uid or ""),
+        sop_instance_uid=values["SOPInstanceUID"] or (expected_sop_instance_uid or ""),
         study_uid=values["StudyInstanceUID"],
         series_uid=values["SeriesInstanceUID"],
         transfer_syntax_uid=transfer_syntax,
@@ -127,12 +108,12 @@ def _validated(
         protocol_name=values["ProtocolName"],
         image_type=values["ImageType"],
     )
-    for name in ("sop_instance_uid", "study_uid", "series_uid", "sop_class_uid"):
+    for name, attribute in _UID_NAMES.items():
         uid = getattr(header, name)
         if not uid:
-            raise UnreadableInstance(f"the dataset has no {name.replace('_', ' ')}")
+            raise UnreadableInstance(f"the data set has no {attribute}")
         if not _is_valid_uid(uid):
-            raise UnreadableInstance(f"{name.replace('_', ' ')} {uid!r} is not a valid UID")
+            raise UnreadableInstance(f"the {attribute} is not a valid UID ({len(uid)} characters)")
     return header
 
 
@@ -143,22 +124,8 @@ def _is_valid_uid(uid: str) -> bool:
 def _dataset_values(ds: Dataset) -> dict[str, str]:
     try:
         return {keyword: _text(ds.get(keyword)) for keyword in HEADER_TAGS}
-    except Exception as exc:  # pydicom raises many kinds on garbage; all mean "cannot understand"
-        raise UnreadableInstance(f"cannot parse the dataset: {type(exc).__name__}: {exc}") from exc
-
-
-def read_header(raw: bytes, expected_sop_instance_uid: str | None = None) -> Header:
-    """Parse the indexing attributes from a DICOM file's bytes (preamble + meta + dataset)."""
-    try:
-        # what dcmread(stop_before_pixels=True) does, but stopping at the last indexed tag
-        ds = read_partial(BytesIO(raw), stop_when=_past_header, specific_tags=_HEADER_TAG_NUMBERS)
-        transfer_syntax = str(ds.file_meta.get("TransferSyntaxUID", ""))
-        media_class = str(ds.file_meta.get("MediaStorageSOPClassUID", ""))
-    except (InvalidDicomError, ValueError, KeyError, EOFError, OverflowError, TypeError) as exc:
-        raise UnreadableInstance(f"cannot parse the dataset: {exc}") from exc
-    except Exception as exc:  # pydicom raises many kinds on garbage; all mean "cannot understand"
-        raise UnreadableInstance(f"cannot parse the dataset: {type(exc).__name__}: {exc}") from exc
-    return _validated(_dataset_values(ds), transfer_syntax, media_class, expected_sop_instance_uid)
+    except Exception as exc:  # pydicom raises many kinds on garbage; its message may hold the value
+        raise UnreadableInstance(f"an indexed attribute cannot be decoded ({type(exc).__name__})") from exc
 
 
 def _ascii_values(elements: Mapping[int, RawDataElement]) -> dict[str, str] | None:
@@ -190,120 +157,16 @@ def _ascii_values(elements: Mapping[int, RawDataElement]) -> dict[str, str] | No
 def header_from_elements(
     elements: Mapping[int, RawDataElement],
     transfer_syntax: str,
-    media_class: str,
+    expected_sop_class_uid: str | None = None,
     expected_sop_instance_uid: str | None = None,
+    announced_by: str = "request",
 ) -> Header:
-    """The `Header` of a data set whose indexed elements `scan_elements` found."""
+    """The `Header` of a data set whose indexed elements a scan found; UnreadableInstance when a
+    UID is missing or invalid, MismatchedInstance when one is not the `expected_*` one."""
     values = _ascii_values(elements)
     if values is None:
-        # pydicom converts each raw value on access, with the data set's (0008,0005) as read_partial does
+        # pydicom converts each raw value on access, with the data set's (0008,0005)
         ds = Dataset({BaseTag(tag): element for tag, element in elements.items()})
         values = _dataset_values(ds)
-    return _validated(values, transfer_syntax, media_class, expected_sop_instance_uid)
-
-
-def is_scannable(transfer_syntax: str) -> bool:
-    return transfer_syntax not in _NOT_SCANNED_SYNTAXES
-
-
-# -- the byte scan ----------------------------------------------------------------------------
-
-
-def _element(buf: memoryview, pos: int, implicit: bool) -> tuple[int, bytes | None, int, int] | None:
-    """(tag, VR, value length, value offset) of the element at `pos`; None if `buf` ends first."""
-    end = len(buf)
-    if pos + 8 > end:
-        return None
-    if implicit:
-        group, number, length = _TAG_LENGTH.unpack_from(buf, pos)
-        return group << 16 | number, None, length, pos + 8
-    group, number, vr, length = _EXPLICIT_SHORT.unpack_from(buf, pos)
-    tag = group << 16 | number
-    if group == 0xFFFE:  # item and delimiter tags have no VR in either encoding (PS3.5 7.5)
-        group, number, length = _TAG_LENGTH.unpack_from(buf, pos)
-        return tag, None, length, pos + 8
-    if vr in _SHORT_VRS:
-        return tag, vr, length, pos + 8
-    if vr not in _LONG_VRS:
-        raise NotScannable(f"unknown VR {bytes(vr)!r} in ({group:04X},{number:04X})")
-    if pos + 12 > end:
-        return None
-    return tag, vr, _U32.unpack_from(buf, pos + 8)[0], pos + 12
-
-
-def _skip_sequence(buf: memoryview, pos: int, implicit: bool, depth: int) -> int | None:
-    """Offset after the undefined-length sequence whose first item starts at `pos`."""
-    if depth > _MAX_NESTING:
-        raise NotScannable("sequences nested too deeply")
-    while True:
-        if pos + 8 > len(buf):
-            return None
-        group, number, length = _TAG_LENGTH.unpack_from(buf, pos)
-        tag = group << 16 | number
-        pos += 8
-        if tag == _SEQUENCE_END:
-            return pos
-        if tag != _ITEM:
-            raise NotScannable(f"({group:04X},{number:04X}) where a sequence item belongs")
-        if length != UNDEFINED_LENGTH:
-            pos += length
-            continue
-        while True:  # an undefined-length item: its elements up to the item delimiter
-            found = _element(buf, pos, implicit)
-            if found is None:
-                return None
-            tag, vr, length, value = found
-            if tag == _ITEM_END:
-                pos = value
-                break
-            if length == UNDEFINED_LENGTH:
-                skipped = _skip_sequence(buf, value, implicit or vr == b"UN", depth + 1)
-                if skipped is None:
-                    return None
-                pos = skipped
-            else:
-                pos = value + length
-
-
-def scan_elements(data: bytes | bytearray | memoryview, transfer_syntax: str) -> dict[int, RawDataElement] | None:
-    """The indexed top-level elements (and the character set) of an encoded data set.
-
-    `data` is the start of the data set (no file meta). Returns None when `data` ends before
-    the first element past the last indexed tag; raises NotScannable for encodings the scan does
-    not walk, including bytes that are no data set at all (pydicom then decides what they are).
-    """
-    if not is_scannable(transfer_syntax):
-        raise NotScannable(f"transfer syntax {transfer_syntax}")
-    implicit = transfer_syntax == IMPLICIT_VR_LITTLE_ENDIAN
-    buf = memoryview(data)
-    found: dict[int, RawDataElement] = {}
-    pos = 0
-    while True:
-        if pos + 4 > len(buf):
-            return None
-        group, number = _TAG.unpack_from(buf, pos)
-        tag = group << 16 | number
-        if tag > LAST_HEADER_TAG:
-            return found
-        element = _element(buf, pos, implicit)
-        if element is None:
-            return None
-        tag, vr, length, value = element
-        if group == 0xFFFE:
-            raise NotScannable(f"({group:04X},{number:04X}) at the top level of the data set")
-        if length == UNDEFINED_LENGTH:
-            if tag in _WANTED:
-                raise NotScannable(f"({group:04X},{number:04X}) has an undefined length")
-            skipped = _skip_sequence(buf, value, implicit or vr == b"UN", 1)
-            if skipped is None:
-                return None
-            pos = skipped
-            continue
-        if tag in _WANTED:
-            if value + length > len(buf):
-                return None
-            vr_text = vr.decode() if vr is not None else None
-            found[tag] = RawDataElement(
-                BaseTag(tag), vr_text, length, bytes(buf[value : value + length]), value, implicit, True
-            )
-        pos = value + length
+    return _validated(values, transfer_syntax, expected_sop_class_uid, expected_sop_instance_uid,
+                      announced_by)

@@ -1,13 +1,16 @@
-"""One instance arriving in fragments (a C-STORE data set), written to the spool as it arrives.
+"""One instance arriving in fragments (a C-STORE data set, a STOW-RS part), written to the spool
+as it arrives and acknowledged only when whole.
 
-The fragments are kept in memory until the indexed attributes are found in them (usually in the
-first fragment), then go straight to a temporary file beside the instance's final name. They are
-hashed on the way only when the SOP Instance UID is already indexed (a resend, which is a
-duplicate when its bytes are identical; see `node.spool`). `commit()` makes the file durable in
-the order the spool promises (fsync, rename, directory fsync) and commits its index row; only
-then may the sender be told "success".
-Data sets the byte scan does not walk (deflated, big endian, odd encodings) are kept whole in
-memory and stored by `Spool.store`, as every instance was before.
+Every fragment goes through a `node.scan.DataSetScan`, which walks the data set to its end and
+finds the indexed attributes on the way (usually in the first fragment). Until they are found
+the fragments wait in memory, at most `PENDING_LIMIT` bytes; then they go to a temporary file
+beside the instance's final name, or, when the attributes come later than that, to one in the
+spool's `.incoming` folder that `commit()` renames into place. Fragments are hashed on the way
+only when the SOP Instance UID is already indexed (a resend, which is a duplicate when its bytes
+are identical; see `node.spool`). `commit()` finishes the scan, so a data set cut short, with a
+sequence left open or an element longer than what arrived, is refused (PS3.4 B.2.3: 0xC210), and
+checks the UIDs against what the sender announced (0xA900); then it makes the file durable in
+the order the spool promises (fsync, rename, directory fsync) and commits its index row.
 """
 
 from __future__ import annotations
@@ -25,13 +28,17 @@ from node.files import (
     create_temporary,
     file_digest,
     fsync_dir,
+    make_directory,
     remove_temporary,
     write_failure,
 )
-from node.header import Header, NotScannable, header_from_elements, is_scannable, scan_elements
+from node.header import Header, header_from_elements
+from node.scan import DataSetScan, ScanLimits, is_image_storage
 from node.spool import Spool, Stored
 
 _PREAMBLE = b"\0" * 128 + b"DICM"  # PS3.10 7.1
+PENDING_LIMIT = 1 << 18  # bytes held in memory while the indexed attributes have not arrived
+INCOMING_FOLDER = ".incoming"  # in the spool: files of instances whose study is not known yet
 
 
 def _meta_element(group_element: int, vr: bytes, value: bytes) -> bytes:
@@ -103,8 +110,9 @@ class SpareFile:
 class Incoming:
     """An instance being received: `add()` each fragment, then `commit()` or `discard()`.
 
-    `add()` and `commit()` raise UnreadableInstance or OutOfSpace; after either, call
-    `discard()` (it leaves no temporary file) and drop the remaining fragments.
+    `add()` and `commit()` raise UnreadableInstance (MismatchedInstance when the UIDs are not the
+    announced ones) or OutOfSpace; after either, call `discard()` (it leaves no temporary file)
+    and drop the remaining fragments.
     """
 
     def __init__(
@@ -118,8 +126,12 @@ class Incoming:
         received_meta: bytes | None = None,
         check: Callable[[Header], None] | None = None,
         spare: SpareFile | None = None,
+        limits: ScanLimits | None = None,
+        announced_by: str = "request",
     ) -> None:
-        """`received_meta`: the preamble and meta group as received (STOW-RS Part 10 files), else
+        """`sop_class_uid`, `sop_instance_uid`: what the sender announced ('' when it did not),
+        which the data set must match (`announced_by` names the announcement in messages);
+        `received_meta`: the preamble and meta group as received (STOW-RS Part 10 files), else
         one is made; `check` sees the header before the file is created and may raise to refuse;
         `spare`: a file made ahead, used when it is in the instance's folder."""
         self.spare = spare
@@ -130,6 +142,7 @@ class Incoming:
         self.calling_ae = calling_ae
         self.association_id = association_id
         self.check = check
+        self.announced_by = announced_by
         self._meta = received_meta if received_meta is not None else file_meta(
             sop_class_uid, sop_instance_uid, transfer_syntax
         )
@@ -139,49 +152,48 @@ class Incoming:
             if not sop_instance_uid or spool.is_indexed(sop_instance_uid)
             else None
         )
+        self._scan = DataSetScan(transfer_syntax, limits or spool.limits)
         self._size = len(self._meta)
         self._pending: list[bytes] = []
         self._pending_size = 0
-        self._scan = is_scannable(transfer_syntax)
-        self._next_scan = 0
         self._header: Header | None = None
         self._path = Path()
         self._temp: Path | None = None
         self._fd = -1
 
     def add(self, fragment: bytes | memoryview) -> None:
+        self._scan.feed(fragment)
         if self._hash is not None:
             self._hash.update(fragment)  # hashlib releases the GIL for fragments this large
         self._size += len(fragment)
         if self._fd >= 0:
             self._write((fragment,))
+            if self._header is None and self._scan.header_ready:
+                self._header = self._checked_header()
             return
         self._pending.append(bytes(fragment))
         self._pending_size += len(fragment)
-        if self._scan and self._pending_size >= self._next_scan:
-            self._start_file()
+        if self._scan.header_ready:
+            self._header = self._checked_header()
+            self._start_file(self.spool.path_for(self._header))
+        elif self._pending_size > PENDING_LIMIT:
+            self._start_file(self.spool.root / INCOMING_FOLDER / "unknown")
 
-    def _start_file(self) -> None:
-        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
-        try:
-            elements = scan_elements(data, self.transfer_syntax)
-        except NotScannable:
-            self._scan = False  # pydicom reads the whole data set at commit
-            return
-        if elements is None:
-            self._next_scan = 2 * self._pending_size  # rescan after doubling: linear in all
-            return
+    def _checked_header(self) -> Header:
         header = header_from_elements(
-            elements, self.transfer_syntax, self.sop_class_uid, self.sop_instance_uid or None
+            self._scan.elements, self.transfer_syntax, self.sop_class_uid or None,
+            self.sop_instance_uid or None, self.announced_by,
         )
         if self.check is not None:
             self.check(header)
-        path = self.spool.path_for(header)
+        return header
+
+    def _start_file(self, path: Path) -> None:
         taken = self.spare.take(path) if self.spare is not None else None
-        self._fd, temp = taken if taken is not None else create_temporary(path)
-        self._header, self._path, self._temp = header, path, temp
-        self._pending = []
-        self._write((self._meta, data))
+        self._fd, self._temp = taken if taken is not None else create_temporary(path)
+        self._path = path
+        pending, self._pending, self._pending_size = self._pending, [], 0
+        self._write((self._meta, *pending))
 
     def _write(self, buffers: Sequence[bytes | memoryview]) -> None:
         try:
@@ -191,13 +203,17 @@ class Incoming:
             raise write_failure(self._path, exc) from exc
 
     def commit(self) -> Stored:
-        """Make the instance durable and indexed; a resend of identical bytes changes nothing."""
+        """Make the instance durable and indexed once it is whole; a resend of identical bytes
+        changes nothing."""
+        self._scan.finish()
         if self._header is None:
-            raw = b"".join((self._meta, *self._pending))
-            self._pending = []
-            return self.spool.store(raw, self.calling_ae, self.association_id,
-                                    self.sop_instance_uid or None, self.check)
-        header, path, temp = self._header, self._path, self._temp
+            self._header = self._checked_header()
+        header = self._header
+        self._scan.check_pixel_data(is_image_storage(header.sop_class_uid))
+        path = self.spool.path_for(header)
+        if self._fd < 0:
+            self._start_file(path)
+        temp = self._temp
         assert temp is not None
         held = self.spool.held_digest(header.sop_instance_uid, path)
         digest = ""
@@ -212,13 +228,18 @@ class Incoming:
                 self.discard()
                 return Stored(header, path, duplicate=True)
         try:
-            check_free_space(path.parent, 0, self.spool.min_free_bytes)  # the bytes are written
+            check_free_space(path.parent if temp.parent == path.parent else temp.parent, 0,
+                             self.spool.min_free_bytes)  # the bytes are written
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
+            if temp.parent != path.parent:  # parked in .incoming: its study folder may be new
+                make_directory(path.parent)
             os.replace(temp, path)
             self._temp = None
             fsync_dir(path.parent)
+            if temp.parent != path.parent:
+                fsync_dir(temp.parent)
         except OSError as exc:
             self.discard()
             raise write_failure(path, exc) from exc
@@ -231,5 +252,7 @@ class Incoming:
     def discard(self) -> None:
         """Forget the instance: close and remove the temporary file, drop buffered fragments."""
         self._pending = []
+        self._pending_size = 0
         remove_temporary(self._fd, self._temp)
         self._fd, self._temp = -1, None
+

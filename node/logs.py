@@ -2,6 +2,9 @@
 
 Patient names, IDs, birth dates and accession numbers never reach a log call: the node logs
 UIDs, AE titles, addresses, counts and reasons only. pynetdicom's identifier logging is off.
+Other libraries quote values (pydicom's "Invalid value for VR DA: '...'"): their records and
+warnings (captured into this log) have every quoted part withheld, and a traceback names the
+frames and the exception types but keeps only the messages the node wrote (node.redact).
 """
 
 from __future__ import annotations
@@ -12,7 +15,15 @@ import sys
 import time
 from typing import Any
 
+from node.redact import format_exception, withhold_values
+
 _RESERVED = set(vars(logging.makeLogRecord({})))
+
+
+def message_of(record: logging.LogRecord) -> str:
+    """The record's message; a library's (or a warning's) with its quoted values withheld."""
+    message = record.getMessage()
+    return message if record.name.startswith("fracnode") else withhold_values(message)
 
 
 class JsonFormatter(logging.Formatter):
@@ -22,11 +33,11 @@ class JsonFormatter(logging.Formatter):
             + f".{int(record.msecs):03d}Z",
             "level": record.levelname,
             "logger": record.name,
-            "event": record.getMessage(),
+            "event": message_of(record),
         }
         entry.update(getattr(record, "fields", {}))
-        if record.exc_info:
-            entry["error"] = self.formatException(record.exc_info)
+        if record.exc_info and record.exc_info[1] is not None:
+            entry["error"] = format_exception(record.exc_info[1])
         return json.dumps(entry, default=str)
 
 
@@ -34,10 +45,10 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         fields = getattr(record, "fields", {})
         extra = " ".join(f"{k}={v}" for k, v in fields.items())
-        line = f"{self.formatTime(record)} {record.levelname:7} {record.name}: {record.getMessage()}"
+        line = f"{self.formatTime(record)} {record.levelname:7} {record.name}: {message_of(record)}"
         line = f"{line} {extra}" if extra else line
-        if record.exc_info:
-            line += "\n" + self.formatException(record.exc_info)
+        if record.exc_info and record.exc_info[1] is not None:
+            line += "\n" + format_exception(record.exc_info[1])
         return line
 
 
@@ -77,5 +88,6 @@ def setup(level: str = "INFO", fmt: str = "json", stream: Any = None, libraries:
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(min(own_level, library_level))
+    logging.captureWarnings(True)  # pydicom warns with values: into this log, where they are withheld
     # pynetdicom's own INFO/DEBUG lines describe every PDU; the node logs what operators need
     logging.getLogger("pynetdicom").setLevel(max(logging.WARNING, library_level))

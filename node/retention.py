@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Callable
 
 from node.config import Config
 from node.logs import event
@@ -16,8 +17,10 @@ from node.store import Database, instances, jobs, outbox, studies
 log = logging.getLogger("fracnode.node")
 
 
-def purge_expired(config: Config, db: Database, now: float) -> int:
-    """Delete the expired studies' spool and outbox files and rows; returns studies purged."""
+def purge_expired(config: Config, db: Database, now: float,
+                  on_purged: Callable[[str, str], None] = lambda study_uid, why: None) -> int:
+    """Delete the expired studies' spool and outbox files and rows; returns studies purged.
+    `on_purged(study_uid, why)` follows each study's deletion (the audit trail's DICOM Study Deleted)."""
     days = config.storage.retention_days
     if days <= 0:
         return 0
@@ -31,6 +34,7 @@ def purge_expired(config: Config, db: Database, now: float) -> int:
             instances.delete_study(sql, study_uid)
             outbox.delete_study(sql, study_uid)
             studies.mark_purged(sql, study_uid)
+        on_purged(study_uid, f"storage.retention_days ({days}) after its work ended")
     if expired:
         event(log, logging.INFO, "retention purge", studies=len(expired), retention_days=days)
     return len(expired)

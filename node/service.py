@@ -18,9 +18,11 @@ from pathlib import Path
 
 from node import pipelines
 from node.assembly import AnalysisRequest, Assembly, request_analysis
+from node.audit import Audit
 from node.config import Config
 from node.dispatch.dispatcher import Dispatcher
 from node.dispatch.outbox import Outbox
+from node.files import private, private_dirs
 from node.ingest.dimse import DimseIngest
 from node.ingest.stow import StoreTransaction, StowIngest
 from node.jobs import JobQueue
@@ -31,6 +33,7 @@ from node.pull.puller import Puller
 from node.records import Job
 from node.retention import purge_expired
 from node.routing import route_study
+from node.scan import ScanLimits
 from node.search import StudySearch
 from node.spool import Spool
 from node.store import instances, jobs, open_database, outbox, studies
@@ -54,14 +57,19 @@ class Node:
         self.config = config
         self.instance_id = uuid.uuid4().hex[:12]
         data_dir = config.storage.data_dir
-        data_dir.mkdir(parents=True, exist_ok=True)
+        private_dirs(data_dir)
+        private(data_dir)
         self._lock_file = self._take_lock(data_dir / "fracnode.lock")
         pipelines.load_modules(config.pipeline_modules)
         problems = pipelines.check(config)
         if problems:
             raise ValueError("; ".join(problems))
         self.db = open_database(config.database_path)
-        self.spool = Spool(config.spool_dir, self.db, config.storage.min_free_mb * 2**20)
+        self.audit = Audit(config)
+        storage = config.storage
+        self.spool = Spool(config.spool_dir, self.db, storage.min_free_mb * 2**20, ScanLimits(
+            max_depth=storage.max_sequence_depth, max_inflated_bytes=storage.max_inflated_mb * 2**20,
+            max_inflation_ratio=storage.max_inflation_ratio))
         self.assembly = Assembly(self.db, config.assembly)
         self.jobs = JobQueue(self.db, config.jobs)
         self.outbox = Outbox(config.outbox_dir, self.db, config.dispatch.retry)
@@ -71,13 +79,16 @@ class Node:
         self.outcomes = JobOutcomes(self.db)
         self.search = StudySearch(self.db, data_dir)
         self.dispatcher = Dispatcher(config, self.outbox)
+        self.dispatcher.audit = self.audit
         self.ingest = DimseIngest(
             config.node, self.spool, self.db, on_released=self._on_released,
             on_stored=lambda: self.metrics.instance_received("dimse"), on_unchanged=self._on_unchanged,
+            audit=self.audit,
         )
         self.stow = StowIngest(
             self.spool, self.db, on_released=self._on_released,
             on_stored=lambda: self.metrics.instance_received("stow"), on_unchanged=self._on_unchanged,
+            audit=self.audit,
         )
         self.pulls = Puller(config, self.spool, self.db, self.assembly, on_retrieved=self._assembly_wake_set)
         self.worker = Worker(config, self.db, self.jobs, self.outbox, self.outcomes, self.metrics,
@@ -85,7 +96,7 @@ class Node:
         self.web: WebServer | None = None
         if config.web.enabled:
             queries = Queries(config, self.db, self.outcomes, self.search, self.metrics.exposition)
-            self.web = WebServer(config, queries, self)
+            self.web = WebServer(config, queries, self, self.audit)
         self._stop = threading.Event()
         self._assembly_wake = threading.Event()
         self._work_wake = threading.Event()
@@ -97,7 +108,7 @@ class Node:
     @staticmethod
     def _take_lock(path: Path) -> int:
         # flock is released by the kernel when the process dies: no stale lock files
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -199,7 +210,8 @@ class Node:
 
     def clean_once(self, now: float | None = None) -> int:
         """Retention: delete spooled studies whose work ended `retention_days` ago."""
-        return purge_expired(self.config, self.db, time.time() if now is None else now)
+        return purge_expired(self.config, self.db, time.time() if now is None else now,
+                             on_purged=self.audit.study_deleted)
 
     # -- threads ------------------------------------------------------------------------------
 
@@ -226,6 +238,7 @@ class Node:
                 self._stop.wait(tick)
 
     def start(self) -> None:
+        self.audit.started()
         self.recover()
         self.ingest.start()
         if self.web is not None:
@@ -269,6 +282,7 @@ class Node:
         self.pulls.stop()
         for thread in self._threads:
             thread.join(timeout=10)
+        self.audit.stopped()
         self.db.close()
         os.close(self._lock_file)
         event(log, logging.INFO, "node stopped", instance=self.instance_id)

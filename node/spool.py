@@ -20,10 +20,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from node.files import TEMP_SUFFIX, OutOfSpace, file_digest, fsync_dir, write_atomically
-from node.header import Header, UnreadableInstance, read_header
+from node.files import (
+    TEMP_SUFFIX,
+    OutOfSpace,
+    file_digest,
+    fsync_dir,
+    private,
+    private_dirs,
+    write_atomically,
+)
+from node.header import Header, UnreadableInstance
 from node.logs import event
+from node.part10 import read_header, scan_file
 from node.records import Instance
+from node.scan import ScanLimits
 from node.store import Database, StorageFull, instances, studies
 
 # what the spool's callers (ingest, incoming, pulls) meet: its failures and the writes it uses
@@ -42,11 +52,14 @@ class Stored:
 
 
 class Spool:
-    def __init__(self, root: Path, db: Database, min_free_bytes: int = 0) -> None:
+    def __init__(self, root: Path, db: Database, min_free_bytes: int = 0,
+                 limits: ScanLimits | None = None) -> None:
         self.root = root
         self.db = db
         self.min_free_bytes = min_free_bytes
-        root.mkdir(parents=True, exist_ok=True)
+        self.limits = limits or ScanLimits()  # what a data set may be (node.scan)
+        private_dirs(root)
+        private(root)
 
     def path_for(self, header: Header) -> Path:
         return self.root / header.study_uid / f"{header.sop_instance_uid}.dcm"
@@ -59,11 +72,13 @@ class Spool:
         expected_sop_instance_uid: str | None = None,
         check: Callable[[Header], None] | None = None,
     ) -> Stored:
-        """Make one instance durable and indexed. Re-sending identical bytes changes nothing.
+        """Make one whole instance (a DICOM file in memory) durable and indexed. Re-sending
+        identical bytes changes nothing.
 
-        `check` sees the header before anything is written and may raise to refuse the instance.
+        The data set is scanned to its end first (UnreadableInstance unless whole); `check` sees
+        the header before anything is written and may raise to refuse the instance.
         """
-        header = read_header(raw, expected_sop_instance_uid)
+        header = read_header(raw, expected_sop_instance_uid, self.limits)
         if check is not None:
             check(header)
         path = self.path_for(header)
@@ -149,19 +164,19 @@ class Spool:
                     entry.unlink(missing_ok=True)
                 elif entry.suffix == ".dcm" and str(entry) not in indexed:
                     try:
-                        raw = entry.read_bytes()
+                        header, size = scan_file(entry, self.limits)  # in pieces: no file is read whole
                     except FileNotFoundError:
                         continue  # an older copy of a moved instance, removed a moment ago
-                    try:
-                        header = read_header(raw)
-                    except UnreadableInstance:
+                    except UnreadableInstance as exc:
                         entry.rename(entry.with_suffix(".unreadable"))
+                        event(log, logging.WARNING, "spooled file is not a whole instance; renamed",
+                              path=str(entry.with_suffix(".unreadable")), reason=str(exc))
                         continue
                     newer = self._newer_copy(header.sop_instance_uid, entry)
                     if newer is not None:
                         _remove_superseded(entry, header.sop_instance_uid, newer)
                         continue
-                    self._index(header, entry, "", len(raw), entry.stat().st_mtime, "", "")
+                    self._index(header, entry, "", size, entry.stat().st_mtime, "", "")
                     added += 1
         return added
 

@@ -19,18 +19,22 @@ class PeerSetupError(Exception):
     """The peer's settings cannot be used as given (an unreadable secret or CA bundle)."""
 
 
-def _verify(peer: DicomwebPeer) -> ssl.SSLContext | bool:
-    if peer.verify_tls is False:
-        return False
+def tls_context(peer: DicomwebPeer) -> ssl.SSLContext:
+    """The TLS settings of requests to `peer`: whom to trust, and our certificate if it asks."""
     try:
         if isinstance(peer.verify_tls, Path):
-            return ssl.create_default_context(cafile=str(peer.verify_tls))
-        # the system's trust store: where a hospital installs its own CA
-        return ssl.create_default_context()
+            context = ssl.create_default_context(cafile=str(peer.verify_tls))
+        else:  # the system's trust store: where a hospital installs its own CA
+            context = ssl.create_default_context()
+        if peer.verify_tls is False:
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+        context.minimum_version = ssl.TLSVersion.TLSv1_2  # BCP 195
+        if peer.client_certificate is not None and peer.client_key is not None:
+            context.load_cert_chain(str(peer.client_certificate), str(peer.client_key))
     except (OSError, ssl.SSLError) as exc:
-        raise PeerSetupError(
-            f"peer {peer.name!r}: cannot use verify_tls {peer.verify_tls}: {exc}"
-        ) from exc
+        raise PeerSetupError(f"peer {peer.name!r}: cannot use its TLS settings: {exc}") from exc
+    return context
 
 
 def client_for(peer: DicomwebPeer) -> httpx.Client:
@@ -45,7 +49,7 @@ def client_for(peer: DicomwebPeer) -> httpx.Client:
     except ValueError as exc:
         raise PeerSetupError(f"peer {peer.name!r}: {exc}") from exc
     timeout = httpx.Timeout(peer.timeout_s)
-    return httpx.Client(base_url=peer.url, auth=auth, headers=headers, verify=_verify(peer),
+    return httpx.Client(base_url=peer.url, auth=auth, headers=headers, verify=tls_context(peer),
                         timeout=timeout, follow_redirects=False)
 
 

@@ -21,6 +21,7 @@ from node.jobs import NOT_APPLICABLE, JobQueue
 from node.logs import event
 from node.outcomes import JobOutcomes
 from node.records import Job, PipelineInput, SeriesInput
+from node.redact import error_text
 from node.store import Database, instances
 
 log = logging.getLogger("fracnode.node")
@@ -135,7 +136,7 @@ class Worker:
         except Exception as exc:
             if not self._still_owns(job, owner):
                 return True
-            state = self.jobs.fail(job.id, f"{type(exc).__name__}: {exc}", time.time())
+            state = self.jobs.fail(job.id, error_text(exc), time.time())  # tags, never values
             timings.setdefault("pipeline", time.monotonic() - started - timings.get("load", 0.0))
             self._job_ended(job, "failed" if state == "failed" else "retried", None, timings)
             log.warning("job failed", exc_info=True, extra={"fields": {

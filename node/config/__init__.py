@@ -24,6 +24,7 @@ from node.config.peers import (
     RouteMatchRule,
     SenderDestination,
 )
+from node.config.security import AuditSettings, NodeTls, PeerTls, SyslogSettings, WebTls
 from node.config.settings import (
     AssemblySettings,
     DispatchSettings,
@@ -42,6 +43,7 @@ from node.config.settings import (
 __all__ = [
     "ENV_ALIASES",
     "AssemblySettings",
+    "AuditSettings",
     "BasicAuth",
     "BearerAuth",
     "Config",
@@ -61,16 +63,20 @@ __all__ = [
     "LoggingSettings",
     "NoAuth",
     "NodeSettings",
+    "NodeTls",
     "Overlay",
     "Peer",
+    "PeerTls",
     "RetrySettings",
     "Route",
     "RouteMatchRule",
     "SenderDestination",
     "StorageSettings",
     "Strict",
+    "SyslogSettings",
     "WebAuthSettings",
     "WebSettings",
+    "WebTls",
     "WebUser",
     "load",
     "parse",

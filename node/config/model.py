@@ -20,6 +20,7 @@ from node.config.peers import (
     SenderDestination,
     peer_type,
 )
+from node.config.security import AuditSettings
 from node.config.settings import (
     AssemblySettings,
     DispatchSettings,
@@ -140,6 +141,7 @@ class Config(Strict):
     inference: InferenceSettings = InferenceSettings()
     logging: LoggingSettings = LoggingSettings()
     web: WebSettings = WebSettings()
+    audit: AuditSettings = AuditSettings()
     peers: list[Peer] = Field(default_factory=list)
     destinations: list[Destination] = Field(default_factory=_default_destinations)
     routes: list[Route] = Field(default_factory=list)
@@ -236,6 +238,10 @@ class Config(Strict):
     @property
     def database_path(self) -> Path:
         return self.storage.data_dir / "fracnode.sqlite"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.audit.file or self.storage.data_dir / "audit.log"
 
 
 def format_loc(loc: tuple[int | str, ...]) -> str:

@@ -8,7 +8,8 @@ from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
-from node.config.settings import Strict, check_ae_title
+from node.config.base import Strict, check_ae_title
+from node.config.security import PeerTls
 
 
 class DimsePeer(Strict):
@@ -24,6 +25,9 @@ class DimsePeer(Strict):
         description="how a study is pulled from this peer: c-get (on our association; the peer"
         " needs no entry for fracnode) or c-move (the peer sends to our AE title, which it must"
         " know as a move destination)",
+    )
+    tls: PeerTls | None = Field(
+        None, description="DICOM TLS (PS3.15 B.1) to this peer; port must then be its TLS port"
     )
 
     @field_validator("ae_title")
@@ -94,10 +98,20 @@ class DicomwebPeer(Strict):
     verify_tls: bool | Path = Field(
         True, description="true: the system's trusted CAs; false: no check; or a CA bundle (PEM)"
     )
+    client_certificate: Path | None = Field(
+        None, description="our certificate (PEM) for a server that asks for one (mutual TLS)"
+    )
+    client_key: Path | None = Field(None, description="the client certificate's private key (PEM)")
     timeout_s: float = Field(60.0, gt=0, description="connect and read timeout of each request")
     ae_title: str | None = Field(
         None, description="the label its studies carry for routing (calling_ae) and sender replies"
     )
+
+    @model_validator(mode="after")
+    def _client_pair(self) -> DicomwebPeer:
+        if (self.client_certificate is None) != (self.client_key is None):
+            raise ValueError("client_certificate and client_key go together")
+        return self
 
     @field_validator("url")
     @classmethod

@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-AE_TITLE_PATTERN = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 6.2: AE, no backslash
+from node.config.base import AE_TITLE_PATTERN, Strict, check_ae_title
+from node.config.security import NodeTls, WebTls
 
-
-def check_ae_title(value: str) -> str:
-    if not AE_TITLE_PATTERN.match(value) or not value.strip():
-        raise ValueError(
-            f"AE title {value!r} is not valid: 1-16 printable ASCII characters, no backslash"
-        )
-    return value.strip()
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+__all__ = ["AE_TITLE_PATTERN", "Strict", "check_ae_title"]
 
 
 class NodeSettings(Strict):
@@ -31,13 +21,36 @@ class NodeSettings(Strict):
         default_factory=list, description="accepted calling AE titles; empty accepts any"
     )
     max_associations: int = Field(32, ge=1, le=1000)
-    max_pdu: int = Field(0, ge=0, description="maximum PDU length to receive; 0 = unlimited")
-    network_timeout_s: float = Field(60.0, gt=0)
+    max_pdu: int = Field(
+        0, ge=0, description="maximum PDU length to receive, advertised and enforced; 0 = unlimited"
+    )
+    network_timeout_s: float = Field(60.0, gt=0, description="longest silence between two PDUs")
+    plain: bool = Field(True, description="listen on `port` without TLS; false: TLS only")
+    tls: NodeTls = NodeTls()
+    max_connections: int = Field(
+        256, ge=1, le=100000, description="open TCP connections, associated or not; more are closed at once"
+    )
+    max_connections_per_host: int = Field(64, ge=1, le=100000)
+    max_associations_per_host: int = Field(
+        16, ge=1, le=1000, description="so that one host cannot take every association (at most max_associations)"
+    )
+    negotiation_timeout_s: float = Field(
+        10.0, gt=0, description="connection to A-ASSOCIATE-AC (TLS handshake included), however the bytes trickle"
+    )
+    pdu_timeout_s: float = Field(
+        20.0, gt=0, description="to receive one PDU (per started MiB of a longer one), however the bytes trickle"
+    )
 
     @field_validator("ae_title")
     @classmethod
     def _ae(cls, value: str) -> str:
         return check_ae_title(value)
+
+    @model_validator(mode="after")
+    def _some_listener(self) -> NodeSettings:
+        if not self.plain and not self.tls.enabled:
+            raise ValueError("plain: false needs tls.enabled: true (the node must listen somewhere)")
+        return self
 
     @field_validator("calling_ae_titles")
     @classmethod
@@ -52,6 +65,15 @@ class StorageSettings(Strict):
     )
     retention_days: float = Field(
         7.0, ge=0, description="delete spooled studies this long after their last job ended; 0 keeps"
+    )
+    max_sequence_depth: int = Field(
+        32, ge=1, le=200, description="sequences nested deeper are refused (0xC210) as they arrive"
+    )
+    max_inflated_mb: int = Field(
+        2048, ge=1, description="a deflated data set that inflates to more is refused (0xC210)"
+    )
+    max_inflation_ratio: float = Field(
+        200.0, ge=1, description="a deflated data set that inflates more than this many times is refused"
     )
 
 
@@ -148,6 +170,7 @@ class WebSettings(Strict):
     max_request_mb: int = Field(
         4096, ge=1, description="largest STOW-RS request body accepted (413 beyond it)"
     )
+    tls: WebTls = WebTls()
 
 
 class LoggingSettings(Strict):

@@ -14,7 +14,9 @@ from pynetdicom.association import Association
 from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
+from node.config import PeerTls
 from node.net import set_nodelay
+from node.tls import TlsSetupError, tls_args, why_no_connection
 
 log = logging.getLogger("fracnode.dispatch")
 MAX_CONTEXTS = 128  # PS3.8 9.3.2.2: at most 128 presentation contexts per association
@@ -27,9 +29,10 @@ class Target:
     ae_title: str
     host: str
     port: int
+    tls: PeerTls | None = None  # DICOM TLS (PS3.15 B.1) to the peer's TLS port
 
     def __str__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
+        return f"{self.ae_title}@{self.host}:{self.port}" + (" (TLS)" if self.tls else "")
 
 
 @dataclass(frozen=True)
@@ -58,11 +61,20 @@ def _associate(ae: AE, target: Target) -> Association:
         connected.append(True)
         _nodelay_handler(event)
 
+    try:
+        secure = tls_args(target.tls, target.host, f"peer {target}")
+    except TlsSetupError as exc:
+        raise AssociationFailed(str(exc)) from exc
     assoc = ae.associate(target.host, target.port, ae_title=target.ae_title,
                          evt_handlers=[(evt.EVT_CONN_OPEN, on_open),
-                                       (evt.EVT_ACSE_RECV, lambda event: answers.append(event.primitive))])
+                                       (evt.EVT_ACSE_RECV, lambda event: answers.append(event.primitive))],
+                         tls_args=secure)
     if not assoc.is_established:
         # pynetdicom marks a refused TCP connection as aborted too: tell them apart
+        if not connected and target.tls is not None:
+            reason = why_no_connection(target.tls, target.host, target.port, f"peer {target}",
+                                       ae.connection_timeout or 10.0)
+            raise AssociationFailed(f"{target}: {reason}")
         if not connected:
             raise AssociationFailed(f"cannot connect to {target} (is it running and reachable?)")
         raise AssociationFailed(_why_not(assoc, target, ae.ae_title, answers))

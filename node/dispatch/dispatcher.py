@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import logging
-from collections import defaultdict
+from collections import Counter, defaultdict
 
+from node.audit import Audit
 from node.config import (
     Config,
     DicomwebDestination,
@@ -17,7 +18,7 @@ from node.config import (
 from node.dispatch import folder
 from node.dispatch.dicomweb import StowFailed, StowItem, stow
 from node.dispatch.dimse import AssociationFailed, Target, store
-from node.dispatch.outbox import Outbox, OutboxItem
+from node.dispatch.outbox import DELIVERED, Outbox, OutboxItem
 from node.files import OutOfSpace, write_atomically
 from node.logs import event
 
@@ -28,12 +29,23 @@ class Dispatcher:
     def __init__(self, config: Config, outbox: Outbox) -> None:
         self.config = config
         self.outbox = outbox
+        self.audit: Audit | None = None  # results sent are audited (DICOM Instances Transferred)
 
     def run_once(self, destination: str, now: float) -> int:
         """Try every due item of one destination once; return how many were delivered."""
         items = self.outbox.due(destination, now, self.config.dispatch.batch_size)
         if not items:
             return 0
+        delivered = self._deliver(destination, items, now)
+        if self.audit is not None:
+            states = self.outbox.states([item.id for item in items])
+            sent = Counter(item.study_uid for item in items if states.get(item.id) == DELIVERED)
+            dest = self.config.destination(destination)
+            target = str(getattr(dest, "path", "") or getattr(dest, "peer", "") or "the sending peer")
+            self.audit.delivered(destination, target, sent, len(items) - sum(sent.values()))
+        return delivered
+
+    def _deliver(self, destination: str, items: list[OutboxItem], now: float) -> int:
         dest = self.config.destination(destination)
         if isinstance(dest, FolderDestination):
             return self._to_folder(dest, items, now)
@@ -62,7 +74,7 @@ class Dispatcher:
     def _to(self, peer: DimsePeer | DicomwebPeer, items: list[OutboxItem], now: float) -> int:
         if isinstance(peer, DicomwebPeer):
             return self._to_dicomweb(peer, items, now)
-        return self._to_peer(Target(peer.ae_title, peer.host, peer.port), items, now)
+        return self._to_peer(Target(peer.ae_title, peer.host, peer.port, peer.tls), items, now)
 
     def _to_folder(self, dest: FolderDestination, items: list[OutboxItem], now: float) -> int:
         """Write each result as <path>/<study>/KIND_SERIES_UID.dcm (node.dispatch.folder); a job

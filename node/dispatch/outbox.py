@@ -6,6 +6,7 @@ Files are written durably under `<outbox>/<job id>/`; the rows that send them an
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Callable, Collection, Mapping, Sequence
 from io import BytesIO
@@ -113,8 +114,18 @@ class Outbox:
         return table.next_due_at(self.db, destination)
 
     def delivered(self, item: OutboxItem, now: float) -> None:
+        """Record a delivery; a result delivered to all its destinations leaves the outbox (its
+        file is patient data: the destinations hold it now)."""
         table.delivered(self.db, item.id, now)
         self._attempted(item, "delivered", now)
+        if not table.waiting_for_file(self.db, item.path):
+            item.path.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                item.path.parent.rmdir()  # the job's folder, once its last result has left
+
+    def states(self, ids: Sequence[int]) -> dict[int, str]:
+        """The state of each of these outbox rows."""
+        return table.states(self.db, ids)
 
     def failed_attempt(self, item: OutboxItem, error: str, now: float) -> float:
         """Record a failed delivery; returns when it will be tried again."""

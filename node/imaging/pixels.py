@@ -18,6 +18,8 @@ import pydicom
 from pydicom import Dataset
 from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+from node.redact import error_text, withhold_values
+
 log = logging.getLogger(__name__)
 
 # Where the display range came from: the dataset's VOI LUT sequence or window, or (neither present
@@ -60,11 +62,11 @@ def load_radiograph(source: str | Path | Dataset) -> Radiograph | Skipped:
         try:
             ds = pydicom.dcmread(source)
         except Exception as exc:  # noqa: BLE001 - unreadable input is skipped
-            return Skipped(f"not a readable DICOM file: {type(exc).__name__}: {exc}")
+            return Skipped(f"not a readable DICOM file: {error_text(exc)}")
     try:
         return _decode(ds)
     except Exception as exc:  # noqa: BLE001 - malformed attributes or LUTs: skip the object, keep the node
-        return Skipped(f"unusable image attributes: {type(exc).__name__}: {exc}")
+        return Skipped(f"unusable image attributes: {error_text(exc)}")
 
 
 def _decode(ds: Dataset) -> Radiograph | Skipped:
@@ -76,7 +78,8 @@ def _decode(ds: Dataset) -> Radiograph | Skipped:
     except Exception as exc:  # noqa: BLE001 - missing decoder, truncated or corrupt pixel data
         syntax = getattr(ds.get("file_meta"), "TransferSyntaxUID", None)
         name = getattr(syntax, "name", "unknown transfer syntax")
-        detail = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        # decoders speak of codecs and sizes; anything they quote is withheld all the same
+        detail = "; ".join(line.strip() for line in withhold_values(str(exc)).splitlines() if line.strip())
         return Skipped(f"pixel data cannot be decoded ({name}): {type(exc).__name__}: {detail}")
     expected = (int(ds.Rows), int(ds.Columns))
     photometric = str(ds.PhotometricInterpretation).strip()

@@ -18,8 +18,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pydicom
 from pydicom import Dataset
+
+from node.redact import error_text, withhold_values
+from node.sources import read_source
 
 ENHANCED_CT = "1.2.840.10008.5.1.4.1.1.2.1"
 AIR_HU = -1024.0
@@ -130,11 +132,9 @@ def _read(source: Path | Dataset, with_pixels: bool) -> Dataset:
     if isinstance(source, Dataset):
         return source
     try:
-        return pydicom.dcmread(source, stop_before_pixels=not with_pixels)
+        return read_source(Path(source), stop_before_pixels=not with_pixels)
     except Exception as exc:
-        raise VolumeRefused(
-            f"{Path(source).name}: not a readable DICOM file ({type(exc).__name__}: {exc})"
-        ) from exc
+        raise VolumeRefused(f"{Path(source).name}: not a readable DICOM file ({error_text(exc)})") from exc
 
 
 def _floats(ds: Dataset, keyword: str, count: int, name: str) -> tuple[float, ...]:
@@ -305,7 +305,8 @@ def _slice_hu(
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         syntax_name = getattr(syntax, "name", str(syntax))
         raise VolumeRefused(
-            f"{name}: pixel data cannot be decoded ({syntax_name}): {type(exc).__name__}: {exc}"
+            f"{name}: pixel data cannot be decoded ({syntax_name}): {type(exc).__name__}:"
+            f" {withhold_values(str(exc))}"
         ) from exc
     if stored.shape != matrix:
         raise VolumeRefused(f"{name}: pixel data is {stored.shape}, the header says {matrix}")

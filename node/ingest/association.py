@@ -9,15 +9,19 @@ C-ECHO is answered at once. Spool failures become statuses here, and only here.
 from __future__ import annotations
 
 import logging
+import math
 import socket
+import time
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from node.config import NodeSettings
+from node.header import MismatchedInstance
 from node.incoming import Incoming, SpareFile
 from node.ingest import commands
 from node.ingest import upper_layer as ul
 from node.logs import event
+from node.redact import error_text
 from node.spool import OutOfSpace, Spool, Stored, UnreadableInstance
 
 log = logging.getLogger("fracnode.ingest")
@@ -29,11 +33,14 @@ STATUS_CANNOT_UNDERSTAND = 0xC210
 STATUS_PROCESSING_FAILURE = 0x0110
 STATUS_SOP_CLASS_NOT_SUPPORTED = 0x0122
 STATUS_UNRECOGNIZED_OPERATION = 0x0211
+STATUS_DATA_SET_MISMATCH = 0xA900  # the data set is not the SOP instance the command announced
 
 CHUNK = 1 << 20  # a data set fragment is read in pieces of at most this many bytes
+DATA_BUFFER = 1 << 16  # the read buffer of an accepted association (4 KiB before)
 MAX_COMMAND_SET = 1 << 16  # command sets are a few hundred bytes; more is a broken peer
-MAX_CONTROL_PDU = 1 << 20  # A-ASSOCIATE-RQ and the other non-data PDUs
+MAX_CONTROL_PDU = 1 << 18  # an A-ASSOCIATE-RQ of 128 contexts and many syntaxes fits in 256 KiB
 CLOSE_WAIT_S = 2.0  # after a final PDU, how long to wait for the peer to close (PS3.8 Sta13)
+PDU_TIME_UNIT = 1 << 20  # a PDU gets pdu_timeout_s per started MiB
 
 
 @dataclass
@@ -46,9 +53,10 @@ class AssociationRecord:
     peer_address: str
     peer_port: int
     called_ae: str
+    tls_subject: str = ""  # the common name of the peer's TLS certificate, if it sent one
     received: int = 0
     failed: int = 0
-    studies: set[str] = field(default_factory=set)
+    studies: dict[str, int] = field(default_factory=dict)  # Study Instance UID: instances stored
     changed: set[str] = field(default_factory=set)  # studies with an instance new to the spool
 
 
@@ -60,9 +68,10 @@ class Owner(Protocol):
     supported: dict[str, tuple[str, ...]]  # abstract syntax: transfer syntaxes, preferred first
     storage_sop_classes: frozenset[str]
 
-    def admit(self, request: ul.AssociationRequest) -> tuple[tuple[int, int, int], str] | None: ...
-    def release(self) -> None: ...
-    def accepted(self, request: ul.AssociationRequest, address: tuple[str, int]) -> AssociationRecord: ...
+    def admit(self, request: ul.AssociationRequest, host: str) -> tuple[tuple[int, int, int], str] | None: ...
+    def release(self, host: str) -> None: ...
+    def accepted(self, request: ul.AssociationRequest, address: tuple[str, int],
+                 peer_subject: str) -> AssociationRecord: ...
     def rejected(self, request: ul.AssociationRequest, address: tuple[str, int], reason: str) -> None: ...
     def ended(self, record: AssociationRecord, outcome: str) -> None: ...
     def stored(self, record: AssociationRecord, stored: Stored) -> None: ...
@@ -73,30 +82,40 @@ def _failure_status(exc: BaseException, sop_uid: str) -> tuple[int, str]:
     """Map a spool failure to its C-STORE status (PS3.4 B.2.3): the edge's only translation."""
     if isinstance(exc, OutOfSpace):
         return STATUS_OUT_OF_RESOURCES, str(exc)
+    if isinstance(exc, MismatchedInstance):
+        return STATUS_DATA_SET_MISMATCH, str(exc)
     if isinstance(exc, UnreadableInstance):
         return STATUS_CANNOT_UNDERSTAND, str(exc)
     log.error("C-STORE failed", exc_info=exc, extra={"fields": {"sop_instance_uid": sop_uid}})
-    return STATUS_PROCESSING_FAILURE, f"{type(exc).__name__}: {exc}"
+    return STATUS_PROCESSING_FAILURE, error_text(exc)
 
 
 class Association:
     """One association, from the A-ASSOCIATE-RQ to its release or abort (PS3.8 9.2)."""
 
-    def __init__(self, ingest: Owner, sock: socket.socket, address: tuple[str, int]) -> None:
+    def __init__(self, ingest: Owner, sock: socket.socket, address: tuple[str, int],
+                 negotiation_deadline: float, peer_subject: str = "") -> None:
+        """`negotiation_deadline` (time.monotonic()): when the A-ASSOCIATE-RQ must have arrived
+        whole, counted from the connection (a TLS handshake spends from it too); `peer_subject`:
+        the common name of a TLS client certificate."""
         self.ingest = ingest
         self.address = address
-        self.transport = ul.Transport(sock, ingest.settings.network_timeout_s)
+        self.peer_subject = peer_subject
+        self.transport = ul.Transport(sock)  # a few KiB until the association is accepted
+        self.transport.deadline = negotiation_deadline
         self.record: AssociationRecord | None = None
         self.contexts: dict[int, tuple[str, str]] = {}
         self.peer_max_pdu = 0
         self.calling_ae = ""
         self._command = bytearray()
+        self._message_started: float | None = None  # time.monotonic() of a message's first PDV
+        self._message_bytes = 0
         self._command_context = 0
         self._request: commands.Command | None = None  # the request whose data set is arriving
         self._request_context = 0
         self._incoming: Incoming | None = None
         self._failure: tuple[int, str] | None = None
-        self._view = memoryview(bytearray(CHUNK))
+        self._view = memoryview(b"")  # CHUNK bytes once the association is accepted
         self._spare = SpareFile()
         self._linger = False  # after A-ASSOCIATE-RJ or A-RELEASE-RP the peer closes (Sta13)
 
@@ -139,6 +158,31 @@ class Association:
             raise ul.ProtocolError(f"a {length}-byte control PDU", ul.REASON_INVALID_PARAMETER)
         return self.transport.read(length)
 
+    def _wait_allowed(self) -> float:
+        """How long the next PDU may take to start: network_timeout_s, and inside a message no
+        more than keeps it at pdu_timeout_s per MiB, so that tiny PDUs cannot stretch it."""
+        settings = self.ingest.settings
+        if self._message_started is None:
+            return settings.network_timeout_s
+        budget = settings.pdu_timeout_s * (1 + self._message_bytes / PDU_TIME_UNIT)
+        left = self._message_started + budget - time.monotonic()
+        if left <= 0:
+            raise ul.PeerSilent(f"the message arrives slower than 1 MiB per {settings.pdu_timeout_s:g} s")
+        return min(settings.network_timeout_s, left)
+
+    def _message_progress(self, size: int) -> None:
+        if self._message_started is None:
+            self._message_started = time.monotonic()
+        self._message_bytes += size
+
+    def _message_done(self) -> None:
+        self._message_started, self._message_bytes = None, 0
+
+    def _expect_pdu(self, length: int, what: str) -> None:
+        """A PDU's bytes must all arrive within pdu_timeout_s per started MiB."""
+        units = max(1, math.ceil(length / PDU_TIME_UNIT))
+        self.transport.expect(self.ingest.settings.pdu_timeout_s * units, what)
+
     # -- association establishment (PS3.8 9.2, Sta2 → Sta6) -----------------------------------
 
     def _associate(self) -> bool:
@@ -149,7 +193,7 @@ class Association:
             raise ul.ProtocolError(f"PDU type 0x{pdu_type:02X} before A-ASSOCIATE-RQ", ul.REASON_UNEXPECTED_PDU)
         body = self._read_control_pdu(length)
         request = ul.decode_request(bytes((pdu_type, 0)) + length.to_bytes(4, "big") + body)
-        rejection = self.ingest.admit(request)
+        rejection = self.ingest.admit(request, self.address[0])
         if rejection is not None:
             (result, source, diagnostic), reason = rejection
             self._send_quietly(ul.reject_pdu(result, source, diagnostic))
@@ -159,9 +203,11 @@ class Association:
         try:
             acceptance = ul.accept(request, self.ingest.supported, self.ingest.settings.max_pdu)
         except BaseException:
-            self.ingest.release()
+            self.ingest.release(self.address[0])
             raise
-        self.record = self.ingest.accepted(request, self.address)
+        self.record = self.ingest.accepted(request, self.address, self.peer_subject)
+        self.transport.grow(DATA_BUFFER)
+        self._view = memoryview(bytearray(CHUNK))
         self.contexts = acceptance.contexts
         self.peer_max_pdu = request.peer_max_pdu
         self.calling_ae = request.calling_ae
@@ -171,9 +217,15 @@ class Association:
     # -- data transfer (Sta6) -------------------------------------------------------------------
 
     def _data_phase(self) -> str:
+        settings = self.ingest.settings
         while True:
+            self.transport.expect(self._wait_allowed(), "the next PDU")
             pdu_type, length = self.transport.read_pdu_header()
+            self._expect_pdu(length, f"a {length}-byte PDU")
             if pdu_type == ul.P_DATA_TF:
+                if settings.max_pdu and length > settings.max_pdu:  # PS3.8 D.1: what we advertised
+                    raise ul.ProtocolError(f"a {length}-byte P-DATA-TF PDU; node.max_pdu is {settings.max_pdu}",
+                                           ul.REASON_INVALID_PARAMETER)
                 self._p_data(length)
             elif pdu_type == ul.A_RELEASE_RQ:
                 self._read_control_pdu(length)
@@ -202,6 +254,7 @@ class Association:
             if context_id not in self.contexts:
                 raise ul.ProtocolError(f"presentation context {context_id} was not accepted",
                                        ul.REASON_INVALID_PARAMETER)
+            self._message_progress(size)
             if control & 0x01:
                 self._command_fragment(context_id, size, bool(control & 0x02))
             else:
@@ -226,6 +279,8 @@ class Association:
             self._on_command(context_id, command)
 
     def _on_command(self, context_id: int, command: commands.Command) -> None:
+        if not command.has_data_set:
+            self._message_done()
         if command.command_field == commands.C_CANCEL_RQ:
             return  # nothing to cancel: every operation here completes before its response
         if command.has_data_set:
@@ -247,11 +302,16 @@ class Association:
         elif abstract_syntax not in self.ingest.storage_sop_classes:
             self._failure = (STATUS_SOP_CLASS_NOT_SUPPORTED,
                              f"C-STORE on the {abstract_syntax} presentation context")
+        elif not command.affected_sop_instance_uid:  # PS3.7 9.3.1.1: required in a C-STORE-RQ
+            self._failure = (STATUS_CANNOT_UNDERSTAND, "no Affected SOP Instance UID (0000,1000)")
+        elif command.affected_sop_class_uid != abstract_syntax:
+            self._failure = (STATUS_DATA_SET_MISMATCH,
+                             "Affected SOP Class UID (0000,0002) is not the context's")
         else:
             assert self.record is not None
             self._incoming = Incoming(self.ingest.spool, transfer_syntax, command.affected_sop_class_uid,
                                       command.affected_sop_instance_uid, self.calling_ae, self.record.id,
-                                      spare=self._spare)
+                                      spare=self._spare, announced_by="C-STORE-RQ")
 
     def _data_fragment(self, context_id: int, size: int, last: bool) -> None:
         if self._request is None:
@@ -279,6 +339,7 @@ class Association:
             self._failure = _failure_status(exc, self._request.affected_sop_instance_uid)
 
     def _finish_request(self) -> None:
+        self._message_done()
         request, context_id = self._request, self._request_context
         assert request is not None and self.record is not None
         self._request = None

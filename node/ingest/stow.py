@@ -11,18 +11,21 @@ go on. The request is one transfer for the audit trail and for `complete_on_rele
 from __future__ import annotations
 
 import logging
-import struct
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from node.header import Header
+from node.audit import Audit
+from node.header import Header, MismatchedInstance
 from node.incoming import Incoming
 from node.ingest.dimse import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from node.ingest.multipart import MalformedMultipart, MultipartParser, parse_content_type
 from node.ingest.trail import Trail
 from node.logs import event
+from node.part10 import MAX_META, PART10_PREFIX, FileMeta, read_file_meta
+from node.redact import error_text
 from node.spool import OutOfSpace, Spool, Stored, UnreadableInstance
 from node.store import Database
 
@@ -35,15 +38,12 @@ FAILURE_CANNOT_UNDERSTAND = 0xC210  # Cxxx; the code C-STORE answers for the sam
 FAILURE_TRANSFER_SYNTAX_NOT_SUPPORTED = 0xC122
 FAILURE_PROCESSING = 0x0110
 FAILURE_SOP_CLASS_NOT_SUPPORTED = 0x0122
+FAILURE_DATA_SET_MISMATCH = 0xA900  # the data set is not the instance its File Meta names
 # implementation specific (I.2.2 allows it; the conformance statement names it), in the A9xx
 # "does not match" range as Microsoft's DICOM service uses it: not of the study in the URL
 FAILURE_STUDY_MISMATCH = 0xA901
 
 CALLED = "STOW-RS"  # what the audit trail's called_ae column says for a web transfer
-PART10_PREFIX = b"\0" * 128 + b"DICM"  # PS3.10 7.1: preamble and prefix
-_PART10_PREFIX = len(PART10_PREFIX)
-_MAX_META = 64 * 1024  # a File Meta Information group is a few hundred bytes
-_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ SV UC UN UR UT UV".split())
 _ACCEPTED_ENCODINGS = frozenset({"", "binary", "8bit", "7bit"})
 
 
@@ -59,83 +59,6 @@ def calling_ae_for(principal: str) -> str:
     """The source recorded for routing (`calling_ae` rules) and the audit trail; 16 characters
     at most, like an AE title, so it fits wherever one is shown."""
     return f"STOW:{principal}"[:16]
-
-
-@dataclass(frozen=True)
-class FileMeta:
-    """What the File Meta Information (PS3.10 7.1) of a received part says."""
-
-    raw: bytes  # preamble, prefix and meta group as stored: as received, the preamble added if absent
-    consumed: int  # bytes of the part that `raw` stands for; the data set follows them
-    transfer_syntax: str
-    sop_class_uid: str
-    sop_instance_uid: str
-
-
-def _ui(value: bytes) -> str:
-    return value.decode("ascii", "replace").rstrip("\0 ").strip()
-
-
-def read_file_meta(data: bytes, complete: bool = False) -> FileMeta | None:
-    """The file meta of the DICOM file starting `data`; None while `data` is too short to tell
-    (`complete`: there are no more bytes).
-
-    A Part 10 file (preamble, "DICM", meta group) is kept as it is. A file that starts directly
-    with its meta group, as pydicom writes a data set read from no file (and so as dicomweb-client
-    sends one), gets the 128-byte preamble and "DICM" it lacks, so that every reader takes it.
-    Raises Refused for anything else. The group is walked element by element (explicit VR little
-    endian, PS3.10 7.1) up to the first element outside group 0002, so a missing or wrong group
-    length (0002,0000) does no harm.
-    """
-    if len(data) < _PART10_PREFIX and not complete:
-        return None
-    if data[128:132] == b"DICM":
-        start, added = _PART10_PREFIX, b""
-    elif data[:2] == b"\x02\x00":
-        start, added = 0, PART10_PREFIX
-    else:
-        raise Refused(FAILURE_CANNOT_UNDERSTAND,
-                      "not a DICOM file: neither 'DICM' after a 128-byte preamble (PS3.10 7.1) nor a"
-                      " File Meta Information group at the start; application/dicom parts are DICOM"
-                      " files (PS3.18 8.7.3)")
-    pos = start
-    values: dict[int, bytes] = {}
-    while True:
-        if pos + 8 > len(data):
-            if pos > _MAX_META:
-                raise Refused(FAILURE_CANNOT_UNDERSTAND, "the File Meta Information never ends")
-            _refuse_if(complete)
-            return None
-        group, element, vr = struct.unpack_from("<HH2s", data, pos)
-        if group != 0x0002:
-            break
-        if vr in _LONG_VRS:
-            if pos + 12 > len(data):
-                _refuse_if(complete)
-                return None
-            length, value = struct.unpack_from("<L", data, pos + 8)[0], pos + 12
-        elif vr.isalpha() and vr.isupper():
-            length, value = struct.unpack_from("<H", data, pos + 6)[0], pos + 8
-        else:
-            raise Refused(FAILURE_CANNOT_UNDERSTAND,
-                          f"File Meta Information element (0002,{element:04X}) is not explicit VR")
-        if value + length > len(data):
-            if value + length > _MAX_META:
-                raise Refused(FAILURE_CANNOT_UNDERSTAND, "a File Meta Information element is too long")
-            _refuse_if(complete)
-            return None
-        values[element] = bytes(data[value : value + length])
-        pos = value + length
-    if 0x0010 not in values:
-        raise Refused(FAILURE_CANNOT_UNDERSTAND,
-                      "the File Meta Information has no Transfer Syntax UID (0002,0010)")
-    return FileMeta(added + bytes(data[:pos]), pos, _ui(values[0x0010]),
-                    _ui(values.get(0x0002, b"")), _ui(values.get(0x0003, b"")))
-
-
-def _refuse_if(complete: bool) -> None:
-    if complete:
-        raise Refused(FAILURE_CANNOT_UNDERSTAND, "the part ends inside its File Meta Information")
 
 
 @dataclass(frozen=True)
@@ -255,7 +178,7 @@ class StoreTransaction:
             self._failure = _as_refusal(exc)
 
     def _start_instance(self) -> None:
-        meta = read_file_meta(bytes(self._prefix[: _MAX_META + 16]))
+        meta = read_file_meta(bytes(self._prefix[: MAX_META + len(PART10_PREFIX)]))
         if meta is None:
             return
         self._meta = meta
@@ -268,6 +191,7 @@ class StoreTransaction:
         self._incoming = Incoming(
             self.ingest.spool, meta.transfer_syntax, meta.sop_class_uid, meta.sop_instance_uid,
             self.record.calling_ae, self.record.id, received_meta=meta.raw, check=self._check,
+            announced_by="File Meta Information",
         )
         rest = bytes(self._prefix[meta.consumed :])
         self._prefix.clear()
@@ -314,8 +238,8 @@ class StoreTransaction:
             return Refused(FAILURE_CANNOT_UNDERSTAND, f"part {self.parser.parts} is empty")
         try:
             read_file_meta(bytes(self._prefix), complete=True)
-        except Refused as exc:
-            return exc
+        except UnreadableInstance as exc:
+            return Refused(FAILURE_CANNOT_UNDERSTAND, f"part {self.parser.parts}: {exc}")
         return Refused(FAILURE_CANNOT_UNDERSTAND, f"part {self.parser.parts} holds no data set")
 
     def _stored(self, part: int, stored: Stored) -> None:
@@ -338,10 +262,12 @@ def _as_refusal(exc: BaseException) -> Refused:
         return exc
     if isinstance(exc, OutOfSpace):
         return Refused(FAILURE_OUT_OF_RESOURCES, str(exc))
+    if isinstance(exc, MismatchedInstance):
+        return Refused(FAILURE_DATA_SET_MISMATCH, str(exc))
     if isinstance(exc, UnreadableInstance):
         return Refused(FAILURE_CANNOT_UNDERSTAND, str(exc))
     log.error("STOW-RS part failed", exc_info=exc)
-    return Refused(FAILURE_PROCESSING, f"{type(exc).__name__}: {exc}")
+    return Refused(FAILURE_PROCESSING, error_text(exc))
 
 
 class StowIngest:
@@ -353,9 +279,11 @@ class StowIngest:
         db: Database,
         on_released: Callable[[set[str]], None] = lambda studies: None,
         on_stored: Callable[[], None] = lambda: None,
+        audit: Audit | None = None,
         on_unchanged: Callable[[set[str]], None] = lambda studies: None,
     ) -> None:
         self.spool = spool
+        self.audit = audit
         self.db = db
         self.trail = Trail(db)
         self.on_released = on_released
@@ -382,9 +310,11 @@ class StowIngest:
         event(audit, logging.INFO, f"STOW-RS request {outcome}", transfer=record.id,
               calling_ae=record.calling_ae, address=record.address,
               instances_received=received, instances_failed=failed)
-        studies = {o.study_uid for o in record.outcomes if o.stored}
+        studies = Counter(o.study_uid for o in record.outcomes if o.stored)
+        if self.audit is not None:
+            self.audit.transferred_in(record.calling_ae, record.address, studies, failed)
         if studies and outcome == "released":
-            self.on_released(studies)
-            unchanged = studies - {o.study_uid for o in record.outcomes if o.stored and not o.duplicate}
+            self.on_released(set(studies))
+            unchanged = set(studies) - {o.study_uid for o in record.outcomes if o.stored and not o.duplicate}
             if unchanged:
                 self.on_unchanged(unchanged)

@@ -13,12 +13,12 @@ the spool without being copied into PDU objects.
 
 from __future__ import annotations
 
-import io
+import math
 import socket
 import struct
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import cast
 
 from pynetdicom.pdu import A_ASSOCIATE_RJ as AssociateRjPdu
 from pynetdicom.pdu_primitives import A_ASSOCIATE
@@ -47,6 +47,11 @@ REJECT_CALLED_AE = (0x01, 0x01, 0x07)  # permanent, service user, called AE titl
 REJECT_CALLING_AE = (0x01, 0x01, 0x03)  # permanent, service user, calling AE title not recognized
 REJECT_APPLICATION_CONTEXT = (0x01, 0x01, 0x02)  # application context name not supported
 REJECT_LOCAL_LIMIT = (0x02, 0x03, 0x02)  # transient, service provider, local limit exceeded
+REJECT_PROTOCOL_VERSION = (0x01, 0x02, 0x02)  # permanent, service provider (ACSE), protocol version
+SMALL_BUFFER = 4096  # a connection's read buffer until its association is accepted
+SEND_TIMEOUT_S = 10.0  # the least time a send may take (the peer must read what it asked for)
+DIRECT_READ = 8192  # a value rest at least this long is received into its place directly
+TIMEOUT_SLACK_S = 0.5  # how far past its deadline a read may end (see Transport._recv_into)
 
 _HEADER = struct.Struct(">BxL")
 _PDV_HEADER = struct.Struct(">LBB")
@@ -120,12 +125,67 @@ def parse_pdv_header(data: bytes) -> tuple[int, int, int]:
 
 
 class Transport:
-    """Blocking reads of exact sizes from a TCP socket, through one buffered reader."""
+    """Reads of exact sizes from a socket (TCP or TLS) through a small buffer, under a deadline.
 
-    def __init__(self, sock: socket.socket, timeout_s: float) -> None:
+    Every read must be done by `deadline` (time.monotonic()), which the association sets for
+    each phase (negotiation, the wait for a PDU, one PDU): a peer that trickles bytes cannot
+    stretch it, as a timeout restarted by every byte could be. Memory grows with what arrives,
+    never with what a length field announces.
+    """
+
+    def __init__(self, sock: socket.socket, buffer_size: int = SMALL_BUFFER) -> None:
         self.sock = sock
-        sock.settimeout(timeout_s)
-        self._reader = cast(io.BufferedReader, sock.makefile("rb", buffering=65536))
+        self._buffer = bytearray(buffer_size)
+        self._start = 0
+        self._end = 0
+        self.deadline = math.inf
+        self._timeout = math.inf  # the socket's timeout as last set
+        self._waiting_for = "data"
+
+    def expect(self, seconds: float, what: str) -> None:
+        """The reads until the next `expect` must be done within `seconds` from now."""
+        self.deadline = time.monotonic() + seconds
+        self._waiting_for = what
+
+    def grow(self, size: int) -> None:
+        """A larger read buffer (an association's data phase), keeping what is buffered."""
+        if size > len(self._buffer):
+            buffered = self._buffer[self._start : self._end]
+            self._buffer = bytearray(size)
+            self._buffer[: len(buffered)] = buffered
+            self._start, self._end = 0, len(buffered)
+
+    def _recv_into(self, view: memoryview) -> int:
+        """One recv under the deadline. Setting a socket's timeout costs system calls, so it is
+        changed only when the deadline comes nearer than it by TIMEOUT_SLACK_S, or when it ran
+        out early (a new phase has a later deadline): a read never ends later than that slack
+        past its deadline."""
+        while True:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise PeerSilent(f"{self._waiting_for} did not arrive in time")
+            try:
+                if self._timeout > remaining + TIMEOUT_SLACK_S:
+                    self.sock.settimeout(remaining)
+                    self._timeout = remaining
+                count = self.sock.recv_into(view)
+            except TimeoutError:
+                self._timeout = math.inf  # set afresh from the deadline on the next turn
+                continue
+            except (OSError, ValueError) as exc:  # reset, TLS alert, or a socket closed by stop()
+                raise PeerClosed(str(exc) or type(exc).__name__) from exc
+            if count == 0:
+                raise PeerClosed("the peer closed the connection")
+            return count
+
+    def _fill(self) -> None:
+        if self._start == self._end:
+            self._start = self._end = 0
+        elif self._end == len(self._buffer):
+            rest = self._end - self._start
+            self._buffer[:rest] = self._buffer[self._start : self._end]
+            self._start, self._end = 0, rest
+        self._end += self._recv_into(memoryview(self._buffer)[self._end :])
 
     def read_pdu_header(self) -> tuple[int, int]:
         """(PDU type, PDU length) of the next PDU."""
@@ -133,44 +193,63 @@ class Transport:
         return pdu_type, length
 
     def read(self, size: int) -> bytes:
-        try:
-            data = self._reader.read(size)
-        except TimeoutError as exc:
-            raise PeerSilent("no data within the network timeout") from exc
-        except (OSError, ValueError) as exc:  # reset, or a reader closed by stop()
-            raise PeerClosed(str(exc) or type(exc).__name__) from exc
-        if len(data) < size:
-            raise PeerClosed("the peer closed the connection")
-        return data
+        """`size` bytes; kept in memory only as they arrive (a length field is only a claim)."""
+        if self._end - self._start >= size:
+            data = bytes(self._buffer[self._start : self._start + size])
+            self._start += size
+            return data
+        gathered = bytearray()
+        while len(gathered) < size:
+            if self._start == self._end:
+                self._fill()
+            take = min(size - len(gathered), self._end - self._start)
+            gathered += self._buffer[self._start : self._start + take]
+            self._start += take
+        return bytes(gathered)
 
     def read_into(self, view: memoryview) -> None:
-        try:
-            count = self._reader.readinto(view)
-        except TimeoutError as exc:
-            raise PeerSilent("no data within the network timeout") from exc
-        except (OSError, ValueError) as exc:
-            raise PeerClosed(str(exc) or type(exc).__name__) from exc
-        if count < len(view):
-            raise PeerClosed("the peer closed the connection")
+        """Fill `view`: from the buffer first, then straight from the socket (no second copy),
+        but through the buffer for a small rest (so that the next header comes with it)."""
+        size = len(view)
+        filled = min(size, self._end - self._start)
+        if filled:
+            view[:filled] = self._buffer[self._start : self._start + filled]
+            self._start += filled
+        while filled < size:
+            if size - filled >= DIRECT_READ:
+                filled += self._recv_into(view[filled:])
+                continue
+            self._fill()
+            take = min(size - filled, self._end - self._start)
+            view[filled : filled + take] = self._buffer[self._start : self._start + take]
+            self._start += take
+            filled += take
 
     def send(self, data: bytes) -> None:
         try:
+            if self._timeout < SEND_TIMEOUT_S:  # the peer gets this long to read what it asked for
+                self.sock.settimeout(SEND_TIMEOUT_S)
+                self._timeout = SEND_TIMEOUT_S
             self.sock.sendall(data)
         except OSError as exc:
             raise PeerClosed(str(exc)) from exc
 
     def wait_for_close(self, timeout_s: float) -> None:
         """After a final PDU the requestor closes the connection (PS3.8 Sta13); wait for that."""
+        deadline = time.monotonic() + timeout_s
+        scratch = memoryview(bytearray(4096))
+        self._timeout = math.inf
         try:
-            self.sock.settimeout(timeout_s)
-            while self._reader.read1(65536):
-                pass
+            while (remaining := deadline - time.monotonic()) > 0:
+                self.sock.settimeout(remaining)
+                if not self.sock.recv_into(scratch):
+                    return
         except (OSError, ValueError):
             pass
 
     def close(self) -> None:
         try:
-            self._reader.close()
+            self.sock.close()
         except OSError:
             pass
 
@@ -193,6 +272,7 @@ class AssociationRequest:
     contexts: tuple[ProposedContext, ...]
     peer_max_pdu: int  # 0: no limit
     ae_titles: bytes  # the called and calling AE title fields as received, returned in the AC
+    protocol_version: int = 1  # PS3.8 9.3.2: bit 0 set means version 1, the only one there is
 
 
 @dataclass(frozen=True)
@@ -236,6 +316,9 @@ def _presentation_context(value: bytes) -> ProposedContext:
         raise ProtocolError("malformed A-ASSOCIATE-RQ: a presentation context item without its ID",
                             REASON_INVALID_PARAMETER)
     context_id = value[0]
+    if context_id % 2 == 0:  # PS3.8 9.3.2.2: odd integers between 1 and 255
+        raise ProtocolError(f"malformed A-ASSOCIATE-RQ: presentation context ID {context_id} is not odd",
+                            REASON_INVALID_PARAMETER)
     abstract_syntaxes: list[str] = []
     transfer_syntaxes: list[str] = []
     for item_type, item in _items(value[4:], f"presentation context {context_id}"):
@@ -287,6 +370,7 @@ def decode_request(pdu: bytes) -> AssociationRequest:
         contexts=tuple(contexts.values()),
         peer_max_pdu=peer_max_pdu,
         ae_titles=ae_titles,
+        protocol_version=int.from_bytes(pdu[6:8], "big"),
     )
 
 

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ValidationError
 
 from node.config import Config
 from node.records import PipelineFindings, PipelineInput, PipelineOutcome
+from node.redact import trust
 
 
 class Pipeline(Protocol):
@@ -73,9 +74,13 @@ def load_modules(modules: list[str]) -> None:
     """Import the built-in pipeline modules and the configured extra ones."""
     for module in (*BUILTIN_MODULES, *modules):
         try:
-            importlib.import_module(module)
+            imported = importlib.import_module(module)
         except ImportError as exc:
             raise ValueError(f"pipeline_modules: cannot import {module!r}: {exc}") from exc
+        if module in modules and imported.__file__:
+            # a configured pipeline's own messages are kept: its file, or its package's folder
+            source = Path(imported.__file__)
+            trust(source.parent if hasattr(imported, "__path__") else source)
 
 
 def bundles_of(name: str) -> tuple[str, ...]:

@@ -29,7 +29,7 @@ from pynetdicom.sop_class import (  # type: ignore[attr-defined]
 
 from node.config import DimsePeer
 from node.dispatch.dimse import scu_ae
-from node.header import Header
+from node.header import Header, MismatchedInstance
 from node.pull import (
     MAX_PROBLEMS,
     Cancelled,
@@ -43,6 +43,7 @@ from node.pull import (
     no_progress,
 )
 from node.spool import OutOfSpace, Spool, UnreadableInstance
+from node.tls import TlsSetupError, tls_args, why_no_connection
 
 log = logging.getLogger("fracnode.pull")
 pynetdicom_config.LOG_REQUEST_IDENTIFIERS = False  # identifiers hold patient data
@@ -113,10 +114,19 @@ def _connect(ae: AE, peer: DimsePeer, **kwargs: Any) -> Association:
     connected: list[bool] = []
     handlers = list(kwargs.pop("evt_handlers", []))  # type: ignore[call-overload]
     handlers.append((evt.EVT_CONN_OPEN, lambda event: connected.append(True)))
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=handlers, **kwargs)
+    where = f"{peer.name!r} ({peer.ae_title}@{peer.host}:{peer.port}{', TLS' if peer.tls else ''})"
+    try:
+        secure = tls_args(peer.tls, peer.host, f"peer {peer.name!r}")
+    except TlsSetupError as exc:
+        raise PeerUnreachable(str(exc)) from exc
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=handlers,
+                         tls_args=secure, **kwargs)
     if assoc.is_established:
         return assoc
-    where = f"{peer.name!r} ({peer.ae_title}@{peer.host}:{peer.port})"
+    if not connected and peer.tls is not None:
+        reason = why_no_connection(peer.tls, peer.host, peer.port, f"peer {peer.name!r}",
+                                   ae.connection_timeout or 10.0)
+        raise PeerUnreachable(f"{where}: {reason}")
     if not connected:
         raise PeerUnreachable(f"cannot connect to {where}; is it running and reachable?")
     if assoc.is_rejected:
@@ -213,7 +223,8 @@ def get_study(
             if len(problems) < MAX_PROBLEMS:
                 problems.append(str(exc))
             progress(counts["received"], counts["duplicates"], counts["failed"])
-            return 0xA700 if isinstance(exc, OutOfSpace) else 0xA900 if isinstance(exc, _WrongStudy) else 0xC210
+            return (0xA700 if isinstance(exc, OutOfSpace)
+                    else 0xA900 if isinstance(exc, _WrongStudy | MismatchedInstance) else 0xC210)
         counts["duplicates" if stored.duplicate else "received"] += 1
         progress(counts["received"], counts["duplicates"], counts["failed"])
         return 0x0000

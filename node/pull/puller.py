@@ -18,6 +18,7 @@ from node.assembly import Assembly
 from node.config import Config, DicomwebPeer, DimsePeer
 from node.logs import event
 from node.pull import Found, PullError, Retrieved, StudyNotFound, UnknownPeer, dimse, wado
+from node.redact import error_text
 from node.spool import Spool
 from node.store import Database, pulls
 from node.store.pulls import DONE, FAILED, QUEUED, RUNNING, Pull
@@ -127,7 +128,7 @@ class Puller:
                   peer=pull.peer, error=str(exc))
             return
         except Exception as exc:
-            self._finish(pull_id, FAILED, f"{type(exc).__name__}: {exc}")
+            self._finish(pull_id, FAILED, error_text(exc))
             log.exception("pull failed", extra={"fields": {"pull": pull_id, "study_uid": pull.study_uid}})
             return
         self._progress(pull_id, retrieved.received, retrieved.duplicates, retrieved.failed)

@@ -6,7 +6,7 @@ node.dispatch.outbox writes the files and decides retries; here is how the rows 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from node.records import Job
@@ -63,9 +63,11 @@ class JobDeliveries:
 
 @dataclass(frozen=True)
 class ResultObject:
+    study_uid: str
     sop_instance_uid: str
     sop_class_uid: str
     path: Path
+    delivered_to: tuple[str, ...]  # the destinations that confirmed it
 
 
 def _item(row: Row) -> OutboxItem:
@@ -116,6 +118,19 @@ def delivered(sql: Sql, item_id: int, now: float) -> None:
         "UPDATE outbox SET state = ?, attempts = attempts + 1, delivered_at = ?, last_error = '' WHERE id = ?",
         (DELIVERED, now, item_id),
     )
+
+
+def waiting_for_file(sql: Sql, path: Path) -> bool:
+    """Whether a destination still waits for (or gave up on) the object in this file."""
+    return sql.one("SELECT 1 FROM outbox WHERE path = ? AND state != ? LIMIT 1", (str(path), DELIVERED)) is not None
+
+
+def states(sql: Sql, item_ids: Sequence[int]) -> dict[int, str]:
+    if not item_ids:
+        return {}
+    rows = sql.query(f"SELECT id, state FROM outbox WHERE id IN ({sql.dialect.params(len(item_ids))})",
+                     tuple(item_ids))
+    return {row["id"]: row["state"] for row in rows}
 
 
 def failed_attempt(sql: Sql, item_id: int, attempts: int, next_attempt_at: float, error: str) -> None:
@@ -229,11 +244,18 @@ def per_job(sql: Sql, job_ids: Sequence[int]) -> list[JobDeliveries]:
 def results_of_job(sql: Sql, job_id: int) -> list[ResultObject]:
     """The objects a job produced, each once, in the order they were staged."""
     rows = sql.query(
-        """SELECT sop_instance_uid, sop_class_uid, path, MIN(id) AS first FROM outbox WHERE job_id = ?
-        GROUP BY sop_instance_uid, sop_class_uid, path ORDER BY first""",
+        """SELECT study_uid, sop_instance_uid, sop_class_uid, path, destination, state FROM outbox
+        WHERE job_id = ? ORDER BY id""",
         (job_id,),
     )
-    return [ResultObject(r["sop_instance_uid"], r["sop_class_uid"], Path(r["path"])) for r in rows]
+    found: dict[str, ResultObject] = {}
+    for r in rows:
+        known = found.get(r["sop_instance_uid"]) or ResultObject(
+            r["study_uid"], r["sop_instance_uid"], r["sop_class_uid"], Path(r["path"]), ())
+        if r["state"] == DELIVERED:
+            known = replace(known, delivered_to=(*known.delivered_to, r["destination"]))
+        found[r["sop_instance_uid"]] = known
+    return list(found.values())
 
 
 def delete_study(sql: Sql, study_uid: str) -> None:

@@ -6,6 +6,7 @@ can be rebuilt from the files (see `spool.reconcile`). Jobs and the outbox live 
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
@@ -74,7 +75,10 @@ class SqliteDatabase(_Statements):
                 uri = f"file:{path}?mode=ro"
                 conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=30)
             else:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+                # SQLite gives the -wal and -shm files the database file's mode: create it private
+                os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+                os.chmod(path, 0o600)
                 conn = sqlite3.connect(path, check_same_thread=False, timeout=30, isolation_level=None)
                 # WAL + NORMAL: a process crash never loses a commit; after power loss the index is
                 # rebuilt from the fsynced spool files (spool.reconcile), so FULL is not needed here.

@@ -1,5 +1,5 @@
 """The operator's REST API under /api/v1: jobs (with retry), studies, previews, peers, destinations
-and the active configuration. JSON, OpenAPI documented at /api/docs.
+and the active configuration. JSON, OpenAPI documented at /api/docs (with the same credentials).
 
 URLs carry job ids and Study Instance UIDs only, never patient names or IDs (they end up in
 proxies' and browsers' logs). Every route needs the credentials of `web.auth`.
@@ -10,9 +10,10 @@ from __future__ import annotations
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Query, Request, Response
+from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from node.audit import Audit
 from node.config import Config
 from node.jobs import FINAL_STATES, QUEUED, RUNNING
 from node.web import peers, queries
@@ -34,6 +35,8 @@ CATEGORIES = queries.CATEGORY_ORDER
 SECRET_KEYS = frozenset({"password", "token", "tokens", "secret", "api_key"})
 REDACTED = "***"
 Limit = Annotated[int, Query(ge=1, le=queries.MAX_LIMIT, description="most recent first")]
+MAX_ID = 2**63 - 1  # SQLite's INTEGER: a larger id is no job (422), not an overflow (500)
+JobId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
 def _queries(request: Request) -> Queries:
@@ -46,6 +49,14 @@ def _commands(request: Request) -> Commands:
 
 def _config(request: Request) -> Config:
     return request.app.state.config  # type: ignore[no-any-return]
+
+
+def operator_action(request: Request, action: str, study_uid: str) -> None:
+    """Audit what an operator asked for (IHE ATNA, Use of Restricted Function)."""
+    audit: Audit | None = request.app.state.audit
+    if audit is not None:
+        audit.operator_action(getattr(request.state, "principal", ""),
+                              request.client.host if request.client else "", action, study_uid)
 
 
 def _job_or_404(reads: Queries, job_id: int) -> JobDetail:
@@ -78,7 +89,7 @@ def _known(given: list[str] | None, known: tuple[str, ...], what: str) -> None:
 
 
 @router.get("/jobs/{job_id}", response_model=JobDetail, summary="One job: timings, findings, deliveries")
-def get_job(request: Request, job_id: int) -> JobDetail:
+def get_job(request: Request, job_id: JobId) -> JobDetail:
     return _job_or_404(_queries(request), job_id)
 
 
@@ -88,9 +99,10 @@ def get_job(request: Request, job_id: int) -> JobDetail:
     summary="Queue a failed job again with a fresh attempt budget",
     responses={404: {"description": "no such job"}, 409: {"description": "the job has not failed"}},
 )
-def retry_job(request: Request, job_id: int) -> RetryResult:
+def retry_job(request: Request, job_id: JobId) -> RetryResult:
     reads = _queries(request)
     job = _job_or_404(reads, job_id)
+    operator_action(request, f"POST /api/v1/jobs/{job_id}/retry", job.study_uid)
     if not _commands(request).retry_job(job_id):
         current = _job_or_404(reads, job_id)
         raise HTTPException(
@@ -147,11 +159,12 @@ def get_study(request: Request, study_uid: str) -> StudyDetail:
 def study_preview(
     request: Request,
     study_uid: str,
-    job: Annotated[int | None, Query(description="the job (default: the latest with image findings)")] = None,
+    job: Annotated[int | None, Query(ge=1, le=MAX_ID,
+                                     description="the job (default: the latest with image findings)")] = None,
     instance: Annotated[str | None, Query(description="SOP Instance UID (default: one with regions)")] = None,
 ) -> Response:
     png = _queries(request).preview(study_uid, job, instance)
-    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=300"})
+    return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})  # patient images
 
 
 @router.get("/peers", response_model=list[Peer], summary="Configured peers")

@@ -14,9 +14,11 @@ from pydantic import BaseModel, Field
 
 from node import pipelines
 from node.banner import NOTICE
-from node.config import Config
-from node.dispatch.folder import file_name, kind
+from node.config import Config, FolderDestination
+from node.dispatch.folder import SUPERSEDED, file_name, held, kind
 from node.inference.cards import read_card
+from node.store.outbox import ResultObject
+from node.web.api import JobId
 from node.web.audit import AuditEvent
 from node.web.queries import Queries
 
@@ -139,22 +141,41 @@ class ResultFile(BaseModel):
     sop_instance_uid: str
     sop_class_uid: str
     kind: str = Field(description="SR, SEG, GSPS, SC, ...")
-    size: int | None = Field(description="bytes; null when the file was purged (retention)")
+    size: int | None = Field(description="bytes; null when the node holds no copy: delivered to peers"
+                             " only (a delivered result leaves the outbox), or purged (retention)")
     url: str
 
 
-def _results(reads: Queries, job_id: int) -> list[tuple[str, str, Path]]:
+def _held(config: Config, job_id: int, result: ResultObject) -> Path:
+    """Where the node still holds a result: the outbox until it is delivered everywhere, then a
+    folder destination it went to (current, or set aside as superseded). Else the outbox path, gone."""
+    if result.path.exists():
+        return result.path
+    for name in result.delivered_to:
+        dest = next((d for d in config.destinations if d.name == name), None)  # may be removed
+        if not isinstance(dest, FolderDestination):
+            continue
+        study = dest.path / result.study_uid
+        found = held(study, result.sop_instance_uid) or next(
+            iter(study.glob(f"{SUPERSEDED}/job{job_id}-rev*/*_{result.sop_instance_uid}.dcm")), None)
+        if found is not None:
+            return found
+    return result.path
+
+
+def _results(request: Request, job_id: int) -> list[tuple[str, str, Path]]:
+    reads = _queries(request)
     found = reads.results(job_id)
     if not found and not reads.job_exists(job_id):
         raise HTTPException(404, f"no job {job_id}")
-    return [(r.sop_instance_uid, r.sop_class_uid, r.path) for r in found]
+    return [(r.sop_instance_uid, r.sop_class_uid, _held(_config(request), job_id, r)) for r in found]
 
 
 @router.get("/jobs/{job_id}/results", response_model=list[ResultFile],
             summary="The DICOM objects a job produced (SR, SEG, ...), for download")
-def results(request: Request, job_id: int) -> list[ResultFile]:
+def results(request: Request, job_id: JobId) -> list[ResultFile]:
     found = []
-    for uid, sop_class, path in _results(_queries(request), job_id):
+    for uid, sop_class, path in _results(request, job_id):
         size = path.stat().st_size if path.exists() else None
         found.append(ResultFile(sop_instance_uid=uid, sop_class_uid=sop_class, kind=kind(sop_class, ""),
                                 size=size, url=f"/api/v1/jobs/{job_id}/results/{uid}"))
@@ -167,12 +188,13 @@ def results(request: Request, job_id: int) -> list[ResultFile]:
     summary="One result object as a DICOM file (PS3.10)",
     responses={200: {"content": {"application/dicom": {}}}, 404: {"description": "no such result, or purged"}},
 )
-def result_file(request: Request, job_id: int, sop_instance_uid: str) -> Response:
-    for uid, sop_class, path in _results(_queries(request), job_id):
+def result_file(request: Request, job_id: JobId, sop_instance_uid: str) -> Response:
+    for uid, sop_class, path in _results(request, job_id):
         if uid != sop_instance_uid:
             continue
         if not path.exists():
-            raise HTTPException(404, f"result {uid} of job {job_id} was removed (storage.retention_days)")
+            raise HTTPException(404, f"the node holds no copy of result {uid} of job {job_id}: delivered"
+                                " to peers only (a delivered result leaves the outbox), or purged (retention)")
         name = file_name(path, uid, sop_class)
         return Response(path.read_bytes(), media_type="application/dicom",
                         headers={"Content-Disposition": f'attachment; filename="{name}"'})

@@ -10,6 +10,7 @@ import httpx
 
 from node.dispatch.dimse import AssociationFailed, Target, echo
 from node.web.models import ConnectivityCheck, Peer
+from node.webclient import PeerSetupError, tls_context
 
 
 def describe(peer: Any) -> Peer:
@@ -30,7 +31,7 @@ def _check(peer: str, kind: str, check: str, started: float, ok: bool, status: i
 
 
 def echo_dimse(peer: Any, calling_ae: str, timeout_s: float) -> ConnectivityCheck:
-    target = Target(peer.ae_title, peer.host, peer.port)
+    target = Target(peer.ae_title, peer.host, peer.port, peer.tls)
     started = time.monotonic()
     try:
         status = echo(target, calling_ae, timeout_s)
@@ -59,11 +60,10 @@ def probe_dicomweb(peer: Any, timeout_s: float) -> ConnectivityCheck:
     started = time.monotonic()
     try:
         headers, auth = _auth(peer)
-        verify = getattr(peer, "verify_tls", True)
-        with httpx.Client(verify=str(verify) if not isinstance(verify, bool) else verify,
+        with httpx.Client(verify=tls_context(peer),
                           timeout=timeout_s, follow_redirects=False) as client:
             response = client.get(url, params={"limit": 1}, headers=headers, auth=auth)
-    except ValueError as exc:  # a credentials file that cannot be read
+    except (ValueError, PeerSetupError) as exc:  # a credentials or certificate file that cannot be read
         return _check(peer.name, "dicomweb", "QIDO-RS", started, False, None, str(exc))
     except httpx.HTTPError as exc:
         return _check(peer.name, "dicomweb", "QIDO-RS", started, False, None,

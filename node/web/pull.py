@@ -13,13 +13,14 @@ import re
 from typing import Annotated, Literal
 from urllib.parse import quote
 
-from fastapi import APIRouter, Body, HTTPException, Request, Response
+from fastapi import APIRouter, Body, HTTPException, Path, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from pydicom.uid import RE_VALID_UID
 
 from node.assembly import StudyNotHeld
 from node.pull import PullError
 from node.store.pulls import Pull
+from node.web.api import MAX_ID, operator_action
 from node.web.commands import Commands
 from node.web.queries import Queries
 
@@ -114,6 +115,8 @@ def analyze(
         raise HTTPException(400, f"{study_uid[:80]!r} is not a valid Study Instance UID")
     commands = _commands(request)
     principal = getattr(request.state, "principal", "")
+    what = f"from peer {body.peer[:64]!r}" if body is not None and body.peer is not None else "again from its copy"
+    operator_action(request, f"POST /api/v1/studies/{study_uid}/analyze {what}", study_uid)
     if body is None or body.peer is None:
         try:
             asked = commands.analyze_again(study_uid, principal)
@@ -134,7 +137,7 @@ def analyze(
 
 
 @router.get("/pulls/{pull_id}", summary="A pull's state, counts and the jobs it led to")
-def pull_status(pull_id: int, request: Request) -> PullStatus:
+def pull_status(pull_id: Annotated[int, Path(ge=1, le=MAX_ID)], request: Request) -> PullStatus:
     reads = _queries(request)
     pull = reads.pull(pull_id)
     if pull is None:

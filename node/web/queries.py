@@ -20,7 +20,7 @@ from node.store.jobs import FAILED, QUEUED, FinishedJob, JobRow, ListedJob
 from node.store.outbox import ResultObject
 from node.store.pulls import Pull
 from node.store.studies import StudyRow
-from node.web.audit import AssociationAudit, AuditEvent, AuditTrail
+from node.web.audit import AtnaFileTrail, AuditEvent
 from node.web.models import Delivery, JobDetail, Series, StudyDetail, StudySummary, Timings
 from node.web.previews import PreviewCache, preview_png
 
@@ -185,13 +185,13 @@ class Queries:
     """Everything the REST API, the dashboard and /metrics read."""
 
     def __init__(self, config: Config, db: Database, outcomes: JobOutcomes, search: StudySearch,
-                 exposition: Callable[[], bytes], audit_trail: AuditTrail | None = None) -> None:
+                 exposition: Callable[[], bytes]) -> None:
         self.config = config
         self.db = db
         self.outcomes = outcomes
         self.search = search
         self.exposition = exposition  # the Prometheus text of node.metrics
-        self.audit_trail: AuditTrail = audit_trail or AssociationAudit(db)
+        self.audit_trail = AtnaFileTrail(config.audit_path)  # what node.audit writes
         self.previews = PreviewCache()
 
     def jobs(self, *, states: Sequence[str] = (), study_uid: str | None = None, limit: int = 50,

@@ -13,8 +13,10 @@ import threading
 
 import uvicorn
 
+from node.audit import Audit
 from node.config import Config
 from node.logs import event
+from node.tls import server_context
 from node.web.app import create_app
 from node.web.auth import credentials
 from node.web.commands import Commands
@@ -28,13 +30,20 @@ class WebBindError(RuntimeError):
 
 
 class WebServer:
-    def __init__(self, config: Config, queries: Queries, commands: Commands) -> None:
+    def __init__(self, config: Config, queries: Queries, commands: Commands, audit: Audit | None = None) -> None:
         self.settings = settings = config.web
-        self.app = create_app(config, queries, commands, credentials(settings.auth, config.storage.data_dir))
-        self._server = uvicorn.Server(uvicorn.Config(
+        self.app = create_app(config, queries, commands, credentials(settings.auth, config.storage.data_dir), audit)
+        tls = settings.tls
+        server_config = uvicorn.Config(
             self.app, log_config=None, access_log=False, lifespan="off",
             timeout_graceful_shutdown=5, h11_max_incomplete_event_size=1 << 20,
-        ))
+            ssl_certfile=str(tls.certificate) if tls.certificate else None,
+            ssl_keyfile=str(tls.private_key) if tls.private_key else None,
+        )
+        if tls.enabled:
+            server_config.load()
+            server_config.ssl = server_context(tls, "web.tls")  # BCP 195, as the DICOM listener
+        self._server = uvicorn.Server(server_config)
         self._socket: socket.socket | None = None
         self._thread: threading.Thread | None = None
 
@@ -64,7 +73,8 @@ class WebServer:
             target=lambda: asyncio.run(self._server.serve(sockets=[sock])), name="web", daemon=True
         )
         self._thread.start()
-        event(log, logging.INFO, "web server listening", bind=self.settings.bind, port=self.port)
+        event(log, logging.INFO, "web server listening", bind=self.settings.bind, port=self.port,
+              https=self.settings.tls.enabled)
 
     def stop(self) -> None:
         self._server.should_exit = True

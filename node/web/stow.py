@@ -184,7 +184,8 @@ def _warning_headers(outcomes: Sequence[PartOutcome], extra: str = "") -> list[t
         texts.append(extra)
     headers = []
     for text in texts[:MAX_WARNINGS]:
-        quoted = text.encode("ascii", "replace").decode().replace("\\", "\\\\").replace('"', '\\"')
+        printable = "".join(c if " " <= c <= "~" else "?" for c in text)  # RFC 9110 5.5: no controls
+        quoted = printable.replace("\\", "\\\\").replace('"', '\\"')
         headers.append(("warning", f'299 fracnode "{quoted[:500]}"'))
     return headers
 

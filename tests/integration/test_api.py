@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from node.config import Config
 from tests.conftest import API_TOKEN, node_config, wait_until
 from tests.integration.test_flow import storescu
 from tests.support import dicomgen
@@ -174,15 +175,19 @@ def test_echo_reaches_a_running_orthanc_and_explains_an_unreachable_peer(tmp_pat
     assert unknown.status_code == 404 and "known: pacs, gone" in unknown.json()["detail"]
 
 
-def test_destinations_count_deliveries_and_keep_the_last_error(tmp_path, start_node):
-    config = node_config(
+def folder_and_gone_pacs(tmp_path, *routes: dict) -> Config:  # type: ignore[no-untyped-def]
+    """Results to a folder and to a PACS that is not there (its deliveries keep waiting)."""
+    return node_config(
         tmp_path / "data",
         peers=[{"name": "gone", "ae_title": "GONE", "host": "127.0.0.1", "port": free_port()}],
         destinations=[{"name": "results-folder", "type": "folder", "path": str(tmp_path / "results")},
                       {"name": "pacs", "type": "dimse", "peer": "gone"}],
-        routes=[route("test-kos", "results-folder", "pacs")],
+        routes=list(routes),
     )
-    node = start_node(config)
+
+
+def test_destinations_count_deliveries_and_keep_the_last_error(tmp_path, start_node):
+    node = start_node(folder_and_gone_pacs(tmp_path, route("test-kos", "results-folder", "pacs")))
     cr = dicomgen.cr_image()
     assert storescu(node.ingest.port, dicomgen.write([cr], tmp_path / "in")).returncode == 0
 
@@ -195,6 +200,38 @@ def test_destinations_count_deliveries_and_keep_the_last_error(tmp_path, start_n
     assert found["pacs"]["pending"] == 1 and found["pacs"]["delivered"] == 0 and found["pacs"]["target"] == "gone"
     assert "cannot connect to GONE@127.0.0.1" in found["pacs"]["last_error"]
     assert found["pacs"]["next_attempt_at"] is not None
+
+
+def test_a_result_downloads_from_the_outbox_then_from_the_folder_it_was_delivered_to(tmp_path, start_node):
+    # a result delivered to every destination leaves the outbox (docs/security.md): the download
+    # then reads the folder destination's copy, and says so when the node holds none
+    node = start_node(folder_and_gone_pacs(
+        tmp_path, {**route("test-kos", "results-folder", "pacs"), "match": {"body_part": "HAND"}},
+        {**route("test-kos", "results-folder"), "name": "knees", "match": {"body_part": "KNEE"}}))
+    cr, dx = dicomgen.cr_image(), dicomgen.cr_image(body_part="KNEE")
+    assert storescu(node.ingest.port, dicomgen.write([cr, dx], tmp_path / "in")).returncode == 0
+    waiting = wait_until(lambda: [j for j in api(node, "/api/v1/jobs", params={"study_uid": cr.StudyInstanceUID}).json()
+                                  if any(d["delivered"] for d in j["deliveries"])])[0]
+    (held,) = api(node, f"/api/v1/jobs/{waiting['id']}/results").json()  # the pacs still waits: the outbox has it
+    outbox_copy = next(node.config.outbox_dir.rglob(f"{held['sop_instance_uid']}.dcm"))
+    assert held["size"] == outbox_copy.stat().st_size
+    assert api(node, held["url"]).content == outbox_copy.read_bytes()
+
+    delivered = finished_job(node, dx.StudyInstanceUID)
+    (result,) = api(node, f"/api/v1/jobs/{delivered['id']}/results").json()
+    assert not list(node.config.outbox_dir.rglob(f"{result['sop_instance_uid']}.dcm"))
+    (folder_copy,) = (tmp_path / "results" / dx.StudyInstanceUID).glob(f"*_{result['sop_instance_uid']}.dcm")
+    assert result["size"] == folder_copy.stat().st_size
+    download = api(node, result["url"])
+    assert download.status_code == 200 and download.content == folder_copy.read_bytes()
+    assert folder_copy.name in download.headers["content-disposition"]
+
+    folder_copy.unlink()  # a person moved it away: the node holds no copy any more
+    (result,) = api(node, f"/api/v1/jobs/{delivered['id']}/results").json()
+    assert result["size"] is None
+    missing = api(node, result["url"])
+    assert missing.status_code == 404 and "holds no copy" in missing.json()["detail"]
+    assert api(node, "/api/v1/jobs/99999999999999999999999/results").status_code == 422
 
 
 def test_configuration_is_shown_read_only_with_secrets_redacted(tmp_path, start_node):
@@ -229,7 +266,7 @@ def test_every_endpoint_refuses_without_credentials(tmp_path, start_node, method
 
 def test_openapi_documents_the_operator_endpoints(tmp_path, start_node):
     node = start_node(node_config(tmp_path / "data"))
-    schema = httpx.get(f"http://127.0.0.1:{node.web.port}/api/openapi.json").json()
+    schema = api(node, "/api/openapi.json").json()
     paths = schema["paths"]
     expected = {
         "/api/v1/jobs": {"get"}, "/api/v1/jobs/{job_id}": {"get"}, "/api/v1/jobs/{job_id}/retry": {"post"},

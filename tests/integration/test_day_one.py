@@ -72,6 +72,9 @@ def test_analyze_again_from_the_command_line_queues_a_revision_for_the_running_n
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"study {uid}: study queued for a new analysis of its 2 spooled instance(s)" in result.stdout
     assert "not running" not in result.stdout  # this node holds the data folder's lock
+    (audited,) = [line for line in (tmp_path / "data" / "audit.log").read_text(encoding="utf-8").splitlines()
+                  if f"fracnode analyze-again {uid} (command line)" in line]  # among the running node's
+    assert 'csd-code="110132"' in audited  # Use of Restricted Function
     wait_until(lambda: [j for j in jobs_of(node, uid) if j["revision"] == 2 and j["state"] == "done"])
 
     unknown = fracnode("-c", config, "analyze-again", "1.2.3.4")

@@ -47,6 +47,14 @@ def outbox_rows(node) -> list[sqlite3.Row]:  # type: ignore[no-untyped-def]
 def test_results_reach_orthanc_by_stow_rs(tmp_path, start_node, orthanc_web):
     _, config = write_config(tmp_path, **dicomweb_sections(orthanc_web.dicomweb_url))
     node = start_node(config)
+    staged: dict[str, bytes] = {}  # a delivered result leaves the outbox: its bytes kept here
+    deliver = node.outbox.delivered
+
+    def keeping(item, now):  # type: ignore[no-untyped-def]
+        staged[item.sop_instance_uid] = item.path.read_bytes()
+        deliver(item, now)
+
+    node.outbox.delivered = keeping
     series = dicomgen.ct_series(4)
     assert storescu(node.ingest.port, dicomgen.write(series, tmp_path / "ct")).returncode == 0
 
@@ -59,7 +67,8 @@ def test_results_reach_orthanc_by_stow_rs(tmp_path, start_node, orthanc_web):
     assert row["sop_instance_uid"] == stored.SOPInstanceUID
     assert (row["attempts"], row["last_error"]) == (1, "")
     # byte for byte what the node staged (Orthanc keeps the file it was sent)
-    assert orthanc_web.rest_bytes(f"/instances/{found}/file") == Path(row["path"]).read_bytes()
+    assert orthanc_web.rest_bytes(f"/instances/{found}/file") == staged[row["sop_instance_uid"]]
+    assert not Path(row["path"]).exists()
 
 
 @pytest.mark.slow

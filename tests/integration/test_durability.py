@@ -189,7 +189,7 @@ def idle_node(tmp_path: Path) -> Iterator[Any]:
 
     yield make
     for node in nodes:
-        if node.ingest._server is not None:
+        if node.ingest._servers:  # not stopped by the test already
             node.stop()
 
 

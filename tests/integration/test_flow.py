@@ -58,8 +58,15 @@ def test_cr_and_ct_studies_reach_orthanc_as_derived_objects(tmp_path, start_node
     assert set(by_study) == {cr.StudyInstanceUID, ct_study[0].StudyInstanceUID}
     assert all(d["Modality"] == "KO" for d in documents)
 
-    # the CT document references exactly the 12 bone-kernel slices, not the soft-tissue series
-    outbox = sorted((tmp_path / "data" / "outbox").rglob("*.dcm"))
+    # the CT document references exactly the 12 bone-kernel slices, not the soft-tissue series;
+    # delivered results have left the outbox: they are read back from Orthanc
+    delivered = tmp_path / "delivered"
+    delivered.mkdir()
+    outbox = []
+    for orthanc_id in found:
+        outbox.append(delivered / f"{orthanc_id}.dcm")
+        outbox[-1].write_bytes(orthanc.rest_bytes(f"/instances/{orthanc_id}/file"))
+    wait_until(lambda: not list((tmp_path / "data" / "outbox").rglob("*.dcm")))
     kos = [dcmread(p) for p in outbox]
     ct_kos = next(k for k in kos if k.StudyInstanceUID == ct_study[0].StudyInstanceUID)
     assert referenced_instances(ct_kos) == {ds.SOPInstanceUID for ds in ct_study}

@@ -106,6 +106,27 @@ def associate(
     return ae.associate("127.0.0.1", port, ae_title=called_ae)
 
 
+def rejected(port: int, calling_ae: str = "PYNETDICOM", called_ae: str = "FRACNODE") -> Association:
+    """An association request the node rejects. pynetdicom's requestor now and then reports a
+    prompt A-ASSOCIATE-RJ as an abort without any reply (a race between its ACSE and reactor
+    threads, seen at the base commit too, about once in 300): such a request is made again."""
+    for _ in range(3):
+        assoc = associate(port, [(Verification, None)], calling_ae=calling_ae, called_ae=called_ae)
+        if assoc.is_rejected or assoc.acceptor.primitive is not None:
+            break
+    return assoc
+
+
+def collapse(found: list[dict[str, Any]], *keys: str) -> list[tuple[Any, ...]]:
+    """`keys` of each row, a rejected request made again by `rejected` counted once."""
+    collapsed: list[tuple[Any, ...]] = []
+    for row in found:
+        values = tuple(row[k] for k in keys)
+        if not (collapsed and collapsed[-1] == values and row["outcome"] == "rejected"):
+            collapsed.append(values)
+    return collapsed
+
+
 def echo_ok(port: int) -> bool:
     assoc = associate(port, [(Verification, None)])
     try:
@@ -137,7 +158,12 @@ def jobs(node: Node) -> list[dict[str, Any]]:
 
 
 def job_document(node: Node, job_id: int) -> Dataset:
-    (path,) = sorted((node.config.outbox_dir / str(job_id)).glob("*.dcm"))
+    """The job's one result, as delivered to the results folder (a delivered result leaves the
+    outbox)."""
+    (row,) = rows(node, "SELECT sop_instance_uid FROM outbox WHERE job_id = ?", job_id)
+    folders = (node.config.outbox_dir, node.config.destination("results-folder").path)  # type: ignore[union-attr]
+    (path,) = wait_until(lambda: sorted(p for folder in folders
+                                        for p in folder.rglob(f"*{row['sop_instance_uid']}*.dcm")))
     return dcmread(path)
 
 
@@ -164,7 +190,7 @@ def test_unknown_called_ae_title_is_rejected_and_audited(tmp_path, start_node):
     node = start_node(node_config(tmp_path / "data"))
     port = node.ingest.port
 
-    assoc = associate(port, [(Verification, None)], calling_ae="PYN-SCU", called_ae="NOT-FRACNODE")
+    assoc = rejected(port, calling_ae="PYN-SCU", called_ae="NOT-FRACNODE")
     assert assoc.is_rejected and not assoc.is_established
     reply = assoc.acceptor.primitive  # the A-ASSOCIATE-RJ (PS3.8 9.3.4)
     assert (reply.result, reply.result_source, reply.diagnostic) == (0x01, 0x01, 0x07)
@@ -180,7 +206,7 @@ def test_unknown_called_ae_title_is_rejected_and_audited(tmp_path, start_node):
             else None
         )
     )
-    assert [(r["peer_ae"], r["called_ae"], r["outcome"]) for r in audit] == [
+    assert collapse(audit, "peer_ae", "called_ae", "outcome") == [
         ("PYN-SCU", "NOT-FRACNODE", "rejected"),
         ("ECHO-SCU", "WRONG-AE", "rejected"),
     ]
@@ -195,7 +221,7 @@ def test_calling_ae_titles_admit_only_listed_peers(tmp_path, start_node):
     node = start_node(node_config(tmp_path / "data", node={"calling_ae_titles": ["MODALITY1"]}))
     port = node.ingest.port
 
-    intruder = associate(port, [(Verification, None)], calling_ae="INTRUDER")
+    intruder = rejected(port, calling_ae="INTRUDER")
     assert intruder.is_rejected
     reply = intruder.acceptor.primitive
     assert (reply.result, reply.result_source, reply.diagnostic) == (0x01, 0x01, 0x03)
@@ -214,10 +240,10 @@ def test_calling_ae_titles_admit_only_listed_peers(tmp_path, start_node):
 
     def audit() -> list[dict[str, Any]] | None:
         found = rows(node, "SELECT * FROM associations ORDER BY started_at")
-        return found if len(found) == 4 and all(r["outcome"] != "open" for r in found) else None
+        return found if len(found) >= 4 and all(r["outcome"] != "open" for r in found) else None
 
     found = wait_until(audit)
-    assert [(r["peer_ae"], r["outcome"]) for r in found] == [
+    assert collapse(found, "peer_ae", "outcome") == [
         ("INTRUDER", "rejected"),
         ("INTRUDER2", "rejected"),
         ("MODALITY1", "released"),
@@ -225,9 +251,9 @@ def test_calling_ae_titles_admit_only_listed_peers(tmp_path, start_node):
     ]
     for row in found:
         assert row["peer_address"] == "127.0.0.1" and row["called_ae"] == "FRACNODE"
-    for row in found[:2]:
+    for row in found[:-2]:
         assert "calling AE title" in row["reason"] and repr(row["peer_ae"]) in row["reason"]
-    assert all(row["reason"] == "" for row in found[2:])
+    assert all(row["reason"] == "" for row in found[-2:])
 
 
 def test_unsupported_sop_classes_are_refused_per_presentation_context(tmp_path, start_node):
@@ -287,7 +313,7 @@ def test_datasets_the_node_cannot_understand_get_failure_statuses(
         assert 0xC000 <= int(status.Status) <= 0xCFFF, f"0x{int(status.Status):04X}"
         assert str(status.get("ErrorComment", "")).strip()
     assert int(statuses[0].Status) == 0xC210
-    assert "study" in str(statuses[0].ErrorComment)
+    assert "Study Instance UID (0020,000D)" in str(statuses[0].ErrorComment)
 
     assert spool_files(node) == []
     assert rows(node, "SELECT * FROM instances") == []
@@ -322,7 +348,7 @@ def test_real_ct_with_empty_study_uid_is_refused_and_the_node_keeps_running(
         assoc.release()
     for status in statuses:
         assert int(status.Status) == 0xC210
-        assert "no study uid" in str(status.ErrorComment)
+        assert "no Study Instance UID (0020,000D)" in str(status.ErrorComment)
     assert spool_files(node) == []
     assert rows(node, "SELECT * FROM instances") == []
     assert echo_ok(port)
@@ -596,7 +622,7 @@ def test_no_patient_data_in_debug_logs(tmp_path, start_node, caplog, monkeypatch
     assoc = associate(port, [(CTImageStorage, [ExplicitVRLittleEndian])])
     assert int(assoc.send_c_store(broken).Status) == 0xC210
     assoc.release()
-    assert associate(port, [(Verification, None)], called_ae="SOMEONE-ELSE").is_rejected
+    assert rejected(port, called_ae="SOMEONE-ELSE").is_rejected
     wait_until(lambda: any(r.getMessage() == "association rejected" for r in caplog.records))
 
     formatter = JsonFormatter()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -116,8 +117,9 @@ def test_study_pulled_by_wado_rs_is_analysed_and_filed_back_by_stow_rs(tmp_path,
     for row in rows:
         assert Path(row["path"]).read_bytes() == orthanc_web.rest_bytes(f"/instances/{stored[row['sop_instance_uid']]}/file")
     assert node.db.query("SELECT calling_ae FROM studies WHERE study_uid = ?", (study_uid,))[0][0] == "ORTHANC"
-    document = dcmread(Path(node.db.query("SELECT path FROM outbox")[0]["path"]))
-    assert document.SOPInstanceUID == kos["SOPInstanceUID"]
+    # the result as delivered (a delivered result leaves the outbox)
+    document = dcmread(BytesIO(orthanc_web.rest_bytes(f"/instances/{stored[kos['SOPInstanceUID']]}/file")))
+    assert not Path(node.db.query("SELECT path FROM outbox")[0]["path"]).exists()
     assert referenced_instances(document) == {ds.SOPInstanceUID for ds in series}
     jobs = finished(node, location)["jobs"]
     assert [(j["pipeline"], j["state"]) for j in jobs] == [("test-kos", "done")]

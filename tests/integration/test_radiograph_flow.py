@@ -85,9 +85,17 @@ def test_a_cr_study_gets_sr_seg_and_overlays_in_orthanc(tmp_path, start_node, or
     classes = {str(dcmread(p, stop_before_pixels=True).SOPClassUID) for p in folder}
     assert classes == {SR_CLASS}
 
-    # every object the node produced passes dciodvfy
-    for path in sorted((tmp_path / "data" / "outbox").rglob("*.dcm")):
+    # every object the node produced passes dciodvfy (read back from where it was delivered:
+    # a delivered result leaves the outbox)
+    produced = tmp_path / "produced"
+    produced.mkdir()
+    for orthanc_id in stored.values():
+        (produced / f"{orthanc_id}.dcm").write_bytes(orthanc.rest_bytes(f"/instances/{orthanc_id}/file"))
+    paths = sorted(produced.glob("*.dcm"))
+    assert len(paths) == 4
+    for path in paths:
         assert not dciodvfy_errors(path), path.name
+    assert not list((tmp_path / "data" / "outbox").rglob("*.dcm"))
 
 
 def test_shipped_thresholds_still_report_every_image(tmp_path, start_node, orthanc, cr_sample):

@@ -24,9 +24,8 @@ def test_health_answers_without_credentials(tmp_path, start_node):
 
 def test_api_without_credentials_is_refused_with_how_to_authenticate(tmp_path, start_node):
     node = start_node(node_config(tmp_path / "data"))
-    response = httpx.get(base_url(node) + "/api/openapi.json")
-    assert response.status_code == 200  # the API's description is public; its data is not
-    for method, path in (("GET", "/api/v1/session"), ("POST", "/dicomweb/studies")):
+    for method, path in (("GET", "/api/v1/session"), ("POST", "/dicomweb/studies"),
+                         ("GET", "/api/openapi.json"), ("GET", "/api/docs")):
         refused = httpx.request(method, base_url(node) + path)
         assert refused.status_code == 401, path
         assert "Authorization: Bearer" in refused.json()["detail"]

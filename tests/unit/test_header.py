@@ -1,4 +1,5 @@
-"""The byte scan of a data set's first fragment gives the same Header as pydicom's full parse."""
+"""The scan of a whole data set gives the same Header as pydicom's parse, and refuses what
+pydicom cannot read whole."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 import pydicom
 import pytest
 from pydicom import Dataset
+from pydicom.multival import MultiValue
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
@@ -17,13 +19,9 @@ from pydicom.uid import (
     ImplicitVRLittleEndian,
 )
 
-from node.header import (
-    NotScannable,
-    UnreadableInstance,
-    header_from_elements,
-    read_header,
-    scan_elements,
-)
+from node.header import HEADER_TAGS, Header, UnreadableInstance, header_from_elements
+from node.part10 import read_header
+from node.scan import BrokenDataSet, DataSetScan
 from tests.support import dicomgen
 
 PYDICOM_TEST_FILES = Path(pydicom.__file__).parent / "data" / "test_files"
@@ -39,10 +37,37 @@ def encoded(ds: Dataset, syntax: str = ExplicitVRLittleEndian) -> tuple[bytes, i
     return raw, 132 + 12 + group_length
 
 
-def scanned(raw: bytes, offset: int, syntax: str, media_class: str = "") -> object:
-    elements = scan_elements(raw[offset:], syntax)
-    assert elements is not None
-    return header_from_elements(elements, syntax, media_class)
+def scanned(raw: bytes, offset: int, syntax: str) -> Header:
+    scan = DataSetScan(syntax)
+    scan.feed(raw[offset:])
+    scan.finish()
+    return header_from_elements(scan.elements, syntax)
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple, MultiValue)):
+        return "\\".join(str(v) for v in value)
+    return str(value).strip()
+
+
+def pydicom_header(raw: bytes) -> dict[str, str]:
+    """The indexed attributes as pydicom reads them (the reference the scan must agree with)."""
+    ds = pydicom.dcmread(BytesIO(raw))
+    values = {keyword: _text(ds.get(keyword)) for keyword in HEADER_TAGS}
+    values["SOPClassUID"] = values["SOPClassUID"] or str(ds.file_meta.get("MediaStorageSOPClassUID", ""))
+    return values
+
+
+def as_values(header: Header) -> dict[str, str]:
+    return {
+        "SOPClassUID": header.sop_class_uid, "SOPInstanceUID": header.sop_instance_uid,
+        "StudyInstanceUID": header.study_uid, "SeriesInstanceUID": header.series_uid,
+        "Modality": header.modality, "BodyPartExamined": header.body_part,
+        "SeriesDescription": header.series_description, "ProtocolName": header.protocol_name,
+        "ImageType": header.image_type,
+    }
 
 
 def with_sequences(ds: Dataset, undefined: bool) -> Dataset:
@@ -75,58 +100,69 @@ CASES = {
 }
 
 
+ALL_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
+                ExplicitVRBigEndian]
+
+
 @pytest.mark.parametrize("case", sorted(CASES))
-@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
+@pytest.mark.parametrize("syntax", ALL_SYNTAXES)
 def test_scan_gives_the_header_pydicom_reads(case: str, syntax: str) -> None:
     raw, offset = encoded(CASES[case](), syntax)
+    assert as_values(read_header(raw)) == pydicom_header(raw)
     assert scanned(raw, offset, syntax) == read_header(raw)
+
+
+# pydicom reads these whole although they are not: cut short, or a data set in implicit VR under
+# an explicit transfer syntax (PS3.5 A.4 says explicit); the node refuses them (0xC210)
+NOT_WHOLE = {"MR_truncated.dcm", "rtplan_truncated.dcm", "SC_rgb_jpeg.dcm"}
+
+
+def _walk(ds: Dataset) -> None:
+    for element in ds:
+        if element.VR == "SQ":
+            for item in element.value:
+                _walk(item)
 
 
 @pytest.mark.filterwarnings("ignore::UserWarning")  # pydicom on its deliberately odd files
 def test_scan_agrees_with_pydicom_on_its_own_test_files() -> None:
-    agreed = 0
+    """Every file pydicom reads whole the scan takes whole, with the same header; the few it
+    refuses are named above, each for a reason."""
+    agreed = refused = 0
     for path in sorted(PYDICOM_TEST_FILES.rglob("*.dcm")):
         raw = path.read_bytes()
         try:
-            meta = pydicom.dcmread(path, stop_before_pixels=True).file_meta
-            offset = 132 + 12 + int(meta.FileMetaInformationGroupLength)
-            syntax = str(meta.TransferSyntaxUID)
-            elements = scan_elements(raw[offset:], syntax)
-        except (NotScannable, AttributeError, pydicom.errors.InvalidDicomError):
-            continue  # deflated, big endian, no file meta: read by pydicom as a whole
-        if elements is None:
+            _walk(pydicom.dcmread(path))
+            expected = pydicom_header(raw)
+        except Exception:  # noqa: BLE001, S112 - pydicom cannot read it whole: nothing to compare
             continue
-        media_class = str(meta.get("MediaStorageSOPClassUID", ""))
         try:
-            expected: object = read_header(raw)
-        except UnreadableInstance as exc:
-            expected = str(exc)
-        try:
-            found: object = header_from_elements(elements, syntax, media_class)
-        except UnreadableInstance as exc:
-            found = str(exc)
+            found = as_values(read_header(raw))
+        except BrokenDataSet:
+            assert path.name in NOT_WHOLE, path.name
+            refused += 1
+            continue
+        except UnreadableInstance:
+            continue  # no UIDs to index: refused for that, not for its structure
         assert found == expected, path.name
         agreed += 1
-    assert agreed >= 40  # the comparison really ran over most of the files
+    assert agreed >= 40 and refused == len(NOT_WHOLE)  # the comparison really ran
 
 
-@pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-def test_a_prefix_too_short_for_the_header_asks_for_more(syntax: str) -> None:
-    raw, offset = encoded(with_sequences(dicomgen.ct_series(1, size=8)[0], True), syntax)
+@pytest.mark.parametrize("syntax", ALL_SYNTAXES)
+def test_the_header_is_ready_before_the_pixel_data(syntax: str) -> None:
+    raw, offset = encoded(with_sequences(dicomgen.ct_series(1, size=64)[0], True), syntax)
     data = raw[offset:]
-    complete = scan_elements(data, syntax)
-    assert complete is not None
-    needed = next(n for n in range(len(data) + 1) if scan_elements(data[:n], syntax) is not None)
-    assert needed < len(data) - 8 * 8 * 2  # found before the pixel data
-    for n in range(needed):
-        assert scan_elements(data[:n], syntax) is None, n
-    assert scan_elements(data[:needed], syntax) == complete
-
-
-@pytest.mark.parametrize("syntax", [DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian])
-def test_deflated_and_big_endian_data_sets_are_left_to_pydicom(syntax: str) -> None:
-    with pytest.raises(NotScannable):
-        scan_elements(b"\x08\x00\x16\x00UI\x04\x001.2\0", syntax)
+    complete = DataSetScan(syntax)
+    complete.feed(data)
+    complete.finish()
+    scan = DataSetScan(syntax)
+    for fed in range(len(data)):
+        scan.feed(data[fed : fed + 1])
+        if scan.header_ready:
+            break
+    assert fed < len(data) - 64 * 64 * 2 or syntax == DeflatedExplicitVRLittleEndian
+    assert scan.elements == complete.elements
 
 
 @pytest.mark.parametrize(
@@ -139,13 +175,11 @@ def test_deflated_and_big_endian_data_sets_are_left_to_pydicom(syntax: str) -> N
     ],
 )
 def test_bytes_that_are_no_data_set_never_give_a_header(data: bytes) -> None:
-    try:
-        elements = scan_elements(data, ExplicitVRLittleEndian)
-    except NotScannable:
-        return  # pydicom reads the whole data set and refuses it
-    assert elements is not None
     with pytest.raises(UnreadableInstance):
-        header_from_elements(elements, ExplicitVRLittleEndian, "", "1.2.3")
+        scan = DataSetScan(ExplicitVRLittleEndian)
+        scan.feed(data)
+        scan.finish()
+        header_from_elements(scan.elements, ExplicitVRLittleEndian, None, "1.2.3")
 
 
 @pytest.mark.parametrize(
@@ -159,25 +193,11 @@ def test_bytes_that_are_no_data_set_never_give_a_header(data: bytes) -> None:
         {"ImageType": ["DERIVED", ""]},
         {"SpecificCharacterSet": "ISO_IR 192", "SeriesDescription": "Schädel nativ"},
         {"SpecificCharacterSet": "ISO_IR 100", "ProtocolName": "Hüfte links"},
-        {"StudyInstanceUID": None},
-        {"SeriesInstanceUID": "1.2.03"},
     ],
 )
-@pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")  # pydicom, while reading
 def test_values_are_converted_as_pydicom_converts_them(changes: dict[str, object]) -> None:
     (ds,) = dicomgen.ct_series(1, size=8)
     for keyword, value in changes.items():
-        if value is None:
-            delattr(ds, keyword)
-        else:
-            setattr(ds, keyword, value)
+        setattr(ds, keyword, value)
     raw, offset = encoded(ds)
-    try:
-        expected: object = read_header(raw)
-    except UnreadableInstance as exc:
-        expected = str(exc)
-    try:
-        found: object = scanned(raw, offset, ExplicitVRLittleEndian)
-    except UnreadableInstance as exc:
-        found = str(exc)
-    assert found == expected
+    assert as_values(scanned(raw, offset, ExplicitVRLittleEndian)) == pydicom_header(raw)

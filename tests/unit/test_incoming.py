@@ -113,7 +113,7 @@ def test_a_data_set_without_study_uid_is_refused_before_a_file_is_made(spool: Sp
     del ds.StudyInstanceUID
     raw, offset = encoded(ds)
     incoming = Incoming(spool, ExplicitVRLittleEndian, ds.SOPClassUID, ds.SOPInstanceUID, "M", "a")
-    with pytest.raises(UnreadableInstance, match="no study uid"):
+    with pytest.raises(UnreadableInstance, match="no Study Instance UID"):
         incoming.add(raw[offset:])
     incoming.discard()
     assert everything_in(spool.root) == []

@@ -22,11 +22,11 @@ import pytest
 NODE = Path(__file__).resolve().parents[2] / "node"
 NEUTRAL = (
     "__init__.py", "records.py", "config", "store", "imaging", "logs.py", "retry.py", "files.py", "net.py",
-    "webclient.py",
+    "tls.py", "webclient.py", "redact.py", "sources.py", "audit.py", "atna.py",
 )
 STAGES = (  # in the order of the flow
     ("ingest", ("ingest", "pull")),
-    ("incoming", ("incoming.py", "spool.py", "header.py")),
+    ("incoming", ("incoming.py", "spool.py", "header.py", "part10.py", "scan.py", "walk.py")),
     ("assembly", ("assembly.py", "routing.py", "search.py")),
     ("jobs and pipelines", ("jobs.py", "worker.py", "outcomes.py", "pipelines", "inference")),
     ("results", ("results",)),

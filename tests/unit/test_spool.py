@@ -12,6 +12,7 @@ from pydicom import Dataset
 from pydicom.uid import generate_uid
 
 from node.dispatch.outbox import encode
+from node.header import MismatchedInstance
 from node.spool import (
     TEMP_SUFFIX,
     OutOfSpace,
@@ -158,10 +159,9 @@ def test_read_header_rejects_a_truncated_file() -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"StudyInstanceUID": None}, "no study uid"),
-        ({"SeriesInstanceUID": None}, "no series uid"),
-        ({"SOPInstanceUID": None}, "no sop instance uid"),
-        ({"StudyInstanceUID": "1.2.abc"}, "study uid '1.2.abc' is not a valid UID"),
+        ({"StudyInstanceUID": None}, r"no Study Instance UID \(0020,000D\)"),
+        ({"SeriesInstanceUID": None}, r"no Series Instance UID \(0020,000E\)"),
+        ({"StudyInstanceUID": "1.2.abc"}, r"the Study Instance UID \(0020,000D\) is not a valid UID \(7 characters\)"),
         ({"SeriesInstanceUID": "1..2"}, "not a valid UID"),
     ],
 )
@@ -175,15 +175,16 @@ def test_read_header_rejects_missing_or_invalid_uids(
 
 def test_read_header_rejects_a_sop_instance_uid_other_than_the_requests() -> None:
     raw = ct_bytes()
-    with pytest.raises(
-        UnreadableInstance, match="differs from the request's Affected SOP Instance UID"
-    ):
+    with pytest.raises(MismatchedInstance, match="SOP Instance UID .* is not the request's"):
         read_header(raw, expected_sop_instance_uid=generate_uid())
 
 
 def test_read_header_takes_the_requests_sop_instance_uid_when_the_dataset_lacks_it() -> None:
     expected = generate_uid()
-    header = read_header(ct_bytes(SOPInstanceUID=None), expected_sop_instance_uid=expected)
+    (ds,) = dicomgen.ct_series(1, size=8)
+    del ds.SOPInstanceUID
+    ds.file_meta.MediaStorageSOPInstanceUID = expected  # what pynetdicom writes from the C-STORE-RQ
+    header = read_header(encode(ds), expected_sop_instance_uid=expected)
     assert header.sop_instance_uid == expected
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 
 from node.config import Config
 from node.imaging.pixels import Skipped, load_radiograph
@@ -22,6 +22,7 @@ from node.pipelines import register
 from node.pipelines.radiograph.findings import Findings, ImageFinding, RegionFinding, summarize
 from node.pipelines.radiograph.select import HeaderScope, select
 from node.records import PipelineFindings, PipelineInput, PipelineOutcome, categorize
+from node.sources import read_source
 
 if TYPE_CHECKING:  # torch and SimpleITK load when a node builds the pipeline, not when it registers
     from node.inference.engine import Outputs
@@ -44,7 +45,7 @@ class RadiographFracturePipeline:
         sources: dict[str, Dataset] = {}
         prepared, skipped = [], []
         for path in (p for series in request.series for p in series.paths):
-            ds = dcmread(path)
+            ds = read_source(Path(path))  # malformed header attributes are dropped, not fatal
             uid = str(ds.get("SOPInstanceUID", path.name))
             scope, reason = select(ds)
             loaded = Skipped(reason) if reason else load_radiograph(ds)

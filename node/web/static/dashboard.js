@@ -301,7 +301,7 @@ async function downloads(job) {
   const files = await json(`jobs/${job.id}/results`);
   if (!files.length) return null;
   return h("div", { className: "downloads" }, "Download: ", files.map((f) => [h("button", { type: "button", className: "download",
-    disabled: f.size === null, title: f.size === null ? "removed by retention" : bytes(f.size),
+    disabled: f.size === null, title: f.size === null ? "no copy held here (delivered to peers only, or purged)" : bytes(f.size),
     onclick: () => download(f) }, f.kind), " "]));
 }
 
@@ -500,7 +500,7 @@ async function viewOverview() {
 async function viewAudit() {
   const holder = h("div", { className: "card" }, h("p", { className: "muted" }, "Loading…"));
   $("view").replaceChildren(h("h1", {}, "Audit trail"),
-    h("p", { className: "hint" }, "Who connected, from where, and what became of it (associations and STOW-RS requests). No patient data."),
+    h("p", { className: "hint" }, "The node's audit trail (IHE ATNA, audit.log): associations, instances received and delivered, refused connections and credentials, operator actions, configuration changes, retention purges. Who, from where, what; no patient data."),
     holder);
   every(async () => {
     const events = await json("audit?limit=200");
