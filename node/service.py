@@ -36,7 +36,7 @@ from node.routing import route_study
 from node.scan import ScanLimits
 from node.search import StudySearch
 from node.spool import Spool
-from node.store import instances, jobs, open_database, outbox, studies
+from node.store import instances, jobs, open_configured, outbox, studies
 from node.store.pulls import Pull
 from node.web.queries import Queries
 from node.web.server import WebBindError, WebServer
@@ -64,7 +64,7 @@ class Node:
         problems = pipelines.check(config)
         if problems:
             raise ValueError("; ".join(problems))
-        self.db = open_database(config.database_path)
+        self.db = open_configured(config)  # PostgreSQL: refuses an older schema (SchemaOutdated)
         self.audit = Audit(config)
         storage = config.storage
         self.spool = Spool(config.spool_dir, self.db, storage.min_free_mb * 2**20, ScanLimits(

@@ -23,6 +23,7 @@ from node.ingest import upper_layer as ul
 from node.logs import event
 from node.redact import error_text
 from node.spool import OutOfSpace, Spool, Stored, UnreadableInstance
+from node.store import DatabaseUnavailable, StorageFull
 
 log = logging.getLogger("fracnode.ingest")
 
@@ -80,7 +81,8 @@ class Owner(Protocol):
 
 def _failure_status(exc: BaseException, sop_uid: str) -> tuple[int, str]:
     """Map a spool failure to its C-STORE status (PS3.4 B.2.3): the edge's only translation."""
-    if isinstance(exc, OutOfSpace):
+    if isinstance(exc, (OutOfSpace, StorageFull, DatabaseUnavailable)):
+        # the index unreachable is out of resources for now, never success: the peer retries
         return STATUS_OUT_OF_RESOURCES, str(exc)
     if isinstance(exc, MismatchedInstance):
         return STATUS_DATA_SET_MISMATCH, str(exc)

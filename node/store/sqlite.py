@@ -22,6 +22,7 @@ DIALECT = Dialect(
     real="REAL",
     claim_lock="",  # BEGIN IMMEDIATE already holds the database's one write lock
     concat="GROUP_CONCAT(DISTINCT {})",
+    table_exists="SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
 )
 
 
@@ -88,7 +89,8 @@ class SqliteDatabase(_Statements):
         super().__init__(conn, threading.RLock())
         if not readonly:
             with self.transaction() as sql:
-                schema.create(sql)
+                # one process owns the file: it upgrades itself
+                self.upgraded = schema.upgrade(sql)
 
     @contextmanager
     def transaction(self) -> Iterator[Sql]:

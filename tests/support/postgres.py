@@ -83,6 +83,18 @@ class Cluster:
     def stop(self, mode: str = "fast") -> None:
         self._run(str(BIN / "pg_ctl"), "-D", str(self.data), "-m", mode, "-w", "stop", check=False)
 
+    def running(self) -> bool:
+        return self._run(str(BIN / "pg_ctl"), "-D", str(self.data), "status", check=False).returncode == 0
+
+    def start_if_stopped(self) -> None:
+        """A test that stopped the cluster and failed before starting it leaves it stopped."""
+        if not self.running():
+            self.start()
+
+    def empty(self) -> None:
+        """Drop every table of the test database: the next test creates its schema afresh."""
+        self.psql(f"DROP SCHEMA public CASCADE; CREATE SCHEMA public AUTHORIZATION {USER}", DATABASE)
+
     def psql(self, sql: str, database: str = "postgres") -> str:
         done = self._run(str(BIN / "psql"),
                          "-h", str(self.sockets), "-p", str(self.port), "-U", "postgres", "-d", database,
