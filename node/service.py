@@ -64,7 +64,11 @@ class Node:
         problems = pipelines.check(config)
         if problems:
             raise ValueError("; ".join(problems))
-        self.db = open_configured(config)  # PostgreSQL: refuses an older schema (SchemaOutdated)
+        try:
+            self.db = open_configured(config)  # PostgreSQL: refuses an older schema (SchemaOutdated)
+        except BaseException:
+            os.close(self._lock_file)  # a node that did not start holds no data folder
+            raise
         self.audit = Audit(config)
         storage = config.storage
         self.spool = Spool(config.spool_dir, self.db, storage.min_free_mb * 2**20, ScanLimits(

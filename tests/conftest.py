@@ -13,6 +13,7 @@ import pytest
 
 from node.config import Config
 from node.service import Node
+from node.store import open_database
 from tests.support import postgres as postgres_support
 from tests.support.dcmtk import put_dcmtk_first
 from tests.support.orthanc import Orthanc
@@ -121,3 +122,15 @@ def postgres_url(postgres_cluster: postgres_support.Cluster) -> str:
     postgres_cluster.start_if_stopped()
     postgres_cluster.empty()
     return postgres_cluster.url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The `storage` settings of each backend in turn, for `node_config(..., storage=database)`:
+    none (the SQLite file), then the session cluster's emptied database, upgraded as
+    `fracnode db upgrade` would before a node starts on it."""
+    if request.param == "sqlite":
+        return {}
+    url = request.getfixturevalue("postgres_url")
+    open_database(url, upgrade=True).close()
+    return {"database": url}

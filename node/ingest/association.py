@@ -311,9 +311,12 @@ class Association:
                              "Affected SOP Class UID (0000,0002) is not the context's")
         else:
             assert self.record is not None
-            self._incoming = Incoming(self.ingest.spool, transfer_syntax, command.affected_sop_class_uid,
-                                      command.affected_sop_instance_uid, self.calling_ae, self.record.id,
-                                      spare=self._spare, announced_by="C-STORE-RQ")
+            try:  # it asks the index whether the UID is held: an unreachable database is a status
+                self._incoming = Incoming(self.ingest.spool, transfer_syntax, command.affected_sop_class_uid,
+                                          command.affected_sop_instance_uid, self.calling_ae, self.record.id,
+                                          spare=self._spare, announced_by="C-STORE-RQ")
+            except Exception as exc:  # noqa: BLE001 - answered with a status when the data set ends
+                self._failure = _failure_status(exc, command.affected_sop_instance_uid)
 
     def _data_fragment(self, context_id: int, size: int, last: bool) -> None:
         if self._request is None:

@@ -39,7 +39,7 @@ DIALECT = Dialect(
 # a statement, a connection attempt or a wait for a pooled connection fails after this long, so
 # that a listener answers 0xA700 while its peer still waits rather than hanging with the server
 CONNECT_TIMEOUT_S = 5
-POOL_WAIT_S = 10.0
+POOL_WAIT_S = 5.0
 # serialises `fracnode db upgrade` runs against one database (pg_advisory_xact_lock's key)
 UPGRADE_LOCK_KEY = 0x6672_6163  # "frac"
 
