@@ -3,6 +3,7 @@ answered with 0xA700 (out of resources), never with success, until it is back.""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -83,8 +84,10 @@ def c_store_statuses(port: int, datasets: list[Dataset]) -> list[int | None]:
 
 @pytest.mark.slow
 def test_a_stopped_database_gets_out_of_resources_never_success_and_the_node_recovers(
-    tmp_path: Path, postgres_url: str, postgres_cluster: Cluster, start_node
+    tmp_path: Path, postgres_url: str, postgres_cluster: Cluster, start_node,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    caplog.set_level(logging.INFO, logger="fracnode")
     config = node_config(tmp_path / "data", storage={"database": postgres_url})
     assert db_upgrade(config, tmp_path).returncode == 0
     node = start_node(config)
@@ -107,3 +110,11 @@ def test_a_stopped_database_gets_out_of_resources_never_success_and_the_node_rec
     finally:
         db.close()
     assert {ds.SOPInstanceUID for ds in before + after} <= held
+
+    # each stage said once that the database went away and once that it came back, not at every tick
+    def stages(message: str) -> list[str]:
+        return [r.fields["stage"] for r in caplog.records if r.getMessage() == message]  # type: ignore[attr-defined]
+
+    down = stages("database unavailable; retrying")
+    assert down and len(down) == len(set(down)), down
+    wait_until(lambda: set(stages("database available again")) == set(down), timeout_s=30)
