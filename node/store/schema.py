@@ -39,7 +39,7 @@ CREATE TABLE IF NOT EXISTS instances (
     image_type TEXT NOT NULL DEFAULT '',
     path TEXT NOT NULL,
     digest TEXT NOT NULL,
-    size INTEGER NOT NULL,
+    size BIGINT NOT NULL,  -- bytes: a multi-frame instance may pass 2 GiB (PostgreSQL INTEGER is 32 bits)
     received_at {real} NOT NULL,
     calling_ae TEXT NOT NULL DEFAULT '',
     association_id TEXT NOT NULL DEFAULT ''
