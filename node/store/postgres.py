@@ -32,6 +32,8 @@ DIALECT = Dialect(
     real="DOUBLE PRECISION",
     # a claim skips rows another worker is claiming instead of waiting for it
     claim_lock=" FOR UPDATE SKIP LOCKED",
+    # a study's completion is re-read under its row lock: two assemblers complete it once
+    row_lock=" FOR UPDATE",
     concat="string_agg(DISTINCT {}, ',')",
     table_exists="SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = current_schema() AND tablename = ?",
 )

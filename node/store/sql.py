@@ -38,6 +38,7 @@ class Dialect:
     id_column: str  # an integer key the database assigns, ascending
     real: str  # a float column wide enough for Unix seconds
     claim_lock: str  # appended to the SELECT that picks a job to claim
+    row_lock: str  # appended to a SELECT that re-reads a row to change it: waits for another writer
     concat: str  # an aggregate joining distinct text values with commas, {} for the expression
     table_exists: str  # a query with one `?` (a table name) that returns a row when the table exists
 

@@ -21,6 +21,7 @@ DIALECT = Dialect(
     id_column="INTEGER PRIMARY KEY AUTOINCREMENT",
     real="REAL",
     claim_lock="",  # BEGIN IMMEDIATE already holds the database's one write lock
+    row_lock="",
     concat="GROUP_CONCAT(DISTINCT {})",
     table_exists="SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
 )

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from node.config import JobSettings
+from node.assembly import Assembly
+from node.config import AssemblySettings, JobSettings
 from node.jobs import JobQueue
 from node.records import Instance, RouteMatch, SeriesAttributes, Study
-from node.store import Database, DatabaseUnavailable, StoreError, instances, open_database
+from node.store import Database, DatabaseUnavailable, StoreError, instances, open_database, studies
 from node.store import jobs as table
 
 NOW = 1_000.0
@@ -77,6 +78,38 @@ def test_concurrent_claims_on_postgresql_take_different_jobs_without_waiting(pos
     assert held == [first]
     assert other is not None and other.id == second  # skipped the locked row instead of taking it
     assert waited < 5.0  # it did not wait for the other transaction (FOR UPDATE SKIP LOCKED)
+
+
+def test_a_study_completed_by_one_assembler_is_not_completed_again_by_another(postgres_url: str) -> None:
+    """Two processes' assembly steps see the same due study: the second waits for the first's row
+    lock, re-reads the study as complete, and makes no second revision (no double job)."""
+    db = open_database(postgres_url, upgrade=True)
+    with db.transaction() as sql:
+        instances.put(sql, instance("1.2.3.7", 10))
+        studies.received(sql, "1.2.3", "CT01", NOW)
+    due = NOW + 60  # the quiet period has passed
+    other: list[list[object]] = []
+    first_holds = threading.Event()
+
+    def second_assembler() -> None:
+        first_holds.wait(30)
+        other.append(list(Assembly(db, AssemblySettings(quiet_period_s=5)).run_once(due)))
+
+    thread = threading.Thread(target=second_assembler)
+    thread.start()
+    try:
+        with db.transaction() as sql:  # the first assembler, between its re-check and its commit
+            current = studies.completion(sql, "1.2.3")
+            assert current is not None and current.pending
+            studies.complete(sql, "1.2.3", current.revision + 1, due)
+            first_holds.set()
+            time.sleep(1.0)  # the second has read the study as pending and now waits on its row
+        thread.join(30)
+        revision = db.one("SELECT revision FROM studies WHERE study_uid = '1.2.3'")
+    finally:
+        db.close()
+    assert other == [[]]  # the second completed nothing
+    assert revision is not None and revision["revision"] == 1
 
 
 def test_a_database_that_cannot_be_reached_is_unavailable_not_a_crash() -> None:
