@@ -37,6 +37,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from node import logs
     from node.banner import banner
     from node.service import Node, NodeAlreadyRunning
+    from node.store import StoreError
     from node.web.server import WebBindError
 
     config = _load(args)
@@ -47,6 +48,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         node = Node(config)
     except (NodeAlreadyRunning, ValueError) as exc:
         print(f"fracnode: {exc}", file=sys.stderr)
+        return 2
+    except StoreError as exc:  # an older schema (run `fracnode db upgrade`), a database unreachable
+        print(f"fracnode: database {_database_name(config)}: {exc}", file=sys.stderr)
         return 2
     try:
         node.start()
@@ -257,8 +261,14 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         return 1
     print(f"configuration {source}: OK — AE title {config.node.ae_title} on port {config.node.port},"
           f" {len(config.peers)} peer(s), {len(config.destinations)} destination(s),"
-          f" {len(config.routes)} route(s), data in {config.storage.data_dir}")
+          f" {len(config.routes)} route(s), data in {config.storage.data_dir},"
+          f" index in {_database_name(config)}")
     return 0
+
+
+def _database_name(config: Config) -> str:
+    """Where the index is, for messages: the URL holds no password (config validation refuses one)."""
+    return "the embedded SQLite file" if config.storage.database == "sqlite" else config.storage.database
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -293,6 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
     from node.cli_state import add_parsers as add_state_parsers
 
     add_state_parsers(sub, config_option)
+
+    from node.cli_db import add_parsers as add_db_parsers
+
+    add_db_parsers(sub, config_option)
 
     analyze = sub.add_parser("analyze", help="run the routes' pipelines on DICOM files offline",
                              parents=[config_option])

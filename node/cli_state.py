@@ -12,7 +12,7 @@ from pathlib import Path
 
 from node.config import Config
 from node.dispatch.health import destination_health
-from node.store import associations, jobs, open_database, outbox, studies
+from node.store import StoreError, associations, jobs, open_configured, outbox, studies
 
 
 def _age(now: float, then: float | None) -> str:
@@ -38,11 +38,14 @@ def node_running(data_dir: Path) -> bool:
 
 
 def status(config: Config, limit: int) -> int:
-    path = config.database_path
-    if not path.exists():
+    if config.storage.database == "sqlite" and not config.database_path.exists():
         print(f"no node state in {config.storage.data_dir} yet (the node has not run with this data_dir)")
         return 0
-    db = open_database(path, readonly=True)
+    try:
+        db = open_configured(config, readonly=True)
+    except StoreError as exc:
+        print(f"fracnode status: database {config.storage.database}: {exc}")
+        return 1
     now = time.time()
     counts = jobs.state_counts(db)
     print("jobs:    " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
@@ -77,11 +80,15 @@ def analyze_again(config: Config, study_uid: str) -> int:
     """Queue a new analysis of a held study; a running node starts it within a second."""
     from node.assembly import StudyNotHeld, request_analysis
 
-    if not config.database_path.exists():
+    if config.storage.database == "sqlite" and not config.database_path.exists():
         print(f"fracnode analyze-again: no node state in {config.storage.data_dir}"
               " (the node has not run with this data_dir)")
         return 1
-    db = open_database(config.database_path)
+    try:
+        db = open_configured(config)
+    except StoreError as exc:
+        print(f"fracnode analyze-again: database {config.storage.database}: {exc}")
+        return 1
     try:
         asked = request_analysis(db, study_uid)
     except StudyNotHeld as exc:

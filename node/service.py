@@ -36,7 +36,7 @@ from node.routing import route_study
 from node.scan import ScanLimits
 from node.search import StudySearch
 from node.spool import Spool
-from node.store import instances, jobs, open_database, outbox, studies
+from node.store import DatabaseUnavailable, instances, jobs, open_configured, outbox, studies
 from node.store.pulls import Pull
 from node.web.queries import Queries
 from node.web.server import WebBindError, WebServer
@@ -64,7 +64,11 @@ class Node:
         problems = pipelines.check(config)
         if problems:
             raise ValueError("; ".join(problems))
-        self.db = open_database(config.database_path)
+        try:
+            self.db = open_configured(config)  # PostgreSQL: refuses an older schema (SchemaOutdated)
+        except BaseException:
+            os.close(self._lock_file)  # a node that did not start holds no data folder
+            raise
         self.audit = Audit(config)
         storage = config.storage
         self.spool = Spool(config.spool_dir, self.db, storage.min_free_mb * 2**20, ScanLimits(
@@ -223,12 +227,21 @@ class Node:
         self._assembly_wake.set()
 
     def _loop(self, name: str, step, wake: threading.Event | None, tick: float) -> None:  # type: ignore[no-untyped-def]
+        unavailable = False  # a database outage is logged when it begins and ends, not at every tick
         while not self._stop.is_set():
             try:
                 busy = step()
+            except DatabaseUnavailable as exc:
+                if not unavailable:
+                    event(log, logging.WARNING, "database unavailable; retrying", stage=name, reason=str(exc))
+                unavailable, busy = True, False
             except Exception:
                 log.exception("stage step failed", extra={"fields": {"stage": name}})
                 busy = False
+            else:
+                if unavailable:
+                    event(log, logging.INFO, "database available again", stage=name)
+                    unavailable = False
             if busy:
                 continue
             if wake is not None:

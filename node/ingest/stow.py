@@ -27,7 +27,7 @@ from node.logs import event
 from node.part10 import MAX_META, PART10_PREFIX, FileMeta, read_file_meta
 from node.redact import error_text
 from node.spool import OutOfSpace, Spool, Stored, UnreadableInstance
-from node.store import Database
+from node.store import Database, DatabaseUnavailable, StorageFull
 
 log = logging.getLogger("fracnode.ingest")
 audit = logging.getLogger("fracnode.audit")
@@ -260,7 +260,7 @@ def _as_refusal(exc: BaseException) -> Refused:
     """Map a failure to its Failure Reason (PS3.18 I.2.2): this edge's only translation."""
     if isinstance(exc, Refused):
         return exc
-    if isinstance(exc, OutOfSpace):
+    if isinstance(exc, (OutOfSpace, StorageFull, DatabaseUnavailable)):
         return Refused(FAILURE_OUT_OF_RESOURCES, str(exc))
     if isinstance(exc, MismatchedInstance):
         return Refused(FAILURE_DATA_SET_MISMATCH, str(exc))

@@ -1,15 +1,27 @@
-"""The tables, created when a database is opened; `meta.schema_version` says which schema it has.
+"""The tables and their versions; `meta.schema_version` says which schema a database has.
 
 One text for every backend: `{id}` and `{real}` are the dialect's types for a key the database
-assigns and for Unix seconds. A change of the schema raises SCHEMA_VERSION and adds the statements
-that bring a database of the previous version up to it.
+assigns and for Unix seconds. A change of the schema raises SCHEMA_VERSION and adds to MIGRATIONS
+the statements that bring a database of the previous version up to it.
+
+SQLite upgrades itself when the node opens it (one process owns the file). A shared PostgreSQL
+database is upgraded only by `fracnode db upgrade`: a node checks the version at start and refuses
+an older one (`SchemaOutdated`), so that no two versions of the node write one database unawares.
 """
 
 from __future__ import annotations
 
-from node.store.sql import Sql
+from node.store.sql import Sql, StoreError
 
 SCHEMA_VERSION = 1
+
+# version -> the statements that bring a database of version - 1 up to it (same placeholders as TABLES)
+MIGRATIONS: dict[int, tuple[str, ...]] = {}
+
+
+class SchemaOutdated(StoreError):
+    """The database's schema is not the one this fracnode writes: older (run `fracnode db upgrade`)
+    or newer (a newer fracnode upgraded it)."""
 
 TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -27,7 +39,7 @@ CREATE TABLE IF NOT EXISTS instances (
     image_type TEXT NOT NULL DEFAULT '',
     path TEXT NOT NULL,
     digest TEXT NOT NULL,
-    size INTEGER NOT NULL,
+    size BIGINT NOT NULL,  -- bytes: a multi-frame instance may pass 2 GiB (PostgreSQL INTEGER is 32 bits)
     received_at {real} NOT NULL,
     calling_ae TEXT NOT NULL DEFAULT '',
     association_id TEXT NOT NULL DEFAULT ''
@@ -148,12 +160,53 @@ def statements(sql: Sql) -> list[str]:
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
-def create(sql: Sql) -> None:
-    """Create what is missing (inside the caller's transaction) and record the schema version."""
-    for statement in statements(sql):
-        sql.execute(statement)
+def version(sql: Sql) -> int | None:
+    """The database's schema version; None when it has no schema yet (no `meta` table)."""
+    if not sql.one(sql.dialect.table_exists, ("meta",)):
+        return None
+    row = sql.one("SELECT value FROM meta WHERE key = 'schema_version'")
+    return int(row["value"]) if row else None
+
+
+def upgrade(sql: Sql) -> tuple[int | None, int]:
+    """Create a new database's tables, or migrate an older one, inside the caller's transaction.
+
+    Returns (the version before, the version now). A database newer than this code is refused."""
+    before = version(sql)
+    if before is not None and before > SCHEMA_VERSION:
+        raise SchemaOutdated(_newer(before))
+    if before is None:
+        for statement in statements(sql):
+            sql.execute(statement)
+    else:
+        for target in range(before + 1, SCHEMA_VERSION + 1):
+            for statement in MIGRATIONS.get(target, ()):
+                sql.execute(statement.format(id=sql.dialect.id_column, real=sql.dialect.real))
     sql.execute(
-        "INSERT INTO meta (key, value) VALUES ('schema_version', ?) ON CONFLICT (key) DO NOTHING",
+        "INSERT INTO meta (key, value) VALUES ('schema_version', ?)"
+        " ON CONFLICT (key) DO UPDATE SET value = excluded.value",
         (str(SCHEMA_VERSION),),
     )
+    return before, SCHEMA_VERSION
+
+
+def check(sql: Sql) -> None:
+    """Refuse a database whose schema is not this code's (`SchemaOutdated` says what to do)."""
+    found = version(sql)
+    if found is None:
+        raise SchemaOutdated(
+            "the database has no fracnode schema yet: run `fracnode db upgrade` (same configuration) first"
+        )
+    if found < SCHEMA_VERSION:
+        raise SchemaOutdated(
+            f"the database has schema version {found}, this fracnode needs {SCHEMA_VERSION}:"
+            " run `fracnode db upgrade` (same configuration), then start the node"
+        )
+    if found > SCHEMA_VERSION:
+        raise SchemaOutdated(_newer(found))
+
+
+def _newer(found: int) -> str:
+    return (f"the database has schema version {found}, newer than this fracnode's {SCHEMA_VERSION}:"
+            " run the fracnode version that upgraded it")
 

@@ -25,6 +25,11 @@ class StorageFull(StoreError):
     """The database's disk is full: out of resources, not a fault of the node."""
 
 
+class DatabaseUnavailable(StoreError):
+    """The database server cannot be reached (down, restarting, network): out of resources for
+    now, answered like a full disk (0xA700) and retried, never taken for success."""
+
+
 @dataclass(frozen=True)
 class Dialect:
     """How one backend spells what the shared SQL cannot say in one way."""
@@ -33,7 +38,9 @@ class Dialect:
     id_column: str  # an integer key the database assigns, ascending
     real: str  # a float column wide enough for Unix seconds
     claim_lock: str  # appended to the SELECT that picks a job to claim
+    row_lock: str  # appended to a SELECT that re-reads a row to change it: waits for another writer
     concat: str  # an aggregate joining distinct text values with commas, {} for the expression
+    table_exists: str  # a query with one `?` (a table name) that returns a row when the table exists
 
     def concat_distinct(self, expression: str) -> str:
         return self.concat.format(expression)

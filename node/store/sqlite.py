@@ -21,7 +21,9 @@ DIALECT = Dialect(
     id_column="INTEGER PRIMARY KEY AUTOINCREMENT",
     real="REAL",
     claim_lock="",  # BEGIN IMMEDIATE already holds the database's one write lock
+    row_lock="",
     concat="GROUP_CONCAT(DISTINCT {})",
+    table_exists="SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
 )
 
 
@@ -88,7 +90,8 @@ class SqliteDatabase(_Statements):
         super().__init__(conn, threading.RLock())
         if not readonly:
             with self.transaction() as sql:
-                schema.create(sql)
+                # one process owns the file: it upgrades itself
+                self.upgraded = schema.upgrade(sql)
 
     @contextmanager
     def transaction(self) -> Iterator[Sql]:

@@ -90,7 +90,9 @@ def pending(sql: Sql) -> list[Completion]:
 
 
 def completion(sql: Sql, study_uid: str) -> Completion | None:
-    row = sql.one(f"SELECT {COMPLETION} FROM studies WHERE study_uid = ?", (study_uid,))
+    """The study's completion state, its row locked until the caller's transaction ends (PostgreSQL;
+    SQLite's transaction holds the whole database), so that one assembler at a time decides."""
+    row = sql.one(f"SELECT {COMPLETION} FROM studies WHERE study_uid = ?{sql.dialect.row_lock}", (study_uid,))
     return _completion(row) if row is not None else None
 
 

@@ -33,7 +33,7 @@ STAGES = (  # in the order of the flow
     ("dispatch", ("dispatch",)),
 )
 TOP = (
-    "service.py", "web", "cli.py", "cli_state.py", "analyze.py", "banner.py", "conformance.py", "metrics.py",
+    "service.py", "web", "cli.py", "cli_state.py", "cli_db.py", "analyze.py", "banner.py", "conformance.py", "metrics.py",
     "retention.py",
 )
 ORDER = {part: i for i, (_, parts) in enumerate(STAGES) for part in parts}
