@@ -249,7 +249,7 @@ def send(files: Sequence[Path], ae_title: str, port: int, associations: int) -> 
     outputs = [s.communicate()[0].decode(errors="replace") for s in senders]
     seconds = time.perf_counter() - started
     acked = 0
-    for sender, output in zip(senders, outputs):
+    for sender, output in zip(senders, outputs, strict=True):
         if sender.returncode != 0:
             raise RuntimeError(f"storescu failed ({sender.returncode}):\n{output[-2000:]}")
         acked += output.count("Received Store Response (Success)")

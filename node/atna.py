@@ -10,6 +10,7 @@ repository is away for long, messages that no longer fit are dropped from the qu
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -188,17 +189,13 @@ class _SyslogSender(threading.Thread):
 
     def _close(self) -> None:
         if self._socket is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._socket.close()
-            except OSError:
-                pass
             self._socket = None
 
     def stop(self, timeout_s: float = 5.0) -> None:
-        try:
+        with contextlib.suppress(queue.Full):
             self.messages.put(None, timeout=timeout_s)
-        except queue.Full:
-            pass
         self.join(timeout_s)
 
 

@@ -7,6 +7,7 @@ node.dispatch).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import logging
@@ -113,15 +114,11 @@ def create_temporary(path: Path) -> tuple[int, Path]:
 def remove_temporary(fd: int, temp: Path | None) -> None:
     """Close a temporary file's descriptor (-1: none) and remove the file, ignoring failures."""
     if fd >= 0:
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass
     if temp is not None:
-        try:
+        with contextlib.suppress(OSError):
             temp.unlink(missing_ok=True)
-        except OSError:
-            pass
 
 
 def write_atomically(path: Path, data: bytes, min_free_bytes: int = 0) -> None:

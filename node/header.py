@@ -141,15 +141,12 @@ def _ascii_values(elements: Mapping[int, RawDataElement]) -> dict[str, str] | No
             values[keyword] = ""
             continue
         raw = element.value
-        if (element.VR is not None and element.VR != vr) or raw is None:
+        if (element.VR is not None and vr != element.VR) or raw is None:
             return None
         if not raw.isascii() or b"\x1b" in raw:  # other character sets: pydicom decodes them
             return None
         text = raw.decode("ascii")
-        if vr == "LO":
-            parts = [part.rstrip("\0 ") for part in text.split("\\")]
-        else:
-            parts = text.rstrip(" \0").split("\\")
+        parts = [part.rstrip("\0 ") for part in text.split("\\")] if vr == "LO" else text.rstrip(" \0").split("\\")
         values[keyword] = parts[0].strip() if len(parts) == 1 else "\\".join(parts)
     return values
 

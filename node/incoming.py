@@ -15,6 +15,7 @@ the order the spool promises (fsync, rename, directory fsync) and commits its in
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import struct
@@ -89,10 +90,8 @@ class SpareFile:
         if self._temp is not None and self._temp.parent == folder:
             return
         self.close()
-        try:
+        with contextlib.suppress(OutOfSpace):  # the next instance finds out and gets its own status
             self._fd, self._temp = create_temporary(folder / "spare")
-        except OutOfSpace:
-            pass  # the next instance finds out and gets its own status
 
     def take(self, path: Path) -> tuple[int, Path] | None:
         """The spare as the temporary file for `path`, when it is in `path`'s folder."""

@@ -3,12 +3,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 
 
 def set_nodelay(sock: socket.socket) -> None:
     """Disable Nagle's algorithm: DIMSE sends small PDUs and waits for replies (PS3.8 9.3)."""
-    try:
+    with contextlib.suppress(OSError):
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:
-        pass

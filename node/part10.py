@@ -49,14 +49,7 @@ def read_file_meta(data: bytes, complete: bool = False) -> FileMeta | None:
     """
     if len(data) < len(PART10_PREFIX) and not complete:
         return None
-    if data[128:132] == b"DICM":
-        start, added = len(PART10_PREFIX), b""
-    elif data[:2] == b"\x02\x00":
-        start, added = 0, PART10_PREFIX
-    else:
-        raise UnreadableInstance(
-            "not a DICOM file: neither 'DICM' after a 128-byte preamble (PS3.10 7.1) nor a"
-            " File Meta Information group at the start")
+    start, added = _meta_start(data)
     pos = start
     values: dict[int, bytes] = {}
     while True:
@@ -88,6 +81,17 @@ def read_file_meta(data: bytes, complete: bool = False) -> FileMeta | None:
         raise UnreadableInstance("the File Meta Information has no Transfer Syntax UID (0002,0010)")
     return FileMeta(added + bytes(data[:pos]), pos, _ui(values[0x0010]),
                     _ui(values.get(0x0002, b"")), _ui(values.get(0x0003, b"")))
+
+
+def _meta_start(data: bytes) -> tuple[int, bytes]:
+    """Where the File Meta Information starts in `data`, and the prefix it lacks (PS3.10 7.1)."""
+    if data[128:132] == b"DICM":
+        return len(PART10_PREFIX), b""
+    if data[:2] == b"\x02\x00":
+        return 0, PART10_PREFIX
+    raise UnreadableInstance(
+        "not a DICOM file: neither 'DICM' after a 128-byte preamble (PS3.10 7.1) nor a"
+        " File Meta Information group at the start")
 
 
 def _refuse_if(complete: bool) -> None:

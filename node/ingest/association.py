@@ -8,6 +8,7 @@ C-ECHO is answered at once. Spool failures become statuses here, and only here.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import socket
@@ -150,10 +151,8 @@ class Association:
             self.transport.close()
 
     def _send_quietly(self, pdu: bytes) -> None:
-        try:
+        with contextlib.suppress(ul.PeerClosed):
             self.transport.send(pdu)
-        except ul.PeerClosed:
-            pass
 
     def _read_control_pdu(self, length: int) -> bytes:
         if length > MAX_CONTROL_PDU:

@@ -9,6 +9,7 @@ pixel data or waits on later stages.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import socketserver
@@ -180,10 +181,8 @@ class DimseIngest:
         with self._lock:
             connections = dict(self._connections)
         for sock in connections.values():
-            try:
+            with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)  # wakes the thread's blocking read
-            except OSError:
-                pass
         for thread in connections:
             thread.join(timeout=10)
 
@@ -257,10 +256,8 @@ class DimseIngest:
               reason=reason)
         if self.audit is not None:
             self.audit.tls_refused(address[0], reason)
-        try:
+        with contextlib.suppress(OSError):
             sock.close()
-        except OSError:
-            pass
         return None
 
     # -- admission and the audit trail --------------------------------------------------------

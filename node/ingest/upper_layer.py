@@ -13,6 +13,7 @@ the spool without being copied into PDU objects.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import socket
 import struct
@@ -248,10 +249,8 @@ class Transport:
             pass
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.close()
-        except OSError:
-            pass
 
 
 # -- association negotiation (PS3.8 7.1) --------------------------------------------------------

@@ -234,7 +234,8 @@ def get_study(
     final, status_ds = 0, Dataset()
     try:
         replies = assoc.send_c_get(_study_query(study_uid), StudyRootQueryRetrieveInformationModelGet)
-        for code, status_ds, _ in _responses(assoc, replies, "C-GET", peer, cancelled):
+        for code, reply, _ in _responses(assoc, replies, "C-GET", peer, cancelled):
+            status_ds = reply  # the last reply's counts and comment are the retrieval's outcome
             if code not in PENDING:
                 final = code
     except ValueError as exc:

@@ -10,6 +10,7 @@ of PS3.18 Table 10.5.3-1: 200 all stored, 202 some failed, 409 none stored, 400 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
@@ -192,10 +193,7 @@ def _warning_headers(outcomes: Sequence[PartOutcome], extra: str = "") -> list[t
 
 def _answer(status: int, outcomes: Sequence[PartOutcome], media_type: str, extra: str = "") -> Response:
     ds = response_dataset(outcomes)
-    if media_type == DICOM_XML:
-        body = native_xml(ds)
-    else:
-        body = json.dumps(ds.to_json_dict()).encode()
+    body = native_xml(ds) if media_type == DICOM_XML else json.dumps(ds.to_json_dict()).encode()
     response = Response(body, status_code=status, media_type=media_type)
     for name, value in _warning_headers(outcomes, extra):
         response.headers.append(name, value)
@@ -268,10 +266,8 @@ async def _receive(request: Request, transaction: StoreTransaction, limit: int, 
 
 
 def _keep_whole_parts(transaction: StoreTransaction, pending: bytes) -> None:
-    try:
+    with contextlib.suppress(MalformedMultipart):  # the transfer ended with the part it broke in
         transaction.feed(pending)
-    except MalformedMultipart:
-        pass  # the transfer ended with the part it broke in
     transaction.abort()
 
 

@@ -20,6 +20,7 @@ Explorer's "Analyze with fracnode" button forces a hand-over.
 from __future__ import annotations
 
 import collections
+import contextlib
 import heapq
 import json
 import queue
@@ -227,10 +228,8 @@ class Worker:
                 if change["ChangeType"] in ("NewStudy", "StableStudy"):
                     studies[change["ID"]] = None
                 elif change["ChangeType"] == "NewSeries":
-                    try:
+                    with contextlib.suppress(orthanc.OrthancException):  # deleted since
                         studies[_get(f"/series/{change['ID']}")["ParentStudy"]] = None
-                    except orthanc.OrthancException:
-                        pass  # deleted since
             since = int(page["Last"])
             if page["Done"] or not page["Changes"]:
                 break

@@ -115,7 +115,7 @@ def test_audit_messages_reach_the_file_and_a_collector(tmp_path, start_node, tra
         tmp_path / "data",
         audit={"syslog": {"host": "127.0.0.1", "port": collector.port, "transport": transport, **tls}}))
     study_uid = exercise(node, tmp_path)
-    wait_until(lambda: EXPECTED <= set(events(collector.messages)), timeout_s=30)
+    wait_until(lambda: set(events(collector.messages)) >= EXPECTED, timeout_s=30)
     transferred = [m for m in collector.messages if 'csd-code="110104"' in m]
     assert study_uid in transferred[0] and "1 instances stored" in transferred[0]
     assert 'UserID="MODALITY1"' in transferred[0] and 'NetworkAccessPointID="127.0.0.1"' in transferred[0]

@@ -132,7 +132,7 @@ def test_big_instances_arrive_whole_in_small_and_in_huge_pdus(tmp_path, start_no
     series = dicomgen.ct_series(2, size=1024)
     files = dicomgen.write(series, tmp_path / "ct")
     assert send_files(node.ingest.port, files, [ExplicitVRLittleEndian]) == [0, 0]
-    for ds, original in zip(series, files):
+    for ds, original in zip(series, files, strict=True):
         stored = node.config.spool_dir / ds.StudyInstanceUID / f"{ds.SOPInstanceUID}.dcm"
         assert dataset_bytes(stored) == dataset_bytes(original)
     assert len(rows(node, "SELECT * FROM instances")) == 2
@@ -273,7 +273,7 @@ def test_a_series_in_one_association_leaves_only_its_instances(tmp_path, start_n
         node.config.spool_dir / ds.StudyInstanceUID / f"{ds.SOPInstanceUID}.dcm" for ds in first + second
     ]
     assert spool_files(node) == sorted(expected)
-    for ds, original in zip(first + second, files):
+    for ds, original in zip(first + second, files, strict=True):
         stored = node.config.spool_dir / ds.StudyInstanceUID / f"{ds.SOPInstanceUID}.dcm"
         assert dataset_bytes(stored) == dataset_bytes(original)
     assert len(rows(node, "SELECT * FROM instances")) == 9

@@ -22,6 +22,7 @@ What must hold, checked after every case or every CHECK_EVERY cases:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import socket
@@ -111,7 +112,7 @@ def _positions(data: bytes, needle: bytes) -> list[int]:
     return found
 
 
-def mutate_data_set(rng: random.Random, sample: Sample) -> tuple[str, bytes, bool]:
+def mutate_data_set(rng: random.Random, sample: Sample) -> tuple[str, bytes, bool]:  # noqa: C901 - one branch per kind
     """(what was done, the bytes, whether they are known not to be one whole data set)."""
     data = bytearray(sample.data)
     kind = rng.choice(["truncate", "length", "length-past-end", "vr", "delimiter", "insert",
@@ -255,10 +256,8 @@ class Connection:
         return struct.unpack_from("<H", command, at + 8)[0] if at >= 0 else None
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError):
             self.sock.close()
-        except OSError:
-            pass
 
 
 def whole_on_disk(node: Served, sop_instance_uid: str, sent: bytes | None) -> str | None:
@@ -421,6 +420,23 @@ class Fuzzer:
             elif problem := whole_on_disk(self.node, uid, data):
                 self._fail(case, kind, f"success, but {problem}")
 
+    def _stow_body(self, kind: str, boundary: str, parts: list[bytes]) -> bytes:
+        """The multipart/related body of `parts`, broken as `kind` says."""
+        headers = ["Content-Type: application/dicom\r\n" for _ in parts]
+        if kind == "header-junk":
+            headers[0] = self.rng.choice(["Content-Type: application/x\x01\x7fdicom\r\n", "X: " + "y" * 70000 + "\r\n",
+                                          "Content-Type: application/dicom; transfer-syntax=\x00\r\n",
+                                          "Content-Transfer-Encoding: base64\r\n"])
+        body = b"".join(f"--{boundary}\r\n{h}\r\n".encode("latin-1") + part + b"\r\n" for h, part in zip(headers, parts, strict=True))
+        body += f"--{boundary}--\r\n".encode()
+        if kind == "boundary":
+            body = body.replace(boundary.encode(), boundary[:-1].encode(), self.rng.randrange(1, 3))
+        elif kind == "truncate-body":
+            body = body[: self.rng.randrange(1, len(body))]
+        elif kind == "no-closing":
+            body = body[: body.rfind(b"--" + boundary.encode() + b"--")]
+        return body
+
     def case_stow(self, case: int) -> None:
         boundary = "fz" + "".join(self.rng.choice("abcdef0123456789") for _ in range(12))
         parts = []
@@ -432,19 +448,7 @@ class Fuzzer:
             parts.append(file_meta(CT, uid, sample.syntax) + data)
             expectations.append((uid, data, broken, kind))
         kind = self.rng.choice(["parts", "boundary", "header-junk", "truncate-body", "no-closing"])
-        headers = ["Content-Type: application/dicom\r\n" for _ in parts]
-        if kind == "header-junk":
-            headers[0] = self.rng.choice(["Content-Type: application/x\x01\x7fdicom\r\n", "X: " + "y" * 70000 + "\r\n",
-                                          "Content-Type: application/dicom; transfer-syntax=\x00\r\n",
-                                          "Content-Transfer-Encoding: base64\r\n"])
-        body = b"".join(f"--{boundary}\r\n{h}\r\n".encode("latin-1") + part + b"\r\n" for h, part in zip(headers, parts))
-        body += f"--{boundary}--\r\n".encode()
-        if kind == "boundary":
-            body = body.replace(boundary.encode(), boundary[:-1].encode(), self.rng.randrange(1, 3))
-        elif kind == "truncate-body":
-            body = body[: self.rng.randrange(1, len(body))]
-        elif kind == "no-closing":
-            body = body[: body.rfind(b"--" + boundary.encode() + b"--")]
+        body = self._stow_body(kind, boundary, parts)
         if self.dry:
             return
         self.report.kinds[f"stow:{kind}"] += 1

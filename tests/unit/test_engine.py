@@ -83,7 +83,7 @@ def test_outputs_have_the_contracts_shapes_and_are_probabilities(engine: Engine)
         assert image["regions"].shape == (1, 320, 320)
         assert image["body_region"].shape == (4,)
         for values in image.values():
-            assert values.dtype == np.float32 and 0.0 <= values.min() and values.max() <= 1.0
+            assert values.dtype == np.float32 and 0.0 <= values.min() <= values.max() <= 1.0
     assert outputs[0]["fracture"] != outputs[1]["fracture"]
     assert engine.contract.output("body_region").channels == ("hand", "leg", "hip", "shoulder")
     metadata = json.loads((engine.bundle.root / "configs" / "metadata.json").read_text())

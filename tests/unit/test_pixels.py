@@ -22,7 +22,7 @@ def loaded(ds: Dataset | Path) -> Radiograph:
     assert isinstance(result, Radiograph), result
     assert result.image.dtype == np.float32
     assert result.image.shape == (result.rows, result.columns)
-    assert 0.0 <= result.image.min() and result.image.max() <= 1.0
+    assert 0.0 <= result.image.min() <= result.image.max() <= 1.0
     return result
 
 

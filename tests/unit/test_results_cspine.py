@@ -229,7 +229,7 @@ def test_each_vertebra_is_a_volumetric_roi_on_its_segment(results):
     sr, seg, findings = results["sr"], results["seg"], results["findings"]
     groups = sr.content.get_volumetric_roi_measurement_groups()
     assert len(groups) == 3
-    for group, (label, (_, probability, category)) in zip(groups, PAINTED.items()):
+    for group, (label, (_, _, category)) in zip(groups, PAINTED.items(), strict=True):
         name = VERTEBRAE[label - 1]
         number = [v.label for v in findings.vertebrae].index(label) + 1
         assert group.reference_type == hd.sr.CodedConcept("121191", "DCM", "Referenced Segment")

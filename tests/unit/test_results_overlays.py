@@ -55,7 +55,7 @@ def test_gsps_draws_each_region_closed_with_a_label_on_the_source(cr_overlays):
     assert annotation.ReferencedImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     drawn = [np.reshape(g.GraphicData, (-1, 2)) for g in annotation.GraphicObjectSequence]
     assert [g.GraphicType for g in annotation.GraphicObjectSequence] == ["POLYLINE", "POLYLINE"]
-    for points, region in zip(drawn, image.regions):
+    for points, region in zip(drawn, image.regions, strict=True):
         np.testing.assert_allclose(points, [*region.polygon, region.polygon[0]])
     assert [t.UnformattedTextValue for t in annotation.TextObjectSequence] == ["AI: fracture likely (87 %), lower limb"]
 

@@ -127,7 +127,7 @@ def test_each_region_is_a_closed_polyline_on_the_source_image(cr_report):
     groups = sr.content.get_planar_roi_measurement_groups()
     regions = findings.images[0].regions
     assert len(groups) == len(regions) == 2
-    for group, region in zip(groups, regions):
+    for group, region in zip(groups, regions, strict=True):
         assert group.reference_type == IMAGE_REGION
         assert group.roi.graphic_type == hd.sr.GraphicTypeValues.POLYLINE
         points = group.roi.value

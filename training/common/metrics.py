@@ -79,7 +79,7 @@ def box_iou(a, b) -> float:
 def box_hit_rate(predicted_boxes: list[list], truth_boxes: list[list], iou: float = 0.1) -> float:
     """Share of annotated fracture boxes that some predicted box overlaps with IoU >= `iou`."""
     total = hits = 0
-    for predicted, truth in zip(predicted_boxes, truth_boxes):
+    for predicted, truth in zip(predicted_boxes, truth_boxes, strict=True):
         for box in truth:
             total += 1
             hits += any(box_iou(box, p) >= iou for p in predicted)

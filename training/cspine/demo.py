@@ -18,15 +18,18 @@ import math
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 
 from training.phantom.generate import PhantomSpec, generate_study, write_rsna_layout
 
+Region = Literal["neck", "abdomen"]
+
 THICKNESSES = (0.625, 1.0, 1.25, 2.0, 3.0)
 
 
-def demo_spec(rng: np.random.Generator, size: int, region: str = "neck") -> PhantomSpec:
+def demo_spec(rng: np.random.Generator, size: int, region: Region = "neck") -> PhantomSpec:
     """One study's spec: field of view, and for one in four a long scan."""
     fov = float(rng.uniform(170.0, 400.0))
     slices, thickness = None, None
@@ -34,7 +37,7 @@ def demo_spec(rng: np.random.Generator, size: int, region: str = "neck") -> Phan
         thickness = float(rng.choice(THICKNESSES[1:]))  # long thin scans cost slices, not realism
         slices = math.ceil(float(rng.uniform(300.0, 400.0)) / thickness)
     return PhantomSpec(size=size, pixel_spacing=round(fov / size, 4), slices=slices, slice_thickness=thickness,
-                       region=region)  # type: ignore[arg-type]
+                       region=region)
 
 
 def generate(
@@ -45,7 +48,7 @@ def generate(
     neck, no_neck = Path(out) / "neck", Path(out) / "no-neck"
     for index in range(studies + negatives):
         rng = np.random.default_rng(root.integers(0, 2**63))
-        region = "neck" if index < studies else "abdomen"
+        region: Region = "neck" if index < studies else "abdomen"
         spec = demo_spec(rng, size, region)
         study = generate_study(rng, spec, index)
         write_rsna_layout(neck if region == "neck" else no_neck, [study])

@@ -160,10 +160,7 @@ def crop_batch(crops: np.ndarray, index: np.ndarray, rng: np.random.Generator | 
     size = [n - m for n, m in zip(crops.shape[2:], CROP_MARGIN, strict=True)]
     out = np.empty((len(index), 2, *size), np.float32)
     for row, i in enumerate(index):
-        if rng is None:
-            offset = [m // 2 for m in CROP_MARGIN]
-        else:
-            offset = [int(rng.integers(0, m + 1)) for m in CROP_MARGIN]
+        offset = [m // 2 for m in CROP_MARGIN] if rng is None else [int(rng.integers(0, m + 1)) for m in CROP_MARGIN]
         crop = crops[i][:, offset[0]:offset[0] + size[0], offset[1]:offset[1] + size[1], offset[2]:offset[2] + size[2]]
         out[row] = crop
         out[row, 0] /= 255.0
