@@ -54,7 +54,10 @@ def one_by_one(files: list[Path], ae_title: str, port: int, options: list[str]) 
     for path in files:
         result = subprocess.run(
             ["storescu", *options, "-aet", "BENCH", "-aec", ae_title, "127.0.0.1", str(port), str(path)],
-            env=NODELAY_ENV, capture_output=True, text=True, check=False,
+            env=NODELAY_ENV,
+            capture_output=True,
+            text=True,
+            check=False,
         )
         if result.returncode != 0:
             raise RuntimeError(f"storescu failed ({result.returncode}): {result.stdout[-2000:]}{result.stderr[-2000:]}")
@@ -95,12 +98,19 @@ def report(runs: list[Run], floor: float) -> str:
         for proposal in PROPOSALS:
             values = ", ".join(f"{v:.1f}" for v in by_key[(name, proposal)])
             lines.append(f"| {name} | {proposal} | {medians[(name, proposal)]:.1f} | {values} |")
-    lines += ["", f"storescu start-up alone (`storescu --version`): {floor:.1f} ms", "",
-              "| proposal | associations/s fracnode ÷ storescp | fracnode ÷ Orthanc |", "|---|---|---|"]
+    lines += [
+        "",
+        f"storescu start-up alone (`storescu --version`): {floor:.1f} ms",
+        "",
+        "| proposal | associations/s fracnode ÷ storescp | fracnode ÷ Orthanc |",
+        "|---|---|---|",
+    ]
     for proposal in PROPOSALS:
         ours = medians[("fracnode", proposal)]
-        lines.append(f"| {proposal} | {medians[('storescp', proposal)] / ours:.2f}"
-                     f" | {medians[('orthanc', proposal)] / ours:.2f} |")
+        lines.append(
+            f"| {proposal} | {medians[('storescp', proposal)] / ours:.2f}"
+            f" | {medians[('orthanc', proposal)] / ours:.2f} |"
+        )
     return "\n".join(lines)
 
 
@@ -124,8 +134,11 @@ def main(argv: list[str] | None = None) -> int:
             for receiver in receivers[shift:] + receivers[:shift]:
                 for run in measure(receiver, files, tmp / f"run-{rep}-{receiver.name}"):
                     runs.append(run)
-                    print(f"rep {rep + 1}/{args.repeat}  {run.receiver:9s} {run.proposal:8s}"
-                          f" {run.ms_per_association:6.1f} ms per association", flush=True)
+                    print(
+                        f"rep {rep + 1}/{args.repeat}  {run.receiver:9s} {run.proposal:8s}"
+                        f" {run.ms_per_association:6.1f} ms per association",
+                        flush=True,
+                    )
         floor = floor_ms(args.count)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

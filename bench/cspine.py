@@ -36,8 +36,15 @@ from pathlib import Path
 from bench.ingest import Fracnode, machine, send, write_results
 from tests.support.orthanc import Orthanc
 
-STAGES = ("select", "volume", "model_preprocess", "model_sliding_window", "model_postprocess",
-          "model_fracture", "results")
+STAGES = (
+    "select",
+    "volume",
+    "model_preprocess",
+    "model_sliding_window",
+    "model_postprocess",
+    "model_fracture",
+    "results",
+)
 
 
 @dataclass(frozen=True)
@@ -70,14 +77,17 @@ def write_study(slices: int, folder: Path, seed: int) -> tuple[str, list[Path]]:
 
 def node(orthanc_port: int, device: str, models_dir: Path | None) -> Fracnode:
     models = f", models_dir: {models_dir}" if models_dir else ""
-    return Fracnode(log_level="INFO", sections=(
-        "assembly: {complete_on_release: true}\n"
-        f"inference: {{device: {device}{models}}}\n"
-        f"peers: [{{name: pacs, ae_title: ORTHANC, host: 127.0.0.1, port: {orthanc_port}}}]\n"
-        "destinations: [{name: pacs, type: dimse, peer: pacs}]\n"
-        "routes: [{name: cspine, match: {modality: [CT]}, pipeline: cspine-fracture,"
-        " destinations: [pacs]}]\n"
-    ))
+    return Fracnode(
+        log_level="INFO",
+        sections=(
+            "assembly: {complete_on_release: true}\n"
+            f"inference: {{device: {device}{models}}}\n"
+            f"peers: [{{name: pacs, ae_title: ORTHANC, host: 127.0.0.1, port: {orthanc_port}}}]\n"
+            "destinations: [{name: pacs, type: dimse, peer: pacs}]\n"
+            "routes: [{name: cspine, match: {modality: [CT]}, pipeline: cspine-fracture,"
+            " destinations: [pacs]}]\n"
+        ),
+    )
 
 
 def wait_for_log(log: Path, pattern: str, process: subprocess.Popen[bytes], timeout_s: float) -> re.Match[str]:
@@ -112,25 +122,19 @@ def timings(database: Path, study_uid: str, timeout_s: float) -> tuple[float, fl
             ).fetchone()
             if job and job[0] not in ("queued", "running", "done"):
                 raise RuntimeError(f"job ended {job[0]}: {job[1] or job[2]}")
-            rows = db.execute(
-                "SELECT state, delivered_at FROM outbox WHERE study_uid = ?", (study_uid,)
-            ).fetchall()
+            rows = db.execute("SELECT state, delivered_at FROM outbox WHERE study_uid = ?", (study_uid,)).fetchall()
             if job and job[0] == "done" and rows and all(r[1] is not None for r in rows):
                 (completed,) = db.execute(
                     "SELECT completed_at FROM studies WHERE study_uid = ?", (study_uid,)
                 ).fetchone()
-                (findings,) = db.execute(
-                    "SELECT findings FROM job_outcomes WHERE job_id = ?", (job[5],)
-                ).fetchone()
+                (findings,) = db.execute("SELECT findings FROM job_outcomes WHERE job_id = ?", (job[5],)).fetchone()
                 stages = dict(json.loads(findings)["seconds"])
                 return max(r[1] for r in rows) - completed, job[4] - job[3], job[1], stages
             time.sleep(0.1)
     raise RuntimeError(f"results of {study_uid} not acknowledged within {timeout_s} s")
 
 
-def measure(
-    slices: int, device: str, workdir: Path, orthanc: Orthanc, seed: int, models_dir: Path | None
-) -> Run:
+def measure(slices: int, device: str, workdir: Path, orthanc: Orthanc, seed: int, models_dir: Path | None) -> Run:
     study_uid, files = write_study(slices, workdir / f"study-{slices}-{device}", seed)
     megabytes = sum(f.stat().st_size for f in files) / 1e6
     receiver = node(orthanc.dicom_port, device, models_dir)
@@ -145,9 +149,7 @@ def measure(
         receive_s, acked = send(files, receiver.ae_title, port, 1)
         if acked != len(files):
             raise RuntimeError(f"{acked} of {len(files)} instances acknowledged")
-        end_to_end, pipeline, summary, stages = timings(
-            receiver.data_dir / "fracnode.sqlite", study_uid, 1800
-        )
+        end_to_end, pipeline, summary, stages = timings(receiver.data_dir / "fracnode.sqlite", study_uid, 1800)
         peak = memory_mb(receiver.process.pid)
     finally:
         receiver.stop()
@@ -201,8 +203,12 @@ Job summaries:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--slices", type=int, nargs="+", default=[300, 600])
-    parser.add_argument("--device", action="append", choices=["cpu", "cuda"],
-                        help="inference.device (repeatable); default cpu, and cuda when present")
+    parser.add_argument(
+        "--device",
+        action="append",
+        choices=["cpu", "cuda"],
+        help="inference.device (repeatable); default cpu, and cuda when present",
+    )
     parser.add_argument("--seed", type=int, default=5)
     parser.add_argument("--models-dir", type=Path, help="inference.models_dir (default: the shipped models/)")
     parser.add_argument("--label", default="cervical spine CT end to end")
@@ -220,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
         import torch
 
         info["GPU"] = (
-            torch.cuda.get_device_name(0) if torch.cuda.is_available()
+            torch.cuda.get_device_name(0)
+            if torch.cuda.is_available()
             else "none: CUDA runs were not measured on this machine"
         )
         runs = []
@@ -228,8 +235,12 @@ def main(argv: list[str] | None = None) -> int:
             for device in devices:
                 for slices in args.slices:
                     run = measure(slices, device, workdir, orthanc, args.seed, args.models_dir)
-                    print(f"{slices} slices, {device}: end to end {run.end_to_end_s:.1f} s, "
-                          f"peak RSS {run.peak_rss_mb:.0f} MB", file=sys.stderr, flush=True)
+                    print(
+                        f"{slices} slices, {device}: end to end {run.end_to_end_s:.1f} s, "
+                        f"peak RSS {run.peak_rss_mb:.0f} MB",
+                        file=sys.stderr,
+                        flush=True,
+                    )
                     runs.append(run)
     print("\n".join(f"- {k}: {v}" for k, v in info.items()))
     print(table(runs))

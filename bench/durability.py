@@ -120,8 +120,11 @@ def main(argv: list[str] | None = None) -> int:
                 for way in WAYS if rep % 2 == 0 else reversed(WAYS):
                     runs.append(write_all(way, blobs, tmp / f"{way}-{rep}-{n}", n))
                 for run in runs[-3:]:
-                    print(f"rep {rep + 1}/{args.repeat}  {n} assoc/threads  {run.receiver:13s} "
-                          f"{run.rate:7.1f} per s, machine CPU {run.busy_ms_per_instance:.2f} ms each", flush=True)
+                    print(
+                        f"rep {rep + 1}/{args.repeat}  {n} assoc/threads  {run.receiver:13s} "
+                        f"{run.rate:7.1f} per s, machine CPU {run.busy_ms_per_instance:.2f} ms each",
+                        flush=True,
+                    )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -130,11 +133,22 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     if not args.no_results:
         title = f"{datetime.date.today().isoformat()}: the cost of durability (bench.durability)"
-        lines = [f"## {title}", "", "Machine:", *(f"- {k}: {v}" for k, v in info.items()), "",
-                 (f"Method: `python -m bench.durability --repeat {args.repeat} --slices {args.slices}`"
-                 f" (see its docstring): {args.slices} CT slices of 512×512 as `bench.ingest` sends them;"
-                 " each repetition measures storescp, then the two ways of writing (alternating which"
-                 " goes first), for 1 and for 4 associations/threads."), "", text, ""]
+        lines = [
+            f"## {title}",
+            "",
+            "Machine:",
+            *(f"- {k}: {v}" for k, v in info.items()),
+            "",
+            (
+                f"Method: `python -m bench.durability --repeat {args.repeat} --slices {args.slices}`"
+                f" (see its docstring): {args.slices} CT slices of 512×512 as `bench.ingest` sends them;"
+                " each repetition measures storescp, then the two ways of writing (alternating which"
+                " goes first), for 1 and for 4 associations/threads."
+            ),
+            "",
+            text,
+            "",
+        ]
         write_results(title, "\n".join(lines))
         print(f"written to {RESULTS.relative_to(REPO)}")
     return 0
@@ -147,9 +161,13 @@ def report(runs: Sequence[Measurement], slices: int) -> str:
     def median(way: str, n: int, value: str) -> float:
         return statistics.median(getattr(r, value) for r in runs if (r.receiver, r.associations) == (way, n))
 
-    rows = [("| associations / threads | storescp | write + close | temporary file, fsync, rename,"
-            " folder fsync | durability's extra CPU | CPU ceiling | fsync ceiling |"),
-            "|---|---|---|---|---|---|---|"]
+    rows = [
+        (
+            "| associations / threads | storescp | write + close | temporary file, fsync, rename,"
+            " folder fsync | durability's extra CPU | CPU ceiling | fsync ceiling |"
+        ),
+        "|---|---|---|---|---|---|---|",
+    ]
     notes = []
     for n in SCENARIOS:
         scp_rate, scp_ms = median("storescp", n, "rate"), median("storescp", n, "busy_ms_per_instance")
@@ -170,16 +188,23 @@ def report(runs: Sequence[Measurement], slices: int) -> str:
             f" ({fsync_ceiling:.2f}×); on CPU alone, storescp's {scp_ms:.2f} ms per instance plus"
             f" durability's {extra_ms:.2f} ms leaves at most {cpu_ceiling:.2f}× on {cores} cores."
         )
-    return "\n".join([
-        f"Rates per second and machine CPU per instance or file (medians; {slices} slices).", "",
-        *rows, "",
-        ("A DICOM association carries one C-STORE at a time (storescu negotiates no asynchronous"
-        " operations window), and its response may only go once the instance is durable, so each"
-        " association waits for one durable write per instance; a receiver cannot beat the"
-        " durable-write rate with as many writers as associations, in any language, while it stores"
-         " each instance as its own file this way:"), "",
-        *notes,
-    ])
+    return "\n".join(
+        [
+            f"Rates per second and machine CPU per instance or file (medians; {slices} slices).",
+            "",
+            *rows,
+            "",
+            (
+                "A DICOM association carries one C-STORE at a time (storescu negotiates no asynchronous"
+                " operations window), and its response may only go once the instance is durable, so each"
+                " association waits for one durable write per instance; a receiver cannot beat the"
+                " durable-write rate with as many writers as associations, in any language, while it stores"
+                " each instance as its own file this way:"
+            ),
+            "",
+            *notes,
+        ]
+    )
 
 
 if __name__ == "__main__":

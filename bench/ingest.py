@@ -89,9 +89,7 @@ class Fracnode:
     name = "fracnode"
     ae_title = "FRACNODE"
 
-    def __init__(
-        self, max_pdu: int | None = None, sections: str | None = None, log_level: str = "WARNING"
-    ) -> None:
+    def __init__(self, max_pdu: int | None = None, sections: str | None = None, log_level: str = "WARNING") -> None:
         self.max_pdu = max_pdu  # None: the node's default
         self.sections = sections  # YAML for the rest of the config; None: a folder and no routes
         self.log_level = log_level  # INFO for benchmarks that read the node's events from its log
@@ -157,10 +155,18 @@ class Storescp:
         self.out = workdir / "out"
         self.out.mkdir(parents=True)
         port = free_port()
-        command = ["storescp", "--fork", "-aet", self.ae_title, "-pdu", str(PEER_MAX_PDU),
-                   "-od", str(self.out), str(port)]
-        self.process = subprocess.Popen(command, env=NODELAY_ENV, stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
+        command = [
+            "storescp",
+            "--fork",
+            "-aet",
+            self.ae_title,
+            "-pdu",
+            str(PEER_MAX_PDU),
+            "-od",
+            str(self.out),
+            str(port),
+        ]
+        self.process = subprocess.Popen(command, env=NODELAY_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         _wait_listening(port, self.process)
         return port
 
@@ -182,8 +188,7 @@ class OrthancReceiver:
         self.server: Orthanc | None = None
 
     def start(self, workdir: Path) -> int:
-        self.server = Orthanc(workdir / "orthanc", ae_title=self.ae_title,
-                              extra={"MaximumPduLength": PEER_MAX_PDU})
+        self.server = Orthanc(workdir / "orthanc", ae_title=self.ae_title, extra={"MaximumPduLength": PEER_MAX_PDU})
         self.server.start()
         return self.server.dicom_port
 
@@ -242,8 +247,7 @@ def send(files: Sequence[Path], ae_title: str, port: int, associations: int) -> 
     command = ["storescu", "-v", "-aet", "BENCH", "-aec", ae_title, "-xe", "127.0.0.1", str(port)]
     started = time.perf_counter()
     senders = [
-        subprocess.Popen([*command, *map(str, part)], env=NODELAY_ENV,
-                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        subprocess.Popen([*command, *map(str, part)], env=NODELAY_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         for part in parts
     ]
     outputs = [s.communicate()[0].decode(errors="replace") for s in senders]
@@ -303,10 +307,12 @@ def tool_version(command: list[str]) -> str:
 
 
 def git_revision() -> str:
-    out = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                         check=False, capture_output=True, text=True).stdout.strip()
-    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "node"],
-                           check=False, capture_output=True, text=True).stdout.strip()
+    out = subprocess.run(
+        ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True
+    ).stdout.strip()
+    dirty = subprocess.run(
+        ["git", "-C", str(REPO), "status", "--porcelain", "node"], check=False, capture_output=True, text=True
+    ).stdout.strip()
     return out + (" + uncommitted changes in node/" if dirty else "")
 
 
@@ -320,8 +326,7 @@ def machine(tmp: Path) -> dict[str, str]:
         "Temp dir filesystem": f"{tmp}: {filesystem_type(tmp)}",
         "DCMTK": tool_version(["storescp", "--version"]).strip("$ "),
         "Orthanc": tool_version([ORTHANC, "--version"]),
-        "Python": f"{platform.python_version()}, pynetdicom {pynetdicom.__version__},"
-                  f" pydicom {pydicom.__version__}",
+        "Python": f"{platform.python_version()}, pynetdicom {pynetdicom.__version__}, pydicom {pydicom.__version__}",
         "fracnode": git_revision(),
     }
 
@@ -334,17 +339,19 @@ def summarize(results: list[Measurement]) -> dict[tuple[str, int], float]:
     for m in results:
         key = (m.receiver, m.associations)
         if key not in medians:
-            medians[key] = statistics.median(
-                r.rate for r in results if (r.receiver, r.associations) == key
-            )
+            medians[key] = statistics.median(r.rate for r in results if (r.receiver, r.associations) == key)
     return medians
 
 
 def table(results: list[Measurement], names: list[str]) -> str:
     medians = summarize(results)
-    lines = [("| receiver | associations | instances/s (median) | runs (instances/s) |"
-              " machine CPU per instance (median) | cores idle (median) |"),
-             "|---|---|---|---|---|---|"]
+    lines = [
+        (
+            "| receiver | associations | instances/s (median) | runs (instances/s) |"
+            " machine CPU per instance (median) | cores idle (median) |"
+        ),
+        "|---|---|---|---|---|---|",
+    ]
     for n in SCENARIOS:
         for name in names:
             mine = [r for r in results if (r.receiver, r.associations) == (name, n)]
@@ -357,21 +364,26 @@ def table(results: list[Measurement], names: list[str]) -> str:
 
 def ratios(results: list[Measurement]) -> tuple[str, bool]:
     medians = summarize(results)
-    lines = ["| associations | fracnode / storescp | target | fracnode / Orthanc | target | met |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| associations | fracnode / storescp | target | fracnode / Orthanc | target | met |",
+        "|---|---|---|---|---|---|",
+    ]
     all_met = True
     for n in SCENARIOS:
         vs_scp = medians[("fracnode", n)] / medians[("storescp", n)]
         vs_orthanc = medians[("fracnode", n)] / medians[("orthanc", n)]
         met = vs_scp >= TARGET_VS_STORESCP[n] and vs_orthanc > TARGET_VS_ORTHANC
         all_met &= met
-        lines.append(f"| {n} | {vs_scp:.2f} | ≥ {TARGET_VS_STORESCP[n]} | {vs_orthanc:.2f} |"
-                     f" > {TARGET_VS_ORTHANC} | {'yes' if met else 'no'} |")
+        lines.append(
+            f"| {n} | {vs_scp:.2f} | ≥ {TARGET_VS_STORESCP[n]} | {vs_orthanc:.2f} |"
+            f" > {TARGET_VS_ORTHANC} | {'yes' if met else 'no'} |"
+        )
     return "\n".join(lines), all_met
 
 
-def section(title: str, info: dict[str, str], args: argparse.Namespace, results: list[Measurement],
-            mbytes: float, notes: str) -> str:
+def section(
+    title: str, info: dict[str, str], args: argparse.Namespace, results: list[Measurement], mbytes: float, notes: str
+) -> str:
     ratio_table, met = ratios(results)
     machine_lines = "\n".join(f"- {k}: {v}" for k, v in info.items())
     text = f"""## {title}
@@ -392,7 +404,7 @@ Machine CPU per instance is the CPU time of the whole machine (receiver, senders
 
 Receivers:
 - fracnode: `fracnode serve` as its own process, bind 127.0.0.1, log level WARNING, no routes,
-  node.max_pdu {args.fracnode_pdu if args.fracnode_pdu is not None else 'default (0 = unlimited)'}.
+  node.max_pdu {args.fracnode_pdu if args.fracnode_pdu is not None else "default (0 = unlimited)"}.
   It acknowledges an instance only after the file is fsynced, renamed into place, its directory
   fsynced and the SQLite index row committed.
 - storescp: `storescp --fork -pdu {PEER_MAX_PDU} -od DIR`, TCP_NODELAY=1 (without `--fork` it
@@ -401,14 +413,14 @@ Receivers:
   `SyncStorageArea: true` (Orthanc ≥ 1.7.4, as `Orthanc --config=FILE` prints) fsyncs each
   stored file; it also indexes into SQLite.
 
-{table(results, [r for r in ('fracnode', 'storescp', 'orthanc')])}
+{table(results, [r for r in ("fracnode", "storescp", "orthanc")])}
 
 Targets: fracnode faster than tuned Orthanc; ≥ 0.5× tuned storescp with 1 association and
 ≥ 0.8× with 4 associations.
 
 {ratio_table}
 
-Targets met: {'yes' if met else 'no'}.
+Targets met: {"yes" if met else "no"}.
 """
     if notes:
         text += f"\n{notes.strip()}\n"
@@ -416,9 +428,11 @@ Targets met: {'yes' if met else 'no'}.
 
 
 def write_results(title: str, text: str) -> None:
-    header = ("# Benchmark results\n\nIngest sections are produced by `python -m bench.ingest`,"
-              " radiograph sections by\n`python -m bench.radiograph_model` and `python -m bench.radiograph`"
-              " (see their docstrings).\nNewest sections last.\n")
+    header = (
+        "# Benchmark results\n\nIngest sections are produced by `python -m bench.ingest`,"
+        " radiograph sections by\n`python -m bench.radiograph_model` and `python -m bench.radiograph`"
+        " (see their docstrings).\nNewest sections last.\n"
+    )
     current = RESULTS.read_text() if RESULTS.exists() else header
     sections = re.split(r"(?m)^(?=## )", current)
     kept = [s for s in sections if not s.startswith(f"## {title}\n")]
@@ -467,9 +481,12 @@ def main(argv: list[str] | None = None) -> int:
                 for receiver in receivers[shift:] + receivers[:shift]:
                     m = measure(receiver, files, n, tmp / f"run-{rep}-{n}-{receiver.name}")
                     results.append(m)
-                    print(f"rep {rep + 1}/{args.repeat}  {m.receiver:9s} {n} assoc  "
-                          f"{m.rate:7.1f} instances/s  ({m.seconds:.2f} s, machine CPU"
-                          f" {m.busy_ms_per_instance:.2f} ms per instance, {m.idle:.0%} idle)", flush=True)
+                    print(
+                        f"rep {rep + 1}/{args.repeat}  {m.receiver:9s} {n} assoc  "
+                        f"{m.rate:7.1f} instances/s  ({m.seconds:.2f} s, machine CPU"
+                        f" {m.busy_ms_per_instance:.2f} ms per instance, {m.idle:.0%} idle)",
+                        flush=True,
+                    )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

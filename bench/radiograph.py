@@ -56,21 +56,25 @@ def make_studies(count: int, folder: Path) -> list[tuple[str, Path]]:
 
 def node(orthanc_port: int, workers: int, max_batch: int) -> Fracnode:
     """`fracnode serve` routing radiographs to the model, results to Orthanc."""
-    return Fracnode(sections=(
-        "assembly: {complete_on_release: true}\n"
-        f"jobs: {{workers: {workers}}}\n"
-        f"inference: {{max_batch: {max_batch}}}\n"
-        f"peers: [{{name: pacs, ae_title: ORTHANC, host: 127.0.0.1, port: {orthanc_port}}}]\n"
-        "destinations: [{name: pacs, type: dimse, peer: pacs}]\n"
-        "routes: [{name: radiographs, match: {modality: [CR, DX]}, pipeline: radiograph-fracture,"
-        " destinations: [pacs]}]\n"
-    ))
+    return Fracnode(
+        sections=(
+            "assembly: {complete_on_release: true}\n"
+            f"jobs: {{workers: {workers}}}\n"
+            f"inference: {{max_batch: {max_batch}}}\n"
+            f"peers: [{{name: pacs, ae_title: ORTHANC, host: 127.0.0.1, port: {orthanc_port}}}]\n"
+            "destinations: [{name: pacs, type: dimse, peer: pacs}]\n"
+            "routes: [{name: radiographs, match: {modality: [CR, DX]}, pipeline: radiograph-fracture,"
+            " destinations: [pacs]}]\n"
+        )
+    )
 
 
 def storescu(port: int, files: list[Path]) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         ["storescu", "-xv", "-aet", "BENCH", "-aec", "FRACNODE", "127.0.0.1", str(port), *map(str, files)],
-        env=NODELAY_ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=NODELAY_ENV,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
 
 
@@ -122,13 +126,18 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 receiver.stop()
     print("\n".join(f"- {k}: {v}" for k, v in info.items()))
-    print(f"\nend to end, CPU, workers {args.workers}, max_batch {args.max_batch},"
-          " real JPEG 2000 CR 1760×1760 per study")
+    print(
+        f"\nend to end, CPU, workers {args.workers}, max_batch {args.max_batch}, real JPEG 2000 CR 1760×1760 per study"
+    )
     print("| measurement | value |\n|---|---|")
-    print(f"| latency per study (received → SR in Orthanc), median of {len(latencies)} |"
-          f" {statistics.median(latencies):.2f} s (min {min(latencies):.2f}, max {max(latencies):.2f}) |")
-    print(f"| throughput, {args.studies} studies in one association | {args.studies / elapsed:.2f} studies/s"
-          f" ({elapsed:.1f} s in all) |")
+    print(
+        f"| latency per study (received → SR in Orthanc), median of {len(latencies)} |"
+        f" {statistics.median(latencies):.2f} s (min {min(latencies):.2f}, max {max(latencies):.2f}) |"
+    )
+    print(
+        f"| throughput, {args.studies} studies in one association | {args.studies / elapsed:.2f} studies/s"
+        f" ({elapsed:.1f} s in all) |"
+    )
     return 0
 
 

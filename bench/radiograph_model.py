@@ -35,9 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 Forward = Callable[[np.ndarray], tuple[np.ndarray, ...]]
 
 
-def _torch_path(
-    module: Callable[..., object], device: torch.device, names: tuple[str, ...]
-) -> Forward:
+def _torch_path(module: Callable[..., object], device: torch.device, names: tuple[str, ...]) -> Forward:
     def forward(batch: np.ndarray) -> tuple[np.ndarray, ...]:
         with torch.inference_mode():
             x = torch.from_numpy(batch).to(device)
@@ -70,9 +68,7 @@ def build_paths(
                 paths[name] = _torch_path(traced, cpu, names)
             elif name == "jit-freeze":
                 with torch.no_grad():
-                    frozen = torch.jit.optimize_for_inference(
-                        torch.jit.freeze(torch.jit.trace(network, example))
-                    )
+                    frozen = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(network, example)))
                 paths[name] = _torch_path(frozen, cpu, names)
             elif name == "torch-export":
                 # Dynamic batch so one program serves every batch size, as in the engine.
@@ -165,9 +161,7 @@ def main(argv: list[str] | None = None) -> int:
     example = torch.randn(1, *contract.input_shape)
     paths = build_paths(network, names, example, args.paths, args.threads)
 
-    print(
-        f"# {bundle.name} {bundle.version}: input {contract.input_shape}, outputs {', '.join(names)}"
-    )
+    print(f"# {bundle.name} {bundle.version}: input {contract.input_shape}, outputs {', '.join(names)}")
     print(f"# {weights}")
     print(
         f"# {platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}"
@@ -180,9 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     difference = {}
     for name, forward in paths.items():
         if reference is not None:
-            difference[name] = max(
-                float(np.abs(a - b).max()) for a, b in zip(forward(check), reference, strict=True)
-            )
+            difference[name] = max(float(np.abs(a - b).max()) for a, b in zip(forward(check), reference, strict=True))
 
     rows = []
     for size in args.batch:
@@ -198,9 +190,7 @@ def main(argv: list[str] | None = None) -> int:
 
     eager_at = {size: seconds for name, size, seconds in rows if name == "eager"}
     print()
-    print(
-        "| path | batch | ms / forward | ms / image | images/s | vs eager | max abs diff vs eager |"
-    )
+    print("| path | batch | ms / forward | ms / image | images/s | vs eager | max abs diff vs eager |")
     print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for name, size, seconds in rows:
         speedup = f"{eager_at[size] / seconds:.2f}×" if size in eager_at else "–"

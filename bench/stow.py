@@ -78,8 +78,11 @@ class OrthancStow:
         self.server: Orthanc | None = None
 
     def start(self, workdir: Path) -> tuple[str, dict[str, str]]:
-        self.server = Orthanc(workdir / "orthanc", plugins=[str(PLUGIN_DIR / "libOrthancDicomWeb.so")],
-                              extra={"DicomWeb": {"Enable": True, "Root": "/dicom-web/"}})
+        self.server = Orthanc(
+            workdir / "orthanc",
+            plugins=[str(PLUGIN_DIR / "libOrthancDicomWeb.so")],
+            extra={"DicomWeb": {"Enable": True, "Root": "/dicom-web/"}},
+        )
         self.server.start()
         return f"{self.server.url}/dicom-web/studies", {}
 
@@ -97,8 +100,9 @@ def bodies(files: list[bytes], per_request: int) -> list[bytes]:
     out = []
     for start in range(0, len(files), per_request):
         parts = files[start : start + per_request]
-        body = b"".join(f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + p + b"\r\n"
-                        for p in parts)
+        body = b"".join(
+            f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + p + b"\r\n" for p in parts
+        )
         out.append(body + f"--{BOUNDARY}--\r\n".encode())
     return out
 
@@ -122,8 +126,7 @@ def post_all(url: str, headers: dict[str, str], requests: list[bytes], connectio
     return seconds
 
 
-def measure(receiver: StowReceiver, requests: list[bytes], instances: int, connections: int,
-            workdir: Path) -> float:
+def measure(receiver: StowReceiver, requests: list[bytes], instances: int, connections: int, workdir: Path) -> float:
     """Instances per second."""
     workdir.mkdir(parents=True)
     try:
@@ -139,15 +142,18 @@ def measure(receiver: StowReceiver, requests: list[bytes], instances: int, conne
     return instances / seconds
 
 
-def report(rates: dict[tuple[str, int], list[float]], info: dict[str, str], args: argparse.Namespace,
-           mbytes: float) -> str:
+def report(
+    rates: dict[tuple[str, int], list[float]], info: dict[str, str], args: argparse.Namespace, mbytes: float
+) -> str:
     lines = ["| receiver | connections | instances/s (median) | runs (instances/s) |", "|---|---|---|---|"]
     for n in SCENARIOS:
         for name in ("fracnode", "orthanc"):
             runs = rates[(name, n)]
             lines.append(f"| {name} | {n} | {statistics.median(runs):.1f} | {', '.join(f'{r:.1f}' for r in runs)} |")
-    ratio = [f"| {n} | {statistics.median(rates[('fracnode', n)]) / statistics.median(rates[('orthanc', n)]):.2f} |"
-             for n in SCENARIOS]
+    ratio = [
+        f"| {n} | {statistics.median(rates[('fracnode', n)]) / statistics.median(rates[('orthanc', n)]):.2f} |"
+        for n in SCENARIOS
+    ]
     machine_lines = "\n".join(f"- {k}: {v}" for k, v in info.items())
     return f"""## {args.title}
 
@@ -180,8 +186,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--slices", type=int, default=300)
     parser.add_argument("--per-request", type=int, default=50)
     parser.add_argument("--tmpdir", type=Path, default=None)
-    parser.add_argument("--label", default="STOW-RS ingest", help="section title suffix in RESULTS.md"
-                        " (a section of the same date and label is replaced)")
+    parser.add_argument(
+        "--label",
+        default="STOW-RS ingest",
+        help="section title suffix in RESULTS.md (a section of the same date and label is replaced)",
+    )
     parser.add_argument("--no-results", action="store_true", help="do not write bench/RESULTS.md")
     args = parser.parse_args(argv)
     args.title = f"{datetime.date.today().isoformat()}: {args.label}"
@@ -201,8 +210,9 @@ def main(argv: list[str] | None = None) -> int:
                 for receiver in receivers[shift:] + receivers[:shift]:
                     rate = measure(receiver, requests, len(files), n, tmp / f"run-{rep}-{n}-{receiver.name}")
                     rates.setdefault((receiver.name, n), []).append(rate)
-                    print(f"rep {rep + 1}/{args.repeat}  {receiver.name:9s} {n} conn  {rate:7.1f} instances/s",
-                          flush=True)
+                    print(
+                        f"rep {rep + 1}/{args.repeat}  {receiver.name:9s} {n} conn  {rate:7.1f} instances/s", flush=True
+                    )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     text = report(rates, info, args, mbytes)

@@ -23,8 +23,16 @@ from node.routing import route_study
 from node.spool import UnreadableInstance, read_header
 
 SUMMARY_COLUMNS = (
-    "study_uid", "sop_instance_uid", "file", "route", "pipeline", "category", "fracture_probability",
-    "regions", "body_region", "result",
+    "study_uid",
+    "sop_instance_uid",
+    "file",
+    "route",
+    "pipeline",
+    "category",
+    "fracture_probability",
+    "regions",
+    "body_region",
+    "result",
 )
 
 
@@ -65,7 +73,9 @@ def _summary_row(
         return {**line, "result": f"skipped: {row.skipped}"}
     preview = previews.get(row.sop_instance_uid)
     return {
-        **line, "category": row.category or "", "regions": "" if row.regions is None else row.regions,
+        **line,
+        "category": row.category or "",
+        "regions": "" if row.regions is None else row.regions,
         "fracture_probability": "" if row.fracture_probability is None else f"{row.fracture_probability:.4f}",
         "body_region": row.body_region,
         "result": f"{written}, preview {preview.name}" if preview else f"{written}: {summary}",
@@ -78,9 +88,7 @@ def analyze(config: Config, files: list[Path], out: Path, overlays: frozenset[st
     if problems:
         raise ValueError("; ".join(problems))
     grouped = group(files)
-    rows: list[dict] = [
-        {"file": str(path), "result": f"skipped: {reason}"} for path, reason in grouped.unreadable
-    ]
+    rows: list[dict] = [{"file": str(path), "result": f"skipped: {reason}"} for path, reason in grouped.unreadable]
     cache: dict[str, pipelines.Pipeline] = {}
     for study_uid, members in tqdm(grouped.studies.items(), desc="analysing", unit="study", file=sys.stderr):
         files_of = {h["sop_instance_uid"]: str(p) for h, p in members}
@@ -93,9 +101,14 @@ def analyze(config: Config, files: list[Path], out: Path, overlays: frozenset[st
             paths.setdefault(header["series_uid"], []).append(path)
         for match in matches:
             request = PipelineInput(
-                study_uid, 1, "",
-                tuple(SeriesInput(s, tuple(paths[s.series_instance_uid])) for s in series
-                      if s.series_instance_uid in match.series_uids),
+                study_uid,
+                1,
+                "",
+                tuple(
+                    SeriesInput(s, tuple(paths[s.series_instance_uid]))
+                    for s in series
+                    if s.series_instance_uid in match.series_uids
+                ),
                 overlays,
             )
             if match.pipeline not in cache:

@@ -17,14 +17,18 @@ from node.store import Database, instances, studies
 from node.store.studies import RELEASED, RETRIEVED
 
 __all__ = [
-    "RELEASED", "RETRIEVED", "AnalysisRequest", "Assembly", "StudyNotHeld", "is_complete",
-    "request_analysis", "summarize_series",
+    "RELEASED",
+    "RETRIEVED",
+    "AnalysisRequest",
+    "Assembly",
+    "StudyNotHeld",
+    "is_complete",
+    "request_analysis",
+    "summarize_series",
 ]
 
 
-def is_complete(
-    last_received_at: float, now: float, quiet_period_s: float, release_ready: bool
-) -> bool:
+def is_complete(last_received_at: float, now: float, quiet_period_s: float, release_ready: bool) -> bool:
     """Pure completion rule, table-tested in tests/unit/test_assembly.py."""
     return release_ready or now - last_received_at >= quiet_period_s
 
@@ -71,8 +75,9 @@ class Assembly:
         return completed
 
     def _due(self, study: studies.Completion, now: float) -> bool:
-        return is_complete(study.last_received_at, now, self.settings.quiet_period_s,
-                           self._released(study.release_ready))
+        return is_complete(
+            study.last_received_at, now, self.settings.quiet_period_s, self._released(study.release_ready)
+        )
 
 
 @dataclass(frozen=True)
@@ -114,13 +119,23 @@ def request_analysis(db: Database, study_uid: str) -> AnalysisRequest:
             )
         if study.pending:
             already = study.release_ready == RETRIEVED
-            return AnalysisRequest(study_uid, False, held, (
-                "an analysis of this study is already requested; it starts at the next step"
-                if already else
-                "the study is still being received; it is analysed once complete"
-            ))
+            return AnalysisRequest(
+                study_uid,
+                False,
+                held,
+                (
+                    "an analysis of this study is already requested; it starts at the next step"
+                    if already
+                    else "the study is still being received; it is analysed once complete"
+                ),
+            )
         studies.request_analysis(sql, study_uid)
-    return AnalysisRequest(study_uid, True, held, (
-        f"study queued for a new analysis of its {held} spooled instance(s); the new"
-        " revision's results supersede the current ones"
-    ))
+    return AnalysisRequest(
+        study_uid,
+        True,
+        held,
+        (
+            f"study queued for a new analysis of its {held} spooled instance(s); the new"
+            " revision's results supersede the current ones"
+        ),
+    )

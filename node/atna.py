@@ -99,9 +99,11 @@ def _iso(at: float) -> str:
 def audit_xml(item: AuditEvent, source_id: str) -> str:
     """The DICOM Audit Message (PS3.15 A.5.1) of one event, on one line."""
     root = ET.Element("AuditMessage")
-    identification = ET.SubElement(root, "EventIdentification", {
-        "EventActionCode": item.action, "EventDateTime": _iso(item.at),
-        "EventOutcomeIndicator": str(item.outcome)})
+    identification = ET.SubElement(
+        root,
+        "EventIdentification",
+        {"EventActionCode": item.action, "EventDateTime": _iso(item.at), "EventOutcomeIndicator": str(item.outcome)},
+    )
     _code(identification, "EventID", item.event_id)
     if item.event_type is not None:
         _code(identification, "EventTypeCode", item.event_type)
@@ -117,12 +119,19 @@ def audit_xml(item: AuditEvent, source_id: str) -> str:
         if who.role is not None:
             _code(participant, "RoleIDCode", who.role)
     source = ET.SubElement(root, "AuditSourceIdentification", {"AuditSourceID": source_id})
-    ET.SubElement(source, "AuditSourceTypeCode", {"csd-code": "4", "codeSystemName": "DCM",
-                                                 "originalText": "Application Server"})
+    ET.SubElement(
+        source, "AuditSourceTypeCode", {"csd-code": "4", "codeSystemName": "DCM", "originalText": "Application Server"}
+    )
     for subject in item.subjects:
-        element = ET.SubElement(root, "ParticipantObjectIdentification", {
-            "ParticipantObjectID": subject.object_id, "ParticipantObjectTypeCode": subject.type_code,
-            "ParticipantObjectTypeCodeRole": subject.role})
+        element = ET.SubElement(
+            root,
+            "ParticipantObjectIdentification",
+            {
+                "ParticipantObjectID": subject.object_id,
+                "ParticipantObjectTypeCode": subject.type_code,
+                "ParticipantObjectTypeCodeRole": subject.role,
+            },
+        )
         _code(element, "ParticipantObjectIDTypeCode", subject.id_type)
         if subject.detail:
             ET.SubElement(element, "ParticipantObjectDescription").text = subject.detail
@@ -133,8 +142,10 @@ def syslog_message(item: AuditEvent, source_id: str, hostname: str) -> str:
     """RFC 5424 6: PRI VERSION TIMESTAMP HOSTNAME APP-NAME PROCID MSGID SD MSG."""
     severity = SEVERITY_NOTICE if item.outcome == SUCCESS else SEVERITY_WARNING
     priority = FACILITY_AUTHPRIV * 8 + severity
-    return (f"<{priority}>1 {_iso(item.at)} {hostname or '-'} fracnode {os.getpid()} {MSGID} -"
-            f" {BOM}{audit_xml(item, source_id)}")
+    return (
+        f"<{priority}>1 {_iso(item.at)} {hostname or '-'} fracnode {os.getpid()} {MSGID} -"
+        f" {BOM}{audit_xml(item, source_id)}"
+    )
 
 
 class _SyslogSender(threading.Thread):
@@ -182,8 +193,14 @@ class _SyslogSender(threading.Thread):
                     break
                 except (OSError, ssl.SSLError) as exc:
                     self._close()
-                    event(log, logging.WARNING, "audit collector unreachable; retrying",
-                          host=self.settings.host, port=self.settings.port, reason=str(exc))
+                    event(
+                        log,
+                        logging.WARNING,
+                        "audit collector unreachable; retrying",
+                        host=self.settings.host,
+                        port=self.settings.port,
+                        reason=str(exc),
+                    )
                     time.sleep(RECONNECT_S)
         self._close()
 
@@ -230,7 +247,6 @@ class AuditTrail:
         if self._sender is not None:
             self._sender.stop()
             if self._sender.dropped:
-                event(log, logging.WARNING, "audit messages not sent to the collector",
-                      dropped=self._sender.dropped)
+                event(log, logging.WARNING, "audit messages not sent to the collector", dropped=self._sender.dropped)
         with self._lock:
             self._file.close()

@@ -46,7 +46,8 @@ class Audit:
         self.ae_title = config.node.ae_title
         self.trail = AuditTrail(config.audit, config.audit_path, config.node.ae_title)
         self._config_digest = hashlib.sha256(
-            json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()
+            json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()
+        ).hexdigest()
         self._digest_file = config.storage.data_dir / "config-digest"
         self._http_failures: dict[str, tuple[int, float]] = {}
         self._lock = threading.Lock()
@@ -57,57 +58,109 @@ class Audit:
     # -- the application ---------------------------------------------------------------------------
 
     def started(self) -> None:
-        self.trail.record(AuditEvent(atna.APPLICATION_ACTIVITY, "E", event_type=atna.APPLICATION_START,
-                                     participants=(self._node(True, atna.APPLICATION_ROLE),)))
+        self.trail.record(
+            AuditEvent(
+                atna.APPLICATION_ACTIVITY,
+                "E",
+                event_type=atna.APPLICATION_START,
+                participants=(self._node(True, atna.APPLICATION_ROLE),),
+            )
+        )
         previous = self._digest_file.read_text().strip() if self._digest_file.exists() else ""
         if previous != self._config_digest:
-            self.trail.record(AuditEvent(
-                atna.SECURITY_ALERT, "E", event_type=atna.SOFTWARE_CONFIGURATION,
-                participants=(self._node(True, atna.APPLICATION_ROLE),),
-                subjects=(Subject(self._config_digest, id_type=("110131", "Software Configuration"),
-                                  type_code="2", role="13", detail="sha256 of the active configuration"),),
-                description="the configuration differs from the one of the last start"
-                if previous else "first start with this data folder"))
+            self.trail.record(
+                AuditEvent(
+                    atna.SECURITY_ALERT,
+                    "E",
+                    event_type=atna.SOFTWARE_CONFIGURATION,
+                    participants=(self._node(True, atna.APPLICATION_ROLE),),
+                    subjects=(
+                        Subject(
+                            self._config_digest,
+                            id_type=("110131", "Software Configuration"),
+                            type_code="2",
+                            role="13",
+                            detail="sha256 of the active configuration",
+                        ),
+                    ),
+                    description="the configuration differs from the one of the last start"
+                    if previous
+                    else "first start with this data folder",
+                )
+            )
             _write_private(self._digest_file, self._config_digest + "\n")
 
     def stopped(self) -> None:
-        self.trail.record(AuditEvent(atna.APPLICATION_ACTIVITY, "E", event_type=atna.APPLICATION_STOP,
-                                     participants=(self._node(True, atna.APPLICATION_ROLE),)))
+        self.trail.record(
+            AuditEvent(
+                atna.APPLICATION_ACTIVITY,
+                "E",
+                event_type=atna.APPLICATION_STOP,
+                participants=(self._node(True, atna.APPLICATION_ROLE),),
+            )
+        )
         self.trail.close()
 
     # -- DICOM associations --------------------------------------------------------------------------
 
-    def association(self, calling_ae: str, address: str, accepted: bool, reason: str = "",
-                    tls_subject: str = "") -> None:
-        self.trail.record(AuditEvent(
-            atna.USER_AUTHENTICATION, "E", atna.SUCCESS if accepted else atna.MINOR_FAILURE, atna.LOGIN,
-            participants=(Participant(calling_ae, True, address, alternative_id=tls_subject),
-                          self._node()),
-            description=reason))
+    def association(
+        self, calling_ae: str, address: str, accepted: bool, reason: str = "", tls_subject: str = ""
+    ) -> None:
+        self.trail.record(
+            AuditEvent(
+                atna.USER_AUTHENTICATION,
+                "E",
+                atna.SUCCESS if accepted else atna.MINOR_FAILURE,
+                atna.LOGIN,
+                participants=(Participant(calling_ae, True, address, alternative_id=tls_subject), self._node()),
+                description=reason,
+            )
+        )
 
-    def association_ended(self, calling_ae: str, address: str, outcome: str,
-                          received: Mapping[str, int], failed: int) -> None:
-        self.trail.record(AuditEvent(
-            atna.USER_AUTHENTICATION, "E", atna.SUCCESS if outcome == "released" else atna.MINOR_FAILURE,
-            atna.LOGOUT, participants=(Participant(calling_ae, True, address), self._node()),
-            description="" if outcome == "released" else f"association {outcome}"))
+    def association_ended(
+        self, calling_ae: str, address: str, outcome: str, received: Mapping[str, int], failed: int
+    ) -> None:
+        self.trail.record(
+            AuditEvent(
+                atna.USER_AUTHENTICATION,
+                "E",
+                atna.SUCCESS if outcome == "released" else atna.MINOR_FAILURE,
+                atna.LOGOUT,
+                participants=(Participant(calling_ae, True, address), self._node()),
+                description="" if outcome == "released" else f"association {outcome}",
+            )
+        )
         self.transferred_in(calling_ae, address, received, failed)
 
     def transferred_in(self, source: str, address: str, received: Mapping[str, int], failed: int) -> None:
         """Instances stored from one association or STOW-RS request (C: created in the spool)."""
         if not received and not failed:
             return
-        self.trail.record(AuditEvent(
-            atna.INSTANCES_TRANSFERRED, "C", atna.SUCCESS if not failed else atna.MINOR_FAILURE,
-            participants=(Participant(source, True, address, role=atna.SOURCE_ROLE),
-                          self._node(role=atna.DESTINATION_ROLE)),
-            subjects=_studies(received, "instances stored"),
-            description=f"{failed} instance(s) refused" if failed else ""))
+        self.trail.record(
+            AuditEvent(
+                atna.INSTANCES_TRANSFERRED,
+                "C",
+                atna.SUCCESS if not failed else atna.MINOR_FAILURE,
+                participants=(
+                    Participant(source, True, address, role=atna.SOURCE_ROLE),
+                    self._node(role=atna.DESTINATION_ROLE),
+                ),
+                subjects=_studies(received, "instances stored"),
+                description=f"{failed} instance(s) refused" if failed else "",
+            )
+        )
 
     def tls_refused(self, address: str, reason: str) -> None:
-        self.trail.record(AuditEvent(
-            atna.SECURITY_ALERT, "E", atna.MINOR_FAILURE, atna.NODE_AUTHENTICATION,
-            participants=(Participant("unknown", True, address), self._node()), description=reason))
+        self.trail.record(
+            AuditEvent(
+                atna.SECURITY_ALERT,
+                "E",
+                atna.MINOR_FAILURE,
+                atna.NODE_AUTHENTICATION,
+                participants=(Participant("unknown", True, address), self._node()),
+                description=reason,
+            )
+        )
 
     # -- the HTTP side ---------------------------------------------------------------------------------
 
@@ -121,17 +174,30 @@ class Audit:
             self._http_failures[address] = (count + 1, since)
         if count >= HTTP_FAILURES_PER_MINUTE:
             return
-        self.trail.record(AuditEvent(
-            atna.USER_AUTHENTICATION, "E", atna.MINOR_FAILURE, atna.LOGIN,
-            participants=(Participant("unauthenticated", True, address), self._node()),
-            description=f"no valid credentials for {path[:200]}"
-            + (" (more this minute are not recorded)" if count + 1 == HTTP_FAILURES_PER_MINUTE else "")))
+        self.trail.record(
+            AuditEvent(
+                atna.USER_AUTHENTICATION,
+                "E",
+                atna.MINOR_FAILURE,
+                atna.LOGIN,
+                participants=(Participant("unauthenticated", True, address), self._node()),
+                description=f"no valid credentials for {path[:200]}"
+                + (" (more this minute are not recorded)" if count + 1 == HTTP_FAILURES_PER_MINUTE else ""),
+            )
+        )
 
     def operator_action(self, principal: str, address: str, what: str, study_uid: str = "") -> None:
-        self.trail.record(AuditEvent(
-            atna.SECURITY_ALERT, "E", atna.SUCCESS, atna.RESTRICTED_FUNCTION,
-            participants=(Participant(principal, True, address), self._node()),
-            subjects=(Subject(study_uid),) if study_uid else (), description=what))
+        self.trail.record(
+            AuditEvent(
+                atna.SECURITY_ALERT,
+                "E",
+                atna.SUCCESS,
+                atna.RESTRICTED_FUNCTION,
+                participants=(Participant(principal, True, address), self._node()),
+                subjects=(Subject(study_uid),) if study_uid else (),
+                description=what,
+            )
+        )
 
     # -- results and retention ------------------------------------------------------------------------
 
@@ -139,16 +205,30 @@ class Audit:
         """Results sent (R: read from the outbox by the node, which is the source)."""
         if not sent and not failed:
             return
-        self.trail.record(AuditEvent(
-            atna.INSTANCES_TRANSFERRED, "R", atna.SUCCESS if not failed else atna.MINOR_FAILURE,
-            participants=(self._node(True, atna.SOURCE_ROLE),
-                          Participant(target, False, role=atna.DESTINATION_ROLE, alternative_id=destination)),
-            subjects=_studies(sent, "result objects delivered"),
-            description=f"{failed} object(s) not delivered" if failed else ""))
+        self.trail.record(
+            AuditEvent(
+                atna.INSTANCES_TRANSFERRED,
+                "R",
+                atna.SUCCESS if not failed else atna.MINOR_FAILURE,
+                participants=(
+                    self._node(True, atna.SOURCE_ROLE),
+                    Participant(target, False, role=atna.DESTINATION_ROLE, alternative_id=destination),
+                ),
+                subjects=_studies(sent, "result objects delivered"),
+                description=f"{failed} object(s) not delivered" if failed else "",
+            )
+        )
 
     def study_deleted(self, study_uid: str, reason: str) -> None:
-        self.trail.record(AuditEvent(atna.STUDY_DELETED, "D", participants=(self._node(True),),
-                                     subjects=(Subject(study_uid),), description=reason))
+        self.trail.record(
+            AuditEvent(
+                atna.STUDY_DELETED,
+                "D",
+                participants=(self._node(True),),
+                subjects=(Subject(study_uid),),
+                description=reason,
+            )
+        )
 
 
 def _write_private(path: Path, text: str) -> None:

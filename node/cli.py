@@ -58,9 +58,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"fracnode: {exc}", file=sys.stderr)
         return 2
     except OSError as exc:
-        print(f"fracnode: cannot listen on {config.node.bind}:{config.node.port}: {exc.strerror}"
-              " (is another DICOM service using the port? set node.port or FRACNODE_PORT)",
-              file=sys.stderr)
+        print(
+            f"fracnode: cannot listen on {config.node.bind}:{config.node.port}: {exc.strerror}"
+            " (is another DICOM service using the port? set node.port or FRACNODE_PORT)",
+            file=sys.stderr,
+        )
         return 2
 
     def on_signal(signum: int, frame: object) -> None:
@@ -93,8 +95,10 @@ def _target(config: Config, text: str):  # type: ignore[no-untyped-def]
         pass
     else:
         if peer.type == "dicomweb":
-            raise SystemExit(f"fracnode: peer {text!r} is a DICOMweb peer ({peer.url});"
-                             " echo and send speak DIMSE to a peer with an AE title, host and port")
+            raise SystemExit(
+                f"fracnode: peer {text!r} is a DICOMweb peer ({peer.url});"
+                " echo and send speak DIMSE to a peer with an AE title, host and port"
+            )
         return Target(peer.ae_title, peer.host, peer.port, peer.tls)
     match = _TARGET.match(text)
     if not match:
@@ -166,8 +170,11 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     overlays = frozenset(o for o in args.overlays.split(",") if o)
     unknown = overlays - set(OPTIONAL_OBJECTS)
     if unknown:
-        print(f"fracnode analyze: unknown overlay(s) {', '.join(sorted(unknown))}"
-              f" (choose from {', '.join(OPTIONAL_OBJECTS)})", file=sys.stderr)
+        print(
+            f"fracnode analyze: unknown overlay(s) {', '.join(sorted(unknown))}"
+            f" (choose from {', '.join(OPTIONAL_OBJECTS)})",
+            file=sys.stderr,
+        )
         return 2
     if args.source or args.study:
         if not (args.source and args.study) or args.paths:
@@ -231,8 +238,7 @@ def folder_problems(config: Config) -> list[tuple[str, str]]:
         if isinstance(dest, FolderDestination):
             problem = writable_problem(dest.path)
             if problem:
-                found.append((f"destinations[{i}] ({dest.name!r}).path: {problem}",
-                              FOLDER_HINT))
+                found.append((f"destinations[{i}] ({dest.name!r}).path: {problem}", FOLDER_HINT))
     return found
 
 
@@ -259,10 +265,12 @@ def cmd_config_check(args: argparse.Namespace) -> int:
         for problem, why in problems:
             print(f"  {problem}\n    hint: {why}" if why else f"  {problem}")
         return 1
-    print(f"configuration {source}: OK — AE title {config.node.ae_title} on port {config.node.port},"
-          f" {len(config.peers)} peer(s), {len(config.destinations)} destination(s),"
-          f" {len(config.routes)} route(s), data in {config.storage.data_dir},"
-          f" index in {_database_name(config)}")
+    print(
+        f"configuration {source}: OK — AE title {config.node.ae_title} on port {config.node.port},"
+        f" {len(config.peers)} peer(s), {len(config.destinations)} destination(s),"
+        f" {len(config.routes)} route(s), data in {config.storage.data_dir},"
+        f" index in {_database_name(config)}"
+    )
     return 0
 
 
@@ -292,8 +300,9 @@ def build_parser() -> argparse.ArgumentParser:
     echo.add_argument("--timeout", type=float, default=10.0)
     echo.set_defaults(func=cmd_echo)
 
-    send = sub.add_parser("send", help="C-STORE files or folders to a configured peer or AE@HOST:PORT",
-                          parents=[config_option])
+    send = sub.add_parser(
+        "send", help="C-STORE files or folders to a configured peer or AE@HOST:PORT", parents=[config_option]
+    )
     send.add_argument("peer")
     send.add_argument("files", nargs="+")
     send.add_argument("--calling-ae", help="calling AE title (default: the node's)")
@@ -308,23 +317,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_db_parsers(sub, config_option)
 
-    analyze = sub.add_parser("analyze", help="run the routes' pipelines on DICOM files offline",
-                             parents=[config_option])
+    analyze = sub.add_parser(
+        "analyze", help="run the routes' pipelines on DICOM files offline", parents=[config_option]
+    )
     analyze.add_argument("paths", nargs="*", help="DICOM files or folders")
-    analyze.add_argument("--from", dest="source", metavar="PEER",
-                         help="retrieve the study from this configured peer (WADO-RS, C-GET or C-MOVE)")
+    analyze.add_argument(
+        "--from",
+        dest="source",
+        metavar="PEER",
+        help="retrieve the study from this configured peer (WADO-RS, C-GET or C-MOVE)",
+    )
     analyze.add_argument("--study", metavar="UID", help="the StudyInstanceUID to retrieve with --from")
     analyze.add_argument("--out", required=True, help="folder for results, previews and summary.csv")
-    analyze.add_argument("--overlays", default="", help="also write gsps, secondary_capture and/or"
-                         " radiograph_seg (see docs/viewing-results.md), comma-separated")
+    analyze.add_argument(
+        "--overlays",
+        default="",
+        help="also write gsps, secondary_capture and/or radiograph_seg (see docs/viewing-results.md), comma-separated",
+    )
     analyze.set_defaults(func=cmd_analyze)
 
     _add_training_parsers(sub)
 
     config = sub.add_parser("config", help="configuration commands")
     config_sub = config.add_subparsers(dest="config_command", required=True)
-    check = config_sub.add_parser("check", help="validate a configuration file and print every problem",
-                                  parents=[config_option])
+    check = config_sub.add_parser(
+        "check", help="validate a configuration file and print every problem", parents=[config_option]
+    )
     check.add_argument("file", nargs="?", help="the YAML file (default: --config or the embedded defaults)")
     check.set_defaults(func=cmd_config_check)
     return parser
@@ -364,9 +382,12 @@ def _training_cli():  # type: ignore[no-untyped-def]
 
 
 def _no_training(reason: str) -> int:
-    print("fracnode: training and evaluation run from a source checkout with the training extra:"
-          " git clone the repository, then pip install -e '.[train]' (or make install) there"
-          f" ({reason})", file=sys.stderr)
+    print(
+        "fracnode: training and evaluation run from a source checkout with the training extra:"
+        " git clone the repository, then pip install -e '.[train]' (or make install) there"
+        f" ({reason})",
+        file=sys.stderr,
+    )
     return 2
 
 

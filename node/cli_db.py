@@ -18,8 +18,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     from node.cli import _load
 
     config = _load(args)
-    where = (f"SQLite file {config.database_path}" if config.storage.database == "sqlite"
-             else config.storage.database)
+    where = f"SQLite file {config.database_path}" if config.storage.database == "sqlite" else config.storage.database
     try:
         db = open_configured(config, upgrade=True)
     except StoreError as exc:
@@ -40,6 +39,8 @@ def add_parsers(sub: argparse._SubParsersAction, config_option: argparse.Argumen
     db = sub.add_parser("db", help="database commands")
     db_sub = db.add_subparsers(dest="db_command", required=True)
     upgrade = db_sub.add_parser(
-        "upgrade", parents=[config_option],
-        help="create or migrate the schema of storage.database (run before starting a newer fracnode)")
+        "upgrade",
+        parents=[config_option],
+        help="create or migrate the schema of storage.database (run before starting a newer fracnode)",
+    )
     upgrade.set_defaults(func=cmd_db_upgrade)

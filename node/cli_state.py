@@ -19,7 +19,13 @@ def _age(now: float, then: float | None) -> str:
     if then is None:
         return "-"
     seconds = max(0, now - then)
-    return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago" if seconds < 7200 else f"{seconds / 3600:.1f}h ago"
+    return (
+        f"{seconds:.0f}s ago"
+        if seconds < 120
+        else f"{seconds / 60:.0f}m ago"
+        if seconds < 7200
+        else f"{seconds / 3600:.1f}h ago"
+    )
 
 
 def node_running(data_dir: Path) -> bool:
@@ -64,14 +70,18 @@ def status(config: Config, limit: int) -> int:
         job = row.job
         took = f" {row.finished_at - row.started_at:.1f}s" if row.finished_at and row.started_at else ""
         detail = row.last_error or row.summary
-        print(f"  #{job.id} {job.pipeline} ({job.route}) {row.state}{took}"
-              f" attempts {job.attempts}/{row.max_attempts} study {job.study_instance_uid}"
-              + (f"\n      {detail}" if detail else ""))
+        print(
+            f"  #{job.id} {job.pipeline} ({job.route}) {row.state}{took}"
+            f" attempts {job.attempts}/{row.max_attempts} study {job.study_instance_uid}"
+            + (f"\n      {detail}" if detail else "")
+        )
     print("\nrecent associations:")
     for trail in associations.recent(db, limit):
-        print(f"  {_age(now, trail.started_at)}  {trail.peer_ae} {trail.peer_address}  {trail.outcome}"
-              f"  received {trail.instances_received} failed {trail.instances_failed}"
-              + (f"  ({trail.reason})" if trail.reason else ""))
+        print(
+            f"  {_age(now, trail.started_at)}  {trail.peer_ae} {trail.peer_address}  {trail.outcome}"
+            f"  received {trail.instances_received} failed {trail.instances_failed}"
+            + (f"  ({trail.reason})" if trail.reason else "")
+        )
     db.close()
     return 0
 
@@ -81,8 +91,10 @@ def analyze_again(config: Config, study_uid: str) -> int:
     from node.assembly import StudyNotHeld, request_analysis
 
     if config.storage.database == "sqlite" and not config.database_path.exists():
-        print(f"fracnode analyze-again: no node state in {config.storage.data_dir}"
-              " (the node has not run with this data_dir)")
+        print(
+            f"fracnode analyze-again: no node state in {config.storage.data_dir}"
+            " (the node has not run with this data_dir)"
+        )
         return 1
     try:
         db = open_configured(config)
@@ -126,13 +138,16 @@ def _audit_operator(config: Config, what: str, study_uid: str) -> None:
 def add_parsers(sub: argparse._SubParsersAction, config_option: argparse.ArgumentParser) -> None:  # type: ignore[type-arg]
     from node.cli import _load
 
-    status_parser = sub.add_parser("status", help="queue, destinations in trouble, recent studies, jobs and"
-                                   " associations", parents=[config_option])
+    status_parser = sub.add_parser(
+        "status", help="queue, destinations in trouble, recent studies, jobs and associations", parents=[config_option]
+    )
     status_parser.add_argument("--limit", type=int, default=10)
     status_parser.set_defaults(func=lambda args: status(_load(args), args.limit))
 
     again = sub.add_parser(
-        "analyze-again", parents=[config_option],
-        help="analyse a study the node holds again (an identical resend changes nothing)")
+        "analyze-again",
+        parents=[config_option],
+        help="analyse a study the node holds again (an identical resend changes nothing)",
+    )
     again.add_argument("study_uid", metavar="STUDY_UID", help="the Study Instance UID")
     again.set_defaults(func=lambda args: analyze_again(_load(args), args.study_uid))

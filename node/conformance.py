@@ -47,8 +47,7 @@ QUERY_RETRIEVE_USES: dict[str, str] = {
     "C-FIND": "before every pull from a DIMSE peer: does it hold the study, with how many instances"
     " and of which SOP classes",
     "C-GET": "retrieve the study on the same association, from peers with `retrieve: c-get` (the default)",
-    "C-MOVE": "have the peer send the study to the node's own AE title, from peers with"
-    " `retrieve: c-move`",
+    "C-MOVE": "have the peer send the study to the node's own AE title, from peers with `retrieve: c-move`",
 }
 # What the node does with each C-FIND return key (node.pull.dimse.FIND_RETURN_KEYS)
 FIND_RETURN_KEY_USES: dict[str, str] = {
@@ -116,16 +115,26 @@ def query_retrieve_tables() -> dict[str, str]:
     qr_syntaxes = ", ".join(UID(uid).name for uid in pull_dimse.QUERY_RETRIEVE_TRANSFER_SYNTAXES)
     sop_classes = markdown_table(
         ["SOP Class", "SOP Class UID", "Role", "DIMSE", "Transfer syntaxes proposed", "Use"],
-        [(sop_class_name(uid), f"`{uid}`", "SCU", service, qr_syntaxes,
-          _described(QUERY_RETRIEVE_USES, service, "QUERY_RETRIEVE_USES"))
-         for service, uid in pull_dimse.QUERY_RETRIEVE_SOP_CLASSES.items()],
+        [
+            (
+                sop_class_name(uid),
+                f"`{uid}`",
+                "SCU",
+                service,
+                qr_syntaxes,
+                _described(QUERY_RETRIEVE_USES, service, "QUERY_RETRIEVE_USES"),
+            )
+            for service, uid in pull_dimse.QUERY_RETRIEVE_SOP_CLASSES.items()
+        ],
     )
     level = f"`{pull_dimse.QUERY_LEVEL}`"
     keys = [
         ("QueryRetrieveLevel", level, level),
         ("StudyInstanceUID", "the study's UID (single value matching)", "the study's UID (unique key)"),
-    ] + [(keyword, "empty (return key): " + _described(FIND_RETURN_KEY_USES, keyword, "FIND_RETURN_KEY_USES"),
-          "absent") for keyword in pull_dimse.FIND_RETURN_KEYS]
+    ] + [
+        (keyword, "empty (return key): " + _described(FIND_RETURN_KEY_USES, keyword, "FIND_RETURN_KEY_USES"), "absent")
+        for keyword in pull_dimse.FIND_RETURN_KEYS
+    ]
     identifiers = markdown_table(
         ["Attribute", "Tag", "C-FIND identifier", "C-GET and C-MOVE identifier"],
         [(*_attribute(keyword), find, retrieve) for keyword, find, retrieve in keys],
@@ -135,44 +144,83 @@ def query_retrieve_tables() -> dict[str, str]:
         [(sop_class_name(uid), f"`{uid}`", "SCP") for uid in pull_dimse.COMMON_STORAGE_CLASSES],
     )
     most = separate_compressed_contexts_up_to()
-    compressed = (f"its own context per class (up to {most} classes), else one context per class"
-                  f" for all {len(pull_dimse.COMPRESSED)} compressed syntaxes")
+    compressed = (
+        f"its own context per class (up to {most} classes), else one context per class"
+        f" for all {len(pull_dimse.COMPRESSED)} compressed syntaxes"
+    )
     get_syntaxes = markdown_table(
         ["Transfer Syntax", "Transfer Syntax UID", "Proposed in"],
-        [(UID(uid).name, f"`{uid}`", "one context per class, with the other uncompressed syntax")
-         for uid in pull_dimse.UNCOMPRESSED]
+        [
+            (UID(uid).name, f"`{uid}`", "one context per class, with the other uncompressed syntax")
+            for uid in pull_dimse.UNCOMPRESSED
+        ]
         + [(UID(uid).name, f"`{uid}`", compressed) for uid in pull_dimse.COMPRESSED],
     )
     # the AE every pull association is requested with (its defaults are pynetdicom's)
     defaults = {name: field.default for name, field in NodeSettings.model_fields.items()}
     requestor = pull_dimse.scu_ae(defaults["ae_title"], defaults["network_timeout_s"])
-    association = markdown_table(["", ""], [
-        ("Information model", (f"Study Root (PS3.4 C.6.2), level {level} only: no Patient Root,"
-                               " no Patient/Study Only, no relational queries or retrievals")),
-        ("Storage SOP classes per C-GET", (
-            "those the C-FIND response lists in SOP Classes in Study (0008,0062), else the"
-            f" {len(pull_dimse.COMMON_STORAGE_CLASSES)} classes of the next table; at most"
-            f" {pull_dimse.MAX_STORAGE_CLASSES}")),
-        ("Pulls at once", (f"{puller.WORKERS} retrievals (more wait in a queue); a pull makes one"
-                           " association at a time")),
-        ("Maximum PDU size received", f"{requestor.maximum_pdu_size}"),
-        ("Implementation Class UID, Version Name", (
-            f"`{requestor.implementation_class_uid}`, `{requestor.implementation_version_name}`"
-            " (fracnode's, like every association the node requests)")),
-        ("Timeouts", (f"`node.network_timeout_s` (default {defaults['network_timeout_s']:g} s) for"
-                      " connection, ACSE, DIMSE and network reads")),
-    ])
-    qido = ("`GET {url}/studies?StudyInstanceUID={uid}"
-            f"&includefield={wado.NUMBER_OF_STUDY_RELATED_INSTANCES}&includefield={wado.SOP_CLASSES_IN_STUDY}`")
+    association = markdown_table(
+        ["", ""],
+        [
+            (
+                "Information model",
+                (
+                    f"Study Root (PS3.4 C.6.2), level {level} only: no Patient Root,"
+                    " no Patient/Study Only, no relational queries or retrievals"
+                ),
+            ),
+            (
+                "Storage SOP classes per C-GET",
+                (
+                    "those the C-FIND response lists in SOP Classes in Study (0008,0062), else the"
+                    f" {len(pull_dimse.COMMON_STORAGE_CLASSES)} classes of the next table; at most"
+                    f" {pull_dimse.MAX_STORAGE_CLASSES}"
+                ),
+            ),
+            (
+                "Pulls at once",
+                (f"{puller.WORKERS} retrievals (more wait in a queue); a pull makes one association at a time"),
+            ),
+            ("Maximum PDU size received", f"{requestor.maximum_pdu_size}"),
+            (
+                "Implementation Class UID, Version Name",
+                (
+                    f"`{requestor.implementation_class_uid}`, `{requestor.implementation_version_name}`"
+                    " (fracnode's, like every association the node requests)"
+                ),
+            ),
+            (
+                "Timeouts",
+                (
+                    f"`node.network_timeout_s` (default {defaults['network_timeout_s']:g} s) for"
+                    " connection, ACSE, DIMSE and network reads"
+                ),
+            ),
+        ],
+    )
+    qido = (
+        "`GET {url}/studies?StudyInstanceUID={uid}"
+        f"&includefield={wado.NUMBER_OF_STUDY_RELATED_INSTANCES}&includefield={wado.SOP_CLASSES_IN_STUDY}`"
+    )
     wado_rs = "`GET {url}/studies/{uid}`"
-    dicomweb = markdown_table(["Transaction (PS3.18)", "Request", "Accept", "Sent"], [
-        ("Search for Studies (QIDO-RS, 10.6)", qido, f"`{QIDO_ACCEPT}`",
-         "before every pull from a DICOMweb peer"),
-        ("Retrieve Study (WADO-RS, 10.4)", wado_rs, f"`{wado.ANY_SYNTAX}`",
-         "the retrieval: instances in the syntax the peer holds them in"),
-        ("Retrieve Study (WADO-RS, 10.4)", wado_rs, f"`{wado.DEFAULT_SYNTAX}`",
-         "again, only when the peer answered the first with 406 Not Acceptable"),
-    ])
+    dicomweb = markdown_table(
+        ["Transaction (PS3.18)", "Request", "Accept", "Sent"],
+        [
+            ("Search for Studies (QIDO-RS, 10.6)", qido, f"`{QIDO_ACCEPT}`", "before every pull from a DICOMweb peer"),
+            (
+                "Retrieve Study (WADO-RS, 10.4)",
+                wado_rs,
+                f"`{wado.ANY_SYNTAX}`",
+                "the retrieval: instances in the syntax the peer holds them in",
+            ),
+            (
+                "Retrieve Study (WADO-RS, 10.4)",
+                wado_rs,
+                f"`{wado.DEFAULT_SYNTAX}`",
+                "again, only when the peer answered the first with 406 Not Acceptable",
+            ),
+        ],
+    )
     return {
         "qr-scu-sop-classes": sop_classes,
         "qr-scu-identifiers": identifiers,
@@ -201,18 +249,32 @@ def tables() -> dict[str, str]:
     fallback = {str(uid) for uid in FALLBACK_TRANSFER_SYNTAXES}
     proposed = markdown_table(
         ["Transfer Syntax", "Transfer Syntax UID", "Proposed"],
-        [(UID(uid).name, f"`{uid}`", "; ".join(
-            (["the syntax results are written in"] if uid == RESULT_TRANSFER_SYNTAX else [])
-            + (["a fallback after the syntax of an uncompressed little-endian object"] if uid in fallback else [])))
-         for uid in scu_transfer_syntaxes()],
+        [
+            (
+                UID(uid).name,
+                f"`{uid}`",
+                "; ".join(
+                    (["the syntax results are written in"] if uid == RESULT_TRANSFER_SYNTAX else [])
+                    + (
+                        ["a fallback after the syntax of an uncompressed little-endian object"]
+                        if uid in fallback
+                        else []
+                    )
+                ),
+            )
+            for uid in scu_transfer_syntaxes()
+        ],
     )
-    identification = markdown_table(["", ""], [
-        ("Product", "fracnode, a DICOM node that runs fracture AI models and returns DICOM results"),
-        ("Version", __version__),
-        ("Implementation Class UID", f"`{IMPLEMENTATION_CLASS_UID}`"),
-        ("Implementation Version Name", f"`{IMPLEMENTATION_VERSION_NAME}`"),
-        ("Intended use", "research and evaluation; **not for diagnostic use**"),
-    ])
+    identification = markdown_table(
+        ["", ""],
+        [
+            ("Product", "fracnode, a DICOM node that runs fracture AI models and returns DICOM results"),
+            ("Version", __version__),
+            ("Implementation Class UID", f"`{IMPLEMENTATION_CLASS_UID}`"),
+            ("Implementation Version Name", f"`{IMPLEMENTATION_VERSION_NAME}`"),
+            ("Intended use", "research and evaluation; **not for diagnostic use**"),
+        ],
+    )
     return {
         "identification": identification,
         "scp-sop-classes": scp,

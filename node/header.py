@@ -88,13 +88,16 @@ def _validated(
     expected_sop_instance_uid: str | None,
     announced_by: str,
 ) -> Header:
-    for name, keyword, expected in (("sop_class_uid", "SOPClassUID", expected_sop_class_uid),
-                                    ("sop_instance_uid", "SOPInstanceUID", expected_sop_instance_uid)):
+    for name, keyword, expected in (
+        ("sop_class_uid", "SOPClassUID", expected_sop_class_uid),
+        ("sop_instance_uid", "SOPInstanceUID", expected_sop_instance_uid),
+    ):
         found = values[keyword]
         if expected and found and found != expected:
             shown = found if _is_valid_uid(found) else f"({len(found)} characters, not a valid UID)"
-            raise MismatchedInstance(f"the data set's {_UID_NAMES[name]} {shown} is not the"
-                                     f" {announced_by}'s {expected}")
+            raise MismatchedInstance(
+                f"the data set's {_UID_NAMES[name]} {shown} is not the {announced_by}'s {expected}"
+            )
     # a data set without them (some anonymisers strip them) takes the ones announced with it
     header = Header(
         sop_class_uid=values["SOPClassUID"] or (expected_sop_class_uid or ""),
@@ -165,5 +168,4 @@ def header_from_elements(
         # pydicom converts each raw value on access, with the data set's (0008,0005)
         ds = Dataset({BaseTag(tag): element for tag, element in elements.items()})
         values = _dataset_values(ds)
-    return _validated(values, transfer_syntax, expected_sop_class_uid, expected_sop_instance_uid,
-                      announced_by)
+    return _validated(values, transfer_syntax, expected_sop_class_uid, expected_sop_instance_uid, announced_by)

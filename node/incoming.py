@@ -52,14 +52,16 @@ def _meta_element(group_element: int, vr: bytes, value: bytes) -> bytes:
 
 def file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax: str) -> bytes:
     """Preamble, prefix and File Meta Information (PS3.10 7.1) for a received data set."""
-    group = b"".join((
-        _meta_element(0x0001, b"OB", b"\0\1"),
-        _meta_element(0x0002, b"UI", sop_class_uid.encode("ascii", "replace")),
-        _meta_element(0x0003, b"UI", sop_instance_uid.encode("ascii", "replace")),
-        _meta_element(0x0010, b"UI", transfer_syntax.encode("ascii")),
-        _meta_element(0x0012, b"UI", IMPLEMENTATION_CLASS_UID.encode("ascii")),
-        _meta_element(0x0013, b"SH", IMPLEMENTATION_VERSION_NAME.encode("ascii")),
-    ))
+    group = b"".join(
+        (
+            _meta_element(0x0001, b"OB", b"\0\1"),
+            _meta_element(0x0002, b"UI", sop_class_uid.encode("ascii", "replace")),
+            _meta_element(0x0003, b"UI", sop_instance_uid.encode("ascii", "replace")),
+            _meta_element(0x0010, b"UI", transfer_syntax.encode("ascii")),
+            _meta_element(0x0012, b"UI", IMPLEMENTATION_CLASS_UID.encode("ascii")),
+            _meta_element(0x0013, b"SH", IMPLEMENTATION_VERSION_NAME.encode("ascii")),
+        )
+    )
     length = struct.pack("<HH2sHL", 0x0002, 0x0000, b"UL", 4, len(group))
     return _PREAMBLE + length + group
 
@@ -142,15 +144,11 @@ class Incoming:
         self.association_id = association_id
         self.check = check
         self.announced_by = announced_by
-        self._meta = received_meta if received_meta is not None else file_meta(
-            sop_class_uid, sop_instance_uid, transfer_syntax
+        self._meta = (
+            received_meta if received_meta is not None else file_meta(sop_class_uid, sop_instance_uid, transfer_syntax)
         )
         # a UID not yet indexed needs no digest (see node.spool); an unknown UID (STOW-RS) might
-        self._hash = (
-            hashlib.sha256(self._meta)
-            if not sop_instance_uid or spool.is_indexed(sop_instance_uid)
-            else None
-        )
+        self._hash = hashlib.sha256(self._meta) if not sop_instance_uid or spool.is_indexed(sop_instance_uid) else None
         self._scan = DataSetScan(transfer_syntax, limits or spool.limits)
         self._size = len(self._meta)
         self._pending: list[bytes] = []
@@ -180,8 +178,11 @@ class Incoming:
 
     def _checked_header(self) -> Header:
         header = header_from_elements(
-            self._scan.elements, self.transfer_syntax, self.sop_class_uid or None,
-            self.sop_instance_uid or None, self.announced_by,
+            self._scan.elements,
+            self.transfer_syntax,
+            self.sop_class_uid or None,
+            self.sop_instance_uid or None,
+            self.announced_by,
         )
         if self.check is not None:
             self.check(header)
@@ -227,8 +228,9 @@ class Incoming:
                 self.discard()
                 return Stored(header, path, duplicate=True)
         try:
-            check_free_space(path.parent if temp.parent == path.parent else temp.parent, 0,
-                             self.spool.min_free_bytes)  # the bytes are written
+            check_free_space(
+                path.parent if temp.parent == path.parent else temp.parent, 0, self.spool.min_free_bytes
+            )  # the bytes are written
             os.fsync(self._fd)
             os.close(self._fd)
             self._fd = -1
@@ -254,4 +256,3 @@ class Incoming:
         self._pending_size = 0
         remove_temporary(self._fd, self._temp)
         self._fd, self._temp = -1, None
-

@@ -15,8 +15,16 @@ from node.store import jobs as table
 from node.store.jobs import DONE, FAILED, FINAL_STATES, NOT_APPLICABLE, QUEUED, RUNNING, SUPERSEDED
 
 __all__ = [
-    "DONE", "FAILED", "FINAL_STATES", "LEASE_EXPIRED_ERROR", "NOT_APPLICABLE", "QUEUED", "RUNNING",
-    "STOPPED_ERROR", "SUPERSEDED", "JobQueue",
+    "DONE",
+    "FAILED",
+    "FINAL_STATES",
+    "LEASE_EXPIRED_ERROR",
+    "NOT_APPLICABLE",
+    "QUEUED",
+    "RUNNING",
+    "STOPPED_ERROR",
+    "SUPERSEDED",
+    "JobQueue",
 ]
 LEASE_EXPIRED_ERROR = "the worker stopped (crash or hang) on every attempt; its lease ran out"
 STOPPED_ERROR = "node stopped while the job ran"
@@ -31,9 +39,18 @@ class JobQueue:
     def enqueue(self, study: Study, match: RouteMatch, now: float) -> int:
         """Queue one job; queued jobs of older revisions of the same study and route are superseded."""
         with self.db.transaction() as sql:
-            job_id = table.insert(sql, study.study_instance_uid, study.revision, match.route, match.pipeline,
-                                  match.destinations, match.series_uids, study.calling_ae,
-                                  self.settings.max_attempts, now)
+            job_id = table.insert(
+                sql,
+                study.study_instance_uid,
+                study.revision,
+                match.route,
+                match.pipeline,
+                match.destinations,
+                match.series_uids,
+                study.calling_ae,
+                self.settings.max_attempts,
+                now,
+            )
             table.supersede_queued(sql, study.study_instance_uid, match.route, study.revision, job_id, now)
         return job_id
 

@@ -37,8 +37,7 @@ class _QueueCollector(Collector):
     """Jobs per state, outbox items waiting per destination, how long the oldest has waited, and
     the data folder's disk, read when scraped."""
 
-    def __init__(self, db: Database, destinations: Iterable[str], data_dir: Path | None,
-                 min_free_bytes: int) -> None:
+    def __init__(self, db: Database, destinations: Iterable[str], data_dir: Path | None, min_free_bytes: int) -> None:
         self.db = db
         self.destinations = tuple(destinations)
         self.data_dir = data_dir
@@ -51,7 +50,8 @@ class _QueueCollector(Collector):
             by_state.add_metric([state], counts.get(state, 0))
         yield by_state
         pending = GaugeMetricFamily(
-            "fracnode_outbox_pending", "Result objects waiting for delivery, per destination",
+            "fracnode_outbox_pending",
+            "Result objects waiting for delivery, per destination",
             labels=["destination"],
         )
         waiting = outbox.pending_by_destination(self.db)
@@ -69,18 +69,23 @@ class _QueueCollector(Collector):
         oldest = GaugeMetricFamily(
             "fracnode_outbox_oldest_pending_seconds",
             "Age of the oldest result waiting for delivery, per destination (0 when none waits)",
-            labels=["destination"])
+            labels=["destination"],
+        )
         attempts = GaugeMetricFamily(
             "fracnode_outbox_pending_attempts_max",
-            "The most delivery attempts of a result still waiting, per destination", labels=["destination"])
+            "The most delivery attempts of a result still waiting, per destination",
+            labels=["destination"],
+        )
         failed = GaugeMetricFamily(
             "fracnode_outbox_failed",
             "Results given up (retrying cannot help; an operator must act), per destination",
-            labels=["destination"])
+            labels=["destination"],
+        )
         trouble = GaugeMetricFamily(
             "fracnode_destination_in_trouble",
             "1 when a destination has given-up results or results waiting after repeated failures",
-            labels=["destination"])
+            labels=["destination"],
+        )
         for health in destination_health(self.db, self.destinations):
             oldest.add_metric([health.name], round(health.oldest_pending_age_s(now), 3))
             attempts.add_metric([health.name], health.attempts)
@@ -98,15 +103,14 @@ class _QueueCollector(Collector):
             usage = shutil.disk_usage(self.data_dir)
         except OSError:
             return  # the folder is gone: the scrape still answers, the alert on absence fires
-        free = GaugeMetricFamily(
-            "fracnode_disk_free_bytes", "Free bytes on the file system of storage.data_dir")
+        free = GaugeMetricFamily("fracnode_disk_free_bytes", "Free bytes on the file system of storage.data_dir")
         free.add_metric([], usage.free)
-        size = GaugeMetricFamily(
-            "fracnode_disk_size_bytes", "Size of the file system of storage.data_dir in bytes")
+        size = GaugeMetricFamily("fracnode_disk_size_bytes", "Size of the file system of storage.data_dir in bytes")
         size.add_metric([], usage.total)
         floor = GaugeMetricFamily(
             "fracnode_disk_min_free_bytes",
-            "storage.min_free_mb in bytes: below this the node refuses instances (0xA700)")
+            "storage.min_free_mb in bytes: below this the node refuses instances (0xA700)",
+        )
         floor.add_metric([], self.min_free_bytes)
         yield from (free, size, floor)
 
@@ -114,43 +118,61 @@ class _QueueCollector(Collector):
 class Metrics:
     """The node's metrics; the `*` methods are the hooks the stages call."""
 
-    def __init__(self, db: Database, destinations: Iterable[str] = (), data_dir: Path | None = None,
-                 min_free_bytes: int = 0) -> None:
+    def __init__(
+        self, db: Database, destinations: Iterable[str] = (), data_dir: Path | None = None, min_free_bytes: int = 0
+    ) -> None:
         self.db = db
         self.registry = CollectorRegistry(auto_describe=True)
         destinations = tuple(destinations)
         self.instances_received = Counter(
-            "fracnode_instances_received", "Instances stored in the spool (an identical resend is not counted)",
-            ["transport"], registry=self.registry,
+            "fracnode_instances_received",
+            "Instances stored in the spool (an identical resend is not counted)",
+            ["transport"],
+            registry=self.registry,
         )
         self.studies_completed = Counter(
-            "fracnode_studies_completed", "Study revisions declared complete and routed",
+            "fracnode_studies_completed",
+            "Study revisions declared complete and routed",
             registry=self.registry,
         )
         self.jobs_finished = Counter(
-            "fracnode_jobs_finished", "Job attempts that ended, by pipeline and outcome",
-            ["pipeline", "outcome"], registry=self.registry,
+            "fracnode_jobs_finished",
+            "Job attempts that ended, by pipeline and outcome",
+            ["pipeline", "outcome"],
+            registry=self.registry,
         )
         self.stage_seconds = Histogram(
             "fracnode_stage_seconds",
             "Time spent per stage: assembly (first instance to study complete), queue (job due to"
             " claimed), pipeline (one run), dispatch (result staged to delivered)",
-            ["stage"], buckets=STAGE_BUCKETS, registry=self.registry,
+            ["stage"],
+            buckets=STAGE_BUCKETS,
+            registry=self.registry,
         )
         self.deliveries = Counter(
-            "fracnode_results_delivered", "Result objects delivered, per destination",
-            ["destination"], registry=self.registry,
+            "fracnode_results_delivered",
+            "Result objects delivered, per destination",
+            ["destination"],
+            registry=self.registry,
         )
         self.dispatch_failures = Counter(
-            "fracnode_dispatch_failures", "Failed delivery attempts, per destination",
-            ["destination"], registry=self.registry,
+            "fracnode_dispatch_failures",
+            "Failed delivery attempts, per destination",
+            ["destination"],
+            registry=self.registry,
         )
         self.inference_seconds = Histogram(
-            "fracnode_inference_seconds", "Duration of one batched forward pass, per model bundle",
-            ["model"], buckets=INFERENCE_BUCKETS, registry=self.registry,
+            "fracnode_inference_seconds",
+            "Duration of one batched forward pass, per model bundle",
+            ["model"],
+            buckets=INFERENCE_BUCKETS,
+            registry=self.registry,
         )
         self.inference_images = Counter(
-            "fracnode_inference_images", "Images run through each model", ["model"], registry=self.registry,
+            "fracnode_inference_images",
+            "Images run through each model",
+            ["model"],
+            registry=self.registry,
         )
         # series at zero from the start, so rates and alerts work before the first event
         for transport in TRANSPORTS:

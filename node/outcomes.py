@@ -75,7 +75,9 @@ class JobOutcomes:
     def many(self, job_ids: list[int]) -> dict[int, JobOutcome]:
         return {
             row.job_id: JobOutcome(
-                row.job_id, json.loads(row.findings) if row.findings else None, json.loads(row.timings),
+                row.job_id,
+                json.loads(row.findings) if row.findings else None,
+                json.loads(row.timings),
                 row.recorded_at,
             )
             for row in table.of_jobs(self.db, job_ids)

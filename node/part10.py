@@ -79,8 +79,9 @@ def read_file_meta(data: bytes, complete: bool = False) -> FileMeta | None:
         pos = value + length
     if 0x0010 not in values:
         raise UnreadableInstance("the File Meta Information has no Transfer Syntax UID (0002,0010)")
-    return FileMeta(added + bytes(data[:pos]), pos, _ui(values[0x0010]),
-                    _ui(values.get(0x0002, b"")), _ui(values.get(0x0003, b"")))
+    return FileMeta(
+        added + bytes(data[:pos]), pos, _ui(values[0x0010]), _ui(values.get(0x0002, b"")), _ui(values.get(0x0003, b""))
+    )
 
 
 def _meta_start(data: bytes) -> tuple[int, bytes]:
@@ -91,7 +92,8 @@ def _meta_start(data: bytes) -> tuple[int, bytes]:
         return 0, PART10_PREFIX
     raise UnreadableInstance(
         "not a DICOM file: neither 'DICM' after a 128-byte preamble (PS3.10 7.1) nor a"
-        " File Meta Information group at the start")
+        " File Meta Information group at the start"
+    )
 
 
 def _refuse_if(complete: bool) -> None:
@@ -102,17 +104,22 @@ def _refuse_if(complete: bool) -> None:
 def header_of(scan: DataSetScan, meta: FileMeta, expected_sop_instance_uid: str | None = None) -> Header:
     """The header of a finished scan, checked against the meta group (and the sender's UID)."""
     if expected_sop_instance_uid and meta.sop_instance_uid not in ("", expected_sop_instance_uid):
-        raise MismatchedInstance("the File Meta Information's Media Storage SOP Instance UID"
-                                 f" {meta.sop_instance_uid} is not the request's {expected_sop_instance_uid}")
-    header = header_from_elements(scan.elements, meta.transfer_syntax, meta.sop_class_uid or None,
-                                  expected_sop_instance_uid or meta.sop_instance_uid or None,
-                                  "request" if expected_sop_instance_uid else "File Meta Information")
+        raise MismatchedInstance(
+            "the File Meta Information's Media Storage SOP Instance UID"
+            f" {meta.sop_instance_uid} is not the request's {expected_sop_instance_uid}"
+        )
+    header = header_from_elements(
+        scan.elements,
+        meta.transfer_syntax,
+        meta.sop_class_uid or None,
+        expected_sop_instance_uid or meta.sop_instance_uid or None,
+        "request" if expected_sop_instance_uid else "File Meta Information",
+    )
     scan.check_pixel_data(is_image_storage(header.sop_class_uid))
     return header
 
 
-def read_header(raw: bytes, expected_sop_instance_uid: str | None = None,
-                limits: ScanLimits | None = None) -> Header:
+def read_header(raw: bytes, expected_sop_instance_uid: str | None = None, limits: ScanLimits | None = None) -> Header:
     """The header of a whole DICOM file in memory; UnreadableInstance unless the file is whole."""
     meta = read_file_meta(raw[: MAX_META + len(PART10_PREFIX)], complete=True)
     assert meta is not None  # complete=True raises instead

@@ -152,7 +152,7 @@ CATEGORIES: tuple[Category, ...] = ("fracture", "suspicious", "negative")
 
 
 def categorize(probability: float, operating_points: Mapping[str, float]) -> Category:
-    """"fracture" at the high-specificity operating point, "suspicious" at the high-sensitivity one.
+    """ "fracture" at the high-specificity operating point, "suspicious" at the high-sensitivity one.
 
     Every fracture model's bundle names its two operating points (`fracnode.operating_points`)."""
     if probability >= operating_points["fracture"]:

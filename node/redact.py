@@ -31,8 +31,11 @@ def _raised_in_node(tb: TracebackType | None) -> bool:
     if last is None:
         return False
     filename = last.tb_frame.f_code.co_filename
-    return filename.startswith(_NODE_PACKAGE) or filename in _trusted or any(
-        filename.startswith(folder + os.sep) for folder in _trusted)
+    return (
+        filename.startswith(_NODE_PACKAGE)
+        or filename in _trusted
+        or any(filename.startswith(folder + os.sep) for folder in _trusted)
+    )
 
 
 def trust(path: Path) -> None:

@@ -17,8 +17,9 @@ from node.store import Database, instances, jobs, outbox, studies
 log = logging.getLogger("fracnode.node")
 
 
-def purge_expired(config: Config, db: Database, now: float,
-                  on_purged: Callable[[str, str], None] = lambda study_uid, why: None) -> int:
+def purge_expired(
+    config: Config, db: Database, now: float, on_purged: Callable[[str, str], None] = lambda study_uid, why: None
+) -> int:
     """Delete the expired studies' spool and outbox files and rows; returns studies purged.
     `on_purged(study_uid, why)` follows each study's deletion (the audit trail's DICOM Study Deleted)."""
     days = config.storage.retention_days

@@ -16,8 +16,6 @@ def retry_delay(attempt: int, settings: RetrySettings) -> float:
         raise ValueError(f"attempt must be 1 or more, got {attempt}")
     exponent = attempt - 1
     # compare in log space first: factor**exponent overflows a float on long outages
-    if settings.factor > 1 and exponent * math.log(settings.factor) >= math.log(
-        settings.max_s / settings.initial_s
-    ):
+    if settings.factor > 1 and exponent * math.log(settings.factor) >= math.log(settings.max_s / settings.initial_s):
         return float(settings.max_s)
     return float(min(settings.max_s, settings.initial_s * settings.factor**exponent))

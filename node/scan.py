@@ -73,8 +73,10 @@ def check_pixel_data(walker: Walker, image_storage: bool) -> None:
         return
     needed = _native_pixel_bytes(walker)
     if needed is not None and walker.pixel_data < needed:
-        raise BrokenDataSet(f"Pixel Data (7FE0,0010) holds {walker.pixel_data} bytes; Rows, Columns,"
-                            f" Samples per Pixel, Bits Allocated and Number of Frames need {needed}")
+        raise BrokenDataSet(
+            f"Pixel Data (7FE0,0010) holds {walker.pixel_data} bytes; Rows, Columns,"
+            f" Samples per Pixel, Bits Allocated and Number of Frames need {needed}"
+        )
 
 
 def _native_pixel_bytes(walker: Walker) -> int | None:
@@ -133,11 +135,15 @@ class _Inflater:
         self._inflated += size
         limits = self._limits
         if self._inflated > limits.max_inflated_bytes:
-            raise BrokenDataSet(f"the deflated data set inflates to more than"
-                                f" {limits.max_inflated_bytes >> 20} MiB (storage.max_inflated_mb)")
+            raise BrokenDataSet(
+                f"the deflated data set inflates to more than"
+                f" {limits.max_inflated_bytes >> 20} MiB (storage.max_inflated_mb)"
+            )
         if self._inflated > limits.max_inflation_ratio * self._consumed + (1 << 20):
-            raise BrokenDataSet(f"the deflated data set inflates more than {limits.max_inflation_ratio:g}:1"
-                                " (storage.max_inflation_ratio)")
+            raise BrokenDataSet(
+                f"the deflated data set inflates more than {limits.max_inflation_ratio:g}:1"
+                " (storage.max_inflation_ratio)"
+            )
 
     def _after_end(self, data: bytes) -> None:
         # PS3.5 A.5 pads an odd-length stream with one NUL; some writers leave a checksum

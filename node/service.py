@@ -71,32 +71,48 @@ class Node:
             raise
         self.audit = Audit(config)
         storage = config.storage
-        self.spool = Spool(config.spool_dir, self.db, storage.min_free_mb * 2**20, ScanLimits(
-            max_depth=storage.max_sequence_depth, max_inflated_bytes=storage.max_inflated_mb * 2**20,
-            max_inflation_ratio=storage.max_inflation_ratio))
+        self.spool = Spool(
+            config.spool_dir,
+            self.db,
+            storage.min_free_mb * 2**20,
+            ScanLimits(
+                max_depth=storage.max_sequence_depth,
+                max_inflated_bytes=storage.max_inflated_mb * 2**20,
+                max_inflation_ratio=storage.max_inflation_ratio,
+            ),
+        )
         self.assembly = Assembly(self.db, config.assembly)
         self.jobs = JobQueue(self.db, config.jobs)
         self.outbox = Outbox(config.outbox_dir, self.db, config.dispatch.retry)
-        self.metrics = Metrics(self.db, [d.name for d in config.destinations], data_dir,
-                               config.storage.min_free_mb * 2**20)
+        self.metrics = Metrics(
+            self.db, [d.name for d in config.destinations], data_dir, config.storage.min_free_mb * 2**20
+        )
         self.outbox.on_attempt = self.metrics.delivery
         self.outcomes = JobOutcomes(self.db)
         self.search = StudySearch(self.db, data_dir)
         self.dispatcher = Dispatcher(config, self.outbox)
         self.dispatcher.audit = self.audit
         self.ingest = DimseIngest(
-            config.node, self.spool, self.db, on_released=self._on_released,
-            on_stored=lambda: self.metrics.instance_received("dimse"), on_unchanged=self._on_unchanged,
+            config.node,
+            self.spool,
+            self.db,
+            on_released=self._on_released,
+            on_stored=lambda: self.metrics.instance_received("dimse"),
+            on_unchanged=self._on_unchanged,
             audit=self.audit,
         )
         self.stow = StowIngest(
-            self.spool, self.db, on_released=self._on_released,
-            on_stored=lambda: self.metrics.instance_received("stow"), on_unchanged=self._on_unchanged,
+            self.spool,
+            self.db,
+            on_released=self._on_released,
+            on_stored=lambda: self.metrics.instance_received("stow"),
+            on_unchanged=self._on_unchanged,
             audit=self.audit,
         )
         self.pulls = Puller(config, self.spool, self.db, self.assembly, on_retrieved=self._assembly_wake_set)
-        self.worker = Worker(config, self.db, self.jobs, self.outbox, self.outcomes, self.metrics,
-                             on_staged=self._on_staged)
+        self.worker = Worker(
+            config, self.db, self.jobs, self.outbox, self.outcomes, self.metrics, on_staged=self._on_staged
+        )
         self.web: WebServer | None = None
         if config.web.enabled:
             queries = Queries(config, self.db, self.outcomes, self.search, self.metrics.exposition)
@@ -131,8 +147,16 @@ class Node:
         orphans = self.outbox.remove_orphans()
         pending = studies.count_pending(self.db)
         undelivered = outbox.count_pending(self.db)
-        event(log, logging.INFO, "recovered state", files_indexed=indexed, jobs_requeued=requeued,
-              orphan_results_removed=orphans, studies_pending=pending, results_undelivered=undelivered)
+        event(
+            log,
+            logging.INFO,
+            "recovered state",
+            files_indexed=indexed,
+            jobs_requeued=requeued,
+            orphan_results_removed=orphans,
+            studies_pending=pending,
+            results_undelivered=undelivered,
+        )
 
     # -- one step of each stage ---------------------------------------------------------------
 
@@ -144,15 +168,20 @@ class Node:
             matches = route_study(study, self.config.routes)
             for match in matches:
                 self.jobs.enqueue(study, match, now)
-            status = (
-                "routed: " + ", ".join(m.route for m in matches) if matches else "no route matched"
-            )
+            status = "routed: " + ", ".join(m.route for m in matches) if matches else "no route matched"
             studies.set_route_status(self.db, study.study_instance_uid, status)
             self.metrics.study_completed(study.study_instance_uid, now)
             self._remember_for_search(study.study_instance_uid)
-            event(log, logging.INFO, "study complete", study_uid=study.study_instance_uid,
-                  revision=study.revision, series=len(study.series),
-                  instances=sum(s.instance_count for s in study.series), routing=status)
+            event(
+                log,
+                logging.INFO,
+                "study complete",
+                study_uid=study.study_instance_uid,
+                revision=study.revision,
+                series=len(study.series),
+                instances=sum(s.instance_count for s in study.series),
+                routing=status,
+            )
         if completed:
             self._work_wake.set()
         return len(completed)
@@ -184,8 +213,16 @@ class Node:
     def analyze_again(self, study_uid: str, requested_by: str) -> AnalysisRequest:
         """Operator action: analyse a held study anew from the spool (raises StudyNotHeld)."""
         request = request_analysis(self.db, study_uid)
-        event(log, logging.INFO, "analysis requested", study_uid=study_uid, requested_by=requested_by,
-              instances=request.instances, queued=request.queued, outcome=request.message)
+        event(
+            log,
+            logging.INFO,
+            "analysis requested",
+            study_uid=study_uid,
+            requested_by=requested_by,
+            instances=request.instances,
+            queued=request.queued,
+            outcome=request.message,
+        )
         self._assembly_wake.set()
         return request
 
@@ -193,8 +230,9 @@ class Node:
         """Operator action: retrieve a study from a peer, then analyse it (raises PullError)."""
         return self.pulls.request(study_uid, peer, requested_by)
 
-    def begin_stow(self, principal: str, address: tuple[str, int], boundary: bytes,
-                   study_uid: str | None) -> StoreTransaction:
+    def begin_stow(
+        self, principal: str, address: tuple[str, int], boundary: bytes, study_uid: str | None
+    ) -> StoreTransaction:
         return self.stow.begin(principal, address, boundary, study_uid)
 
     # -- callbacks of the stages -------------------------------------------------------------------
@@ -204,9 +242,15 @@ class Node:
         byte: nothing is analysed again (the spool is idempotent); say so, and how to ask."""
         for uid in sorted(study_uids):
             latest = jobs.latest_of_study(self.db, uid)
-            event(log, logging.INFO, "study resent unchanged: the current result stands", study_uid=uid,
-                  latest_job=latest.job.id if latest else None, latest_state=latest.state if latest else None,
-                  to_analyse_again=f"fracnode analyze-again {uid}, or POST /api/v1/studies/{uid}/analyze")
+            event(
+                log,
+                logging.INFO,
+                "study resent unchanged: the current result stands",
+                study_uid=uid,
+                latest_job=latest.job.id if latest else None,
+                latest_state=latest.state if latest else None,
+                to_analyse_again=f"fracnode analyze-again {uid}, or POST /api/v1/studies/{uid}/analyze",
+            )
 
     def dispatch_once(self, now: float | None = None) -> int:
         now = time.time() if now is None else now
@@ -214,8 +258,9 @@ class Node:
 
     def clean_once(self, now: float | None = None) -> int:
         """Retention: delete spooled studies whose work ended `retention_days` ago."""
-        return purge_expired(self.config, self.db, time.time() if now is None else now,
-                             on_purged=self.audit.study_deleted)
+        return purge_expired(
+            self.config, self.db, time.time() if now is None else now, on_purged=self.audit.study_deleted
+        )
 
     # -- threads ------------------------------------------------------------------------------
 
@@ -273,17 +318,28 @@ class Node:
         spawn("assembly", lambda: self.assemble_once() > 0 and False, self._assembly_wake, ASSEMBLY_TICK_S)
         for i in range(self.config.jobs.workers):
             owner = f"{self.instance_id}-w{i}"
-            spawn(f"worker-{i}", lambda owner=owner: self.work_once(owner),
-                  self._work_wake, IDLE_TICK_S)
+            spawn(f"worker-{i}", lambda owner=owner: self.work_once(owner), self._work_wake, IDLE_TICK_S)
         for dest in self.config.destinations:
-            spawn(f"dispatch-{dest.name}",
-                  lambda name=dest.name: self.dispatcher.run_once(name, time.time()) > 0,
-                  self._dispatch_wake[dest.name], IDLE_TICK_S)
+            spawn(
+                f"dispatch-{dest.name}",
+                lambda name=dest.name: self.dispatcher.run_once(name, time.time()) > 0,
+                self._dispatch_wake[dest.name],
+                IDLE_TICK_S,
+            )
         spawn("janitor", lambda: self.clean_once() > 0 and False, None, JANITOR_TICK_S)
-        event(log, logging.INFO, "node started", instance=self.instance_id, ae_title=self.config.node.ae_title,
-              port=self.ingest.port, http_port=self.web.port if self.web else None, data_dir=str(self.config.storage.data_dir.resolve()),
-              workers=self.config.jobs.workers, routes=len(self.config.routes),
-              config=json.dumps({"quiet_period_s": self.config.assembly.quiet_period_s}))
+        event(
+            log,
+            logging.INFO,
+            "node started",
+            instance=self.instance_id,
+            ae_title=self.config.node.ae_title,
+            port=self.ingest.port,
+            http_port=self.web.port if self.web else None,
+            data_dir=str(self.config.storage.data_dir.resolve()),
+            workers=self.config.jobs.workers,
+            routes=len(self.config.routes),
+            config=json.dumps({"quiet_period_s": self.config.assembly.quiet_period_s}),
+        )
 
     def stop(self) -> None:
         self._stop.set()

@@ -22,11 +22,23 @@ from node.logs import event
 
 log = logging.getLogger("fracnode.pipeline")
 # binary values (and numbers in binary) have no text to be malformed; their conversion is tried
-_NOT_CHECKED = frozenset({"SQ", "OB", "OW", "OD", "OF", "OL", "OV", "UN", "UR", "UT",
-                          "US", "SS", "UL", "SL", "FL", "FD", "AT", "UV", "SV"})
+_NOT_CHECKED = frozenset(
+    {"SQ", "OB", "OW", "OD", "OF", "OL", "OV", "UN", "UR", "UT", "US", "SS", "UL", "SL", "FL", "FD", "AT", "UV", "SV"}
+)
 # Type 2 in the modules the results copy: kept present, but empty, when malformed
-EMPTIED = frozenset({"PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
-                     "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber"})
+EMPTIED = frozenset(
+    {
+        "PatientName",
+        "PatientID",
+        "PatientBirthDate",
+        "PatientSex",
+        "StudyDate",
+        "StudyTime",
+        "ReferringPhysicianName",
+        "StudyID",
+        "AccessionNumber",
+    }
+)
 
 
 def _conforms(vr: str, value: object) -> bool:
@@ -67,6 +79,12 @@ def read_source(path: Path, stop_before_pixels: bool = False) -> Dataset:
     ds = dcmread(path, stop_before_pixels=stop_before_pixels)
     dropped = drop_malformed(ds)
     if dropped:
-        event(log, logging.WARNING, "malformed attributes not used", file=path.name,
-              sop_instance_uid=str(ds.get("SOPInstanceUID", "")), attributes=dropped)
+        event(
+            log,
+            logging.WARNING,
+            "malformed attributes not used",
+            file=path.name,
+            sop_instance_uid=str(ds.get("SOPInstanceUID", "")),
+            attributes=dropped,
+        )
     return ds

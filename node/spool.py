@@ -38,7 +38,13 @@ from node.store import Database, StorageFull, instances, studies
 
 # what the spool's callers (ingest, incoming, pulls) meet: its failures and the writes it uses
 __all__ = [
-    "TEMP_SUFFIX", "Header", "OutOfSpace", "Spool", "Stored", "UnreadableInstance", "read_header",
+    "TEMP_SUFFIX",
+    "Header",
+    "OutOfSpace",
+    "Spool",
+    "Stored",
+    "UnreadableInstance",
+    "read_header",
     "write_atomically",
 ]
 log = logging.getLogger("fracnode.spool")
@@ -52,8 +58,7 @@ class Stored:
 
 
 class Spool:
-    def __init__(self, root: Path, db: Database, min_free_bytes: int = 0,
-                 limits: ScanLimits | None = None) -> None:
+    def __init__(self, root: Path, db: Database, min_free_bytes: int = 0, limits: ScanLimits | None = None) -> None:
         self.root = root
         self.db = db
         self.min_free_bytes = min_free_bytes
@@ -109,9 +114,7 @@ class Spool:
         instances.set_digest(self.db, sop_instance_uid, path, digest)
         return digest
 
-    def index(
-        self, header: Header, path: Path, digest: str, size: int, calling_ae: str, association_id: str
-    ) -> None:
+    def index(self, header: Header, path: Path, digest: str, size: int, calling_ae: str, association_id: str) -> None:
         """Commit the index row of a file already durable at `path` (`digest` '': not computed).
 
         An instance that was held in another study's folder (a study corrected at the PACS and
@@ -136,9 +139,21 @@ class Spool:
         """Insert or replace the instance's row; once it is committed, remove the file the row
         held before when that is another (the older copy of a moved instance)."""
         instance = Instance(
-            header.sop_instance_uid, header.sop_class_uid, header.study_uid, header.series_uid,
-            header.transfer_syntax_uid, path, digest, size, now, calling_ae, association_id,
-            header.modality, header.body_part, header.series_description, header.protocol_name,
+            header.sop_instance_uid,
+            header.sop_class_uid,
+            header.study_uid,
+            header.series_uid,
+            header.transfer_syntax_uid,
+            path,
+            digest,
+            size,
+            now,
+            calling_ae,
+            association_id,
+            header.modality,
+            header.body_part,
+            header.series_description,
+            header.protocol_name,
             header.image_type,
         )
         with self.db.transaction() as sql:
@@ -169,8 +184,13 @@ class Spool:
                         continue  # an older copy of a moved instance, removed a moment ago
                     except UnreadableInstance as exc:
                         entry.rename(entry.with_suffix(".unreadable"))
-                        event(log, logging.WARNING, "spooled file is not a whole instance; renamed",
-                              path=str(entry.with_suffix(".unreadable")), reason=str(exc))
+                        event(
+                            log,
+                            logging.WARNING,
+                            "spooled file is not a whole instance; renamed",
+                            path=str(entry.with_suffix(".unreadable")),
+                            reason=str(exc),
+                        )
                         continue
                     newer = self._newer_copy(header.sop_instance_uid, entry)
                     if newer is not None:
@@ -202,8 +222,20 @@ def _remove_superseded(path: Path, sop_instance_uid: str, kept: Path) -> None:
         return  # gone already (retention, or removed by hand)
     except OSError as exc:
         # left on disk it is harmless now: reconcile finds the newer copy indexed and removes it
-        event(log, logging.WARNING, "could not remove the older copy of a moved instance",
-              sop_instance_uid=sop_instance_uid, path=str(path), reason=exc.strerror)
+        event(
+            log,
+            logging.WARNING,
+            "could not remove the older copy of a moved instance",
+            sop_instance_uid=sop_instance_uid,
+            path=str(path),
+            reason=exc.strerror,
+        )
         return
-    event(log, logging.INFO, "instance moved to another study", sop_instance_uid=sop_instance_uid,
-          removed=str(path), kept=str(kept))
+    event(
+        log,
+        logging.INFO,
+        "instance moved to another study",
+        sop_instance_uid=sop_instance_uid,
+        removed=str(path),
+        kept=str(kept),
+    )

@@ -29,8 +29,9 @@ class TlsSetupError(ValueError):
     """A certificate, key or CA file cannot be used; the message names the file and why."""
 
 
-def _load(context: ssl.SSLContext, certificate: Path | None, key: Path | None,
-          ca_certificates: Path | None, where: str) -> None:
+def _load(
+    context: ssl.SSLContext, certificate: Path | None, key: Path | None, ca_certificates: Path | None, where: str
+) -> None:
     try:
         if certificate is not None and key is not None:
             context.load_cert_chain(str(certificate), str(key))
@@ -153,8 +154,10 @@ def why_no_connection(settings: PeerTls, host: str, port: int, where: str, timeo
     (pynetdicom logs the reason but does not return it)."""
     try:
         context = client_context(settings, where)
-        with socket.create_connection((host, port), timeout=timeout_s) as raw, \
-                context.wrap_socket(raw, server_hostname=settings.server_name or host):
+        with (
+            socket.create_connection((host, port), timeout=timeout_s) as raw,
+            context.wrap_socket(raw, server_hostname=settings.server_name or host),
+        ):
             return "the TLS handshake succeeds now; the peer refused the association after it"
     except TlsSetupError as exc:
         return str(exc)

@@ -26,7 +26,13 @@ ITEM, ITEM_END, SEQUENCE_END = 0xFFFEE000, 0xFFFEE00D, 0xFFFEE0DD
 PIXEL_DATA = 0x7FE00010
 # PS3.3 C.7.6.3 Image Pixel module: what Pixel Data's length must agree with
 SAMPLES_PER_PIXEL, PHOTOMETRIC, NUMBER_OF_FRAMES, ROWS, COLUMNS, BITS_ALLOCATED = (
-    0x00280002, 0x00280004, 0x00280008, 0x00280010, 0x00280011, 0x00280100)
+    0x00280002,
+    0x00280004,
+    0x00280008,
+    0x00280010,
+    0x00280011,
+    0x00280100,
+)
 IMAGE_TAGS = frozenset({SAMPLES_PER_PIXEL, PHOTOMETRIC, NUMBER_OF_FRAMES, ROWS, COLUMNS, BITS_ALLOCATED})
 _TOP_LEVEL_TAGS = WANTED_TAGS | IMAGE_TAGS | {PIXEL_DATA}  # top-level elements the walk records
 _LAST_HEADER_TAG = int(LAST_HEADER_TAG)
@@ -94,8 +100,12 @@ class _Frame:
 
 
 _STRUCTS = {  # byte order: (tag + 32-bit length, explicit VR header, 32-bit length, US)
-    little: (struct.Struct(f"{order}HHL"), struct.Struct(f"{order}HH2sH"), struct.Struct(f"{order}L"),
-             struct.Struct(f"{order}H"))
+    little: (
+        struct.Struct(f"{order}HHL"),
+        struct.Struct(f"{order}HH2sH"),
+        struct.Struct(f"{order}L"),
+        struct.Struct(f"{order}H"),
+    )
     for little, order in ((True, "<"), (False, ">"))
 }
 
@@ -174,8 +184,11 @@ class Walker:
                 break  # sequences, delimiters, unknown VRs, split headers: the careful path
             tag = group << 16 | number
             value_end = pos + (i - start) + used + length
-            if (length == UNDEFINED_LENGTH or (end != _NO_END and value_end > end)
-                    or (top and (tag in _TOP_LEVEL_TAGS or (watch and tag > _LAST_HEADER_TAG)))):
+            if (
+                length == UNDEFINED_LENGTH
+                or (end != _NO_END and value_end > end)
+                or (top and (tag in _TOP_LEVEL_TAGS or (watch and tag > _LAST_HEADER_TAG)))
+            ):
                 break
             if value_end - pos + start > size:  # the value continues in the next piece
                 self._pos = pos + (i - start) + used
@@ -260,8 +273,10 @@ class Walker:
             self._past_header_tag = tag
         elif top and self.past_header and tag in WANTED_TAGS:
             # indexed or not depending on where the sender's fragments end: refused either way
-            raise BrokenDataSet(f"{_tag_text(tag)} comes after {_tag_text(self._past_header_tag)}:"
-                                " elements are in ascending tag order (PS3.5 7.1)")
+            raise BrokenDataSet(
+                f"{_tag_text(tag)} comes after {_tag_text(self._past_header_tag)}:"
+                " elements are in ascending tag order (PS3.5 7.1)"
+            )
         if top and tag == PIXEL_DATA:
             self.pixel_data = length
         if length == UNDEFINED_LENGTH:
@@ -276,16 +291,16 @@ class Walker:
             return
         end = self._pos + length
         if frame.end != _NO_END and end > frame.end:
-            raise BrokenDataSet(f"{_tag_text(tag)} ({length} bytes) runs past the end of"
-                                f" {_tag_text(frame.tag)}")
+            raise BrokenDataSet(f"{_tag_text(tag)} ({length} bytes) runs past the end of {_tag_text(frame.tag)}")
         if length and (vr == "SQ" or (vr is None and _is_sequence_in_dictionary(tag))):
             self._open_sequence(tag, end, frame.implicit)
             return
         self._value_tag = tag
         if top and (tag in WANTED_TAGS or tag in IMAGE_TAGS):
             if length > MAX_INDEXED_VALUE:
-                raise BrokenDataSet(f"{_tag_text(tag)} is {length} bytes long; an indexed attribute"
-                                    f" has at most {MAX_INDEXED_VALUE}")
+                raise BrokenDataSet(
+                    f"{_tag_text(tag)} is {length} bytes long; an indexed attribute has at most {MAX_INDEXED_VALUE}"
+                )
             self._keep, self._keep_vr = bytearray(), vr
         if length:
             self._skip = length
@@ -294,8 +309,10 @@ class Walker:
 
     def _open_sequence(self, tag: int, end: int, implicit: bool) -> None:
         if self.depth >= self._limits.max_depth:
-            raise BrokenDataSet(f"sequences are nested more than {self._limits.max_depth} deep at"
-                                f" {_tag_text(tag)} (storage.max_sequence_depth)")
+            raise BrokenDataSet(
+                f"sequences are nested more than {self._limits.max_depth} deep at"
+                f" {_tag_text(tag)} (storage.max_sequence_depth)"
+            )
         self._stack.append(_Frame(_SEQUENCE, end, implicit, tag))
         if end == self._pos:
             self._frames_done()
@@ -334,8 +351,9 @@ class Walker:
             if tag in IMAGE_TAGS:
                 self.image[tag] = value
             else:
-                self.elements[tag] = RawDataElement(BaseTag(tag), self._keep_vr, len(value), value, 0,
-                                                    self._stack[0].implicit, self.little_endian)
+                self.elements[tag] = RawDataElement(
+                    BaseTag(tag), self._keep_vr, len(value), value, 0, self._stack[0].implicit, self.little_endian
+                )
             self._keep = None
         self._frames_done()
 
@@ -352,8 +370,9 @@ class Walker:
     def finish(self) -> None:
         """The data set has ended: it must end between two top-level elements."""
         if self._skip:
-            raise BrokenDataSet(f"the data set ends inside {_tag_text(self._value_tag)}:"
-                                f" {self._skip} bytes of its value are missing")
+            raise BrokenDataSet(
+                f"the data set ends inside {_tag_text(self._value_tag)}: {self._skip} bytes of its value are missing"
+            )
         if self._carry:
             raise BrokenDataSet(f"the data set ends inside an element header at byte {self._pos}")
         if len(self._stack) > 1:

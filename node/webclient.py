@@ -49,20 +49,22 @@ def client_for(peer: DicomwebPeer) -> httpx.Client:
     except ValueError as exc:
         raise PeerSetupError(f"peer {peer.name!r}: {exc}") from exc
     timeout = httpx.Timeout(peer.timeout_s)
-    return httpx.Client(base_url=peer.url, auth=auth, headers=headers, verify=tls_context(peer),
-                        timeout=timeout, follow_redirects=False)
+    return httpx.Client(
+        base_url=peer.url, auth=auth, headers=headers, verify=tls_context(peer), timeout=timeout, follow_redirects=False
+    )
 
 
 def refusal_hint(peer: DicomwebPeer, status: int) -> str:
     """What an operator should check when the peer answers `status` to a request."""
     if status == 401:
-        return (f"{peer.name!r} refused our credentials (HTTP 401): check peers[{peer.name}].auth"
-                " against the users the peer accepts")
+        return (
+            f"{peer.name!r} refused our credentials (HTTP 401): check peers[{peer.name}].auth"
+            " against the users the peer accepts"
+        )
     if status == 403:
         return f"{peer.name!r} does not allow this user to do that (HTTP 403): check its permissions"
     if status in (404, 405):
-        return (f"{peer.url} answered HTTP {status}: is url the DICOMweb base URL"
-                " (e.g. http://orthanc:8042/dicom-web)?")
+        return f"{peer.url} answered HTTP {status}: is url the DICOMweb base URL (e.g. http://orthanc:8042/dicom-web)?"
     return f"{peer.name!r} answered HTTP {status}"
 
 

@@ -54,8 +54,16 @@ def pipeline_input(db: Database, config: Config, job: Job) -> PipelineInput:
 
 
 class Worker:
-    def __init__(self, config: Config, db: Database, jobs: JobQueue, outbox: Outbox, outcomes: JobOutcomes,
-                 metrics: WorkerMetrics, on_staged: Callable[[Job], None] = lambda job: None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        db: Database,
+        jobs: JobQueue,
+        outbox: Outbox,
+        outcomes: JobOutcomes,
+        metrics: WorkerMetrics,
+        on_staged: Callable[[Job], None] = lambda job: None,
+    ) -> None:
         self.config = config
         self.db = db
         self.jobs = jobs
@@ -85,8 +93,10 @@ class Worker:
                 self.pipeline(name)
             except Exception as exc:
                 self.warm_results[name] = f"failed: {type(exc).__name__}: {exc}"
-                log.exception("pipeline failed to load; its jobs will fail until this is fixed",
-                              extra={"fields": {"pipeline": name}})
+                log.exception(
+                    "pipeline failed to load; its jobs will fail until this is fixed",
+                    extra={"fields": {"pipeline": name}},
+                )
                 continue
             seconds = round(time.monotonic() - started, 2)
             self.warm_results[name] = f"ready in {seconds} s"
@@ -120,8 +130,15 @@ class Worker:
             if outcome.not_applicable:
                 self.jobs.finish(job.id, NOT_APPLICABLE, outcome.not_applicable, time.time())
                 self._job_ended(job, NOT_APPLICABLE, outcome.findings, timings)
-                event(log, logging.INFO, "job not applicable", job=job.id, pipeline=job.pipeline,
-                      study_uid=job.study_instance_uid, reason=outcome.not_applicable)
+                event(
+                    log,
+                    logging.INFO,
+                    "job not applicable",
+                    job=job.id,
+                    pipeline=job.pipeline,
+                    study_uid=job.study_instance_uid,
+                    reason=outcome.not_applicable,
+                )
                 return True
             staging = time.monotonic()
             staged = self.outbox.stage(
@@ -129,9 +146,18 @@ class Worker:
             )
             timings["stage"] = time.monotonic() - staging
             self._job_ended(job, "done", outcome.findings, timings)
-            event(log, logging.INFO, "job done", job=job.id, pipeline=job.pipeline,
-                  study_uid=job.study_instance_uid, revision=job.revision, objects=len(outcome.datasets),
-                  deliveries=staged, seconds=round(time.monotonic() - started, 3))
+            event(
+                log,
+                logging.INFO,
+                "job done",
+                job=job.id,
+                pipeline=job.pipeline,
+                study_uid=job.study_instance_uid,
+                revision=job.revision,
+                objects=len(outcome.datasets),
+                deliveries=staged,
+                seconds=round(time.monotonic() - started, 3),
+            )
             self.on_staged(job)
         except Exception as exc:
             if not self._still_owns(job, owner):
@@ -139,9 +165,19 @@ class Worker:
             state = self.jobs.fail(job.id, error_text(exc), time.time())  # tags, never values
             timings.setdefault("pipeline", time.monotonic() - started - timings.get("load", 0.0))
             self._job_ended(job, "failed" if state == "failed" else "retried", None, timings)
-            log.warning("job failed", exc_info=True, extra={"fields": {
-                "job": job.id, "pipeline": job.pipeline, "study_uid": job.study_instance_uid,
-                "attempt": job.attempts, "new_state": state}})
+            log.warning(
+                "job failed",
+                exc_info=True,
+                extra={
+                    "fields": {
+                        "job": job.id,
+                        "pipeline": job.pipeline,
+                        "study_uid": job.study_instance_uid,
+                        "attempt": job.attempts,
+                        "new_state": state,
+                    }
+                },
+            )
         finally:
             job_ended.set()
             renewer.join()
@@ -161,8 +197,15 @@ class Worker:
         """A worker whose lease ran out (another worker took the job) must not record an outcome."""
         if self.jobs.renew(job.id, owner, time.time()):
             return True
-        event(log, logging.WARNING, "job lease lost; outcome discarded", job=job.id, owner=owner,
-              pipeline=job.pipeline, study_uid=job.study_instance_uid)
+        event(
+            log,
+            logging.WARNING,
+            "job lease lost; outcome discarded",
+            job=job.id,
+            owner=owner,
+            pipeline=job.pipeline,
+            study_uid=job.study_instance_uid,
+        )
         return False
 
     def _renew_lease(self, job: Job, owner: str, job_ended: threading.Event) -> None:

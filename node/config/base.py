@@ -11,9 +11,7 @@ AE_TITLE_PATTERN = re.compile(r"^[\x20-\x5b\x5d-\x7e]{1,16}$")  # PS3.5 6.2: AE,
 
 def check_ae_title(value: str) -> str:
     if not AE_TITLE_PATTERN.match(value) or not value.strip():
-        raise ValueError(
-            f"AE title {value!r} is not valid: 1-16 printable ASCII characters, no backslash"
-        )
+        raise ValueError(f"AE title {value!r} is not valid: 1-16 printable ASCII characters, no backslash")
     return value.strip()
 
 

@@ -150,10 +150,7 @@ def _settings_at(loc: tuple[int | str, ...]) -> list[str]:
     for part in loc:
         if isinstance(part, int):
             continue
-        tagged = [
-            m for m in models
-            if "type" in m.model_fields and part in get_args(m.model_fields["type"].annotation)
-        ]
+        tagged = [m for m in models if "type" in m.model_fields and part in get_args(m.model_fields["type"].annotation)]
         if len(models) > 1 and tagged:  # a discriminated union member, e.g. destinations[0].dimse
             models = tagged
             continue

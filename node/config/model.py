@@ -65,19 +65,14 @@ def reference_problems(raw: dict[str, Any]) -> list[tuple[Loc, str]]:
             if name in seen:
                 problems.append(((key, i, "name"), f"{kind} names must be unique; {name!r} is repeated"))
             seen.add(name)
-    peer_types = {
-        e["name"]: peer_type(e) for _, e in _named_entries(raw, "peers") if isinstance(e.get("name"), str)
-    }
+    peer_types = {e["name"]: peer_type(e) for _, e in _named_entries(raw, "peers") if isinstance(e.get("name"), str)}
     peers = sorted(peer_types)
     for i, dest in _named_entries(raw, "destinations"):
         peer, dest_type = dest.get("peer"), dest.get("type")
         if dest_type not in ("dimse", "dicomweb") or not isinstance(peer, str):
             continue
         if peer not in peer_types:
-            message = (
-                f"destination {dest.get('name')!r}: unknown peer {peer!r}"
-                f" (known: {', '.join(peers) or 'none'})"
-            )
+            message = f"destination {dest.get('name')!r}: unknown peer {peer!r} (known: {', '.join(peers) or 'none'})"
             problems.append((("destinations", i, "peer"), message))
         elif peer_types[peer] != dest_type:
             wanted = "'type: dicomweb' and a url" if dest_type == "dicomweb" else "an ae_title, host and port"
@@ -87,9 +82,7 @@ def reference_problems(raw: dict[str, Any]) -> list[tuple[Loc, str]]:
                 f" 'type: {peer_types[peer]}' for this destination, or name a peer with {wanted}"
             )
             problems.append((("destinations", i, "peer"), message))
-    destinations = sorted(
-        {e["name"] for _, e in _named_entries(raw, "destinations") if isinstance(e.get("name"), str)}
-    )
+    destinations = sorted({e["name"] for _, e in _named_entries(raw, "destinations") if isinstance(e.get("name"), str)})
     for i, route in _named_entries(raw, "routes"):
         names = route.get("destinations")
         for j, name in enumerate(names if isinstance(names, list) else []):
@@ -219,9 +212,7 @@ class Config(Strict):
         """The peer whose AE title is `ae_title` (a DICOMweb peer's optional `ae_title` too)."""
         return next((p for p in self.peers if p.ae_title == ae_title), None)
 
-    def destination(
-        self, name: str
-    ) -> FolderDestination | DimseDestination | DicomwebDestination | SenderDestination:
+    def destination(self, name: str) -> FolderDestination | DimseDestination | DicomwebDestination | SenderDestination:
         for dest in self.destinations:
             if dest.name == name:
                 return dest
@@ -249,4 +240,3 @@ def format_loc(loc: tuple[int | str, ...]) -> str:
     for part in loc:
         text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
     return text or "(top level)"
-

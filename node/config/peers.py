@@ -26,9 +26,7 @@ class DimsePeer(Strict):
         " needs no entry for fracnode) or c-move (the peer sends to our AE title, which it must"
         " know as a move destination)",
     )
-    tls: PeerTls | None = Field(
-        None, description="DICOM TLS (PS3.15 B.1) to this peer; port must then be its TLS port"
-    )
+    tls: PeerTls | None = Field(None, description="DICOM TLS (PS3.15 B.1) to this peer; port must then be its TLS port")
 
     @field_validator("ae_title")
     @classmethod
@@ -204,9 +202,7 @@ class RouteMatchRule(Strict):
     series_description: str | None = None
     protocol_name: str | None = None
     sop_class: list[str] = Field(default_factory=list)
-    image_type: list[str] = Field(
-        default_factory=list, description="values that must all appear in ImageType"
-    )
+    image_type: list[str] = Field(default_factory=list, description="values that must all appear in ImageType")
     calling_ae: list[str] = Field(default_factory=list)
 
     @field_validator("body_part", "exclude_body_part", "series_description", "protocol_name")
@@ -225,5 +221,3 @@ class Route(Strict):
     match: RouteMatchRule = RouteMatchRule()
     pipeline: str
     destinations: list[str] = Field(min_length=1)
-
-

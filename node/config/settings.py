@@ -22,9 +22,7 @@ class NodeSettings(Strict):
         default_factory=list, description="accepted calling AE titles; empty accepts any"
     )
     max_associations: int = Field(32, ge=1, le=1000)
-    max_pdu: int = Field(
-        0, ge=0, description="maximum PDU length to receive, advertised and enforced; 0 = unlimited"
-    )
+    max_pdu: int = Field(0, ge=0, description="maximum PDU length to receive, advertised and enforced; 0 = unlimited")
     network_timeout_s: float = Field(60.0, gt=0, description="longest silence between two PDUs")
     plain: bool = Field(True, description="listen on `port` without TLS; false: TLS only")
     tls: NodeTls = NodeTls()
@@ -62,15 +60,14 @@ class NodeSettings(Strict):
 class StorageSettings(Strict):
     data_dir: Path = Path("fracnode-data")
     database: str = Field(
-        SQLITE, description="'sqlite' (the embedded index in data_dir) or postgresql://user@host:port/database"
-        " (no password inside: database_password_file, PGPASSFILE or PGPASSWORD)"
+        SQLITE,
+        description="'sqlite' (the embedded index in data_dir) or postgresql://user@host:port/database"
+        " (no password inside: database_password_file, PGPASSFILE or PGPASSWORD)",
     )
     database_password_file: Path | None = Field(
         None, description="a file holding the PostgreSQL password (one line, readable by the node's user only)"
     )
-    min_free_mb: int = Field(
-        200, ge=0, description="refuse instances (0xA700) when less space than this is free"
-    )
+    min_free_mb: int = Field(200, ge=0, description="refuse instances (0xA700) when less space than this is free")
     retention_days: float = Field(
         7.0, ge=0, description="delete spooled studies this long after their last job ended; 0 keeps"
     )
@@ -83,7 +80,6 @@ class StorageSettings(Strict):
     max_inflation_ratio: float = Field(
         200.0, ge=1, description="a deflated data set that inflates more than this many times is refused"
     )
-
 
     @field_validator("database")
     @classmethod
@@ -134,9 +130,7 @@ class InferenceSettings(Strict):
         None, description="folder of MONAI bundles; null = the models/ folder shipped with fracnode"
     )
     max_batch: int = Field(8, ge=1, le=256, description="images run through a model at once")
-    max_wait_ms: float = Field(
-        5.0, ge=0, le=10000, description="how long a batch waits for images of other studies"
-    )
+    max_wait_ms: float = Field(5.0, ge=0, le=10000, description="how long a batch waits for images of other studies")
     weights_sha256: dict[str, str] = Field(
         default_factory=dict,
         description="sha256 of a bundle's weights file by bundle name, for bundles that record none"
@@ -187,9 +181,7 @@ class WebSettings(Strict):
     bind: str = "0.0.0.0"
     port: int = Field(8080, ge=0, le=65535, description="HTTP port (env FRACNODE_HTTP_PORT); 0 picks a free port")
     auth: WebAuthSettings = WebAuthSettings()
-    max_request_mb: int = Field(
-        4096, ge=1, description="largest STOW-RS request body accepted (413 beyond it)"
-    )
+    max_request_mb: int = Field(4096, ge=1, description="largest STOW-RS request body accepted (413 beyond it)")
     tls: WebTls = WebTls()
 
 
@@ -199,4 +191,3 @@ class LoggingSettings(Strict):
     libraries: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "WARNING", description="level of other libraries' loggers (highdicom, pynetdicom, MONAI, uvicorn)"
     )
-

@@ -102,17 +102,22 @@ def classify(
     for uid in sop_instance_uids:
         if uid in failed:
             reason = failed[uid]
-            outcomes.append(StowOutcome(uid, False, failure_is_transient(reason),
-                                        f"{peer} refused the instance: Failure Reason 0x{reason:04X}"
-                                        " (PS3.18 Table I.2-2)"))
+            outcomes.append(
+                StowOutcome(
+                    uid,
+                    False,
+                    failure_is_transient(reason),
+                    f"{peer} refused the instance: Failure Reason 0x{reason:04X} (PS3.18 Table I.2-2)",
+                )
+            )
         elif uid in stored or status == 200:
             outcomes.append(StowOutcome(uid, True, False, ""))
         elif status == 409:
-            outcomes.append(StowOutcome(uid, False, False,
-                                        f"{peer} stored none of the request's instances (HTTP 409)"))
+            outcomes.append(StowOutcome(uid, False, False, f"{peer} stored none of the request's instances (HTTP 409)"))
         else:
-            outcomes.append(StowOutcome(uid, False, True,
-                                        f"{peer} answered HTTP {status} without confirming the instance"))
+            outcomes.append(
+                StowOutcome(uid, False, True, f"{peer} answered HTTP {status} without confirming the instance")
+            )
     return outcomes
 
 
@@ -162,11 +167,11 @@ def stow(peer: DicomwebPeer, items: Sequence[StowItem]) -> list[StowOutcome]:
     except PeerSetupError as exc:
         raise StowFailed(str(exc), retry=True) from exc
     except httpx.TimeoutException as exc:
-        raise StowFailed(f"{peer.url}: no answer within {peer.timeout_s:g}s ({type(exc).__name__})",
-                         retry=True) from exc
+        raise StowFailed(
+            f"{peer.url}: no answer within {peer.timeout_s:g}s ({type(exc).__name__})", retry=True
+        ) from exc
     except (httpx.HTTPError, OSError) as exc:
-        raise StowFailed(f"cannot reach {peer.url} ({exc}); is it running and reachable?",
-                         retry=True) from exc
+        raise StowFailed(f"cannot reach {peer.url} ({exc}); is it running and reachable?", retry=True) from exc
     status = response.status_code
     if status in (200, 202, 409):
         return classify(status, _json(response), [i.sop_instance_uid for i in items], peer.name)

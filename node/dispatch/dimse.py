@@ -65,15 +65,19 @@ def _associate(ae: AE, target: Target) -> Association:
         secure = tls_args(target.tls, target.host, f"peer {target}")
     except TlsSetupError as exc:
         raise AssociationFailed(str(exc)) from exc
-    assoc = ae.associate(target.host, target.port, ae_title=target.ae_title,
-                         evt_handlers=[(evt.EVT_CONN_OPEN, on_open),
-                                       (evt.EVT_ACSE_RECV, lambda event: answers.append(event.primitive))],
-                         tls_args=secure)
+    assoc = ae.associate(
+        target.host,
+        target.port,
+        ae_title=target.ae_title,
+        evt_handlers=[(evt.EVT_CONN_OPEN, on_open), (evt.EVT_ACSE_RECV, lambda event: answers.append(event.primitive))],
+        tls_args=secure,
+    )
     if not assoc.is_established:
         # pynetdicom marks a refused TCP connection as aborted too: tell them apart
         if not connected and target.tls is not None:
-            reason = why_no_connection(target.tls, target.host, target.port, f"peer {target}",
-                                       ae.connection_timeout or 10.0)
+            reason = why_no_connection(
+                target.tls, target.host, target.port, f"peer {target}", ae.connection_timeout or 10.0
+            )
             raise AssociationFailed(f"{target}: {reason}")
         if not connected:
             raise AssociationFailed(f"cannot connect to {target} (is it running and reachable?)")
@@ -113,14 +117,20 @@ def _why_not(assoc: object, target: Target, calling_ae: str = "", answers: Seque
         answer = next((a for a in answers if getattr(a, "result", None) in (1, 2)), None)
         source, reason = getattr(answer, "result_source", None), getattr(answer, "diagnostic", None)
         if source == 1 and reason == CALLED_AE_REFUSED:
-            return (f"{target} rejected the association: it does not answer to the called AE title"
-                    f" {target.ae_title!r} (give its AE title: AE@HOST:PORT, or the peer's ae_title)")
+            return (
+                f"{target} rejected the association: it does not answer to the called AE title"
+                f" {target.ae_title!r} (give its AE title: AE@HOST:PORT, or the peer's ae_title)"
+            )
         if source == 1 and reason == CALLING_AE_REFUSED:
-            return (f"{target} rejected the association: it does not accept the calling AE title"
-                    f" {calling_ae!r} (add it on the peer, or use --calling-ae)")
+            return (
+                f"{target} rejected the association: it does not accept the calling AE title"
+                f" {calling_ae!r} (add it on the peer, or use --calling-ae)"
+            )
         said = f" ({getattr(answer, 'reason_str', '')})" if answer is not None else ""
-        return (f"{target} rejected the association{said}; called AE title {target.ae_title!r},"
-                f" calling AE title {calling_ae!r}: check the AE titles configured on both sides")
+        return (
+            f"{target} rejected the association{said}; called AE title {target.ae_title!r},"
+            f" calling AE title {calling_ae!r}: check the AE titles configured on both sides"
+        )
     if getattr(assoc, "is_aborted", False):
         return f"{target} aborted the association"
     return f"cannot connect to {target} (is it running and reachable?)"
@@ -140,9 +150,7 @@ def proposed_syntaxes(syntax: str) -> list[str]:
     return list(dict.fromkeys([syntax, *FALLBACK_TRANSFER_SYNTAXES]))
 
 
-def store(
-    target: Target, calling_ae: str, paths: Sequence[Path], timeout_s: float = 30.0
-) -> list[StoreResult]:
+def store(target: Target, calling_ae: str, paths: Sequence[Path], timeout_s: float = 30.0) -> list[StoreResult]:
     """Send files over one association. Raises AssociationFailed if none can be sent."""
     headers = []
     for path in paths:

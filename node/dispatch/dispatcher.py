@@ -65,8 +65,15 @@ class Dispatcher:
                 )
                 for item in group:
                     self.outbox.give_up(item, reason, now)
-                event(log, logging.ERROR, "cannot reply to sender", destination=destination,
-                      calling_ae=calling_ae, items=len(group), reason=reason)
+                event(
+                    log,
+                    logging.ERROR,
+                    "cannot reply to sender",
+                    destination=destination,
+                    calling_ae=calling_ae,
+                    items=len(group),
+                    reason=reason,
+                )
                 continue
             delivered += self._to(sender, group, now)
         return delivered
@@ -88,8 +95,15 @@ class Dispatcher:
                 write_atomically(dest.path / item.study_uid / name, item.path.read_bytes())
             except (OSError, OutOfSpace) as exc:
                 retry_at = self.outbox.failed_attempt(item, f"folder {dest.path}: {exc}", now)
-                event(log, logging.WARNING, "delivery failed", destination=dest.name,
-                      sop_instance_uid=item.sop_instance_uid, error=str(exc), retry_in_s=round(retry_at - now, 1))
+                event(
+                    log,
+                    logging.WARNING,
+                    "delivery failed",
+                    destination=dest.name,
+                    sop_instance_uid=item.sop_instance_uid,
+                    error=str(exc),
+                    retry_in_s=round(retry_at - now, 1),
+                )
                 continue
             self.outbox.delivered(item, now)
             delivered += 1
@@ -107,12 +121,28 @@ class Dispatcher:
             try:
                 moved = folder.set_aside(dest.path / study, old_job, revision, uids)
             except OSError as exc:  # the current results are in place: a leftover is cosmetic
-                event(log, logging.WARNING, "could not set superseded results aside", destination=dest.name,
-                      study_uid=study, job=old_job, error=str(exc))
+                event(
+                    log,
+                    logging.WARNING,
+                    "could not set superseded results aside",
+                    destination=dest.name,
+                    study_uid=study,
+                    job=old_job,
+                    error=str(exc),
+                )
                 continue
             if moved:
-                event(log, logging.INFO, "superseded results set aside", destination=dest.name,
-                      study_uid=study, job=old_job, revision=revision, files=moved, by_job=job_id)
+                event(
+                    log,
+                    logging.INFO,
+                    "superseded results set aside",
+                    destination=dest.name,
+                    study_uid=study,
+                    job=old_job,
+                    revision=revision,
+                    files=moved,
+                    by_job=job_id,
+                )
 
     def _to_peer(self, target: Target, items: list[OutboxItem], now: float) -> int:
         by_path = {item.path: item for item in items}
@@ -135,8 +165,7 @@ class Dispatcher:
             peer.name, [(by_uid[o.sop_instance_uid], o.delivered, o.message, o.retry) for o in outcomes], now
         )
 
-    def _batch_failed(self, destination: str, items: list[OutboxItem], error: str, retry: bool,
-                      now: float) -> None:
+    def _batch_failed(self, destination: str, items: list[OutboxItem], error: str, retry: bool, now: float) -> None:
         """No item of the batch reached the peer: each is retried later, or given up."""
         retry_at = now
         for item in items:
@@ -144,8 +173,15 @@ class Dispatcher:
                 retry_at = self.outbox.failed_attempt(item, error, now)
             else:
                 self.outbox.give_up(item, error, now)
-        event(log, logging.WARNING, "delivery failed", destination=destination, items=len(items),
-              error=error, retry_in_s=round(retry_at - now, 1) if retry else None)
+        event(
+            log,
+            logging.WARNING,
+            "delivery failed",
+            destination=destination,
+            items=len(items),
+            error=error,
+            retry_in_s=round(retry_at - now, 1) if retry else None,
+        )
 
     def _record(self, destination: str, answers: list[tuple[OutboxItem, bool, str, bool]], now: float) -> int:
         """The peer's answer per item, (item, delivered, message, retried): record each; the
@@ -160,8 +196,15 @@ class Dispatcher:
                 self.outbox.failed_attempt(item, message, now)
             else:
                 self.outbox.give_up(item, message, now)
-            event(log, logging.WARNING, "delivery refused", destination=destination,
-                  sop_instance_uid=item.sop_instance_uid, error=message, retried=retry)
+            event(
+                log,
+                logging.WARNING,
+                "delivery refused",
+                destination=destination,
+                sop_instance_uid=item.sop_instance_uid,
+                error=message,
+                retried=retry,
+            )
         if delivered:
             event(log, logging.INFO, "results delivered", destination=destination, count=delivered)
         return delivered

@@ -35,8 +35,7 @@ class DestinationHealth:
 
     def in_trouble(self, now: float) -> bool:
         waiting = self.pending > 0 and (
-            self.attempts >= TROUBLE_ATTEMPTS
-            or (self.attempts > 0 and self.oldest_pending_age_s(now) >= TROUBLE_AGE_S)
+            self.attempts >= TROUBLE_ATTEMPTS or (self.attempts > 0 and self.oldest_pending_age_s(now) >= TROUBLE_AGE_S)
         )
         return self.failed > 0 or waiting
 
@@ -75,9 +74,17 @@ def destination_health(db: Database, names: Iterable[str]) -> list[DestinationHe
         if c is None:
             found.append(DestinationHealth(name, 0, 0, 0, None, 0, "", None, None))
             continue
-        found.append(DestinationHealth(
-            name=name, pending=c.pending, delivered=c.delivered, failed=c.failed,
-            oldest_pending_at=c.oldest_pending_at, attempts=c.attempts, last_error=c.last_error,
-            last_delivered_at=c.last_delivered_at, next_attempt_at=c.next_attempt_at,
-        ))
+        found.append(
+            DestinationHealth(
+                name=name,
+                pending=c.pending,
+                delivered=c.delivered,
+                failed=c.failed,
+                oldest_pending_at=c.oldest_pending_at,
+                attempts=c.attempts,
+                last_error=c.last_error,
+                last_delivered_at=c.last_delivered_at,
+                next_attempt_at=c.next_attempt_at,
+            )
+        )
     return found

@@ -89,12 +89,8 @@ def _decode(ds: Dataset) -> Radiograph | Skipped:
         # Lossy colour codecs leave ±1 of chroma noise on a grey picture; more than that is colour.
         spread = int(np.ptp(stored.astype(np.int32), axis=-1).max())
         if spread > 1:
-            return Skipped(
-                f"colour image ({photometric}, channels differ by up to {spread}); needs grayscale"
-            )
-        return _radiograph(
-            ds, _stored_range(stored[..., 0], ds), photometric, "stored-range", invert=False
-        )
+            return Skipped(f"colour image ({photometric}, channels differ by up to {spread}); needs grayscale")
+        return _radiograph(ds, _stored_range(stored[..., 0], ds), photometric, "stored-range", invert=False)
     if stored.shape != expected:
         return Skipped(f"pixel data of shape {stored.shape}, expected {expected} (one 2D frame)")
     image, voi = _grey(stored, ds)
@@ -197,9 +193,7 @@ def _spacing(ds: Dataset) -> tuple[tuple[float, float] | None, str | None]:
     return None, None
 
 
-def _radiograph(
-    ds: Dataset, image: np.ndarray, photometric: str, voi: Voi, invert: bool
-) -> Radiograph:
+def _radiograph(ds: Dataset, image: np.ndarray, photometric: str, voi: Voi, invert: bool) -> Radiograph:
     plane = np.ascontiguousarray(1.0 - image if invert else image, dtype=np.float32)
     spacing, attribute = _spacing(ds)
     return Radiograph(

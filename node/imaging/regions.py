@@ -54,9 +54,7 @@ def extract(probabilities: np.ndarray, threshold: float, min_area: int = 4, limi
         if len(rows) < min_area:
             continue
         # Pixel corners, so a one-pixel-wide region still has a non-degenerate outline.
-        corners = np.concatenate(
-            [np.stack([columns + dx, rows + dy], axis=1) for dx in (0, 1) for dy in (0, 1)]
-        )
+        corners = np.concatenate([np.stack([columns + dx, rows + dy], axis=1) for dx in (0, 1) for dy in (0, 1)])
         hull = convex_hull(corners)
         regions.append(
             Region(

@@ -77,9 +77,7 @@ class Volume:
 
     def _matrix(self) -> np.ndarray:
         """4×4 affine from (i, j, k, 1) voxel indices to (x, y, z, 1) patient mm."""
-        axes = np.array(self.direction, dtype=np.float64) * np.array(
-            self.spacing[::-1], dtype=np.float64
-        )
+        axes = np.array(self.direction, dtype=np.float64) * np.array(self.spacing[::-1], dtype=np.float64)
         affine = np.eye(4)
         affine[:3, :3] = axes
         affine[:3, 3] = self.origin
@@ -119,9 +117,7 @@ def resample_labels(volume: Volume, labels) -> np.ndarray:  # type: ignore[no-un
     reference.SetSpacing(volume.spacing[::-1])
     reference.SetOrigin(volume.origin)
     reference.SetDirection(tuple(float(x) for row in volume.direction for x in row))
-    resampled = sitk.Resample(
-        labels, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8
-    )
+    resampled = sitk.Resample(labels, reference, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
     return sitk.GetArrayFromImage(resampled)
 
 
@@ -178,13 +174,9 @@ def _header(source: Path | Dataset, index: int, warnings: set[str]) -> _Header:
     name = _name(source, index)
     sop_class = _uid(ds, "SOPClassUID", "MediaStorageSOPClassUID", warnings)
     if sop_class == ENHANCED_CT or int(ds.get("NumberOfFrames", 1) or 1) > 1:
-        raise VolumeRefused(
-            f"{name}: multi-frame images (Enhanced CT) are not supported; send single-frame CT"
-        )
+        raise VolumeRefused(f"{name}: multi-frame images (Enhanced CT) are not supported; send single-frame CT")
     if int(ds.get("SamplesPerPixel", 1) or 1) != 1:
-        raise VolumeRefused(
-            f"{name}: {ds.get('SamplesPerPixel')} samples per pixel; CT volumes need grey"
-        )
+        raise VolumeRefused(f"{name}: {ds.get('SamplesPerPixel')} samples per pixel; CT volumes need grey")
     orientation = _floats(ds, "ImageOrientationPatient", 6, name)
     position = _floats(ds, "ImagePositionPatient", 3, name)
     spacing = _floats(ds, "PixelSpacing", 2, name)
@@ -227,21 +219,15 @@ def _check_uniform(headers: list[_Header]) -> None:
             )
     series = {str(h.ds.get("SeriesInstanceUID", "") or "") for h in headers} - {""}
     if len(series) > 1:
-        raise VolumeRefused(
-            f"the files belong to {len(series)} series; build one volume per series"
-        )
+        raise VolumeRefused(f"the files belong to {len(series)} series; build one volume per series")
 
 
 def _axes(orientation: tuple[float, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     row, column = np.array(orientation[:3]), np.array(orientation[3:])
     if not (
-        abs(np.linalg.norm(row) - 1) < 1e-3
-        and abs(np.linalg.norm(column) - 1) < 1e-3
-        and abs(row @ column) < 1e-3
+        abs(np.linalg.norm(row) - 1) < 1e-3 and abs(np.linalg.norm(column) - 1) < 1e-3 and abs(row @ column) < 1e-3
     ):
-        raise VolumeRefused(
-            f"ImageOrientationPatient {list(orientation)} is not two orthogonal unit vectors"
-        )
+        raise VolumeRefused(f"ImageOrientationPatient {list(orientation)} is not two orthogonal unit vectors")
     row, column = row / np.linalg.norm(row), column / np.linalg.norm(column)
     return row, column, np.cross(row, column)
 
@@ -283,9 +269,7 @@ def _order(
     worst = int(np.argmax(np.linalg.norm(drift, axis=1)))
     pixel = min(headers[0].pixel_spacing)
     if np.linalg.norm(drift[worst]) > max_drift_px * pixel:
-        angle = math.degrees(
-            math.atan2(float(np.linalg.norm(drift[worst])), float(offsets[worst] @ normal))
-        )
+        angle = math.degrees(math.atan2(float(np.linalg.norm(drift[worst])), float(offsets[worst] @ normal)))
         raise VolumeRefused(
             f"gantry tilt: slice positions run {angle:.2f}° off the slice normal ({np.linalg.norm(drift[worst]):.2f}"
             f" mm in-plane over {offsets[worst] @ normal:.1f} mm); send an untilted or tilt-corrected series"
@@ -296,17 +280,14 @@ def _order(
 # -- pixels -----------------------------------------------------------------------------------
 
 
-def _slice_hu(
-    ds: Dataset, name: str, matrix: tuple[int, int], dtype: np.dtype, warnings: set[str]
-) -> np.ndarray:
+def _slice_hu(ds: Dataset, name: str, matrix: tuple[int, int], dtype: np.dtype, warnings: set[str]) -> np.ndarray:
     try:
         stored = ds.pixel_array
     except Exception as exc:
         syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
         syntax_name = getattr(syntax, "name", str(syntax))
         raise VolumeRefused(
-            f"{name}: pixel data cannot be decoded ({syntax_name}): {type(exc).__name__}:"
-            f" {withhold_values(str(exc))}"
+            f"{name}: pixel data cannot be decoded ({syntax_name}): {type(exc).__name__}: {withhold_values(str(exc))}"
         ) from exc
     if stored.shape != matrix:
         raise VolumeRefused(f"{name}: pixel data is {stored.shape}, the header says {matrix}")
@@ -317,18 +298,14 @@ def _slice_hu(
     else:
         slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
         if slope in (None, "") or intercept in (None, ""):
-            warnings.add(
-                "RescaleSlope/RescaleIntercept missing: stored values taken as HU (slope 1, intercept 0)"
-            )
+            warnings.add("RescaleSlope/RescaleIntercept missing: stored values taken as HU (slope 1, intercept 0)")
             slope, intercept = 1.0, 0.0
         hu = stored.astype(np.float32)
         if float(slope) != 1.0:
             hu *= np.float32(float(slope))
         hu += np.float32(float(intercept))
     padding = ds.get("PixelPaddingValue")
-    if (
-        padding is not None
-    ):  # PS3.3 C.7.5.1.1.2: padded pixels (outside the scan circle) are not tissue
+    if padding is not None:  # PS3.3 C.7.5.1.1.2: padded pixels (outside the scan circle) are not tissue
         limit = ds.get("PixelPaddingRangeLimit", padding)
         lo, hi = sorted((int(padding), int(limit)))
         hu[(stored >= lo) & (stored <= hi)] = AIR_HU
@@ -368,9 +345,7 @@ def build_volume(
         seen.add(uid)
         headers.append(header)
     if len(headers) < max(2, min_slices):
-        raise VolumeRefused(
-            f"{len(headers)} slice(s): a volume needs at least {max(2, min_slices)}"
-        )
+        raise VolumeRefused(f"{len(headers)} slice(s): a volume needs at least {max(2, min_slices)}")
     _check_uniform(headers)
     row, column, normal = _axes(headers[0].orientation)
     headers, dz = _order(headers, normal, spacing_tolerance, max_drift_px)
@@ -387,9 +362,7 @@ def build_volume(
         hu=hu,
         spacing=(dz, first.pixel_spacing[0], first.pixel_spacing[1]),
         origin=tuple(float(x) for x in first.info.position),  # type: ignore[arg-type]
-        direction=tuple(
-            (float(r[0]), float(r[1]), float(r[2])) for r in np.column_stack([row, column, normal])
-        ),
+        direction=tuple((float(r[0]), float(r[1]), float(r[2])) for r in np.column_stack([row, column, normal])),
         slices=tuple(h.info for h in headers),
         headers=tuple(h.ds for h in headers),
         study_instance_uid=str(first.ds.get("StudyInstanceUID", "") or ""),

@@ -102,13 +102,18 @@ def _nearest_oblique(source: np.ndarray, matrix: np.ndarray, box: Box, fill: int
 
 
 def box_to_target(
-    source_box: Box, source_affine: np.ndarray, target_shape: Sequence[int], target_affine: np.ndarray,
+    source_box: Box,
+    source_affine: np.ndarray,
+    target_shape: Sequence[int],
+    target_affine: np.ndarray,
     margin: int = 1,
 ) -> Box:
     """The part of a target grid that covers a box of a source grid (its corners), plus `margin`."""
     corners = np.array(
-        [[lo if bit == 0 else hi - 1 for (lo, hi), bit in zip(source_box, bits, strict=True)]
-         for bits in np.ndindex(2, 2, 2)],
+        [
+            [lo if bit == 0 else hi - 1 for (lo, hi), bit in zip(source_box, bits, strict=True)]
+            for bits in np.ndindex(2, 2, 2)
+        ],
         dtype=np.float64,
     )
     world = corners @ source_affine[:3, :3].T + source_affine[:3, 3]
@@ -116,7 +121,4 @@ def box_to_target(
     index = world @ matrix[:3, :3].T + matrix[:3, 3]
     lower = np.floor(index.min(axis=0)).astype(int) - margin
     upper = np.ceil(index.max(axis=0)).astype(int) + margin + 1
-    return tuple(
-        (max(0, int(lo)), min(int(n), int(hi)))
-        for lo, hi, n in zip(lower, upper, target_shape, strict=True)
-    )
+    return tuple((max(0, int(lo)), min(int(n), int(hi))) for lo, hi, n in zip(lower, upper, target_shape, strict=True))

@@ -73,7 +73,9 @@ def read(root: Path | str) -> Bundle:
     metadata_path, config_path = root / "configs" / "metadata.json", root / "configs" / "inference.json"
     for path in (metadata_path, config_path):
         if not path.is_file():
-            raise BundleError(f"{path} is missing: a MONAI bundle needs configs/metadata.json and configs/inference.json")
+            raise BundleError(
+                f"{path} is missing: a MONAI bundle needs configs/metadata.json and configs/inference.json"
+            )
     try:
         metadata = json.loads(metadata_path.read_text())
         config = json.loads(config_path.read_text())
@@ -114,9 +116,7 @@ def build_network(bundle: Bundle) -> torch.nn.Module:
     return network
 
 
-def load_weights(
-    bundle: Bundle, network: torch.nn.Module, verify: bool = True, expected_sha256: str = ""
-) -> None:
+def load_weights(bundle: Bundle, network: torch.nn.Module, verify: bool = True, expected_sha256: str = "") -> None:
     """Load the bundle's weights into `network`, after checking the sha256.
 
     The hash is the one recorded in metadata.json (`fracnode.weights_sha256`) and/or

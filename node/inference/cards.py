@@ -55,9 +55,7 @@ def read_card(root: Path) -> ModelCard:
         return ModelCard(root.name, root.name, "", (), "", "", f"metadata.json unreadable: {exc}")
     metrics = metadata.get("eval_metrics") or {}
     shown = tuple(
-        (label, _value(metrics, key))
-        for key, label in HEADLINES
-        if isinstance(metrics.get(key), int | float)
+        (label, _value(metrics, key)) for key, label in HEADLINES if isinstance(metrics.get(key), int | float)
     )
     return ModelCard(
         bundle=root.name,

@@ -53,9 +53,7 @@ def read_contract(bundle: Bundle) -> Contract:
     """The contract of `bundle`; a BundleError names the metadata entry that does not fit."""
     where = bundle.root / "configs" / "metadata.json"
     if len(bundle.inputs) != 1:
-        raise BundleError(
-            f"{where}: network_data_format.inputs has {len(bundle.inputs)} entries; one is supported"
-        )
+        raise BundleError(f"{where}: network_data_format.inputs has {len(bundle.inputs)} entries; one is supported")
     input_name, spec = next(iter(bundle.inputs.items()))
     input_shape = (
         _positive(spec, "num_channels", where),
@@ -64,9 +62,7 @@ def read_contract(bundle: Bundle) -> Contract:
     order = list(bundle.extras.get("output_order") or bundle.outputs)
     unknown = [name for name in order if name not in bundle.outputs]
     if unknown or not order:
-        raise BundleError(
-            f"{where}: fracnode.output_order {order} does not name the outputs {list(bundle.outputs)}"
-        )
+        raise BundleError(f"{where}: fracnode.output_order {order} does not name the outputs {list(bundle.outputs)}")
     activations = _activations(bundle.config.get("postprocessing"), order, bundle)
     outputs = []
     for name in order:
@@ -74,11 +70,7 @@ def read_contract(bundle: Bundle) -> Contract:
         channels = _positive(out, "num_channels", where)
         fmt = str(out.get("format", ""))
         # Classification outputs are one value per channel; maps keep their spatial axes.
-        shape = (
-            (channels,)
-            if fmt == "classification"
-            else (channels, *_spatial(out, where, f"outputs.{name}"))
-        )
+        shape = (channels,) if fmt == "classification" else (channels, *_spatial(out, where, f"outputs.{name}"))
         names = tuple(bundle.channels(name)) or tuple(str(i) for i in range(channels))
         outputs.append(Output(name, shape, names, activations.get(name, "none"), fmt))
     return Contract(

@@ -68,9 +68,7 @@ class Engine:
         self.weights_sha256 = (weights_sha256 or self.bundle.weights_sha256).lower()
         network.eval()
         names = self.contract.output_names
-        self.runner = runtimes.select(
-            network, self.device, names, self.contract.input_shape, runtime, threads
-        )
+        self.runner = runtimes.select(network, self.device, names, self.contract.input_shape, runtime, threads)
         if warmup:
             self._forward(np.zeros((1, *self.contract.input_shape), dtype=np.float32))
         self.max_batch, self.max_wait_s = max_batch, max_wait_ms / 1000.0
@@ -80,9 +78,7 @@ class Engine:
         self._queue: queue.Queue[_Item | None] = queue.Queue()
         self._closed = False
         self._closing = threading.Lock()  # no image is queued behind the stop sentinel
-        self._thread = threading.Thread(
-            target=self._serve, name=f"engine-{self.bundle.root.name}", daemon=True
-        )
+        self._thread = threading.Thread(target=self._serve, name=f"engine-{self.bundle.root.name}", daemon=True)
         self._thread.start()
         event(
             log,
@@ -102,9 +98,7 @@ class Engine:
         images = [np.ascontiguousarray(a, dtype=np.float32) for a in arrays]
         for i, image in enumerate(images):
             if image.shape != self.contract.input_shape:
-                raise ValueError(
-                    f"arrays[{i}] has shape {image.shape}; the model takes {self.contract.input_shape}"
-                )
+                raise ValueError(f"arrays[{i}] has shape {image.shape}; the model takes {self.contract.input_shape}")
         if not images:
             return []
         pending = _Pending(len(images))
@@ -115,9 +109,7 @@ class Engine:
                 self._queue.put(_Item(pending, index, image))
         pending.done.wait()
         if pending.error is not None:
-            raise InferenceError(
-                f"{self.bundle.root.name}: forward failed: {pending.error}"
-            ) from pending.error
+            raise InferenceError(f"{self.bundle.root.name}: forward failed: {pending.error}") from pending.error
         return pending.rows
 
     def close(self) -> None:
@@ -191,9 +183,7 @@ class Engine:
         seconds = time.monotonic() - started
         for row, item in enumerate(batch):
             # Copies, so one caller's result does not keep the whole batch alive.
-            item.pending.deliver(
-                item.index, {name: values[row].copy() for name, values in outputs.items()}
-            )
+            item.pending.deliver(item.index, {name: values[row].copy() for name, values in outputs.items()})
         if self.on_forward is not None:
             try:
                 self.on_forward(self.bundle.root.name, len(batch), seconds)

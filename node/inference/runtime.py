@@ -50,9 +50,7 @@ class EagerRunner:
 
     name = "eager"
 
-    def __init__(
-        self, network: torch.nn.Module, device: torch.device, names: Sequence[str]
-    ) -> None:
+    def __init__(self, network: torch.nn.Module, device: torch.device, names: Sequence[str]) -> None:
         self.half = device.type == "cuda"
         self.network = network.to(device).eval()
         if self.half:
@@ -61,9 +59,7 @@ class EagerRunner:
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
         with torch.inference_mode():
-            x = torch.from_numpy(batch).to(
-                self.device, torch.float16 if self.half else torch.float32
-            )
+            x = torch.from_numpy(batch).to(self.device, torch.float16 if self.half else torch.float32)
             return tuple(t.float().cpu().numpy() for t in as_tuple(self.network(x), self.names))
 
 
@@ -109,9 +105,7 @@ class OnnxRunner:
         options.inter_op_num_threads = 1
         # Idle ORT threads spin between batches by default, taking CPU from pixel decoding.
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
-        self.session = onnxruntime.InferenceSession(
-            model, options, providers=["CPUExecutionProvider"]
-        )
+        self.session = onnxruntime.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
     def __call__(self, batch: np.ndarray) -> tuple[np.ndarray, ...]:
         return tuple(self.session.run(None, {"input": batch}))
@@ -130,22 +124,16 @@ def select(
     if runtime == "eager" or (runtime == "auto" and device.type != "cpu"):
         return eager
     if device.type != "cpu":
-        raise ValueError(
-            f"runtime 'onnxruntime' runs on the CPU only, not on device {device.type!r}"
-        )
+        raise ValueError(f"runtime 'onnxruntime' runs on the CPU only, not on device {device.type!r}")
     try:
         probe = np.random.default_rng(0).standard_normal((2, *input_shape)).astype(np.float32)
         graph = export_onnx(network, torch.from_numpy(probe[:1]), names)
         onnx = OnnxRunner(graph, threads or torch.get_num_threads())
         for name, expected, actual in zip(names, eager(probe), onnx(probe), strict=True):
             if expected.shape != actual.shape:
-                raise ValueError(
-                    f"output {name!r} has shape {actual.shape}, eager gives {expected.shape}"
-                )
+                raise ValueError(f"output {name!r} has shape {actual.shape}, eager gives {expected.shape}")
             if not np.allclose(actual, expected, atol=ATOL, rtol=RTOL):
-                raise ValueError(
-                    f"output {name!r} differs from eager by {np.abs(actual - expected).max():.3g}"
-                )
+                raise ValueError(f"output {name!r} differs from eager by {np.abs(actual - expected).max():.3g}")
     except Exception as exc:  # onnxruntime missing, an op ONNX cannot express, a mismatch
         if runtime == "onnxruntime":
             raise

@@ -72,8 +72,9 @@ class Owner(Protocol):
 
     def admit(self, request: ul.AssociationRequest, host: str) -> tuple[tuple[int, int, int], str] | None: ...
     def release(self, host: str) -> None: ...
-    def accepted(self, request: ul.AssociationRequest, address: tuple[str, int],
-                 peer_subject: str) -> AssociationRecord: ...
+    def accepted(
+        self, request: ul.AssociationRequest, address: tuple[str, int], peer_subject: str
+    ) -> AssociationRecord: ...
     def rejected(self, request: ul.AssociationRequest, address: tuple[str, int], reason: str) -> None: ...
     def ended(self, record: AssociationRecord, outcome: str) -> None: ...
     def stored(self, record: AssociationRecord, stored: Stored) -> None: ...
@@ -96,8 +97,14 @@ def _failure_status(exc: BaseException, sop_uid: str) -> tuple[int, str]:
 class Association:
     """One association, from the A-ASSOCIATE-RQ to its release or abort (PS3.8 9.2)."""
 
-    def __init__(self, ingest: Owner, sock: socket.socket, address: tuple[str, int],
-                 negotiation_deadline: float, peer_subject: str = "") -> None:
+    def __init__(
+        self,
+        ingest: Owner,
+        sock: socket.socket,
+        address: tuple[str, int],
+        negotiation_deadline: float,
+        peer_subject: str = "",
+    ) -> None:
         """`negotiation_deadline` (time.monotonic()): when the A-ASSOCIATE-RQ must have arrived
         whole, counted from the connection (a TLS handshake spends from it too); `peer_subject`:
         the common name of a TLS client certificate."""
@@ -128,12 +135,24 @@ class Association:
             if self._associate():
                 outcome = self._data_phase()
         except ul.ProtocolError as exc:
-            event(log, logging.WARNING, "association aborted: protocol error", reason=str(exc),
-                  association=self.record.id if self.record else "", address=self.address[0])
+            event(
+                log,
+                logging.WARNING,
+                "association aborted: protocol error",
+                reason=str(exc),
+                association=self.record.id if self.record else "",
+                address=self.address[0],
+            )
             self._send_quietly(ul.abort_pdu(exc.reason))
         except ul.PeerSilent as exc:
-            event(log, logging.WARNING, "association aborted: peer silent", reason=str(exc),
-                  association=self.record.id if self.record else "", address=self.address[0])
+            event(
+                log,
+                logging.WARNING,
+                "association aborted: peer silent",
+                reason=str(exc),
+                association=self.record.id if self.record else "",
+                address=self.address[0],
+            )
             self._send_quietly(ul.abort_pdu())
         except ul.PeerClosed:
             pass  # an A-P-ABORT indication (PS3.8 7.4): the audit row says "aborted"
@@ -225,8 +244,10 @@ class Association:
             self._expect_pdu(length, f"a {length}-byte PDU")
             if pdu_type == ul.P_DATA_TF:
                 if settings.max_pdu and length > settings.max_pdu:  # PS3.8 D.1: what we advertised
-                    raise ul.ProtocolError(f"a {length}-byte P-DATA-TF PDU; node.max_pdu is {settings.max_pdu}",
-                                           ul.REASON_INVALID_PARAMETER)
+                    raise ul.ProtocolError(
+                        f"a {length}-byte P-DATA-TF PDU; node.max_pdu is {settings.max_pdu}",
+                        ul.REASON_INVALID_PARAMETER,
+                    )
                 self._p_data(length)
             elif pdu_type == ul.A_RELEASE_RQ:
                 self._read_control_pdu(length)
@@ -253,8 +274,9 @@ class Association:
             if remaining < 0:
                 raise ul.ProtocolError("a PDV is longer than its P-DATA-TF", ul.REASON_INVALID_PARAMETER)
             if context_id not in self.contexts:
-                raise ul.ProtocolError(f"presentation context {context_id} was not accepted",
-                                       ul.REASON_INVALID_PARAMETER)
+                raise ul.ProtocolError(
+                    f"presentation context {context_id} was not accepted", ul.REASON_INVALID_PARAMETER
+                )
             self._message_progress(size)
             if control & 0x01:
                 self._command_fragment(context_id, size, bool(control & 0x02))
@@ -291,29 +313,37 @@ class Association:
         elif command.command_field == commands.C_STORE_RQ:
             self._refuse(context_id, command, STATUS_CANNOT_UNDERSTAND, "C-STORE-RQ without a data set")
         else:
-            self._refuse(context_id, command, STATUS_UNRECOGNIZED_OPERATION,
-                         f"command 0x{command.command_field:04X} is not supported")
+            self._refuse(
+                context_id,
+                command,
+                STATUS_UNRECOGNIZED_OPERATION,
+                f"command 0x{command.command_field:04X} is not supported",
+            )
 
     def _start_request(self, context_id: int, command: commands.Command) -> None:
         self._request, self._request_context, self._failure = command, context_id, None
         abstract_syntax, transfer_syntax = self.contexts[context_id]
         if command.command_field != commands.C_STORE_RQ:
-            self._failure = (STATUS_UNRECOGNIZED_OPERATION,
-                             f"command 0x{command.command_field:04X} is not supported")
+            self._failure = (STATUS_UNRECOGNIZED_OPERATION, f"command 0x{command.command_field:04X} is not supported")
         elif abstract_syntax not in self.ingest.storage_sop_classes:
-            self._failure = (STATUS_SOP_CLASS_NOT_SUPPORTED,
-                             f"C-STORE on the {abstract_syntax} presentation context")
+            self._failure = (STATUS_SOP_CLASS_NOT_SUPPORTED, f"C-STORE on the {abstract_syntax} presentation context")
         elif not command.affected_sop_instance_uid:  # PS3.7 9.3.1.1: required in a C-STORE-RQ
             self._failure = (STATUS_CANNOT_UNDERSTAND, "no Affected SOP Instance UID (0000,1000)")
         elif command.affected_sop_class_uid != abstract_syntax:
-            self._failure = (STATUS_DATA_SET_MISMATCH,
-                             "Affected SOP Class UID (0000,0002) is not the context's")
+            self._failure = (STATUS_DATA_SET_MISMATCH, "Affected SOP Class UID (0000,0002) is not the context's")
         else:
             assert self.record is not None
             try:  # it asks the index whether the UID is held: an unreachable database is a status
-                self._incoming = Incoming(self.ingest.spool, transfer_syntax, command.affected_sop_class_uid,
-                                          command.affected_sop_instance_uid, self.calling_ae, self.record.id,
-                                          spare=self._spare, announced_by="C-STORE-RQ")
+                self._incoming = Incoming(
+                    self.ingest.spool,
+                    transfer_syntax,
+                    command.affected_sop_class_uid,
+                    command.affected_sop_instance_uid,
+                    self.calling_ae,
+                    self.record.id,
+                    spare=self._spare,
+                    announced_by="C-STORE-RQ",
+                )
             except Exception as exc:  # noqa: BLE001 - answered with a status when the data set ends
                 self._failure = _failure_status(exc, command.affected_sop_instance_uid)
 
@@ -321,8 +351,9 @@ class Association:
         if self._request is None:
             raise ul.ProtocolError("a data set fragment without a command", ul.REASON_UNEXPECTED_PDU)
         if context_id != self._request_context:
-            raise ul.ProtocolError("a data set on another presentation context than its command",
-                                   ul.REASON_INVALID_PARAMETER)
+            raise ul.ProtocolError(
+                "a data set on another presentation context than its command", ul.REASON_INVALID_PARAMETER
+            )
         while size:
             view = self._view[: min(size, CHUNK)]
             self.transport.read_into(view)

@@ -74,8 +74,13 @@ class _Listener(socketserver.ThreadingTCPServer):
     block_on_close = False
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], serve: Callable[[socket.socket, tuple[str, int]], None],
-                 admit: Callable[[str], bool], closed: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        serve: Callable[[socket.socket, tuple[str, int]], None],
+        admit: Callable[[str], bool],
+        closed: Callable[[str], None],
+    ) -> None:
         self._serve = serve
         self._admit = admit
         self._closed = closed
@@ -163,14 +168,20 @@ class DimseIngest:
         if self.settings.tls.enabled:
             listeners.append(("tls", self.settings.tls.port, self._serve_tls))
         for kind, port, serve in listeners:
-            server = _Listener((self.settings.bind, port), serve, self._admit_connection,
-                               self._connection_closed)
+            server = _Listener((self.settings.bind, port), serve, self._admit_connection, self._connection_closed)
             thread = threading.Thread(target=server.serve_forever, name=f"dimse-{kind}", daemon=True)
             thread.start()
             self._servers[kind] = server
-            event(log, logging.INFO, "DICOM listener started", ae_title=self.settings.ae_title,
-                  bind=self.settings.bind, port=int(server.server_address[1]), tls=kind == "tls",
-                  client_certificate_required=kind == "tls" and self.settings.tls.require_client_certificate)
+            event(
+                log,
+                logging.INFO,
+                "DICOM listener started",
+                ae_title=self.settings.ae_title,
+                bind=self.settings.bind,
+                port=int(server.server_address[1]),
+                tls=kind == "tls",
+                client_certificate_required=kind == "tls" and self.settings.tls.require_client_certificate,
+            )
 
     def stop(self) -> None:
         """Stop listening, abort open associations and wait for their threads."""
@@ -192,8 +203,10 @@ class DimseIngest:
         """Count a new connection in, or refuse it: node.max_connections, and per host."""
         with self._lock:
             per_host = self._connections_by_host[host]
-            if (self._connection_count < self.settings.max_connections
-                    and per_host < self.settings.max_connections_per_host):
+            if (
+                self._connection_count < self.settings.max_connections
+                and per_host < self.settings.max_connections_per_host
+            ):
                 self._connection_count += 1
                 self._connections_by_host[host] += 1
                 return True
@@ -204,10 +217,20 @@ class DimseIngest:
                 self._refusals[host] = (refused, logged_at)
                 return False
             self._refusals[host] = (0, now)
-            limit = ("node.max_connections_per_host" if per_host >= self.settings.max_connections_per_host
-                     else "node.max_connections")
-        event(log, logging.WARNING, "connections refused: too many open", address=host, limit=limit,
-              refused=refused, open_from_host=per_host)
+            limit = (
+                "node.max_connections_per_host"
+                if per_host >= self.settings.max_connections_per_host
+                else "node.max_connections"
+            )
+        event(
+            log,
+            logging.WARNING,
+            "connections refused: too many open",
+            address=host,
+            limit=limit,
+            refused=refused,
+            open_from_host=per_host,
+        )
         return False
 
     def _connection_closed(self, host: str) -> None:
@@ -238,8 +261,7 @@ class DimseIngest:
     def _serve_tls(self, sock: socket.socket, address: tuple[str, int]) -> None:
         self._serve(sock, address, tls=True)
 
-    def _tls_handshake(self, sock: socket.socket, address: tuple[str, int],
-                       deadline: float) -> ssl.SSLSocket | None:
+    def _tls_handshake(self, sock: socket.socket, address: tuple[str, int], deadline: float) -> ssl.SSLSocket | None:
         """The TLS handshake of a connection to the TLS port; None (logged and audited) when it
         fails: no, an expired or an untrusted certificate, a plain client, a slow one."""
         assert self._tls_context is not None
@@ -252,8 +274,7 @@ class DimseIngest:
                 return wrapped
         except (OSError, ValueError) as exc:
             reason = failure_reason(exc)
-        event(log, logging.WARNING, "TLS connection refused", address=address[0], port=address[1],
-              reason=reason)
+        event(log, logging.WARNING, "TLS connection refused", address=address[0], port=address[1], reason=reason)
         if self.audit is not None:
             self.audit.tls_refused(address[0], reason)
         with contextlib.suppress(OSError):
@@ -283,15 +304,32 @@ class DimseIngest:
             self._open_by_host[host] += 1
         return None
 
-    def accepted(self, request: ul.AssociationRequest, address: tuple[str, int],
-                 peer_subject: str = "") -> AssociationRecord:
-        record = AssociationRecord(uuid.uuid4().hex, time.time(), request.calling_ae, address[0],
-                                    int(address[1]), request.called_ae, peer_subject)
-        self.trail.opened(record.id, record.started_at, record.peer_ae, record.peer_address, record.peer_port,
-                          record.called_ae)
-        event(audit, logging.INFO, "association accepted", association=record.id,
-              calling_ae=record.peer_ae, address=record.peer_address, port=record.peer_port,
-              called_ae=record.called_ae, tls_subject=peer_subject or None)
+    def accepted(
+        self, request: ul.AssociationRequest, address: tuple[str, int], peer_subject: str = ""
+    ) -> AssociationRecord:
+        record = AssociationRecord(
+            uuid.uuid4().hex,
+            time.time(),
+            request.calling_ae,
+            address[0],
+            int(address[1]),
+            request.called_ae,
+            peer_subject,
+        )
+        self.trail.opened(
+            record.id, record.started_at, record.peer_ae, record.peer_address, record.peer_port, record.called_ae
+        )
+        event(
+            audit,
+            logging.INFO,
+            "association accepted",
+            association=record.id,
+            calling_ae=record.peer_ae,
+            address=record.peer_address,
+            port=record.peer_port,
+            called_ae=record.called_ae,
+            tls_subject=peer_subject or None,
+        )
         if self.audit is not None:
             self.audit.association(record.peer_ae, record.peer_address, True, tls_subject=peer_subject)
         return record
@@ -299,11 +337,18 @@ class DimseIngest:
     def rejected(self, request: ul.AssociationRequest, address: tuple[str, int], reason: str) -> None:
         now = time.time()
         record_id = uuid.uuid4().hex
-        self.trail.rejected(record_id, now, request.calling_ae, address[0], int(address[1]), request.called_ae,
-                            reason)
-        event(audit, logging.WARNING, "association rejected", association=record_id,
-              calling_ae=request.calling_ae, address=address[0], port=int(address[1]),
-              called_ae=request.called_ae, reason=reason)
+        self.trail.rejected(record_id, now, request.calling_ae, address[0], int(address[1]), request.called_ae, reason)
+        event(
+            audit,
+            logging.WARNING,
+            "association rejected",
+            association=record_id,
+            calling_ae=request.calling_ae,
+            address=address[0],
+            port=int(address[1]),
+            called_ae=request.called_ae,
+            reason=reason,
+        )
         if self.audit is not None:
             self.audit.association(request.calling_ae, address[0], False, reason)
 
@@ -316,12 +361,18 @@ class DimseIngest:
     def ended(self, record: AssociationRecord, outcome: str) -> None:
         self.release(record.peer_address)
         self.trail.ended(record.id, time.time(), outcome, record.received, record.failed)
-        event(audit, logging.INFO, f"association {outcome}", association=record.id,
-              calling_ae=record.peer_ae, address=record.peer_address,
-              instances_received=record.received, instances_failed=record.failed)
+        event(
+            audit,
+            logging.INFO,
+            f"association {outcome}",
+            association=record.id,
+            calling_ae=record.peer_ae,
+            address=record.peer_address,
+            instances_received=record.received,
+            instances_failed=record.failed,
+        )
         if self.audit is not None:
-            self.audit.association_ended(record.peer_ae, record.peer_address, outcome,
-                                         record.studies, record.failed)
+            self.audit.association_ended(record.peer_ae, record.peer_address, outcome, record.studies, record.failed)
         if record.studies and outcome == "released":
             self.on_released(set(record.studies))
             unchanged = record.studies.keys() - record.changed
@@ -337,7 +388,12 @@ class DimseIngest:
 
     def refused(self, record: AssociationRecord, status: int, reason: str, sop_uid: str) -> None:
         record.failed += 1
-        event(log, logging.WARNING, "instance refused", status=f"0x{status:04X}", reason=reason,
-              sop_instance_uid=sop_uid or None, association=record.id)
-
-
+        event(
+            log,
+            logging.WARNING,
+            "instance refused",
+            status=f"0x{status:04X}",
+            reason=reason,
+            sop_instance_uid=sop_uid or None,
+            association=record.id,
+        )

@@ -47,8 +47,7 @@ def boundary_of(params: dict[str, str]) -> bytes:
         raise MalformedMultipart("the Content-Type has no boundary parameter")
     if len(boundary) > MAX_BOUNDARY or not boundary.isascii() or boundary.endswith(" "):
         raise MalformedMultipart(
-            f"boundary {boundary[:80]!r} is not valid: 1-70 ASCII characters (RFC 2046 5.1.1),"
-            " not ending in a space"
+            f"boundary {boundary[:80]!r} is not valid: 1-70 ASCII characters (RFC 2046 5.1.1), not ending in a space"
         )
     return boundary.encode("ascii")
 

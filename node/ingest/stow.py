@@ -97,8 +97,7 @@ class StoreTransaction:
     stops short (client gone, size limit). Parts completed before either stay stored.
     """
 
-    def __init__(self, ingest: StowIngest, record: TransferRecord, boundary: bytes,
-                 study_uid: str | None) -> None:
+    def __init__(self, ingest: StowIngest, record: TransferRecord, boundary: bytes, study_uid: str | None) -> None:
         self.ingest = ingest
         self.record = record
         self.study_uid = study_uid
@@ -156,13 +155,17 @@ class StoreTransaction:
         media_type, _ = parse_content_type(headers.get("content-type", "application/dicom"))
         encoding = headers.get("content-transfer-encoding", "").lower()
         if media_type != "application/dicom":
-            self._failure = Refused(FAILURE_CANNOT_UNDERSTAND,
-                                    f"part {self.parser.parts} is {media_type or 'of no valid media type'};"
-                                    " only application/dicom parts are stored")
+            self._failure = Refused(
+                FAILURE_CANNOT_UNDERSTAND,
+                f"part {self.parser.parts} is {media_type or 'of no valid media type'};"
+                " only application/dicom parts are stored",
+            )
         elif encoding not in _ACCEPTED_ENCODINGS:
-            self._failure = Refused(FAILURE_CANNOT_UNDERSTAND,
-                                    f"part {self.parser.parts}: Content-Transfer-Encoding {encoding!r}"
-                                    " is not supported; send the file as binary")
+            self._failure = Refused(
+                FAILURE_CANNOT_UNDERSTAND,
+                f"part {self.parser.parts}: Content-Transfer-Encoding {encoding!r}"
+                " is not supported; send the file as binary",
+            )
 
     def data(self, chunk: bytes) -> None:
         if self._failure is not None:
@@ -183,14 +186,20 @@ class StoreTransaction:
             return
         self._meta = meta
         if meta.transfer_syntax not in self.ingest.transfer_syntaxes:
-            raise Refused(FAILURE_TRANSFER_SYNTAX_NOT_SUPPORTED,
-                          f"transfer syntax {meta.transfer_syntax} is not supported")
+            raise Refused(
+                FAILURE_TRANSFER_SYNTAX_NOT_SUPPORTED, f"transfer syntax {meta.transfer_syntax} is not supported"
+            )
         if meta.sop_class_uid and meta.sop_class_uid not in self.ingest.storage_sop_classes:
-            raise Refused(FAILURE_SOP_CLASS_NOT_SUPPORTED,
-                          f"SOP class {meta.sop_class_uid} is not a storage SOP class")
+            raise Refused(FAILURE_SOP_CLASS_NOT_SUPPORTED, f"SOP class {meta.sop_class_uid} is not a storage SOP class")
         self._incoming = Incoming(
-            self.ingest.spool, meta.transfer_syntax, meta.sop_class_uid, meta.sop_instance_uid,
-            self.record.calling_ae, self.record.id, received_meta=meta.raw, check=self._check,
+            self.ingest.spool,
+            meta.transfer_syntax,
+            meta.sop_class_uid,
+            meta.sop_instance_uid,
+            self.record.calling_ae,
+            self.record.id,
+            received_meta=meta.raw,
+            check=self._check,
             announced_by="File Meta Information",
         )
         rest = bytes(self._prefix[meta.consumed :])
@@ -201,12 +210,15 @@ class StoreTransaction:
     def _check(self, header: Header) -> None:
         """Before anything is written: the SOP class is a storage class, the study the URL's."""
         if header.sop_class_uid not in self.ingest.storage_sop_classes:
-            raise Refused(FAILURE_SOP_CLASS_NOT_SUPPORTED,
-                          f"SOP class {header.sop_class_uid} is not a storage SOP class")
+            raise Refused(
+                FAILURE_SOP_CLASS_NOT_SUPPORTED, f"SOP class {header.sop_class_uid} is not a storage SOP class"
+            )
         if self.study_uid is not None and header.study_uid != self.study_uid:
-            raise Refused(FAILURE_STUDY_MISMATCH,
-                          f"the instance belongs to study {header.study_uid}, not to the request's"
-                          f" study {self.study_uid} (PS3.18 10.5.1)")
+            raise Refused(
+                FAILURE_STUDY_MISMATCH,
+                f"the instance belongs to study {header.study_uid}, not to the request's"
+                f" study {self.study_uid} (PS3.18 10.5.1)",
+            )
 
     def end(self) -> None:
         part = self.parser.parts
@@ -229,8 +241,16 @@ class StoreTransaction:
         self._prefix.clear()
         outcome = PartOutcome(part, class_uid, instance_uid, failure=refusal.reason, reason=str(refusal))
         self.outcomes.append(outcome)
-        event(log, logging.WARNING, "instance refused", failure_reason=f"0x{refusal.reason:04X}",
-              reason=str(refusal), sop_instance_uid=instance_uid or None, transfer=self.record.id, part=part)
+        event(
+            log,
+            logging.WARNING,
+            "instance refused",
+            failure_reason=f"0x{refusal.reason:04X}",
+            reason=str(refusal),
+            sop_instance_uid=instance_uid or None,
+            transfer=self.record.id,
+            part=part,
+        )
 
     def _short_part(self) -> Refused:
         """Why a part that ended before its data set began is refused."""
@@ -244,8 +264,11 @@ class StoreTransaction:
 
     def _stored(self, part: int, stored: Stored) -> None:
         header = stored.header
-        self.outcomes.append(PartOutcome(part, header.sop_class_uid, header.sop_instance_uid,
-                                         header.study_uid, duplicate=stored.duplicate))
+        self.outcomes.append(
+            PartOutcome(
+                part, header.sop_class_uid, header.sop_instance_uid, header.study_uid, duplicate=stored.duplicate
+            )
+        )
         if not stored.duplicate:
             self.ingest.on_stored()
 
@@ -292,14 +315,21 @@ class StowIngest:
         self.storage_sop_classes = frozenset(STORAGE_SOP_CLASSES)
         self.transfer_syntaxes = frozenset(TRANSFER_SYNTAXES)
 
-    def begin(self, principal: str, address: tuple[str, int], boundary: bytes,
-              study_uid: str | None) -> StoreTransaction:
-        record = TransferRecord(uuid.uuid4().hex, time.time(), calling_ae_for(principal),
-                                address[0], int(address[1]))
+    def begin(
+        self, principal: str, address: tuple[str, int], boundary: bytes, study_uid: str | None
+    ) -> StoreTransaction:
+        record = TransferRecord(uuid.uuid4().hex, time.time(), calling_ae_for(principal), address[0], int(address[1]))
         self.trail.opened(record.id, record.started_at, record.calling_ae, record.address, record.port, CALLED)
-        event(audit, logging.INFO, "STOW-RS request accepted", transfer=record.id,
-              calling_ae=record.calling_ae, address=record.address, port=record.port,
-              study_uid=study_uid)
+        event(
+            audit,
+            logging.INFO,
+            "STOW-RS request accepted",
+            transfer=record.id,
+            calling_ae=record.calling_ae,
+            address=record.address,
+            port=record.port,
+            study_uid=study_uid,
+        )
         return StoreTransaction(self, record, boundary, study_uid)
 
     def ended(self, record: TransferRecord, outcome: str) -> None:
@@ -307,9 +337,16 @@ class StowIngest:
         received = sum(1 for o in record.outcomes if o.stored)
         failed = len(record.outcomes) - received
         self.trail.ended(record.id, time.time(), outcome, received, failed)
-        event(audit, logging.INFO, f"STOW-RS request {outcome}", transfer=record.id,
-              calling_ae=record.calling_ae, address=record.address,
-              instances_received=received, instances_failed=failed)
+        event(
+            audit,
+            logging.INFO,
+            f"STOW-RS request {outcome}",
+            transfer=record.id,
+            calling_ae=record.calling_ae,
+            address=record.address,
+            instances_received=received,
+            instances_failed=failed,
+        )
         studies = Counter(o.study_uid for o in record.outcomes if o.stored)
         if self.audit is not None:
             self.audit.transferred_in(record.calling_ae, record.address, studies, failed)

@@ -21,15 +21,13 @@ class Trail:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    def opened(self, record_id: str, started_at: float, peer_ae: str, address: str, port: int,
-               called_ae: str) -> None:
-        self._quietly(lambda: associations.opened(self.db, record_id, started_at, peer_ae, address, port,
-                                                  called_ae))
+    def opened(self, record_id: str, started_at: float, peer_ae: str, address: str, port: int, called_ae: str) -> None:
+        self._quietly(lambda: associations.opened(self.db, record_id, started_at, peer_ae, address, port, called_ae))
 
-    def rejected(self, record_id: str, at: float, peer_ae: str, address: str, port: int, called_ae: str,
-                 reason: str) -> None:
-        self._quietly(lambda: associations.rejected(self.db, record_id, at, peer_ae, address, port,
-                                                    called_ae, reason))
+    def rejected(
+        self, record_id: str, at: float, peer_ae: str, address: str, port: int, called_ae: str, reason: str
+    ) -> None:
+        self._quietly(lambda: associations.rejected(self.db, record_id, at, peer_ae, address, port, called_ae, reason))
 
     def ended(self, record_id: str, at: float, outcome: str, received: int, failed: int) -> None:
         self._quietly(lambda: associations.ended(self.db, record_id, at, outcome, received, failed))

@@ -285,14 +285,17 @@ def _items(data: bytes, where: str) -> Iterator[tuple[int, bytes]]:
     position = 0
     while position < len(data):
         if position + _ITEM.size > len(data):
-            raise ProtocolError(f"malformed A-ASSOCIATE-RQ: {where} ends inside an item header",
-                                REASON_INVALID_PARAMETER)
+            raise ProtocolError(
+                f"malformed A-ASSOCIATE-RQ: {where} ends inside an item header", REASON_INVALID_PARAMETER
+            )
         item_type, length = _ITEM.unpack_from(data, position)
         start = position + _ITEM.size
         position = start + length
         if position > len(data):
-            raise ProtocolError(f"malformed A-ASSOCIATE-RQ: item 0x{item_type:02X} runs past the end of {where}",
-                                REASON_INVALID_PARAMETER)
+            raise ProtocolError(
+                f"malformed A-ASSOCIATE-RQ: item 0x{item_type:02X} runs past the end of {where}",
+                REASON_INVALID_PARAMETER,
+            )
         yield item_type, data[start:position]
 
 
@@ -301,8 +304,9 @@ def _uid(value: bytes) -> str:
     try:
         return value.rstrip(b"\0 ").decode("ascii")
     except UnicodeDecodeError as exc:
-        raise ProtocolError(f"malformed A-ASSOCIATE-RQ: a UID that is not ASCII: {value[:64]!r}",
-                            REASON_INVALID_PARAMETER) from exc
+        raise ProtocolError(
+            f"malformed A-ASSOCIATE-RQ: a UID that is not ASCII: {value[:64]!r}", REASON_INVALID_PARAMETER
+        ) from exc
 
 
 def _ae_title(value: bytes) -> str:
@@ -312,12 +316,14 @@ def _ae_title(value: bytes) -> str:
 def _presentation_context(value: bytes) -> ProposedContext:
     """A Presentation Context Item of an A-ASSOCIATE-RQ (PS3.8 9.3.2.2)."""
     if len(value) < 4:
-        raise ProtocolError("malformed A-ASSOCIATE-RQ: a presentation context item without its ID",
-                            REASON_INVALID_PARAMETER)
+        raise ProtocolError(
+            "malformed A-ASSOCIATE-RQ: a presentation context item without its ID", REASON_INVALID_PARAMETER
+        )
     context_id = value[0]
     if context_id % 2 == 0:  # PS3.8 9.3.2.2: odd integers between 1 and 255
-        raise ProtocolError(f"malformed A-ASSOCIATE-RQ: presentation context ID {context_id} is not odd",
-                            REASON_INVALID_PARAMETER)
+        raise ProtocolError(
+            f"malformed A-ASSOCIATE-RQ: presentation context ID {context_id} is not odd", REASON_INVALID_PARAMETER
+        )
     abstract_syntaxes: list[str] = []
     transfer_syntaxes: list[str] = []
     for item_type, item in _items(value[4:], f"presentation context {context_id}"):
@@ -355,8 +361,10 @@ def decode_request(pdu: bytes) -> AssociationRequest:
         elif item_type == ITEM_PRESENTATION_CONTEXT_RQ:
             context = _presentation_context(value)
             if context.context_id in contexts:
-                raise ProtocolError(f"malformed A-ASSOCIATE-RQ: presentation context {context.context_id}"
-                                    " is proposed twice", REASON_INVALID_PARAMETER)
+                raise ProtocolError(
+                    f"malformed A-ASSOCIATE-RQ: presentation context {context.context_id} is proposed twice",
+                    REASON_INVALID_PARAMETER,
+                )
             contexts[context.context_id] = context
         elif item_type == ITEM_USER_INFORMATION:
             for sub_type, sub_value in _items(value, "the user information item"):
@@ -394,30 +402,41 @@ def accept(request: AssociationRequest, supported: Mapping[str, Sequence[str]], 
     for context in sorted(request.contexts, key=lambda c: c.context_id):
         offered = supported.get(context.abstract_syntax)
         if offered is None:
-            results.append(_context_result(context.context_id, CONTEXT_ABSTRACT_SYNTAX_NOT_SUPPORTED,
-                                           context.transfer_syntaxes[0]))
+            results.append(
+                _context_result(context.context_id, CONTEXT_ABSTRACT_SYNTAX_NOT_SUPPORTED, context.transfer_syntaxes[0])
+            )
             continue
         chosen = next((syntax for syntax in offered if syntax in context.transfer_syntaxes), None)
         if chosen is None:
-            results.append(_context_result(context.context_id, CONTEXT_TRANSFER_SYNTAXES_NOT_SUPPORTED,
-                                           context.transfer_syntaxes[0]))
+            results.append(
+                _context_result(
+                    context.context_id, CONTEXT_TRANSFER_SYNTAXES_NOT_SUPPORTED, context.transfer_syntaxes[0]
+                )
+            )
             continue
         accepted[context.context_id] = (context.abstract_syntax, chosen)
         results.append(_context_result(context.context_id, CONTEXT_ACCEPTED, chosen))
     # asynchronous operations are not offered: omitting the item means one at a time (PS3.7 D.3.3.3)
-    user_information = _item(ITEM_USER_INFORMATION, b"".join((
-        _item(ITEM_MAXIMUM_LENGTH, max_pdu.to_bytes(4, "big")),
-        _item(ITEM_IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_CLASS_UID.encode("ascii")),
-        _item(ITEM_IMPLEMENTATION_VERSION_NAME, IMPLEMENTATION_VERSION_NAME.encode("ascii")),
-    )))
-    body = b"".join((
-        b"\0\1\0\0",  # protocol version 1, reserved
-        request.ae_titles,  # PS3.8 9.3.3: returned with the values received
-        bytes(32),
-        _item(ITEM_APPLICATION_CONTEXT, APPLICATION_CONTEXT_NAME.encode("ascii")),
-        *results,
-        user_information,
-    ))
+    user_information = _item(
+        ITEM_USER_INFORMATION,
+        b"".join(
+            (
+                _item(ITEM_MAXIMUM_LENGTH, max_pdu.to_bytes(4, "big")),
+                _item(ITEM_IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_CLASS_UID.encode("ascii")),
+                _item(ITEM_IMPLEMENTATION_VERSION_NAME, IMPLEMENTATION_VERSION_NAME.encode("ascii")),
+            )
+        ),
+    )
+    body = b"".join(
+        (
+            b"\0\1\0\0",  # protocol version 1, reserved
+            request.ae_titles,  # PS3.8 9.3.3: returned with the values received
+            bytes(32),
+            _item(ITEM_APPLICATION_CONTEXT, APPLICATION_CONTEXT_NAME.encode("ascii")),
+            *results,
+            user_information,
+        )
+    )
     return Acceptance(accepted, _HEADER.pack(A_ASSOCIATE_AC, len(body)) + body)
 
 

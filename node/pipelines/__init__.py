@@ -95,9 +95,7 @@ def create(name: str, config: Config) -> Pipeline:
     try:
         factory = _REGISTRY[name]
     except KeyError:
-        raise PipelineNotFound(
-            f"unknown pipeline {name!r} (known: {', '.join(known()) or 'none'})"
-        ) from None
+        raise PipelineNotFound(f"unknown pipeline {name!r} (known: {', '.join(known()) or 'none'})") from None
     return factory(config)
 
 
@@ -109,8 +107,7 @@ def settings(config: Config, name: str, model: type[SettingsT]) -> SettingsT:
 def check_routes(config: Config) -> list[str]:
     """Problems with route → pipeline references, after load_modules()."""
     return [
-        f"routes[{i}] ({route.name!r}): unknown pipeline {route.pipeline!r}"
-        f" (known: {', '.join(known()) or 'none'})"
+        f"routes[{i}] ({route.name!r}): unknown pipeline {route.pipeline!r} (known: {', '.join(known()) or 'none'})"
         for i, route in enumerate(config.routes)
         if route.pipeline not in _REGISTRY
     ]

@@ -64,31 +64,52 @@ MOVE_DESTINATION_UNKNOWN = 0xA801  # PS3.4 C.4.2.1.4
 MAX_STORAGE_CLASSES = 63  # two presentation contexts each, plus the C-GET one: ≤ 128
 UNCOMPRESSED = ["1.2.840.10008.1.2.1", "1.2.840.10008.1.2"]  # Explicit, Implicit VR Little Endian
 COMPRESSED = [  # proposed in a second context, so the peer can send an image as it holds it
-    "1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91",  # JPEG 2000 (lossless), JPEG 2000
-    "1.2.840.10008.1.2.4.70", "1.2.840.10008.1.2.4.57",  # JPEG lossless SV1, JPEG lossless
-    "1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81",  # JPEG-LS lossless, near-lossless
-    "1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51",  # JPEG baseline, extended
-    "1.2.840.10008.1.2.5", "1.2.840.10008.1.2.1.99",  # RLE lossless, deflated explicit VR LE
+    "1.2.840.10008.1.2.4.90",
+    "1.2.840.10008.1.2.4.91",  # JPEG 2000 (lossless), JPEG 2000
+    "1.2.840.10008.1.2.4.70",
+    "1.2.840.10008.1.2.4.57",  # JPEG lossless SV1, JPEG lossless
+    "1.2.840.10008.1.2.4.80",
+    "1.2.840.10008.1.2.4.81",  # JPEG-LS lossless, near-lossless
+    "1.2.840.10008.1.2.4.50",
+    "1.2.840.10008.1.2.4.51",  # JPEG baseline, extended
+    "1.2.840.10008.1.2.5",
+    "1.2.840.10008.1.2.1.99",  # RLE lossless, deflated explicit VR LE
 ]
 QUERY_RETRIEVE_TRANSFER_SYNTAXES = UNCOMPRESSED
 # When the peer does not say which SOP classes the study holds (SOPClassesInStudy is optional in
 # C-FIND): the image classes a fracture AI reads and the objects it writes.
 COMMON_STORAGE_CLASSES = [
     "1.2.840.10008.5.1.4.1.1.1",  # Computed Radiography
-    "1.2.840.10008.5.1.4.1.1.1.1", "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray
-    "1.2.840.10008.5.1.4.1.1.1.2", "1.2.840.10008.5.1.4.1.1.1.2.1",  # Mammography
-    "1.2.840.10008.5.1.4.1.1.1.3", "1.2.840.10008.5.1.4.1.1.1.3.1",  # Intra-oral X-Ray
-    "1.2.840.10008.5.1.4.1.1.2", "1.2.840.10008.5.1.4.1.1.2.1", "1.2.840.10008.5.1.4.1.1.2.2",  # CT
-    "1.2.840.10008.5.1.4.1.1.4", "1.2.840.10008.5.1.4.1.1.4.1",  # MR, Enhanced MR
-    "1.2.840.10008.5.1.4.1.1.6.1", "1.2.840.10008.5.1.4.1.1.3.1",  # US, US multi-frame
-    "1.2.840.10008.5.1.4.1.1.12.1", "1.2.840.10008.5.1.4.1.1.12.1.1", "1.2.840.10008.5.1.4.1.1.12.2",
+    "1.2.840.10008.5.1.4.1.1.1.1",
+    "1.2.840.10008.5.1.4.1.1.1.1.1",  # Digital X-Ray
+    "1.2.840.10008.5.1.4.1.1.1.2",
+    "1.2.840.10008.5.1.4.1.1.1.2.1",  # Mammography
+    "1.2.840.10008.5.1.4.1.1.1.3",
+    "1.2.840.10008.5.1.4.1.1.1.3.1",  # Intra-oral X-Ray
+    "1.2.840.10008.5.1.4.1.1.2",
+    "1.2.840.10008.5.1.4.1.1.2.1",
+    "1.2.840.10008.5.1.4.1.1.2.2",  # CT
+    "1.2.840.10008.5.1.4.1.1.4",
+    "1.2.840.10008.5.1.4.1.1.4.1",  # MR, Enhanced MR
+    "1.2.840.10008.5.1.4.1.1.6.1",
+    "1.2.840.10008.5.1.4.1.1.3.1",  # US, US multi-frame
+    "1.2.840.10008.5.1.4.1.1.12.1",
+    "1.2.840.10008.5.1.4.1.1.12.1.1",
+    "1.2.840.10008.5.1.4.1.1.12.2",
     "1.2.840.10008.5.1.4.1.1.13.1.3",  # Breast Tomosynthesis
-    "1.2.840.10008.5.1.4.1.1.20", "1.2.840.10008.5.1.4.1.1.128",  # NM, PET
-    "1.2.840.10008.5.1.4.1.1.7", "1.2.840.10008.5.1.4.1.1.7.1", "1.2.840.10008.5.1.4.1.1.7.2",
-    "1.2.840.10008.5.1.4.1.1.7.3", "1.2.840.10008.5.1.4.1.1.7.4",  # Secondary Capture
-    "1.2.840.10008.5.1.4.1.1.88.11", "1.2.840.10008.5.1.4.1.1.88.22",  # Basic, Enhanced SR
-    "1.2.840.10008.5.1.4.1.1.88.33", "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive (3D) SR
-    "1.2.840.10008.5.1.4.1.1.88.35", "1.2.840.10008.5.1.4.1.1.88.59",  # Extensible SR, KOS
+    "1.2.840.10008.5.1.4.1.1.20",
+    "1.2.840.10008.5.1.4.1.1.128",  # NM, PET
+    "1.2.840.10008.5.1.4.1.1.7",
+    "1.2.840.10008.5.1.4.1.1.7.1",
+    "1.2.840.10008.5.1.4.1.1.7.2",
+    "1.2.840.10008.5.1.4.1.1.7.3",
+    "1.2.840.10008.5.1.4.1.1.7.4",  # Secondary Capture
+    "1.2.840.10008.5.1.4.1.1.88.11",
+    "1.2.840.10008.5.1.4.1.1.88.22",  # Basic, Enhanced SR
+    "1.2.840.10008.5.1.4.1.1.88.33",
+    "1.2.840.10008.5.1.4.1.1.88.34",  # Comprehensive (3D) SR
+    "1.2.840.10008.5.1.4.1.1.88.35",
+    "1.2.840.10008.5.1.4.1.1.88.59",  # Extensible SR, KOS
     "1.2.840.10008.5.1.4.1.1.66.4",  # Segmentation
     "1.2.840.10008.5.1.4.1.1.11.1",  # Grayscale Softcopy Presentation State
     "1.2.840.10008.5.1.4.1.1.104.1",  # Encapsulated PDF
@@ -119,19 +140,18 @@ def _connect(ae: AE, peer: DimsePeer, **kwargs: Any) -> Association:
         secure = tls_args(peer.tls, peer.host, f"peer {peer.name!r}")
     except TlsSetupError as exc:
         raise PeerUnreachable(str(exc)) from exc
-    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=handlers,
-                         tls_args=secure, **kwargs)
+    assoc = ae.associate(peer.host, peer.port, ae_title=peer.ae_title, evt_handlers=handlers, tls_args=secure, **kwargs)
     if assoc.is_established:
         return assoc
     if not connected and peer.tls is not None:
-        reason = why_no_connection(peer.tls, peer.host, peer.port, f"peer {peer.name!r}",
-                                   ae.connection_timeout or 10.0)
+        reason = why_no_connection(peer.tls, peer.host, peer.port, f"peer {peer.name!r}", ae.connection_timeout or 10.0)
         raise PeerUnreachable(f"{where}: {reason}")
     if not connected:
         raise PeerUnreachable(f"cannot connect to {where}; is it running and reachable?")
     if assoc.is_rejected:
-        raise PeerUnreachable(f"{where} rejected the association: does it know our AE title"
-                              f" {ae.ae_title!r} as a calling AE?")
+        raise PeerUnreachable(
+            f"{where} rejected the association: does it know our AE title {ae.ae_title!r} as a calling AE?"
+        )
     raise PeerUnreachable(f"{where} aborted the association")
 
 
@@ -144,8 +164,13 @@ def _study_query(study_uid: str, level_keys: Sequence[str] = ()) -> Dataset:
     return ds
 
 
-def _responses(assoc: Association, replies: Iterator[tuple[Dataset, Dataset | None]], what: str,
-               peer: DimsePeer, cancelled: Cancelled) -> Iterator[tuple[int, Dataset, Dataset | None]]:
+def _responses(
+    assoc: Association,
+    replies: Iterator[tuple[Dataset, Dataset | None]],
+    what: str,
+    peer: DimsePeer,
+    cancelled: Cancelled,
+) -> Iterator[tuple[int, Dataset, Dataset | None]]:
     """(status, status dataset, identifier) of each response; RetrieveFailed on abort or cancel."""
     for status, identifier in replies:
         if cancelled():
@@ -155,7 +180,8 @@ def _responses(assoc: Association, replies: Iterator[tuple[Dataset, Dataset | No
             raise PeerUnreachable(
                 f"{peer.name!r} gave no {what} response (refused, aborted or timed out): does it"
                 f" accept queries and retrievals from our AE title {assoc.requestor.ae_title!r}?"
-                " (Orthanc: list it under DicomModalities)")
+                " (Orthanc: list it under DicomModalities)"
+            )
         yield int(status.Status), status, identifier
 
 
@@ -196,8 +222,15 @@ class _WrongStudy(Exception):
 
 
 def get_study(
-    peer: DimsePeer, calling_ae: str, study_uid: str, sop_classes: Sequence[str], spool: Spool,
-    source: str, timeout_s: float, progress: Progress = no_progress, cancelled: Cancelled = never,
+    peer: DimsePeer,
+    calling_ae: str,
+    study_uid: str,
+    sop_classes: Sequence[str],
+    spool: Spool,
+    source: str,
+    timeout_s: float,
+    progress: Progress = no_progress,
+    cancelled: Cancelled = never,
 ) -> Retrieved:
     """Study Root C-GET (PS3.4 C.4.3); the C-STORE sub-operations go into the spool."""
     classes = list(dict.fromkeys(sop_classes or COMMON_STORAGE_CLASSES))[:MAX_STORAGE_CLASSES]
@@ -216,21 +249,35 @@ def get_study(
     def on_store(event: evt.Event) -> int:
         """C-STORE sub-operation (PS3.4 B.2.3 statuses): the spool's promise, then success."""
         try:
-            stored = spool.store(event.encoded_dataset(), source, transfer,
-                                 str(cast(C_STORE, event.request).AffectedSOPInstanceUID or "") or None, check)
+            stored = spool.store(
+                event.encoded_dataset(),
+                source,
+                transfer,
+                str(cast(C_STORE, event.request).AffectedSOPInstanceUID or "") or None,
+                check,
+            )
         except (OutOfSpace, UnreadableInstance, _WrongStudy) as exc:
             counts["failed"] += 1
             if len(problems) < MAX_PROBLEMS:
                 problems.append(str(exc))
             progress(counts["received"], counts["duplicates"], counts["failed"])
-            return (0xA700 if isinstance(exc, OutOfSpace)
-                    else 0xA900 if isinstance(exc, _WrongStudy | MismatchedInstance) else 0xC210)
+            return (
+                0xA700
+                if isinstance(exc, OutOfSpace)
+                else 0xA900
+                if isinstance(exc, _WrongStudy | MismatchedInstance)
+                else 0xC210
+            )
         counts["duplicates" if stored.duplicate else "received"] += 1
         progress(counts["received"], counts["duplicates"], counts["failed"])
         return 0x0000
 
-    assoc = _connect(ae, peer, evt_handlers=[(evt.EVT_C_STORE, on_store)],
-                     ext_neg=[build_role(UID(c), scp_role=True) for c in classes])
+    assoc = _connect(
+        ae,
+        peer,
+        evt_handlers=[(evt.EVT_C_STORE, on_store)],
+        ext_neg=[build_role(UID(c), scp_role=True) for c in classes],
+    )
     final, status_ds = 0, Dataset()
     try:
         replies = assoc.send_c_get(_study_query(study_uid), StudyRootQueryRetrieveInformationModelGet)
@@ -239,8 +286,9 @@ def get_study(
             if code not in PENDING:
                 final = code
     except ValueError as exc:
-        raise RetrieveFailed(f"{peer.name!r} does not accept C-GET (Study Root): {exc};"
-                             " set retrieve: c-move for this peer") from exc
+        raise RetrieveFailed(
+            f"{peer.name!r} does not accept C-GET (Study Root): {exc}; set retrieve: c-move for this peer"
+        ) from exc
     finally:
         if assoc.is_established:
             assoc.release()
@@ -248,8 +296,13 @@ def get_study(
 
 
 def move_study(
-    peer: DimsePeer, calling_ae: str, move_destination: str, study_uid: str, timeout_s: float,
-    progress: Progress = no_progress, cancelled: Cancelled = never,
+    peer: DimsePeer,
+    calling_ae: str,
+    move_destination: str,
+    study_uid: str,
+    timeout_s: float,
+    progress: Progress = no_progress,
+    cancelled: Cancelled = never,
 ) -> Retrieved:
     """Study Root C-MOVE (PS3.4 C.4.2) to `move_destination`, whose C-STORE SCP receives."""
     ae = scu_ae(calling_ae, timeout_s)
@@ -257,17 +310,22 @@ def move_study(
     assoc = _connect(ae, peer)
     final, status_ds = 0, Dataset()
     try:
-        replies = assoc.send_c_move(_study_query(study_uid), move_destination,
-                                    StudyRootQueryRetrieveInformationModelMove)
+        replies = assoc.send_c_move(
+            _study_query(study_uid), move_destination, StudyRootQueryRetrieveInformationModelMove
+        )
         for code, status_ds, _ in _responses(assoc, replies, "C-MOVE", peer, cancelled):
             if code in PENDING:
-                progress(int(status_ds.get("NumberOfCompletedSuboperations", 0) or 0), 0,
-                         int(status_ds.get("NumberOfFailedSuboperations", 0) or 0))
+                progress(
+                    int(status_ds.get("NumberOfCompletedSuboperations", 0) or 0),
+                    0,
+                    int(status_ds.get("NumberOfFailedSuboperations", 0) or 0),
+                )
             else:
                 final = code
     except ValueError as exc:
-        raise RetrieveFailed(f"{peer.name!r} does not accept C-MOVE (Study Root): {exc};"
-                             " set retrieve: c-get for this peer") from exc
+        raise RetrieveFailed(
+            f"{peer.name!r} does not accept C-MOVE (Study Root): {exc}; set retrieve: c-get for this peer"
+        ) from exc
     finally:
         if assoc.is_established:
             assoc.release()
@@ -280,31 +338,52 @@ def move_study(
     # Orthanc answers an unknown destination with 0xC000, not 0xA801: _result's hint covers both
     received = int(status_ds.get("NumberOfCompletedSuboperations", 0) or 0)
     received += int(status_ds.get("NumberOfWarningSuboperations", 0) or 0)
-    counts = {"received": received, "duplicates": 0,
-              "failed": int(status_ds.get("NumberOfFailedSuboperations", 0) or 0)}
+    counts = {
+        "received": received,
+        "duplicates": 0,
+        "failed": int(status_ds.get("NumberOfFailedSuboperations", 0) or 0),
+    }
     problems = []
     if counts["failed"]:
-        problems.append(f"{peer.name!r} could not store {counts['failed']} instance(s) at"
-                        f" {move_destination} (does node.calling_ae_titles admit {peer.ae_title}?)")
+        problems.append(
+            f"{peer.name!r} could not store {counts['failed']} instance(s) at"
+            f" {move_destination} (does node.calling_ae_titles admit {peer.ae_title}?)"
+        )
     progress(counts["received"], 0, counts["failed"])
     return _result(peer, study_uid, "C-MOVE", final, status_ds, counts, problems)
 
 
-def _result(peer: DimsePeer, study_uid: str, what: str, final: int, status_ds: Dataset,
-            counts: dict[str, int], problems: list[str]) -> Retrieved:
+def _result(
+    peer: DimsePeer,
+    study_uid: str,
+    what: str,
+    final: int,
+    status_ds: Dataset,
+    counts: dict[str, int],
+    problems: list[str],
+) -> Retrieved:
     """The retrieval's outcome from its final status (PS3.4 C.4.2.1.5, C.4.3.1.4)."""
     peer_failed = int(status_ds.get("NumberOfFailedSuboperations", 0) or 0)
     if what == "C-GET" and peer_failed > counts["failed"]:
-        problems.append(f"{peer_failed - counts['failed']} instance(s) failed on {peer.name!r}'s side"
-                        " (a SOP class or transfer syntax we did not negotiate? retrieve: c-move avoids it)")
+        problems.append(
+            f"{peer_failed - counts['failed']} instance(s) failed on {peer.name!r}'s side"
+            " (a SOP class or transfer syntax we did not negotiate? retrieve: c-move avoids it)"
+        )
         counts["failed"] = peer_failed
     if final not in (0x0000, 0xB000) and not counts["received"] + counts["duplicates"]:
         comment = str(status_ds.get("ErrorComment", "")).strip()
-        hint = "" if what != "C-MOVE" else (
-            f": does {peer.name!r} know our AE title as a move destination, with the node's host and"
-            " DICOM port, and can it reach that port? (or set retrieve: c-get for this peer)")
-        raise RetrieveFailed(f"{what} of study {study_uid} from {peer.name!r} failed: status"
-                             f" 0x{final:04X}{' ' + comment if comment else ''}{hint}")
+        hint = (
+            ""
+            if what != "C-MOVE"
+            else (
+                f": does {peer.name!r} know our AE title as a move destination, with the node's host and"
+                " DICOM port, and can it reach that port? (or set retrieve: c-get for this peer)"
+            )
+        )
+        raise RetrieveFailed(
+            f"{what} of study {study_uid} from {peer.name!r} failed: status"
+            f" 0x{final:04X}{' ' + comment if comment else ''}{hint}"
+        )
     if not counts["received"] + counts["duplicates"] + counts["failed"]:
         raise StudyNotFound(f"study {study_uid} is not on {peer.name!r} ({what} sent no instance)")
     return Retrieved(counts["received"], counts["duplicates"], counts["failed"], tuple(problems[:MAX_PROBLEMS]))

@@ -32,8 +32,9 @@ def retrieve_into(
         if isinstance(peer, DicomwebPeer):
             retrieved = wado.retrieve_study(peer, study_uid, spool, db, source, progress)
         elif peer.retrieve == "c-get":
-            retrieved = dimse.get_study(peer, node.ae_title, study_uid, found.sop_classes, spool, source,
-                                        node.network_timeout_s, progress)
+            retrieved = dimse.get_study(
+                peer, node.ae_title, study_uid, found.sop_classes, spool, source, node.network_timeout_s, progress
+            )
         else:
             receiver = DimseIngest(node, spool, db)
             try:
@@ -46,8 +47,9 @@ def retrieve_into(
                     " retrieve: c-get"
                 ) from exc
             try:
-                retrieved = dimse.move_study(peer, node.ae_title, node.ae_title, study_uid,
-                                             node.network_timeout_s, progress)
+                retrieved = dimse.move_study(
+                    peer, node.ae_title, node.ae_title, study_uid, node.network_timeout_s, progress
+                )
             finally:
                 receiver.stop()
         return retrieved, instances.paths(db, study_uid)

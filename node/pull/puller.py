@@ -25,7 +25,16 @@ from node.store.pulls import DONE, FAILED, QUEUED, RUNNING, Pull
 
 log = logging.getLogger("fracnode.pull")
 __all__ = [
-    "DONE", "FAILED", "QUEUED", "RUNNING", "Pull", "Puller", "find", "known_peer", "method_of", "source_of",
+    "DONE",
+    "FAILED",
+    "QUEUED",
+    "RUNNING",
+    "Pull",
+    "Puller",
+    "find",
+    "known_peer",
+    "method_of",
+    "source_of",
 ]
 PROGRESS_INTERVAL_S = 0.5
 WORKERS = 2  # pulls that run at once; more wait in the queue
@@ -56,8 +65,14 @@ def known_peer(config: Config, name: str) -> DimsePeer | DicomwebPeer:
 
 
 class Puller:
-    def __init__(self, config: Config, spool: Spool, db: Database, assembly: Assembly,
-                 on_retrieved: Callable[[], None] = lambda: None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        spool: Spool,
+        db: Database,
+        assembly: Assembly,
+        on_retrieved: Callable[[], None] = lambda: None,
+    ) -> None:
         self.config = config
         self.spool = spool
         self.db = db
@@ -81,10 +96,20 @@ class Puller:
             existing = self._unfinished(study_uid, peer.name)
             if existing is not None:
                 return existing, False
-            pull_id = pulls.insert(self.db, study_uid, peer.name, method_of(peer), found.instances, requested_by,
-                                   time.time())
-        event(log, logging.INFO, "pull queued", pull=pull_id, study_uid=study_uid, peer=peer.name,
-              method=method_of(peer), expected=found.instances, requested_by=requested_by)
+            pull_id = pulls.insert(
+                self.db, study_uid, peer.name, method_of(peer), found.instances, requested_by, time.time()
+            )
+        event(
+            log,
+            logging.INFO,
+            "pull queued",
+            pull=pull_id,
+            study_uid=study_uid,
+            peer=peer.name,
+            method=method_of(peer),
+            expected=found.instances,
+            requested_by=requested_by,
+        )
         self._executor.submit(self._run, pull_id, found)
         pull = self.get(pull_id)
         assert pull is not None
@@ -124,8 +149,15 @@ class Puller:
             if self._stopping.is_set():
                 return  # left running: the next start queues it again
             self._finish(pull_id, FAILED, str(exc))
-            event(log, logging.WARNING, "pull failed", pull=pull_id, study_uid=pull.study_uid,
-                  peer=pull.peer, error=str(exc))
+            event(
+                log,
+                logging.WARNING,
+                "pull failed",
+                pull=pull_id,
+                study_uid=pull.study_uid,
+                peer=pull.peer,
+                error=str(exc),
+            )
             return
         except Exception as exc:
             self._finish(pull_id, FAILED, error_text(exc))
@@ -134,9 +166,19 @@ class Puller:
         self._progress(pull_id, retrieved.received, retrieved.duplicates, retrieved.failed)
         self._finish(pull_id, DONE, "; ".join(retrieved.problems))
         self.on_retrieved()
-        event(log, logging.INFO, "pull done", pull=pull_id, study_uid=pull.study_uid, peer=pull.peer,
-              method=pull.method, received=retrieved.received, duplicates=retrieved.duplicates,
-              failed=retrieved.failed, seconds=round(time.monotonic() - started, 2))
+        event(
+            log,
+            logging.INFO,
+            "pull done",
+            pull=pull_id,
+            study_uid=pull.study_uid,
+            peer=pull.peer,
+            method=pull.method,
+            received=retrieved.received,
+            duplicates=retrieved.duplicates,
+            failed=retrieved.failed,
+            seconds=round(time.monotonic() - started, 2),
+        )
 
     def _retrieve(self, pull: Pull, peer: DimsePeer | DicomwebPeer, source: str, found: Found | None) -> Retrieved:
         last = [0.0]
@@ -152,11 +194,21 @@ class Puller:
             return wado.retrieve_study(peer, pull.study_uid, self.spool, self.db, source, progress, cancelled)
         node = self.config.node
         if peer.retrieve == "c-move":
-            return dimse.move_study(peer, node.ae_title, node.ae_title, pull.study_uid,
-                                    node.network_timeout_s, progress, cancelled)
+            return dimse.move_study(
+                peer, node.ae_title, node.ae_title, pull.study_uid, node.network_timeout_s, progress, cancelled
+            )
         found = found or find(self.config, peer, pull.study_uid)
-        return dimse.get_study(peer, node.ae_title, pull.study_uid, found.sop_classes, self.spool, source,
-                               node.network_timeout_s, progress, cancelled)
+        return dimse.get_study(
+            peer,
+            node.ae_title,
+            pull.study_uid,
+            found.sop_classes,
+            self.spool,
+            source,
+            node.network_timeout_s,
+            progress,
+            cancelled,
+        )
 
     def _progress(self, pull_id: int, received: int, duplicates: int, failed: int) -> None:
         pulls.progress(self.db, pull_id, received, duplicates, failed)

@@ -101,9 +101,16 @@ class _PullIngest(StowIngest):
     def ended(self, record: TransferRecord, outcome: str) -> None:
         received = sum(1 for o in record.outcomes if o.stored)
         self.trail.ended(record.id, time.time(), outcome, received, len(record.outcomes) - received)
-        event(audit, logging.INFO, f"WADO-RS retrieval {outcome}", transfer=record.id,
-              calling_ae=record.calling_ae, address=record.address, instances_received=received,
-              instances_failed=len(record.outcomes) - received)
+        event(
+            audit,
+            logging.INFO,
+            f"WADO-RS retrieval {outcome}",
+            transfer=record.id,
+            calling_ae=record.calling_ae,
+            address=record.address,
+            instances_received=received,
+            instances_failed=len(record.outcomes) - received,
+        )
 
 
 def _begin(db: Database, peer: DicomwebPeer, source: str) -> TransferRecord:
@@ -151,15 +158,22 @@ def retrieve_study(
 
 
 def _read(
-    peer: DicomwebPeer, study_uid: str, response: httpx.Response, spool: Spool, db: Database,
-    source: str, progress: Progress, cancelled: Cancelled,
+    peer: DicomwebPeer,
+    study_uid: str,
+    response: httpx.Response,
+    spool: Spool,
+    db: Database,
+    source: str,
+    progress: Progress,
+    cancelled: Cancelled,
 ) -> Retrieved:
     status = response.status_code
     if status in (204, 404):
         response.read()
         detail = short_body(response, 200)
-        raise StudyNotFound(f"study {study_uid} is not on {peer.name!r} (WADO-RS: HTTP {status}"
-                            f"{', ' + detail if detail else ''})")
+        raise StudyNotFound(
+            f"study {study_uid} is not on {peer.name!r} (WADO-RS: HTTP {status}{', ' + detail if detail else ''})"
+        )
     if status != 200:
         response.read()
         error = PeerUnreachable if status in (401, 403) or status >= 500 else RetrieveFailed
@@ -167,8 +181,9 @@ def _read(
         raise error(f"WADO-RS: {refusal_hint(peer, status)}{': ' + detail if detail else ''}")
     media_type, params = parse_content_type(response.headers.get("content-type", ""))
     if media_type != "multipart/related":
-        raise RetrieveFailed(f"WADO-RS: {peer.name!r} answered {media_type or 'no Content-Type'},"
-                             " not multipart/related")
+        raise RetrieveFailed(
+            f"WADO-RS: {peer.name!r} answered {media_type or 'no Content-Type'}, not multipart/related"
+        )
     try:
         boundary = boundary_of(params)
     except MalformedMultipart as exc:
@@ -189,8 +204,9 @@ def _read(
         raise RetrieveFailed(f"WADO-RS: the response body is malformed: {exc}") from exc
     except (httpx.HTTPError, OSError) as exc:
         transaction.abort()
-        raise RetrieveFailed(f"WADO-RS: the connection to {peer.name!r} broke after"
-                             f" {len(transaction.outcomes)} instance(s): {exc}") from exc
+        raise RetrieveFailed(
+            f"WADO-RS: the connection to {peer.name!r} broke after {len(transaction.outcomes)} instance(s): {exc}"
+        ) from exc
     received, duplicates, failed = _counts(transaction)
     progress(received, duplicates, failed)
     problems = tuple(dict.fromkeys(o.reason for o in transaction.outcomes if not o.stored))

@@ -29,9 +29,7 @@ def observation_context(producer: Producer) -> hd.sr.ObservationContext:
         observer_device_context=hd.sr.ObserverContext(
             observer_type=codes.cid270.Device,
             observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-                uid=generate_uid(
-                    entropy_srcs=[algorithm.name, algorithm.version, algorithm.weights_sha256]
-                ),
+                uid=generate_uid(entropy_srcs=[algorithm.name, algorithm.version, algorithm.weights_sha256]),
                 name=algorithm.name,
                 manufacturer_name=producer.equipment["manufacturer"],  # type: ignore[arg-type]
                 model_name=algorithm.name,
@@ -44,9 +42,7 @@ def percent_probability(
     value: float,
     name: hd.sr.CodedConcept,
     unit: hd.sr.CodedConcept,
-    coordinates: Sequence[
-        hd.sr.CoordinatesForMeasurement | hd.sr.CoordinatesForMeasurement3D
-    ] = (),
+    coordinates: Sequence[hd.sr.CoordinatesForMeasurement | hd.sr.CoordinatesForMeasurement3D] = (),
 ) -> hd.sr.Measurement:
     """TID 300: a probability in [0, 1] written in percent (`unit` is UCUM %)."""
     if not 0.0 <= value <= 1.0:
@@ -61,9 +57,7 @@ def percent_probability(
 
 def comment(text: str, name: hd.sr.CodedConcept) -> hd.sr.TextContentItem:
     """The finding in words (CONTAINS TEXT "Comment"), the label viewers print first."""
-    return hd.sr.TextContentItem(
-        name=name, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS
-    )
+    return hd.sr.TextContentItem(name=name, value=text, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS)
 
 
 def with_comment(group: GroupT, text: hd.sr.TextContentItem) -> GroupT:

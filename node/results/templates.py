@@ -44,9 +44,7 @@ class CodeSpec(Strict):
     meaning: str = Field(min_length=1, max_length=64)
 
     def concept(self) -> hd.sr.CodedConcept:
-        return hd.sr.CodedConcept(
-            value=self.value, scheme_designator=self.scheme, meaning=self.meaning
-        )
+        return hd.sr.CodedConcept(value=self.value, scheme_designator=self.scheme, meaning=self.meaning)
 
 
 class DocumentSpec(Strict):
@@ -69,9 +67,7 @@ class FindingSpec(Strict):
     @classmethod
     def _every_category(cls, value: dict[str, CodeSpec]) -> dict[str, CodeSpec]:
         if set(value) != set(CATEGORIES):
-            raise ValueError(
-                f"needs exactly the categories {list(CATEGORIES)}, got {sorted(value)}"
-            )
+            raise ValueError(f"needs exactly the categories {list(CATEGORIES)}, got {sorted(value)}")
         return value
 
 
@@ -86,9 +82,7 @@ class WordingSpec(Strict):
     @classmethod
     def _every_category(cls, value: dict[str, str]) -> dict[str, str]:
         if set(value) != set(CATEGORIES) or not all(value.values()):
-            raise ValueError(
-                f"needs words for exactly the categories {list(CATEGORIES)}, got {sorted(value)}"
-            )
+            raise ValueError(f"needs words for exactly the categories {list(CATEGORIES)}, got {sorted(value)}")
         return value
 
 
@@ -151,9 +145,7 @@ class Template:
         try:
             return self.presence[category]
         except KeyError:
-            raise ValueError(
-                f"unknown category {category!r} (known: {sorted(self.presence)})"
-            ) from None
+            raise ValueError(f"unknown category {category!r} (known: {sorted(self.presence)})") from None
 
 
 def resolve_shared(spec: TemplateSpec) -> dict[str, Any]:
@@ -187,8 +179,7 @@ def read_spec(path: Path, model: type[SpecT]) -> SpecT:
         return model.model_validate(raw)
     except ValidationError as exc:
         problems = "; ".join(
-            f"{'.'.join(str(part) for part in error['loc']) or '(top level)'}: {error['msg']}"
-            for error in exc.errors()
+            f"{'.'.join(str(part) for part in error['loc']) or '(top level)'}: {error['msg']}" for error in exc.errors()
         )
         raise TemplateError(f"{path}: {problems}") from exc
 

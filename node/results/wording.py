@@ -54,17 +54,13 @@ class Wording:
         try:
             return self.categories[category]
         except KeyError:
-            raise ValueError(
-                f"unknown category {category!r} (known: {sorted(self.categories)})"
-            ) from None
+            raise ValueError(f"unknown category {category!r} (known: {sorted(self.categories)})") from None
 
     def finding(self, category: str, site: str) -> str:
         """The finding without its numbers, for the SR (whose NUM item holds them)."""
         return f"{self.prefix}: {self.words(category)}, {site}"
 
-    def label(
-        self, category: str, probability: float, site: str, threshold: float | None
-    ) -> str:
+    def label(self, category: str, probability: float, site: str, threshold: float | None) -> str:
         """One line: `threshold` (the lowest operating point) is shown unless the category is
         "fracture", where the word "likely" already says the number is high."""
         numbers = [percent(probability)]

@@ -32,13 +32,22 @@ if TYPE_CHECKING:
     from node.config import Config
 
 __all__ = [
-    "Database", "DatabaseUnavailable", "Dialect", "Row", "SchemaOutdated", "Sql", "StorageFull",
-    "StoreError", "open_configured", "open_database",
+    "Database",
+    "DatabaseUnavailable",
+    "Dialect",
+    "Row",
+    "SchemaOutdated",
+    "Sql",
+    "StorageFull",
+    "StoreError",
+    "open_configured",
+    "open_database",
 ]
 
 
-def open_database(path: Path | str, readonly: bool = False, *, password_file: Path | None = None,
-                  upgrade: bool = False) -> Database:
+def open_database(
+    path: Path | str, readonly: bool = False, *, password_file: Path | None = None, upgrade: bool = False
+) -> Database:
     """The node's database: the SQLite file `path` (created or upgraded unless `readonly`), or the
     PostgreSQL database of the URL `path` (its schema checked; created or migrated if `upgrade`)."""
     if isinstance(path, str) and path.startswith(("postgresql://", "postgres://")):
@@ -55,5 +64,4 @@ def open_configured(config: Config, readonly: bool = False, *, upgrade: bool = F
     storage = config.storage
     if storage.database == "sqlite":
         return open_database(config.database_path, readonly)
-    return open_database(storage.database, readonly, password_file=storage.database_password_file,
-                         upgrade=upgrade)
+    return open_database(storage.database, readonly, password_file=storage.database_password_file, upgrade=upgrade)

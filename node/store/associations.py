@@ -25,8 +25,9 @@ class Association:
     instances_failed: int
 
 
-def opened(sql: Sql, record_id: str, started_at: float, peer_ae: str, peer_address: str, peer_port: int,
-           called_ae: str) -> None:
+def opened(
+    sql: Sql, record_id: str, started_at: float, peer_ae: str, peer_address: str, peer_port: int, called_ae: str
+) -> None:
     sql.execute(
         """INSERT INTO associations (id, started_at, peer_ae, peer_address, peer_port, called_ae, outcome)
         VALUES (?,?,?,?,?,?,?)""",
@@ -34,8 +35,9 @@ def opened(sql: Sql, record_id: str, started_at: float, peer_ae: str, peer_addre
     )
 
 
-def rejected(sql: Sql, record_id: str, at: float, peer_ae: str, peer_address: str, peer_port: int,
-             called_ae: str, reason: str) -> None:
+def rejected(
+    sql: Sql, record_id: str, at: float, peer_ae: str, peer_address: str, peer_port: int, called_ae: str, reason: str
+) -> None:
     sql.execute(
         """INSERT INTO associations (id, started_at, ended_at, peer_ae, peer_address, peer_port,
         called_ae, outcome, reason) VALUES (?,?,?,?,?,?,?,?,?)""",

@@ -69,11 +69,22 @@ def put(sql: Sql, instance: Instance) -> None:
         received_at = excluded.received_at, calling_ae = excluded.calling_ae,
         association_id = excluded.association_id""",
         (
-            instance.sop_instance_uid, instance.sop_class_uid, instance.study_instance_uid,
-            instance.series_instance_uid, instance.transfer_syntax_uid, instance.modality,
-            instance.body_part, instance.series_description, instance.protocol_name,
-            instance.image_type, str(instance.path), instance.digest, instance.size,
-            instance.received_at, instance.calling_ae, instance.association_id,
+            instance.sop_instance_uid,
+            instance.sop_class_uid,
+            instance.study_instance_uid,
+            instance.series_instance_uid,
+            instance.transfer_syntax_uid,
+            instance.modality,
+            instance.body_part,
+            instance.series_description,
+            instance.protocol_name,
+            instance.image_type,
+            str(instance.path),
+            instance.digest,
+            instance.size,
+            instance.received_at,
+            instance.calling_ae,
+            instance.association_id,
         ),
     )
 
@@ -113,9 +124,7 @@ def count(sql: Sql, study_uid: str) -> int:
 
 def series_of(sql: Sql, study_uid: str) -> tuple[SeriesAttributes, ...]:
     """The study's series as routing sees them."""
-    return summarize_series(
-        sql.query(f"SELECT {SERIES_COLUMNS} FROM instances WHERE study_uid = ?", (study_uid,))
-    )
+    return summarize_series(sql.query(f"SELECT {SERIES_COLUMNS} FROM instances WHERE study_uid = ?", (study_uid,)))
 
 
 def series_files(
@@ -147,8 +156,14 @@ def series_summaries(sql: Sql, study_uid: str) -> list[SeriesSummary]:
         (study_uid,),
     )
     return [
-        SeriesSummary(row["series_uid"], row["modality"], row["body_part"], row["series_description"],
-                      row["instances"], tuple(sorted(row["sop_classes"].split(","))))
+        SeriesSummary(
+            row["series_uid"],
+            row["modality"],
+            row["body_part"],
+            row["series_description"],
+            row["instances"],
+            tuple(sorted(row["sop_classes"].split(","))),
+        )
         for row in rows
     ]
 

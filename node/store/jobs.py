@@ -49,32 +49,66 @@ class FinishedJob:
 
 def _row(r: Row) -> JobRow:
     return JobRow(
-        _job(r), r["state"], r["max_attempts"], r["last_error"], r["summary"], r["created_at"],
-        r["not_before"], r["started_at"], r["finished_at"], r["superseded_by"],
+        _job(r),
+        r["state"],
+        r["max_attempts"],
+        r["last_error"],
+        r["summary"],
+        r["created_at"],
+        r["not_before"],
+        r["started_at"],
+        r["finished_at"],
+        r["superseded_by"],
     )
 
 
 def _job(r: Row) -> Job:
     return Job(
-        id=r["id"], study_instance_uid=r["study_uid"], revision=r["revision"], route=r["route"],
-        pipeline=r["pipeline"], destinations=tuple(json.loads(r["destinations"])),
-        series_uids=tuple(json.loads(r["series_uids"])), calling_ae=r["calling_ae"], attempts=r["attempts"],
+        id=r["id"],
+        study_instance_uid=r["study_uid"],
+        revision=r["revision"],
+        route=r["route"],
+        pipeline=r["pipeline"],
+        destinations=tuple(json.loads(r["destinations"])),
+        series_uids=tuple(json.loads(r["series_uids"])),
+        calling_ae=r["calling_ae"],
+        attempts=r["attempts"],
     )
 
 
 # -- the queue ------------------------------------------------------------------------------------
 
 
-def insert(sql: Sql, study_uid: str, revision: int, route: str, pipeline: str,
-           destinations: Sequence[str], series_uids: Sequence[str], calling_ae: str, max_attempts: int,
-           now: float) -> int:
+def insert(
+    sql: Sql,
+    study_uid: str,
+    revision: int,
+    route: str,
+    pipeline: str,
+    destinations: Sequence[str],
+    series_uids: Sequence[str],
+    calling_ae: str,
+    max_attempts: int,
+    now: float,
+) -> int:
     """A queued job, due now; its id."""
     row = sql.one(
         """INSERT INTO jobs (study_uid, revision, route, pipeline, destinations, series_uids,
         calling_ae, state, max_attempts, created_at, not_before)
         VALUES (?,?,?,?,?,?,?,?,?,?,?) RETURNING id""",
-        (study_uid, revision, route, pipeline, json.dumps(list(destinations)), json.dumps(list(series_uids)),
-         calling_ae, QUEUED, max_attempts, now, now),
+        (
+            study_uid,
+            revision,
+            route,
+            pipeline,
+            json.dumps(list(destinations)),
+            json.dumps(list(series_uids)),
+            calling_ae,
+            QUEUED,
+            max_attempts,
+            now,
+            now,
+        ),
     )
     assert row is not None
     return int(row["id"])
@@ -120,10 +154,13 @@ def claim(sql: Sql, job_id: int, owner: str, now: float, lease_until: float) -> 
 
 def renew(sql: Sql, job_id: int, owner: str, lease_until: float) -> bool:
     """Extend the lease of a job this owner still runs; False when it lost it."""
-    return sql.execute(
-        "UPDATE jobs SET lease_until = ? WHERE id = ? AND lease_owner = ? AND state = ?",
-        (lease_until, job_id, owner, RUNNING),
-    ) == 1
+    return (
+        sql.execute(
+            "UPDATE jobs SET lease_until = ? WHERE id = ? AND lease_owner = ? AND state = ?",
+            (lease_until, job_id, owner, RUNNING),
+        )
+        == 1
+    )
 
 
 def mark_finished(sql: Sql, job_id: int, state: str, summary: str, now: float) -> None:
@@ -143,8 +180,7 @@ def attempts(sql: Sql, job_id: int) -> tuple[int, int]:
     return int(row["attempts"]), int(row["max_attempts"])
 
 
-def failed_attempt(sql: Sql, job_id: int, state: str, error: str, not_before: float,
-                   finished_at: float | None) -> None:
+def failed_attempt(sql: Sql, job_id: int, state: str, error: str, not_before: float, finished_at: float | None) -> None:
     sql.execute(
         """UPDATE jobs SET state = ?, last_error = ?, not_before = ?, finished_at = ?,
         lease_owner = NULL, lease_until = NULL WHERE id = ?""",
@@ -168,18 +204,24 @@ def recover(sql: Sql, now: float, error: str) -> int:
 
 def retry(sql: Sql, job_id: int, now: float) -> bool:
     """A failed job queued again with a fresh attempt budget; False when it has not failed."""
-    return sql.execute(
-        """UPDATE jobs SET state = ?, attempts = 0, not_before = ?, finished_at = NULL
+    return (
+        sql.execute(
+            """UPDATE jobs SET state = ?, attempts = 0, not_before = ?, finished_at = NULL
         WHERE id = ? AND state = ?""",
-        (QUEUED, now, job_id, FAILED),
-    ) == 1
+            (QUEUED, now, job_id, FAILED),
+        )
+        == 1
+    )
 
 
 def newer_revision(sql: Sql, study_uid: str, route: str, revision: int) -> bool:
-    return sql.one(
-        "SELECT 1 FROM jobs WHERE study_uid = ? AND route = ? AND revision > ? LIMIT 1",
-        (study_uid, route, revision),
-    ) is not None
+    return (
+        sql.one(
+            "SELECT 1 FROM jobs WHERE study_uid = ? AND route = ? AND revision > ? LIMIT 1",
+            (study_uid, route, revision),
+        )
+        is not None
+    )
 
 
 def not_before(sql: Sql, job_id: int) -> float | None:

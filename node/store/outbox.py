@@ -72,8 +72,15 @@ class ResultObject:
 
 def _item(row: Row) -> OutboxItem:
     return OutboxItem(
-        row["id"], row["job_id"], row["study_uid"], row["destination"], row["calling_ae"],
-        Path(row["path"]), row["sop_instance_uid"], row["sop_class_uid"], row["attempts"],
+        row["id"],
+        row["job_id"],
+        row["study_uid"],
+        row["destination"],
+        row["calling_ae"],
+        Path(row["path"]),
+        row["sop_instance_uid"],
+        row["sop_class_uid"],
+        row["attempts"],
         row["created_at"],
     )
 
@@ -89,8 +96,18 @@ def add(sql: Sql, job: Job, objects: Iterable[tuple[str, Path, str, str]], now: 
         sop_instance_uid, sop_class_uid, state, next_attempt_at, created_at)
         VALUES (?,?,?,?,?,?,?,?,?,?)""",
         [
-            (job.id, job.study_instance_uid, destination, job.calling_ae, str(path), sop_uid, sop_class,
-             PENDING, now, now)
+            (
+                job.id,
+                job.study_instance_uid,
+                destination,
+                job.calling_ae,
+                str(path),
+                sop_uid,
+                sop_class,
+                PENDING,
+                now,
+                now,
+            )
             for destination, path, sop_uid, sop_class in objects
         ],
     )
@@ -128,8 +145,7 @@ def waiting_for_file(sql: Sql, path: Path) -> bool:
 def states(sql: Sql, item_ids: Sequence[int]) -> dict[int, str]:
     if not item_ids:
         return {}
-    rows = sql.query(f"SELECT id, state FROM outbox WHERE id IN ({sql.dialect.params(len(item_ids))})",
-                     tuple(item_ids))
+    rows = sql.query(f"SELECT id, state FROM outbox WHERE id IN ({sql.dialect.params(len(item_ids))})", tuple(item_ids))
     return {row["id"]: row["state"] for row in rows}
 
 
@@ -213,9 +229,15 @@ def per_destination(sql: Sql) -> list[DestinationCounts]:
     )
     return [
         DestinationCounts(
-            row["destination"], row["pending"] or 0, row["delivered"] or 0, row["failed"] or 0,
-            row["oldest_pending_at"], row["attempts"] or 0, row["last_error"] or "",
-            row["last_delivered_at"], row["next_attempt_at"],
+            row["destination"],
+            row["pending"] or 0,
+            row["delivered"] or 0,
+            row["failed"] or 0,
+            row["oldest_pending_at"],
+            row["attempts"] or 0,
+            row["last_error"] or "",
+            row["last_delivered_at"],
+            row["next_attempt_at"],
         )
         for row in rows
     ]
@@ -235,8 +257,17 @@ def per_job(sql: Sql, job_ids: Sequence[int]) -> list[JobDeliveries]:
         tuple(job_ids),
     )
     return [
-        JobDeliveries(row["job_id"], row["destination"], row["objects"], row["delivered"], row["pending"],
-                      row["failed"], row["attempts"], row["last_error"] or "", row["last_delivered_at"])
+        JobDeliveries(
+            row["job_id"],
+            row["destination"],
+            row["objects"],
+            row["delivered"],
+            row["pending"],
+            row["failed"],
+            row["attempts"],
+            row["last_error"] or "",
+            row["last_delivered_at"],
+        )
         for row in rows
     ]
 
@@ -251,7 +282,8 @@ def results_of_job(sql: Sql, job_id: int) -> list[ResultObject]:
     found: dict[str, ResultObject] = {}
     for r in rows:
         known = found.get(r["sop_instance_uid"]) or ResultObject(
-            r["study_uid"], r["sop_instance_uid"], r["sop_class_uid"], Path(r["path"]), ())
+            r["study_uid"], r["sop_instance_uid"], r["sop_class_uid"], Path(r["path"]), ()
+        )
         if r["state"] == DELIVERED:
             known = replace(known, delivered_to=(*known.delivered_to, r["destination"]))
         found[r["sop_instance_uid"]] = known

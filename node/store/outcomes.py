@@ -29,7 +29,5 @@ def record(sql: Sql, job_id: int, findings: str, timings: str, now: float) -> No
 def of_jobs(sql: Sql, job_ids: Sequence[int]) -> list[OutcomeRow]:
     if not job_ids:
         return []
-    rows = sql.query(
-        f"SELECT * FROM job_outcomes WHERE job_id IN ({sql.dialect.params(len(job_ids))})", tuple(job_ids)
-    )
+    rows = sql.query(f"SELECT * FROM job_outcomes WHERE job_id IN ({sql.dialect.params(len(job_ids))})", tuple(job_ids))
     return [OutcomeRow(r["job_id"], r["findings"], r["timings"] or "{}", r["recorded_at"]) for r in rows]

@@ -126,16 +126,27 @@ class PostgresDatabase:
 
     dialect = DIALECT
 
-    def __init__(self, url: str, password_file: Path | None = None, *, upgrade: bool = False,
-                 max_connections: int = 16) -> None:
+    def __init__(
+        self, url: str, password_file: Path | None = None, *, upgrade: bool = False, max_connections: int = 16
+    ) -> None:
         self.url = url
-        kwargs: dict[str, Any] = {"autocommit": True, "row_factory": _rows,
-                                  "connect_timeout": CONNECT_TIMEOUT_S, "application_name": "fracnode"}
+        kwargs: dict[str, Any] = {
+            "autocommit": True,
+            "row_factory": _rows,
+            "connect_timeout": CONNECT_TIMEOUT_S,
+            "application_name": "fracnode",
+        }
         if password_file is not None:
             kwargs["password"] = _read_password(password_file)
         self._pool: ConnectionPool[psycopg.Connection[_Row]] = ConnectionPool(
-            url, kwargs=kwargs, min_size=1, max_size=max_connections, open=False,
-            timeout=POOL_WAIT_S, check=ConnectionPool.check_connection, name="fracnode",
+            url,
+            kwargs=kwargs,
+            min_size=1,
+            max_size=max_connections,
+            open=False,
+            timeout=POOL_WAIT_S,
+            check=ConnectionPool.check_connection,
+            name="fracnode",
         )
         with _translated():
             self._pool.open(wait=False)

@@ -31,8 +31,9 @@ def _pull(row: Row) -> Pull:
     return Pull(**{name: row[name] for name in Pull.__dataclass_fields__})
 
 
-def insert(sql: Sql, study_uid: str, peer: str, method: str, expected: int | None, requested_by: str,
-           now: float) -> int:
+def insert(
+    sql: Sql, study_uid: str, peer: str, method: str, expected: int | None, requested_by: str, now: float
+) -> int:
     """A queued pull; its id."""
     row = sql.one(
         """INSERT INTO pulls (study_uid, peer, method, state, expected, requested_by, created_at)
@@ -70,8 +71,10 @@ def started(sql: Sql, pull_id: int, now: float) -> None:
 
 
 def progress(sql: Sql, pull_id: int, received: int, duplicates: int, failed: int) -> None:
-    sql.execute("UPDATE pulls SET received = ?, duplicates = ?, failed = ? WHERE id = ?",
-                (received, duplicates, failed, pull_id))
+    sql.execute(
+        "UPDATE pulls SET received = ?, duplicates = ?, failed = ? WHERE id = ?",
+        (received, duplicates, failed, pull_id),
+    )
 
 
 def finish(sql: Sql, pull_id: int, state: str, error: str, now: float) -> None:

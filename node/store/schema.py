@@ -23,6 +23,7 @@ class SchemaOutdated(StoreError):
     """The database's schema is not the one this fracnode writes: older (run `fracnode db upgrade`)
     or newer (a newer fracnode upgraded it)."""
 
+
 TABLES = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 
@@ -207,6 +208,7 @@ def check(sql: Sql) -> None:
 
 
 def _newer(found: int) -> str:
-    return (f"the database has schema version {found}, newer than this fracnode's {SCHEMA_VERSION}:"
-            " run the fracnode version that upgraded it")
-
+    return (
+        f"the database has schema version {found}, newer than this fracnode's {SCHEMA_VERSION}:"
+        " run the fracnode version that upgraded it"
+    )

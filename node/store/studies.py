@@ -78,8 +78,9 @@ def request_analysis(sql: Sql, study_uid: str) -> None:
 
 
 def _completion(r: Row) -> Completion:
-    return Completion(r["study_uid"], r["last_received_at"], r["release_ready"], bool(r["pending"]),
-                      r["revision"], r["calling_ae"])
+    return Completion(
+        r["study_uid"], r["last_received_at"], r["release_ready"], bool(r["pending"]), r["revision"], r["calling_ae"]
+    )
 
 
 COMPLETION = "study_uid, last_received_at, release_ready, pending, revision, calling_ae"
@@ -108,9 +109,7 @@ def set_route_status(sql: Sql, study_uid: str, status: str) -> None:
 
 
 def mark_purged(sql: Sql, study_uid: str) -> None:
-    sql.execute(
-        "UPDATE studies SET route_status = route_status || ' (spool purged)' WHERE study_uid = ?", (study_uid,)
-    )
+    sql.execute("UPDATE studies SET route_status = route_status || ' (spool purged)' WHERE study_uid = ?", (study_uid,))
 
 
 def count_pending(sql: Sql) -> int:
@@ -150,9 +149,17 @@ def _listed(sql: Sql) -> str:
 def _study(r: Row) -> StudyRow:
     modalities = r["modalities"]
     return StudyRow(
-        r["study_uid"], r["calling_ae"], r["first_received_at"], r["last_received_at"],
-        bool(r["pending"]), r["revision"], r["completed_at"], r["route_status"], r["instances"],
-        r["series_count"], tuple(sorted(modalities.split(","))) if modalities else (),
+        r["study_uid"],
+        r["calling_ae"],
+        r["first_received_at"],
+        r["last_received_at"],
+        bool(r["pending"]),
+        r["revision"],
+        r["completed_at"],
+        r["route_status"],
+        r["instances"],
+        r["series_count"],
+        tuple(sorted(modalities.split(","))) if modalities else (),
     )
 
 

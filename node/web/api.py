@@ -55,8 +55,9 @@ def operator_action(request: Request, action: str, study_uid: str) -> None:
     """Audit what an operator asked for (IHE ATNA, Use of Restricted Function)."""
     audit: Audit | None = request.app.state.audit
     if audit is not None:
-        audit.operator_action(getattr(request.state, "principal", ""),
-                              request.client.host if request.client else "", action, study_uid)
+        audit.operator_action(
+            getattr(request.state, "principal", ""), request.client.host if request.client else "", action, study_uid
+        )
 
 
 def _job_or_404(reads: Queries, job_id: int) -> JobDetail:
@@ -78,8 +79,9 @@ def list_jobs(
 ) -> list[JobDetail]:
     _known(state, STATES, "job state")
     _known(category, CATEGORIES, "category")
-    return _queries(request).jobs(states=state or (), study_uid=study_uid, limit=limit, pipeline=pipeline,
-                                  since=since, categories=category or ())
+    return _queries(request).jobs(
+        states=state or (), study_uid=study_uid, limit=limit, pipeline=pipeline, since=since, categories=category or ()
+    )
 
 
 def _known(given: list[str] | None, known: tuple[str, ...], what: str) -> None:
@@ -106,7 +108,8 @@ def retry_job(request: Request, job_id: JobId) -> RetryResult:
     if not _commands(request).retry_job(job_id):
         current = _job_or_404(reads, job_id)
         raise HTTPException(
-            409, f"job {job_id} is {current.state}; only failed jobs can be retried"
+            409,
+            f"job {job_id} is {current.state}; only failed jobs can be retried"
             + (" (a newer revision replaced it)" if current.state == "superseded" else ""),
         )
     job = _job_or_404(reads, job_id)
@@ -124,25 +127,36 @@ def list_studies(
 ) -> list[StudySummary]:
     _known(state, STATES, "job state")
     _known(category, CATEGORIES, "category")
-    return _queries(request).studies(limit, states=state or (), pipeline=pipeline, since=since,
-                                     categories=category or ())
+    return _queries(request).studies(
+        limit, states=state or (), pipeline=pipeline, since=since, categories=category or ()
+    )
 
 
 class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    text: str = Field(min_length=1, max_length=64, description="a Study Instance UID (or its start),"
-                      " or an Accession Number; sent in the body so that it stays out of URLs and logs")
+    text: str = Field(
+        min_length=1,
+        max_length=64,
+        description="a Study Instance UID (or its start),"
+        " or an Accession Number; sent in the body so that it stays out of URLs and logs",
+    )
 
 
-@router.post("/studies/search", response_model=list[StudySummary],
-             summary="Find studies by Study Instance UID or Accession Number (matched, never shown)")
+@router.post(
+    "/studies/search",
+    response_model=list[StudySummary],
+    summary="Find studies by Study Instance UID or Accession Number (matched, never shown)",
+)
 def search_studies(request: Request, body: SearchRequest, limit: Limit = 50) -> list[StudySummary]:
     return _queries(request).search_studies(body.text, limit)
 
 
-@router.get("/studies/{study_uid}", response_model=StudyDetail,
-            summary="One study: series, matched routes, jobs with findings and deliveries")
+@router.get(
+    "/studies/{study_uid}",
+    response_model=StudyDetail,
+    summary="One study: series, matched routes, jobs with findings and deliveries",
+)
 def get_study(request: Request, study_uid: str) -> StudyDetail:
     found = _queries(request).study(study_uid)
     if found is None:
@@ -159,8 +173,9 @@ def get_study(request: Request, study_uid: str) -> StudyDetail:
 def study_preview(
     request: Request,
     study_uid: str,
-    job: Annotated[int | None, Query(ge=1, le=MAX_ID,
-                                     description="the job (default: the latest with image findings)")] = None,
+    job: Annotated[
+        int | None, Query(ge=1, le=MAX_ID, description="the job (default: the latest with image findings)")
+    ] = None,
     instance: Annotated[str | None, Query(description="SOP Instance UID (default: one with regions)")] = None,
 ) -> Response:
     png = _queries(request).preview(study_uid, job, instance)
@@ -172,11 +187,12 @@ def list_peers(request: Request) -> list[Peer]:
     return [peers.describe(p) for p in _config(request).peers]
 
 
-@router.post("/peers/{name}/echo", response_model=ConnectivityCheck,
-             summary="Connectivity check: C-ECHO (DIMSE peers) or a QIDO-RS query (DICOMweb peers)")
-def echo_peer(
-    request: Request, name: str, timeout_s: Annotated[float, Query(gt=0, le=60)] = 10.0
-) -> ConnectivityCheck:
+@router.post(
+    "/peers/{name}/echo",
+    response_model=ConnectivityCheck,
+    summary="Connectivity check: C-ECHO (DIMSE peers) or a QIDO-RS query (DICOMweb peers)",
+)
+def echo_peer(request: Request, name: str, timeout_s: Annotated[float, Query(gt=0, le=60)] = 10.0) -> ConnectivityCheck:
     config = _config(request)
     peer = next((p for p in config.peers if p.name == name), None)
     if peer is None:
@@ -185,8 +201,11 @@ def echo_peer(
     return peers.check(peer, config.node.ae_title, timeout_s)
 
 
-@router.get("/destinations", response_model=list[DestinationStatus],
-            summary="Result delivery per destination: pending, delivered, failed, and whether it is in trouble")
+@router.get(
+    "/destinations",
+    response_model=list[DestinationStatus],
+    summary="Result delivery per destination: pending, delivered, failed, and whether it is in trouble",
+)
 def list_destinations(request: Request) -> list[DestinationStatus]:
     configured = {d.name: d for d in _config(request).destinations}
     now = time.time()
@@ -195,14 +214,25 @@ def list_destinations(request: Request) -> list[DestinationStatus]:
         dest = configured.get(health.name)
         kind = dest.type if dest is not None else "removed from the configuration"
         target = {"folder": str(getattr(dest, "path", "")), "sender": "the sending peer"}.get(
-            kind, str(getattr(dest, "peer", "")))
-        found.append(DestinationStatus(
-            name=health.name, type=kind, target=target, pending=health.pending,
-            delivered=health.delivered, failed=health.failed, last_error=health.last_error,
-            last_delivered_at=health.last_delivered_at, next_attempt_at=health.next_attempt_at,
-            oldest_pending_age_s=round(health.oldest_pending_age_s(now), 1), attempts=health.attempts,
-            in_trouble=health.in_trouble(now), trouble=health.trouble(now),
-        ))
+            kind, str(getattr(dest, "peer", ""))
+        )
+        found.append(
+            DestinationStatus(
+                name=health.name,
+                type=kind,
+                target=target,
+                pending=health.pending,
+                delivered=health.delivered,
+                failed=health.failed,
+                last_error=health.last_error,
+                last_delivered_at=health.last_delivered_at,
+                next_attempt_at=health.next_attempt_at,
+                oldest_pending_age_s=round(health.oldest_pending_age_s(now), 1),
+                attempts=health.attempts,
+                in_trouble=health.in_trouble(now),
+                trouble=health.trouble(now),
+            )
+        )
     return found
 
 

@@ -31,8 +31,9 @@ ROUTERS: tuple[tuple[APIRouter, str], ...] = (
 )
 
 
-def create_app(config: Config, queries: Queries, commands: Commands, credentials: Credentials,
-               audit: Audit | None = None) -> FastAPI:
+def create_app(
+    config: Config, queries: Queries, commands: Commands, credentials: Credentials, audit: Audit | None = None
+) -> FastAPI:
     app = FastAPI(
         title="fracnode",
         version=__version__,

@@ -80,16 +80,19 @@ def parse(line: str) -> AuditEvent | None:
     kind = _text(identification.find("EventID"))
     event_type = _text(identification.find("EventTypeCode"))
     participants = root.findall("ActiveParticipant")
-    requestor = next((p for p in participants if p.get("UserIsRequestor") == "true"),
-                     participants[0] if participants else None)
+    requestor = next(
+        (p for p in participants if p.get("UserIsRequestor") == "true"), participants[0] if participants else None
+    )
     who = _text(requestor, "UserID")
     if _text(requestor, "AlternativeUserID"):
         who += f" ({_text(requestor, 'AlternativeUserID')})"
     where = _text(requestor, "NetworkAccessPointID") or next(
-        (p.get("NetworkAccessPointID", "") for p in participants if p.get("NetworkAccessPointID")), "")
+        (p.get("NetworkAccessPointID", "") for p in participants if p.get("NetworkAccessPointID")), ""
+    )
     # results delivered: the destination (by name) is the participant that did not ask
-    details = [f"to {p.get('AlternativeUserID')}" for p in participants
-               if p is not requestor and p.get("AlternativeUserID")]
+    details = [
+        f"to {p.get('AlternativeUserID')}" for p in participants if p is not requestor and p.get("AlternativeUserID")
+    ]
     details.append(identification.findtext("EventOutcomeDescription") or "")
     for subject in root.findall("ParticipantObjectIdentification"):
         described = subject.findtext("ParticipantObjectDescription")
@@ -98,7 +101,9 @@ def parse(line: str) -> AuditEvent | None:
         at=_when(identification.get("EventDateTime", "")),
         kind=f"{kind}: {event_type}" if event_type else kind,
         outcome=OUTCOMES.get(identification.get("EventOutcomeIndicator", ""), "unknown"),
-        who=who, where=where, detail="; ".join(d for d in details if d),
+        who=who,
+        where=where,
+        detail="; ".join(d for d in details if d),
     )
 
 

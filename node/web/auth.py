@@ -68,8 +68,7 @@ def credentials(settings: WebAuthSettings, data_dir: Path) -> Credentials:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(fd, "w") as out:
             out.write(secrets.token_hex(24) + "\n")
-        event(log, logging.WARNING, "no web.auth configured: generated an API token",
-              token_file=str(path.resolve()))
+        event(log, logging.WARNING, "no web.auth configured: generated an API token", token_file=str(path.resolve()))
     return Credentials((path.read_text().strip(),), (), False, path.resolve())
 
 
@@ -88,8 +87,11 @@ def authenticated(request: Request) -> str:
         raise HTTPException(
             status_code=401,
             detail=f"authentication required: {hint}",
-            headers={"WWW-Authenticate": 'Basic realm="fracnode", charset="UTF-8"' if creds.users
-                     else 'Bearer realm="fracnode"'},
+            headers={
+                "WWW-Authenticate": 'Basic realm="fracnode", charset="UTF-8"'
+                if creds.users
+                else 'Bearer realm="fracnode"'
+            },
         )
     request.state.principal = principal
     return principal

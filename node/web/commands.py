@@ -27,7 +27,8 @@ class Commands(Protocol):
         node.pull.PullError."""
         ...
 
-    def begin_stow(self, principal: str, address: tuple[str, int], boundary: bytes,
-                   study_uid: str | None) -> StoreTransaction:
+    def begin_stow(
+        self, principal: str, address: tuple[str, int], boundary: bytes, study_uid: str | None
+    ) -> StoreTransaction:
         """A STOW-RS request's transaction (node.ingest.stow)."""
         ...

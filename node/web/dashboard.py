@@ -45,13 +45,17 @@ def _page() -> tuple[str, str]:
 
 def page(status_code: int = 200, headers: dict[str, str] | None = None) -> HTMLResponse:
     html, policy = _page()
-    return HTMLResponse(html, status_code, headers={
-        **(headers or {}),
-        "Content-Security-Policy": policy,
-        "Cache-Control": "no-store",
-        "X-Content-Type-Options": "nosniff",
-        "Referrer-Policy": "no-referrer",
-    })
+    return HTMLResponse(
+        html,
+        status_code,
+        headers={
+            **(headers or {}),
+            "Content-Security-Policy": policy,
+            "Cache-Control": "no-store",
+            "X-Content-Type-Options": "nosniff",
+            "Referrer-Policy": "no-referrer",
+        },
+    )
 
 
 @router.get("/", response_class=HTMLResponse, summary="The dashboard")

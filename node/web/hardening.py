@@ -85,8 +85,9 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     """A bug, not an input: logged (a traceback without library messages), answered plainly."""
-    event(log, logging.ERROR, "request failed", method=request.method, path=request.url.path,
-          error=format_exception(exc))
+    event(
+        log, logging.ERROR, "request failed", method=request.method, path=request.url.path, error=format_exception(exc)
+    )
     return JSONResponse({"detail": "internal error; the node's log has the details"}, status_code=500)
 
 
@@ -113,10 +114,11 @@ def _docs_page(schema: dict[str, Any]) -> str:
         "padding:4px 8px;text-align:left;vertical-align:top}</style></head><body>"
         f"<h1>{html.escape(info.get('title', ''))} {html.escape(info.get('version', ''))}</h1>"
         f"<p>{html.escape(info.get('description', ''))}</p>"
-        "<p>The machine-readable description: <a href=\"/api/openapi.json\">/api/openapi.json</a>"
+        '<p>The machine-readable description: <a href="/api/openapi.json">/api/openapi.json</a>'
         " (OpenAPI 3; load it into any OpenAPI viewer).</p>"
         "<table><tr><th>method</th><th>path</th><th>what</th><th>parameters</th><th>responses</th></tr>"
-        + "".join(rows) + "</table></body></html>"
+        + "".join(rows)
+        + "</table></body></html>"
     )
 
 

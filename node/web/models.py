@@ -58,8 +58,10 @@ class JobSummary(BaseModel):
     timings: Timings
     deliveries: list[Delivery]
     category: str | None = Field(
-        None, description="the finding's category: fracture, suspicious or negative (the highest of"
-        " a study's images); null when the job recorded none")
+        None,
+        description="the finding's category: fracture, suspicious or negative (the highest of"
+        " a study's images); null when the job recorded none",
+    )
 
 
 class JobDetail(JobSummary):

@@ -43,8 +43,9 @@ class ModelInfo(BaseModel):
     bundle: str
     name: str
     version: str
-    metrics: list[Metric] = Field(description="headline accuracy measured on held-out data, from"
-                                  " the bundle's metadata.json (eval_metrics)")
+    metrics: list[Metric] = Field(
+        description="headline accuracy measured on held-out data, from the bundle's metadata.json (eval_metrics)"
+    )
     measured_on: str
     intended_use: str
     problem: str
@@ -61,15 +62,32 @@ def models(request: Request) -> Models:
     found = []
     for name in dict.fromkeys(route.pipeline for route in config.routes):
         if not pipelines.bundles_of(name):
-            found.append(ModelInfo(pipeline=name, bundle="", name="", version="", metrics=[], measured_on="",
-                                   intended_use="", problem="this pipeline names no model bundle"))
+            found.append(
+                ModelInfo(
+                    pipeline=name,
+                    bundle="",
+                    name="",
+                    version="",
+                    metrics=[],
+                    measured_on="",
+                    intended_use="",
+                    problem="this pipeline names no model bundle",
+                )
+            )
         for bundle in pipelines.bundles_of(name):
             card = read_card(config.inference.bundle(bundle))
-            found.append(ModelInfo(
-                pipeline=name, bundle=card.bundle, name=card.name, version=card.version,
-                metrics=[Metric(what=w, value=v) for w, v in card.metrics], measured_on=card.measured_on,
-                intended_use=card.intended_use, problem=card.problem,
-            ))
+            found.append(
+                ModelInfo(
+                    pipeline=name,
+                    bundle=card.bundle,
+                    name=card.name,
+                    version=card.version,
+                    metrics=[Metric(what=w, value=v) for w, v in card.metrics],
+                    measured_on=card.measured_on,
+                    intended_use=card.intended_use,
+                    problem=card.problem,
+                )
+            )
     return Models(notice=NOTICE, models=found)
 
 
@@ -87,9 +105,14 @@ def disk(request: Request) -> DiskUsage:
     storage = _config(request).storage
     usage = shutil.disk_usage(storage.data_dir)
     held = _queries(request).spool_usage()
-    return DiskUsage(data_dir=str(storage.data_dir.resolve()), size_bytes=usage.total,
-                     free_bytes=usage.free, min_free_bytes=storage.min_free_mb * 2**20,
-                     spool_bytes=held.bytes, studies_held=held.studies)
+    return DiskUsage(
+        data_dir=str(storage.data_dir.resolve()),
+        size_bytes=usage.total,
+        free_bytes=usage.free,
+        min_free_bytes=storage.min_free_mb * 2**20,
+        spool_bytes=held.bytes,
+        studies_held=held.studies,
+    )
 
 
 class ActivityBucket(BaseModel):
@@ -124,12 +147,19 @@ def activity(
         failed[i] += row.state == "failed"
         if row.completed_at is not None and row.finished_at >= row.completed_at:
             finished[i].append(row.finished_at - row.completed_at)
-    return Activity(bucket_s=width, buckets=[
-        ActivityBucket(start=start + i * width, finished=counts[i], failed=failed[i],
-                       median_latency_s=round(statistics.median(finished[i]), 3) if finished[i] else None,
-                       max_latency_s=round(max(finished[i]), 3) if finished[i] else None)
-        for i in range(buckets)
-    ])
+    return Activity(
+        bucket_s=width,
+        buckets=[
+            ActivityBucket(
+                start=start + i * width,
+                finished=counts[i],
+                failed=failed[i],
+                median_latency_s=round(statistics.median(finished[i]), 3) if finished[i] else None,
+                max_latency_s=round(max(finished[i]), 3) if finished[i] else None,
+            )
+            for i in range(buckets)
+        ],
+    )
 
 
 @router.get("/audit", response_model=list[AuditEvent], summary="The audit trail, newest first")
@@ -141,8 +171,10 @@ class ResultFile(BaseModel):
     sop_instance_uid: str
     sop_class_uid: str
     kind: str = Field(description="SR, SEG, GSPS, SC, ...")
-    size: int | None = Field(description="bytes; null when the node holds no copy: delivered to peers"
-                             " only (a delivered result leaves the outbox), or purged (retention)")
+    size: int | None = Field(
+        description="bytes; null when the node holds no copy: delivered to peers"
+        " only (a delivered result leaves the outbox), or purged (retention)"
+    )
     url: str
 
 
@@ -157,7 +189,8 @@ def _held(config: Config, job_id: int, result: ResultObject) -> Path:
             continue
         study = dest.path / result.study_uid
         found = held(study, result.sop_instance_uid) or next(
-            iter(study.glob(f"{SUPERSEDED}/job{job_id}-rev*/*_{result.sop_instance_uid}.dcm")), None)
+            iter(study.glob(f"{SUPERSEDED}/job{job_id}-rev*/*_{result.sop_instance_uid}.dcm")), None
+        )
         if found is not None:
             return found
     return result.path
@@ -171,14 +204,24 @@ def _results(request: Request, job_id: int) -> list[tuple[str, str, Path]]:
     return [(r.sop_instance_uid, r.sop_class_uid, _held(_config(request), job_id, r)) for r in found]
 
 
-@router.get("/jobs/{job_id}/results", response_model=list[ResultFile],
-            summary="The DICOM objects a job produced (SR, SEG, ...), for download")
+@router.get(
+    "/jobs/{job_id}/results",
+    response_model=list[ResultFile],
+    summary="The DICOM objects a job produced (SR, SEG, ...), for download",
+)
 def results(request: Request, job_id: JobId) -> list[ResultFile]:
     found = []
     for uid, sop_class, path in _results(request, job_id):
         size = path.stat().st_size if path.exists() else None
-        found.append(ResultFile(sop_instance_uid=uid, sop_class_uid=sop_class, kind=kind(sop_class, ""),
-                                size=size, url=f"/api/v1/jobs/{job_id}/results/{uid}"))
+        found.append(
+            ResultFile(
+                sop_instance_uid=uid,
+                sop_class_uid=sop_class,
+                kind=kind(sop_class, ""),
+                size=size,
+                url=f"/api/v1/jobs/{job_id}/results/{uid}",
+            )
+        )
     return found
 
 
@@ -193,9 +236,15 @@ def result_file(request: Request, job_id: JobId, sop_instance_uid: str) -> Respo
         if uid != sop_instance_uid:
             continue
         if not path.exists():
-            raise HTTPException(404, f"the node holds no copy of result {uid} of job {job_id}: delivered"
-                                " to peers only (a delivered result leaves the outbox), or purged (retention)")
+            raise HTTPException(
+                404,
+                f"the node holds no copy of result {uid} of job {job_id}: delivered"
+                " to peers only (a delivered result leaves the outbox), or purged (retention)",
+            )
         name = file_name(path, uid, sop_class)
-        return Response(path.read_bytes(), media_type="application/dicom",
-                        headers={"Content-Disposition": f'attachment; filename="{name}"'})
+        return Response(
+            path.read_bytes(),
+            media_type="application/dicom",
+            headers={"Content-Disposition": f'attachment; filename="{name}"'},
+        )
     raise HTTPException(404, f"job {job_id} has no result {sop_instance_uid}")

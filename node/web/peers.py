@@ -17,17 +17,22 @@ def describe(peer: Any) -> Peer:
     """A configured peer (DIMSE, or DICOMweb where the configuration has that type)."""
     kind = str(getattr(peer, "type", "dimse") or "dimse")
     return Peer(
-        name=peer.name, type=kind, ae_title=getattr(peer, "ae_title", None),
-        host=getattr(peer, "host", None), port=getattr(peer, "port", None),
+        name=peer.name,
+        type=kind,
+        ae_title=getattr(peer, "ae_title", None),
+        host=getattr(peer, "host", None),
+        port=getattr(peer, "port", None),
         url=str(peer.url) if getattr(peer, "url", None) else None,
     )
 
 
-def _check(peer: str, kind: str, check: str, started: float, ok: bool, status: int | None,
-           message: str) -> ConnectivityCheck:
+def _check(
+    peer: str, kind: str, check: str, started: float, ok: bool, status: int | None, message: str
+) -> ConnectivityCheck:
     latency = round((time.monotonic() - started) * 1000, 1)
-    return ConnectivityCheck(peer=peer, type=kind, check=check, ok=ok,
-                             latency_ms=latency if ok else None, status=status, message=message)
+    return ConnectivityCheck(
+        peer=peer, type=kind, check=check, ok=ok, latency_ms=latency if ok else None, status=status, message=message
+    )
 
 
 def echo_dimse(peer: Any, calling_ae: str, timeout_s: float) -> ConnectivityCheck:
@@ -38,8 +43,7 @@ def echo_dimse(peer: Any, calling_ae: str, timeout_s: float) -> ConnectivityChec
     except (AssociationFailed, OSError) as exc:
         return _check(peer.name, "dimse", "C-ECHO", started, False, None, str(exc))
     if status != 0:
-        return _check(peer.name, "dimse", "C-ECHO", started, False, status,
-                      f"C-ECHO {target}: status 0x{status:04X}")
+        return _check(peer.name, "dimse", "C-ECHO", started, False, status, f"C-ECHO {target}: status 0x{status:04X}")
     return _check(peer.name, "dimse", "C-ECHO", started, True, status, f"C-ECHO {target}: success")
 
 
@@ -60,20 +64,28 @@ def probe_dicomweb(peer: Any, timeout_s: float) -> ConnectivityCheck:
     started = time.monotonic()
     try:
         headers, auth = _auth(peer)
-        with httpx.Client(verify=tls_context(peer),
-                          timeout=timeout_s, follow_redirects=False) as client:
+        with httpx.Client(verify=tls_context(peer), timeout=timeout_s, follow_redirects=False) as client:
             response = client.get(url, params={"limit": 1}, headers=headers, auth=auth)
     except (ValueError, PeerSetupError) as exc:  # a credentials or certificate file that cannot be read
         return _check(peer.name, "dicomweb", "QIDO-RS", started, False, None, str(exc))
     except httpx.HTTPError as exc:
-        return _check(peer.name, "dicomweb", "QIDO-RS", started, False, None,
-                      f"GET {url}: {type(exc).__name__}: {exc} (is it running and reachable?)")
+        return _check(
+            peer.name,
+            "dicomweb",
+            "QIDO-RS",
+            started,
+            False,
+            None,
+            f"GET {url}: {type(exc).__name__}: {exc} (is it running and reachable?)",
+        )
     ok = response.status_code in (200, 204)
     if ok:
         message = f"GET {url}: HTTP {response.status_code}"
     elif response.status_code in (401, 403):
-        message = (f"GET {url}: HTTP {response.status_code}: the peer refused the credentials"
-                   " (check this peer's auth in the configuration)")
+        message = (
+            f"GET {url}: HTTP {response.status_code}: the peer refused the credentials"
+            " (check this peer's auth in the configuration)"
+        )
     else:
         message = f"GET {url}: HTTP {response.status_code} {response.reason_phrase}"
     return _check(peer.name, "dicomweb", "QIDO-RS", started, ok, response.status_code, message)

@@ -68,8 +68,9 @@ def _pick(images: list[dict[str, Any]], instance: str | None, job_id: int) -> di
     return next((i for i in images if i.get("regions")), images[0])
 
 
-def _ct_preview(db: Database, cache: PreviewCache, study_uid: str, job_id: int,
-                findings: dict[str, Any], recorded_at: float) -> bytes:
+def _ct_preview(
+    db: Database, cache: PreviewCache, study_uid: str, job_id: int, findings: dict[str, Any], recorded_at: float
+) -> bytes:
     from node.pipelines.cspine.preview import sagittal_png
 
     key = (job_id, "sagittal", recorded_at)
@@ -88,8 +89,12 @@ def _ct_preview(db: Database, cache: PreviewCache, study_uid: str, job_id: int,
 
 
 def preview_png(
-    db: Database, outcomes: JobOutcomes, cache: PreviewCache,
-    study_uid: str, job_id: int | None, instance: str | None,
+    db: Database,
+    outcomes: JobOutcomes,
+    cache: PreviewCache,
+    study_uid: str,
+    job_id: int | None,
+    instance: str | None,
 ) -> bytes:
     """The PNG, or an HTTPException (404) that says what is missing."""
     from node.pipelines.radiograph.preview import render

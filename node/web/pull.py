@@ -32,7 +32,9 @@ class AnalyzeRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     peer: str | None = Field(
-        None, min_length=1, examples=["orthanc-web"],
+        None,
+        min_length=1,
+        examples=["orthanc-web"],
         description="name of a configured peer (dimse or dicomweb) to pull the study from; without"
         " it the node analyses the copy it holds again",
     )
@@ -40,8 +42,10 @@ class AnalyzeRequest(BaseModel):
 
 class AnalysisStatus(BaseModel):
     study_uid: str
-    queued: bool = Field(description="a new analysis was queued; false: one follows anyway (the"
-                         " study is still being received, or already queued)")
+    queued: bool = Field(
+        description="a new analysis was queued; false: one follows anyway (the"
+        " study is still being received, or already queued)"
+    )
     instances: int = Field(description="spooled instances the analysis reads")
     message: str
     study_url: str
@@ -61,7 +65,8 @@ class PullStatus(BaseModel):
     peer: str
     method: Literal["wado-rs", "c-get", "c-move"]
     state: Literal["queued", "running", "done", "failed"] = Field(
-        description="done: retrieved and handed to routing (see jobs); failed: see error")
+        description="done: retrieved and handed to routing (see jobs); failed: see error"
+    )
     expected: int | None = Field(description="instances the peer said the study holds, if it said")
     received: int = Field(description="instances new to the node")
     duplicates: int = Field(description="instances the node already held, identical")
@@ -88,9 +93,12 @@ def _status(reads: Queries, pull: Pull) -> PullStatus:
     if pull.finished_at is not None and pull.started_at is not None:
         # since the retrieval started: assembly may complete the study (it is marked retrieved)
         # a moment before the pull records its finish
-        jobs = [JobSummary(id=j.job.id, route=j.job.route, pipeline=j.job.pipeline, state=j.state,
-                           detail=j.last_error or j.summary)
-                for j in reads.jobs_created_since(pull.study_uid, pull.started_at)]
+        jobs = [
+            JobSummary(
+                id=j.job.id, route=j.job.route, pipeline=j.job.pipeline, state=j.state, detail=j.last_error or j.summary
+            )
+            for j in reads.jobs_created_since(pull.study_uid, pull.started_at)
+        ]
     return PullStatus(**pull.__dict__, status_url=f"/api/v1/pulls/{pull.id}", jobs=jobs)
 
 
@@ -99,8 +107,10 @@ def _status(reads: Queries, pull: Pull) -> PullStatus:
     status_code=202,
     summary="Analyse a study again from the node's copy, or retrieve it from a peer first",
     responses={
-        200: {"description": "an analysis follows already (the study is being received, or being"
-              " pulled from this peer: that pull)"},
+        200: {
+            "description": "an analysis follows already (the study is being received, or being"
+            " pulled from this peer: that pull)"
+        },
         400: {"description": "unknown peer (the message lists the configured ones) or invalid UID"},
         404: {"description": "the peer does not hold the study; without a peer: the node does not"},
         409: {"description": "without a peer: the node's copy was purged (retention); name a peer"},
@@ -108,7 +118,9 @@ def _status(reads: Queries, pull: Pull) -> PullStatus:
     },
 )
 def analyze(
-    study_uid: str, request: Request, response: Response,
+    study_uid: str,
+    request: Request,
+    response: Response,
     body: Annotated[AnalyzeRequest | None, Body()] = None,
 ) -> PullStatus | AnalysisStatus:
     if len(study_uid) > 64 or not _VALID_UID.match(study_uid):
@@ -125,8 +137,9 @@ def analyze(
         url = f"/api/v1/studies/{quote(study_uid, safe='')}"
         response.status_code = 202 if asked.queued else 200
         response.headers["Location"] = url
-        return AnalysisStatus(study_uid=study_uid, queued=asked.queued, instances=asked.instances,
-                              message=asked.message, study_url=url)
+        return AnalysisStatus(
+            study_uid=study_uid, queued=asked.queued, instances=asked.instances, message=asked.message, study_url=url
+        )
     try:
         pull, created = commands.request_pull(study_uid, body.peer, principal)
     except PullError as exc:

@@ -30,10 +30,18 @@ MAX_LIMIT = 500
 def deliveries(db: Database, job_ids: Sequence[int]) -> dict[int, list[Delivery]]:
     found: dict[int, list[Delivery]] = {}
     for d in outbox.per_job(db, job_ids):
-        found.setdefault(d.job_id, []).append(Delivery(
-            destination=d.destination, objects=d.objects, delivered=d.delivered, pending=d.pending,
-            failed=d.failed, attempts=d.attempts, last_error=d.last_error, last_delivered_at=d.last_delivered_at,
-        ))
+        found.setdefault(d.job_id, []).append(
+            Delivery(
+                destination=d.destination,
+                objects=d.objects,
+                delivered=d.delivered,
+                pending=d.pending,
+                failed=d.failed,
+                attempts=d.attempts,
+                last_error=d.last_error,
+                last_delivered_at=d.last_delivered_at,
+            )
+        )
     return found
 
 
@@ -83,15 +91,29 @@ def _job(listed: ListedJob, outcome: JobOutcome | None, delivered: list[Delivery
     if findings and findings.get("kind") == "CSpineFindings":
         previews = [f"/api/v1/studies/{study}/preview.png?job={job.id}"]
     return JobDetail(
-        id=job.id, study_uid=job.study_instance_uid, revision=job.revision, route=job.route,
-        pipeline=job.pipeline, destinations=list(job.destinations),
-        calling_ae=job.calling_ae, state=row.state, attempts=job.attempts,
-        max_attempts=row.max_attempts, last_error=row.last_error, summary=row.summary,
-        created_at=row.created_at, started_at=row.started_at, finished_at=row.finished_at,
+        id=job.id,
+        study_uid=job.study_instance_uid,
+        revision=job.revision,
+        route=job.route,
+        pipeline=job.pipeline,
+        destinations=list(job.destinations),
+        calling_ae=job.calling_ae,
+        state=row.state,
+        attempts=job.attempts,
+        max_attempts=row.max_attempts,
+        last_error=row.last_error,
+        summary=row.summary,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
         next_attempt_at=row.not_before if row.state == QUEUED else None,
-        superseded_by=row.superseded_by, retryable=row.state == FAILED,
-        timings=_timings(listed, outcome, delivered), deliveries=delivered,
-        series_uids=list(job.series_uids), findings=findings, previews=previews,
+        superseded_by=row.superseded_by,
+        retryable=row.state == FAILED,
+        timings=_timings(listed, outcome, delivered),
+        deliveries=delivered,
+        series_uids=list(job.series_uids),
+        findings=findings,
+        previews=previews,
         category=category(findings),
     )
 
@@ -109,8 +131,15 @@ def jobs(
     categories: Sequence[str] = (),
 ) -> list[JobDetail]:
     """Most recent first; running and queued jobs are recent by definition (their id is newer)."""
-    rows = job_rows.listed(db, MAX_LIMIT if categories else min(limit, MAX_LIMIT), states=states,
-                           study_uid=study_uid, job_id=job_id, pipeline=pipeline, since=since)
+    rows = job_rows.listed(
+        db,
+        MAX_LIMIT if categories else min(limit, MAX_LIMIT),
+        states=states,
+        study_uid=study_uid,
+        job_id=job_id,
+        pipeline=pipeline,
+        since=since,
+    )
     ids = [listed.row.job.id for listed in rows]
     found = outcomes.many(ids)
     sent = deliveries(db, ids)
@@ -130,11 +159,19 @@ def _study(db: Database, outcomes: JobOutcomes, row: StudyRow) -> StudySummary:
         result=(last.last_error or last.summary) if last is not None else "",
         result_state=last.state if last is not None else None,
         category=category(recorded.findings if recorded is not None else None),
-        study_uid=uid, calling_ae=row.calling_ae, first_received_at=row.first_received_at,
-        last_received_at=row.last_received_at, completed_at=row.completed_at,
-        receiving=row.pending, revision=row.revision, route_status=row.route_status,
-        routes=sorted({j.job.route for j in current}), instances=row.instances, series=row.series,
-        modalities=list(row.modalities), jobs=job_rows.state_counts(db, uid),
+        study_uid=uid,
+        calling_ae=row.calling_ae,
+        first_received_at=row.first_received_at,
+        last_received_at=row.last_received_at,
+        completed_at=row.completed_at,
+        receiving=row.pending,
+        revision=row.revision,
+        route_status=row.route_status,
+        routes=sorted({j.job.route for j in current}),
+        instances=row.instances,
+        series=row.series,
+        modalities=list(row.modalities),
+        jobs=job_rows.state_counts(db, uid),
     )
 
 
@@ -151,12 +188,14 @@ def studies(
 ) -> list[StudySummary]:
     """Most recently received first; `uids` limits to those studies (a search's matches)."""
     filtered = bool(states or pipeline or categories)
-    rows = study_rows.listed(db, MAX_LIMIT if filtered else min(limit, MAX_LIMIT),
-                             since if since is not None else 0.0, uids)
+    rows = study_rows.listed(
+        db, MAX_LIMIT if filtered else min(limit, MAX_LIMIT), since if since is not None else 0.0, uids
+    )
     found = [_study(db, outcomes, row) for row in rows]
     if filtered:  # by the studies' jobs, which the listing does not join
         found = [
-            s for s in found
+            s
+            for s in found
             if (not states or set(states) & set(s.jobs))
             and (not pipeline or pipeline in s.pipelines)
             and (not categories or s.category in categories)
@@ -172,9 +211,14 @@ def study(db: Database, outcomes: JobOutcomes, study_uid: str) -> StudyDetail | 
     return StudyDetail(
         **summary.model_dump(),
         series_list=[
-            Series(series_uid=s.series_uid, modality=s.modality, body_part=s.body_part,
-                   series_description=s.series_description, instances=s.instances,
-                   sop_classes=list(s.sop_classes))
+            Series(
+                series_uid=s.series_uid,
+                modality=s.modality,
+                body_part=s.body_part,
+                series_description=s.series_description,
+                instances=s.instances,
+                sop_classes=list(s.sop_classes),
+            )
             for s in instances.series_summaries(db, study_uid)
         ],
         job_list=jobs(db, outcomes, study_uid=study_uid, limit=MAX_LIMIT),
@@ -184,8 +228,9 @@ def study(db: Database, outcomes: JobOutcomes, study_uid: str) -> StudyDetail | 
 class Queries:
     """Everything the REST API, the dashboard and /metrics read."""
 
-    def __init__(self, config: Config, db: Database, outcomes: JobOutcomes, search: StudySearch,
-                 exposition: Callable[[], bytes]) -> None:
+    def __init__(
+        self, config: Config, db: Database, outcomes: JobOutcomes, search: StudySearch, exposition: Callable[[], bytes]
+    ) -> None:
         self.config = config
         self.db = db
         self.outcomes = outcomes
@@ -194,11 +239,26 @@ class Queries:
         self.audit_trail = AtnaFileTrail(config.audit_path)  # what node.audit writes
         self.previews = PreviewCache()
 
-    def jobs(self, *, states: Sequence[str] = (), study_uid: str | None = None, limit: int = 50,
-             pipeline: str | None = None, since: float | None = None,
-             categories: Sequence[str] = ()) -> list[JobDetail]:
-        return jobs(self.db, self.outcomes, states=states, study_uid=study_uid, limit=limit, pipeline=pipeline,
-                    since=since, categories=categories)
+    def jobs(
+        self,
+        *,
+        states: Sequence[str] = (),
+        study_uid: str | None = None,
+        limit: int = 50,
+        pipeline: str | None = None,
+        since: float | None = None,
+        categories: Sequence[str] = (),
+    ) -> list[JobDetail]:
+        return jobs(
+            self.db,
+            self.outcomes,
+            states=states,
+            study_uid=study_uid,
+            limit=limit,
+            pipeline=pipeline,
+            since=since,
+            categories=categories,
+        )
 
     def job(self, job_id: int) -> JobDetail | None:
         found = jobs(self.db, self.outcomes, job_id=job_id, limit=1)
@@ -216,10 +276,18 @@ class Queries:
     def results(self, job_id: int) -> list[ResultObject]:
         return outbox.results_of_job(self.db, job_id)
 
-    def studies(self, limit: int = 50, *, states: Sequence[str] = (), pipeline: str | None = None,
-                since: float | None = None, categories: Sequence[str] = ()) -> list[StudySummary]:
-        return studies(self.db, self.outcomes, limit, states=states, pipeline=pipeline, since=since,
-                       categories=categories)
+    def studies(
+        self,
+        limit: int = 50,
+        *,
+        states: Sequence[str] = (),
+        pipeline: str | None = None,
+        since: float | None = None,
+        categories: Sequence[str] = (),
+    ) -> list[StudySummary]:
+        return studies(
+            self.db, self.outcomes, limit, states=states, pipeline=pipeline, since=since, categories=categories
+        )
 
     def search_studies(self, text: str, limit: int) -> list[StudySummary]:
         return studies(self.db, self.outcomes, limit, uids=self.search.find(text, limit))

@@ -35,8 +35,12 @@ class WebServer:
         self.app = create_app(config, queries, commands, credentials(settings.auth, config.storage.data_dir), audit)
         tls = settings.tls
         server_config = uvicorn.Config(
-            self.app, log_config=None, access_log=False, lifespan="off",
-            timeout_graceful_shutdown=5, h11_max_incomplete_event_size=1 << 20,
+            self.app,
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=5,
+            h11_max_incomplete_event_size=1 << 20,
             ssl_certfile=str(tls.certificate) if tls.certificate else None,
             ssl_keyfile=str(tls.private_key) if tls.private_key else None,
         )
@@ -73,8 +77,14 @@ class WebServer:
             target=lambda: asyncio.run(self._server.serve(sockets=[sock])), name="web", daemon=True
         )
         self._thread.start()
-        event(log, logging.INFO, "web server listening", bind=self.settings.bind, port=self.port,
-              https=self.settings.tls.enabled)
+        event(
+            log,
+            logging.INFO,
+            "web server listening",
+            bind=self.settings.bind,
+            port=self.port,
+            https=self.settings.tls.enabled,
+        )
 
     def stop(self) -> None:
         self._server.should_exit = True

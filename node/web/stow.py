@@ -64,14 +64,22 @@ _RESPONSES: dict[int | str, dict[str, object]] = {
 }
 
 
-@router.post("/studies", summary="Store instances (STOW-RS, PS3.18 10.5)", openapi_extra={
-    "requestBody": _REQUEST_BODY}, responses=_RESPONSES)
+@router.post(
+    "/studies",
+    summary="Store instances (STOW-RS, PS3.18 10.5)",
+    openapi_extra={"requestBody": _REQUEST_BODY},
+    responses=_RESPONSES,
+)
 async def store_instances(request: Request) -> Response:
     return await _store(request, None)
 
 
-@router.post("/studies/{study}", summary="Store instances of one study (STOW-RS, PS3.18 10.5)",
-             openapi_extra={"requestBody": _REQUEST_BODY}, responses=_RESPONSES)
+@router.post(
+    "/studies/{study}",
+    summary="Store instances of one study (STOW-RS, PS3.18 10.5)",
+    openapi_extra={"requestBody": _REQUEST_BODY},
+    responses=_RESPONSES,
+)
 async def store_study_instances(study: str, request: Request) -> Response:
     if len(study) > 64 or not _VALID_UID.match(study):
         raise HTTPException(400, f"{study[:80]!r} is not a valid Study Instance UID")
@@ -85,14 +93,18 @@ def request_boundary(content_type: str | None) -> bytes:
         raise HTTPException(415, f"the request has no Content-Type: {expected}")
     media_type, params = parse_content_type(content_type)
     if media_type == "application/dicom":
-        raise HTTPException(415, f"a bare application/dicom body is not a STOW-RS request: {expected},"
-                                 " one part per DICOM file")
+        raise HTTPException(
+            415, f"a bare application/dicom body is not a STOW-RS request: {expected}, one part per DICOM file"
+        )
     if media_type != "multipart/related":
         raise HTTPException(415, f"Content-Type {media_type or content_type[:80]!r} is not supported: {expected}")
     part_type = params.get("type", "application/dicom").partition(";")[0].strip().lower()
     if part_type in ("application/dicom+json", "application/dicom+xml"):
-        raise HTTPException(415, f"STOW-RS of metadata and bulk data ({part_type}) is not supported:"
-                                 " send the instances as DICOM files, type=\"application/dicom\"")
+        raise HTTPException(
+            415,
+            f"STOW-RS of metadata and bulk data ({part_type}) is not supported:"
+            ' send the instances as DICOM files, type="application/dicom"',
+        )
     if part_type != "application/dicom":
         raise HTTPException(415, f"parts of type {part_type!r} are not supported: {expected}")
     try:
@@ -165,8 +177,9 @@ def native_xml(ds: Dataset) -> bytes:
 def _xml_attributes(parent: ET.Element, ds: Dataset) -> None:
     for element in ds:
         tag = f"{element.tag.group:04X}{element.tag.element:04X}"
-        node = ET.SubElement(parent, "DicomAttribute",
-                             {"tag": tag, "vr": element.VR, "keyword": keyword_for_tag(element.tag)})
+        node = ET.SubElement(
+            parent, "DicomAttribute", {"tag": tag, "vr": element.VR, "keyword": keyword_for_tag(element.tag)}
+        )
         if element.VR == "SQ":
             for number, item in enumerate(element.value, start=1):
                 _xml_attributes(ET.SubElement(node, "Item", number=str(number)), item)
@@ -224,13 +237,22 @@ async def _store(request: Request, study: str | None) -> Response:
         if not transaction.ended:
             transaction.abort()  # the client went away, or the handler was cancelled
         stored = sum(1 for o in transaction.outcomes if o.stored)
-        event(log, logging.INFO, "STOW-RS answered", transfer=transaction.record.id, status=status,
-              instances_stored=stored, instances_failed=len(transaction.outcomes) - stored,
-              bytes=transaction.received, seconds=round(time.monotonic() - started, 3))
+        event(
+            log,
+            logging.INFO,
+            "STOW-RS answered",
+            transfer=transaction.record.id,
+            status=status,
+            instances_stored=stored,
+            instances_failed=len(transaction.outcomes) - stored,
+            bytes=transaction.received,
+            seconds=round(time.monotonic() - started, 3),
+        )
 
 
-async def _receive(request: Request, transaction: StoreTransaction, limit: int, media_type: str,
-                   too_large: str) -> tuple[int, Response]:
+async def _receive(
+    request: Request, transaction: StoreTransaction, limit: int, media_type: str, too_large: str
+) -> tuple[int, Response]:
     pending = bytearray()
     received = 0
     try:
@@ -257,8 +279,9 @@ async def _receive(request: Request, transaction: StoreTransaction, limit: int, 
         outcomes = transaction.outcomes
         if not any(o.stored for o in outcomes):
             return 400, _refusal(400, f"malformed multipart/related body: {exc}")
-        return 202, _answer(202, outcomes, media_type, f"malformed multipart/related body after part"
-                                                      f" {len(outcomes)}: {exc}")
+        return 202, _answer(
+            202, outcomes, media_type, f"malformed multipart/related body after part {len(outcomes)}: {exc}"
+        )
     if not outcomes:
         return 400, _refusal(400, "the multipart/related body holds no part")
     status = response_status(outcomes)

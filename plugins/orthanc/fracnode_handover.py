@@ -18,18 +18,35 @@ from typing import Any
 
 OWN_MANUFACTURER = "fracnode"  # node/results/producer.py MANUFACTURER: every fracnode result has it
 # Orthanc 1.10's series-level main DICOM tags: the only tags /studies/{id}/series reports
-SERIES_TAGS = frozenset({
-    "Manufacturer", "Modality", "SeriesDate", "SeriesTime", "SeriesDescription", "SeriesInstanceUID",
-    "SeriesNumber", "BodyPartExamined", "ProtocolName", "StationName", "SequenceName",
-    "OperatorsName", "PerformedProcedureStepDescription", "AcquisitionDeviceProcessingDescription",
-    "ContrastBolusAgent", "ImagesInAcquisition", "CardiacNumberOfImages", "NumberOfSlices",
-    "NumberOfTemporalPositions",
-})
+SERIES_TAGS = frozenset(
+    {
+        "Manufacturer",
+        "Modality",
+        "SeriesDate",
+        "SeriesTime",
+        "SeriesDescription",
+        "SeriesInstanceUID",
+        "SeriesNumber",
+        "BodyPartExamined",
+        "ProtocolName",
+        "StationName",
+        "SequenceName",
+        "OperatorsName",
+        "PerformedProcedureStepDescription",
+        "AcquisitionDeviceProcessingDescription",
+        "ContrastBolusAgent",
+        "ImagesInAcquisition",
+        "CardiacNumberOfImages",
+        "NumberOfSlices",
+        "NumberOfTemporalPositions",
+    }
+)
 STATUS_LIMIT = 50  # hand-overs listed by GET /fracnode/status
 EXPLORER_BUTTON = "Analyze with fracnode"
 
 
 # -- configuration ("Fracnode" in Orthanc's JSON configuration) ----------------------------------
+
 
 @dataclass(frozen=True)
 class Settings:
@@ -57,8 +74,25 @@ class Settings:
         raw = config.get("Fracnode", {})
         if not isinstance(raw, dict):
             raise ValueError('"Fracnode" must be a JSON object')  # noqa: TRY004 - a configuration error
-        known = {"Enabled", "Automatic", "Mode", "Modality", "Modalities", "Exclude", "SkipOwnResults",
-                 "StateFile", "MaxAttempts", "RetryDelay", "Url", "Token", "Timeout", "AeTitle", "Host", "Port", "Peer"}
+        known = {
+            "Enabled",
+            "Automatic",
+            "Mode",
+            "Modality",
+            "Modalities",
+            "Exclude",
+            "SkipOwnResults",
+            "StateFile",
+            "MaxAttempts",
+            "RetryDelay",
+            "Url",
+            "Token",
+            "Timeout",
+            "AeTitle",
+            "Host",
+            "Port",
+            "Peer",
+        }
         unknown = sorted(set(raw) - known)
         if unknown:
             raise ValueError(f'"Fracnode": unknown key(s) {unknown}; known: {sorted(known)}')
@@ -78,13 +112,16 @@ class Settings:
         exclude = typed("Exclude", dict, {})
         for tag, patterns in exclude.items():
             if tag not in SERIES_TAGS:
-                raise ValueError(f'"Fracnode.Exclude": {tag!r} is not a series tag Orthanc indexes; '
-                                 f"use one of {sorted(SERIES_TAGS)}")
+                raise ValueError(
+                    f'"Fracnode.Exclude": {tag!r} is not a series tag Orthanc indexes; use one of {sorted(SERIES_TAGS)}'
+                )
             if not isinstance(patterns, list) or not all(isinstance(p, str) for p in patterns):
                 raise ValueError(f'"Fracnode.Exclude.{tag}" must be a list of patterns (* and ? allowed)')
         storage = str(config.get("StorageDirectory", "OrthancStorage"))
         settings = cls(
-            enabled=typed("Enabled", bool, True), automatic=typed("Automatic", bool, True), mode=mode,
+            enabled=typed("Enabled", bool, True),
+            automatic=typed("Automatic", bool, True),
+            mode=mode,
             modality=typed("Modality", str, cls.modality),
             modalities=tuple(str(m).upper() for m in modalities),
             exclude=tuple((tag, tuple(p.upper() for p in pats)) for tag, pats in sorted(exclude.items())),
@@ -92,9 +129,12 @@ class Settings:
             state_file=os.path.abspath(typed("StateFile", str, os.path.join(storage, "fracnode-plugin.sqlite"))),
             max_attempts=typed("MaxAttempts", int, cls.max_attempts),
             retry_delay_s=float(typed("RetryDelay", (int, float), cls.retry_delay_s)),
-            url=typed("Url", str, "").rstrip("/"), token=typed("Token", str, ""), peer=typed("Peer", str, ""),
+            url=typed("Url", str, "").rstrip("/"),
+            token=typed("Token", str, ""),
+            peer=typed("Peer", str, ""),
             timeout_s=float(typed("Timeout", (int, float), cls.timeout_s)),
-            ae_title=typed("AeTitle", str, cls.ae_title), host=typed("Host", str, ""),
+            ae_title=typed("AeTitle", str, cls.ae_title),
+            host=typed("Host", str, ""),
             port=typed("Port", int, cls.port),
         )
         if settings.max_attempts < 1:
@@ -112,11 +152,15 @@ class Settings:
             return
         declared = self.modality in (config.get("DicomModalities") or {})
         if self.host and declared:
-            raise ValueError(f'"Fracnode.Host" defines modality {self.modality!r}, which "DicomModalities"'
-                             " defines too: keep one of them")
+            raise ValueError(
+                f'"Fracnode.Host" defines modality {self.modality!r}, which "DicomModalities"'
+                " defines too: keep one of them"
+            )
         if not self.host and not declared and not config.get("DicomModalitiesInDatabase", False):
-            raise ValueError(f'"Fracnode.Modality" {self.modality!r} is not in "DicomModalities": add it there,'
-                             ' or give fracnode\'s "Host" (and "Port", "AeTitle") in "Fracnode"')
+            raise ValueError(
+                f'"Fracnode.Modality" {self.modality!r} is not in "DicomModalities": add it there,'
+                ' or give fracnode\'s "Host" (and "Port", "AeTitle") in "Fracnode"'
+            )
         if self.host and not (1 <= self.port <= 65535 and 1 <= len(self.ae_title.strip()) <= 16):
             raise ValueError('"Fracnode.Port" must be 1-65535 and "Fracnode.AeTitle" 1-16 characters')
 
@@ -127,6 +171,7 @@ class Settings:
 
 
 # -- the decision: pure functions of the study's series and what was handed over before ----------
+
 
 @dataclass(frozen=True)
 class Series:
@@ -143,8 +188,10 @@ class Decision:
 
 def series_of(answer: list[dict[str, Any]]) -> list[Series]:
     """Orthanc's `GET /studies/{id}/series` answer as Series records."""
-    return [Series(s["ID"], {k: str(v) for k, v in s.get("MainDicomTags", {}).items()},
-                   tuple(s.get("Instances", []))) for s in answer]
+    return [
+        Series(s["ID"], {k: str(v) for k, v in s.get("MainDicomTags", {}).items()}, tuple(s.get("Instances", [])))
+        for s in answer
+    ]
 
 
 def exclusion(series: Series, settings: Settings) -> str | None:
@@ -239,12 +286,14 @@ class State:
         return self._write(
             "INSERT INTO handovers (study, instances, instances_sha256, reason, mode, job, state,"
             " created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
-            (study, json.dumps(instances), digest(instances), reason, mode, job, state, now, now))
+            (study, json.dumps(instances), digest(instances), reason, mode, job, state, now, now),
+        )
 
     def update(self, handover: int, **values: Any) -> None:
         columns = ", ".join(f"{k} = ?" for k in values)
-        self._write(f"UPDATE handovers SET {columns}, updated_at = ? WHERE id = ?",
-                    (*values.values(), time.time(), handover))
+        self._write(
+            f"UPDATE handovers SET {columns}, updated_at = ? WHERE id = ?", (*values.values(), time.time(), handover)
+        )
 
     def by_job(self, job: str) -> dict[str, Any] | None:
         rows = self._rows("SELECT * FROM handovers WHERE job = ? AND job != ''", (job,))
@@ -255,9 +304,12 @@ class State:
         return self._rows(f"SELECT * FROM handovers WHERE state IN ({marks}) ORDER BY id", states)
 
     def recent(self, limit: int = STATUS_LIMIT) -> list[dict[str, Any]]:
-        rows = self._rows("SELECT id, study, instances_sha256, json_array_length(instances) AS count, reason,"
-                          " mode, job, state, attempts, error, created_at, updated_at FROM handovers"
-                          " ORDER BY id DESC LIMIT ?", (limit,))
+        rows = self._rows(
+            "SELECT id, study, instances_sha256, json_array_length(instances) AS count, reason,"
+            " mode, job, state, attempts, error, created_at, updated_at FROM handovers"
+            " ORDER BY id DESC LIMIT ?",
+            (limit,),
+        )
         return rows
 
     def meta(self, key: str) -> str | None:

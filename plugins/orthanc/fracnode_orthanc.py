@@ -44,6 +44,7 @@ from fracnode_handover import (
 
 # -- the worker: the only place that talks to Orthanc's REST API or to fracnode ------------------
 
+
 @dataclass(frozen=True)
 class Task:
     kind: str  # study | job | startup | stop
@@ -103,25 +104,37 @@ class Worker:
             return
         forced = task.reason == "forced"
         decision = decide(series, self.state.handed(task.resource), self.settings, forced)
-        self.decisions.appendleft({"Study": task.resource, "Trigger": task.reason, "Decision": decision.reason,
-                                   "Instances": len(decision.instances), "At": time.time()})
+        self.decisions.appendleft(
+            {
+                "Study": task.resource,
+                "Trigger": task.reason,
+                "Decision": decision.reason,
+                "Instances": len(decision.instances),
+                "At": time.time(),
+            }
+        )
         if not decision.instances:
             orthanc.LogInfo(f"fracnode: study {task.resource}: {decision.reason}")
             return
         if forced and self.settings.mode == "store":
             self._ask_again(task.resource)
-        handover = self.state.record(task.resource, decision.instances, task.reason, self.settings.mode, "",
-                                     "submitted")
+        handover = self.state.record(
+            task.resource, decision.instances, task.reason, self.settings.mode, "", "submitted"
+        )
         self._hand_over(handover, task.resource, decision.instances, attempts=1)
 
     def _hand_over(self, handover: int, study: str, instances: tuple[str, ...], attempts: int) -> None:
         try:
             if self.settings.mode == "store":
-                job = _post(f"/modalities/{self.settings.modality}/store",
-                            {"Resources": list(instances), "Asynchronous": True, "Permissive": False})
+                job = _post(
+                    f"/modalities/{self.settings.modality}/store",
+                    {"Resources": list(instances), "Asynchronous": True, "Permissive": False},
+                )
                 self.state.update(handover, job=str(job["ID"]), state="submitted", attempts=attempts, error="")
-                orthanc.LogWarning(f"fracnode: study {study}: {len(instances)} instance(s) handed over"
-                                   f" to modality {self.settings.modality!r} (job {job['ID']})")
+                orthanc.LogWarning(
+                    f"fracnode: study {study}: {len(instances)} instance(s) handed over"
+                    f" to modality {self.settings.modality!r} (job {job['ID']})"
+                )
             else:
                 self._pull(study)
                 self.state.update(handover, state="sent", attempts=attempts, error="")
@@ -134,8 +147,10 @@ class Worker:
         without analysing them again, so ask it (with `Url`/`Token`) to analyse its copy anew;
         a study it does not hold yet (404) is analysed when the C-STORE below delivers it."""
         if not self.settings.url:
-            orthanc.LogWarning(f"fracnode: study {study}: sent again; fracnode analyses a study it already"
-                               " holds again only when asked: set Fracnode.Url and Token so the button asks")
+            orthanc.LogWarning(
+                f"fracnode: study {study}: sent again; fracnode analyses a study it already"
+                " holds again only when asked: set Fracnode.Url and Token so the button asks"
+            )
             return
         uid = _get(f"/studies/{study}")["MainDicomTags"]["StudyInstanceUID"]
         try:
@@ -146,8 +161,11 @@ class Worker:
 
     def _fracnode(self, path: str, body: Any) -> Any:
         request = urllib.request.Request(
-            f"{self.settings.url}{path}", method="POST", data=json.dumps(body).encode(),
-            headers={"Authorization": f"Bearer {self.settings.token}", "Content-Type": "application/json"})
+            f"{self.settings.url}{path}",
+            method="POST",
+            data=json.dumps(body).encode(),
+            headers={"Authorization": f"Bearer {self.settings.token}", "Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(request, timeout=self.settings.timeout_s) as response:
                 return json.loads(response.read() or b"{}")
@@ -163,8 +181,10 @@ class Worker:
     def _failed(self, handover: int, attempts: int, error: str) -> None:
         if attempts >= self.settings.max_attempts:
             self.state.update(handover, state="failed", attempts=attempts, error=error)
-            orthanc.LogError(f"fracnode: hand-over {handover} failed after {attempts} attempt(s): {error};"
-                             " the Explorer's button hands the study over again")
+            orthanc.LogError(
+                f"fracnode: hand-over {handover} failed after {attempts} attempt(s): {error};"
+                " the Explorer's button hands the study over again"
+            )
             return
         not_before = time.time() + retry_delay(self.settings, attempts)
         self.state.update(handover, state="retrying", attempts=attempts, error=error, not_before=not_before)
@@ -298,8 +318,11 @@ class Plugin:
             output.SendHttpStatus(404, body, len(body))
             return
         self.worker.tasks.put_nowait(Task("study", study, "forced"))
-        answer = {"Study": study, "Queued": True,
-                  "AnalyzeAgain": self.settings.mode == "pull" or bool(self.settings.url)}
+        answer = {
+            "Study": study,
+            "Queued": True,
+            "AnalyzeAgain": self.settings.mode == "pull" or bool(self.settings.url),
+        }
         output.AnswerBuffer(json.dumps(answer), "application/json")
 
     def status(self, output: Any, uri: str, **request: Any) -> None:
@@ -308,10 +331,15 @@ class Plugin:
             output.SendMethodNotAllowed("GET")
             return
         answer = {
-            "Mode": self.settings.mode, "Modality": self.settings.modality, "Automatic": self.settings.automatic,
-            "Modalities": list(self.settings.modalities), "Queued": self.worker.tasks.qsize(),
-            "Callbacks": self.callbacks, "CallbackMaxMs": round(self.callback_max_s * 1000, 3),
-            "CaughtUp": self.worker.caught_up, "HandOvers": self.state.recent(),
+            "Mode": self.settings.mode,
+            "Modality": self.settings.modality,
+            "Automatic": self.settings.automatic,
+            "Modalities": list(self.settings.modalities),
+            "Queued": self.worker.tasks.qsize(),
+            "Callbacks": self.callbacks,
+            "CallbackMaxMs": round(self.callback_max_s * 1000, 3),
+            "CaughtUp": self.worker.caught_up,
+            "HandOvers": self.state.recent(),
             "Decisions": list(self.worker.decisions),
         }
         output.AnswerBuffer(json.dumps(answer, indent=2), "application/json")
@@ -328,8 +356,9 @@ def register() -> Plugin | None:
     orthanc.RegisterRestCallback("/fracnode/studies/([^/]+)/analyze", plugin.analyze)
     orthanc.RegisterRestCallback("/fracnode/status", plugin.status)
     orthanc.ExtendOrthancExplorer(EXPLORER_JS)
-    orthanc.LogWarning(f"fracnode: plugin ready ({settings.mode} mode, modality {settings.modality!r},"
-                       f" state {settings.state_file})")
+    orthanc.LogWarning(
+        f"fracnode: plugin ready ({settings.mode} mode, modality {settings.modality!r}, state {settings.state_file})"
+    )
     return plugin
 
 

@@ -27,8 +27,21 @@ def test_analyze_writes_results_previews_and_a_summary(tmp_path: Path, cr_sample
     out = tmp_path / "out"
 
     result = subprocess.run(
-        [sys.executable, "-m", "node.cli", "analyze", str(inputs), "--out", str(out), "--overlays", "gsps,radiograph_seg"],
-        capture_output=True, text=True, timeout=300, check=False,
+        [
+            sys.executable,
+            "-m",
+            "node.cli",
+            "analyze",
+            str(inputs),
+            "--out",
+            str(out),
+            "--overlays",
+            "gsps,radiograph_seg",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert "analysing" in result.stderr  # the progress bar
@@ -57,7 +70,10 @@ def test_analyze_writes_results_previews_and_a_summary(tmp_path: Path, cr_sample
 def test_analyze_rejects_an_unknown_overlay(tmp_path: Path, cr_sample: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "node.cli", "analyze", str(cr_sample), "--out", str(tmp_path), "--overlays", "gif"],
-        capture_output=True, text=True, timeout=120, check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
     )
     assert result.returncode == 2
     assert "unknown overlay(s) gif" in result.stderr

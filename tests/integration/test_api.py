@@ -26,17 +26,26 @@ def api(node, path: str, method: str = "GET", **kwargs) -> httpx.Response:  # ty
 
 
 def route(pipeline: str, *destinations: str, modality: str = "CR") -> dict:
-    return {"name": f"{pipeline}-route", "match": {"modality": [modality]}, "pipeline": pipeline,
-            "destinations": list(destinations or ["results-folder"])}
+    return {
+        "name": f"{pipeline}-route",
+        "match": {"modality": [modality]},
+        "pipeline": pipeline,
+        "destinations": list(destinations or ["results-folder"]),
+    }
 
 
 def finished_job(node, study_uid: str) -> dict:  # type: ignore[no-untyped-def]
     """The study's job once it ended and its deliveries did too."""
+
     def ended() -> dict | None:
         jobs = api(node, "/api/v1/jobs", params={"study_uid": study_uid}).json()
-        done = [j for j in jobs if j["state"] in ("done", "failed", "not_applicable")
-                and all(d["pending"] == 0 for d in j["deliveries"])]
+        done = [
+            j
+            for j in jobs
+            if j["state"] in ("done", "failed", "not_applicable") and all(d["pending"] == 0 for d in j["deliveries"])
+        ]
         return done[0] if done else None
+
     return wait_until(ended, timeout_s=60)
 
 
@@ -55,10 +64,18 @@ def test_a_sent_study_shows_its_job_routes_timings_deliveries_and_no_patient_dat
     for stage in ("assembly_s", "queue_s", "run_s", "pipeline_s", "stage_s", "dispatch_s"):
         assert timings[stage] is not None and timings[stage] >= 0, stage
     assert timings["assembly_s"] >= 0.5  # the test configuration's quiet period
-    assert job["deliveries"] == [{
-        "destination": "results-folder", "objects": 1, "delivered": 1, "pending": 0, "failed": 0,
-        "attempts": 1, "last_error": "", "last_delivered_at": job["deliveries"][0]["last_delivered_at"],
-    }]
+    assert job["deliveries"] == [
+        {
+            "destination": "results-folder",
+            "objects": 1,
+            "delivered": 1,
+            "pending": 0,
+            "failed": 0,
+            "attempts": 1,
+            "last_error": "",
+            "last_delivered_at": job["deliveries"][0]["last_delivered_at"],
+        }
+    ]
     image = job["findings"]["images"][0]
     assert image["sop_instance_uid"] == cr.SOPInstanceUID and image["category"] == "fracture"
     assert len(image["regions"][0]["polygon"]) == 4
@@ -80,11 +97,23 @@ def test_a_sent_study_shows_its_job_routes_timings_deliveries_and_no_patient_dat
     assert detail["job_list"][0]["previews"] == job["previews"] and len(job["previews"]) == 1
 
     # no patient data anywhere in what the API answers
-    everything = "".join(api(node, path).text for path in (
-        "/api/v1/jobs", f"/api/v1/jobs/{job['id']}", "/api/v1/studies",
-        f"/api/v1/studies/{cr.StudyInstanceUID}", f"/api/v1/studies/{ct[0].StudyInstanceUID}"))
-    for sentinel in (dicomgen.PATIENT_NAME, "Sentinel", dicomgen.PATIENT_ID, dicomgen.PATIENT_BIRTH_DATE,
-                     dicomgen.ACCESSION_NUMBER):
+    everything = "".join(
+        api(node, path).text
+        for path in (
+            "/api/v1/jobs",
+            f"/api/v1/jobs/{job['id']}",
+            "/api/v1/studies",
+            f"/api/v1/studies/{cr.StudyInstanceUID}",
+            f"/api/v1/studies/{ct[0].StudyInstanceUID}",
+        )
+    )
+    for sentinel in (
+        dicomgen.PATIENT_NAME,
+        "Sentinel",
+        dicomgen.PATIENT_ID,
+        dicomgen.PATIENT_BIRTH_DATE,
+        dicomgen.ACCESSION_NUMBER,
+    ):
         assert sentinel not in everything
 
 
@@ -146,7 +175,9 @@ def test_job_list_filters_by_state_and_rejects_unknown_states(tmp_path, start_no
     assert storescu(node.ingest.port, dicomgen.write([cr], tmp_path / "in")).returncode == 0
     job = finished_job(node, cr.StudyInstanceUID)
     assert job["state"] == "not_applicable" and job["summary"] == "the test pipeline declines every study"
-    assert [j["id"] for j in api(node, "/api/v1/jobs", params={"state": ["not_applicable", "done"]}).json()] == [job["id"]]
+    assert [j["id"] for j in api(node, "/api/v1/jobs", params={"state": ["not_applicable", "done"]}).json()] == [
+        job["id"]
+    ]
     assert api(node, "/api/v1/jobs", params={"state": "failed"}).json() == []
     unknown = api(node, "/api/v1/jobs", params={"state": "exploded"})
     assert unknown.status_code == 422 and "exploded" in unknown.json()["detail"]
@@ -156,14 +187,19 @@ def test_job_list_filters_by_state_and_rejects_unknown_states(tmp_path, start_no
 
 def test_echo_reaches_a_running_orthanc_and_explains_an_unreachable_peer(tmp_path, start_node, orthanc):
     closed = free_port()
-    config = node_config(tmp_path / "data", peers=[
-        {"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port},
-        {"name": "gone", "ae_title": "GONE", "host": "127.0.0.1", "port": closed},
-    ])
+    config = node_config(
+        tmp_path / "data",
+        peers=[
+            {"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port},
+            {"name": "gone", "ae_title": "GONE", "host": "127.0.0.1", "port": closed},
+        ],
+    )
     node = start_node(config)
     peers = api(node, "/api/v1/peers").json()
     assert [(p["name"], p["type"], p["port"]) for p in peers] == [
-        ("pacs", "dimse", orthanc.dicom_port), ("gone", "dimse", closed)]
+        ("pacs", "dimse", orthanc.dicom_port),
+        ("gone", "dimse", closed),
+    ]
 
     reached = api(node, "/api/v1/peers/pacs/echo", "POST").json()
     assert reached["ok"] is True and reached["status"] == 0 and reached["check"] == "C-ECHO"
@@ -180,8 +216,10 @@ def folder_and_gone_pacs(tmp_path, *routes: dict) -> Config:  # type: ignore[no-
     return node_config(
         tmp_path / "data",
         peers=[{"name": "gone", "ae_title": "GONE", "host": "127.0.0.1", "port": free_port()}],
-        destinations=[{"name": "results-folder", "type": "folder", "path": str(tmp_path / "results")},
-                      {"name": "pacs", "type": "dimse", "peer": "gone"}],
+        destinations=[
+            {"name": "results-folder", "type": "folder", "path": str(tmp_path / "results")},
+            {"name": "pacs", "type": "dimse", "peer": "gone"},
+        ],
         routes=list(routes),
     )
 
@@ -205,13 +243,22 @@ def test_destinations_count_deliveries_and_keep_the_last_error(tmp_path, start_n
 def test_a_result_downloads_from_the_outbox_then_from_the_folder_it_was_delivered_to(tmp_path, start_node):
     # a result delivered to every destination leaves the outbox (docs/security.md): the download
     # then reads the folder destination's copy, and says so when the node holds none
-    node = start_node(folder_and_gone_pacs(
-        tmp_path, {**route("test-kos", "results-folder", "pacs"), "match": {"body_part": "HAND"}},
-        {**route("test-kos", "results-folder"), "name": "knees", "match": {"body_part": "KNEE"}}))
+    node = start_node(
+        folder_and_gone_pacs(
+            tmp_path,
+            {**route("test-kos", "results-folder", "pacs"), "match": {"body_part": "HAND"}},
+            {**route("test-kos", "results-folder"), "name": "knees", "match": {"body_part": "KNEE"}},
+        )
+    )
     cr, dx = dicomgen.cr_image(), dicomgen.cr_image(body_part="KNEE")
     assert storescu(node.ingest.port, dicomgen.write([cr, dx], tmp_path / "in")).returncode == 0
-    waiting = wait_until(lambda: [j for j in api(node, "/api/v1/jobs", params={"study_uid": cr.StudyInstanceUID}).json()
-                                  if any(d["delivered"] for d in j["deliveries"])])[0]
+    waiting = wait_until(
+        lambda: [
+            j
+            for j in api(node, "/api/v1/jobs", params={"study_uid": cr.StudyInstanceUID}).json()
+            if any(d["delivered"] for d in j["deliveries"])
+        ]
+    )[0]
     (held,) = api(node, f"/api/v1/jobs/{waiting['id']}/results").json()  # the pacs still waits: the outbox has it
     outbox_copy = next(node.config.outbox_dir.rglob(f"{held['sop_instance_uid']}.dcm"))
     assert held["size"] == outbox_copy.stat().st_size
@@ -236,9 +283,12 @@ def test_a_result_downloads_from_the_outbox_then_from_the_folder_it_was_delivere
 
 def test_configuration_is_shown_read_only_with_secrets_redacted(tmp_path, start_node):
     secret_password = "correct horse battery staple"
-    config = node_config(tmp_path / "data", web={
-        "auth": {"tokens": [API_TOKEN], "users": [{"name": "admin", "password": secret_password}]},
-    })
+    config = node_config(
+        tmp_path / "data",
+        web={
+            "auth": {"tokens": [API_TOKEN], "users": [{"name": "admin", "password": secret_password}]},
+        },
+    )
     node = start_node(config)
     response = api(node, "/api/v1/config")
     shown = response.json()
@@ -249,12 +299,22 @@ def test_configuration_is_shown_read_only_with_secrets_redacted(tmp_path, start_
     assert api(node, "/api/v1/config", "PUT", json=shown).status_code == 405
 
 
-@pytest.mark.parametrize(("method", "path"), [
-    ("GET", "/api/v1/jobs"), ("GET", "/api/v1/jobs/1"), ("POST", "/api/v1/jobs/1/retry"),
-    ("GET", "/api/v1/studies"), ("GET", "/api/v1/studies/1.2.3"), ("GET", "/api/v1/studies/1.2.3/preview.png"),
-    ("GET", "/api/v1/peers"), ("POST", "/api/v1/peers/pacs/echo"), ("GET", "/api/v1/destinations"),
-    ("GET", "/api/v1/config"), ("GET", "/metrics"),
-])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/api/v1/jobs"),
+        ("GET", "/api/v1/jobs/1"),
+        ("POST", "/api/v1/jobs/1/retry"),
+        ("GET", "/api/v1/studies"),
+        ("GET", "/api/v1/studies/1.2.3"),
+        ("GET", "/api/v1/studies/1.2.3/preview.png"),
+        ("GET", "/api/v1/peers"),
+        ("POST", "/api/v1/peers/pacs/echo"),
+        ("GET", "/api/v1/destinations"),
+        ("GET", "/api/v1/config"),
+        ("GET", "/metrics"),
+    ],
+)
 def test_every_endpoint_refuses_without_credentials(tmp_path, start_node, method, path):
     node = start_node(node_config(tmp_path / "data"))
     url = f"http://127.0.0.1:{node.web.port}{path}"
@@ -269,10 +329,16 @@ def test_openapi_documents_the_operator_endpoints(tmp_path, start_node):
     schema = api(node, "/api/openapi.json").json()
     paths = schema["paths"]
     expected = {
-        "/api/v1/jobs": {"get"}, "/api/v1/jobs/{job_id}": {"get"}, "/api/v1/jobs/{job_id}/retry": {"post"},
-        "/api/v1/studies": {"get"}, "/api/v1/studies/{study_uid}": {"get"},
-        "/api/v1/studies/{study_uid}/preview.png": {"get"}, "/api/v1/peers": {"get"},
-        "/api/v1/peers/{name}/echo": {"post"}, "/api/v1/destinations": {"get"}, "/api/v1/config": {"get"},
+        "/api/v1/jobs": {"get"},
+        "/api/v1/jobs/{job_id}": {"get"},
+        "/api/v1/jobs/{job_id}/retry": {"post"},
+        "/api/v1/studies": {"get"},
+        "/api/v1/studies/{study_uid}": {"get"},
+        "/api/v1/studies/{study_uid}/preview.png": {"get"},
+        "/api/v1/peers": {"get"},
+        "/api/v1/peers/{name}/echo": {"post"},
+        "/api/v1/destinations": {"get"},
+        "/api/v1/config": {"get"},
         "/metrics": {"get"},
     }
     for path, methods in expected.items():

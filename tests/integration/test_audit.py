@@ -20,7 +20,9 @@ from tests.support import dicomgen
 from tests.support.certs import make_pki
 
 # RFC 5424 6: <PRI>VERSION SP TIMESTAMP SP HOSTNAME SP APP-NAME SP PROCID SP MSGID SP SD SP MSG
-HEADER = re.compile(r"^<(\d{1,3})>1 (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) (\S+) fracnode (\d+) IHE\+RFC-3881 - \ufeff(.*)$")
+HEADER = re.compile(
+    r"^<(\d{1,3})>1 (\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) (\S+) fracnode (\d+) IHE\+RFC-3881 - \ufeff(.*)$"
+)
 
 
 class Collector:
@@ -59,7 +61,7 @@ class Collector:
                 if len(rest) < int(length):
                     break
                 self.messages.append(rest[: int(length)].decode("utf-8"))
-                buffer = rest[int(length):]
+                buffer = rest[int(length) :]
 
 
 def events(messages: list[str]) -> list[tuple[str, str, str]]:
@@ -73,9 +75,13 @@ def events(messages: list[str]) -> list[tuple[str, str, str]]:
         identification = root.find("EventIdentification")
         assert identification is not None and root.find("AuditSourceIdentification") is not None
         event_type = identification.find("EventTypeCode")
-        found.append((identification.find("EventID").get("csd-code"),  # type: ignore[union-attr]
-                      event_type.get("csd-code") if event_type is not None else "",
-                      identification.get("EventOutcomeIndicator")))
+        found.append(
+            (
+                identification.find("EventID").get("csd-code"),  # type: ignore[union-attr]
+                event_type.get("csd-code") if event_type is not None else "",
+                identification.get("EventOutcomeIndicator"),
+            )
+        )
     return found
 
 
@@ -111,9 +117,12 @@ def test_audit_messages_reach_the_file_and_a_collector(tmp_path, start_node, tra
         context.load_cert_chain(pki.server.certificate, pki.server.key)
         tls = {"tls": {"ca_certificates": str(pki.ca), "server_name": "localhost"}}
     collector = Collector(transport, context)
-    node = start_node(node_config(
-        tmp_path / "data",
-        audit={"syslog": {"host": "127.0.0.1", "port": collector.port, "transport": transport, **tls}}))
+    node = start_node(
+        node_config(
+            tmp_path / "data",
+            audit={"syslog": {"host": "127.0.0.1", "port": collector.port, "transport": transport, **tls}},
+        )
+    )
     study_uid = exercise(node, tmp_path)
     wait_until(lambda: set(events(collector.messages)) >= EXPECTED, timeout_s=30)
     transferred = [m for m in collector.messages if 'csd-code="110104"' in m]
@@ -132,6 +141,13 @@ def test_no_patient_data_and_no_secret_in_the_audit_trail(tmp_path, start_node):
     exercise(node, tmp_path)
     httpx.get(f"http://127.0.0.1:{node.web.port}/api/v1/jobs", headers={"Authorization": f"Bearer {API_TOKEN}x"})
     text = wait_until(lambda: (tmp_path / "data" / "audit.log").read_text(encoding="utf-8"))
-    for marker in (dicomgen.PATIENT_NAME, dicomgen.PATIENT_ID, dicomgen.PATIENT_BIRTH_DATE,
-                   dicomgen.ACCESSION_NUMBER, "Sentinel", API_TOKEN, "nope"):
+    for marker in (
+        dicomgen.PATIENT_NAME,
+        dicomgen.PATIENT_ID,
+        dicomgen.PATIENT_BIRTH_DATE,
+        dicomgen.ACCESSION_NUMBER,
+        "Sentinel",
+        API_TOKEN,
+        "nope",
+    ):
         assert marker not in text

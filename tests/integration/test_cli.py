@@ -53,9 +53,7 @@ def write_config(path: Path, data_dir: Path, port: int, **sections: object) -> P
         "node": {"ae_title": "FRACNODE", "bind": "127.0.0.1", "port": port},
         "storage": {"data_dir": str(data_dir), "min_free_mb": 0},
         "assembly": {"quiet_period_s": 0.5},
-        "destinations": [
-            {"name": "results-folder", "type": "folder", "path": str(data_dir / "results")}
-        ],
+        "destinations": [{"name": "results-folder", "type": "folder", "path": str(data_dir / "results")}],
         "routes": [
             {
                 "name": "all-ct",
@@ -109,9 +107,7 @@ def served(tmp_path: Path) -> Iterator[ServedNode]:
 
     def port() -> int | None:
         if process.poll() is not None:
-            raise AssertionError(
-                f"fracnode serve exited with {process.returncode}:\n{log.read_text()}"
-            )
+            raise AssertionError(f"fracnode serve exited with {process.returncode}:\n{log.read_text()}")
         found = LISTENING.search(log.read_text())
         return int(found[1]) if found else None
 
@@ -121,9 +117,7 @@ def served(tmp_path: Path) -> Iterator[ServedNode]:
             tmp_path / "client.yaml",
             data_dir,
             0,
-            peers=[
-                {"name": "fracnode", "ae_title": "FRACNODE", "host": "127.0.0.1", "port": listening}
-            ],
+            peers=[{"name": "fracnode", "ae_title": "FRACNODE", "host": "127.0.0.1", "port": listening}],
         )
         node = ServedNode(process, listening, data_dir, client, log)
         yield node
@@ -174,15 +168,11 @@ def test_config_check_reports_unknown_pipelines(tmp_path):
         tmp_path / "bad.yaml",
         tmp_path / "data",
         11112,
-        routes=[
-            {"name": "spine", "pipeline": "no-such-pipeline", "destinations": ["results-folder"]}
-        ],
+        routes=[{"name": "spine", "pipeline": "no-such-pipeline", "destinations": ["results-folder"]}],
     )
     result = fracnode("config", "check", config)
     assert result.returncode == 1
-    assert (
-        "no-such-pipeline" in result.stdout and "test-kos" in result.stdout
-    )  # the hint lists known ones
+    assert "no-such-pipeline" in result.stdout and "test-kos" in result.stdout  # the hint lists known ones
 
 
 # -- serve, echo, send, status against a node in its own process ------------------------------
@@ -236,15 +226,11 @@ def test_send_folders_recursively_then_status_shows_the_flow(served, tmp_path):
     dicomgen.write(study[:2], folder)
     dicomgen.write(study[2:], folder / "nested" / "deeper")
 
-    sent = fracnode(
-        "-c", served.client_config, "send", "fracnode", folder, "--calling-ae", "CLI-SCU"
-    )
+    sent = fracnode("-c", served.client_config, "send", "fracnode", folder, "--calling-ae", "CLI-SCU")
     assert sent.returncode == 0, sent.stdout + sent.stderr
     assert "sent 4 of 4 file(s) to FRACNODE@127.0.0.1" in sent.stdout
     study_dir = served.data_dir / "spool" / study[0].StudyInstanceUID
-    assert sorted(p.name for p in study_dir.iterdir()) == sorted(
-        f"{ds.SOPInstanceUID}.dcm" for ds in study
-    )
+    assert sorted(p.name for p in study_dir.iterdir()) == sorted(f"{ds.SOPInstanceUID}.dcm" for ds in study)
 
     # one rejected association, so status has a reason to show
     ae = AE(ae_title="STRANGER")
@@ -262,13 +248,9 @@ def test_send_folders_recursively_then_status_shows_the_flow(served, tmp_path):
         status,
     ), status
     assert "4 instance(s) selected" in status
-    assert re.search(rf"{re.escape(study[0].StudyInstanceUID)}\s+rev 1 .*routed: all-ct", status), (
-        status
-    )
+    assert re.search(rf"{re.escape(study[0].StudyInstanceUID)}\s+rev 1 .*routed: all-ct", status), status
     assert re.search(r"CLI-SCU 127\.0\.0\.1\s+released\s+received 4 failed 0", status), status
-    assert re.search(
-        r"STRANGER 127\.0\.0\.1\s+rejected .*\(called AE title 'NOT-FRACNODE'", status
-    ), status
+    assert re.search(r"STRANGER 127\.0\.0\.1\s+rejected .*\(called AE title 'NOT-FRACNODE'", status), status
 
     assert served.stop() == 0  # SIGTERM stops the node cleanly
 

@@ -42,8 +42,15 @@ SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 SLICES, SIZE = 300, 256
 MAX_CENTRE_ERROR_MM = 8.0  # a cervical vertebral body is about 15 mm high
-VERTEBRA_CODES = {"C1": "14806007", "C2": "39976000", "C3": "113205007", "C4": "5329002",
-                  "C5": "36978003", "C6": "36054005", "C7": "87391001"}
+VERTEBRA_CODES = {
+    "C1": "14806007",
+    "C2": "39976000",
+    "C3": "113205007",
+    "C4": "5329002",
+    "C5": "36978003",
+    "C6": "36054005",
+    "C7": "87391001",
+}
 CERVICAL_SPINE = "122494005"
 PROBABILITY = hd.sr.CodedConcept("122157", "DCM", "Probability")
 REAL_ABDOMEN_CT = SHARED_DATA / "spine_ct_samples" / "totalsegmentator_example" / "example_ct_dicom"
@@ -95,10 +102,17 @@ def true_centre(study: PhantomStudy, label: int) -> np.ndarray:
 
 
 def index_to_patient(first: Dataset, spacing_z: float, normal: np.ndarray, kji: np.ndarray) -> np.ndarray:
-    row, column = np.asarray(first.ImageOrientationPatient[:3], float), np.asarray(first.ImageOrientationPatient[3:], float)
+    row, column = (
+        np.asarray(first.ImageOrientationPatient[:3], float),
+        np.asarray(first.ImageOrientationPatient[3:], float),
+    )
     dy, dx = (float(v) for v in first.PixelSpacing)
-    return (np.asarray(first.ImagePositionPatient, float) + kji[2] * dx * row + kji[1] * dy * column
-            + kji[0] * spacing_z * normal)
+    return (
+        np.asarray(first.ImagePositionPatient, float)
+        + kji[2] * dx * row
+        + kji[1] * dy * column
+        + kji[0] * spacing_z * normal
+    )
 
 
 # -- the node -------------------------------------------------------------------------------------
@@ -112,8 +126,7 @@ def cspine_node(tmp_path: Path, start_node, orthanc):  # type: ignore[no-untyped
         assembly={"complete_on_release": True, "quiet_period_s": 60},
         peers=[{"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port}],
         destinations=[{"name": "pacs", "type": "dimse", "peer": "pacs"}],
-        routes=[{"name": "ct", "match": {"modality": ["CT"]}, "pipeline": "cspine-fracture",
-                 "destinations": ["pacs"]}],
+        routes=[{"name": "ct", "match": {"modality": ["CT"]}, "pipeline": "cspine-fracture", "destinations": ["pacs"]}],
         inference={"device": "cpu"},
     )
     return start_node(config)
@@ -169,7 +182,8 @@ def test_cervical_ct_study_gets_seg_and_sr_in_orthanc(tmp_path, start_node, orth
     (referenced,) = seg.ReferencedSeriesSequence
     assert referenced.SeriesInstanceUID == study.series_instance_uid
     assert {i.ReferencedSOPInstanceUID for i in referenced.ReferencedInstanceSequence} == {
-        ds.SOPInstanceUID for ds in ct}
+        ds.SOPInstanceUID for ds in ct
+    }
     assert seg.FrameOfReferenceUID == ct[0].FrameOfReferenceUID
 
     # one segment per vertebra found, in label order, SNOMED CT C1–C7; none for absent vertebrae
@@ -190,9 +204,12 @@ def test_cervical_ct_study_gets_seg_and_sr_in_orthanc(tmp_path, start_node, orth
         combine_segments=True,
         ignore_spatial_locations=True,
     )
-    normal = np.cross(np.asarray(ct[0].ImageOrientationPatient[:3], float),
-                      np.asarray(ct[0].ImageOrientationPatient[3:], float))
-    step = float(np.dot(np.asarray(ct[1].ImagePositionPatient, float) - np.asarray(ct[0].ImagePositionPatient, float), normal))
+    normal = np.cross(
+        np.asarray(ct[0].ImageOrientationPatient[:3], float), np.asarray(ct[0].ImageOrientationPatient[3:], float)
+    )
+    step = float(
+        np.dot(np.asarray(ct[1].ImagePositionPatient, float) - np.asarray(ct[0].ImagePositionPatient, float), normal)
+    )
     segment_centres = {}
     for number, vertebra in enumerate(vertebrae, start=1):
         mask = labelmap == number
@@ -206,8 +223,7 @@ def test_cervical_ct_study_gets_seg_and_sr_in_orthanc(tmp_path, start_node, orth
     # SR: per vertebra a volumetric ROI on its segment and a location group (outline on a slice and
     # centre point) with the probability as recorded, in percent
     rois = sr.content.get_volumetric_roi_measurement_groups()
-    points = [g for g in sr.content.get_image_measurement_groups()
-              if g.finding_sites[0].value.value != CERVICAL_SPINE]
+    points = [g for g in sr.content.get_image_measurement_groups() if g.finding_sites[0].value.value != CERVICAL_SPINE]
     assert len(rois) == len(points) == len(names)
     for number, (roi, point_group, vertebra) in enumerate(zip(rois, points, vertebrae, strict=True), start=1):
         name = names[number - 1]
@@ -229,18 +245,26 @@ def test_cervical_ct_study_gets_seg_and_sr_in_orthanc(tmp_path, start_node, orth
         assert np.linalg.norm(centre - true_centre(study, vertebra["label"])) < MAX_CENTRE_ERROR_MM, name
 
     # the patient-level finding and every CT slice of the analysed series (and the SEG) as evidence
-    (patient,) = [g for g in sr.content.get_image_measurement_groups()
-                  if g.finding_sites[0].value.value == CERVICAL_SPINE]
+    (patient,) = [
+        g for g in sr.content.get_image_measurement_groups() if g.finding_sites[0].value.value == CERVICAL_SPINE
+    ]
     (probability,) = patient.get_measurements(name=PROBABILITY)
     assert probability.value == pytest.approx(100 * recorded["fracture_probability"], abs=1e-4)
-    evidence = {i.ReferencedSOPInstanceUID for s in sr.CurrentRequestedProcedureEvidenceSequence
-                for series in s.ReferencedSeriesSequence for i in series.ReferencedSOPSequence}
+    evidence = {
+        i.ReferencedSOPInstanceUID
+        for s in sr.CurrentRequestedProcedureEvidenceSequence
+        for series in s.ReferencedSeriesSequence
+        for i in series.ReferencedSOPSequence
+    }
     assert evidence == {ds.SOPInstanceUID for ds in ct} | {seg.SOPInstanceUID}
     names_in_sr = hd.sr.utils.find_content_items(
-        sr, name=hd.sr.CodedConcept("111001", "DCM", "Algorithm Name"), recursive=True)
+        sr, name=hd.sr.CodedConcept("111001", "DCM", "Algorithm Name"), recursive=True
+    )
     assert {n.TextValue for n in names_in_sr} == {recorded["fracture_algorithm"]["name"]}
-    assert seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmName == (
-        recorded["segmentation_algorithm"]["name"])
+    assert (
+        seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0].AlgorithmName
+        == (recorded["segmentation_algorithm"]["name"])
+    )
 
 
 def test_ct_without_the_neck_is_not_applicable_and_sends_nothing(tmp_path, start_node, orthanc):
@@ -273,10 +297,14 @@ def real_abdomen_ct() -> PipelineInput:
         pytest.fail(f"{REAL_ABDOMEN_CT} is missing: the tests read ../shared/data beside the repository")
     ds = dcmread(paths[0], stop_before_pixels=True)
     attributes = SeriesAttributes(
-        series_instance_uid=str(ds.SeriesInstanceUID), modality=ds.Modality,
-        body_part_examined=ds.BodyPartExamined, series_description=ds.SeriesDescription,
-        protocol_name=ds.ProtocolName, sop_class_uids=(str(ds.file_meta.MediaStorageSOPClassUID),),
-        image_types=("\\".join(ds.ImageType),), instance_count=len(paths),
+        series_instance_uid=str(ds.SeriesInstanceUID),
+        modality=ds.Modality,
+        body_part_examined=ds.BodyPartExamined,
+        series_description=ds.SeriesDescription,
+        protocol_name=ds.ProtocolName,
+        sop_class_uids=(str(ds.file_meta.MediaStorageSOPClassUID),),
+        image_types=("\\".join(ds.ImageType),),
+        instance_count=len(paths),
     )
     return PipelineInput(str(ds.StudyInstanceUID), 1, "", (SeriesInput(attributes, paths),))
 
@@ -285,7 +313,8 @@ def test_real_abdomen_ct_is_not_applicable_for_its_few_slices(pipeline):
     outcome = pipeline.run(real_abdomen_ct())
     assert outcome.datasets == () and outcome.findings is None
     assert outcome.not_applicable == (
-        f"{NO_SERIES} (series (no SeriesInstanceUID): 20 slice(s), at least 30 needed to cover the neck)")
+        f"{NO_SERIES} (series (no SeriesInstanceUID): 20 slice(s), at least 30 needed to cover the neck)"
+    )
 
 
 def test_real_ct_without_uids_is_not_applicable_even_when_its_slices_would_do(pipeline):
@@ -296,4 +325,5 @@ def test_real_ct_without_uids_is_not_applicable_even_when_its_slices_would_do(pi
     assert outcome.datasets == () and outcome.findings is None
     assert outcome.not_applicable == (
         f"{NO_SERIES} (series (no SeriesInstanceUID): StudyInstanceUID and SeriesInstanceUID missing:"
-        " a SEG and SR could not reference the series)")
+        " a SEG and SR could not reference the series)"
+    )

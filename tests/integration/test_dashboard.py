@@ -42,10 +42,13 @@ def web(node) -> str:  # type: ignore[no-untyped-def]
 def test_a_sent_study_appears_as_a_job_and_its_result_opens(tmp_path, start_node, browser):
     from playwright.sync_api import expect
 
-    node = start_node(node_config(
-        tmp_path / "data", routes=[route("test-regions")],
-        web={"auth": {"users": [{"name": USER, "password": PASSWORD}]}},
-    ))
+    node = start_node(
+        node_config(
+            tmp_path / "data",
+            routes=[route("test-regions")],
+            web={"auth": {"users": [{"name": USER, "password": PASSWORD}]}},
+        )
+    )
     context = browser.new_context(http_credentials={"username": USER, "password": PASSWORD})  # type: ignore[attr-defined]
     page = context.new_page()
     assert page.goto(web(node) + "/#/jobs").status == 200
@@ -114,10 +117,13 @@ def test_peers_echo_and_the_configuration_view(tmp_path, start_node, browser):
     from playwright.sync_api import expect
 
     closed = free_port()
-    node = start_node(node_config(
-        tmp_path / "data", peers=[{"name": "gone", "ae_title": "GONE", "host": "127.0.0.1", "port": closed}],
-        web={"auth": {"users": [{"name": USER, "password": PASSWORD}]}},
-    ))
+    node = start_node(
+        node_config(
+            tmp_path / "data",
+            peers=[{"name": "gone", "ae_title": "GONE", "host": "127.0.0.1", "port": closed}],
+            web={"auth": {"users": [{"name": USER, "password": PASSWORD}]}},
+        )
+    )
     context = browser.new_context(http_credentials={"username": USER, "password": PASSWORD})  # type: ignore[attr-defined]
     page = context.new_page()
     page.goto(web(node) + "/#/peers")

@@ -52,12 +52,16 @@ def read(page, name: str, folder: Path) -> str:  # type: ignore[no-untyped-def]
 def test_every_page_reads_right_at_1280_and_800_pixels(tmp_path, start_node, browser):  # noqa: F811
     from playwright.sync_api import expect
 
-    node = start_node(node_config(
-        tmp_path / "data",
-        destinations=[{"name": "results-folder", "type": "folder", "path": str(tmp_path / "data" / "results")},
-                      {"name": "archive", "type": "folder", "path": BROKEN}],
-        routes=[route("test-regions"), route("test-vertebrae", "results-folder", "archive", modality="CT")],
-    ))
+    node = start_node(
+        node_config(
+            tmp_path / "data",
+            destinations=[
+                {"name": "results-folder", "type": "folder", "path": str(tmp_path / "data" / "results")},
+                {"name": "archive", "type": "folder", "path": BROKEN},
+            ],
+            routes=[route("test-regions"), route("test-vertebrae", "results-folder", "archive", modality="CT")],
+        )
+    )
     cr = dicomgen.cr_image(size=300)
     ct = dicomgen.ct_series(24, size=64)
     assert storescu(node.ingest.port, dicomgen.write([cr], tmp_path / "cr")).returncode == 0
@@ -122,8 +126,14 @@ def test_every_page_reads_right_at_1280_and_800_pixels(tmp_path, start_node, bro
     card = page.locator(".card.job")
     expect(card).to_contain_text("Pipelinetest-regions", timeout=TIMEOUT_MS)
     text = read(page, "study-cr", folder)
-    for expected in ("Routetest-regions-route", "Statedone", "Attempts1/3", "Summary1 image(s): fracture",
-                     "results-folder: 1/1 delivered", "Failure—"):
+    for expected in (
+        "Routetest-regions-route",
+        "Statedone",
+        "Attempts1/3",
+        "Summary1 image(s): fracture",
+        "results-folder: 1/1 delivered",
+        "Failure—",
+    ):
         assert expected in text.replace("\n", "").replace("\t", ""), (expected, text)
     assert re.search(r"assembly \d+ ms · queue \d+ ms · pipeline \d+ ms", text), text
     expect(page.locator("img.preview")).to_have_count(1)
@@ -152,17 +162,22 @@ def test_every_page_reads_right_at_1280_and_800_pixels(tmp_path, start_node, bro
 
     # Peers & destinations, audit trail, configuration
     page.click("#nav a[data-view=peers]")
-    expect(page.locator("#destinations tr[data-destination=archive]")).to_contain_text("in trouble",
-                                                                                    timeout=TIMEOUT_MS)
+    expect(page.locator("#destinations tr[data-destination=archive]")).to_contain_text("in trouble", timeout=TIMEOUT_MS)
     read(page, "peers", folder)
     page.click("#nav a[data-view=audit]")
     # the node's ATNA trail: start, two associations (login, logout, instances), deliveries, the re-analysis
     expect(page.locator("#audit")).to_contain_text("Use of Restricted Function", timeout=TIMEOUT_MS)
     text = read(page, "audit", folder)
-    for expected in ("Application Activity: Application Start", "User Authentication: Login",
-                     "User Authentication: Logout", f"{cr.StudyInstanceUID}: 1 instances stored",
-                     f"{ct[0].StudyInstanceUID}: 24 instances stored", "to results-folder",
-                     f"POST /api/v1/studies/{cr.StudyInstanceUID}/analyze again from its copy", "STORESCU"):
+    for expected in (
+        "Application Activity: Application Start",
+        "User Authentication: Login",
+        "User Authentication: Logout",
+        f"{cr.StudyInstanceUID}: 1 instances stored",
+        f"{ct[0].StudyInstanceUID}: 24 instances stored",
+        "to results-folder",
+        f"POST /api/v1/studies/{cr.StudyInstanceUID}/analyze again from its copy",
+        "STORESCU",
+    ):
         assert expected in text, (expected, text)
     page.click("#nav a[data-view=config]")
     expect(page.locator("#config")).to_contain_text('"ae_title": "FRACNODE"')
@@ -170,8 +185,15 @@ def test_every_page_reads_right_at_1280_and_800_pixels(tmp_path, start_node, bro
 
     # the same pages at 800 px: nothing wider than the window
     page.set_viewport_size({"width": 800, "height": 900})
-    for view in ("overview", "studies", "jobs", f"study/{cr.StudyInstanceUID}",
-                 f"study/{ct[0].StudyInstanceUID}", "peers", "audit"):
+    for view in (
+        "overview",
+        "studies",
+        "jobs",
+        f"study/{cr.StudyInstanceUID}",
+        f"study/{ct[0].StudyInstanceUID}",
+        "peers",
+        "audit",
+    ):
         page.goto(web(node) + f"/#/{view}")
         page.wait_for_timeout(1200)
         read(page, view.split("/")[0] + ("-ct" if ct[0].StudyInstanceUID in view else ""), folder)

@@ -72,8 +72,11 @@ def test_analyze_again_from_the_command_line_queues_a_revision_for_the_running_n
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"study {uid}: study queued for a new analysis of its 2 spooled instance(s)" in result.stdout
     assert "not running" not in result.stdout  # this node holds the data folder's lock
-    (audited,) = [line for line in (tmp_path / "data" / "audit.log").read_text(encoding="utf-8").splitlines()
-                  if f"fracnode analyze-again {uid} (command line)" in line]  # among the running node's
+    (audited,) = [
+        line
+        for line in (tmp_path / "data" / "audit.log").read_text(encoding="utf-8").splitlines()
+        if f"fracnode analyze-again {uid} (command line)" in line
+    ]  # among the running node's
     assert 'csd-code="110132"' in audited  # Use of Restricted Function
     wait_until(lambda: [j for j in jobs_of(node, uid) if j["revision"] == 2 and j["state"] == "done"])
 
@@ -82,12 +85,16 @@ def test_analyze_again_from_the_command_line_queues_a_revision_for_the_running_n
 
 
 def test_a_destination_that_cannot_succeed_shows_in_the_api_status_and_metrics(tmp_path, start_node):
-    node = start_node(node_config(
-        tmp_path / "data",
-        destinations=[{"name": "results-folder", "type": "folder", "path": str(tmp_path / "data" / "results")},
-                      {"name": "archive", "type": "folder", "path": BROKEN}],
-        routes=[route("test-kos", "results-folder", "archive", modality="CT")],
-    ))
+    node = start_node(
+        node_config(
+            tmp_path / "data",
+            destinations=[
+                {"name": "results-folder", "type": "folder", "path": str(tmp_path / "data" / "results")},
+                {"name": "archive", "type": "folder", "path": BROKEN},
+            ],
+            routes=[route("test-kos", "results-folder", "archive", modality="CT")],
+        )
+    )
     series = dicomgen.ct_series(2)
     assert storescu(node.ingest.port, dicomgen.write(series, tmp_path / "in")).returncode == 0
 
@@ -111,14 +118,21 @@ def test_a_destination_that_cannot_succeed_shows_in_the_api_status_and_metrics(t
     assert value(samples, "fracnode_spool_bytes") == sum(p.stat().st_size for p in node.config.spool_dir.rglob("*.dcm"))
 
     config = tmp_path / "node.yaml"
-    config.write_text(json.dumps({
-        "storage": {"data_dir": str(tmp_path / "data")},
-        "destinations": [d.model_dump(mode="json") for d in node.config.destinations],
-    }))
+    config.write_text(
+        json.dumps(
+            {
+                "storage": {"data_dir": str(tmp_path / "data")},
+                "destinations": [d.model_dump(mode="json") for d in node.config.destinations],
+            }
+        )
+    )
     status = fracnode("-c", config, "status")
     assert status.returncode == 0, status.stderr
-    assert re.search(r"TROUBLE: destination archive: 1 result\(s\) undelivered, the oldest for \d+ s, after up to"
-                     rf" \d+ attempt\(s\): folder {BROKEN}", status.stdout), status.stdout
+    assert re.search(
+        r"TROUBLE: destination archive: 1 result\(s\) undelivered, the oldest for \d+ s, after up to"
+        rf" \d+ attempt\(s\): folder {BROKEN}",
+        status.stdout,
+    ), status.stdout
     assert "TROUBLE: destination results-folder" not in status.stdout
 
     check = fracnode("config", "check", config)
@@ -138,8 +152,13 @@ def test_results_are_named_by_kind_and_series_and_a_new_revision_sets_the_old_on
     assert "superseded" in (results / "README.txt").read_text()
 
     assert api(node, f"/api/v1/studies/{uid}/analyze", "POST").status_code == 202
-    wait_until(lambda: [j for j in jobs_of(node, uid) if j["revision"] == 2 and j["state"] == "done"
-                        and all(d["pending"] == 0 for d in j["deliveries"])])
+    wait_until(
+        lambda: [
+            j
+            for j in jobs_of(node, uid)
+            if j["revision"] == 2 and j["state"] == "done" and all(d["pending"] == 0 for d in j["deliveries"])
+        ]
+    )
     moved = wait_until(lambda: list((results / uid / "superseded" / f"job{first['id']}-rev1").glob("*.dcm")))
     assert [p.name for p in moved] == [kos.name]
     current = sorted((results / uid).glob("*.dcm"))
@@ -151,18 +170,28 @@ def test_serve_prints_a_banner_a_person_reads_and_keeps_library_info_out_of_the_
     import subprocess
 
     config = tmp_path / "node.yaml"
-    config.write_text(json.dumps({
-        "node": {"bind": "127.0.0.1", "port": 0}, "web": {"bind": "127.0.0.1", "port": 0},
-        "storage": {"data_dir": str(tmp_path / "data"), "min_free_mb": 0},
-    }))
+    config.write_text(
+        json.dumps(
+            {
+                "node": {"bind": "127.0.0.1", "port": 0},
+                "web": {"bind": "127.0.0.1", "port": 0},
+                "storage": {"data_dir": str(tmp_path / "data"), "min_free_mb": 0},
+            }
+        )
+    )
     log = tmp_path / "serve.log"
     command = [str(FRACNODE)] if FRACNODE.exists() else [sys.executable, "-m", "node.cli"]
     with log.open("w") as stream:
-        process = subprocess.Popen([*command, "-c", str(config), "serve"], stdout=stream,
-                                   stderr=subprocess.STDOUT, text=True, cwd=REPO, env=cli_env())
+        process = subprocess.Popen(
+            [*command, "-c", str(config), "serve"],
+            stdout=stream,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=REPO,
+            env=cli_env(),
+        )
     try:
-        text = wait_until(lambda: log.read_text() if "fracnode: models" in log.read_text() else None,
-                          timeout_s=180)
+        text = wait_until(lambda: log.read_text() if "fracnode: models" in log.read_text() else None, timeout_s=180)
     finally:
         process.terminate()
         process.wait(timeout=30)

@@ -25,8 +25,15 @@ USERS = {"fracnode": "stow-secret-1"}
 
 def dicomweb_sections(url: str, password: str = USERS["fracnode"], **peer: Any) -> dict[str, Any]:
     return {
-        "peers": [{"name": "orthanc-web", "type": "dicomweb", "url": url,
-                   "auth": {"type": "basic", "user": "fracnode", "password": password}, **peer}],
+        "peers": [
+            {
+                "name": "orthanc-web",
+                "type": "dicomweb",
+                "url": url,
+                "auth": {"type": "basic", "user": "fracnode", "password": password},
+                **peer,
+            }
+        ],
         "destinations": [{"name": "pacs-web", "type": "dicomweb", "peer": "orthanc-web"}],
         "routes": [{**CT_ROUTE, "destinations": ["pacs-web"]}],
     }

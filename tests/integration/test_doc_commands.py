@@ -76,8 +76,9 @@ class Sandbox:
 
     def api(self, path: str) -> object:
         token = (self.root / "fracnode-data" / "api-token").read_text().strip()
-        answer = httpx.get(f"http://127.0.0.1:{self.http_port}{path}",
-                           headers={"Authorization": f"Bearer {token}"}, timeout=30)
+        answer = httpx.get(
+            f"http://127.0.0.1:{self.http_port}{path}", headers={"Authorization": f"Bearer {token}"}, timeout=30
+        )
         answer.raise_for_status()
         return answer.json()
 
@@ -99,25 +100,41 @@ class Sandbox:
 
     def run(self, command: Command) -> Ran:
         run_as = self.substitute(command.text)
-        process = subprocess.Popen(["bash", "-e", "-o", "pipefail", "-c", run_as], cwd=self.root, env=self.env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+        process = subprocess.Popen(
+            ["bash", "-e", "-o", "pipefail", "-c", run_as],
+            cwd=self.root,
+            env=self.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,
+        )
         try:
             stdout, stderr = process.communicate(timeout=COMMAND_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.communicate()
-            pytest.fail(f"{command.where()}: `{command.text}` still ran after {COMMAND_TIMEOUT_S} s"
-                        " (a command that keeps running needs a not-testable mark, or a place in this test)")
+            pytest.fail(
+                f"{command.where()}: `{command.text}` still ran after {COMMAND_TIMEOUT_S} s"
+                " (a command that keeps running needs a not-testable mark, or a place in this test)"
+            )
         assert process.returncode == 0, (
             f"{command.where()}: `{command.text}` exited {process.returncode} (run here as `{run_as}`)\n"
-            f"stdout:\n{stdout[-3000:]}\nstderr:\n{stderr[-3000:]}")
+            f"stdout:\n{stdout[-3000:]}\nstderr:\n{stderr[-3000:]}"
+        )
         return Ran(command, run_as, stdout, stderr)
 
 
 def _start_serve(box: Sandbox) -> None:
     stream = box.log.open("wb")
-    box.serve = subprocess.Popen(["bash", "-c", box.substitute(SERVE)], cwd=box.root, env=box.env,
-                                 stdout=stream, stderr=subprocess.STDOUT, start_new_session=True)
+    box.serve = subprocess.Popen(
+        ["bash", "-c", box.substitute(SERVE)],
+        cwd=box.root,
+        env=box.env,
+        stdout=stream,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     stream.close()
 
     def ready() -> bool:
@@ -140,8 +157,12 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
     (top / "shared").symlink_to(SHARED_DATA.parent)
     env = {k: v for k, v in os.environ.items() if not k.startswith("FRACNODE_")}
     box = Sandbox(root, free_port(), free_port(), env, top / "serve.log")
-    env.update(FRACNODE_BIND="127.0.0.1", FRACNODE_WEB__BIND="127.0.0.1",
-               FRACNODE_PORT=str(box.dicom_port), FRACNODE_HTTP_PORT=str(box.http_port))
+    env.update(
+        FRACNODE_BIND="127.0.0.1",
+        FRACNODE_WEB__BIND="127.0.0.1",
+        FRACNODE_PORT=str(box.dicom_port),
+        FRACNODE_HTTP_PORT=str(box.http_port),
+    )
     # `make serve` installs the venv when pyproject.toml is newer: never from a test
     stale = subprocess.run(["make", "-q", "install"], cwd=root, env=env, capture_output=True, check=False)
     if stale.returncode != 0:
@@ -161,6 +182,7 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Sandbox]:
 
 # -- what some pages promise beyond their commands' exit status ----------------------------------
 
+
 def _readme(box: Sandbox, ran: list[Ran]) -> None:
     shown = [c.text.split("#")[0].strip() for c in commands_in(REPO / "README.md")]
     assert shown[0] == SERVE, "the README's first command is how the sandbox's node starts"
@@ -177,9 +199,14 @@ def _readme(box: Sandbox, ran: list[Ran]) -> None:
     results = box.root / "fracnode-data" / "results"
 
     def new_revision_delivered() -> list[dict[str, object]]:
-        return [j for j in box.jobs_of(uid) if int(j["id"]) not in box.study_jobs_seen  # type: ignore[call-overload]
-                and j["state"] == "done" and j["deliveries"]
-                and all(d["delivered"] == d["objects"] for d in j["deliveries"])]  # type: ignore[attr-defined]
+        return [
+            j
+            for j in box.jobs_of(uid)
+            if int(j["id"]) not in box.study_jobs_seen  # type: ignore[call-overload]
+            and j["state"] == "done"
+            and j["deliveries"]
+            and all(d["delivered"] == d["objects"] for d in j["deliveries"])
+        ]  # type: ignore[attr-defined]
 
     wait_until(new_revision_delivered, timeout_s=COMMAND_TIMEOUT_S, interval_s=0.5)
     names = sorted(p.name for p in (results / uid).glob("*.dcm"))

@@ -75,8 +75,17 @@ def fracnode_status(config_path: Path) -> str:
 
 
 def storescu_command(port: int, files: list[Path], *options: str) -> list[str]:
-    return [require_tool("storescu"), *options, "-aet", "STORESCU", "-aec", "FRACNODE",
-            "127.0.0.1", str(port), *map(str, files)]
+    return [
+        require_tool("storescu"),
+        *options,
+        "-aet",
+        "STORESCU",
+        "-aec",
+        "FRACNODE",
+        "127.0.0.1",
+        str(port),
+        *map(str, files),
+    ]
 
 
 def storescu(port: int, files: list[Path]) -> subprocess.CompletedProcess[str]:
@@ -101,9 +110,7 @@ def temporary_files(root: Path) -> list[Path]:
 def assemble(node: Node, studies: int) -> None:
     """Step assembly until `studies` studies completed their quiet period and were routed."""
     completed: list[int] = []
-    wait_until(
-        lambda: completed.append(node.assemble_once()) or sum(completed) >= studies, timeout_s=30
-    )
+    wait_until(lambda: completed.append(node.assemble_once()) or sum(completed) >= studies, timeout_s=30)
     assert sum(completed) == studies
 
 
@@ -139,9 +146,7 @@ class NodeProcess:
         def listening() -> int:
             assert self.process is not None
             if self.process.poll() is not None:
-                raise AssertionError(
-                    f"fracnode exited with {self.process.returncode}:\n{self.log_tail()}"
-                )
+                raise AssertionError(f"fracnode exited with {self.process.returncode}:\n{self.log_tail()}")
             text = self.log_path.read_bytes()[offset:].decode(errors="replace")
             match = re.search(r"listening as \S+ on [\d.]+:(\d+)", text)
             return int(match[1]) if match else 0
@@ -203,18 +208,14 @@ def flaky_failures() -> Iterator[dict[str, int]]:
 # -- 1. SIGKILL mid-transfer --------------------------------------------------------------------
 
 
-def send_until_killed(
-    port: int, files: list[Path], kill_after: int, kill: Callable[[], None]
-) -> tuple[set[Path], str]:
+def send_until_killed(port: int, files: list[Path], kill_after: int, kill: Callable[[], None]) -> tuple[set[Path], str]:
     """Run `storescu -v`; call `kill()` once `kill_after` stores were acknowledged.
 
     Returns the files whose C-STORE response was Success, as storescu printed them
     ("Sending file: PATH" … "Received Store Response (Success)"), and storescu's log.
     """
     command = storescu_command(port, files, "-v")
-    client = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=TOOL_ENV
-    )
+    client = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=TOOL_ENV)
     watchdog = threading.Timer(120, client.kill)
     watchdog.start()
     acknowledged: set[Path] = set()
@@ -249,9 +250,7 @@ def test_instances_acknowledged_before_sigkill_survive_and_are_processed(tmp_pat
         tmp_path,
         storage=database,
         assembly={"quiet_period_s": 1.0},
-        destinations=[
-            {"name": "results-folder", "type": "folder", "path": str(tmp_path / "results")}
-        ],
+        destinations=[{"name": "results-folder", "type": "folder", "path": str(tmp_path / "results")}],
         routes=[CT_ROUTE],
     )
     series = dicomgen.ct_series(200, size=128)
@@ -261,9 +260,7 @@ def test_instances_acknowledged_before_sigkill_survive_and_are_processed(tmp_pat
 
     node = NodeProcess(config_path, tmp_path / "node.log").start()
     node_processes.append(node)
-    acknowledged_files, client_log = send_until_killed(
-        node.port, files, kill_after=60, kill=node.kill
-    )
+    acknowledged_files, client_log = send_until_killed(node.port, files, kill_after=60, kill=node.kill)
     acknowledged = {dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in acknowledged_files}
     assert 60 <= len(acknowledged) < len(series), client_log[-2000:]
 
@@ -275,9 +272,7 @@ def test_instances_acknowledged_before_sigkill_survive_and_are_processed(tmp_pat
     for uid in acknowledged:
         stored = dcmread(spool / f"{uid}.dcm")
         assert stored.SOPInstanceUID == uid
-        assert stored.PixelData == sent[uid].PixelData, (
-            f"{uid}: pixel data differs from what was sent"
-        )
+        assert stored.PixelData == sent[uid].PixelData, f"{uid}: pixel data differs from what was sent"
 
     # the spool may also hold instances that were written but not yet acknowledged: kept too
     held = {p.stem for p in spool.glob("*.dcm")}
@@ -340,9 +335,7 @@ def test_results_for_an_unreachable_destination_arrive_once_it_listens(tmp_path,
         assert tags["Modality"] == "KO"
         assert tags["StudyInstanceUID"] == series[0].StudyInstanceUID
         delivered = wait_until(
-            lambda: node.db.query(
-                "SELECT * FROM outbox WHERE id = ? AND state = 'delivered'", (item["id"],)
-            ),
+            lambda: node.db.query("SELECT * FROM outbox WHERE id = ? AND state = 'delivered'", (item["id"],)),
             timeout_s=30,
         )
         assert delivered[0]["attempts"] > item["attempts"]
@@ -370,12 +363,8 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
     try:
         yield mountpoint
     finally:
-        if subprocess.run(
-            ["umount", str(mountpoint)], check=False, capture_output=True, timeout=30
-        ).returncode:
-            subprocess.run(
-                ["umount", "-l", str(mountpoint)], check=False, capture_output=True, timeout=30
-            )
+        if subprocess.run(["umount", str(mountpoint)], check=False, capture_output=True, timeout=30).returncode:
+            subprocess.run(["umount", "-l", str(mountpoint)], check=False, capture_output=True, timeout=30)
 
 
 def c_store(port: int, datasets: list[Dataset]) -> dict[str, int | None]:
@@ -413,9 +402,7 @@ def c_store(port: int, datasets: list[Dataset]) -> dict[str, int | None]:
     return statuses
 
 
-def test_full_disk_refuses_with_out_of_resources_and_keeps_what_it_acknowledged(
-    tmp_path, small_disk
-):
+def test_full_disk_refuses_with_out_of_resources_and_keeps_what_it_acknowledged(tmp_path, small_disk):
     config = node_config(small_disk / "data")
     node = Node(config)
     node.start()
@@ -434,23 +421,17 @@ def test_full_disk_refuses_with_out_of_resources_and_keeps_what_it_acknowledged(
         refused = {uid: code for uid, code in statuses.items() if code != 0x0000}
         assert stored, "nothing was stored: the disk was too full to test anything"
         assert refused, "every instance was stored: the disk never filled up"
-        assert set(refused.values()) == {0xA700}, {
-            f"0x{c:04X}" if c is not None else None for c in refused.values()
-        }
+        assert set(refused.values()) == {0xA700}, {f"0x{c:04X}" if c is not None else None for c in refused.values()}
 
         spool = config.spool_dir / series[0].StudyInstanceUID
         for uid in stored:
             on_disk = dcmread(spool / f"{uid}.dcm")
             assert on_disk.PixelData == sent[uid].PixelData
-        indexed = {
-            r["sop_instance_uid"] for r in node.db.query("SELECT sop_instance_uid FROM instances")
-        }
+        indexed = {r["sop_instance_uid"] for r in node.db.query("SELECT sop_instance_uid FROM instances")}
         assert indexed == stored
         # whatever else is on disk is whole too (a refused instance may be written but not indexed)
         for path in spool.glob("*.dcm"):
-            assert dcmread(path).PixelData == sent[path.stem].PixelData, (
-                f"{path.name} is incomplete"
-            )
+            assert dcmread(path).PixelData == sent[path.stem].PixelData, f"{path.name} is incomplete"
         assert temporary_files(config.storage.data_dir) == []
 
         # the node still answers, and stores again once there is room
@@ -483,20 +464,14 @@ def test_restart_resumes_queued_and_interrupted_jobs(tmp_path, idle_node, start_
         tmp_path / "data",
         storage=database,
         routes=[CT_ROUTE],
-        destinations=[
-            {"name": "results-folder", "type": "folder", "path": str(tmp_path / "results")}
-        ],
+        destinations=[{"name": "results-folder", "type": "folder", "path": str(tmp_path / "results")}],
     )
     node = idle_node(config)
     studies = [dicomgen.ct_series(3, seed=1), dicomgen.ct_series(4, seed=2)]
     for i, series in enumerate(studies):
-        assert (
-            storescu(node.ingest.port, dicomgen.write(series, tmp_path / f"ct{i}")).returncode == 0
-        )
+        assert storescu(node.ingest.port, dicomgen.write(series, tmp_path / f"ct{i}")).returncode == 0
     assemble(node, 2)
-    interrupted = node.jobs.claim(
-        f"{node.instance_id}-w0", time.time()
-    )  # it "runs" when the node stops
+    interrupted = node.jobs.claim(f"{node.instance_id}-w0", time.time())  # it "runs" when the node stops
     assert interrupted is not None
     node.stop()
     assert sorted(r["state"] for r in job_rows(config)) == ["queued", "running"]
@@ -514,9 +489,7 @@ def test_restart_resumes_queued_and_interrupted_jobs(tmp_path, idle_node, start_
     for series in studies:
         folder = tmp_path / "results" / series[0].StudyInstanceUID
         documents = wait_until(lambda folder=folder: documents_in(folder), timeout_s=30)
-        assert [referenced_instances(d) for d in documents] == [
-            {ds.SOPInstanceUID for ds in series}
-        ]
+        assert [referenced_instances(d) for d in documents] == [{ds.SOPInstanceUID for ds in series}]
 
 
 def test_an_instance_resent_in_a_corrected_study_stays_there_after_a_restart(tmp_path, idle_node):
@@ -598,9 +571,7 @@ def attempt(node: Node) -> Row:
     return node.db.query("SELECT * FROM jobs")[0]
 
 
-def test_failing_pipeline_is_retried_with_backoff_until_it_succeeds(
-    tmp_path, idle_node, flaky_failures, database
-):
+def test_failing_pipeline_is_retried_with_backoff_until_it_succeeds(tmp_path, idle_node, flaky_failures, database):
     flaky_failures["remaining"] = 2
     node, _, series = flaky_node(tmp_path, idle_node, max_attempts=3, database=database)
     previous_not_before = node.db.query("SELECT not_before FROM jobs")[0]["not_before"]

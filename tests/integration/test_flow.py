@@ -13,16 +13,29 @@ from tests.support.dciodvfy import dciodvfy_errors
 from tests.support.pipelines import referenced_instances
 
 
-def storescu(port: int, files: list[Path], *options: str, calling_ae: str = "STORESCU") -> subprocess.CompletedProcess[str]:
+def storescu(
+    port: int, files: list[Path], *options: str, calling_ae: str = "STORESCU"
+) -> subprocess.CompletedProcess[str]:
     command = [require_tool("storescu"), "-aet", calling_ae, "-aec", "FRACNODE", *options, "127.0.0.1", str(port)]
-    return subprocess.run([*command, *map(str, files)], capture_output=True, text=True, timeout=120, check=False,
-                          env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"})
+    return subprocess.run(
+        [*command, *map(str, files)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env={"TCP_NODELAY": "1", "PATH": "/usr/bin:/bin"},
+    )
 
 
 def test_echoscu_gets_success(tmp_path, start_node):
     node = start_node(node_config(tmp_path / "data"))
-    result = subprocess.run([require_tool("echoscu"), "-aec", "FRACNODE", "127.0.0.1", str(node.ingest.port)],
-                            capture_output=True, text=True, timeout=30, check=False)
+    result = subprocess.run(
+        [require_tool("echoscu"), "-aec", "FRACNODE", "127.0.0.1", str(node.ingest.port)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert result.returncode == 0, result.stderr
 
 
@@ -35,16 +48,25 @@ def test_cr_and_ct_studies_reach_orthanc_as_derived_objects(tmp_path, start_node
             {"name": "results-folder", "type": "folder", "path": str(tmp_path / "results")},
         ],
         routes=[
-            {"name": "radiographs", "match": {"modality": ["CR", "DX"]}, "pipeline": "test-kos",
-             "destinations": ["pacs", "results-folder"]},
-            {"name": "neck-ct", "match": {"modality": ["CT"], "series_description": "bone"},
-             "pipeline": "test-kos", "destinations": ["pacs"]},
+            {
+                "name": "radiographs",
+                "match": {"modality": ["CR", "DX"]},
+                "pipeline": "test-kos",
+                "destinations": ["pacs", "results-folder"],
+            },
+            {
+                "name": "neck-ct",
+                "match": {"modality": ["CT"], "series_description": "bone"},
+                "pipeline": "test-kos",
+                "destinations": ["pacs"],
+            },
         ],
     )
     node = start_node(config)
     ct_study = dicomgen.ct_series(12, description="CT Neck 1.0 Bone")
-    soft = dicomgen.ct_series(8, study_uid=ct_study[0].StudyInstanceUID, series_number=2,
-                              description="CT Neck 3.0 Soft tissue")
+    soft = dicomgen.ct_series(
+        8, study_uid=ct_study[0].StudyInstanceUID, series_number=2, description="CT Neck 3.0 Soft tissue"
+    )
     ct_files = dicomgen.write(ct_study + soft, tmp_path / "ct")
 
     assert storescu(node.ingest.port, [cr_sample], "-xv").returncode == 0

@@ -48,8 +48,13 @@ def uid(value: str) -> bytes:
 
 
 def c_store_rq(sop_instance: str | None, sop_class: str = CTImageStorage) -> bytes:
-    elements = {"0002": uid(sop_class), "0100": struct.pack("<H", 1), "0110": struct.pack("<H", 7),
-                "0700": struct.pack("<H", 0), "0800": struct.pack("<H", 0)}
+    elements = {
+        "0002": uid(sop_class),
+        "0100": struct.pack("<H", 1),
+        "0110": struct.pack("<H", 7),
+        "0700": struct.pack("<H", 0),
+        "0800": struct.pack("<H", 0),
+    }
     if sop_instance is not None:
         elements["1000"] = uid(sop_instance)
     return command_set(**elements)
@@ -215,8 +220,9 @@ def echo_from(port: int, source: str) -> bool:
             assoc.release()
 
 
-def trickle(port: int, source: str, opening: bytes, then: Callable[[socket.socket], None],
-            stop: threading.Event) -> None:
+def trickle(
+    port: int, source: str, opening: bytes, then: Callable[[socket.socket], None], stop: threading.Event
+) -> None:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=60, source_address=(source, 0)) as sock:
             sock.sendall(opening)
@@ -248,8 +254,10 @@ def test_32_trickling_peers_do_not_stop_another_hosts_echo_within_30s(ct_node, p
     else:
         opening, then = request, after_accept
     # 32 peers on 32 addresses: every association slot (node.max_associations) is theirs
-    threads = [threading.Thread(target=trickle, args=(port, f"127.0.1.{n + 1}", opening, then, stop), daemon=True)
-               for n in range(32)]
+    threads = [
+        threading.Thread(target=trickle, args=(port, f"127.0.1.{n + 1}", opening, then, stop), daemon=True)
+        for n in range(32)
+    ]
     for thread in threads:
         thread.start()
     try:
@@ -274,8 +282,11 @@ def closed_at_once(port: int, source: str) -> bool:
 
 
 def test_connections_over_the_caps_are_closed_before_they_cost_a_thread(tmp_path, start_node):
-    node = start_node(node_config(tmp_path / "data", node={
-        "max_connections": 4, "max_connections_per_host": 2, "negotiation_timeout_s": 30}))
+    node = start_node(
+        node_config(
+            tmp_path / "data", node={"max_connections": 4, "max_connections_per_host": 2, "negotiation_timeout_s": 30}
+        )
+    )
     port = node.ingest.port
     held = [socket.create_connection(("127.0.0.1", port), source_address=("127.0.2.1", 0)) for _ in range(2)]
     try:

@@ -139,9 +139,7 @@ def test_big_instances_arrive_whole_in_small_and_in_huge_pdus(tmp_path, start_no
 
 
 @pytest.mark.parametrize("syntax", [ImplicitVRLittleEndian, ExplicitVRLittleEndian, ExplicitVRBigEndian])
-def test_sequences_of_undefined_length_and_big_endian_are_stored_and_indexed(
-    tmp_path, start_node, syntax
-):
+def test_sequences_of_undefined_length_and_big_endian_are_stored_and_indexed(tmp_path, start_node, syntax):
     node = start_node(node_config(tmp_path / "data"))
     ds = with_sequences(dicomgen.ct_series(1, size=32, description="CT Neck Bone")[0], undefined=True)
     raw, _ = encoded(ds, syntax)
@@ -150,7 +148,9 @@ def test_sequences_of_undefined_length_and_big_endian_are_stored_and_indexed(
     assert send_files(node.ingest.port, [path], [syntax]) == [0]
     (row,) = rows(node, "SELECT * FROM instances")
     assert (row["sop_instance_uid"], row["series_uid"], row["transfer_syntax_uid"]) == (
-        ds.SOPInstanceUID, ds.SeriesInstanceUID, syntax
+        ds.SOPInstanceUID,
+        ds.SeriesInstanceUID,
+        syntax,
     )
     assert (row["series_description"], row["image_type"]) == ("CT Neck Bone", "ORIGINAL\\PRIMARY\\AXIAL")
     stored = Path(row["path"])
@@ -207,8 +207,7 @@ def test_a_data_set_cut_short_leaves_nothing_and_the_node_keeps_serving(tmp_path
     assert (audit["instances_received"], audit["instances_failed"]) == (0, 0)
     assert spool_files(node) == []
     assert rows(node, "SELECT * FROM instances") == []
-    assert send_files(node.ingest.port, [dicomgen.write([ds], tmp_path / "again")[0]],
-                      [ExplicitVRLittleEndian]) == [0]
+    assert send_files(node.ingest.port, [dicomgen.write([ds], tmp_path / "again")[0]], [ExplicitVRLittleEndian]) == [0]
 
 
 def test_a_pdv_on_a_context_that_was_not_accepted_aborts(tmp_path, start_node):
@@ -242,9 +241,7 @@ def test_a_c_store_on_the_verification_context_is_refused(tmp_path, start_node):
     assert spool_files(node) == []
 
 
-def test_a_peer_that_falls_silent_mid_data_set_is_aborted_after_the_network_timeout(
-    tmp_path, start_node
-):
+def test_a_peer_that_falls_silent_mid_data_set_is_aborted_after_the_network_timeout(tmp_path, start_node):
     node = start_node(node_config(tmp_path / "data", node={"network_timeout_s": 0.5}))
     ds = dicomgen.ct_series(1, size=256)[0]
     raw, offset = encoded(ds)
@@ -269,9 +266,7 @@ def test_a_series_in_one_association_leaves_only_its_instances(tmp_path, start_n
     second = dicomgen.ct_series(3, size=64)
     files = dicomgen.write(first, tmp_path / "a") + dicomgen.write(second, tmp_path / "b")
     assert send_files(node.ingest.port, files, [ExplicitVRLittleEndian]) == [0] * 9
-    expected = [
-        node.config.spool_dir / ds.StudyInstanceUID / f"{ds.SOPInstanceUID}.dcm" for ds in first + second
-    ]
+    expected = [node.config.spool_dir / ds.StudyInstanceUID / f"{ds.SOPInstanceUID}.dcm" for ds in first + second]
     assert spool_files(node) == sorted(expected)
     for ds, original in zip(first + second, files, strict=True):
         stored = node.config.spool_dir / ds.StudyInstanceUID / f"{ds.SOPInstanceUID}.dcm"

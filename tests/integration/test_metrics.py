@@ -19,8 +19,7 @@ Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
 
 def scrape(node) -> Samples:  # type: ignore[no-untyped-def]
-    response = httpx.get(f"http://127.0.0.1:{node.web.port}/metrics",
-                         headers={"Authorization": f"Bearer {API_TOKEN}"})
+    response = httpx.get(f"http://127.0.0.1:{node.web.port}/metrics", headers={"Authorization": f"Bearer {API_TOKEN}"})
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
     return {
@@ -78,8 +77,9 @@ def test_failed_jobs_and_failed_deliveries_are_counted(tmp_path, start_node):
     assert storescu(node.ingest.port, dicomgen.write([cr, *ct], tmp_path / "in")).returncode == 0
     assert finished_job(node, cr.StudyInstanceUID)["state"] == "failed"
 
-    samples = wait_until(lambda: (s := scrape(node))
-                         and value(s, "fracnode_dispatch_failures_total", destination="pacs") >= 2 and s)
+    samples = wait_until(
+        lambda: (s := scrape(node)) and value(s, "fracnode_dispatch_failures_total", destination="pacs") >= 2 and s
+    )
     assert value(samples, "fracnode_jobs", state="failed") == 1
     assert value(samples, "fracnode_jobs", state="done") == 1  # the CT job: done, its result waits
     assert value(samples, "fracnode_jobs_finished_total", pipeline="test-flaky", outcome="failed") == 1
@@ -108,7 +108,8 @@ def test_metrics_need_credentials(tmp_path, start_node):
 @pytest.mark.slow
 def test_model_inference_is_timed_per_model(tmp_path, start_node, eager_models):  # noqa: F811
     config = node_config(
-        tmp_path / "data", routes=[route("radiograph-fracture", modality="CR")],
+        tmp_path / "data",
+        routes=[route("radiograph-fracture", modality="CR")],
         inference={"models_dir": str(eager_models), "device": "cpu"},
     )
     node = start_node(config)

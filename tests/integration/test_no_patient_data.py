@@ -81,8 +81,17 @@ def everything_the_node_shows(node: Served) -> dict[str, str]:
         path = node.data_dir / name
         places[name] = path.read_bytes().decode("latin-1") if path.exists() else ""
     jobs = api.get("/api/v1/jobs").json()
-    paths = ["/api/v1/jobs", "/api/v1/studies", "/api/v1/destinations", "/api/v1/config", "/api/v1/pulls",
-             "/metrics", "/", "/api/docs", "/api/openapi.json"]
+    paths = [
+        "/api/v1/jobs",
+        "/api/v1/studies",
+        "/api/v1/destinations",
+        "/api/v1/config",
+        "/api/v1/pulls",
+        "/metrics",
+        "/",
+        "/api/docs",
+        "/api/openapi.json",
+    ]
     paths += [f"/api/v1/jobs/{job['id']}" for job in jobs]
     paths += [f"/api/v1/studies/{study['study_uid']}" for study in api.get("/api/v1/studies").json()]
     for path in paths:
@@ -93,11 +102,20 @@ def everything_the_node_shows(node: Served) -> dict[str, str]:
 
 @pytest.mark.filterwarnings("ignore:Invalid value for VR DA")  # pydicom, as the test writes the bad date
 def test_marker_strings_never_leave_the_results(tmp_path, cr_sample):
-    node = serve(tmp_path, routes=[
-        {"name": "radiographs", "match": {"modality": ["CR"]}, "pipeline": "radiograph-fracture",
-         "destinations": ["results-folder"]},
-        {"name": "kos", "match": {"modality": ["CR"]}, "pipeline": "test-kos", "destinations": ["results-folder"]},
-    ], inference={"device": "cpu"}, jobs={"max_attempts": 3})
+    node = serve(
+        tmp_path,
+        routes=[
+            {
+                "name": "radiographs",
+                "match": {"modality": ["CR"]},
+                "pipeline": "radiograph-fracture",
+                "destinations": ["results-folder"],
+            },
+            {"name": "kos", "match": {"modality": ["CR"]}, "pipeline": "test-kos", "destinations": ["results-folder"]},
+        ],
+        inference={"device": "cpu"},
+        jobs={"max_attempts": 3},
+    )
     try:
         # a whole CR with a malformed birth date, by storescu
         good = marked(cr_sample)
@@ -113,9 +131,15 @@ def test_marker_strings_never_leave_the_results(tmp_path, cr_sample):
         broken = marked(cr_sample, InstitutionName=f"MRKIN{TOKEN} Annex")
         broken.PixelData = encapsulate([b"\xff\x4f\xff\x51" + secrets.token_bytes(300)])
         cut = part10(marked(cr_sample))[:5000]
-        response = httpx.post(f"{node.url}/dicomweb/studies", content=multipart(part10(broken), cut),
-                              headers={**AUTH, "Content-Type": 'multipart/related; type="application/dicom";'
-                                       " boundary=fracnode-test-boundary-8c1e"}, timeout=60)
+        response = httpx.post(
+            f"{node.url}/dicomweb/studies",
+            content=multipart(part10(broken), cut),
+            headers={
+                **AUTH,
+                "Content-Type": 'multipart/related; type="application/dicom"; boundary=fracnode-test-boundary-8c1e',
+            },
+            timeout=60,
+        )
         assert response.status_code == 202, response.text
 
         api = httpx.Client(base_url=node.url, headers=AUTH, timeout=60)
@@ -151,8 +175,20 @@ def test_marker_strings_never_leave_the_results(tmp_path, cr_sample):
 
 
 def test_delivered_results_leave_the_outbox_and_nothing_stays_past_retention(tmp_path, start_node):
-    node = start_node(node_config(tmp_path / "data", storage={"retention_days": 1.0}, routes=[
-        {"name": "kos", "match": {"modality": ["CR"]}, "pipeline": "test-kos", "destinations": ["results-folder"]}]))
+    node = start_node(
+        node_config(
+            tmp_path / "data",
+            storage={"retention_days": 1.0},
+            routes=[
+                {
+                    "name": "kos",
+                    "match": {"modality": ["CR"]},
+                    "pipeline": "test-kos",
+                    "destinations": ["results-folder"],
+                }
+            ],
+        )
+    )
     cr = dicomgen.cr_image(size=64)
     assert storescu(node.ingest.port, dicomgen.write([cr], tmp_path / "in")).returncode == 0
     wait_until(lambda: node.db.query("SELECT 1 FROM outbox WHERE state = 'delivered'"), timeout_s=60)

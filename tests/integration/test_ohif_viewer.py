@@ -75,18 +75,15 @@ def artefacts() -> Path:
     return folder
 
 
-def radiograph_case(
-    name: str, folder: Path, source: Dataset, findings: Any, image_label: tuple[str, str]
-) -> Case:
+def radiograph_case(name: str, folder: Path, source: Dataset, findings: Any, image_label: tuple[str, str]) -> Case:
     """The objects the default configuration sends for a radiograph study: its SR, no SEG."""
     assert [ds.Modality for ds in build_results(findings, {source.SOPInstanceUID: source})] == ["SR"]
     (report,) = build_results(findings, {source.SOPInstanceUID: source})
     files = (saved(source, folder, f"{name}-image"), saved(report, folder, f"{name}-sr"))
-    regions = tuple(
-        f"Fracture region score: {r.probability:.2f} {{score}}" for r in findings.images[0].regions
+    regions = tuple(f"Fracture region score: {r.probability:.2f} {{score}}" for r in findings.images[0].regions)
+    return Case(
+        name, str(source.StudyInstanceUID), files, "AI fracture report", (*image_label, *regions), 1 + len(regions)
     )
-    return Case(name, str(source.StudyInstanceUID), files, "AI fracture report",
-                (*image_label, *regions), 1 + len(regions))
 
 
 def ct_case(folder: Path) -> Case:
@@ -112,8 +109,9 @@ def ct_case(folder: Path) -> Case:
         fracture_probability=0.91,
         category="fracture",
         vertebrae=tuple(
-            VertebraFinding(label, p, "fracture" if p >= 0.6 else "negative", centre(label),
-                            int((study.labels == label).sum()))
+            VertebraFinding(
+                label, p, "fracture" if p >= 0.6 else "negative", centre(label), int((study.labels == label).sum())
+            )
             for label, p in probabilities.items()
         ),
         thresholds=CT_THRESHOLDS,
@@ -121,8 +119,7 @@ def ct_case(folder: Path) -> Case:
     seg, report = build_cspine_results(findings, datasets, study.labels)
     files = tuple(saved(ds, folder / "ct", f"{i:03d}") for i, ds in enumerate(datasets))
     files += (saved(seg, folder, "ct-seg"), saved(report, folder, "ct-sr"))
-    labels = ("AI: fracture likely, cervical spine:", "AI: fracture likely, C2 vertebra:",
-              "Probability: 91.00 %")
+    labels = ("AI: fracture likely, cervical spine:", "AI: fracture likely, C2 vertebra:", "Probability: 91.00 %")
     return Case("ct", study.study_instance_uid, files, "AI cervical spine fracture report", labels, 1)
 
 
@@ -130,17 +127,15 @@ def ct_case(folder: Path) -> Case:
 def cases(tmp_path_factory, cr_sample) -> dict[str, Case]:
     folder = tmp_path_factory.mktemp("viewer-studies")
     source, findings = cr_fracture_study(cr_sample)  # "fracture", 0.87, two regions, lower limb
-    cr = radiograph_case("cr", folder, source, findings,
-                         ("AI: fracture likely, lower limb:", "Probability: 87.00 %"))
+    cr = radiograph_case("cr", folder, source, findings, ("AI: fracture likely, lower limb:", "Probability: 87.00 %"))
     source, findings = fracatlas_study("IMG0000019.jpg", "suspicious", 0.31, 0.64, "hand")
     fracatlas = radiograph_case(
-        "fracatlas", folder, source, findings,
-        ("AI: possible fracture, hand:", "Probability: 31.00 %"))
+        "fracatlas", folder, source, findings, ("AI: possible fracture, hand:", "Probability: 31.00 %")
+    )
     source, findings = fracatlas_study("IMG0000000.jpg", "negative", 0.04, 0.0, "")
     negative = radiograph_case(
-        "negative", folder, source, findings,
-        ("AI: no fracture found, site not determined:",
-         "Probability: 4.00 %"))
+        "negative", folder, source, findings, ("AI: no fracture found, site not determined:", "Probability: 4.00 %")
+    )
     return {"cr": cr, "fracatlas": fracatlas, "negative": negative, "ct": ct_case(folder)}
 
 
@@ -160,9 +155,7 @@ def browser() -> Iterator[Any]:
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True
-        )
+        launched = playwright.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox"], headless=True)
         yield launched
         launched.close()
 
@@ -204,8 +197,11 @@ class Session:
         """Answer one of OHIF's viewport prompts ("track measurements?", "open segmentation?")."""
         prompt = self.page.get_by_text(question).first
         prompt.wait_for(timeout=TIMEOUT_MS)
-        box = self.page.locator("div", has=prompt).filter(
-            has=self.page.get_by_role("button", name=answer, exact=True)).last
+        box = (
+            self.page.locator("div", has=prompt)
+            .filter(has=self.page.get_by_role("button", name=answer, exact=True))
+            .last
+        )
         box.get_by_role("button", name=answer, exact=True).click()
 
     def labels(self) -> list[str]:
@@ -254,9 +250,14 @@ def shows_an_image(picture: Image.Image) -> bool:
 
 def inside(element: Any, container: Any) -> bool:
     box, frame = element.bounding_box(), container.bounding_box()
-    return bool(box and frame and box["x"] >= frame["x"] and box["y"] >= frame["y"]
-                and box["x"] + box["width"] <= frame["x"] + frame["width"]
-                and box["y"] + box["height"] <= frame["y"] + frame["height"])
+    return bool(
+        box
+        and frame
+        and box["x"] >= frame["x"]
+        and box["y"] >= frame["y"]
+        and box["x"] + box["width"] <= frame["x"] + frame["width"]
+        and box["y"] + box["height"] <= frame["y"] + frame["height"]
+    )
 
 
 def open_report(browser: Any, viewer: ViewerServer, case: Case) -> Session:
@@ -273,8 +274,10 @@ def open_report(browser: Any, viewer: ViewerServer, case: Case) -> Session:
             # OHIF 3.13 at times shows the SR's image but leaves its annotations undrawn until the
             # next render (about 1 opening in 10 here, radiograph and CT alike, with the same SR
             # that draws at once otherwise); a resized window renders again, as for a reader.
-            warnings.warn(f"{case.name}: OHIF had not drawn the SR after {tick // 4} s; "
-                          "resizing the window to render again", stacklevel=1)
+            warnings.warn(
+                f"{case.name}: OHIF had not drawn the SR after {tick // 4} s; resizing the window to render again",
+                stacklevel=1,
+            )
             size = dict(SCREEN)
             session.page.set_viewport_size({**size, "width": size["width"] - 1 - tick % 2})
             session.page.set_viewport_size(size)

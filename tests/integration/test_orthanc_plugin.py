@@ -42,8 +42,11 @@ def plugin_orthanc(workdir: Path, stable_age_s: int = STABLE_AGE_S, **fracnode: 
     return Orthanc(
         workdir,
         plugins=[str(PLUGIN_DIR / "libOrthancPython.so")],
-        extra={"PythonScript": str(PLUGIN), "StableAge": stable_age_s,
-               "Fracnode": {"Modality": "fracnode", "RetryDelay": 1, **fracnode}},
+        extra={
+            "PythonScript": str(PLUGIN),
+            "StableAge": stable_age_s,
+            "Fracnode": {"Modality": "fracnode", "RetryDelay": 1, **fracnode},
+        },
     )
 
 
@@ -52,8 +55,17 @@ def connect(orthanc: Orthanc, node: Node) -> None:
 
 
 def store_into_orthanc(orthanc: Orthanc, *files: Path) -> None:
-    command = [require_tool("storescu"), "-xv", "-aet", "MODALITY", "-aec", orthanc.ae_title,
-               "127.0.0.1", str(orthanc.dicom_port), *map(str, files)]
+    command = [
+        require_tool("storescu"),
+        "-xv",
+        "-aet",
+        "MODALITY",
+        "-aec",
+        orthanc.ae_title,
+        "127.0.0.1",
+        str(orthanc.dicom_port),
+        *map(str, files),
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
 
@@ -91,27 +103,36 @@ def click_analyze_in_explorer(orthanc: Orthanc, study: str) -> list[str]:
 
 def quiet(orthanc: Orthanc) -> None:
     """Wait until Orthanc's last change is older than StableAge and the plugin has done its work."""
+
     def settled() -> bool:
         state = status(orthanc)
         return state["CaughtUp"] and state["Queued"] == 0
+
     wait_until(settled, timeout_s=30)
     time.sleep(STABLE_AGE_S + 2)  # the last instance's STABLE_STUDY fires, and is handled
     wait_until(lambda: status(orthanc)["Queued"] == 0, timeout_s=30)
 
 
-def test_a_cr_study_in_orthanc_gets_sr_and_seg_without_any_other_action(
-    tmp_path, start_node, cr_sample, eager_models
-):
+def test_a_cr_study_in_orthanc_gets_sr_and_seg_without_any_other_action(tmp_path, start_node, cr_sample, eager_models):
     orthanc = plugin_orthanc(tmp_path / "orthanc")
-    node = start_node(node_config(
-        tmp_path / "data",
-        peers=[{"name": "orthanc", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port}],
-        destinations=[{"name": "back", "type": "sender",
-                       "overlays": ["gsps", "secondary_capture", "radiograph_seg"]}],
-        routes=[{"name": "radiographs", "match": {"modality": ["CR", "DX"]}, "pipeline": "radiograph-fracture",
-                 "destinations": ["back"]}],
-        inference={"models_dir": str(eager_models), "device": "cpu"},
-    ))
+    node = start_node(
+        node_config(
+            tmp_path / "data",
+            peers=[{"name": "orthanc", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port}],
+            destinations=[
+                {"name": "back", "type": "sender", "overlays": ["gsps", "secondary_capture", "radiograph_seg"]}
+            ],
+            routes=[
+                {
+                    "name": "radiographs",
+                    "match": {"modality": ["CR", "DX"]},
+                    "pipeline": "radiograph-fracture",
+                    "destinations": ["back"],
+                }
+            ],
+            inference={"models_dir": str(eager_models), "device": "cpu"},
+        )
+    )
     # the README's one snippet: the plugin defines fracnode's modality itself
     orthanc.extra["Fracnode"].update(Host="127.0.0.1", Port=node.ingest.port, AeTitle="FRACNODE")
     orthanc.start()
@@ -123,8 +144,7 @@ def test_a_cr_study_in_orthanc_gets_sr_and_seg_without_any_other_action(
         study = orthanc.rest("/tools/lookup", data=source.StudyInstanceUID.encode(), method="POST")[0]["ID"]
 
         # the study comes back with fracnode's results (and the overlays this destination adds)
-        wait_until(lambda: {SR_CLASS, SEG_CLASS, GSPS_CLASS, SC_CLASS} <= study_classes(orthanc, study),
-                   timeout_s=180)
+        wait_until(lambda: {SR_CLASS, SEG_CLASS, GSPS_CLASS, SC_CLASS} <= study_classes(orthanc, study), timeout_s=180)
         for instance in orthanc.rest(f"/studies/{study}/instances"):
             tags = orthanc.instance_tags(instance["ID"])
             assert tags["StudyInstanceUID"] == source.StudyInstanceUID
@@ -133,8 +153,7 @@ def test_a_cr_study_in_orthanc_gets_sr_and_seg_without_any_other_action(
         quiet(orthanc)
         assert associations_from_orthanc(node) == [{"outcome": "released", "instances_received": 1}]
         handovers = status(orthanc)["HandOvers"]
-        assert [(h["study"], h["reason"], h["state"], h["count"]) for h in handovers] == [
-            (study, "stable", "sent", 1)]
+        assert [(h["study"], h["reason"], h["state"], h["count"]) for h in handovers] == [(study, "stable", "sent", 1)]
         assert "already handed over" in [d["Decision"] for d in status(orthanc)["Decisions"] if d["Study"] == study]
 
         # an Orthanc restart hands nothing over again (its change log is checked at start)
@@ -171,8 +190,19 @@ def test_a_cr_study_in_orthanc_gets_sr_and_seg_without_any_other_action(
 def test_the_button_in_store_mode_has_fracnode_analyse_its_copy_again(tmp_path, start_node, caplog):
     """Store mode with `Url`/`Token`: the Explorer button asks fracnode's API for a new analysis of
     the study it holds (an identical C-STORE alone changes nothing), then hands the study over."""
-    node = start_node(node_config(tmp_path / "data", routes=[
-        {"name": "cr", "match": {"modality": ["CR"]}, "pipeline": "test-kos", "destinations": ["results-folder"]}]))
+    node = start_node(
+        node_config(
+            tmp_path / "data",
+            routes=[
+                {
+                    "name": "cr",
+                    "match": {"modality": ["CR"]},
+                    "pipeline": "test-kos",
+                    "destinations": ["results-folder"],
+                }
+            ],
+        )
+    )
     orthanc = plugin_orthanc(tmp_path / "orthanc", Url=f"http://127.0.0.1:{node.web.port}", Token=API_TOKEN)
     connect(orthanc, node)
     with orthanc:
@@ -213,8 +243,9 @@ def test_the_button_in_store_mode_has_fracnode_analyse_its_copy_again(tmp_path, 
         ct_study = orthanc.rest("/tools/lookup", data=ct_uid.encode(), method="POST")[0]["ID"]
         answer = orthanc.rest(f"/fracnode/studies/{ct_study}/analyze", data=b"", method="POST")
         assert answer == {"Study": ct_study, "Queued": True, "AnalyzeAgain": True}
-        wait_until(lambda: len(node.db.query("SELECT 1 FROM instances WHERE study_uid = ?", (ct_uid,))) == 2,
-                   timeout_s=60)
+        wait_until(
+            lambda: len(node.db.query("SELECT 1 FROM instances WHERE study_uid = ?", (ct_uid,))) == 2, timeout_s=60
+        )
         log = (tmp_path / "orthanc" / "orthanc.log").read_text()
         assert f"fracnode: study {ct_study}: fracnode answered HTTP 404" in log
         assert "the study is sent as it is" in log
@@ -235,22 +266,21 @@ def test_filtered_studies_wait_for_the_button_and_interrupted_ones_are_caught_up
         orthanc.extra["StableAge"] = STABLE_AGE_S
         orthanc.start()
         cr_uid = str(dcmread(cr[0]).SOPInstanceUID)
-        wait_until(lambda: node.db.query("SELECT 1 FROM instances WHERE sop_instance_uid = ?", (cr_uid,)),
-                   timeout_s=60)
+        wait_until(lambda: node.db.query("SELECT 1 FROM instances WHERE sop_instance_uid = ?", (cr_uid,)), timeout_s=60)
         assert status(orthanc)["HandOvers"][0]["reason"] == "catch-up"
 
         ct = dicomgen.write(dicomgen.ct_series(3), tmp_path / "ct")
         store_into_orthanc(orthanc, *ct)
-        ct_study = orthanc.rest("/tools/lookup", data=str(dcmread(ct[0]).StudyInstanceUID).encode(),
-                                method="POST")[0]["ID"]
+        ct_study = orthanc.rest("/tools/lookup", data=str(dcmread(ct[0]).StudyInstanceUID).encode(), method="POST")[0][
+            "ID"
+        ]
         quiet(orthanc)
         decisions = [d for d in status(orthanc)["Decisions"] if d["Study"] == ct_study]
         assert decisions and decisions[0]["Instances"] == 0 and "Modalities" in decisions[0]["Decision"]
         assert not node.db.query("SELECT 1 FROM instances WHERE modality = 'CT'")
 
         assert click_analyze_in_explorer(orthanc, ct_study) == ["fracnode: the study is queued for analysis"]
-        wait_until(lambda: len(node.db.query("SELECT 1 FROM instances WHERE modality = 'CT'")) == 3,
-                   timeout_s=60)
+        wait_until(lambda: len(node.db.query("SELECT 1 FROM instances WHERE modality = 'CT'")) == 3, timeout_s=60)
     finally:
         orthanc.stop()
 
@@ -273,10 +303,12 @@ def test_pull_mode_asks_fracnode_to_fetch_the_study_over_dicomweb(tmp_path, star
     pytest.importorskip("node.web.pull", reason="fracnode's pull API (issue 4) is not in this tree")
     orthanc = plugin_orthanc(tmp_path / "orthanc", Mode="pull", Peer="orthanc-web", Token=API_TOKEN)
     orthanc.plugins.append(str(PLUGIN_DIR / "libOrthancDicomWeb.so"))
-    node = start_node(node_config(
-        tmp_path / "data",
-        peers=[{"name": "orthanc-web", "type": "dicomweb", "url": f"{orthanc.url}/dicom-web"}],
-    ))
+    node = start_node(
+        node_config(
+            tmp_path / "data",
+            peers=[{"name": "orthanc-web", "type": "dicomweb", "url": f"{orthanc.url}/dicom-web"}],
+        )
+    )
     orthanc.extra["Fracnode"]["Url"] = f"http://127.0.0.1:{node.web.port}"
     with orthanc:
         wait_until(lambda: status(orthanc)["CaughtUp"])

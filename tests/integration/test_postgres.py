@@ -31,8 +31,13 @@ def db_upgrade(config: Config, tmp_path: Path) -> subprocess.CompletedProcess[st
     path = tmp_path / "fracnode.yaml"
     path.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
     return subprocess.run(
-        [sys.executable, "-m", "node.cli", "db", "upgrade"], check=False, cwd=REPO, capture_output=True, text=True,
-        timeout=60, env={**os.environ, "FRACNODE_CONFIG": str(path), "PYTHONPATH": str(REPO)},
+        [sys.executable, "-m", "node.cli", "db", "upgrade"],
+        check=False,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "FRACNODE_CONFIG": str(path), "PYTHONPATH": str(REPO)},
     )
 
 
@@ -50,8 +55,7 @@ def test_db_upgrade_creates_and_migrates_the_schema_and_a_node_refuses_an_older_
     assert f"schema version {SCHEMA_VERSION}, already current" in again.stdout
 
     # a database left at an older version: the node refuses it until the operator upgrades
-    postgres_cluster.psql(f"UPDATE meta SET value = '{SCHEMA_VERSION - 1}' WHERE key = 'schema_version'",
-                          "fracnode")
+    postgres_cluster.psql(f"UPDATE meta SET value = '{SCHEMA_VERSION - 1}' WHERE key = 'schema_version'", "fracnode")
     with pytest.raises(SchemaOutdated, match=f"version {SCHEMA_VERSION - 1}.*run `fracnode db upgrade`"):
         Node(config)
     upgraded = db_upgrade(config, tmp_path)
@@ -84,7 +88,10 @@ def c_store_statuses(port: int, datasets: list[Dataset]) -> list[int | None]:
 
 @pytest.mark.slow
 def test_a_stopped_database_gets_out_of_resources_never_success_and_the_node_recovers(
-    tmp_path: Path, postgres_url: str, postgres_cluster: Cluster, start_node,
+    tmp_path: Path,
+    postgres_url: str,
+    postgres_cluster: Cluster,
+    start_node,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO, logger="fracnode")

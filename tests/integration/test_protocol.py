@@ -162,8 +162,9 @@ def job_document(node: Node, job_id: int) -> Dataset:
     outbox)."""
     (row,) = rows(node, "SELECT sop_instance_uid FROM outbox WHERE job_id = ?", job_id)
     folders = (node.config.outbox_dir, node.config.destination("results-folder").path)  # type: ignore[union-attr]
-    (path,) = wait_until(lambda: sorted(p for folder in folders
-                                        for p in folder.rglob(f"*{row['sop_instance_uid']}*.dcm")))
+    (path,) = wait_until(
+        lambda: sorted(p for folder in folders for p in folder.rglob(f"*{row['sop_instance_uid']}*.dcm"))
+    )
     return dcmread(path)
 
 
@@ -234,9 +235,7 @@ def test_calling_ae_titles_admit_only_listed_peers(tmp_path, start_node):
     assert listed.is_established
     assert int(listed.send_c_echo().Status) == 0
     listed.release()
-    assert (
-        dcmtk("echoscu", "-aet", "MODALITY1", "-aec", "FRACNODE", "127.0.0.1", port).returncode == 0
-    )
+    assert dcmtk("echoscu", "-aet", "MODALITY1", "-aec", "FRACNODE", "127.0.0.1", port).returncode == 0
 
     def audit() -> list[dict[str, Any]] | None:
         found = rows(node, "SELECT * FROM associations ORDER BY started_at")
@@ -278,18 +277,14 @@ def test_unsupported_sop_classes_are_refused_per_presentation_context(tmp_path, 
         assert int(assoc.send_c_store(ct).Status) == 0x0000
     finally:
         assoc.release()
-    assert [r["sop_instance_uid"] for r in rows(node, "SELECT * FROM instances")] == [
-        ct.SOPInstanceUID
-    ]
+    assert [r["sop_instance_uid"] for r in rows(node, "SELECT * FROM instances")] == [ct.SOPInstanceUID]
 
 
 # -- bad input -----------------------------------------------------------------------------------
 
 
 @pytest.mark.filterwarnings("ignore:Expected explicit VR")  # pydicom, reading the garbage
-def test_datasets_the_node_cannot_understand_get_failure_statuses(
-    tmp_path, start_node, send_raw_files
-):
+def test_datasets_the_node_cannot_understand_get_failure_statuses(tmp_path, start_node, send_raw_files):
     node = start_node(node_config(tmp_path / "data"))
     port = node.ingest.port
 
@@ -323,9 +318,7 @@ def test_datasets_the_node_cannot_understand_get_failure_statuses(
     assert echo_ok(port)
 
 
-def test_real_ct_with_empty_study_uid_is_refused_and_the_node_keeps_running(
-    tmp_path, start_node, send_raw_files
-):
+def test_real_ct_with_empty_study_uid_is_refused_and_the_node_keeps_running(tmp_path, start_node, send_raw_files):
     files = sorted(CT_EXAMPLE.iterdir())[:3] if CT_EXAMPLE.is_dir() else []
     if not files:
         pytest.fail(f"{CT_EXAMPLE} is missing: the tests read ../shared/data beside the repository")
@@ -368,9 +361,7 @@ def test_twelve_simultaneous_associations_all_store_and_index(tmp_path, start_no
 
     def send(i: int) -> None:
         try:
-            assoc = associate(
-                port, [(CTImageStorage, [ExplicitVRLittleEndian])], calling_ae=f"MOD{i:02d}"
-            )
+            assoc = associate(port, [(CTImageStorage, [ExplicitVRLittleEndian])], calling_ae=f"MOD{i:02d}")
             assert assoc.is_established, f"association {i} not established"
             try:
                 all_open.wait()  # every association is open at the same time
@@ -418,13 +409,8 @@ def test_resending_identical_instances_changes_nothing(tmp_path, start_node):
     assert result.returncode == 0, result.stderr
 
     study_dir = node.config.spool_dir / study[0].StudyInstanceUID
-    assert sorted(p.name for p in study_dir.iterdir()) == sorted(
-        f"{ds.SOPInstanceUID}.dcm" for ds in study
-    )
-    assert (
-        rows(node, "SELECT sop_instance_uid, path, size, received_at FROM instances ORDER BY 1")
-        == before
-    )
+    assert sorted(p.name for p in study_dir.iterdir()) == sorted(f"{ds.SOPInstanceUID}.dcm" for ds in study)
+    assert rows(node, "SELECT sop_instance_uid, path, size, received_at FROM instances ORDER BY 1") == before
     # the resend had each stored file hashed once, to compare (a new UID is stored unhashed)
     digests = {r["path"]: r["digest"] for r in rows(node, "SELECT path, digest FROM instances")}
     assert digests == {p: hashlib.sha256(Path(p).read_bytes()).hexdigest() for p in digests}
@@ -439,24 +425,14 @@ def test_late_instance_makes_a_new_revision_that_covers_every_instance(tmp_path,
     node = start_node(node_config(tmp_path / "data", routes=[CT_ROUTE]))
     study = dicomgen.ct_series(3, size=16)
     first, late = study[:2], study[2:]
-    assert (
-        storescu(node.ingest.port, dicomgen.write(first, tmp_path / "first"), "-xs").returncode == 0
-    )
+    assert storescu(node.ingest.port, dicomgen.write(first, tmp_path / "first"), "-xs").returncode == 0
     (job1,) = wait_until(lambda: [j for j in jobs(node) if j["state"] == DONE])
     assert job1["revision"] == 1
-    assert referenced_instances(job_document(node, job1["id"])) == {
-        ds.SOPInstanceUID for ds in first
-    }
+    assert referenced_instances(job_document(node, job1["id"])) == {ds.SOPInstanceUID for ds in first}
 
-    assert (
-        storescu(node.ingest.port, dicomgen.write(late, tmp_path / "late"), "-xs").returncode == 0
-    )
-    job2 = wait_until(
-        lambda: next((j for j in jobs(node) if j["revision"] == 2 and j["state"] == DONE), None)
-    )
-    assert referenced_instances(job_document(node, job2["id"])) == {
-        ds.SOPInstanceUID for ds in study
-    }
+    assert storescu(node.ingest.port, dicomgen.write(late, tmp_path / "late"), "-xs").returncode == 0
+    job2 = wait_until(lambda: next((j for j in jobs(node) if j["revision"] == 2 and j["state"] == DONE), None))
+    assert referenced_instances(job_document(node, job2["id"])) == {ds.SOPInstanceUID for ds in study}
     assert rows(node, "SELECT revision FROM studies") == [{"revision": 2}]
     assert len(jobs(node)) == 2
 
@@ -481,14 +457,10 @@ def test_queued_job_of_an_older_revision_is_superseded(tmp_path):
         assert (job2["revision"], job2["state"]) == (2, QUEUED)
 
         assert node.work_once("test-worker", now + 20) is True
-        assert (
-            node.work_once("test-worker", now + 30) is False
-        )  # the superseded job is never claimed
+        assert node.work_once("test-worker", now + 30) is False  # the superseded job is never claimed
         job1, job2 = jobs(node)
         assert (job1["state"], job1["attempts"], job2["state"]) == (SUPERSEDED, 0, DONE)
-        assert referenced_instances(job_document(node, job2["id"])) == {
-            ds.SOPInstanceUID for ds in study
-        }
+        assert referenced_instances(job_document(node, job2["id"])) == {ds.SOPInstanceUID for ds in study}
     finally:
         node.stop()
 
@@ -503,16 +475,12 @@ def test_complete_on_release_analyses_without_waiting_for_the_quiet_period(tmp_p
     )
     study = dicomgen.ct_series(3, size=16)
     sent_at = time.monotonic()
-    assert (
-        storescu(node.ingest.port, dicomgen.write(study, tmp_path / "study"), "-xs").returncode == 0
-    )
+    assert storescu(node.ingest.port, dicomgen.write(study, tmp_path / "study"), "-xs").returncode == 0
     (job,) = wait_until(lambda: jobs(node), timeout_s=15)
     assert time.monotonic() - sent_at < 30  # half the quiet period
     assert job["revision"] == 1
     done = wait_until(lambda: [j for j in jobs(node) if j["state"] == DONE], timeout_s=15)
-    assert referenced_instances(job_document(node, done[0]["id"])) == {
-        ds.SOPInstanceUID for ds in study
-    }
+    assert referenced_instances(job_document(node, done[0]["id"])) == {ds.SOPInstanceUID for ds in study}
 
 
 # -- transfer syntaxes ----------------------------------------------------------------------------
@@ -532,8 +500,7 @@ def bit_preserving_scp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
     try:
         wait_until(
             lambda: (
-                process.poll() is not None
-                or dcmtk("echoscu", "-aec", "FRACNODE", "127.0.0.1", port).returncode == 0
+                process.poll() is not None or dcmtk("echoscu", "-aec", "FRACNODE", "127.0.0.1", port).returncode == 0
             ),
             timeout_s=20,
         )
@@ -545,9 +512,7 @@ def bit_preserving_scp(tmp_path: Path) -> Iterator[tuple[int, Path]]:
 
 
 @pytest.mark.parametrize(("sample", "option"), [("RG3_J2KR.dcm", "-xv"), ("RG1_J2KI.dcm", "-xw")])
-def test_jpeg2000_from_storescu_is_stored_as_received(
-    tmp_path, start_node, bit_preserving_scp, sample, option
-):
+def test_jpeg2000_from_storescu_is_stored_as_received(tmp_path, start_node, bit_preserving_scp, sample, option):
     original = CR_SAMPLES / sample
     node = start_node(node_config(tmp_path / "data"))
     reference_port, reference_folder = bit_preserving_scp
@@ -576,13 +541,8 @@ def test_compressed_files_sent_raw_are_stored_byte_for_byte(tmp_path, start_node
     generated = dicomgen.write([rle, deflated], tmp_path / "sources")
     originals = [CR_SAMPLES / "RG3_J2KR.dcm", CR_SAMPLES / "RG1_J2KI.dcm", *generated]
     node = start_node(node_config(tmp_path / "data"))
-    contexts = {
-        (str(dcmread(p, stop_before_pixels=True).SOPClassUID), dataset_part(p)[0])
-        for p in originals
-    }
-    assoc = associate(
-        node.ingest.port, [(sop_class, [syntax]) for sop_class, syntax in sorted(contexts)]
-    )
+    contexts = {(str(dcmread(p, stop_before_pixels=True).SOPClassUID), dataset_part(p)[0]) for p in originals}
+    assoc = associate(node.ingest.port, [(sop_class, [syntax]) for sop_class, syntax in sorted(contexts)])
     assert assoc.is_established
     try:
         assert [int(assoc.send_c_store(path).Status) for path in originals] == [0] * len(originals)
@@ -592,9 +552,7 @@ def test_compressed_files_sent_raw_are_stored_byte_for_byte(tmp_path, start_node
         header = dcmread(original, stop_before_pixels=True)
         stored = node.config.spool_dir / header.StudyInstanceUID / f"{header.SOPInstanceUID}.dcm"
         assert dataset_part(stored) == dataset_part(original), original.name
-    syntaxes = {
-        r["transfer_syntax_uid"] for r in rows(node, "SELECT transfer_syntax_uid FROM instances")
-    }
+    syntaxes = {r["transfer_syntax_uid"] for r in rows(node, "SELECT transfer_syntax_uid FROM instances")}
     assert syntaxes == {JPEG2000Lossless, JPEG2000, RLELossless, DeflatedExplicitVRLittleEndian}
 
 

@@ -40,13 +40,24 @@ def orthanc_web(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 
 def web_peer(orthanc: Orthanc, name: str = "orthanc-web", **extra: Any) -> dict[str, Any]:
-    return {"name": name, "type": "dicomweb", "url": orthanc.dicomweb_url, "ae_title": "ORTHANC",
-            "auth": {"type": "basic", "user": "fracnode", "password": USERS["fracnode"]}, **extra}
+    return {
+        "name": name,
+        "type": "dicomweb",
+        "url": orthanc.dicomweb_url,
+        "ae_title": "ORTHANC",
+        "auth": {"type": "basic", "user": "fracnode", "password": USERS["fracnode"]},
+        **extra,
+    }
 
 
 def dimse_peer(orthanc: Orthanc, retrieve: str) -> dict[str, Any]:
-    return {"name": "orthanc-dimse", "ae_title": orthanc.ae_title, "host": "127.0.0.1",
-            "port": orthanc.dicom_port, "retrieve": retrieve}
+    return {
+        "name": "orthanc-dimse",
+        "ae_title": orthanc.ae_title,
+        "host": "127.0.0.1",
+        "port": orthanc.dicom_port,
+        "retrieve": retrieve,
+    }
 
 
 def upload(orthanc: Orthanc, files: list[Path]) -> None:
@@ -94,11 +105,15 @@ def kos_in(orthanc: Orthanc, study_uid: str, count: int = 1) -> list[Any]:
 def test_study_pulled_by_wado_rs_is_analysed_and_filed_back_by_stow_rs(tmp_path, start_node, orthanc_web):
     series = study_in_orthanc(orthanc_web, tmp_path)
     study_uid = series[0].StudyInstanceUID
-    node = start_node(node_config(
-        tmp_path / "data", assembly=SLOW_ASSEMBLY, peers=[web_peer(orthanc_web)],
-        destinations=[{"name": "pacs-web", "type": "dicomweb", "peer": "orthanc-web"}],
-        routes=[{**CT_ROUTE, "destinations": ["pacs-web"]}],
-    ))
+    node = start_node(
+        node_config(
+            tmp_path / "data",
+            assembly=SLOW_ASSEMBLY,
+            peers=[web_peer(orthanc_web)],
+            destinations=[{"name": "pacs-web", "type": "dicomweb", "peer": "orthanc-web"}],
+            routes=[{**CT_ROUTE, "destinations": ["pacs-web"]}],
+        )
+    )
 
     response = ask(node, study_uid, "orthanc-web")
     assert response.status_code == 202, response.text
@@ -115,7 +130,9 @@ def test_study_pulled_by_wado_rs_is_analysed_and_filed_back_by_stow_rs(tmp_path,
     assert {r["sop_instance_uid"] for r in rows} == {ds.SOPInstanceUID for ds in series}
     stored = {orthanc_web.instance_tags(i)["SOPInstanceUID"]: i for i in orthanc_web.instances()}
     for row in rows:
-        assert Path(row["path"]).read_bytes() == orthanc_web.rest_bytes(f"/instances/{stored[row['sop_instance_uid']]}/file")
+        assert Path(row["path"]).read_bytes() == orthanc_web.rest_bytes(
+            f"/instances/{stored[row['sop_instance_uid']]}/file"
+        )
     assert node.db.query("SELECT calling_ae FROM studies WHERE study_uid = ?", (study_uid,))[0][0] == "ORTHANC"
     # the result as delivered (a delivered result leaves the outbox)
     document = dcmread(BytesIO(orthanc_web.rest_bytes(f"/instances/{stored[kos['SOPInstanceUID']]}/file")))
@@ -144,13 +161,20 @@ def test_pull_errors_say_what_is_wrong_before_anything_is_queued(tmp_path, start
 
 def check_pull_errors(tmp_path: Path, start_node, orthanc_web: Orthanc, strict: Orthanc) -> None:  # type: ignore[no-untyped-def]
     down = f"http://127.0.0.1:{free_port()}/dicom-web"
-    node = start_node(node_config(tmp_path / "data", peers=[
-        web_peer(orthanc_web),
-        {"name": "down", "type": "dicomweb", "url": down},
-        {**web_peer(orthanc_web, name="wrong-password"),
-         "auth": {"type": "basic", "user": "fracnode", "password": "nope"}},
-        dimse_peer(strict, "c-get"),
-    ]))
+    node = start_node(
+        node_config(
+            tmp_path / "data",
+            peers=[
+                web_peer(orthanc_web),
+                {"name": "down", "type": "dicomweb", "url": down},
+                {
+                    **web_peer(orthanc_web, name="wrong-password"),
+                    "auth": {"type": "basic", "user": "fracnode", "password": "nope"},
+                },
+                dimse_peer(strict, "c-get"),
+            ],
+        )
+    )
     unknown_study = "1.2.826.0.1.3680043.8.498.1"
 
     missing = ask(node, unknown_study, "orthanc-web")
@@ -159,8 +183,9 @@ def check_pull_errors(tmp_path: Path, start_node, orthanc_web: Orthanc, strict: 
 
     unknown_peer = ask(node, unknown_study, "pacs")
     assert unknown_peer.status_code == 400
-    assert ("unknown peer 'pacs' (known: orthanc-web, down, wrong-password, orthanc-dimse)"
-            in unknown_peer.json()["detail"])
+    assert (
+        "unknown peer 'pacs' (known: orthanc-web, down, wrong-password, orthanc-dimse)" in unknown_peer.json()["detail"]
+    )
 
     unreachable = ask(node, unknown_study, "down")
     assert unreachable.status_code == 502
@@ -186,11 +211,15 @@ def check_pull_errors(tmp_path: Path, start_node, orthanc_web: Orthanc, strict: 
 
 
 def dimse_node(tmp_path: Path, start_node, orthanc: Orthanc, retrieve: str):  # type: ignore[no-untyped-def]
-    return start_node(node_config(
-        tmp_path / "data", assembly=SLOW_ASSEMBLY, peers=[dimse_peer(orthanc, retrieve)],
-        destinations=[{"name": "pacs", "type": "dimse", "peer": "orthanc-dimse"}],
-        routes=[{**CT_ROUTE, "match": {"modality": ["CT", "CR"]}, "destinations": ["pacs"]}],
-    ))
+    return start_node(
+        node_config(
+            tmp_path / "data",
+            assembly=SLOW_ASSEMBLY,
+            peers=[dimse_peer(orthanc, retrieve)],
+            destinations=[{"name": "pacs", "type": "dimse", "peer": "orthanc-dimse"}],
+            routes=[{**CT_ROUTE, "match": {"modality": ["CT", "CR"]}, "destinations": ["pacs"]}],
+        )
+    )
 
 
 def test_study_pulled_by_c_get_is_analysed_and_filed_back(tmp_path, start_node, orthanc, cr_sample):
@@ -234,8 +263,11 @@ def test_study_pulled_by_c_move_arrives_at_the_nodes_own_scp(tmp_path, start_nod
     assert "know our AE title as a move destination" in status["error"], status["error"]
     assert "retrieve: c-get" in status["error"]
 
-    orthanc.rest("/modalities/fracnode", method="PUT", data=(
-        b'{"AET": "FRACNODE", "Host": "127.0.0.1", "Port": %d}' % node.ingest.port))
+    orthanc.rest(
+        "/modalities/fracnode",
+        method="PUT",
+        data=(b'{"AET": "FRACNODE", "Host": "127.0.0.1", "Port": %d}' % node.ingest.port),
+    )
     response = ask(node, study_uid, "orthanc-dimse")
     status = finished(node, response.headers["location"])
     assert (status["state"], status["received"], status["failed"]) == ("done", 3, 0), status["error"]
@@ -251,14 +283,30 @@ def test_study_pulled_by_c_move_arrives_at_the_nodes_own_scp(tmp_path, start_nod
 def test_fracnode_analyze_from_a_dicomweb_peer_writes_results_offline(tmp_path, orthanc_web):
     series = study_in_orthanc(orthanc_web, tmp_path, count=2)
     study_uid = series[0].StudyInstanceUID
-    config_path, _ = write_config(tmp_path, peers=[web_peer(orthanc_web)],
-                                  routes=[{**CT_ROUTE, "destinations": ["results-folder"]}])
+    config_path, _ = write_config(
+        tmp_path, peers=[web_peer(orthanc_web)], routes=[{**CT_ROUTE, "destinations": ["results-folder"]}]
+    )
     out = tmp_path / "out"
     started = time.monotonic()
     result = subprocess.run(
-        [*fracnode_command(), "-c", str(config_path), "analyze", "--from", "orthanc-web", "--study", study_uid,
-         "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=120, check=False, env=CLI_ENV,
+        [
+            *fracnode_command(),
+            "-c",
+            str(config_path),
+            "analyze",
+            "--from",
+            "orthanc-web",
+            "--study",
+            study_uid,
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=CLI_ENV,
     )
     assert result.returncode == 0, result.stderr
     assert f"study {study_uid} from orthanc-web: 2 instance(s) received" in result.stderr
@@ -269,9 +317,24 @@ def test_fracnode_analyze_from_a_dicomweb_peer_writes_results_offline(tmp_path, 
     assert time.monotonic() - started < 120
 
     missing = subprocess.run(
-        [*fracnode_command(), "-c", str(config_path), "analyze", "--from", "orthanc-web", "--study", "1.2.3.4",
-         "--out", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=120, check=False, env=CLI_ENV,
+        [
+            *fracnode_command(),
+            "-c",
+            str(config_path),
+            "analyze",
+            "--from",
+            "orthanc-web",
+            "--study",
+            "1.2.3.4",
+            "--out",
+            str(out),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=CLI_ENV,
     )
     assert missing.returncode == 1
     assert "study 1.2.3.4 is not on 'orthanc-web'" in missing.stderr

@@ -54,12 +54,22 @@ def test_a_cr_study_gets_sr_seg_and_overlays_in_orthanc(tmp_path, start_node, or
         tmp_path / "data",
         peers=[{"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port}],
         destinations=[
-            {"name": "pacs", "type": "dimse", "peer": "pacs",
-             "overlays": ["gsps", "secondary_capture", "radiograph_seg"]},
+            {
+                "name": "pacs",
+                "type": "dimse",
+                "peer": "pacs",
+                "overlays": ["gsps", "secondary_capture", "radiograph_seg"],
+            },
             {"name": "results-folder", "type": "folder", "path": str(tmp_path / "results")},
         ],
-        routes=[{"name": "radiographs", "match": {"modality": ["CR", "DX"]}, "pipeline": "radiograph-fracture",
-                 "destinations": ["pacs", "results-folder"]}],
+        routes=[
+            {
+                "name": "radiographs",
+                "match": {"modality": ["CR", "DX"]},
+                "pipeline": "radiograph-fracture",
+                "destinations": ["pacs", "results-folder"],
+            }
+        ],
         inference={"models_dir": str(eager_models), "device": "cpu"},
     )
     node = start_node(config)
@@ -104,8 +114,14 @@ def test_shipped_thresholds_still_report_every_image(tmp_path, start_node, ortha
         tmp_path / "data",
         peers=[{"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": orthanc.dicom_port}],
         destinations=[{"name": "pacs", "type": "dimse", "peer": "pacs"}],
-        routes=[{"name": "radiographs", "match": {"modality": ["CR", "DX"]}, "pipeline": "radiograph-fracture",
-                 "destinations": ["pacs"]}],
+        routes=[
+            {
+                "name": "radiographs",
+                "match": {"modality": ["CR", "DX"]},
+                "pipeline": "radiograph-fracture",
+                "destinations": ["pacs"],
+            }
+        ],
     )
     node = start_node(config)
     assert storescu(node.ingest.port, [cr_sample], "-xv").returncode == 0

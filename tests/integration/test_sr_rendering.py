@@ -23,8 +23,7 @@ pytestmark = pytest.mark.skipif(
 
 def rendered(path: Path) -> str:
     """dsr2html's page as one line of text (tags dropped, whitespace collapsed)."""
-    page = subprocess.run(["dsr2html", str(path)], capture_output=True, text=True, timeout=60,
-                          check=False)
+    page = subprocess.run(["dsr2html", str(path)], capture_output=True, text=True, timeout=60, check=False)
     assert page.returncode == 0 and page.stderr == "", page.stderr
     text = html.unescape(re.sub(r"<[^>]+>", " ", page.stdout))
     return re.sub(r"\s+", " ", text)
@@ -34,11 +33,16 @@ def test_radiograph_sr_reads_as_finding_category_probability_and_site(tmp_path, 
     source, findings = cr_fracture_study(cr_sample)
     (report,) = build_results(findings, {source.SOPInstanceUID: source})
     text = rendered(saved(report, tmp_path, "sr"))
-    image = text[text.index("fracture finding, image 1"):text.index("fracture region 1, image 1")]
-    for line in ("Finding: Fracture", "Finding Site = Lower limb", "Probability: 87.0 %",
-                 "Fracture: Present", "Comment: AI: fracture likely, lower limb"):
+    image = text[text.index("fracture finding, image 1") : text.index("fracture region 1, image 1")]
+    for line in (
+        "Finding: Fracture",
+        "Finding Site = Lower limb",
+        "Probability: 87.0 %",
+        "Fracture: Present",
+        "Comment: AI: fracture likely, lower limb",
+    ):
         assert line in image, (line, image)
-    region = text[text.index("fracture region 1, image 1"):]
+    region = text[text.index("fracture region 1, image 1") :]
     assert "Fracture region score: 0.93 {score}" in region
     assert "Probability" not in region.split("fracture region 2")[0]  # a score, not a probability
 
@@ -46,11 +50,14 @@ def test_radiograph_sr_reads_as_finding_category_probability_and_site(tmp_path, 
 def test_negative_radiograph_without_a_site_says_so(tmp_path):
     source = dx_image()
     image = image_finding(source, "negative", 0.04, body_region="")
-    (report,) = build_results(
-        study_findings(image, study_uid=source.StudyInstanceUID), {source.SOPInstanceUID: source})
+    (report,) = build_results(study_findings(image, study_uid=source.StudyInstanceUID), {source.SOPInstanceUID: source})
     text = rendered(saved(report, tmp_path, "sr"))
-    for line in ("Finding: Fracture", "Probability: 4.0 %", "Fracture: Absent",
-                 "Comment: AI: no fracture found, site not determined"):
+    for line in (
+        "Finding: Fracture",
+        "Probability: 4.0 %",
+        "Fracture: Absent",
+        "Comment: AI: no fracture found, site not determined",
+    ):
         assert line in text, (line, text)
     assert "Finding Site" not in text
 
@@ -59,9 +66,15 @@ def test_cspine_sr_reads_per_vertebra(tmp_path):
     ct, labels, findings = cspine_case()
     _, report = build_cspine_results(findings, ct, labels)
     text = rendered(saved(report, tmp_path, "sr"))
-    for line in ("Finding Site = Cervical spine", "Probability: 83.0 %", "Fracture: Present",
-                 "Comment: AI: fracture likely, cervical spine",
-                 "Finding Site = C3 vertebra", "Comment: AI: fracture likely, C3 vertebra",
-                 "Comment: AI: no fracture found, C2 vertebra",
-                 "Comment: AI: possible fracture, C5 vertebra", "Fracture: Suspected"):
+    for line in (
+        "Finding Site = Cervical spine",
+        "Probability: 83.0 %",
+        "Fracture: Present",
+        "Comment: AI: fracture likely, cervical spine",
+        "Finding Site = C3 vertebra",
+        "Comment: AI: fracture likely, C3 vertebra",
+        "Comment: AI: no fracture found, C2 vertebra",
+        "Comment: AI: possible fracture, C5 vertebra",
+        "Fracture: Suspected",
+    ):
         assert line in text, (line, text[:3000])

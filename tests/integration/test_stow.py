@@ -42,16 +42,16 @@ def part10(ds: Dataset) -> bytes:
 
 
 def multipart(*parts: bytes, content_type: str = "application/dicom") -> bytes:
-    body = b"".join(
-        f"--{BOUNDARY}\r\nContent-Type: {content_type}\r\n\r\n".encode() + part + b"\r\n" for part in parts
-    )
+    body = b"".join(f"--{BOUNDARY}\r\nContent-Type: {content_type}\r\n\r\n".encode() + part + b"\r\n" for part in parts)
     return body + f"--{BOUNDARY}--\r\n".encode()
 
 
-def stow(node: Any, body: bytes, study: str | None = None, content_type: str = MULTIPART,
-         **headers: str) -> httpx.Response:
-    return httpx.post(url(node, study), content=body, headers={**AUTH, "Content-Type": content_type, **headers},
-                      timeout=60)
+def stow(
+    node: Any, body: bytes, study: str | None = None, content_type: str = MULTIPART, **headers: str
+) -> httpx.Response:
+    return httpx.post(
+        url(node, study), content=body, headers={**AUTH, "Content-Type": content_type, **headers}, timeout=60
+    )
 
 
 def values(item: dict[str, Any], tag: str) -> list[Any]:
@@ -60,8 +60,10 @@ def values(item: dict[str, Any], tag: str) -> list[Any]:
 
 def failures(response: httpx.Response) -> dict[str, int]:
     """SOP Instance UID ('' when the part had none) → Failure Reason."""
-    return {(values(i, REFERENCED_SOP_INSTANCE_UID) or [""])[0]: values(i, FAILURE_REASON)[0]
-            for i in values(response.json(), FAILED_SOP_SEQUENCE)}
+    return {
+        (values(i, REFERENCED_SOP_INSTANCE_UID) or [""])[0]: values(i, FAILURE_REASON)[0]
+        for i in values(response.json(), FAILED_SOP_SEQUENCE)
+    }
 
 
 def stored(response: httpx.Response) -> set[str]:
@@ -87,8 +89,14 @@ def test_dicomweb_client_stores_a_study_that_completes_on_release_and_is_routed(
     config = node_config(
         tmp_path / "data",
         assembly={"quiet_period_s": 3600, "complete_on_release": True},  # only the release completes it
-        routes=[{"name": "ct", "match": {"modality": ["CT"], "calling_ae": ["STOW:token-1"]},
-                 "pipeline": "test-kos", "destinations": ["results-folder"]}],
+        routes=[
+            {
+                "name": "ct",
+                "match": {"modality": ["CT"], "calling_ae": ["STOW:token-1"]},
+                "pipeline": "test-kos",
+                "destinations": ["results-folder"],
+            }
+        ],
     )
     node = start_node(config)
     series = dicomgen.ct_series(10, size=256)  # 10 × 128 KiB: dicomweb-client sends it chunked
@@ -97,7 +105,8 @@ def test_dicomweb_client_stores_a_study_that_completes_on_release_and_is_routed(
     response = client.store_instances(series)
 
     assert {item.ReferencedSOPInstanceUID for item in response.ReferencedSOPSequence} == {
-        ds.SOPInstanceUID for ds in series}
+        ds.SOPInstanceUID for ds in series
+    }
     assert "FailedSOPSequence" not in response
     # each file is kept as sent; pydicom wrote these without a preamble, which the node adds
     study_dir = config.spool_dir / series[0].StudyInstanceUID
@@ -119,8 +128,11 @@ def test_dicomweb_client_stores_a_study_that_completes_on_release_and_is_routed(
 def test_orthanc_pushes_a_study_with_its_dicomweb_plugin(tmp_path, start_node, cr_sample):
     node = start_node(node_config(tmp_path / "data"))
     server = {"Url": f"http://127.0.0.1:{node.web.port}/dicomweb/", "HttpHeaders": AUTH}
-    orthanc = Orthanc(tmp_path / "orthanc", plugins=[str(PLUGIN_DIR / "libOrthancDicomWeb.so")],
-                      extra={"DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Servers": {"fracnode": server}}})
+    orthanc = Orthanc(
+        tmp_path / "orthanc",
+        plugins=[str(PLUGIN_DIR / "libOrthancDicomWeb.so")],
+        extra={"DicomWeb": {"Enable": True, "Root": "/dicom-web/", "Servers": {"fracnode": server}}},
+    )
     orthanc.start()
     try:
         series = dicomgen.ct_series(6)
@@ -219,8 +231,9 @@ def test_malformed_bodies_are_400_and_store_nothing_half(tmp_path, start_node):
 def test_requests_without_credentials_are_401(tmp_path, start_node):
     node = start_node(node_config(tmp_path / "data"))
     ds = dicomgen.ct_series(1)[0]
-    response = httpx.post(url(node, ds.StudyInstanceUID), content=multipart(part10(ds)),
-                          headers={"Content-Type": MULTIPART})
+    response = httpx.post(
+        url(node, ds.StudyInstanceUID), content=multipart(part10(ds)), headers={"Content-Type": MULTIPART}
+    )
     assert response.status_code == 401
     assert spool_files(node) == []
 
@@ -242,13 +255,21 @@ def test_a_body_over_the_size_limit_is_413(tmp_path, start_node):
     node = start_node(node_config(tmp_path / "data", web={"max_request_mb": 1}))
     # declared too large: answered before a byte of the body is read
     with socket.create_connection(("127.0.0.1", node.web.port), timeout=10) as sock:
-        sock.sendall((f"POST /dicomweb/studies HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_TOKEN}\r\n"
-                      f"Content-Type: {MULTIPART}\r\nContent-Length: {10 * 2**30}\r\n\r\n").encode())
+        sock.sendall(
+            (
+                f"POST /dicomweb/studies HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_TOKEN}\r\n"
+                f"Content-Type: {MULTIPART}\r\nContent-Length: {10 * 2**30}\r\n\r\n"
+            ).encode()
+        )
         assert sock.recv(65536).startswith(b"HTTP/1.1 413")
     # sent chunked, without a length: counted as it arrives
     series = dicomgen.ct_series(12, size=256)  # 1.5 MiB
-    response = httpx.post(url(node), content=iter([multipart(*map(part10, series))]),
-                          headers={**AUTH, "Content-Type": MULTIPART}, timeout=60)
+    response = httpx.post(
+        url(node),
+        content=iter([multipart(*map(part10, series))]),
+        headers={**AUTH, "Content-Type": MULTIPART},
+        timeout=60,
+    )
     assert response.status_code == 413
     assert "web.max_request_mb" in response.json()["detail"]
     assert temporary_files(node) == []
@@ -268,8 +289,9 @@ def test_resending_the_same_instances_is_idempotent(tmp_path, start_node):
 
 
 def test_out_of_disk_fails_each_instance_with_a700_and_leaves_nothing_half_written(tmp_path, start_node):
-    node = start_node(node_config(tmp_path / "data", storage={"data_dir": str(tmp_path / "data"),
-                                                               "min_free_mb": 2**30}))
+    node = start_node(
+        node_config(tmp_path / "data", storage={"data_dir": str(tmp_path / "data"), "min_free_mb": 2**30})
+    )
     series = dicomgen.ct_series(3, size=256)
     response = stow(node, multipart(*map(part10, series)))
     assert response.status_code == 409
@@ -295,12 +317,17 @@ def test_a_client_that_goes_away_mid_body_leaves_whole_instances_only(tmp_path, 
     first, second = dicomgen.ct_series(2, size=256)
     body = multipart(part10(first), part10(second))
     with socket.create_connection(("127.0.0.1", node.web.port), timeout=10) as sock:
-        sock.sendall((f"POST /dicomweb/studies HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_TOKEN}\r\n"
-                      f"Content-Type: {MULTIPART}\r\nContent-Length: {len(body)}\r\n\r\n").encode())
+        sock.sendall(
+            (
+                f"POST /dicomweb/studies HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {API_TOKEN}\r\n"
+                f"Content-Type: {MULTIPART}\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode()
+        )
         sock.sendall(body[: len(body) * 3 // 4])  # the first part and half the second
         time.sleep(0.5)
-    outcome = wait_until(lambda: [r["outcome"] for r in node.db.query("SELECT outcome FROM associations")
-                                  if r["outcome"] != "open"])
+    outcome = wait_until(
+        lambda: [r["outcome"] for r in node.db.query("SELECT outcome FROM associations") if r["outcome"] != "open"]
+    )
     assert outcome == ["aborted"]
     assert indexed(node) == {first.SOPInstanceUID}
     assert temporary_files(node) == []
@@ -314,8 +341,9 @@ def test_a_study_url_that_is_no_uid_is_400(tmp_path, start_node):
 
 
 def test_a_disk_that_fills_up_mid_request_fails_the_rest_with_a700(tmp_path, small_disk, start_node):  # noqa: F811
-    node = start_node(node_config(small_disk / "data", storage={"data_dir": str(small_disk / "data"),
-                                                                 "min_free_mb": 0}))
+    node = start_node(
+        node_config(small_disk / "data", storage={"data_dir": str(small_disk / "data"), "min_free_mb": 0})
+    )
     ballast = small_disk / "ballast"
     free = os.statvfs(small_disk)
     ballast.write_bytes(b"\0" * (free.f_bavail * free.f_frsize - 1536 * 1024))  # ~1.5 MiB left

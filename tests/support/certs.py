@@ -34,13 +34,16 @@ class Authority:
 
 
 def _name(common_name: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fracnode tests"),
-                      x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
+    return x509.Name(
+        [
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "fracnode tests"),
+            x509.NameAttribute(NameOID.COMMON_NAME, common_name),
+        ]
+    )
 
 
 def _write_key(key: ec.EllipticCurvePrivateKey, path: Path) -> None:
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                            serialization.NoEncryption())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as out:
         out.write(pem)
@@ -51,15 +54,28 @@ def authority(folder: Path, name: str = "fracnode test CA") -> Authority:
     key = ec.generate_private_key(ec.SECP256R1())
     subject = _name(name)
     certificate = (
-        x509.CertificateBuilder().subject_name(subject).issuer_name(subject)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
         .not_valid_before(_NOW - datetime.timedelta(days=1))
         .not_valid_after(_NOW + datetime.timedelta(days=30))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
-                                     key_encipherment=False, data_encipherment=False, key_agreement=False,
-                                     key_cert_sign=True, crl_sign=True, encipher_only=False,
-                                     decipher_only=False), critical=True)
+        .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
         .sign(key, hashes.SHA256())
     )
     path = folder / f"{name.replace(' ', '-')}.pem"
@@ -67,8 +83,7 @@ def authority(folder: Path, name: str = "fracnode test CA") -> Authority:
     return Authority(path, key, subject)
 
 
-def issue(ca: Authority, folder: Path, common_name: str, *, server: bool = False,
-          expired: bool = False) -> Pair:
+def issue(ca: Authority, folder: Path, common_name: str, *, server: bool = False, expired: bool = False) -> Pair:
     """A certificate signed by `ca`: for a server (localhost, 127.0.0.1) or a client."""
     key = ec.generate_private_key(ec.SECP256R1())
     if expired:
@@ -77,15 +92,21 @@ def issue(ca: Authority, folder: Path, common_name: str, *, server: bool = False
         before, after = _NOW - datetime.timedelta(days=1), _NOW + datetime.timedelta(days=30)
     usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
     builder = (
-        x509.CertificateBuilder().subject_name(_name(common_name)).issuer_name(ca.name)
-        .public_key(key.public_key()).serial_number(x509.random_serial_number())
-        .not_valid_before(before).not_valid_after(after)
+        x509.CertificateBuilder()
+        .subject_name(_name(common_name))
+        .issuer_name(ca.name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(before)
+        .not_valid_after(after)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
     )
     if server:
-        builder = builder.add_extension(x509.SubjectAlternativeName([
-            x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName([x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
     certificate = builder.sign(ca.key, hashes.SHA256())
     stem = folder / common_name.replace(" ", "-")
     pair = Pair(stem.with_suffix(".pem"), stem.with_suffix(".key"))

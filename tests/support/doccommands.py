@@ -113,8 +113,10 @@ def commands_in(path: Path, text: str | None = None) -> list[Command]:
                 raise DocError(f"{path}:{marks[0].line}: a not-testable mark above a `{language}` block")
             for number, text_line in body:
                 if COMMAND_LIKE.match(text_line):
-                    raise DocError(f"{path}:{number}: {text_line.strip()!r} reads like a command in a"
-                                   f" `{language}` block: put it in an `sh` block, where the test runs it")
+                    raise DocError(
+                        f"{path}:{number}: {text_line.strip()!r} reads like a command in a"
+                        f" `{language}` block: put it in an `sh` block, where the test runs it"
+                    )
         index = end + 1
     if stray:
         raise DocError(f"{path}:{min(stray)}: a not-testable mark must stand on the line right above a code block")
@@ -145,6 +147,7 @@ def _marked(path: Path, block_line: int, commands: list[tuple[int, str]], marks:
         result.append(Command(path, number, text, mark.reason if mark else ""))
     for mark in marks:
         if mark not in used:
-            raise DocError(f"{path}:{mark.line}: the mark for `{mark.prefix}` matches no command of the"
-                           f" block at line {block_line}")
+            raise DocError(
+                f"{path}:{mark.line}: the mark for `{mark.prefix}` matches no command of the block at line {block_line}"
+            )
     return result

@@ -40,9 +40,7 @@ def dx_image(
     photometric: str = "MONOCHROME2",
 ) -> Dataset:
     """A small DX (for presentation); optionally without ImagerPixelSpacing, orientation or window."""
-    ds = dicomgen.cr_image(
-        study_uid=study_uid or generate_uid(), size=max(rows, columns), body_part="HAND"
-    )
+    ds = dicomgen.cr_image(study_uid=study_uid or generate_uid(), size=max(rows, columns), body_part="HAND")
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = DX_FOR_PRESENTATION
     ds.Modality = "DX"
     ds.SeriesInstanceUID = generate_uid()
@@ -50,9 +48,7 @@ def dx_image(
     ds.PresentationIntentType = "FOR PRESENTATION"
     ds.PhotometricInterpretation = photometric
     ds.Rows, ds.Columns = rows, columns
-    pixels = np.random.default_rng(rows * columns).integers(
-        0, 4096, (rows, columns), dtype=np.uint16
-    )
+    pixels = np.random.default_rng(rows * columns).integers(0, 4096, (rows, columns), dtype=np.uint16)
     ds.PixelData = pixels.tobytes()
     if window is not None:
         ds.WindowCenter, ds.WindowWidth = window
@@ -116,9 +112,7 @@ def image_finding(
 
 
 def study_findings(*images: ImageFinding, study_uid: str) -> Findings:
-    return Findings(
-        study_instance_uid=study_uid, algorithm=ALGORITHM, images=images, thresholds=THRESHOLDS
-    )
+    return Findings(study_instance_uid=study_uid, algorithm=ALGORITHM, images=images, thresholds=THRESHOLDS)
 
 
 def cr_fracture_study(path: Path) -> tuple[Dataset, Findings]:
@@ -191,10 +185,6 @@ def fracatlas_study(
     """A FracAtlas radiograph with the annotators' fracture polygons as the model's regions
     (none for a negative finding)."""
     source = fracatlas_dx(image_id)
-    regions = (
-        ()
-        if category == "negative"
-        else tuple(polygon_region(p, score) for p in fracatlas_polygons(image_id))
-    )
+    regions = () if category == "negative" else tuple(polygon_region(p, score) for p in fracatlas_polygons(image_id))
     image = image_finding(source, category, probability, regions, body_region)
     return source, study_findings(image, study_uid=str(source.StudyInstanceUID))

@@ -91,7 +91,10 @@ def ohif_dist(version: str = OHIF_VERSION) -> Path:
         with tempfile.TemporaryDirectory(dir=folder.parent) as scratch:
             packed = subprocess.run(
                 [npm, "pack", f"{OHIF_PACKAGE}@{version}", "--json", "--pack-destination", scratch],
-                capture_output=True, text=True, timeout=600, check=False,
+                capture_output=True,
+                text=True,
+                timeout=600,
+                check=False,
                 env={**os.environ, "npm_config_update_notifier": "false", "npm_config_fund": "false"},
             )
             if packed.returncode != 0:

@@ -65,11 +65,23 @@ class Cluster:
         if self._as_root:
             shutil.chown(self.folder, "postgres", "postgres")
             shutil.chown(self.sockets, "postgres", "postgres")
-        self._run(str(BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth-local=trust",
-                  "--auth-host=scram-sha-256", "-E", "UTF8", "--no-instructions")
+        self._run(
+            str(BIN / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            "-E",
+            "UTF8",
+            "--no-instructions",
+        )
         with (self.data / "postgresql.conf").open("a") as conf:
-            conf.write(f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\n"
-                       f"unix_socket_directories = '{self.sockets}'\nfsync = on\nmax_connections = 200\n")
+            conf.write(
+                f"\nlisten_addresses = '127.0.0.1'\nport = {self.port}\n"
+                f"unix_socket_directories = '{self.sockets}'\nfsync = on\nmax_connections = 200\n"
+            )
         self.start()
         self.psql(f"CREATE ROLE {USER} LOGIN PASSWORD '{PASSWORD}'")
         self.psql(f"CREATE DATABASE {DATABASE} OWNER {USER}")
@@ -96,9 +108,22 @@ class Cluster:
         self.psql(f"DROP SCHEMA public CASCADE; CREATE SCHEMA public AUTHORIZATION {USER}", DATABASE)
 
     def psql(self, sql: str, database: str = "postgres") -> str:
-        done = self._run(str(BIN / "psql"),
-                         "-h", str(self.sockets), "-p", str(self.port), "-U", "postgres", "-d", database,
-                         "-v", "ON_ERROR_STOP=1", "-At", "-c", sql)
+        done = self._run(
+            str(BIN / "psql"),
+            "-h",
+            str(self.sockets),
+            "-p",
+            str(self.port),
+            "-U",
+            "postgres",
+            "-d",
+            database,
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-At",
+            "-c",
+            sql,
+        )
         return done.stdout
 
     def destroy(self) -> None:

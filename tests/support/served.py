@@ -67,7 +67,9 @@ def serve(folder: Path, **sections: Any) -> Served:
         "pipeline_modules": ["tests.support.pipelines"],
     }
     for key, value in sections.items():
-        config[key] = {**config[key], **value} if isinstance(value, dict) and isinstance(config.get(key), dict) else value
+        config[key] = (
+            {**config[key], **value} if isinstance(value, dict) and isinstance(config.get(key), dict) else value
+        )
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "node.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
@@ -76,8 +78,9 @@ def serve(folder: Path, **sections: Any) -> Served:
     env["PYTHONPATH"] = str(REPO)
     command = [str(FRACNODE)] if FRACNODE.exists() else [sys.executable, "-m", "node.cli"]
     with log.open("wb") as stream:
-        process = subprocess.Popen([*command, "-c", str(path), "serve"], stdout=stream,
-                                   stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        process = subprocess.Popen(
+            [*command, "-c", str(path), "serve"], stdout=stream, stderr=subprocess.STDOUT, cwd=REPO, env=env
+        )
     served = Served(process, port, http_port, data_dir, log)
     deadline = time.monotonic() + 60
     while True:

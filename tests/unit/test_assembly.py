@@ -104,9 +104,7 @@ def test_summarize_series_of_nothing_is_empty() -> None:
 
 
 def test_summarize_series_takes_series_attributes_from_the_first_instance() -> None:
-    (series,) = summarize_series(
-        [row("1.2", series_description="first"), row("1.2", series_description="later")]
-    )
+    (series,) = summarize_series([row("1.2", series_description="first"), row("1.2", series_description="later")])
     assert series.series_description == "first"
 
 
@@ -134,9 +132,7 @@ def studies(db: Database) -> dict[str, dict]:
     return {r["study_uid"]: dict(r) for r in db.query("SELECT * FROM studies")}
 
 
-def test_study_completes_only_after_the_quiet_period(
-    db: Database, spool: Spool, clock: Clock
-) -> None:
+def test_study_completes_only_after_the_quiet_period(db: Database, spool: Spool, clock: Clock) -> None:
     study_uid = generate_uid()
     store(spool, dicomgen.ct_series(3, study_uid=study_uid, size=8))
     assembly = Assembly(db, AssemblySettings(quiet_period_s=5.0))
@@ -187,9 +183,7 @@ def test_each_study_completes_on_its_own_schedule(db: Database, spool: Spool, cl
     )
 
 
-def test_release_completes_at_once_with_complete_on_release(
-    db: Database, spool: Spool, clock: Clock
-) -> None:
+def test_release_completes_at_once_with_complete_on_release(db: Database, spool: Spool, clock: Clock) -> None:
     study_uid = generate_uid()
     store(spool, dicomgen.ct_series(2, study_uid=study_uid, size=8))
     assembly = Assembly(db, AssemblySettings(quiet_period_s=60.0, complete_on_release=True))
@@ -200,9 +194,7 @@ def test_release_completes_at_once_with_complete_on_release(
     assert studies(db)[study_uid]["release_ready"] == 0  # consumed by the completion
 
 
-def test_release_is_ignored_without_complete_on_release(
-    db: Database, spool: Spool, clock: Clock
-) -> None:
+def test_release_is_ignored_without_complete_on_release(db: Database, spool: Spool, clock: Clock) -> None:
     study_uid = generate_uid()
     store(spool, dicomgen.ct_series(1, study_uid=study_uid, size=8))
     assembly = Assembly(db, AssemblySettings(quiet_period_s=60.0, complete_on_release=False))
@@ -223,9 +215,7 @@ def test_release_flag_left_from_an_earlier_run_is_ignored_without_complete_on_re
     assert len(assembly.run_once(T0 + 60.0)) == 1
 
 
-def test_release_of_a_study_already_complete_changes_nothing(
-    db: Database, spool: Spool, clock: Clock
-) -> None:
+def test_release_of_a_study_already_complete_changes_nothing(db: Database, spool: Spool, clock: Clock) -> None:
     study_uid = generate_uid()
     store(spool, dicomgen.ct_series(1, study_uid=study_uid, size=8))
     assembly = Assembly(db, AssemblySettings(quiet_period_s=1.0, complete_on_release=True))
@@ -235,9 +225,7 @@ def test_release_of_a_study_already_complete_changes_nothing(
     assert assembly.run_once(T0 + 2.0) == []
 
 
-def test_instances_after_completion_start_a_new_revision(
-    db: Database, spool: Spool, clock: Clock
-) -> None:
+def test_instances_after_completion_start_a_new_revision(db: Database, spool: Spool, clock: Clock) -> None:
     study_uid = generate_uid()
     store(spool, dicomgen.ct_series(2, study_uid=study_uid, size=8))
     assembly = Assembly(db, AssemblySettings(quiet_period_s=5.0))
@@ -247,9 +235,7 @@ def test_instances_after_completion_start_a_new_revision(
     clock.now = T0 + 100.0
     store(
         spool,
-        dicomgen.ct_series(
-            3, study_uid=study_uid, size=8, series_number=2, description="CT Neck soft tissue"
-        ),
+        dicomgen.ct_series(3, study_uid=study_uid, size=8, series_number=2, description="CT Neck soft tissue"),
     )
     assert studies(db)[study_uid]["pending"] == 1
     assert assembly.run_once(T0 + 101.0) == []
@@ -258,9 +244,7 @@ def test_instances_after_completion_start_a_new_revision(
     assert sorted(s.instance_count for s in second.series) == [2, 3]  # the whole study, both series
 
 
-def test_identical_resend_after_completion_does_not_start_a_revision(
-    db: Database, spool: Spool, clock: Clock
-) -> None:
+def test_identical_resend_after_completion_does_not_start_a_revision(db: Database, spool: Spool, clock: Clock) -> None:
     study_uid = generate_uid()
     datasets = dicomgen.ct_series(2, study_uid=study_uid, size=8)
     store(spool, datasets)

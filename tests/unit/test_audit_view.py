@@ -13,8 +13,7 @@ STUDY = "1.2.826.0.1.3680043.8.498.1"
 
 
 def audit(tmp_path) -> Audit:  # type: ignore[no-untyped-def]
-    config = Config.model_validate({"storage": {"data_dir": str(tmp_path / "data")},
-                                    "node": {"ae_title": "FRACNODE"}})
+    config = Config.model_validate({"storage": {"data_dir": str(tmp_path / "data")}, "node": {"ae_title": "FRACNODE"}})
     return Audit(config)
 
 
@@ -29,12 +28,19 @@ def test_events_come_back_newest_first_with_who_where_what_and_outcome(tmp_path)
     events = AtnaFileTrail(tmp_path / "data" / "audit.log").recent(10)
 
     assert [e.kind for e in events] == [
-        "DICOM Instances Transferred", "User Authentication: Login", "DICOM Instances Transferred",
-        "User Authentication: Logout", "User Authentication: Login"]
+        "DICOM Instances Transferred",
+        "User Authentication: Login",
+        "DICOM Instances Transferred",
+        "User Authentication: Logout",
+        "User Authentication: Login",
+    ]
     delivered, rejected, received, logout, login = events
     assert (login.who, login.where, login.outcome) == ("CT01 (ct01.hospital)", "10.0.0.7", "success")
-    assert (rejected.who, rejected.outcome, rejected.detail) == ("EVIL", "minor failure",
-                                                                 "calling AE title not allowed")
+    assert (rejected.who, rejected.outcome, rejected.detail) == (
+        "EVIL",
+        "minor failure",
+        "calling AE title not allowed",
+    )
     assert received.outcome == "minor failure" and received.who == "CT01"
     assert received.detail == f"1 instance(s) refused; {STUDY}: 12 instances stored"
     assert logout.outcome == "success" and logout.detail == ""

@@ -29,9 +29,7 @@ def run(argv: list[str]) -> int:
         (["send", "pacs", "f.dcm", "-c", "e.yaml"], "e.yaml"),
     ],
 )
-def test_config_option_is_accepted_before_or_after_the_command(
-    argv: list[str], config: str | None
-) -> None:
+def test_config_option_is_accepted_before_or_after_the_command(argv: list[str], config: str | None) -> None:
     assert build_parser().parse_args(argv).config == config
 
 
@@ -41,9 +39,7 @@ def test_config_check_reports_field_and_reference_problems_in_one_run(
     for variable in [v for v in os.environ if v.startswith("FRACNODE_")]:
         monkeypatch.delenv(variable)
     path = tmp_path / "site.yaml"
-    path.write_text(
-        "node:\n  aetitle: X\nroutes:\n  - {name: r, pipeline: p, destinations: [nowhere]}\n"
-    )
+    path.write_text("node:\n  aetitle: X\nroutes:\n  - {name: r, pipeline: p, destinations: [nowhere]}\n")
     assert run(["config", "check", str(path)]) == 1
     out = capsys.readouterr().out
     assert "2 problem(s)" in out

@@ -31,9 +31,7 @@ routes:
 """
 
 
-def problems_of(
-    text: str, environ: dict[str, str] | None = None
-) -> list[tuple[str, int | None, str]]:
+def problems_of(text: str, environ: dict[str, str] | None = None) -> list[tuple[str, int | None, str]]:
     with pytest.raises(ConfigError) as caught:
         parse(textwrap.dedent(text), "site.yaml", {} if environ is None else environ)
     return [(p.path, p.line, p.message) for p in caught.value.problems]
@@ -79,9 +77,7 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
             id="unknown-key",
         ),
         pytest.param("nodes: {}\n", "nodes", 1, "unknown setting 'nodes'", id="unknown-section"),
-        pytest.param(
-            "node:\n  port: abc\n", "node.port", 2, "valid integer", id="port-not-a-number"
-        ),
+        pytest.param("node:\n  port: abc\n", "node.port", 2, "valid integer", id="port-not-a-number"),
         pytest.param(
             "node:\n  port: 70000\n",
             "node.port",
@@ -111,12 +107,8 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
             "no backslash",
             id="ae-title-backslash",
         ),
-        pytest.param(
-            "node:\n  ae_title: ''\n", "node.ae_title", 2, "not valid", id="ae-title-empty"
-        ),
-        pytest.param(
-            "node:\n  ae_title: '   '\n", "node.ae_title", 2, "not valid", id="ae-title-blank"
-        ),
+        pytest.param("node:\n  ae_title: ''\n", "node.ae_title", 2, "not valid", id="ae-title-empty"),
+        pytest.param("node:\n  ae_title: '   '\n", "node.ae_title", 2, "not valid", id="ae-title-blank"),
         pytest.param(
             "node:\n  calling_ae_titles: [OK, 'B\\AD']\n",
             "node.calling_ae_titles",
@@ -220,9 +212,7 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
         ),
     ],
 )
-def test_invalid_setting_names_its_yaml_path_and_line(
-    text: str, path: str, line: int, message: str
-) -> None:
+def test_invalid_setting_names_its_yaml_path_and_line(text: str, path: str, line: int, message: str) -> None:
     problems = problems_of(text)
     assert len(problems) == 1, problems
     assert problems[0][:2] == (path, line)
@@ -295,9 +285,7 @@ def test_error_message_lists_every_problem_with_source_and_line() -> None:
 
 def test_config_built_in_code_still_checks_references() -> None:
     with pytest.raises(ValueError, match="route 'r': unknown destination 'nowhere'"):
-        Config.model_validate(
-            {"routes": [{"name": "r", "pipeline": "p", "destinations": ["nowhere"]}]}
-        )
+        Config.model_validate({"routes": [{"name": "r", "pipeline": "p", "destinations": ["nowhere"]}]})
 
 
 @pytest.mark.parametrize(
@@ -333,9 +321,7 @@ def test_config_built_in_code_still_checks_references() -> None:
         ),  # not settings
     ],
 )
-def test_environment_overrides_apply(
-    environ: dict[str, str], section: str, key: str, value: object
-) -> None:
+def test_environment_overrides_apply(environ: dict[str, str], section: str, key: str, value: object) -> None:
     config = load(None, environ=environ)
     assert getattr(getattr(config, section), key) == value
 
@@ -343,9 +329,7 @@ def test_environment_overrides_apply(
 def test_environment_override_wins_over_the_file(tmp_path: Path) -> None:
     path = tmp_path / "site.yaml"
     path.write_text(VALID)
-    config = load(
-        path, environ={"FRACNODE_PORT": "11200", "FRACNODE_ASSEMBLY__QUIET_PERIOD_S": "2"}
-    )
+    config = load(path, environ={"FRACNODE_PORT": "11200", "FRACNODE_ASSEMBLY__QUIET_PERIOD_S": "2"})
     assert (config.node.port, config.assembly.quiet_period_s) == (11200, 2.0)
     assert config.node.ae_title == "SITE_NODE"
 
@@ -368,9 +352,7 @@ def test_environment_override_wins_over_the_file(tmp_path: Path) -> None:
         ),
     ],
 )
-def test_environment_overrides_are_validated(
-    environ: dict[str, str], path: str, message: str
-) -> None:
+def test_environment_overrides_are_validated(environ: dict[str, str], path: str, message: str) -> None:
     (problem,) = problems_of("", environ)
     assert problem[0] == path
     assert problem[1] is None  # the value has no line: it came from the environment
@@ -439,7 +421,8 @@ def test_secret_files_are_read_when_used(tmp_path: Path) -> None:
     token = tmp_path / "token"
     config = parse(
         f"peers:\n  - {{name: w, type: dicomweb, url: 'http://h', auth: {{type: bearer, token_file: {token}}}}}\n",
-        "site.yaml", {},
+        "site.yaml",
+        {},
     )
     token.write_text("abc\n")
     assert config.peers[0].auth.secret() == "abc"  # type: ignore[union-attr]

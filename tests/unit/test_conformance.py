@@ -108,8 +108,9 @@ def built_results(cr_sample):
     optional = {"gsps", "secondary_capture", "radiograph_seg"}
     grey = build_results(findings, {source.SOPInstanceUID: source}, optional)
     rgb = rgb_dx_image()
-    colour_findings = study_findings(image_finding(rgb, "fracture", 0.7, (square(6.0, 6.0, 12.0, 0.8),)),
-                                     study_uid=str(rgb.StudyInstanceUID))
+    colour_findings = study_findings(
+        image_finding(rgb, "fracture", 0.7, (square(6.0, 6.0, 12.0, 0.8),)), study_uid=str(rgb.StudyInstanceUID)
+    )
     colour = build_results(colour_findings, {rgb.SOPInstanceUID: rgb}, optional)
     return [*grey, *colour]
 
@@ -138,8 +139,9 @@ NODE_AE = NodeSettings().ae_title
 def rows(table: str) -> list[list[str]]:
     """The cells of a generated table's rows (header and rule left out)."""
     block = conformance.generated_block(DOCUMENT, table)
-    return [[cell.strip() for cell in row.strip("|").split(" | ")]
-            for row in block.splitlines()[2:] if row.startswith("|")]
+    return [
+        [cell.strip() for cell in row.strip("|").split(" | ")] for row in block.splitlines()[2:] if row.startswith("|")
+    ]
 
 
 def values(table: str) -> dict[str, str]:
@@ -166,21 +168,24 @@ class ArchiveSCP:
             ae.add_supported_context(uid, everything, scu_role=False, scp_role=True)
         handlers = [(evt.EVT_C_FIND, self.on_find), (evt.EVT_C_GET, self.on_get), (evt.EVT_C_MOVE, self.on_move)]
         self.server = ae.start_server(("127.0.0.1", 0), block=False, evt_handlers=handlers)
-        self.peer = DimsePeer(name="archive", ae_title="ARCHIVE", host="127.0.0.1",
-                              port=self.server.server_address[1])
+        self.peer = DimsePeer(name="archive", ae_title="ARCHIVE", host="127.0.0.1", port=self.server.server_address[1])
 
     def record(self, event: evt.Event, service: str, **extra: Any) -> None:
         requestor = event.assoc.requestor
-        self.seen.append({
-            "service": service,
-            "contexts": [(str(cx.abstract_syntax), [str(ts) for ts in cx.transfer_syntax])
-                         for cx in requestor.requested_contexts],
-            "roles": {str(uid): (item.scu_role, item.scp_role) for uid, item in requestor.role_selection.items()},
-            "implementation": (str(requestor.implementation_class_uid), requestor.implementation_version_name),
-            "max_pdu": requestor.maximum_length,
-            "identifier": event.identifier,
-            **extra,
-        })
+        self.seen.append(
+            {
+                "service": service,
+                "contexts": [
+                    (str(cx.abstract_syntax), [str(ts) for ts in cx.transfer_syntax])
+                    for cx in requestor.requested_contexts
+                ],
+                "roles": {str(uid): (item.scu_role, item.scp_role) for uid, item in requestor.role_selection.items()},
+                "implementation": (str(requestor.implementation_class_uid), requestor.implementation_version_name),
+                "max_pdu": requestor.maximum_length,
+                "identifier": event.identifier,
+                **extra,
+            }
+        )
 
     def on_find(self, event: evt.Event) -> Iterator[tuple[int, Dataset | None]]:
         self.record(event, "C-FIND")
@@ -225,8 +230,11 @@ def test_pull_proposes_each_documented_query_retrieve_class_with_the_documented_
     assert {cells[3] for cells in documented} == {"C-FIND", "C-GET", "C-MOVE"}
     for name, uid, role, service, syntaxes, _ in documented:
         assert (conformance.sop_class_name(uid.strip("`")), role) == (name, "SCU")
-        (query_retrieve,) = [(abstract, ts) for abstract, ts in archive.last(service)["contexts"]
-                             if abstract in pull_dimse.QUERY_RETRIEVE_SOP_CLASSES.values()]
+        (query_retrieve,) = [
+            (abstract, ts)
+            for abstract, ts in archive.last(service)["contexts"]
+            if abstract in pull_dimse.QUERY_RETRIEVE_SOP_CLASSES.values()
+        ]
         assert query_retrieve[0] == uid.strip("`"), service
         assert syntax_names(query_retrieve[1]) == syntaxes.split(", "), service
     for service in ("C-FIND", "C-MOVE"):  # alone on their associations
@@ -248,8 +256,15 @@ def test_pull_identifiers_hold_the_documented_keys_at_the_documented_level(archi
             text = cells[column]
             if text == "absent":
                 continue
-            keys[keyword] = (text.strip("`") if text.startswith("`") else study if "study's UID" in text
-                             else "" if text.startswith("empty") else f"undocumented value {text!r}")
+            keys[keyword] = (
+                text.strip("`")
+                if text.startswith("`")
+                else study
+                if "study's UID" in text
+                else ""
+                if text.startswith("empty")
+                else f"undocumented value {text!r}"
+            )
         return keys
 
     def sent(service: str) -> dict[str, str]:
@@ -284,8 +299,11 @@ def test_c_get_proposes_the_scp_role_for_the_documented_storage_classes_and_synt
     study_first = [CTImageStorage, *(uid for uid in classes if uid != CTImageStorage)]  # what it holds
     for count in (1, most):
         seen = proposed(tuple(study_first[:count]))
-        assert seen["contexts"][1:] == [context for uid in study_first[:count] for context in
-                                        ((uid, uncompressed), *((uid, [syntax]) for syntax in compressed))]
+        assert seen["contexts"][1:] == [
+            context
+            for uid in study_first[:count]
+            for context in ((uid, uncompressed), *((uid, [syntax]) for syntax in compressed))
+        ]
     seen = proposed(tuple(study_first[: most + 1]))
     assert len(seen["contexts"]) == 1 + 2 * (most + 1)
 
@@ -330,8 +348,10 @@ def test_a_dicomweb_pull_sends_the_documented_qido_and_wado_requests(spool, db):
     finally:
         server.shutdown()
         server.server_close()
-    documented = [(request.strip("`").split(" ", 1), accept.strip("`"))
-                  for _, request, accept, _ in rows("dicomweb-pull-requests")]
+    documented = [
+        (request.strip("`").split(" ", 1), accept.strip("`"))
+        for _, request, accept, _ in rows("dicomweb-pull-requests")
+    ]
     assert DicomwebArchive.seen == [
         (method, target.replace("{url}", "/dicom-web").replace("{uid}", study), accept)
         for (method, target), accept in documented

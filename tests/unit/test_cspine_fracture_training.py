@@ -50,10 +50,12 @@ def test_trained_weights_carry_the_validation_calibration_in_their_last_layer() 
     flags = rng.random(96) < 0.2
     val_flags = rng.random(48) < 0.2
     train, val = _crops(rng, 96, flags), _crops(rng, 48, val_flags)
-    network = torch.nn.Sequential(torch.nn.Conv3d(2, 4, 3), torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten(),
-                                  torch.nn.Linear(4, 1))
-    state, history, facts = train_fracture(network, [train], [val], epochs=3, seed=0, log=lambda _: None,
-                                           batch_size=8, learning_rate=1e-2)
+    network = torch.nn.Sequential(
+        torch.nn.Conv3d(2, 4, 3), torch.nn.AdaptiveAvgPool3d(1), torch.nn.Flatten(), torch.nn.Linear(4, 1)
+    )
+    state, history, facts = train_fracture(
+        network, [train], [val], epochs=3, seed=0, log=lambda _: None, batch_size=8, learning_rate=1e-2
+    )
     assert facts["prior_logit"] == round(float(np.log(POSITIVE_WEIGHT * flags.mean() / (1 - flags.mean()))), 4)
     best = min(history, key=lambda h: h["val_loss"])
     network.load_state_dict(state)

@@ -109,8 +109,13 @@ def test_model_zoo_bundle_loads_unchanged_and_maps_channels_41_to_35_to_c1_to_c7
 def test_model_zoo_bundle_runs_from_the_config_with_its_sha256_given(tmp_path: Path) -> None:
     digest = zoo_with_random_weights(tmp_path / "models" / "cspine_vertebrae")
     shutil.copytree(FRACTURE_BUNDLE, tmp_path / "models" / "cspine_fracture")
-    raw = {"inference": {"models_dir": str(tmp_path / "models"), "device": "cpu",
-                         "weights_sha256": {"cspine_vertebrae": digest}}}
+    raw = {
+        "inference": {
+            "models_dir": str(tmp_path / "models"),
+            "device": "cpu",
+            "weights_sha256": {"cspine_vertebrae": digest},
+        }
+    }
     with CSpineModels.from_config(Config.model_validate(raw), runtime="eager", warmup=False) as models:
         assert models.vertebrae.channels == ZOO_CHANNELS
         assert models.vertebra_algorithm.weights_sha256 == digest
@@ -179,8 +184,7 @@ def test_shipped_models_find_c1_to_c7_on_a_neck_phantom(models: CSpineModels, ne
 
 
 def test_shipped_models_find_no_cervical_vertebra_on_an_abdomen_phantom(models: CSpineModels) -> None:
-    abdomen = generate_study(424_242, PhantomSpec(size=128, pixel_spacing=2.4, slice_thickness=3.0,
-                                                  region="abdomen"))
+    abdomen = generate_study(424_242, PhantomSpec(size=128, pixel_spacing=2.4, slice_thickness=3.0, region="abdomen"))
     segmentation = models.segment(build_volume(abdomen.datasets))
     assert not segmentation.present, [(v.name, v.volume_mm3) for v in segmentation.vertebrae]
 
@@ -248,11 +252,21 @@ def test_vertebra_model_card_lists_every_fine_tuning_stage_in_order(tmp_path: Pa
     shutil.copytree(VERTEBRA_BUNDLE, bundle)
     path = bundle / "configs" / "metadata.json"
     metadata = json.loads(path.read_text())
-    stage = {"seed": 7, "split": {"train": 112, "val": 24, "test": 24}, "negatives": {"train": 45, "val": 10, "test": 9},
-             "epochs": 5, "learning_rate": 0.001, "best_epoch": 4, "training_seconds": 290.0}
+    stage = {
+        "seed": 7,
+        "split": {"train": 112, "val": 24, "test": 24},
+        "negatives": {"train": 45, "val": 10, "test": 9},
+        "epochs": 5,
+        "learning_rate": 0.001,
+        "best_epoch": 4,
+        "training_seconds": 290.0,
+    }
     first = {**stage, "epochs": 25, "best_epoch": 25, "training_seconds": 1314.4}
-    metadata["fracnode"]["training"] = {**stage, "training_seconds": 3.0,
-                                        "fine_tune_of": {**stage, "training_seconds": 2.0, "fine_tune_of": first}}
+    metadata["fracnode"]["training"] = {
+        **stage,
+        "training_seconds": 3.0,
+        "fine_tune_of": {**stage, "training_seconds": 2.0, "fine_tune_of": first},
+    }
     path.write_text(json.dumps(metadata))
     card = cspine_card.render_vertebrae(bundle)
     one, two, three = (card.index(f"\n{n}. ") for n in (1, 2, 3))

@@ -131,17 +131,13 @@ def test_abdomen_phantom_has_no_cervical_labels() -> None:
     assert hu(study).max() > 300  # the lumbar spine is there, unlabelled
 
 
-@pytest.mark.parametrize(
-    "bad", [{"size": 8}, {"slices": 1}, {"fractures": (True,)}, {"fracture_rate": 2.0}]
-)
+@pytest.mark.parametrize("bad", [{"size": 8}, {"slices": 1}, {"fractures": (True,)}, {"fracture_rate": 2.0}])
 def test_spec_rejects_impossible_values(bad: dict) -> None:
     with pytest.raises(ValueError):
         PhantomSpec(**bad)
 
 
-def test_rsna_layout_files_and_segmentation_geometry(
-    tmp_path: Path, fractured: PhantomStudy
-) -> None:
+def test_rsna_layout_files_and_segmentation_geometry(tmp_path: Path, fractured: PhantomStudy) -> None:
     csv_path = write_rsna_layout(tmp_path, [fractured])
     rows = list(csv.DictReader(csv_path.open()))
     assert list(rows[0]) == [
@@ -166,20 +162,14 @@ def test_rsna_layout_files_and_segmentation_geometry(
     assert seg.GetSize() == (128, 128, 90)
     # stored like RSNA's files: feet to head, rows flipped; the usual flips give InstanceNumber order
     array = sitk.GetArrayFromImage(seg)
-    head_first = float(fractured.datasets[0].ImagePositionPatient[2]) > float(
-        ds.ImagePositionPatient[2]
-    )
-    assert np.array_equal(
-        array[::-1, ::-1, :] if head_first else array[:, ::-1, :], fractured.labels
-    )
+    head_first = float(fractured.datasets[0].ImagePositionPatient[2]) > float(ds.ImagePositionPatient[2])
+    assert np.array_equal(array[::-1, ::-1, :] if head_first else array[:, ::-1, :], fractured.labels)
     # and the geometry agrees: voxel (column i, row j) of slice k lies where the DICOM puts it
     i, j, k = 17, 40, 36
     ipp = np.array([float(x) for x in ds.ImagePositionPatient])
     dy, dx = (float(x) for x in ds.PixelSpacing)
     index = (i, 127 - j, 89 - k if head_first else k)
-    assert np.allclose(
-        seg.TransformIndexToPhysicalPoint(index), ipp + [i * dx, j * dy, 0.0], atol=1e-3
-    )
+    assert np.allclose(seg.TransformIndexToPhysicalPoint(index), ipp + [i * dx, j * dy, 0.0], atol=1e-3)
 
 
 def test_cli_writes_the_layout(tmp_path: Path) -> None:

@@ -120,12 +120,8 @@ def test_rules_are_configurable(rules: SelectionRules, change: dict, eligible: b
         ("", "Necklace artefact", "", "unknown"),
     ],
 )
-def test_coverage_from_words(
-    body_part: str, description: str, protocol: str, coverage: str
-) -> None:
-    series = replace(
-        GOOD, body_part_examined=body_part, series_description=description, protocol_name=protocol
-    )
+def test_coverage_from_words(body_part: str, description: str, protocol: str, coverage: str) -> None:
+    series = replace(GOOD, body_part_examined=body_part, series_description=description, protocol_name=protocol)
     assert coverage_of(series)[0] == coverage
 
 
@@ -188,9 +184,7 @@ def test_selection(series: list[CtSeriesSummary], chosen: str | None, coverage: 
     selection = select_cspine_series(series)
     assert selection.series_instance_uid == chosen
     assert selection.coverage == coverage
-    assert {uid for uid, _ in selection.skipped} == {x.series_instance_uid for x in series} - {
-        chosen
-    }
+    assert {uid for uid, _ in selection.skipped} == {x.series_instance_uid for x in series} - {chosen}
     assert all(reason for _, reason in selection.skipped)
     if chosen:
         assert selection.ranked[0] == chosen

@@ -35,22 +35,28 @@ def test_a_postgresql_url_without_a_password_is_accepted() -> None:
     assert storage(database=url).storage.database == url
 
 
-@pytest.mark.parametrize("url", [
-    "postgresql://fracnode:s3cr3t-word@db-host:5432/fracnode",
-    "postgresql://fracnode@db-host/fracnode?password=s3cr3t-word",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://fracnode:s3cr3t-word@db-host:5432/fracnode",
+        "postgresql://fracnode@db-host/fracnode?password=s3cr3t-word",
+    ],
+)
 def test_a_url_with_a_password_is_refused_saying_where_the_password_goes_without_echoing_it(url: str) -> None:
     message = refusal(database=url)
     assert "database_password_file" in message and "PGPASSFILE" in message
     assert "s3cr3t-word" not in message
 
 
-@pytest.mark.parametrize(("url", "why"), [
-    ("mysql://fracnode@db-host/fracnode", "must be 'sqlite' or a URL postgresql://"),
-    ("postgresql://fracnode@db-host:99999/fracnode", "not a valid PostgreSQL URL"),
-    ("postgresql://fracnode@db-host:5432/", "names no database"),
-    ("postgresql://fracnode@db-host/fracnode?no_such_option=1", "not a valid PostgreSQL URL"),
-])
+@pytest.mark.parametrize(
+    ("url", "why"),
+    [
+        ("mysql://fracnode@db-host/fracnode", "must be 'sqlite' or a URL postgresql://"),
+        ("postgresql://fracnode@db-host:99999/fracnode", "not a valid PostgreSQL URL"),
+        ("postgresql://fracnode@db-host:5432/", "names no database"),
+        ("postgresql://fracnode@db-host/fracnode?no_such_option=1", "not a valid PostgreSQL URL"),
+    ],
+)
 def test_a_database_that_is_not_a_postgresql_url_is_refused_with_the_reason(url: str, why: str) -> None:
     assert why in refusal(database=url)
 

@@ -65,8 +65,14 @@ def test_compose_mounts_the_plugin_into_orthanc_and_points_it_at_fracnode() -> N
     assert fracnode["build"] == "." and "fracnode-data:/data" in fracnode["volumes"]
     assert orthanc["depends_on"]["fracnode"]["condition"] == "service_healthy"
     mounts = dict(v.split(":")[:2] for v in orthanc["volumes"])
-    config = json.loads((REPO / mounts["./deploy/compose-orthanc.json"].replace(
-        "/etc/orthanc/fracnode.json", "deploy/compose-orthanc.json")).read_text())
+    config = json.loads(
+        (
+            REPO
+            / mounts["./deploy/compose-orthanc.json"].replace(
+                "/etc/orthanc/fracnode.json", "deploy/compose-orthanc.json"
+            )
+        ).read_text()
+    )
     assert config["PythonScript"].startswith(mounts["./plugins/orthanc"])
     settings = Settings.from_config(config)
     assert (settings.host, settings.port, settings.mode) == ("fracnode", 11112, "store")
@@ -79,8 +85,13 @@ def test_alert_rules_fire_on_the_series_the_node_exposes(tmp_path) -> None:
     if promtool is None:
         pytest.fail("promtool is missing: scripts/install-system-deps installs Debian's prometheus package")
     deploy = REPO / "deploy"
-    result = subprocess.run([promtool, "test", "rules", "prometheus-alerts.test.yml"], cwd=deploy,
-                            capture_output=True, text=True, check=False)
+    result = subprocess.run(
+        [promtool, "test", "rules", "prometheus-alerts.test.yml"],
+        cwd=deploy,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
     from node.metrics import Metrics

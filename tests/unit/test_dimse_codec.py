@@ -78,17 +78,16 @@ def test_malformed_command_sets_are_refused(data: bytes) -> None:
         commands.decode(data)
 
 
-@pytest.mark.parametrize(("status", "comment"), [(0x0000, ""), (0xA700, "cannot write x.dcm: No space"),
-                                                 (0xC210, "a\\b" + "x" * 100)])
+@pytest.mark.parametrize(
+    ("status", "comment"), [(0x0000, ""), (0xA700, "cannot write x.dcm: No space"), (0xC210, "a\\b" + "x" * 100)]
+)
 def test_a_c_store_response_reads_back_with_pynetdicom(status: int, comment: str) -> None:
     request = commands.decode(command_set(store_request(message_id=42)))
     encoded = commands.encode_response(request, status, comment)
     ds = decode_dataset(BytesIO(encoded), True, True)
     assert ds.CommandGroupLength == len(encoded) - 12
     assert (ds.CommandField, ds.MessageIDBeingRespondedTo, ds.CommandDataSetType) == (0x8001, 42, 0x0101)
-    assert (ds.Status, ds.AffectedSOPClassUID, ds.AffectedSOPInstanceUID) == (
-        status, CTImageStorage, "1.2.3.4.5.6"
-    )
+    assert (ds.Status, ds.AffectedSOPClassUID, ds.AffectedSOPInstanceUID) == (status, CTImageStorage, "1.2.3.4.5.6")
     if comment:
         assert ds.ErrorComment == comment.replace("\\", "/")[:64].strip()
     else:
@@ -135,7 +134,8 @@ def test_negotiation_accepts_the_first_supported_syntax_and_names_the_node() -> 
     reply.decode(acceptance.pdu)
     primitive = reply.to_primitive()
     assert {cx.context_id: cx.result for cx in primitive.presentation_context_definition_results_list} == {
-        1: 0x00, 3: 0x03
+        1: 0x00,
+        3: 0x03,
     }
     assert primitive.implementation_class_uid == IMPLEMENTATION_CLASS_UID
     (version,) = [i for i in primitive.user_information if isinstance(i, ImplementationVersionNameNotification)]
@@ -167,8 +167,12 @@ PROPOSALS = [
     [(CTImageStorage, [ImplicitVRLittleEndian])],
     [(CTImageStorage, [JPEG2000Lossless, ImplicitVRLittleEndian, ExplicitVRLittleEndian])],
     [(CTImageStorage, ["1.2.840.10008.1.2.4.100"]), (MRImageStorage, [ImplicitVRLittleEndian])],
-    [("1.2.3.4.5.6", [ExplicitVRLittleEndian]), (Verification, [ExplicitVRLittleEndian]),
-     (CTImageStorage, [JPEG2000Lossless]), (MRImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])],
+    [
+        ("1.2.3.4.5.6", [ExplicitVRLittleEndian]),
+        (Verification, [ExplicitVRLittleEndian]),
+        (CTImageStorage, [JPEG2000Lossless]),
+        (MRImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]),
+    ],
 ]
 
 
@@ -182,12 +186,17 @@ def test_negotiation_answers_as_pynetdicoms_own_acceptor(proposal: list, role: b
     reply = A_ASSOCIATE_AC()
     reply.decode(acceptance.pdu)
     primitive = reply.to_primitive()
-    ours = [(cx.context_id, cx.result, str(cx.transfer_syntax[0]))
-            for cx in primitive.presentation_context_definition_results_list]
+    ours = [
+        (cx.context_id, cx.result, str(cx.transfer_syntax[0]))
+        for cx in primitive.presentation_context_definition_results_list
+    ]
 
     requested = pdu.to_primitive()
-    roles = {item.sop_class_uid: (item.scu_role, item.scp_role) for item in requested.user_information
-             if isinstance(item, SCP_SCU_RoleSelectionNegotiation)}
+    roles = {
+        item.sop_class_uid: (item.scu_role, item.scp_role)
+        for item in requested.user_information
+        if isinstance(item, SCP_SCU_RoleSelectionNegotiation)
+    }
     acceptor_contexts = [build_context(uid, list(syntaxes)) for uid, syntaxes in SUPPORTED.items()]
     expected, role_replies = negotiate_as_acceptor(
         requested.presentation_context_definition_list, acceptor_contexts, roles or None
@@ -201,7 +210,10 @@ def test_negotiation_answers_as_pynetdicoms_own_acceptor(proposal: list, role: b
 
 
 def test_a_request_decodes_as_pynetdicom_reads_it() -> None:
-    contexts = [(CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]), (Verification, [ImplicitVRLittleEndian])]
+    contexts = [
+        (CTImageStorage, [ExplicitVRLittleEndian, ImplicitVRLittleEndian]),
+        (Verification, [ImplicitVRLittleEndian]),
+    ]
     encoded = associate_rq("CT-SCANNER 01", contexts, scu_role_for=CTImageStorage).encode()
     request = ul.decode_request(encoded)
     assert (request.calling_ae, request.called_ae) == ("CT-SCANNER 01", "FRACNODE")
@@ -233,12 +245,14 @@ EXPLICIT = _item(0x40, ExplicitVRLittleEndian.encode())
 
 
 def test_nul_padded_uids_and_unknown_items_are_read() -> None:
-    request = ul.decode_request(_request(
-        _item(0x10, b"1.2.840.10008.3.1.1.1\0"),
-        _context(1, _item(0x30, CTImageStorage.encode() + b"\0"), EXPLICIT),
-        _item(0x50, _item(0x51, (65536).to_bytes(4, "big")) + _item(0x53, b"\0\1\0\1") + _item(0x58, b"\1\0")),
-        _item(0x7F, b"private"),
-    ))
+    request = ul.decode_request(
+        _request(
+            _item(0x10, b"1.2.840.10008.3.1.1.1\0"),
+            _context(1, _item(0x30, CTImageStorage.encode() + b"\0"), EXPLICIT),
+            _item(0x50, _item(0x51, (65536).to_bytes(4, "big")) + _item(0x53, b"\0\1\0\1") + _item(0x58, b"\1\0")),
+            _item(0x7F, b"private"),
+        )
+    )
     assert request.application_context == "1.2.840.10008.3.1.1.1"
     assert request.contexts == (ul.ProposedContext(1, CTImageStorage, (ExplicitVRLittleEndian,)),)
     assert request.peer_max_pdu == 65536

@@ -41,16 +41,19 @@ def test_a_mark_naming_a_command_exempts_only_that_one():
     assert found(text) == [(3, "make serve", ""), (4, "make test", "it is this suite")]
 
 
-@pytest.mark.parametrize("text, says", [
-    ("<!-- not testable here: -->\n```sh\nmake x\n```\n", "must say why"),
-    ("<!-- not testable here (`make y`): why -->\n```sh\nmake x\n```\n", "matches no command"),
-    ("<!-- not testable here: why -->\n\n```sh\nmake x\n```\n", "right above a code block"),
-    ("<!-- not testable: why -->\n```sh\nmake x\n```\n", "write a mark as"),
-    ("```\nmake x\n```\n", "name the code block's language"),
-    ("```text\n.venv/bin/fracnode status\n```\n", "reads like a command"),
-    ("<!-- not testable here: why -->\n```yaml\na: 1\n```\n", "above a `yaml` block"),
-    ("```sh\nmake x\n", "never closed"),
-])
+@pytest.mark.parametrize(
+    "text, says",
+    [
+        ("<!-- not testable here: -->\n```sh\nmake x\n```\n", "must say why"),
+        ("<!-- not testable here (`make y`): why -->\n```sh\nmake x\n```\n", "matches no command"),
+        ("<!-- not testable here: why -->\n\n```sh\nmake x\n```\n", "right above a code block"),
+        ("<!-- not testable: why -->\n```sh\nmake x\n```\n", "write a mark as"),
+        ("```\nmake x\n```\n", "name the code block's language"),
+        ("```text\n.venv/bin/fracnode status\n```\n", "reads like a command"),
+        ("<!-- not testable here: why -->\n```yaml\na: 1\n```\n", "above a `yaml` block"),
+        ("```sh\nmake x\n", "never closed"),
+    ],
+)
 def test_a_command_cannot_hide_from_the_test(text, says):
     with pytest.raises(DocError, match=says):
         commands_in(PAGE, text)

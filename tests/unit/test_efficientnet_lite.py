@@ -30,8 +30,9 @@ def test_encoder_with_imagenet_weights_reproduces_the_reference_logits(variant: 
     lite = _encoder_module()
     path = weights_file(variant)  # also checks the recorded sha256
     size = 256  # a multiple of 32; the reference gets the same size for its static padding
-    theirs = reference.EfficientNet.from_pretrained(f"efficientnet-{variant}", weights_path=str(path),
-                                                    image_size=size).eval()
+    theirs = reference.EfficientNet.from_pretrained(
+        f"efficientnet-{variant}", weights_path=str(path), image_size=size
+    ).eval()
     ours = lite.EfficientNetLite(variant, classes=1000).eval()
     ours.load_state_dict(lite.from_reference_state_dict(torch.load(path, weights_only=True), ours))
     x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
@@ -65,7 +66,8 @@ def test_a_wrong_weights_file_is_refused(tmp_path: Path, monkeypatch: pytest.Mon
     fake = tmp_path / "weights.pth"
     fake.write_bytes(b"not the ImageNet weights")
     module = importlib.import_module(pretrained.SOURCES["lite0"].package)
-    monkeypatch.setattr(getattr(module, pretrained.SOURCES["lite0"].file_class), "get_model_file_path",
-                        staticmethod(lambda: str(fake)))
+    monkeypatch.setattr(
+        getattr(module, pretrained.SOURCES["lite0"].file_class), "get_model_file_path", staticmethod(lambda: str(fake))
+    )
     with pytest.raises(pretrained.PretrainedError, match="is not the recorded 579344248a93"):
         pretrained.weights_file("lite0")

@@ -60,9 +60,7 @@ def engine(radiograph_bundle: Path) -> Iterator[Engine]:
 
 @pytest.fixture(scope="module")
 def eager(radiograph_bundle: Path) -> Iterator[Engine]:
-    with Engine(
-        radiograph_bundle, device="cpu", runtime="eager", max_batch=8, max_wait_ms=0
-    ) as built:
+    with Engine(radiograph_bundle, device="cpu", runtime="eager", max_batch=8, max_wait_ms=0) as built:
         yield built
 
 
@@ -96,9 +94,7 @@ def test_tampered_weights_are_refused(tmp_path: Path) -> None:
     data = bytearray(weights.read_bytes())
     data[-100] ^= 0xFF
     weights.write_bytes(bytes(data))
-    with pytest.raises(
-        bundles.BundleError, match=r"model\.pt: sha256 \w+ does not match \w+ recorded in metadata"
-    ):
+    with pytest.raises(bundles.BundleError, match=r"model\.pt: sha256 \w+ does not match \w+ recorded in metadata"):
         Engine(tmp_path / "b", device="cpu", runtime="eager")
 
 
@@ -120,18 +116,14 @@ def test_cuda_requested_without_a_gpu_is_refused(radiograph_bundle: Path) -> Non
 
 
 def test_input_of_the_wrong_shape_is_refused(engine: Engine) -> None:
-    with pytest.raises(
-        ValueError, match=r"arrays\[1\] has shape \(1, 256, 256\); the model takes \(1, 320, 320\)"
-    ):
+    with pytest.raises(ValueError, match=r"arrays\[1\] has shape \(1, 256, 256\); the model takes \(1, 320, 320\)"):
         engine.infer([images(1)[0], np.zeros((1, 256, 256), np.float32)])
 
 
 # -- batching ----------------------------------------------------------------------------------
 
 
-def test_four_concurrent_callers_are_batched_and_get_their_own_results(
-    engine: Engine, eager: Engine
-) -> None:
+def test_four_concurrent_callers_are_batched_and_get_their_own_results(engine: Engine, eager: Engine) -> None:
     requests = [images(2, seed=10 + i) for i in range(4)]
     one_by_one = [[eager.infer([image]) for image in request] for request in requests]
     results: dict[int, list[dict[str, np.ndarray]]] = {}
@@ -155,13 +147,9 @@ def test_four_concurrent_callers_are_batched_and_get_their_own_results(
                 np.testing.assert_allclose(values, one_by_one[i][j][0][name], atol=1e-4)
 
 
-def test_request_larger_than_max_batch_is_split_and_reassembled(
-    radiograph_bundle: Path, eager: Engine
-) -> None:
+def test_request_larger_than_max_batch_is_split_and_reassembled(radiograph_bundle: Path, eager: Engine) -> None:
     batch = images(5, seed=3)
-    with Engine(
-        radiograph_bundle, device="cpu", runtime="eager", max_batch=2, max_wait_ms=0
-    ) as small:
+    with Engine(radiograph_bundle, device="cpu", runtime="eager", max_batch=2, max_wait_ms=0) as small:
         outputs = small.infer(batch)
         assert max(small.batch_sizes) == 2 and sum(s * n for s, n in small.batch_sizes.items()) == 5
     expected = eager.infer(batch)
@@ -224,8 +212,7 @@ def test_failed_export_falls_back_to_eager_with_a_log_line(
     ):
         assert built.runner.name == "eager"
     assert any(
-        r.message == "ONNX Runtime unusable, running eager PyTorch"
-        and r.fields["reason"] == "op not supported"
+        r.message == "ONNX Runtime unusable, running eager PyTorch" and r.fields["reason"] == "op not supported"
         for r in caplog.records
     )
 
@@ -248,9 +235,7 @@ def test_gpu_half_precision_matches_cpu(radiograph_bundle: Path, eager: Engine) 
 @pytest.mark.slow
 @pytest.mark.skipif(not MODEL_ZOO_BUNDLE.is_dir(), reason=f"{MODEL_ZOO_BUNDLE} not present")
 def test_model_zoo_bundle_loads_unchanged(tmp_path: Path) -> None:
-    digest = with_random_weights(
-        MODEL_ZOO_BUNDLE, tmp_path / "wholeBody_ct_segmentation", record_hash=False
-    )
+    digest = with_random_weights(MODEL_ZOO_BUNDLE, tmp_path / "wholeBody_ct_segmentation", record_hash=False)
     root = tmp_path / "wholeBody_ct_segmentation"
     with pytest.raises(bundles.BundleError, match="weights_sha256 is empty"):
         Engine(root, device="cpu", runtime="eager", warmup=False)  # a Zoo bundle records no sha256

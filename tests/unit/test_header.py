@@ -62,10 +62,14 @@ def pydicom_header(raw: bytes) -> dict[str, str]:
 
 def as_values(header: Header) -> dict[str, str]:
     return {
-        "SOPClassUID": header.sop_class_uid, "SOPInstanceUID": header.sop_instance_uid,
-        "StudyInstanceUID": header.study_uid, "SeriesInstanceUID": header.series_uid,
-        "Modality": header.modality, "BodyPartExamined": header.body_part,
-        "SeriesDescription": header.series_description, "ProtocolName": header.protocol_name,
+        "SOPClassUID": header.sop_class_uid,
+        "SOPInstanceUID": header.sop_instance_uid,
+        "StudyInstanceUID": header.study_uid,
+        "SeriesInstanceUID": header.series_uid,
+        "Modality": header.modality,
+        "BodyPartExamined": header.body_part,
+        "SeriesDescription": header.series_description,
+        "ProtocolName": header.protocol_name,
         "ImageType": header.image_type,
     }
 
@@ -84,8 +88,11 @@ def with_sequences(ds: Dataset, undefined: bool) -> Dataset:
     ds.ProcedureCodeSequence = Sequence([code])
     block = ds.private_block(0x0009, "ACME", create=True)  # private elements between indexed tags
     block.add_new(0x10, "LO", "vendor value")
-    for element in (ds["ReferencedImageSequence"], ds["ProcedureCodeSequence"],
-                    inner["PurposeOfReferenceCodeSequence"]):
+    for element in (
+        ds["ReferencedImageSequence"],
+        ds["ProcedureCodeSequence"],
+        inner["PurposeOfReferenceCodeSequence"],
+    ):
         element.is_undefined_length = undefined
         for item in element.value:
             item.is_undefined_length_sequence_item = undefined
@@ -100,8 +107,7 @@ CASES = {
 }
 
 
-ALL_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
-                ExplicitVRBigEndian]
+ALL_SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian]
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

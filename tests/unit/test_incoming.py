@@ -25,8 +25,7 @@ from tests.support import dicomgen
 from tests.unit.test_header import encoded, with_sequences
 
 
-def received(spool: Spool, data: bytes, syntax: str, sop_class: str, sop_instance: str,
-             fragment: int) -> Incoming:
+def received(spool: Spool, data: bytes, syntax: str, sop_class: str, sop_instance: str, fragment: int) -> Incoming:
     incoming = Incoming(spool, syntax, sop_class, sop_instance, "MODALITY", "assoc-1")
     for start in range(0, len(data), fragment):
         incoming.add(memoryview(data)[start : start + fragment])
@@ -61,11 +60,12 @@ def test_fragments_are_stored_as_file_meta_and_the_bytes_as_received(
     assert dcmread(stored.path).PixelData == ds.PixelData
     (row,) = rows(db)
     assert (row["sop_instance_uid"], row["study_uid"], row["series_uid"], row["modality"]) == (
-        ds.SOPInstanceUID, ds.StudyInstanceUID, ds.SeriesInstanceUID, "CT"
+        ds.SOPInstanceUID,
+        ds.StudyInstanceUID,
+        ds.SeriesInstanceUID,
+        "CT",
     )
-    assert (row["transfer_syntax_uid"], row["calling_ae"], row["association_id"]) == (
-        syntax, "MODALITY", "assoc-1"
-    )
+    assert (row["transfer_syntax_uid"], row["calling_ae"], row["association_id"]) == (syntax, "MODALITY", "assoc-1")
     assert (row["digest"], row["size"]) == ("", len(content))  # a new UID is not hashed
     assert [p.name for p in everything_in(spool.root)] == [stored.path.name]
 
@@ -75,9 +75,7 @@ def test_file_meta_is_valid_part_10(tmp_path: Path) -> None:
     path.write_bytes(file_meta("1.2.840.10008.5.1.4.1.1.2", "1.2.3.45", ImplicitVRLittleEndian))
     meta = read_file_meta_info(path)
     assert meta.FileMetaInformationVersion == b"\0\1"
-    assert (meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID) == (
-        "1.2.840.10008.5.1.4.1.1.2", "1.2.3.45"
-    )
+    assert (meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID) == ("1.2.840.10008.5.1.4.1.1.2", "1.2.3.45")
     assert meta.TransferSyntaxUID == ImplicitVRLittleEndian
     assert meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID
     assert meta.ImplementationVersionName == IMPLEMENTATION_VERSION_NAME
@@ -126,9 +124,16 @@ def _raise(code: int):  # type: ignore[no-untyped-def]
     return fail
 
 
-@pytest.mark.parametrize(("call", "code"), [("writev", errno.ENOSPC), ("write", errno.EDQUOT),
-                                            ("fsync", errno.ENOSPC), ("fsync", errno.EIO),
-                                            ("replace", errno.EROFS)])
+@pytest.mark.parametrize(
+    ("call", "code"),
+    [
+        ("writev", errno.ENOSPC),
+        ("write", errno.EDQUOT),
+        ("fsync", errno.ENOSPC),
+        ("fsync", errno.EIO),
+        ("replace", errno.EROFS),
+    ],
+)
 def test_a_failed_write_is_out_of_space_and_leaves_no_temporary_file(
     spool: Spool, db: Database, monkeypatch: pytest.MonkeyPatch, call: str, code: int
 ) -> None:
@@ -236,13 +241,12 @@ def test_a_spare_file_in_the_instances_folder_becomes_its_temporary_file(spool: 
     (made,) = everything_in(spool.root)
     assert made.name.endswith(TEMP_SUFFIX)
     raw, offset = encoded(second)
-    incoming = Incoming(spool, ExplicitVRLittleEndian, second.SOPClassUID, second.SOPInstanceUID, "M", "a",
-                        spare=spare)
+    incoming = Incoming(spool, ExplicitVRLittleEndian, second.SOPClassUID, second.SOPInstanceUID, "M", "a", spare=spare)
     incoming.add(raw[offset:])
     assert everything_in(spool.root) == [made]  # written into the spare, no other file made
     stored = incoming.commit()
     assert everything_in(spool.root) == [stored.path]
-    assert stored.path.read_bytes()[132 + 12:].endswith(raw[offset:])
+    assert stored.path.read_bytes()[132 + 12 :].endswith(raw[offset:])
     spare.close()  # nothing left to remove
     assert everything_in(spool.root) == [stored.path]
 

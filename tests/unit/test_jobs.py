@@ -95,9 +95,7 @@ def test_running_job_is_not_claimed_again_while_its_lease_holds(queue: JobQueue)
     assert queue.claim("w2", NOW + SETTINGS.lease_s - 1) is None
 
 
-def test_job_whose_lease_expired_is_claimed_by_another_worker(
-    queue: JobQueue, db: Database
-) -> None:
+def test_job_whose_lease_expired_is_claimed_by_another_worker(queue: JobQueue, db: Database) -> None:
     job_id = queue.enqueue(study(), match(), NOW)
     queue.claim("w1", NOW)
     taken = queue.claim("w2", NOW + SETTINGS.lease_s + 1)
@@ -153,9 +151,7 @@ def test_finish_records_the_final_state(queue: JobQueue, db: Database, state: st
 
 
 @pytest.mark.parametrize("state", [QUEUED, RUNNING, FAILED, SUPERSEDED, "bogus"])
-def test_finish_rejects_states_other_than_done_and_not_applicable(
-    queue: JobQueue, db: Database, state: str
-) -> None:
+def test_finish_rejects_states_other_than_done_and_not_applicable(queue: JobQueue, db: Database, state: str) -> None:
     job_id = queue.enqueue(study(), match(), NOW)
     queue.claim("w1", NOW)
     with pytest.raises(ValueError, match="done or not_applicable"):
@@ -163,9 +159,7 @@ def test_finish_rejects_states_other_than_done_and_not_applicable(
     assert job_row(db, job_id)["state"] == RUNNING
 
 
-def test_failed_attempts_are_retried_with_backoff_until_max_attempts(
-    queue: JobQueue, db: Database
-) -> None:
+def test_failed_attempts_are_retried_with_backoff_until_max_attempts(queue: JobQueue, db: Database) -> None:
     job_id = queue.enqueue(study(), match(), NOW)
     now = NOW
     expected_delays = [10.0, 20.0]  # retry_delay(1), retry_delay(2)
@@ -198,9 +192,7 @@ def test_fail_keeps_a_bounded_error_text(queue: JobQueue, db: Database) -> None:
 
 
 def test_max_attempts_is_fixed_when_the_job_is_queued(db: Database) -> None:
-    job_id = JobQueue(db, SETTINGS.model_copy(update={"max_attempts": 1})).enqueue(
-        study(), match(), NOW
-    )
+    job_id = JobQueue(db, SETTINGS.model_copy(update={"max_attempts": 1})).enqueue(study(), match(), NOW)
     queue = JobQueue(db, SETTINGS)
     queue.claim("w1", NOW)
     assert queue.fail(job_id, "boom", NOW) == FAILED
@@ -243,9 +235,7 @@ def test_recover_keeps_the_error_of_an_earlier_attempt(queue: JobQueue, db: Data
     assert job_row(db, job_id)["last_error"] == "pipeline crashed"
 
 
-def test_recover_fails_a_job_that_stopped_the_node_on_its_last_attempt(
-    queue: JobQueue, db: Database
-) -> None:
+def test_recover_fails_a_job_that_stopped_the_node_on_its_last_attempt(queue: JobQueue, db: Database) -> None:
     # a study that crashes the node must not crash it again on every restart
     job_id = queue.enqueue(study(), match(), NOW)
     now = NOW
@@ -266,9 +256,7 @@ def test_recover_with_nothing_running_changes_nothing(queue: JobQueue, db: Datab
     assert job_row(db, job_id)["state"] == QUEUED
 
 
-def test_retry_requeues_a_failed_job_with_a_fresh_attempt_budget(
-    queue: JobQueue, db: Database
-) -> None:
+def test_retry_requeues_a_failed_job_with_a_fresh_attempt_budget(queue: JobQueue, db: Database) -> None:
     job_id = queue.enqueue(study(), match(), NOW)
     queue.db.execute("UPDATE jobs SET max_attempts = 1 WHERE id = ?", (job_id,))
     queue.claim("w1", NOW)
@@ -286,9 +274,7 @@ def test_retry_requeues_a_failed_job_with_a_fresh_attempt_budget(
 
 
 @pytest.mark.parametrize("finish_as", [None, DONE, "running"])
-def test_retry_only_applies_to_failed_jobs(
-    queue: JobQueue, db: Database, finish_as: str | None
-) -> None:
+def test_retry_only_applies_to_failed_jobs(queue: JobQueue, db: Database, finish_as: str | None) -> None:
     job_id = queue.enqueue(study(), match(), NOW)
     if finish_as is not None:
         queue.claim("w1", NOW)
@@ -303,9 +289,7 @@ def test_retry_of_an_unknown_job_is_false(queue: JobQueue) -> None:
     assert not queue.retry(12345, NOW)
 
 
-def test_new_revision_supersedes_queued_older_revisions_of_the_same_route(
-    queue: JobQueue, db: Database
-) -> None:
+def test_new_revision_supersedes_queued_older_revisions_of_the_same_route(queue: JobQueue, db: Database) -> None:
     first = queue.enqueue(study(revision=1), match("neck-ct"), NOW)
     other_route = queue.enqueue(study(revision=1), match("audit"), NOW)
     other_study = queue.enqueue(study("9.9.9", revision=1), match("neck-ct"), NOW)
@@ -318,9 +302,7 @@ def test_new_revision_supersedes_queued_older_revisions_of_the_same_route(
     assert [j.id if j else None for j in claimed] == [other_route, other_study, second, None]
 
 
-def test_running_older_revision_is_not_superseded_but_reports_it(
-    queue: JobQueue, db: Database
-) -> None:
+def test_running_older_revision_is_not_superseded_but_reports_it(queue: JobQueue, db: Database) -> None:
     first = queue.enqueue(study(revision=1), match(), NOW)
     running = queue.claim("w1", NOW)
     assert running is not None
@@ -331,9 +313,7 @@ def test_running_older_revision_is_not_superseded_but_reports_it(
     assert newest is not None and not queue.is_superseded(newest)
 
 
-def test_older_revision_enqueued_late_does_not_supersede_a_newer_one(
-    queue: JobQueue, db: Database
-) -> None:
+def test_older_revision_enqueued_late_does_not_supersede_a_newer_one(queue: JobQueue, db: Database) -> None:
     newer = queue.enqueue(study(revision=2), match(), NOW)
     queue.enqueue(study(revision=1), match(), NOW + 1)
     assert job_row(db, newer)["state"] == QUEUED

@@ -40,7 +40,9 @@ class Recorder:
         self.open = False
 
 
-def parse(body: bytes, pieces: list[int] | None = None, boundary: bytes = BOUNDARY) -> list[tuple[dict[str, str], bytes]]:
+def parse(
+    body: bytes, pieces: list[int] | None = None, boundary: bytes = BOUNDARY
+) -> list[tuple[dict[str, str], bytes]]:
     """Parse `body` fed in pieces of the given sizes (the rest in one piece)."""
     recorder = Recorder()
     parser = MultipartParser(boundary, recorder)
@@ -54,8 +56,13 @@ def parse(body: bytes, pieces: list[int] | None = None, boundary: bytes = BOUNDA
     return recorder.parts
 
 
-def body(*contents: bytes, newline: bytes = b"\r\n", preamble: bytes = b"", epilogue: bytes = b"",
-         headers: bytes = b"Content-Type: application/dicom") -> bytes:
+def body(
+    *contents: bytes,
+    newline: bytes = b"\r\n",
+    preamble: bytes = b"",
+    epilogue: bytes = b"",
+    headers: bytes = b"Content-Type: application/dicom",
+) -> bytes:
     out = preamble
     for content in contents:
         out += (newline if out else b"") + b"--" + BOUNDARY + newline + headers + newline + newline + content
@@ -87,8 +94,7 @@ def test_a_body_fed_byte_by_byte_gives_the_same_parts():
         ("bare LF after content ending in CR", body(b"a\r", newline=b"\n"), [b"a"]),
         ("opens with CRLF", b"\r\n" + body(b"a"), [b"a"]),
         ("preamble and epilogue", body(b"a", preamble=b"ignore me", epilogue=b"\r\ntrailing junk"), [b"a"]),
-        ("padding after the delimiter",
-         b"--" + BOUNDARY + b" \t\r\n\r\nx\r\n--" + BOUNDARY + b"--", [b"x"]),
+        ("padding after the delimiter", b"--" + BOUNDARY + b" \t\r\n\r\nx\r\n--" + BOUNDARY + b"--", [b"x"]),
         ("no part headers", b"--" + BOUNDARY + b"\r\n\r\nx\r\n--" + BOUNDARY + b"--", [b"x"]),
         ("content ending in CR", body(b"x\r"), [b"x\r"]),
         ("no parts at all", b"--" + BOUNDARY + b"--\r\n", []),
@@ -99,11 +105,15 @@ def test_framing_variants(name, raw, expected):
 
 
 def test_headers_are_case_insensitive_and_folded_lines_are_joined():
-    raw = (b"--" + BOUNDARY + b"\r\nCONTENT-TYPE: application/dicom;\r\n transfer-syntax=1.2.840.10008.1.2.1\r\n"
-           b"Content-Location: a.dcm\r\n\r\nx\r\n--" + BOUNDARY + b"--")
+    raw = (
+        b"--" + BOUNDARY + b"\r\nCONTENT-TYPE: application/dicom;\r\n transfer-syntax=1.2.840.10008.1.2.1\r\n"
+        b"Content-Location: a.dcm\r\n\r\nx\r\n--" + BOUNDARY + b"--"
+    )
     [(headers, content)] = parse(raw)
-    assert headers == {"content-type": "application/dicom; transfer-syntax=1.2.840.10008.1.2.1",
-                       "content-location": "a.dcm"}
+    assert headers == {
+        "content-type": "application/dicom; transfer-syntax=1.2.840.10008.1.2.1",
+        "content-location": "a.dcm",
+    }
     assert content == b"x"
 
 
@@ -120,18 +130,30 @@ def test_large_binary_parts_in_random_chunks_arrive_whole():
 @pytest.mark.parametrize(
     ("name", "raw", "message"),
     [
-        ("missing final boundary", body(b"a")[: -len(b"--" + BOUNDARY + b"--")] + b"--" + BOUNDARY,
-         "closing delimiter"),
+        (
+            "missing final boundary",
+            body(b"a")[: -len(b"--" + BOUNDARY + b"--")] + b"--" + BOUNDARY,
+            "closing delimiter",
+        ),
         ("ends inside a part", b"--" + BOUNDARY + b"\r\n\r\nabc", "inside a part"),
         ("ends inside headers", b"--" + BOUNDARY + b"\r\nContent-Type: appl", "header lines"),
         ("another boundary", body(b"a").replace(BOUNDARY, b"other-boundary"), "no delimiter line"),
         ("empty body", b"", "no delimiter line"),
-        ("boundary is a prefix of a longer line", b"--" + BOUNDARY + b"X\r\n\r\na\r\n--" + BOUNDARY + b"--",
-         "follows the delimiter"),
-        ("header line without a name", b"--" + BOUNDARY + b"\r\nno colon here\r\n\r\na\r\n--" + BOUNDARY + b"--",
-         "has no name"),
-        ("endless header lines", b"--" + BOUNDARY + b"\r\n" + b"X-Pad: " + b"p" * MAX_HEADER_BYTES,
-         "header lines longer"),
+        (
+            "boundary is a prefix of a longer line",
+            b"--" + BOUNDARY + b"X\r\n\r\na\r\n--" + BOUNDARY + b"--",
+            "follows the delimiter",
+        ),
+        (
+            "header line without a name",
+            b"--" + BOUNDARY + b"\r\nno colon here\r\n\r\na\r\n--" + BOUNDARY + b"--",
+            "has no name",
+        ),
+        (
+            "endless header lines",
+            b"--" + BOUNDARY + b"\r\n" + b"X-Pad: " + b"p" * MAX_HEADER_BYTES,
+            "header lines longer",
+        ),
     ],
 )
 def test_malformed_bodies_are_refused_with_where_they_break(name, raw, message):
@@ -151,10 +173,16 @@ def test_a_part_cut_short_has_begun_but_not_ended():
 @pytest.mark.parametrize(
     ("content_type", "media_type", "params"),
     [
-        ('multipart/related; type="application/dicom"; boundary=abc', "multipart/related",
-         {"type": "application/dicom", "boundary": "abc"}),
-        ('Multipart/Related;boundary="a b:c";type=application/dicom', "multipart/related",
-         {"boundary": "a b:c", "type": "application/dicom"}),
+        (
+            'multipart/related; type="application/dicom"; boundary=abc',
+            "multipart/related",
+            {"type": "application/dicom", "boundary": "abc"},
+        ),
+        (
+            'Multipart/Related;boundary="a b:c";type=application/dicom',
+            "multipart/related",
+            {"boundary": "a b:c", "type": "application/dicom"},
+        ),
         ("application/dicom", "application/dicom", {}),
         ("not a media type", "", {}),
         ("", "", {}),
@@ -166,8 +194,12 @@ def test_content_type_parameters(content_type, media_type, params):
 
 @pytest.mark.parametrize(
     ("params", "message"),
-    [({}, "no boundary"), ({"boundary": "b" * 257}, "1-70"), ({"boundary": "ends in space "}, "1-70"),
-     ({"boundary": "b\u00e9"}, "ASCII")],
+    [
+        ({}, "no boundary"),
+        ({"boundary": "b" * 257}, "1-70"),
+        ({"boundary": "ends in space "}, "1-70"),
+        ({"boundary": "b\u00e9"}, "ASCII"),
+    ],
 )
 def test_invalid_boundaries_are_named(params, message):
     with pytest.raises(MalformedMultipart, match=message):

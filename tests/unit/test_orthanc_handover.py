@@ -99,7 +99,7 @@ def test_settings_defaults_and_state_file_beside_the_storage(tmp_path):
         ({"Mode": "pull"}, '"Fracnode.Url" must be'),
         ({"Mode": "pull", "Url": "http://fracnode.lan:8080"}, '"Fracnode.Peer" must name'),
         ({"Modality": "ai"}, "'ai' is not in \"DicomModalities\""),
-        ({"Host": "fracnode.lan"}, "which \"DicomModalities\" defines too"),
+        ({"Host": "fracnode.lan"}, 'which "DicomModalities" defines too'),
     ],
 )
 def test_bad_settings_name_the_key_to_fix(fracnode, message):
@@ -111,7 +111,7 @@ def test_bad_settings_name_the_key_to_fix(fracnode, message):
 def test_the_plugin_can_define_fracnode_as_a_modality_itself():
     settings = Settings.from_config({"Fracnode": {"Host": "fracnode.lan", "Port": 104, "AeTitle": "AI "}})
     assert settings.modality_definition == {"AET": "AI", "Host": "fracnode.lan", "Port": 104}
-    with pytest.raises(ValueError, match="is not in \"DicomModalities\""):
+    with pytest.raises(ValueError, match='is not in "DicomModalities"'):
         Settings.from_config({"Fracnode": {}})
     with pytest.raises(ValueError, match="Port"):
         Settings.from_config({"Fracnode": {"Host": "fracnode.lan", "Port": 0}})

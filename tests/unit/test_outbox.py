@@ -62,8 +62,11 @@ def test_stage_sends_overlays_only_to_the_destinations_that_take_them(tmp_path: 
     job = queue.claim("w", 0.0)
     outbox = Outbox(tmp_path / "outbox", db, RetrySettings())
     datasets = [_dataset(SR), _dataset(SEG), _dataset(RADIOGRAPH_SEG), _dataset(GSPS), _dataset(SC)]
-    overlays = {"pacs": frozenset(), "legacy": frozenset({"gsps", "secondary_capture"}),
-                "folder": frozenset({"gsps", "radiograph_seg"})}
+    overlays = {
+        "pacs": frozenset(),
+        "legacy": frozenset({"gsps", "secondary_capture"}),
+        "folder": frozenset({"gsps", "radiograph_seg"}),
+    }
     assert outbox.stage(job, datasets, "summary", 1.0, overlays) == 2 + 4 + 4
     sent = {
         name: sorted(item.sop_class_uid for item in outbox.due(name, 2.0, 10)) for name in ("pacs", "legacy", "folder")

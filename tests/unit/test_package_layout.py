@@ -21,8 +21,21 @@ import pytest
 
 NODE = Path(__file__).resolve().parents[2] / "node"
 NEUTRAL = (
-    "__init__.py", "records.py", "config", "store", "imaging", "logs.py", "retry.py", "files.py", "net.py",
-    "tls.py", "webclient.py", "redact.py", "sources.py", "audit.py", "atna.py",
+    "__init__.py",
+    "records.py",
+    "config",
+    "store",
+    "imaging",
+    "logs.py",
+    "retry.py",
+    "files.py",
+    "net.py",
+    "tls.py",
+    "webclient.py",
+    "redact.py",
+    "sources.py",
+    "audit.py",
+    "atna.py",
 )
 STAGES = (  # in the order of the flow
     ("ingest", ("ingest", "pull")),
@@ -33,12 +46,23 @@ STAGES = (  # in the order of the flow
     ("dispatch", ("dispatch",)),
 )
 TOP = (
-    "service.py", "web", "cli.py", "cli_state.py", "cli_db.py", "analyze.py", "banner.py", "conformance.py", "metrics.py",
+    "service.py",
+    "web",
+    "cli.py",
+    "cli_state.py",
+    "cli_db.py",
+    "analyze.py",
+    "banner.py",
+    "conformance.py",
+    "metrics.py",
     "retention.py",
 )
 ORDER = {part: i for i, (_, parts) in enumerate(STAGES) for part in parts}
-PLACE = {**{p: "neutral" for p in NEUTRAL}, **{p: name for name, parts in STAGES for p in parts},
-         **{p: "top" for p in TOP}}
+PLACE = {
+    **{p: "neutral" for p in NEUTRAL},
+    **{p: name for name, parts in STAGES for p in parts},
+    **{p: "top" for p in TOP},
+}
 PIPELINE_FREE = ("imaging", "inference", "results", "records.py")
 PIPELINES = sorted(p.name for p in (NODE / "pipelines").iterdir() if (p / "__init__.py").is_file())
 # what SQL looks like in a string: a statement's first words
@@ -76,8 +100,10 @@ def reaches(parts: tuple[str, ...], allowed: set[str]) -> list[str]:
     """'file imports module' for every import of `parts`' modules outside the parts `allowed`."""
     return [
         f"{path.relative_to(NODE)} imports {module}"
-        for part in parts for path in sources(part)
-        for module in sorted(imported_modules(path)) if part_of(module) not in allowed
+        for part in parts
+        for path in sources(part)
+        for module in sorted(imported_modules(path))
+        if part_of(module) not in allowed
     ]
 
 
@@ -115,10 +141,17 @@ def test_no_module_outside_store_writes_sql() -> None:
     assert found == []
 
 
-@pytest.mark.parametrize("text", [
-    "SELECT id FROM jobs", "INSERT INTO outbox (id) VALUES (?)", "UPDATE jobs SET state = ?",
-    "DELETE FROM instances", "CREATE TABLE IF NOT EXISTS pulls (id INTEGER)", "CREATE INDEX x ON y (z)",
-])
+@pytest.mark.parametrize(
+    "text",
+    [
+        "SELECT id FROM jobs",
+        "INSERT INTO outbox (id) VALUES (?)",
+        "UPDATE jobs SET state = ?",
+        "DELETE FROM instances",
+        "CREATE TABLE IF NOT EXISTS pulls (id INTEGER)",
+        "CREATE INDEX x ON y (z)",
+    ],
+)
 def test_the_sql_check_knows_each_statement(text: str) -> None:
     assert SQL.search(text)
 

@@ -38,9 +38,12 @@ def routed(datasets: list[Dataset], folder: Path) -> SeriesInput:
     first = datasets[0]
     return SeriesInput(
         SeriesAttributes(
-            series_instance_uid=first.SeriesInstanceUID, modality=first.Modality,
-            body_part_examined=first.BodyPartExamined, series_description=first.SeriesDescription,
-            protocol_name=first.ProtocolName, sop_class_uids=(first.SOPClassUID,),
+            series_instance_uid=first.SeriesInstanceUID,
+            modality=first.Modality,
+            body_part_examined=first.BodyPartExamined,
+            series_description=first.SeriesDescription,
+            protocol_name=first.ProtocolName,
+            sop_class_uids=(first.SOPClassUID,),
             image_types=tuple(dict.fromkeys("\\".join(ds.ImageType) for ds in datasets)),
             instance_count=len(datasets),
         ),
@@ -94,8 +97,9 @@ def test_a_lower_ranked_eligible_series_is_named_with_why(tmp_path: Path) -> Non
     request = PipelineInput(study, 1, "", (routed(shorter, tmp_path / "a"), routed(longer, tmp_path / "b")))
     volume = CSpineFracturePipeline(models=None).choose_volume(request, Stopwatch(), skipped)  # type: ignore[arg-type]
     assert volume is not None and volume.series_instance_uid == longer[0].SeriesInstanceUID
-    assert skipped == [(shorter[0].SeriesInstanceUID,
-                        f"eligible, but series {longer[0].SeriesInstanceUID} ranks higher (more slices)")]
+    assert skipped == [
+        (shorter[0].SeriesInstanceUID, f"eligible, but series {longer[0].SeriesInstanceUID} ranks higher (more slices)")
+    ]
 
 
 def test_a_series_without_frame_of_reference_cannot_be_referenced(tmp_path: Path) -> None:
@@ -134,11 +138,17 @@ def test_reasons_name_a_series_without_uid() -> None:
 def test_summary_names_result_vertebrae_top_vertebra_and_skipped_series() -> None:
     algorithm = Algorithm("m", "1", "ab" * 32)
     findings = CSpineFindings(
-        study_instance_uid="1.2", series_instance_uid="1.2.3", frame_of_reference_uid="1.2.4",
-        segmentation_algorithm=algorithm, fracture_algorithm=algorithm,
-        fracture_probability=0.71, category="fracture",
-        vertebrae=(VertebraFinding(2, 0.66, "fracture", (0.0, 0.0, 0.0), 10),
-                   VertebraFinding(3, 0.08, "negative", (0.0, 0.0, 9.0), 12)),
+        study_instance_uid="1.2",
+        series_instance_uid="1.2.3",
+        frame_of_reference_uid="1.2.4",
+        segmentation_algorithm=algorithm,
+        fracture_algorithm=algorithm,
+        fracture_probability=0.71,
+        category="fracture",
+        vertebrae=(
+            VertebraFinding(2, 0.66, "fracture", (0.0, 0.0, 0.0), 10),
+            VertebraFinding(3, 0.08, "negative", (0.0, 0.0, 9.0), 12),
+        ),
         skipped=(("1.2.9", "localizer (scout) images (ImageType ORIGINAL\\PRIMARY\\LOCALIZER)"),),
     )
     assert summarize(findings) == (

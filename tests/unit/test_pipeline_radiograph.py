@@ -67,7 +67,10 @@ def test_every_image_of_the_study_gets_a_finding_and_other_objects_a_reason(tmp_
     assert findings.algorithm.weights_sha256 == model.weights_sha256
     assert set(sources) == {str(ds.SOPInstanceUID) for ds in images}
     rows = findings.rows()  # the images analysed, then the report passed over, with why
-    assert [row.sop_instance_uid for row in rows] == [*(str(ds.SOPInstanceUID) for ds in images), str(report.SOPInstanceUID)]
+    assert [row.sop_instance_uid for row in rows] == [
+        *(str(ds.SOPInstanceUID) for ds in images),
+        str(report.SOPInstanceUID),
+    ]
     assert [bool(row.skipped) for row in rows] == [False, False, True]
     assert [row.category for row in rows[:2]] == [f.category for f in findings.images]
 
@@ -89,7 +92,8 @@ def test_own_secondary_captures_are_not_analysed_again(tmp_path, model) -> None:
     pipeline = RadiographFracturePipeline(model)
     findings, sources = pipeline.analyse(request(tmp_path / "in", [image]))
     captures = [
-        ds for ds in build_results(findings, sources, {"secondary_capture"})
+        ds
+        for ds in build_results(findings, sources, {"secondary_capture"})
         if ds.SOPClassUID == "1.2.840.10008.5.1.4.1.1.7"
     ]
     assert captures
@@ -110,17 +114,19 @@ def test_summary_counts_categories() -> None:
         def __init__(self, category: str, probability: float) -> None:
             self.category, self.fracture_probability = category, probability
 
-    findings = Findings("1.2", None, (Image("fracture", 0.9), Image("negative", 0.1), Image("fracture", 0.7)),
-                        skipped=(("1.2.3", "no pixel data"),))
+    findings = Findings(
+        "1.2",
+        None,
+        (Image("fracture", 0.9), Image("negative", 0.1), Image("fracture", 0.7)),
+        skipped=(("1.2.3", "no pixel data"),),
+    )
     assert summarize(findings) == "3 image(s): fracture 2, negative 1; highest fracture probability 0.90; 1 skipped"
 
 
 def test_preprocess_letterboxes_to_the_contract_and_postprocess_maps_back(model) -> None:
     image = np.zeros((200, 100), np.float32)
     image[50:150, 25:75] = 1.0
-    radiograph = Radiograph(
-        image, 200, 100, (0.1, 0.1), "PixelSpacing", "1.2.3", "MONOCHROME2", "window"
-    )
+    radiograph = Radiograph(image, 200, 100, (0.1, 0.1), "PixelSpacing", "1.2.3", "MONOCHROME2", "window")
     prepared = model.preprocess(radiograph)
     assert prepared.array.shape == (1, 320, 320) and prepared.array.dtype == np.float32
     assert (prepared.letterbox.scale, prepared.letterbox.left) == (1.6, 80)
@@ -160,8 +166,13 @@ def test_building_results_logs_no_names_from_the_source(tmp_path, model) -> None
 
 # -- the intended-use gate and the finding site, on real radiographs -------------------------------
 
-REGION_ATTRIBUTES = ("BodyPartExamined", "AnatomicRegionSequence", "SeriesDescription", "StudyDescription",
-                     "ProtocolName")
+REGION_ATTRIBUTES = (
+    "BodyPartExamined",
+    "AnatomicRegionSequence",
+    "SeriesDescription",
+    "StudyDescription",
+    "ProtocolName",
+)
 
 
 def _sample(name: str, *removed: str):  # type: ignore[no-untyped-def]

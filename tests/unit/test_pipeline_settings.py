@@ -63,9 +63,14 @@ def test_old_and_new_section_together_are_refused() -> None:
     ("section", "problem"),
     [
         (f"{CSPINE}: {{min_slices: 2}}", f"pipelines.{CSPINE}.min_slices: Input should be greater than or equal to 3"),
-        (f"{CSPINE}: {{min_slice: 40}}",
-         f"pipelines.{CSPINE}.min_slice: unknown setting; settings of {CSPINE}: {', '.join(sorted(SETTINGS))}"),
-        ("radiograph-fracture: {threshold: 0.5}", "pipelines.radiograph-fracture: pipeline 'radiograph-fracture' has no settings"),
+        (
+            f"{CSPINE}: {{min_slice: 40}}",
+            f"pipelines.{CSPINE}.min_slice: unknown setting; settings of {CSPINE}: {', '.join(sorted(SETTINGS))}",
+        ),
+        (
+            "radiograph-fracture: {threshold: 0.5}",
+            "pipelines.radiograph-fracture: pipeline 'radiograph-fracture' has no settings",
+        ),
         ("cspine-fractur: {}", "pipelines.cspine-fractur: unknown pipeline 'cspine-fractur' (known: "),
     ],
     ids=["out-of-range", "misspelt", "no-settings", "unknown-pipeline"],
@@ -77,8 +82,9 @@ def test_a_bad_pipeline_section_is_a_problem_that_names_its_path(section: str, p
     assert found in pipelines.check(config)
 
 
-def config_check(text: str, folder: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-                 ) -> tuple[int, str]:
+def config_check(
+    text: str, folder: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> tuple[int, str]:
     """`fracnode config check` of a file holding `text`, without the environment's FRACNODE_ settings."""
     for variable in [v for v in os.environ if v.startswith("FRACNODE_")]:
         monkeypatch.delenv(variable)

@@ -46,26 +46,20 @@ def linear_window(x: np.ndarray, center: float, width: float) -> np.ndarray:
 
 def test_monochrome1_is_inverted_so_bone_is_bright() -> None:
     # MONOCHROME1: the lowest stored value is displayed white, and bone attenuates most.
-    result = loaded(
-        dicomgen.radiograph(bone_and_air(bone=300, air=3800), "MONOCHROME1", bits_stored=12)
-    )
+    result = loaded(dicomgen.radiograph(bone_and_air(bone=300, air=3800), "MONOCHROME1", bits_stored=12))
     assert result.image[:, :2].min() > result.image[:, 2:].max()
     assert result.image[0, 0] == pytest.approx(1.0) and result.image[0, 3] == pytest.approx(0.0)
     assert result.photometric_interpretation == "MONOCHROME1"
 
 
 def test_monochrome2_keeps_bone_bright_without_inversion() -> None:
-    result = loaded(
-        dicomgen.radiograph(bone_and_air(bone=3800, air=300), "MONOCHROME2", bits_stored=12)
-    )
+    result = loaded(dicomgen.radiograph(bone_and_air(bone=3800, air=300), "MONOCHROME2", bits_stored=12))
     assert result.image[0, 0] == pytest.approx(1.0) and result.image[0, 3] == pytest.approx(0.0)
 
 
 def test_monochrome1_window_is_inverted_after_the_voi_lut() -> None:
     stored = np.array([[0, 1000], [2000, 4095]], dtype=np.uint16)
-    ds = dicomgen.radiograph(
-        stored, "MONOCHROME1", bits_stored=12, WindowCenter=2048, WindowWidth=4096
-    )
+    ds = dicomgen.radiograph(stored, "MONOCHROME1", bits_stored=12, WindowCenter=2048, WindowWidth=4096)
     expected = 1.0 - linear_window(stored, 2048, 4096)
     np.testing.assert_allclose(loaded(ds).image, expected, atol=1e-6)
 
@@ -97,9 +91,7 @@ def test_rescale_slope_and_intercept_are_applied_before_the_window() -> None:
         WindowWidth=2001,
     )
     result = loaded(ds)
-    np.testing.assert_allclose(
-        result.image, linear_window(stored * 2.0 - 1000, 500, 2001), atol=1e-6
-    )
+    np.testing.assert_allclose(result.image, linear_window(stored * 2.0 - 1000, 500, 2001), atol=1e-6)
     np.testing.assert_allclose(result.image.ravel(), [0.0, 0.25025, 0.75025, 1.0], atol=1e-5)
     assert result.voi == "window"
 
@@ -118,9 +110,7 @@ def test_modality_lut_sequence_is_applied() -> None:
 
 def test_first_of_several_windows_is_used() -> None:
     stored = np.array([[100, 200], [300, 400]], dtype=np.uint16)
-    ds = dicomgen.radiograph(
-        stored, bits_stored=12, WindowCenter=[250, 3000], WindowWidth=[201, 50]
-    )
+    ds = dicomgen.radiograph(stored, bits_stored=12, WindowCenter=[250, 3000], WindowWidth=[201, 50])
     np.testing.assert_allclose(loaded(ds).image, linear_window(stored, 250, 201), atol=1e-6)
 
 
@@ -155,9 +145,7 @@ def test_without_voi_robust_percentiles_ignore_a_burnt_in_marker() -> None:
 
 
 def test_unusable_window_width_falls_back_to_percentiles() -> None:
-    ds = dicomgen.radiograph(
-        bone_and_air(bone=3800, air=300), bits_stored=12, WindowCenter=100, WindowWidth=0
-    )
+    ds = dicomgen.radiograph(bone_and_air(bone=3800, air=300), bits_stored=12, WindowCenter=100, WindowWidth=0)
     result = loaded(ds)
     assert result.voi == "percentiles" and result.image[0, 0] == pytest.approx(1.0)
 
@@ -313,9 +301,7 @@ def test_pixel_data_shorter_than_rows_times_columns_is_skipped() -> None:
         ({}, None, None),
     ],
 )
-def test_spacing_prefers_pixel_spacing_over_imager_pixel_spacing(
-    attributes, spacing, attribute
-) -> None:
+def test_spacing_prefers_pixel_spacing_over_imager_pixel_spacing(attributes, spacing, attribute) -> None:
     result = loaded(dicomgen.radiograph(np.zeros((3, 5), np.uint16), bits_stored=12, **attributes))
     assert result.pixel_spacing == spacing and result.spacing_attribute == attribute
     assert (result.rows, result.columns) == (3, 5)

@@ -55,7 +55,7 @@ def test_a_traceback_keeps_frames_and_withholds_chained_library_messages() -> No
 
 def test_quoted_values_of_third_party_messages_are_withheld() -> None:
     assert withhold_values(f"Invalid value for VR DA: '{SECRET}'.") == "Invalid value for VR DA: <withheld>."
-    assert withhold_values(f'copy "{SECRET}" and b\'{SECRET}\'') == "copy <withheld> and <withheld>"
+    assert withhold_values(f"copy \"{SECRET}\" and b'{SECRET}'") == "copy <withheld> and <withheld>"
 
 
 def test_warnings_and_library_records_reach_the_json_log_without_values() -> None:
@@ -75,13 +75,21 @@ def test_warnings_and_library_records_reach_the_json_log_without_values() -> Non
 
 def test_malformed_attributes_are_emptied_or_removed_by_tag() -> None:
     ds = Dataset()
-    for keyword, vr, value in (("PatientBirthDate", "DA", SECRET), ("StudyTime", "TM", "25:99"),
-                               ("PatientAge", "AS", "ABCDEFG"), ("PatientID", "LO", "ok-id"),
-                               ("SeriesNumber", "IS", "7"), ("WindowCenter", "DS", "40.5")):
+    for keyword, vr, value in (
+        ("PatientBirthDate", "DA", SECRET),
+        ("StudyTime", "TM", "25:99"),
+        ("PatientAge", "AS", "ABCDEFG"),
+        ("PatientID", "LO", "ok-id"),
+        ("SeriesNumber", "IS", "7"),
+        ("WindowCenter", "DS", "40.5"),
+    ):
         raw = value.encode()
         ds[Tag(keyword)] = RawDataElement(Tag(keyword), vr, len(raw), raw, 0, False, True)
-    assert sorted(drop_malformed(ds)) == ["PatientAge (0010,1010)", "PatientBirthDate (0010,0030)",
-                                          "StudyTime (0008,0030)"]
+    assert sorted(drop_malformed(ds)) == [
+        "PatientAge (0010,1010)",
+        "PatientBirthDate (0010,0030)",
+        "StudyTime (0008,0030)",
+    ]
     assert ds.PatientBirthDate is None and ds.StudyTime is None  # Type 2: kept, empty
     assert "PatientAge" not in ds
     assert (ds.PatientID, int(ds.SeriesNumber), float(ds.WindowCenter)) == ("ok-id", 7, 40.5)

@@ -30,19 +30,31 @@ VERTEBRA_MODEL = Algorithm("cspine_vertebrae", "0.3.0", "a1" * 32)
 FRACTURE_MODEL = Algorithm("cspine_fracture", "0.4.1", "b2" * 32)
 THRESHOLDS = (("fracture", 0.6), ("suspicious", 0.25))
 # label → (slices, fracture probability, category)
-PAINTED = {2: (range(4, 12), 0.12, "negative"), 3: (range(12, 19), 0.83, "fracture"),
-           5: (range(25, 30), 0.31, "suspicious")}
+PAINTED = {
+    2: (range(4, 12), 0.12, "negative"),
+    3: (range(12, 19), 0.83, "fracture"),
+    5: (range(25, 30), 0.31, "suspicious"),
+}
 
 FRACTURE = hd.sr.CodedConcept("72704001", "SCT", "Fracture")
 CERVICAL_SPINE = hd.sr.CodedConcept("122494005", "SCT", "Cervical spine")
 PROBABILITY = hd.sr.CodedConcept("122157", "DCM", "Probability")
 PERCENT = hd.sr.CodedConcept("%", "UCUM", "percent")
 COMMENT = hd.sr.CodedConcept("121106", "DCM", "Comment")
-PRESENCE = {"fracture": hd.sr.CodedConcept("52101004", "SCT", "Present"),
-            "suspicious": hd.sr.CodedConcept("415684004", "SCT", "Suspected"),
-            "negative": hd.sr.CodedConcept("272519000", "SCT", "Absent")}
-VERTEBRA_CODES = {"C1": "14806007", "C2": "39976000", "C3": "113205007", "C4": "5329002",
-                  "C5": "36978003", "C6": "36054005", "C7": "87391001"}
+PRESENCE = {
+    "fracture": hd.sr.CodedConcept("52101004", "SCT", "Present"),
+    "suspicious": hd.sr.CodedConcept("415684004", "SCT", "Suspected"),
+    "negative": hd.sr.CodedConcept("272519000", "SCT", "Absent"),
+}
+VERTEBRA_CODES = {
+    "C1": "14806007",
+    "C2": "39976000",
+    "C3": "113205007",
+    "C4": "5329002",
+    "C5": "36978003",
+    "C6": "36054005",
+    "C7": "87391001",
+}
 SEG_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 
 
@@ -59,7 +71,7 @@ def cspine_case() -> tuple[list[Dataset], np.ndarray, CSpineFindings]:
     ct = dicomgen.ct_series(SLICES, size=SIZE)
     labels = np.zeros((SLICES, SIZE, SIZE), np.uint8)
     for label, (slices, _, _) in PAINTED.items():
-        labels[slices.start:slices.stop, 20 + label:40, 18:44 - label] = label
+        labels[slices.start : slices.stop, 20 + label : 40, 18 : 44 - label] = label
     findings = CSpineFindings(
         study_instance_uid=ct[0].StudyInstanceUID,
         series_instance_uid=ct[0].SeriesInstanceUID,
@@ -69,8 +81,7 @@ def cspine_case() -> tuple[list[Dataset], np.ndarray, CSpineFindings]:
         fracture_probability=0.83,
         category="fracture",
         vertebrae=tuple(
-            VertebraFinding(label, probability, category, centre(ct, labels, label),
-                            int((labels == label).sum()))
+            VertebraFinding(label, probability, category, centre(ct, labels, label), int((labels == label).sum()))
             for label, (_, probability, category) in PAINTED.items()
         ),
         thresholds=THRESHOLDS,
@@ -86,8 +97,15 @@ def results(tmp_path_factory):  # type: ignore[no-untyped-def]
     seg_path, sr_path = folder / "seg.dcm", folder / "sr.dcm"
     seg.save_as(seg_path, enforce_file_format=True)
     sr.save_as(sr_path, enforce_file_format=True)
-    return {"ct": ct, "labels": labels, "findings": findings, "seg_path": seg_path,
-            "sr_path": sr_path, "seg": hd.seg.segread(seg_path), "sr": hd.sr.srread(sr_path)}
+    return {
+        "ct": ct,
+        "labels": labels,
+        "findings": findings,
+        "seg_path": seg_path,
+        "sr_path": sr_path,
+        "seg": hd.seg.segread(seg_path),
+        "sr": hd.sr.srread(sr_path),
+    }
 
 
 def code(concept) -> tuple[str, str]:  # type: ignore[no-untyped-def]
@@ -123,10 +141,8 @@ def test_both_objects_are_new_series_in_the_source_study(results):
         assert obj.SeriesInstanceUID != ct[0].SeriesInstanceUID
         assert obj.Manufacturer == "fracnode"
     assert seg.SeriesInstanceUID != sr.SeriesInstanceUID
-    assert (seg.SeriesNumber, seg.SeriesDescription) == (
-        9112, "AI cervical vertebrae segmentation (fracnode)")
-    assert (sr.SeriesNumber, sr.SeriesDescription) == (
-        9111, "AI cervical spine fracture report (fracnode)")
+    assert (seg.SeriesNumber, seg.SeriesDescription) == (9112, "AI cervical vertebrae segmentation (fracnode)")
+    assert (sr.SeriesNumber, sr.SeriesDescription) == (9111, "AI cervical spine fracture report (fracnode)")
     assert seg.FrameOfReferenceUID == ct[0].FrameOfReferenceUID
 
 
@@ -141,7 +157,8 @@ def test_seg_has_one_segment_per_present_vertebra_only(results):
     assert [d.segment_number for d in descriptions] == [1, 2, 3]
     assert [d.segment_label for d in descriptions] == ["C2 vertebra", "C3 vertebra", "C5 vertebra"]
     assert [code(d.segmented_property_type) for d in descriptions] == [
-        (VERTEBRA_CODES[v], "SCT") for v in ("C2", "C3", "C5")]
+        (VERTEBRA_CODES[v], "SCT") for v in ("C2", "C3", "C5")
+    ]
     for description in descriptions:
         assert code(description.segmented_property_category) == ("91723000", "SCT")
         assert [code(r) for r in description.anatomic_regions] == [("122494005", "SCT")]
@@ -156,8 +173,7 @@ def test_seg_references_every_slice_of_the_ct_series(results):
     ct, seg = results["ct"], results["seg"]
     (series,) = seg.ReferencedSeriesSequence
     assert series.SeriesInstanceUID == ct[0].SeriesInstanceUID
-    assert {i.ReferencedSOPInstanceUID for i in series.ReferencedInstanceSequence} == {
-        ds.SOPInstanceUID for ds in ct}
+    assert {i.ReferencedSOPInstanceUID for i in series.ReferencedInstanceSequence} == {ds.SOPInstanceUID for ds in ct}
 
 
 def test_seg_frames_only_where_a_vertebra_is(results):
@@ -185,15 +201,13 @@ def test_sr_is_a_tid_1500_report(results):
     assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
     assert sr.ConceptNameCodeSequence[0].CodeValue == "126000"
     assert sr.CompletionFlag == "COMPLETE" and sr.VerificationFlag == "UNVERIFIED"
-    (procedure,) = hd.sr.utils.find_content_items(
-        sr, name=hd.sr.CodedConcept("121058", "DCM", "Procedure reported"))
+    (procedure,) = hd.sr.utils.find_content_items(sr, name=hd.sr.CodedConcept("121058", "DCM", "Procedure reported"))
     assert code(procedure.ConceptCodeSequence[0]) == ("77477000", "SCT")
 
 
 def test_patient_level_finding_is_cervical_spine_fracture_with_probability(results):
     sr = results["sr"]
-    patient = [g for g in sr.content.get_image_measurement_groups()
-               if g.finding_sites[0].value == CERVICAL_SPINE]
+    patient = [g for g in sr.content.get_image_measurement_groups() if g.finding_sites[0].value == CERVICAL_SPINE]
     assert len(patient) == 1
     group = patient[0]
     assert group.finding_type == FRACTURE
@@ -208,8 +222,7 @@ def test_patient_level_finding_is_cervical_spine_fracture_with_probability(resul
 
 def test_patient_probability_is_inferred_from_each_vertebra_on_its_slice_top_one_first(results):
     ct, sr, findings = results["ct"], results["sr"], results["findings"]
-    (group,) = [g for g in sr.content.get_image_measurement_groups()
-                if g.finding_sites[0].value == CERVICAL_SPINE]
+    (group,) = [g for g in sr.content.get_image_measurement_groups() if g.finding_sites[0].value == CERVICAL_SPINE]
     (probability,) = group.get_measurements(name=PROBABILITY)
     points = probability.referenced_coordinates
     assert all(p.ValueType == "SCOORD" and p.GraphicType == "POINT" for p in points)
@@ -220,8 +233,7 @@ def test_patient_probability_is_inferred_from_each_vertebra_on_its_slice_top_one
         assert point.ContentSequence[0].referenced_sop_instance_uid == ct[k].SOPInstanceUID
         spacing = float(ct[k].PixelSpacing[0])
         origin = [float(v) for v in ct[k].ImagePositionPatient]
-        expected = [(vertebra.centre[0] - origin[0]) / spacing + 0.5,
-                    (vertebra.centre[1] - origin[1]) / spacing + 0.5]
+        expected = [(vertebra.centre[0] - origin[0]) / spacing + 0.5, (vertebra.centre[1] - origin[1]) / spacing + 0.5]
         np.testing.assert_allclose(point.value.reshape(-1), expected, atol=1e-4)
 
 
@@ -252,16 +264,14 @@ def test_each_vertebra_is_a_volumetric_roi_on_its_segment(results):
 def test_each_vertebra_is_outlined_on_its_nearest_slice_and_placed_in_the_ct_frame(results):
     ct, sr, findings = results["ct"], results["sr"], results["findings"]
     by_uid = {g.tracking_uid: g for g in sr.content.get_volumetric_roi_measurement_groups()}
-    located = [g for g in sr.content.get_image_measurement_groups()
-               if g.finding_sites[0].value != CERVICAL_SPINE]
+    located = [g for g in sr.content.get_image_measurement_groups() if g.finding_sites[0].value != CERVICAL_SPINE]
     assert len(located) == 3
     for group, vertebra in zip(located, findings.vertebrae, strict=True):
         name = VERTEBRAE[vertebra.label - 1]
         assert group.tracking_uid in by_uid  # pairs with the vertebra's ROI group
         assert [code(s.value) for s in group.finding_sites] == [(VERTEBRA_CODES[name], "SCT")]
         (measured,) = group.get_measurements(name=PROBABILITY)
-        assert (measured.value, measured.unit) == (
-            pytest.approx(100 * vertebra.fracture_probability), PERCENT)
+        assert (measured.value, measured.unit) == (pytest.approx(100 * vertebra.fracture_probability), PERCENT)
         outline, point = measured.referenced_coordinates
         k = nearest_painted_slice(ct, vertebra.label, vertebra.centre[2])
         assert outline.ValueType == "SCOORD" and outline.GraphicType == "POLYLINE"
@@ -270,39 +280,44 @@ def test_each_vertebra_is_outlined_on_its_nearest_slice_and_placed_in_the_ct_fra
         assert np.array_equal(corners[0], corners[-1])  # closed
         label = vertebra.label  # painted rows 20 + label … 39, columns 18 … 43 - label
         assert (corners.min(axis=0).tolist(), corners.max(axis=0).tolist()) == (
-            [18.0, 20.0 + label], [44.0 - label, 40.0])
+            [18.0, 20.0 + label],
+            [44.0 - label, 40.0],
+        )
         assert point.ValueType == "SCOORD3D" and point.GraphicType == "POINT"
         assert point.ReferencedFrameOfReferenceUID == findings.frame_of_reference_uid
         assert np.allclose(point.GraphicData, vertebra.centre, atol=1e-3)
         category = PAINTED[vertebra.label][2]
-        assert comments(group) == [{
-            "negative": f"AI: no fracture found, {name} vertebra",
-            "fracture": f"AI: fracture likely, {name} vertebra",
-            "suspicious": f"AI: possible fracture, {name} vertebra",
-        }[category]]
+        assert comments(group) == [
+            {
+                "negative": f"AI: no fracture found, {name} vertebra",
+                "fracture": f"AI: fracture likely, {name} vertebra",
+                "suspicious": f"AI: possible fracture, {name} vertebra",
+            }[category]
+        ]
 
 
 def test_sr_containers_are_separate_items(results):
     sr = results["sr"]
-    containers = hd.sr.utils.find_content_items(
-        sr, value_type=hd.sr.ValueTypeValues.CONTAINER, recursive=True)
+    containers = hd.sr.utils.find_content_items(sr, value_type=hd.sr.ValueTypeValues.CONTAINER, recursive=True)
     assert {c.ContinuityOfContent for c in [sr, *containers]} == {"SEPARATE"}
 
 
 def test_algorithm_is_identified_with_version_and_weights_hash(results):
     sr = results["sr"]
     names = hd.sr.utils.find_content_items(
-        sr, name=hd.sr.CodedConcept("111001", "DCM", "Algorithm Name"), recursive=True)
+        sr, name=hd.sr.CodedConcept("111001", "DCM", "Algorithm Name"), recursive=True
+    )
     versions = hd.sr.utils.find_content_items(
-        sr, name=hd.sr.CodedConcept("111003", "DCM", "Algorithm Version"), recursive=True)
+        sr, name=hd.sr.CodedConcept("111003", "DCM", "Algorithm Version"), recursive=True
+    )
     parameters = hd.sr.utils.find_content_items(
-        sr, name=hd.sr.CodedConcept("111002", "DCM", "Algorithm Parameters"), recursive=True)
+        sr, name=hd.sr.CodedConcept("111002", "DCM", "Algorithm Parameters"), recursive=True
+    )
     assert len(names) == 7  # patient group + two groups per vertebra
     assert {n.TextValue for n in names} == {"cspine_fracture"}
     assert {v.TextValue for v in versions} == {"0.4.1"}
     texts = {p.TextValue for p in parameters}
-    assert {"weights_sha256=" + "b2" * 32, "threshold_fracture=0.6",
-            "threshold_suspicious=0.25"} <= texts
+    assert {"weights_sha256=" + "b2" * 32, "threshold_fracture=0.6", "threshold_suspicious=0.25"} <= texts
     assert sr.DeviceSerialNumber == "b2" * 32
 
 
@@ -315,7 +330,8 @@ def test_evidence_lists_every_ct_slice_and_the_seg(results):
         for i in s.ReferencedSOPSequence
     }
     assert referenced == {(ds.SeriesInstanceUID, ds.SOPInstanceUID) for ds in ct} | {
-        (seg.SeriesInstanceUID, seg.SOPInstanceUID)}
+        (seg.SeriesInstanceUID, seg.SOPInstanceUID)
+    }
 
 
 # -- inputs that must be refused --------------------------------------------------------------
@@ -326,12 +342,18 @@ def test_all_seven_vertebrae_number_segments_by_label():
     labels[:] = 0
     vertebrae = []
     for label in range(1, 8):
-        labels[label * 4:label * 4 + 3, 10:30, 10:30] = label
+        labels[label * 4 : label * 4 + 3, 10:30, 10:30] = label
         vertebrae.append(VertebraFinding(label, 0.1, "negative", (5.0, 5.0, 4.0 * label + 1), 1200))
     seg, sr = build_cspine_results(replace(findings, vertebrae=tuple(vertebrae)), ct, labels)
     assert [d.SegmentLabel for d in seg.SegmentSequence] == [f"C{i} vertebra" for i in range(1, 8)]
-    assert len(hd.sr.utils.find_content_items(
-        sr, name=hd.sr.CodedConcept("121191", "DCM", "Referenced Segment"), recursive=True)) == 7
+    assert (
+        len(
+            hd.sr.utils.find_content_items(
+                sr, name=hd.sr.CodedConcept("121191", "DCM", "Referenced Segment"), recursive=True
+            )
+        )
+        == 7
+    )
 
 
 def test_finding_for_a_vertebra_missing_from_the_labels_is_refused():
@@ -377,8 +399,7 @@ def test_non_finite_centre_is_refused():
     ct, labels, findings = cspine_case()
     broken = replace(findings.vertebrae[0], centre=(float("nan"), 0.0, 0.0))
     with pytest.raises(ValueError, match="vertebra label 2: centre must be three finite"):
-        build_cspine_results(
-            replace(findings, vertebrae=(broken, *findings.vertebrae[1:])), ct, labels)
+        build_cspine_results(replace(findings, vertebrae=(broken, *findings.vertebrae[1:])), ct, labels)
 
 
 # -- template ----------------------------------------------------------------------------------
@@ -387,9 +408,11 @@ def test_non_finite_centre_is_refused():
 def test_shipped_template_has_the_ps316_vertebra_codes():
     template = shipped_cspine_template()
     assert {name: code(c) for name, c in template.vertebrae.items()} == {
-        name: (value, "SCT") for name, value in VERTEBRA_CODES.items()}
+        name: (value, "SCT") for name, value in VERTEBRA_CODES.items()
+    }
     # the codes are PS3.16's (CID 7603 Vertebra) as pydicom ships them
     from pydicom.sr.codedict import codes
+
     for name, concept in template.vertebrae.items():
         assert getattr(codes.cid7603, f"{name}Vertebra").value == concept.value
     assert code(template.finding_site) == ("122494005", "SCT")

@@ -91,9 +91,7 @@ def test_gsps_for_a_windowless_monochrome2_source_gets_a_percentile_window(tmp_p
 def test_gsps_of_a_negative_image_has_only_the_label(tmp_path):
     source = dx_image()
     path = saved(
-        build_presentation_state(
-            image_finding(source, "negative", 0.03), source, PRODUCER, "1.2", 1
-        ),
+        build_presentation_state(image_finding(source, "negative", 0.03), source, PRODUCER, "1.2", 1),
         tmp_path,
         "gsps",
     )
@@ -136,16 +134,12 @@ def test_secondary_capture_burns_in_the_disclaimer_and_label(cr_overlays):
     rows = int(source.Rows)
     top_left, bottom_left = pixels[: rows // 20, : rows // 3], pixels[-rows // 20 :, : rows // 2]
     assert (top_left == COLOURS["fracture"]).all(axis=-1).sum() > 100  # the red label
-    assert (bottom_left == (255, 255, 255)).all(
-        axis=-1
-    ).sum() > 100  # white disclaimer text on black
+    assert (bottom_left == (255, 255, 255)).all(axis=-1).sum() > 100  # white disclaimer text on black
     assert (bottom_left == (0, 0, 0)).all(axis=-1).sum() > 1000
 
 
 def test_secondary_capture_of_a_source_without_orientation_is_valid(tmp_path):
-    source = dx_image(
-        patient_orientation=False, imager_pixel_spacing=False, photometric="MONOCHROME1"
-    )
+    source = dx_image(patient_orientation=False, imager_pixel_spacing=False, photometric="MONOCHROME1")
     image = image_finding(source, "fracture", 0.9, (square(10.0, 12.0, 20.0, 0.9),))
     path = saved(build_secondary_capture(image, source, PRODUCER, "1.2.3.5", 1), tmp_path, "sc")
     sc = dcmread(path)
@@ -160,9 +154,7 @@ def test_grey_stored_as_rgb_gets_a_colour_presentation_state_and_capture(tmp_pat
     capture = build_secondary_capture(image, source, PRODUCER, "1.2.3.5", 1)
     assert state.SOPClassUID == "1.2.840.10008.5.1.4.1.1.11.2"  # Color Softcopy Presentation State
     assert "PresentationLUTShape" not in state
-    drawn = np.reshape(
-        state.GraphicAnnotationSequence[0].GraphicObjectSequence[0].GraphicData, (-1, 2)
-    )
+    drawn = np.reshape(state.GraphicAnnotationSequence[0].GraphicObjectSequence[0].GraphicData, (-1, 2))
     np.testing.assert_allclose(drawn, [*image.regions[0].polygon, image.regions[0].polygon[0]])
     for name, ds in (("cspr", state), ("sc", capture)):
         assert dciodvfy_errors(saved(ds, tmp_path, name)) == []
@@ -170,9 +162,7 @@ def test_grey_stored_as_rgb_gets_a_colour_presentation_state_and_capture(tmp_pat
 
 def test_preview_label_says_the_finding_and_that_the_site_was_not_determined():
     source = dx_image(rows=400, columns=300)
-    image = image_finding(
-        source, "suspicious", 0.31, (square(40.0, 60.0, 80.0, 0.7),), body_region=""
-    )
+    image = image_finding(source, "suspicious", 0.31, (square(40.0, 60.0, 80.0, 0.7),), body_region="")
     label = "AI: possible fracture (31 %; threshold 20 %), site not determined"
     assert shipped_template().label("suspicious", 0.31, "", 0.2) == label
     drawn = np.asarray(render(source, image, threshold=0.2))

@@ -43,9 +43,7 @@ def evaluation(group) -> hd.sr.CodedConcept:  # type: ignore[no-untyped-def]
 @pytest.fixture(scope="module")
 def cr_results(cr_sample, tmp_path_factory):
     source, findings = cr_fracture_study(cr_sample)
-    datasets = build_results(
-        findings, {source.SOPInstanceUID: source}, {"gsps", "secondary_capture", "radiograph_seg"}
-    )
+    datasets = build_results(findings, {source.SOPInstanceUID: source}, {"gsps", "secondary_capture", "radiograph_seg"})
     return source, datasets, written(datasets, tmp_path_factory.mktemp("results"))
 
 
@@ -61,13 +59,8 @@ def test_every_object_passes_dciodvfy(cr_results):
 
 def test_every_object_is_new_in_the_source_study_and_identifies_the_ai(cr_results):
     source, datasets, _ = cr_results
-    assert (
-        len({ds.SOPInstanceUID for ds in datasets} | {source.SOPInstanceUID}) == len(datasets) + 1
-    )
-    assert (
-        len({ds.SeriesInstanceUID for ds in datasets} | {source.SeriesInstanceUID})
-        == len(datasets) + 1
-    )
+    assert len({ds.SOPInstanceUID for ds in datasets} | {source.SOPInstanceUID}) == len(datasets) + 1
+    assert len({ds.SeriesInstanceUID for ds in datasets} | {source.SeriesInstanceUID}) == len(datasets) + 1
     for ds in datasets:
         assert (ds.StudyInstanceUID, ds.PatientID, ds.PatientName) == (
             source.StudyInstanceUID,
@@ -91,16 +84,12 @@ def test_sr_references_the_seg_and_shares_its_tracking_uid(cr_results):
 
 def test_by_default_a_fracture_study_gets_only_its_sr(cr_sample):
     source, findings = cr_fracture_study(cr_sample)
-    assert [ds.SOPClassUID for ds in build_results(findings, {source.SOPInstanceUID: source})] == [
-        SR
-    ]
+    assert [ds.SOPClassUID for ds in build_results(findings, {source.SOPInstanceUID: source})] == [SR]
 
 
 def test_negative_study_gets_an_absent_finding_and_no_seg(tmp_path):
     source = dx_image()
-    findings = study_findings(
-        image_finding(source, "negative", 0.04), study_uid=source.StudyInstanceUID
-    )
+    findings = study_findings(image_finding(source, "negative", 0.04), study_uid=source.StudyInstanceUID)
     (sr,) = build_results(findings, {source.SOPInstanceUID: source})
     (path,) = written([sr], tmp_path)
     assert dciodvfy_errors(path) == []
@@ -116,9 +105,7 @@ def test_study_with_two_images_of_different_size_reports_both(tmp_path):
     broken = dx_image(rows=96, columns=80)
     normal = dx_image(study_uid=broken.StudyInstanceUID, rows=72, columns=64)
     findings = study_findings(
-        image_finding(
-            broken, "fracture", 0.91, (square(20.0, 30.0, 16.0, 0.88),), body_region="hand"
-        ),
+        image_finding(broken, "fracture", 0.91, (square(20.0, 30.0, 16.0, 0.88),), body_region="hand"),
         image_finding(normal, "negative", 0.07, body_region="hand"),
         study_uid=broken.StudyInstanceUID,
     )
@@ -148,10 +135,7 @@ def test_study_with_two_images_of_different_size_reports_both(tmp_path):
     gsps = [dcmread(p) for p in paths[2:4]]
     assert gsps[0].SeriesInstanceUID == gsps[1].SeriesInstanceUID
     assert [g.InstanceNumber for g in gsps] == [1, 2]
-    assert [
-        g.ReferencedSeriesSequence[0].ReferencedImageSequence[0].ReferencedSOPInstanceUID
-        for g in gsps
-    ] == [
+    assert [g.ReferencedSeriesSequence[0].ReferencedImageSequence[0].ReferencedSOPInstanceUID for g in gsps] == [
         broken.SOPInstanceUID,
         normal.SOPInstanceUID,
     ]
@@ -160,14 +144,10 @@ def test_study_with_two_images_of_different_size_reports_both(tmp_path):
 def test_source_without_imager_pixel_spacing_or_orientation_still_gets_valid_results(tmp_path):
     source = dx_image(imager_pixel_spacing=False, patient_orientation=False, window=None)
     findings = study_findings(
-        image_finding(
-            source, "fracture", 0.8, (square(8.0, 8.0, 24.0, 0.75),), body_region="shoulder"
-        ),
+        image_finding(source, "fracture", 0.8, (square(8.0, 8.0, 24.0, 0.75),), body_region="shoulder"),
         study_uid=source.StudyInstanceUID,
     )
-    datasets = build_results(
-        findings, {source.SOPInstanceUID: source}, {"gsps", "secondary_capture", "radiograph_seg"}
-    )
+    datasets = build_results(findings, {source.SOPInstanceUID: source}, {"gsps", "secondary_capture", "radiograph_seg"})
     paths = written(datasets, tmp_path)
     assert {p.name: dciodvfy_errors(p) for p in paths} == {p.name: [] for p in paths}
     report = hd.sr.srread(paths[1])
@@ -182,9 +162,7 @@ def test_every_object_accepts_an_undetermined_site(tmp_path):
         image_finding(source, "fracture", 0.8, (square(8.0, 8.0, 24.0, 0.75),), body_region=""),
         study_uid=source.StudyInstanceUID,
     )
-    datasets = build_results(
-        findings, {source.SOPInstanceUID: source}, {"gsps", "secondary_capture", "radiograph_seg"}
-    )
+    datasets = build_results(findings, {source.SOPInstanceUID: source}, {"gsps", "secondary_capture", "radiograph_seg"})
     assert [ds.SOPClassUID for ds in datasets] == [SEG, SR, GSPS, SC]
     paths = written(datasets, tmp_path)
     assert {p.name: dciodvfy_errors(p) for p in paths} == {p.name: [] for p in paths}
@@ -199,21 +177,15 @@ def test_every_object_accepts_an_undetermined_site(tmp_path):
 
 def test_unknown_overlay_is_refused():
     source = dx_image()
-    findings = study_findings(
-        image_finding(source, "negative", 0.1), study_uid=source.StudyInstanceUID
-    )
+    findings = study_findings(image_finding(source, "negative", 0.1), study_uid=source.StudyInstanceUID)
     with pytest.raises(ValueError, match=r"overlays: unknown \['png'\]"):
         build_results(findings, {source.SOPInstanceUID: source}, {"gsps", "png"})
 
 
 def test_finding_without_its_source_is_refused():
     source = dx_image()
-    findings = study_findings(
-        image_finding(source, "negative", 0.1), study_uid=source.StudyInstanceUID
-    )
-    with pytest.raises(
-        ValueError, match=f"finding for {source.SOPInstanceUID} has no source dataset"
-    ):
+    findings = study_findings(image_finding(source, "negative", 0.1), study_uid=source.StudyInstanceUID)
+    with pytest.raises(ValueError, match=f"finding for {source.SOPInstanceUID} has no source dataset"):
         build_results(findings, {})
 
 
@@ -226,8 +198,6 @@ def test_source_from_another_study_is_refused():
 
 def test_unknown_category_is_refused():
     source = dx_image()
-    findings = study_findings(
-        image_finding(source, "maybe", 0.1), study_uid=source.StudyInstanceUID
-    )
+    findings = study_findings(image_finding(source, "maybe", 0.1), study_uid=source.StudyInstanceUID)
     with pytest.raises(ValueError, match="unknown category 'maybe'"):
         build_results(findings, {source.SOPInstanceUID: source})

@@ -26,9 +26,7 @@ PRODUCER = Producer(ALGORITHM, shipped_template(), THRESHOLDS)
 
 
 def segmentation(image, source, tmp_path):  # type: ignore[no-untyped-def]
-    seg = build_segmentation(
-        image, source, PRODUCER, "1.2.3.4", 1, tracking_id="image 1", tracking_uid="1.2.3.5"
-    )
+    seg = build_segmentation(image, source, PRODUCER, "1.2.3.4", 1, tracking_id="image 1", tracking_uid="1.2.3.5")
     path = saved(seg, tmp_path, "seg")
     return hd.seg.segread(path), path
 
@@ -93,9 +91,7 @@ def test_segment_codes_and_algorithm(cr_seg):
 
 def test_seg_pixels_are_the_region_map(cr_seg):
     source, image, seg, _ = cr_seg
-    pixels = seg.get_pixels_by_source_instance(
-        [source.SOPInstanceUID], segment_numbers=[1], rescale_fractional=True
-    )
+    pixels = seg.get_pixels_by_source_instance([source.SOPInstanceUID], segment_numbers=[1], rescale_fractional=True)
     assert pixels.shape == (1, int(source.Rows), int(source.Columns), 1)
     np.testing.assert_allclose(pixels[0, :, :, 0], image.region_map, atol=0.5 / 255 + 1e-6)
     assert pixels.max() == pytest.approx(0.93, abs=0.5 / 255)
@@ -111,30 +107,20 @@ def test_source_without_orientation_gets_an_empty_one_and_stays_valid(tmp_path):
 
 def test_region_map_must_match_the_source_size():
     source = dx_image(rows=64, columns=64)
-    image = image_finding(
-        dx_image(rows=32, columns=32), "fracture", 0.9, (square(4.0, 4.0, 8.0, 0.9),)
-    )
+    image = image_finding(dx_image(rows=32, columns=32), "fracture", 0.9, (square(4.0, 4.0, 8.0, 0.9),))
     image = replace(image, sop_instance_uid=source.SOPInstanceUID)
-    with pytest.raises(
-        ValueError, match=r"region_map .* has shape \(32, 32\), the source image is \(64, 64\)"
-    ):
-        build_segmentation(
-            image, source, PRODUCER, "1.2.3.4", 1, tracking_id="image 1", tracking_uid="1.2.3.5"
-        )
+    with pytest.raises(ValueError, match=r"region_map .* has shape \(32, 32\), the source image is \(64, 64\)"):
+        build_segmentation(image, source, PRODUCER, "1.2.3.4", 1, tracking_id="image 1", tracking_uid="1.2.3.5")
 
 
 def test_an_empty_region_map_makes_no_segmentation():
     source = dx_image()
     image = image_finding(source, "negative", 0.01)
     with pytest.raises(ValueError, match="is empty"):
-        build_segmentation(
-            image, source, PRODUCER, "1.2.3.4", 1, tracking_id="image 1", tracking_uid="1.2.3.5"
-        )
+        build_segmentation(image, source, PRODUCER, "1.2.3.4", 1, tracking_id="image 1", tracking_uid="1.2.3.5")
 
 
 def test_finding_and_source_must_be_the_same_image():
     image = image_finding(dx_image(), "fracture", 0.9, (square(4.0, 4.0, 8.0, 0.9),))
     with pytest.raises(ValueError, match="paired with source"):
-        build_segmentation(
-            image, dx_image(), PRODUCER, "1.2.3.4", 1, tracking_id="image 1", tracking_uid="1.2.3.5"
-        )
+        build_segmentation(image, dx_image(), PRODUCER, "1.2.3.4", 1, tracking_id="image 1", tracking_uid="1.2.3.5")

@@ -54,9 +54,7 @@ def comments(group) -> list[str]:  # type: ignore[no-untyped-def]
 
 def one_report(tmp_path, image, source):  # type: ignore[no-untyped-def]
     """The SR of a one-image study, written and read back."""
-    (sr,) = build_results(
-        study_findings(image, study_uid=source.StudyInstanceUID), {source.SOPInstanceUID: source}
-    )
+    (sr,) = build_results(study_findings(image, study_uid=source.StudyInstanceUID), {source.SOPInstanceUID: source})
     path = saved(sr, tmp_path, "sr")
     assert dciodvfy_errors(path) == []
     return hd.sr.srread(path)
@@ -79,10 +77,7 @@ def test_sr_is_a_tid_1500_report_in_the_source_study(cr_report):
     assert sr.ConceptNameCodeSequence[0].CodeValue == "126000"
     assert sr.StudyInstanceUID == source.StudyInstanceUID
     assert (sr.PatientID, sr.PatientName) == (source.PatientID, source.PatientName)
-    assert (
-        sr.SOPInstanceUID != source.SOPInstanceUID
-        and sr.SeriesInstanceUID != source.SeriesInstanceUID
-    )
+    assert sr.SOPInstanceUID != source.SOPInstanceUID and sr.SeriesInstanceUID != source.SeriesInstanceUID
     assert (sr.SeriesNumber, sr.SeriesDescription) == (9101, "AI fracture report (fracnode)")
     assert sr.Manufacturer == "fracnode"
     assert sr.CompletionFlag == "COMPLETE" and sr.VerificationFlag == "UNVERIFIED"
@@ -98,9 +93,7 @@ def test_image_finding_has_fracture_present_with_probability_in_percent_on_the_s
     (probability,) = group.get_measurements(name=PROBABILITY)
     assert probability.value == pytest.approx(100 * findings.images[0].fracture_probability)
     assert probability.unit == PERCENT
-    assert [ref.referenced_sop_instance_uid for ref in group.source_images] == [
-        source.SOPInstanceUID
-    ]
+    assert [ref.referenced_sop_instance_uid for ref in group.source_images] == [source.SOPInstanceUID]
     assert group.tracking_identifier == "fracture finding, image 1"
 
 
@@ -168,9 +161,7 @@ def test_sr_lists_local_codes_and_is_rendered_as_separate_items(cr_report):
     *_, sr, _ = cr_report
     (scheme,) = sr.CodingSchemeIdentificationSequence
     assert scheme.CodingSchemeDesignator == "99FRACNODE"
-    containers = hd.sr.utils.find_content_items(
-        sr, value_type=hd.sr.ValueTypeValues.CONTAINER, recursive=True
-    )
+    containers = hd.sr.utils.find_content_items(sr, value_type=hd.sr.ValueTypeValues.CONTAINER, recursive=True)
     assert {c.ContinuityOfContent for c in [sr, *containers]} == {"SEPARATE"}
 
 
@@ -182,9 +173,7 @@ def test_sr_lists_local_codes_and_is_rendered_as_separate_items(cr_report):
         ("negative", 0.04, ABSENT, "AI: no fracture found, hand"),
     ],
 )
-def test_category_decides_the_fracture_evaluation_and_the_words(
-    tmp_path, category, probability, value, label
-):
+def test_category_decides_the_fracture_evaluation_and_the_words(tmp_path, category, probability, value, label):
     source = dx_image()
     regions = () if category == "negative" else (square(10.0, 12.0, 20.0, 0.4),)
     report = one_report(tmp_path, image_finding(source, category, probability, regions), source)
@@ -200,9 +189,7 @@ def test_category_decides_the_fracture_evaluation_and_the_words(
 
 def test_undetermined_site_gives_no_finding_site_and_says_so(tmp_path):
     source = dx_image()
-    image = image_finding(
-        source, "suspicious", 0.31, (square(10.0, 12.0, 20.0, 0.6),), body_region=""
-    )
+    image = image_finding(source, "suspicious", 0.31, (square(10.0, 12.0, 20.0, 0.6),), body_region="")
     report = one_report(tmp_path, image, source)
     (group,) = report.content.get_image_measurement_groups()
     assert group.finding_sites == []
@@ -223,31 +210,23 @@ def test_a_negative_image_with_regions_is_refused():
 
 def test_image_library_holds_only_images_highdicom_can_describe():
     complete = dx_image()
-    assert library_images(
-        [complete, dx_image(imager_pixel_spacing=False), dx_image(patient_orientation=False)]
-    ) == [complete]
+    assert library_images([complete, dx_image(imager_pixel_spacing=False), dx_image(patient_orientation=False)]) == [
+        complete
+    ]
 
 
 def test_image_library_lists_the_describable_source(tmp_path):
     source = dx_image()
     image = image_finding(source, "negative", 0.05)
-    (sr,) = build_results(
-        study_findings(image, study_uid=source.StudyInstanceUID), {source.SOPInstanceUID: source}
-    )
+    (sr,) = build_results(study_findings(image, study_uid=source.StudyInstanceUID), {source.SOPInstanceUID: source})
     library = hd.sr.utils.find_content_items(sr, name=codes.DCM.ImageLibrary, recursive=True)
     assert len(library) == 1
-    entries = hd.sr.utils.find_content_items(
-        library[0], value_type=hd.sr.ValueTypeValues.IMAGE, recursive=True
-    )
-    assert [e.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for e in entries] == [
-        source.SOPInstanceUID
-    ]
+    entries = hd.sr.utils.find_content_items(library[0], value_type=hd.sr.ValueTypeValues.IMAGE, recursive=True)
+    assert [e.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for e in entries] == [source.SOPInstanceUID]
 
 
 def test_polyline_is_closed_by_repeating_the_first_point():
-    region = RegionFinding(
-        polygon=((1.0, 2.0), (5.0, 2.0), (5.0, 7.0)), box=(1.0, 2.0, 5.0, 7.0), probability=0.9
-    )
+    region = RegionFinding(polygon=((1.0, 2.0), (5.0, 2.0), (5.0, 7.0)), box=(1.0, 2.0, 5.0, 7.0), probability=0.9)
     assert closed_polyline(region.polygon).tolist() == [[1.0, 2.0], [5.0, 2.0], [5.0, 7.0], [1.0, 2.0]]
 
 

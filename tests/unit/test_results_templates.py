@@ -62,8 +62,7 @@ def test_empty_body_region_means_site_not_determined():
     [
         ("fracture", 0.866, "leg", 0.07, "AI: fracture likely (87 %), lower limb"),
         ("suspicious", 0.31, "hand", 0.07, "AI: possible fracture (31 %; threshold 7 %), hand"),
-        ("negative", 0.004, "", 0.065,
-         "AI: no fracture found (<1 %; threshold 6.5 %), site not determined"),
+        ("negative", 0.004, "", 0.065, "AI: no fracture found (<1 %; threshold 6.5 %), site not determined"),
         ("fracture", 0.999, "hip", None, "AI: fracture likely (>99 %), hip"),
         ("suspicious", 0.31, "shoulder", None, "AI: possible fracture (31 %), shoulder"),
     ],
@@ -104,10 +103,14 @@ def _broken(tmp_path: Path, change) -> Path:  # type: ignore[no-untyped-def]
         (lambda raw: raw["overlay"].update(content_label="fracnode-ai"), r"overlay\.content_label"),
         (lambda raw: raw["overlay"].update(label="AI {score}"), r"overlay\.label: Extra inputs"),
         (lambda raw: raw["wording"]["categories"].pop("negative"), r"wording\.categories"),
-        (lambda raw: raw["finding_sites"].update({"": raw["finding_sites"]["hand"]}),
-         r"finding_sites: .*site not determined"),
-        (lambda raw: raw["finding"]["region_score"]["name"].update(value="X" * 17),
-         r"finding\.region_score\.name\.value"),
+        (
+            lambda raw: raw["finding_sites"].update({"": raw["finding_sites"]["hand"]}),
+            r"finding_sites: .*site not determined",
+        ),
+        (
+            lambda raw: raw["finding"]["region_score"]["name"].update(value="X" * 17),
+            r"finding\.region_score\.name\.value",
+        ),
         (lambda raw: raw["tracking"].update(image="image {number}"), r"tracking\.image"),
         (lambda raw: raw["document"].pop("title"), r"document\.title: Field required"),
     ],

@@ -88,8 +88,9 @@ def test_an_unfinished_job_keeps_its_study(config: Config, node_db: Database) ->
     now = time.time()  # the spool stamps instances with the clock
     study_uid, _, _ = _analysed(config, node_db, now, deliver=True)
     # another route's job of the same revision, still queued
-    JobQueue(node_db, JobSettings()).enqueue(Study(study_uid, 1, "CT01", ()), RouteMatch("other", "p", ("pacs",), ()),
-                                             now)
+    JobQueue(node_db, JobSettings()).enqueue(
+        Study(study_uid, 1, "CT01", ()), RouteMatch("other", "p", ("pacs",), ()), now
+    )
     assert purge_expired(config, node_db, now + 30 * DAY) == 0
     assert (config.spool_dir / study_uid).is_dir()
 

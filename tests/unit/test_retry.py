@@ -61,9 +61,7 @@ def test_huge_attempt_numbers_stay_capped_and_finite(settings: RetrySettings, at
     assert delay <= settings.max_s
 
 
-@pytest.mark.parametrize(
-    "settings", [DEFAULT, JOBS, RetrySettings(initial_s=0.5, factor=1.5, max_s=60.0)]
-)
+@pytest.mark.parametrize("settings", [DEFAULT, JOBS, RetrySettings(initial_s=0.5, factor=1.5, max_s=60.0)])
 def test_delays_never_shrink_and_never_exceed_the_cap(settings: RetrySettings) -> None:
     delays = [retry_delay(attempt, settings) for attempt in range(1, 40)]
     assert delays == sorted(delays)

@@ -108,9 +108,7 @@ def test_series_matches_rule(
 
 
 def test_image_type_matches_when_any_instance_of_the_series_has_all_values() -> None:
-    mixed = SeriesAttributes(
-        "1.9", modality="CT", image_types=("DERIVED\\SECONDARY", "ORIGINAL\\PRIMARY\\AXIAL")
-    )
+    mixed = SeriesAttributes("1.9", modality="CT", image_types=("DERIVED\\SECONDARY", "ORIGINAL\\PRIMARY\\AXIAL"))
     assert series_matches(rule(image_type=["ORIGINAL", "AXIAL"]), mixed, "")
     assert not series_matches(rule(image_type=["DERIVED", "AXIAL"]), mixed, "")
 
@@ -121,9 +119,7 @@ def test_sop_class_matches_when_any_instance_of_the_series_has_it() -> None:
 
 
 def route(name: str, pipeline: str, destinations: list[str], **criteria: Any) -> Route:
-    return Route(
-        name=name, match=RouteMatchRule(**criteria), pipeline=pipeline, destinations=destinations
-    )
+    return Route(name=name, match=RouteMatchRule(**criteria), pipeline=pipeline, destinations=destinations)
 
 
 CSPINE = route(
@@ -167,9 +163,7 @@ def study(*series: SeriesAttributes, calling_ae: str = "CT01") -> Study:
             ],
             id="several-routes-in-config-order",
         ),
-        pytest.param(
-            study(NECK_CT, calling_ae="MR01"), [EVERYTHING_FROM_CT01], [], id="other-sender"
-        ),
+        pytest.param(study(NECK_CT, calling_ae="MR01"), [EVERYTHING_FROM_CT01], [], id="other-sender"),
         pytest.param(study(NECK_CT_LOCALIZER), [CSPINE, RADIOGRAPHS], [], id="matches-none"),
         pytest.param(study(NECK_CT), [], [], id="no-routes"),
         pytest.param(study(), [CSPINE, EVERYTHING_FROM_CT01], [], id="no-series"),

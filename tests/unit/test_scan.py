@@ -25,8 +25,7 @@ from tests.support import dicomgen
 from tests.support.bombs import bomb_instance, nested
 from tests.unit.test_header import encoded, with_sequences
 
-SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian,
-            ExplicitVRBigEndian]
+SYNTAXES = [ExplicitVRLittleEndian, ImplicitVRLittleEndian, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian]
 
 
 def scan(data: bytes, syntax: str, piece: int = 1 << 30, limits: ScanLimits | None = None) -> DataSetScan:
@@ -71,7 +70,7 @@ def test_an_element_that_declares_gigabytes_and_sends_64_bytes_is_refused(declar
     raw, offset = encoded(dicomgen.ct_series(1, size=8)[0])
     data = raw[offset:]
     pixel = data.index(b"\xe0\x7f\x10\x00")  # (7FE0,0010) OW, 32-bit length after 4 bytes
-    forged = data[:pixel + 8] + struct.pack("<L", declared) + b"\0" * 64
+    forged = data[: pixel + 8] + struct.pack("<L", declared) + b"\0" * 64
     with pytest.raises(BrokenDataSet, match=r"ends inside \(7FE0,0010\)"):
         scan(forged, ExplicitVRLittleEndian)
 
@@ -90,8 +89,17 @@ def test_an_image_cut_between_two_elements_is_refused_by_its_pixel_module() -> N
 def test_a_document_needs_no_pixel_data() -> None:
     (ds,) = dicomgen.ct_series(1, size=8)
     ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.88.22"  # Enhanced SR
-    for keyword in ("PixelData", "Rows", "Columns", "BitsAllocated", "BitsStored", "HighBit",
-                    "PixelRepresentation", "SamplesPerPixel", "PhotometricInterpretation"):
+    for keyword in (
+        "PixelData",
+        "Rows",
+        "Columns",
+        "BitsAllocated",
+        "BitsStored",
+        "HighBit",
+        "PixelRepresentation",
+        "SamplesPerPixel",
+        "PhotometricInterpretation",
+    ):
         delattr(ds, keyword)
     raw, _ = encoded(ds)
     assert read_header(raw).sop_class_uid == "1.2.840.10008.5.1.4.1.1.88.22"
@@ -197,8 +205,11 @@ def test_encapsulated_pixel_data_labelled_un_is_read_as_dcmtk_reads_it(tmp_path)
 
 
 UNDEFINED_ITEM_SEQUENCE = (  # an undefined-length item holding Code Value, then the sequence's end
-    b"\xfe\xff\x00\xe0\xff\xff\xff\xff" + struct.pack("<HHL", 0x0008, 0x0100, 8) + b"T-D1100 "
-    + b"\xfe\xff\x0d\xe0\0\0\0\0" + b"\xfe\xff\xdd\xe0\0\0\0\0"
+    b"\xfe\xff\x00\xe0\xff\xff\xff\xff"
+    + struct.pack("<HHL", 0x0008, 0x0100, 8)
+    + b"T-D1100 "
+    + b"\xfe\xff\x0d\xe0\0\0\0\0"
+    + b"\xfe\xff\xdd\xe0\0\0\0\0"
 )
 
 

@@ -78,9 +78,7 @@ def test_failed_write_raises_out_of_space_and_leaves_no_temp_file(
     assert sorted(folder.iterdir()) == []
 
 
-def test_failed_write_keeps_the_previous_file(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_failed_write_keeps_the_previous_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     target = tmp_path / "x.dcm"
     target.write_bytes(b"old")
     monkeypatch.setattr("node.files.os.fsync", _raise(errno.ENOSPC))
@@ -166,9 +164,7 @@ def test_read_header_rejects_a_truncated_file() -> None:
     ],
 )
 @pytest.mark.filterwarnings("ignore:Invalid value for VR UI:UserWarning")  # pydicom, while reading
-def test_read_header_rejects_missing_or_invalid_uids(
-    changes: dict[str, object], message: str
-) -> None:
+def test_read_header_rejects_missing_or_invalid_uids(changes: dict[str, object], message: str) -> None:
     with pytest.raises(UnreadableInstance, match=message):
         read_header(ct_bytes(**changes))
 

@@ -21,8 +21,19 @@ NOW = 1_000.0
 
 
 def instance(uid: str, size: int) -> Instance:
-    return Instance(uid, "1.2.840.10008.5.1.4.1.1.2", "1.2.3", "1.2.3.1", "1.2.840.10008.1.2.1",
-                    Path(f"/spool/1.2.3/{uid}.dcm"), "", size, NOW, "CT01", "a1")
+    return Instance(
+        uid,
+        "1.2.840.10008.5.1.4.1.1.2",
+        "1.2.3",
+        "1.2.3.1",
+        "1.2.840.10008.1.2.1",
+        Path(f"/spool/1.2.3/{uid}.dcm"),
+        "",
+        size,
+        NOW,
+        "CT01",
+        "a1",
+    )
 
 
 def test_an_instance_larger_than_2_gib_keeps_its_size(db: Database) -> None:
@@ -50,8 +61,10 @@ def test_concurrent_claims_on_postgresql_take_different_jobs_without_waiting(pos
     db = open_database(postgres_url, upgrade=True)
     queue = JobQueue(db, JobSettings(lease_s=60.0))
     route = RouteMatch("neck-ct", "cspine-fracture", ("pacs",), ("1.2.3.1",))
-    first, second = (queue.enqueue(Study(uid, 1, "CT01", (SeriesAttributes("1.2.3.1", modality="CT"),)), route, NOW)
-                     for uid in ("1.2.3", "1.2.4"))
+    first, second = (
+        queue.enqueue(Study(uid, 1, "CT01", (SeriesAttributes("1.2.3.1", modality="CT"),)), route, NOW)
+        for uid in ("1.2.3", "1.2.4")
+    )
     holding, release = threading.Event(), threading.Event()
     held: list[int] = []
 

@@ -41,7 +41,10 @@ def test_the_file_meta_of_a_part10_file_is_kept_as_received():
     assert meta is not None
     assert raw.startswith(meta.raw) and meta.consumed == len(meta.raw)
     assert (meta.transfer_syntax, meta.sop_class_uid, meta.sop_instance_uid) == (
-        "1.2.840.10008.1.2.1", CT.SOPClassUID, CT.SOPInstanceUID)
+        "1.2.840.10008.1.2.1",
+        CT.SOPClassUID,
+        CT.SOPInstanceUID,
+    )
     assert raw[meta.consumed : meta.consumed + 2] == b"\x08\x00"  # the data set starts in group 0008
 
 
@@ -109,8 +112,9 @@ def test_the_response_module_references_stored_and_failed_instances():
 def test_the_xml_response_is_the_native_dicom_model():
     root = ET.fromstring(native_xml(response_dataset([STORED, FAILED])))
     ns = {"n": "http://dicom.nema.org/PS3.19/models/NativeDICOM"}
-    reason = root.find("n:DicomAttribute[@keyword='FailedSOPSequence']/n:Item/n:DicomAttribute[@tag='00081197']"
-                       "/n:Value", ns)
+    reason = root.find(
+        "n:DicomAttribute[@keyword='FailedSOPSequence']/n:Item/n:DicomAttribute[@tag='00081197']/n:Value", ns
+    )
     assert reason is not None and reason.text == str(0xA700)
     assert root.find("n:DicomAttribute[@tag='00081190']", ns).get("vr") == "UR"
 

@@ -12,14 +12,17 @@ A, B = "1.2.3.1", "1.2.3.2"
 
 
 def response(stored: tuple[str, ...] = (), failed: dict[str, int] | None = None) -> dict[str, Any]:
-    body: dict[str, Any] = {"00081199": {"vr": "SQ", "Value": [
-        {"00081155": {"vr": "UI", "Value": [uid]}} for uid in stored
-    ]}}
+    body: dict[str, Any] = {
+        "00081199": {"vr": "SQ", "Value": [{"00081155": {"vr": "UI", "Value": [uid]}} for uid in stored]}
+    }
     if failed:
-        body["00081198"] = {"vr": "SQ", "Value": [
-            {"00081155": {"vr": "UI", "Value": [uid]}, "00081197": {"vr": "US", "Value": [reason]}}
-            for uid, reason in failed.items()
-        ]}
+        body["00081198"] = {
+            "vr": "SQ",
+            "Value": [
+                {"00081155": {"vr": "UI", "Value": [uid]}, "00081197": {"vr": "US", "Value": [reason]}}
+                for uid, reason in failed.items()
+            ],
+        }
     return body
 
 
@@ -50,21 +53,26 @@ def outcomes(status: int, body: dict[str, Any] | None) -> dict[str, tuple[bool, 
         pytest.param(200, response((A, B)), {A: (True, False), B: (True, False)}, id="200-all-listed"),
         pytest.param(200, None, {A: (True, False), B: (True, False)}, id="200-without-body"),
         pytest.param(200, {}, {A: (True, False), B: (True, False)}, id="200-empty-dataset"),
-        pytest.param(202, response((A,), {B: 0xA700}), {A: (True, False), B: (False, True)},
-                     id="202-out-of-resources-retried"),
-        pytest.param(202, response((A,), {B: 0xC000}), {A: (True, False), B: (False, False)},
-                     id="202-cannot-understand-given-up"),
-        pytest.param(202, response((A,)), {A: (True, False), B: (False, True)},
-                     id="202-unlisted-is-not-confirmed"),
-        pytest.param(409, response((), {A: 0x0122, B: 0xA701}), {A: (False, False), B: (False, True)},
-                     id="409-per-instance-reasons"),
+        pytest.param(
+            202, response((A,), {B: 0xA700}), {A: (True, False), B: (False, True)}, id="202-out-of-resources-retried"
+        ),
+        pytest.param(
+            202, response((A,), {B: 0xC000}), {A: (True, False), B: (False, False)}, id="202-cannot-understand-given-up"
+        ),
+        pytest.param(202, response((A,)), {A: (True, False), B: (False, True)}, id="202-unlisted-is-not-confirmed"),
+        pytest.param(
+            409,
+            response((), {A: 0x0122, B: 0xA701}),
+            {A: (False, False), B: (False, True)},
+            id="409-per-instance-reasons",
+        ),
         pytest.param(409, None, {A: (False, False), B: (False, False)}, id="409-without-body"),
-        pytest.param(200, response((A,), {B: 0xA900}), {A: (True, False), B: (False, False)},
-                     id="200-yet-one-failed"),
+        pytest.param(200, response((A,), {B: 0xA900}), {A: (True, False), B: (False, False)}, id="200-yet-one-failed"),
     ],
 )
-def test_store_response_decides_each_instance(status: int, body: dict[str, Any] | None,
-                                              expected: dict[str, tuple[bool, bool]]) -> None:
+def test_store_response_decides_each_instance(
+    status: int, body: dict[str, Any] | None, expected: dict[str, tuple[bool, bool]]
+) -> None:
     assert outcomes(status, body) == expected
 
 

@@ -155,8 +155,13 @@ def test_a_scale_1_network_fine_tunes_at_scale_2_starting_as_the_average_of_its_
     bundle_edits.set_input_size(bundle_copy, 128, input_scale=2)
     fine = bundles.build_network(bundles.read(bundle_copy))
     added = bundle_edits.load_initial_weights(fine, coarse.state_dict())
-    assert sorted(added) == ["stem_reduce.conv.weight", "stem_reduce.norm.bias", "stem_reduce.norm.running_mean",
-                             "stem_reduce.norm.running_var", "stem_reduce.norm.weight"]
+    assert sorted(added) == [
+        "stem_reduce.conv.weight",
+        "stem_reduce.norm.bias",
+        "stem_reduce.norm.running_mean",
+        "stem_reduce.norm.running_var",
+        "stem_reduce.norm.weight",
+    ]
     fine.eval()
     x = torch.randn(2, 1, 128, 128)
     with torch.inference_mode():
@@ -188,17 +193,27 @@ def test_record_keeps_the_earlier_stages_of_a_fine_tuned_model(bundle_copy: Path
     first = {"epochs": 22, "best_epoch": 18, "seed": 7, "input_size": 320, "fine_tuned_from_sha256": None}
     bundle_edits.record(bundle_copy, report, {**first, "history": [{"epoch": 1}]})
     assert bundles.read(bundle_copy).extras["training"] == first
-    second = {"epochs": 20, "best_epoch": 11, "seed": 7, "input_size": 640, "input_scale": 2, "ema_decay": 0.998,
-              "learning_rate": 0.001, "fine_tuned_from_sha256": "ab" * 32}
+    second = {
+        "epochs": 20,
+        "best_epoch": 11,
+        "seed": 7,
+        "input_size": 640,
+        "input_scale": 2,
+        "ema_decay": 0.998,
+        "learning_rate": 0.001,
+        "fine_tuned_from_sha256": "ab" * 32,
+    }
     bundle_edits.record(bundle_copy, report, second)
     training = bundles.read(bundle_copy).extras["training"]
     assert training["stages"] == [first, second]
     assert training["input_size"] == 640
     card = model_card.render(bundle_copy)
     assert "- Stage 1: 22 epochs, input 320×320, from random weights, best epoch 18." in card
-    assert ("- Stage 2: 20 epochs, input 640×640, through the finer stem (input scale 2), peak learning rate 0.001,"
-            " moving average of the weights (decay 0.998) validated and kept, started from the previous stage's"
-            " weights, best epoch 11.") in card
+    assert (
+        "- Stage 2: 20 epochs, input 640×640, through the finer stem (input scale 2), peak learning rate 0.001,"
+        " moving average of the weights (decay 0.998) validated and kept, started from the previous stage's"
+        " weights, best epoch 11."
+    ) in card
     # training from scratch again replaces the stages
     bundle_edits.record(bundle_copy, report, first)
     assert bundles.read(bundle_copy).extras["training"] == first

@@ -44,8 +44,13 @@ def _fracture_data() -> tuple[CropSet, CropSet]:
 
 def _fracture_network() -> torch.nn.Module:
     torch.manual_seed(0)
-    return torch.nn.Sequential(torch.nn.Conv3d(2, 4, 3), torch.nn.Dropout(0.3), torch.nn.AdaptiveAvgPool3d(1),
-                               torch.nn.Flatten(), torch.nn.Linear(4, 1))
+    return torch.nn.Sequential(
+        torch.nn.Conv3d(2, 4, 3),
+        torch.nn.Dropout(0.3),
+        torch.nn.AdaptiveAvgPool3d(1),
+        torch.nn.Flatten(),
+        torch.nn.Linear(4, 1),
+    )
 
 
 def test_the_fracture_loop_resumed_after_an_interruption_ends_as_an_uninterrupted_run(tmp_path: Path) -> None:
@@ -54,11 +59,13 @@ def test_the_fracture_loop_resumed_after_an_interruption_ends_as_an_uninterrupte
     straight = train_fracture(_fracture_network(), [train], [val], log=lambda _: None, **kwargs)
     path = tmp_path / "fracture_last.pt"
     with pytest.raises(KeyboardInterrupt):
-        train_fracture(_fracture_network(), [train], [val], log=_interrupt_at("fracture epoch 2:"),
-                       checkpoint=path, **kwargs)
+        train_fracture(
+            _fracture_network(), [train], [val], log=_interrupt_at("fracture epoch 2:"), checkpoint=path, **kwargs
+        )
     lines: list[str] = []
-    resumed = train_fracture(_fracture_network(), [train], [val], log=lines.append, checkpoint=path, resume=True,
-                             **kwargs)
+    resumed = train_fracture(
+        _fracture_network(), [train], [val], log=lines.append, checkpoint=path, resume=True, **kwargs
+    )
     assert lines[0].startswith(f"resuming after epoch 2 of 3 from {path}")
     assert [line.split(":")[0] for line in lines[1:]] == ["fracture epoch 3"]
     torch.testing.assert_close(resumed[0], straight[0])
@@ -79,8 +86,9 @@ def test_the_vertebra_loop_resumed_after_an_interruption_ends_as_an_uninterrupte
 
     def network() -> torch.nn.Module:
         torch.manual_seed(1)
-        return torch.nn.Sequential(torch.nn.Conv3d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Dropout3d(0.2),
-                                   torch.nn.Conv3d(8, 8, 1))
+        return torch.nn.Sequential(
+            torch.nn.Conv3d(1, 8, 3, padding=1), torch.nn.ReLU(), torch.nn.Dropout3d(0.2), torch.nn.Conv3d(8, 8, 1)
+        )
 
     kwargs = {"roi": (16, 16, 16), "epochs": 3, "seed": 4, "batch_size": 2, "learning_rate": 1e-2}
     straight = train_vertebrae(network(), cases, val, log=lambda _: None, **kwargs)
@@ -99,15 +107,42 @@ def test_a_resume_under_other_settings_names_them_and_a_missing_checkpoint_start
     train, val = _fracture_data()
     path = tmp_path / "fracture_last.pt"
     train_fracture(_fracture_network(), [train], [val], epochs=1, seed=0, log=lambda _: None, checkpoint=path)
-    with pytest.raises(checkpoints.ResumeError, match=r"other settings \(epochs 1 there, 2 now, batch_size 16 there, 8"):
-        train_fracture(_fracture_network(), [train], [val], epochs=2, seed=0, batch_size=8, log=lambda _: None,
-                       checkpoint=path, resume=True)
+    with pytest.raises(
+        checkpoints.ResumeError, match=r"other settings \(epochs 1 there, 2 now, batch_size 16 there, 8"
+    ):
+        train_fracture(
+            _fracture_network(),
+            [train],
+            [val],
+            epochs=2,
+            seed=0,
+            batch_size=8,
+            log=lambda _: None,
+            checkpoint=path,
+            resume=True,
+        )
     with pytest.raises(checkpoints.ResumeError, match="train_crops"):  # other training data
-        train_fracture(_fracture_network(), [_fracture_data()[1]], [val], epochs=1, seed=0, log=lambda _: None,
-                       checkpoint=path, resume=True)
+        train_fracture(
+            _fracture_network(),
+            [_fracture_data()[1]],
+            [val],
+            epochs=1,
+            seed=0,
+            log=lambda _: None,
+            checkpoint=path,
+            resume=True,
+        )
     lines: list[str] = []
-    train_fracture(_fracture_network(), [train], [val], epochs=1, seed=0, log=lines.append,
-                   checkpoint=tmp_path / "none.pt", resume=True)
+    train_fracture(
+        _fracture_network(),
+        [train],
+        [val],
+        epochs=1,
+        seed=0,
+        log=lines.append,
+        checkpoint=tmp_path / "none.pt",
+        resume=True,
+    )
     assert lines[0] == f"--resume: no checkpoint {tmp_path / 'none.pt'} yet, starting at epoch 1"
     assert lines[1].startswith("fracture epoch 1:")
 
@@ -158,7 +193,9 @@ def test_the_shared_epoch_loop_checkpoints_each_epoch_before_its_line_and_resume
         network = torch.nn.Linear(2, 1)
         optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
         schedule = torch.optim.lr_scheduler.StepLR(optimizer, 1)
-        run = checkpoints.Run(tmp_path / "last.pt", {"epochs": 3}, network, optimizer, schedule, np.random.default_rng(0))
+        run = checkpoints.Run(
+            tmp_path / "last.pt", {"epochs": 3}, network, optimizer, schedule, np.random.default_rng(0)
+        )
         return run, {"history": []}
 
     events: list[str] = []
@@ -167,6 +204,7 @@ def test_the_shared_epoch_loop_checkpoints_each_epoch_before_its_line_and_resume
         def one_epoch(epoch: int) -> str:
             progress["history"].append(epoch)
             return f"epoch {epoch}: done"
+
         return one_epoch
 
     def log(line: str) -> None:
@@ -176,14 +214,27 @@ def test_the_shared_epoch_loop_checkpoints_each_epoch_before_its_line_and_resume
 
     run, progress = setup()
     with pytest.raises(KeyboardInterrupt):
-        fit_epochs(3, epoch_of(progress), progress, log, run=run,
-                   on_start=lambda first: events.append(f"start {first}"),
-                   on_saved=lambda epoch: events.append(f"saved {epoch}"))
+        fit_epochs(
+            3,
+            epoch_of(progress),
+            progress,
+            log,
+            run=run,
+            on_start=lambda first: events.append(f"start {first}"),
+            on_saved=lambda epoch: events.append(f"saved {epoch}"),
+        )
     assert events == ["start 1", "saved 1", "log epoch 1: done", "saved 2", "log epoch 2: done"]
     events.clear()
     run, progress = setup()
-    first = fit_epochs(3, epoch_of(progress), progress, lambda line: events.append(line.split(",")[0]), run=run,
-                       resume=True, on_resume=lambda epoch: events.append(f"resumed {epoch}"),
-                       on_start=lambda first: events.append(f"start {first}"))
+    first = fit_epochs(
+        3,
+        epoch_of(progress),
+        progress,
+        lambda line: events.append(line.split(",")[0]),
+        run=run,
+        resume=True,
+        on_resume=lambda epoch: events.append(f"resumed {epoch}"),
+        on_start=lambda first: events.append(f"start {first}"),
+    )
     assert first == 3 and progress == {"history": [1, 2, 3]}  # the saved record, then epoch 3
     assert events[1:] == ["resumed 2", "start 3", "epoch 3: done"]  # events[0]: "resuming after epoch 2 ..."

@@ -41,18 +41,14 @@ def rotation(ax: float, az: float) -> np.ndarray:
     return rz @ rx
 
 
-def reposition(
-    datasets: list[pydicom.Dataset], turn: np.ndarray, step: float, drift: float = 0.0
-) -> None:
+def reposition(datasets: list[pydicom.Dataset], turn: np.ndarray, step: float, drift: float = 0.0) -> None:
     """Give slice k orientation `turn` and position origin + k·step·normal (+ k·drift·column)."""
     row, column = turn @ [1.0, 0, 0], turn @ [0, 1.0, 0]
     normal = np.cross(row, column)
     origin = np.array([-20.0, -30.0, 100.0])
     for k, ds in enumerate(datasets):
         ds.ImageOrientationPatient = [f"{x:.8f}" for x in (*row, *column)]
-        ds.ImagePositionPatient = [
-            f"{x:.5f}" for x in origin + k * step * normal + k * drift * column
-        ]
+        ds.ImagePositionPatient = [f"{x:.5f}" for x in origin + k * step * normal + k * drift * column]
 
 
 def test_phantom_series_sorted_by_position_with_hu(study: PhantomStudy) -> None:
@@ -116,9 +112,7 @@ def test_voxel_and_patient_coordinates_round_trip(study: PhantomStudy) -> None:
         np.array(ds.ImageOrientationPatient[:3], float),
         np.array(ds.ImageOrientationPatient[3:], float),
     )
-    expected = (
-        np.array([float(x) for x in ds.ImagePositionPatient]) + 9 * dx * row + 5 * dy * column
-    )
+    expected = np.array([float(x) for x in ds.ImagePositionPatient]) + 9 * dx * row + 5 * dy * column
     assert np.allclose(volume.index_to_patient((3, 5, 9)), expected, atol=1e-4)
     image = volume.to_sitk()
     assert np.allclose(image.TransformIndexToPhysicalPoint((9, 5, 3)), expected, atol=1e-4)
@@ -217,9 +211,7 @@ def _single(ds: list[pydicom.Dataset]) -> None:
         (_single, "at least 2"),
     ],
 )
-def test_irregular_series_is_refused_with_the_reason(
-    study: PhantomStudy, damage, reason: str
-) -> None:
+def test_irregular_series_is_refused_with_the_reason(study: PhantomStudy, damage, reason: str) -> None:
     datasets = copies(study)
     damage(datasets)
     with pytest.raises(VolumeRefused) as refused:
@@ -256,9 +248,7 @@ def test_real_ct_series_with_blank_uids(sample: Volume) -> None:
     assert sample.origin == pytest.approx((-249.51171875, -437.51171875, -804.5))
     assert sample.slice_thickness == 3.0
     assert [s.instance_number for s in sample.slices] == list(range(286, 266, -1))
-    meta_uid = pydicom.dcmread(
-        sample.slices[0].path, stop_before_pixels=True
-    ).file_meta.MediaStorageSOPInstanceUID
+    meta_uid = pydicom.dcmread(sample.slices[0].path, stop_before_pixels=True).file_meta.MediaStorageSOPInstanceUID
     assert sample.slices[0].sop_instance_uid == meta_uid
     assert sample.slices[0].sop_class_uid == pydicom.uid.CTImageStorage
     assert any("SOPInstanceUID empty" in w for w in sample.warnings)

@@ -49,7 +49,7 @@ def fingerprint(parts: Iterable[str | bytes | np.ndarray | torch.Tensor]) -> str
 
 
 def time_left(clock: float, first_epoch: int, epoch: int, epochs: int, now: float | None = None) -> str:
-    """", about 1 h 05 min left" after `epoch` of `epochs`, at the pace since `first_epoch` began at
+    """ ", about 1 h 05 min left" after `epoch` of `epochs`, at the pace since `first_epoch` began at
     `clock` (time.monotonic); "" after the last epoch. Appended to each epoch's log line."""
     if epoch >= epochs:
         return ""
@@ -85,13 +85,21 @@ class Run:
 
     def save(self, epoch: int, progress: dict[str, Any]) -> None:
         """After `epoch`: `progress` is the caller's own record (history, best epoch and state...)."""
-        save(self.path, {
-            "settings": _plain(self.settings), "epoch": epoch, "progress": _plain(progress),
-            "model": self.network.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None,
-            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-            "rng": self.rng.bit_generator.state, "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        })
+        save(
+            self.path,
+            {
+                "settings": _plain(self.settings),
+                "epoch": epoch,
+                "progress": _plain(progress),
+                "model": self.network.state_dict(),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(),
+                "rng": self.rng.bit_generator.state,
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
+        )
 
     def resume(self, log: Callable[[str], None]) -> tuple[int, dict[str, Any]] | None:
         """Restore the state after the last finished epoch: (that epoch, its progress); None when
@@ -103,8 +111,11 @@ class Run:
         settings = _plain(self.settings)
         if saved.get("settings") != settings:
             if "settings" in saved:
-                differences = ", ".join(f"{key} {saved['settings'].get(key)!r} there, {value!r} now"
-                                        for key, value in settings.items() if saved["settings"].get(key) != value)
+                differences = ", ".join(
+                    f"{key} {saved['settings'].get(key)!r} there, {value!r} now"
+                    for key, value in settings.items()
+                    if saved["settings"].get(key) != value
+                )
                 cause = f"was written by a run with other settings ({differences}); rerun with that run's options, or"
             else:
                 cause = "has no record of the settings it was trained with, so it cannot be resumed; run"

@@ -62,9 +62,7 @@ def segmentation_case(
     return SegmentationCase(study.uid, image.numpy()[0].astype(np.float16), moved.astype(np.uint8))
 
 
-def crop_set(
-    study: RsnaStudy, volume: Volume, labels: np.ndarray, spec: CropSpec, source: str
-) -> CropSet:
+def crop_set(study: RsnaStudy, volume: Volume, labels: np.ndarray, spec: CropSpec, source: str) -> CropSet:
     padded = replace(spec, shape=tuple(n + m for n, m in zip(spec.shape, CROP_MARGIN, strict=True)))  # type: ignore[arg-type]
     found = measure(labels, volume)
     crops = np.zeros((len(found), 2, *padded.shape), dtype=np.uint8)

@@ -36,8 +36,9 @@ def demo_spec(rng: np.random.Generator, size: int, region: Region = "neck") -> P
     if rng.random() < 0.25:
         thickness = float(rng.choice(THICKNESSES[1:]))  # long thin scans cost slices, not realism
         slices = math.ceil(float(rng.uniform(300.0, 400.0)) / thickness)
-    return PhantomSpec(size=size, pixel_spacing=round(fov / size, 4), slices=slices, slice_thickness=thickness,
-                       region=region)
+    return PhantomSpec(
+        size=size, pixel_spacing=round(fov / size, 4), slices=slices, slice_thickness=thickness, region=region
+    )
 
 
 def generate(
@@ -52,8 +53,10 @@ def generate(
         spec = demo_spec(rng, size, region)
         study = generate_study(rng, spec, index)
         write_rsna_layout(neck if region == "neck" else no_neck, [study])
-        log(f"{index + 1}/{studies + negatives} {region} fov={(spec.pixel_spacing or 0.0) * size:.0f}mm"
-            f" slices={len(study.datasets)} fractures={''.join(str(int(f)) for f in study.fractures)}")
+        log(
+            f"{index + 1}/{studies + negatives} {region} fov={(spec.pixel_spacing or 0.0) * size:.0f}mm"
+            f" slices={len(study.datasets)} fractures={''.join(str(int(f)) for f in study.fractures)}"
+        )
     return neck, no_neck
 
 
@@ -65,8 +68,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=100)
     parser.add_argument("--size", type=int, default=256, help="rows and columns")
     args = parser.parse_args(argv)
-    generate(Path(args.out), args.studies, args.negatives, args.seed, args.size,
-             log=lambda line: print(line, file=sys.stderr, flush=True))
+    generate(
+        Path(args.out),
+        args.studies,
+        args.negatives,
+        args.seed,
+        args.size,
+        log=lambda line: print(line, file=sys.stderr, flush=True),
+    )
     return 0
 
 

@@ -50,8 +50,9 @@ def _foreground(case: SegmentationCase, rng: np.random.Generator, keep: int = 40
     return points
 
 
-def _patch(case: SegmentationCase, points: np.ndarray, size: Sequence[int], rng: np.random.Generator,
-           augment: bool) -> tuple[np.ndarray, np.ndarray]:
+def _patch(
+    case: SegmentationCase, points: np.ndarray, size: Sequence[int], rng: np.random.Generator, augment: bool
+) -> tuple[np.ndarray, np.ndarray]:
     shape = np.array(case.image.shape)
     if len(points) and rng.random() < 0.75:
         centre = points[rng.integers(len(points))] + rng.integers(-16, 17, 3)
@@ -88,9 +89,19 @@ def segmentation_dice(network: torch.nn.Module, cases: Sequence[SegmentationCase
 
 
 def train_vertebrae(
-    network: torch.nn.Module, train: Sequence[SegmentationCase], val: Sequence[SegmentationCase],
-    roi: Sequence[int], epochs: int, seed: int, log: Log, patches_per_case: int = 1, batch_size: int = 2,
-    learning_rate: float = 3e-3, checkpoint: Path | None = None, resume: bool = False, validate_every: int = 1,
+    network: torch.nn.Module,
+    train: Sequence[SegmentationCase],
+    val: Sequence[SegmentationCase],
+    roi: Sequence[int],
+    epochs: int,
+    seed: int,
+    log: Log,
+    patches_per_case: int = 1,
+    batch_size: int = 2,
+    learning_rate: float = 3e-3,
+    checkpoint: Path | None = None,
+    resume: bool = False,
+    validate_every: int = 1,
 ) -> tuple[dict[str, torch.Tensor], list[dict]]:
     """Best weights by validation Dice (validated every `validate_every` epochs and after the last).
     `checkpoint`: the file rewritten after every epoch, which `resume` continues from."""
@@ -101,17 +112,31 @@ def train_vertebrae(
     steps = max(1, (len(train) * patches_per_case) // batch_size)
     optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, learning_rate, total_steps=steps * epochs, pct_start=0.15)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)  # Dice pooled over the batch: patches miss vertebrae
+    loss_fn = DiceCELoss(
+        to_onehot_y=True, softmax=True, batch=True
+    )  # Dice pooled over the batch: patches miss vertebrae
     progress: dict = {"history": [], "best_dice": -1.0, "best_state": copy.deepcopy(network.state_dict())}
     run = None
     if checkpoint:  # the settings it records, the weights still the initial ones
-        run = checkpoints.Run(checkpoint, {
-            "epochs": epochs, "seed": seed, "roi": list(roi), "patches_per_case": patches_per_case,
-            "batch_size": batch_size, "learning_rate": learning_rate, "validate_every": validate_every,
-            "train_series": checkpoints.fingerprint(case.uid for case in train),
-            "validation_series": checkpoints.fingerprint(case.uid for case in val),
-            "initial_weights": checkpoints.fingerprint(network.state_dict().values()),
-        }, network, optimizer, schedule, rng)
+        run = checkpoints.Run(
+            checkpoint,
+            {
+                "epochs": epochs,
+                "seed": seed,
+                "roi": list(roi),
+                "patches_per_case": patches_per_case,
+                "batch_size": batch_size,
+                "learning_rate": learning_rate,
+                "validate_every": validate_every,
+                "train_series": checkpoints.fingerprint(case.uid for case in train),
+                "validation_series": checkpoints.fingerprint(case.uid for case in val),
+                "initial_weights": checkpoints.fingerprint(network.state_dict().values()),
+            },
+            network,
+            optimizer,
+            schedule,
+            rng,
+        )
 
     def one_epoch(epoch: int) -> str:
         network.train()
@@ -161,7 +186,9 @@ def crop_batch(crops: np.ndarray, index: np.ndarray, rng: np.random.Generator | 
     out = np.empty((len(index), 2, *size), np.float32)
     for row, i in enumerate(index):
         offset = [m // 2 for m in CROP_MARGIN] if rng is None else [int(rng.integers(0, m + 1)) for m in CROP_MARGIN]
-        crop = crops[i][:, offset[0]:offset[0] + size[0], offset[1]:offset[1] + size[1], offset[2]:offset[2] + size[2]]
+        crop = crops[i][
+            :, offset[0] : offset[0] + size[0], offset[1] : offset[1] + size[1], offset[2] : offset[2] + size[2]
+        ]
         out[row] = crop
         out[row, 0] /= 255.0
         if rng is not None:
@@ -204,8 +231,9 @@ def platt(logits: np.ndarray, fractured: np.ndarray, ridge: float = 1.0) -> tupl
         p = 1.0 / (1.0 + np.exp(-(a * logits + b)))
         g, h = w * (p - y), w * p * (1 - p)
         grad = np.array([np.sum(g * logits) + ridge * (a - 1.0), np.sum(g) + ridge * b])
-        hess = np.array([[np.sum(h * logits * logits) + ridge, np.sum(h * logits)],
-                         [np.sum(h * logits), np.sum(h) + ridge]])
+        hess = np.array(
+            [[np.sum(h * logits * logits) + ridge, np.sum(h * logits)], [np.sum(h * logits), np.sum(h) + ridge]]
+        )
         step = np.linalg.solve(hess, grad)
         a, b = max(0.0, a - float(step[0])), b - float(step[1])
         if np.abs(step).max() < 1e-8:
@@ -223,13 +251,25 @@ def balanced_batch(fractured: np.ndarray, batch_size: int, rng: np.random.Genera
     if not len(positives) or not len(negatives):
         return rng.choice(len(fractured), batch_size, replace=len(fractured) < batch_size)
     half = batch_size // 2
-    return np.concatenate([rng.choice(positives, half, replace=len(positives) < half),
-                           rng.choice(negatives, batch_size - half, replace=len(negatives) < batch_size - half)])
+    return np.concatenate(
+        [
+            rng.choice(positives, half, replace=len(positives) < half),
+            rng.choice(negatives, batch_size - half, replace=len(negatives) < batch_size - half),
+        ]
+    )
 
 
 def train_fracture(
-    network: torch.nn.Module, train: Sequence[CropSet], val: Sequence[CropSet], epochs: int, seed: int,
-    log: Log, batch_size: int = 16, learning_rate: float = 2e-3, checkpoint: Path | None = None, resume: bool = False,
+    network: torch.nn.Module,
+    train: Sequence[CropSet],
+    val: Sequence[CropSet],
+    epochs: int,
+    seed: int,
+    log: Log,
+    batch_size: int = 16,
+    learning_rate: float = 2e-3,
+    checkpoint: Path | None = None,
+    resume: bool = False,
 ) -> tuple[dict[str, torch.Tensor], list[dict], dict]:
     """Balanced batches (fractured vertebrae are ~1 in 6 crops: uniform batches hold two or three, too
     few to learn the clefts from) with plain BCE; the network then estimates the likelihood ratio, so
@@ -252,16 +292,30 @@ def train_fracture(
     optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, learning_rate, total_steps=steps * epochs, pct_start=0.2)
     # best_fit is a list, as checkpoints have always held it
-    progress: dict = {"history": [], "best_loss": float("inf"), "best_state": copy.deepcopy(network.state_dict()),
-                      "best_fit": [1.0, 0.0]}
+    progress: dict = {
+        "history": [],
+        "best_loss": float("inf"),
+        "best_state": copy.deepcopy(network.state_dict()),
+        "best_fit": [1.0, 0.0],
+    }
     run = None
     if checkpoint:  # the settings it records, the weights still the initial ones
-        run = checkpoints.Run(checkpoint, {
-            "epochs": epochs, "seed": seed, "batch_size": batch_size, "learning_rate": learning_rate,
-            "train_crops": checkpoints.fingerprint([crops, fractured]),
-            "validation_crops": checkpoints.fingerprint([val_crops, val_fractured]),
-            "initial_weights": checkpoints.fingerprint(network.state_dict().values()),
-        }, network, optimizer, schedule, rng)
+        run = checkpoints.Run(
+            checkpoint,
+            {
+                "epochs": epochs,
+                "seed": seed,
+                "batch_size": batch_size,
+                "learning_rate": learning_rate,
+                "train_crops": checkpoints.fingerprint([crops, fractured]),
+                "validation_crops": checkpoints.fingerprint([val_crops, val_fractured]),
+                "initial_weights": checkpoints.fingerprint(network.state_dict().values()),
+            },
+            network,
+            optimizer,
+            schedule,
+            rng,
+        )
 
     def one_epoch(epoch: int) -> str:
         network.train()
@@ -283,16 +337,21 @@ def train_fracture(
             logits = predict_logits(network, val_crops) + prior
             fit = platt(logits, val_fractured)
             val_loss = _weighted_bce(_sigmoid(fit[0] * logits + fit[1]), val_fractured)
-            entry.update(val_loss_prior=round(_weighted_bce(_sigmoid(logits), val_fractured), 4),
-                         val_auc=round(_auc(val_fractured, logits), 4), platt=[round(fit[0], 4), round(fit[1], 4)])
+            entry.update(
+                val_loss_prior=round(_weighted_bce(_sigmoid(logits), val_fractured), 4),
+                val_auc=round(_auc(val_fractured, logits), 4),
+                platt=[round(fit[0], 4), round(fit[1], 4)],
+            )
         else:
             val_loss, fit = total / steps, (1.0, 0.0)
         entry.update(val_loss=round(val_loss, 4), seconds=round(time.monotonic() - started, 1))
         progress["history"].append(entry)
         if val_loss < progress["best_loss"]:
             progress.update(best_loss=val_loss, best_state=copy.deepcopy(network.state_dict()), best_fit=list(fit))
-        return (f"fracture epoch {epoch}: loss {total / steps:.4f}, val weighted BCE {val_loss:.4f} (Platt"
-                f" {fit[0]:.2f}, {fit[1]:.2f}), val AUC {entry.get('val_auc', '-')}")
+        return (
+            f"fracture epoch {epoch}: loss {total / steps:.4f}, val weighted BCE {val_loss:.4f} (Platt"
+            f" {fit[0]:.2f}, {fit[1]:.2f}), val AUC {entry.get('val_auc', '-')}"
+        )
 
     fit_epochs(epochs, one_epoch, progress, log, run=run, resume=resume)
     history, best_state, best_fit = progress["history"], progress["best_state"], progress["best_fit"]
@@ -301,9 +360,17 @@ def train_fracture(
     a, b = best_fit
     state[weight] = state[weight] * a
     state[bias] = (state[bias] + prior) * a + b
-    return state, history, {"sampling": "balanced batches (half fractured)", "loss": "binary cross-entropy",
-                            "fractured_share": round(share, 4), "prior_logit": round(prior, 4),
-                            "validation_platt": [round(a, 4), round(b, 4)]}
+    return (
+        state,
+        history,
+        {
+            "sampling": "balanced batches (half fractured)",
+            "loss": "binary cross-entropy",
+            "fractured_share": round(share, 4),
+            "prior_logit": round(prior, 4),
+            "validation_platt": [round(a, 4), round(b, 4)],
+        },
+    )
 
 
 def _last_linear(state: dict[str, torch.Tensor]) -> tuple[str, str]:
@@ -319,5 +386,6 @@ def _auc(fractured: np.ndarray, scores: np.ndarray) -> float:
     if not len(positives) or not len(negatives):
         return float("nan")
     ranks = np.argsort(np.argsort(np.concatenate([positives, negatives]), kind="stable"), kind="stable") + 1.0
-    return float((ranks[: len(positives)].sum() - len(positives) * (len(positives) + 1) / 2)
-                 / (len(positives) * len(negatives)))
+    return float(
+        (ranks[: len(positives)].sum() - len(positives) * (len(positives) + 1) / 2) / (len(positives) * len(negatives))
+    )

@@ -37,12 +37,19 @@ def weighted_log_loss(truth: np.ndarray, predicted: np.ndarray) -> float:
     return float(np.mean((losses * weights).sum(axis=1) / weights.sum(axis=1)))
 
 
-def auc_with_ci(labels: Sequence[bool] | np.ndarray, scores: Sequence[float] | np.ndarray, seed: int = 0) -> dict[str, object]:
+def auc_with_ci(
+    labels: Sequence[bool] | np.ndarray, scores: Sequence[float] | np.ndarray, seed: int = 0
+) -> dict[str, object]:
     """ROC AUC with its 95% percentile-bootstrap CI, or a reason when one class is missing."""
     labels_array, scores_array = np.asarray(labels, bool), np.asarray(scores, np.float64)
     if labels_array.all() or not labels_array.any():
-        return {"roc_auc": None, "roc_auc_95ci": None, "note": "needs positive and negative cases",
-                "positives": int(labels_array.sum()), "count": len(labels_array)}
+        return {
+            "roc_auc": None,
+            "roc_auc_95ci": None,
+            "note": "needs positive and negative cases",
+            "positives": int(labels_array.sum()),
+            "count": len(labels_array),
+        }
     return {
         "roc_auc": round(roc_auc(labels_array, scores_array), 4),
         "roc_auc_95ci": [round(v, 4) for v in bootstrap_auc_ci(labels_array, scores_array, seed=seed)],

@@ -108,7 +108,9 @@ def find_studies(data: Path) -> list[RsnaStudy]:
     return studies
 
 
-def split(studies: list[RsnaStudy], seed: int, fractions: tuple[float, float] = (0.7, 0.15)) -> dict[str, list[RsnaStudy]]:
+def split(
+    studies: list[RsnaStudy], seed: int, fractions: tuple[float, float] = (0.7, 0.15)
+) -> dict[str, list[RsnaStudy]]:
     """train / val / test by study, reproducible: order by a seeded hash of the UID, then cut.
 
     A study keeps its side when others are added or removed (its hash does not change).
@@ -147,6 +149,7 @@ def find_negatives(folder: Path) -> list[NegativeSeries]:
 
 def split_by_uid(uids: list[str], seed: int, fractions: tuple[float, float] = (0.7, 0.15)) -> dict[str, list[str]]:
     """The same seeded-hash split as `split`, for anything named by a UID."""
+
     def key(uid: str) -> str:
         return hashlib.sha256(f"{seed}:{uid}".encode()).hexdigest()
 
@@ -156,7 +159,7 @@ def split_by_uid(uids: list[str], seed: int, fractions: tuple[float, float] = (0
     if n >= 3:
         n_train, n_val = max(1, min(n_train, n - 2)), max(1, n_val)
         n_val = min(n_val, n - n_train - 1)
-    return {"train": ordered[:n_train], "val": ordered[n_train:n_train + n_val], "test": ordered[n_train + n_val:]}
+    return {"train": ordered[:n_train], "val": ordered[n_train : n_train + n_val], "test": ordered[n_train + n_val :]}
 
 
 def load_volume(study: RsnaStudy | NegativeSeries) -> Volume:

@@ -108,8 +108,10 @@ def _splits(settings: CSpineSettings, log: Log) -> dict[str, list[RsnaStudy]]:
     studies = find_studies(settings.data)
     parts = split(studies, settings.seed)
     segmented = {name: sum(s.segmentation is not None for s in part) for name, part in parts.items()}
-    log(f"{len(studies)} studies: " + ", ".join(
-        f"{name} {len(part)} ({segmented[name]} with segmentation)" for name, part in parts.items()))
+    log(
+        f"{len(studies)} studies: "
+        + ", ".join(f"{name} {len(part)} ({segmented[name]} with segmentation)" for name, part in parts.items())
+    )
     return parts
 
 
@@ -139,22 +141,36 @@ def train(settings: CSpineSettings, log: Log = print) -> dict[str, Any]:
     cases: dict[str, list[cspine_data.SegmentationCase]] = {"train": [], "val": []}
     crops: dict[str, list[cspine_data.CropSet]] = {"train": [], "val": []}
     for name in ("train", "val"):
-        for study in tqdm([s for s in parts[name] if s.segmentation], desc=f"reading {name} segmentations", unit="study"):
+        for study in tqdm(
+            [s for s in parts[name] if s.segmentation], desc=f"reading {name} segmentations", unit="study"
+        ):
             case, crop_set = cspine_data.cached_reference(study, vertebra_bundle, spec, cache)
             cases[name].append(case)  # type: ignore[arg-type]
             crops[name].append(crop_set)  # type: ignore[arg-type]
     if not cases["train"]:
         raise DataError(f"{settings.data}: no training study has a segmentation; the vertebra model needs some")
     negatives = _negatives(settings, log)
-    negative_cases = {name: [cspine_data.cached_negative(series, vertebra_bundle, cache)
-                             for series in tqdm(negatives[name], desc=f"reading {name} negatives", unit="series")]
-                      for name in ("train", "val")} if "vertebrae" in settings.models else {"train": [], "val": []}
+    negative_cases = (
+        {
+            name: [
+                cspine_data.cached_negative(series, vertebra_bundle, cache)
+                for series in tqdm(negatives[name], desc=f"reading {name} negatives", unit="series")
+            ]
+            for name in ("train", "val")
+        }
+        if "vertebrae" in settings.models
+        else {"train": [], "val": []}
+    )
     prepared = time.monotonic()
-    common = {"seed": settings.seed, "split": {name: len(part) for name, part in parts.items()},
-              "data_preparation_seconds": round(prepared - started, 1),
-              "negatives": {name: len(part) for name, part in negatives.items()},
-              "hardware": (torch.cuda.get_device_name() if torch.cuda.is_available()
-                           else f"CPU, {torch.get_num_threads()} threads")}
+    common = {
+        "seed": settings.seed,
+        "split": {name: len(part) for name, part in parts.items()},
+        "data_preparation_seconds": round(prepared - started, 1),
+        "negatives": {name: len(part) for name, part in negatives.items()},
+        "hardware": (
+            torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU, {torch.get_num_threads()} threads"
+        ),
+    }
     trained: dict[str, Any] = {}
     if "vertebrae" in settings.models:
         trained["vertebrae"] = {**common, **_train_vertebrae(settings, vertebra_bundle, cases, negative_cases, log)}
@@ -164,8 +180,13 @@ def train(settings: CSpineSettings, log: Log = print) -> dict[str, Any]:
     return trained
 
 
-def _train_vertebrae(settings: CSpineSettings, bundle: bundles.Bundle, cases: dict[str, list[Any]],
-                     negative_cases: dict[str, list[Any]], log: Log) -> dict[str, Any]:
+def _train_vertebrae(
+    settings: CSpineSettings,
+    bundle: bundles.Bundle,
+    cases: dict[str, list[Any]],
+    negative_cases: dict[str, list[Any]],
+    log: Log,
+) -> dict[str, Any]:
     started = time.monotonic()
     network = bundles.build_network(bundle)
     init = ""
@@ -179,21 +200,42 @@ def _train_vertebrae(settings: CSpineSettings, bundle: bundles.Bundle, cases: di
     roi = settings.seg_patch or tuple(bundle.inputs["image"]["spatial_shape"])
     validation = cases["val"][:3] + negative_cases["val"][:1]  # whole volumes: costly on a CPU
     state, history = cspine_loops.train_vertebrae(
-        network, cases["train"] + negative_cases["train"], validation, roi, settings.seg_epochs, settings.seed, log,
-        patches_per_case=settings.patches_per_case, validate_every=max(1, settings.seg_epochs // 5),
-        learning_rate=settings.seg_learning_rate, resume=settings.resume,
-        checkpoint=settings.cache / "cspine" / "checkpoints" / "vertebrae_last.pt")
+        network,
+        cases["train"] + negative_cases["train"],
+        validation,
+        roi,
+        settings.seg_epochs,
+        settings.seed,
+        log,
+        patches_per_case=settings.patches_per_case,
+        validate_every=max(1, settings.seg_epochs // 5),
+        learning_rate=settings.seg_learning_rate,
+        resume=settings.resume,
+        checkpoint=settings.cache / "cspine" / "checkpoints" / "vertebrae_last.pt",
+    )
     _install(settings.vertebra_bundle, state)
-    return {"epochs": settings.seg_epochs, "patch": list(roi), "patches_per_study": settings.patches_per_case,
-            "learning_rate": settings.seg_learning_rate, **({"init_weights_sha256": init} if init else {}),
-            "best_epoch": int(max((h for h in history if "val_dice" in h), key=lambda h: h["val_dice"])["epoch"]),
-            "training_seconds": round(time.monotonic() - started, 1), "history": history,
-            "training_series": {"with_vertebrae": len(cases["train"]), "without": len(negative_cases["train"])},
-            **earlier}
+    return {
+        "epochs": settings.seg_epochs,
+        "patch": list(roi),
+        "patches_per_study": settings.patches_per_case,
+        "learning_rate": settings.seg_learning_rate,
+        **({"init_weights_sha256": init} if init else {}),
+        "best_epoch": int(max((h for h in history if "val_dice" in h), key=lambda h: h["val_dice"])["epoch"]),
+        "training_seconds": round(time.monotonic() - started, 1),
+        "history": history,
+        "training_series": {"with_vertebrae": len(cases["train"]), "without": len(negative_cases["train"])},
+        **earlier,
+    }
 
 
-def _train_fracture(settings: CSpineSettings, bundle: bundles.Bundle, crops: dict[str, list[cspine_data.CropSet]],
-                    parts: dict[str, list[RsnaStudy]], spec: CropSpec, log: Log) -> dict[str, Any]:
+def _train_fracture(
+    settings: CSpineSettings,
+    bundle: bundles.Bundle,
+    crops: dict[str, list[cspine_data.CropSet]],
+    parts: dict[str, list[RsnaStudy]],
+    spec: CropSpec,
+    log: Log,
+) -> dict[str, Any]:
     """Crops of studies without a reference segmentation come from the vertebra bundle as it now is."""
     cache = settings.cache / "cspine"
     vertebra_sha = bundles.read(settings.vertebra_bundle).weights_sha256
@@ -203,30 +245,46 @@ def _train_fracture(settings: CSpineSettings, bundle: bundles.Bundle, crops: dic
         try:
             for name, studies in unsegmented.items():
                 for study in tqdm(studies, desc=f"finding vertebrae ({name})", unit="study"):
-                    crops[name].append(cspine_data.predicted_crops(
-                        study, lambda v: model.segment(v).labels, spec, cache, vertebra_sha))
+                    crops[name].append(
+                        cspine_data.predicted_crops(study, lambda v: model.segment(v).labels, spec, cache, vertebra_sha)
+                    )
         finally:
             model.close()
     started = time.monotonic()
     network = bundles.build_network(bundle)
     state, history, calibration = cspine_loops.train_fracture(
-        network, crops["train"], crops["val"], settings.epochs, settings.seed, log, batch_size=settings.batch_size,
-        checkpoint=cache / "checkpoints" / "fracture_last.pt", resume=settings.resume)
+        network,
+        crops["train"],
+        crops["val"],
+        settings.epochs,
+        settings.seed,
+        log,
+        batch_size=settings.batch_size,
+        checkpoint=cache / "checkpoints" / "fracture_last.pt",
+        resume=settings.resume,
+    )
     network.load_state_dict(state)
     choices = _validation_choices(network, crops, parts)
     _install(settings.fracture_bundle, state)
     _update_metadata(settings.fracture_bundle, lambda m: m["fracnode"].update(choices))
     log(f"validation choices: {json.dumps(choices)}")
-    return {"epochs": settings.epochs, "batch_size": settings.batch_size, **calibration,
-            "best_epoch": int(min(history, key=lambda h: h["val_loss"])["epoch"]),
-            "training_seconds": round(time.monotonic() - started, 1), "history": history,
-            "crops": {n: int(sum(len(c.crops) for c in crops[n])) for n in crops},
-            "crops_from_predicted_masks": {n: int(sum(len(c.crops) for c in crops[n] if c.source == "predicted"))
-                                           for n in crops}}
+    return {
+        "epochs": settings.epochs,
+        "batch_size": settings.batch_size,
+        **calibration,
+        "best_epoch": int(min(history, key=lambda h: h["val_loss"])["epoch"]),
+        "training_seconds": round(time.monotonic() - started, 1),
+        "history": history,
+        "crops": {n: int(sum(len(c.crops) for c in crops[n])) for n in crops},
+        "crops_from_predicted_masks": {
+            n: int(sum(len(c.crops) for c in crops[n] if c.source == "predicted")) for n in crops
+        },
+    }
 
 
-def _validation_choices(network: torch.nn.Module, crops: dict[str, list[cspine_data.CropSet]],
-                        parts: dict[str, list[RsnaStudy]]) -> dict[str, Any]:
+def _validation_choices(
+    network: torch.nn.Module, crops: dict[str, list[cspine_data.CropSet]], parts: dict[str, list[RsnaStudy]]
+) -> dict[str, Any]:
     """Aggregation, absent-vertebra probability and operating points, from the validation split."""
     flags = np.concatenate([c.fractured for c in crops["train"] if len(c.crops)])
     rate = float(flags.mean()) if len(flags) else 0.1
@@ -251,10 +309,16 @@ def _validation_choices(network: torch.nn.Module, crops: dict[str, list[cspine_d
     scores = np.array(predicted[how])[:, 0]
     points = {"suspicious": 0.3, "fracture": 0.6}
     if patients.any() and not patients.all():
-        points = {"suspicious": round(metrics.threshold_for_sensitivity(patients, scores, 0.9), 4),
-                  "fracture": round(metrics.threshold_for_specificity(patients, scores, 0.9), 4)}
-    return {"patient_aggregation": how, "absent_vertebra_probability": absent, "operating_points": points,
-            "validation_weighted_log_loss": {h: round(v, 4) for h, v in losses.items()}}
+        points = {
+            "suspicious": round(metrics.threshold_for_sensitivity(patients, scores, 0.9), 4),
+            "fracture": round(metrics.threshold_for_specificity(patients, scores, 0.9), 4),
+        }
+    return {
+        "patient_aggregation": how,
+        "absent_vertebra_probability": absent,
+        "operating_points": points,
+        "validation_weighted_log_loss": {h: round(v, 4) for h, v in losses.items()},
+    }
 
 
 def evaluate(settings: CSpineSettings, log: Log = print) -> dict[str, Any]:
@@ -282,8 +346,9 @@ def evaluate(settings: CSpineSettings, log: Log = print) -> dict[str, Any]:
             row = [analysis.fracture.probability(name) for name in VERTEBRAE]
             found = [p for p in row if p is not None]
             truth.append([study.labels.patient_overall, *study.labels.vertebrae])
-            predicted.append([analysis.fracture.patient_probability if found else absent,
-                              *(absent if p is None else p for p in row)])
+            predicted.append(
+                [analysis.fracture.patient_probability if found else absent, *(absent if p is None else p for p in row)]
+            )
             reference = load_segmentation(study, volume)
             if reference is not None:
                 scores = dice_per_label(analysis.segmentation.labels, reference, range(1, 8))
@@ -297,19 +362,25 @@ def evaluate(settings: CSpineSettings, log: Log = print) -> dict[str, Any]:
     for name, threshold in points.items():
         result[name] = {k: round(v, 4) for k, v in metrics.operating_point(patients, patient_scores, threshold).items()}
     if identified["reference"]:
-        result["vertebrae_identified"] = {**identified, "rate": round(identified["found"] / identified["reference"], 4),
-                                          "rule": "Dice >= 0.5 against the reference label of the same vertebra"}
+        result["vertebrae_identified"] = {
+            **identified,
+            "rate": round(identified["found"] / identified["reference"], 4),
+            "rule": "Dice >= 0.5 against the reference label of the same vertebra",
+        }
     if without:
         result["no_cervical_spine"] = {
-            "series": len(without), "with_vertebrae_found": sum(bool(w) for w in without),
+            "series": len(without),
+            "with_vertebrae_found": sum(bool(w) for w in without),
             "vertebrae_found": sum(len(w) for w in without),
         }
     result["seconds_per_study"] = round(float(np.mean(seconds)), 2)
     result["measured_on"] = (
         f"all {len(test)} studies of {settings.data.name}, a dataset never used for training, model selection"
-        " or threshold choice" if settings.all_studies else
-        f"test split of {settings.data.name}: {len(test)} studies never used for training, model selection"
-        f" or threshold choice (split seed {settings.seed})")
+        " or threshold choice"
+        if settings.all_studies
+        else f"test split of {settings.data.name}: {len(test)} studies never used for training, model selection"
+        f" or threshold choice (split seed {settings.seed})"
+    )
     log(json.dumps(result, indent=2))
     return result
 
@@ -321,8 +392,15 @@ def _negative_outcome(models: CSpineModels, series: NegativeSeries) -> list[str]
 
 def record(settings: CSpineSettings, result: dict[str, Any], training: dict[str, Any] | None = None) -> None:
     """Write the measured numbers (and training facts) into both bundles' metadata."""
-    seg_keys = ("measured_on", "dice", "dice_mean", "dice_studies", "vertebrae_identified", "no_cervical_spine",
-                "seconds_per_study")
+    seg_keys = (
+        "measured_on",
+        "dice",
+        "dice_mean",
+        "dice_studies",
+        "vertebrae_identified",
+        "no_cervical_spine",
+        "seconds_per_study",
+    )
 
     training = training or {}
 

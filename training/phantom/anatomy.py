@@ -205,9 +205,7 @@ def vertebra_depth(v: Vertebra, u: np.ndarray, p: np.ndarray, w: float) -> np.nd
     return depth
 
 
-def fracture_gap(
-    f: Fracture, v: Vertebra, u: np.ndarray, p: np.ndarray, w: float, min_gap: float = 0.0
-) -> np.ndarray:
+def fracture_gap(f: Fracture, v: Vertebra, u: np.ndarray, p: np.ndarray, w: float, min_gap: float = 0.0) -> np.ndarray:
     """True where the fracture plane's gap cuts through (within `radius` of its point).
 
     The gap is at least `min_gap` wide, so that a cleft thinner than a voxel still darkens the
@@ -220,17 +218,13 @@ def fracture_gap(
     return (np.abs(distance) <= max(f.gap, min_gap) / 2.0) & near
 
 
-def disc_depth(
-    below: Vertebra, above: Vertebra, u: np.ndarray, p: np.ndarray, w: float
-) -> np.ndarray:
+def disc_depth(below: Vertebra, above: Vertebra, u: np.ndarray, p: np.ndarray, w: float) -> np.ndarray:
     """The intervertebral disc between two bodies (none between C1 and C2)."""
     lo, hi = below.bottom + below.height, above.bottom
     if not lo - 0.5 <= w <= hi + 0.5:
         return np.full(u.shape, -99.0, dtype=np.float32)
     a, b = (below.body_a + above.body_a) / 2.0, (below.body_b + above.body_b) / 2.0
-    return np.minimum(ellipse(u, p, 0.0, 0.0, a * 0.97, b * 0.97), b * 0.75 + 1.0 - p).astype(
-        np.float32
-    )
+    return np.minimum(ellipse(u, p, 0.0, 0.0, a * 0.97, b * 0.97), b * 0.75 + 1.0 - p).astype(np.float32)
 
 
 def spinal_canal(v: Vertebra, u: np.ndarray, p: np.ndarray) -> np.ndarray:

@@ -35,9 +35,7 @@ def series_datasets(
     study_uid, series_uid, frame_uid = uid("study"), uid("series"), uid("frame")
     protocol = protocols[index % len(protocols)]
     thickness = scene.slice_thickness
-    description = (
-        f"{anatomy} {thickness:g}mm {'Bone' if kernel in ('BONE', 'B70s', 'Br64') else 'Std'}"
-    )
+    description = f"{anatomy} {thickness:g}mm {'Bone' if kernel in ('BONE', 'B70s', 'Br64') else 'Std'}"
     patient_id = f"PHANTOM-{study_uid[-8:]}"
     datasets = []
     for k, z in enumerate(scene.slice_positions):

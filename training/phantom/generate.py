@@ -29,9 +29,7 @@ from training.phantom.anatomy import LABELS, Fracture, Vertebra, build_spine
 from training.phantom.dicom import series_datasets
 from training.phantom.render import Renderer, Scene
 
-UID_PREFIX = (
-    "1.2.826.0.1.3680043.8.498."  # pydicom's root; UIDs derive from the seed (reproducible)
-)
+UID_PREFIX = "1.2.826.0.1.3680043.8.498."  # pydicom's root; UIDs derive from the seed (reproducible)
 # where RSNA 2022 fractures cluster (C2, C6, C7 most often): relative weights for C1…C7
 FRACTURE_WEIGHTS = (0.09, 0.2, 0.07, 0.09, 0.12, 0.19, 0.24)
 KERNELS = (("BONE", 45.0), ("STANDARD", 14.0), ("B70s", 55.0), ("Br64", 40.0), ("FC18", 18.0))
@@ -77,9 +75,7 @@ class PhantomGeometry:
 
     origin: tuple[float, float, float]  # ImagePositionPatient of slice 0
     spacing: tuple[float, float, float]  # (slice step, row spacing, column spacing) mm
-    direction: tuple[
-        tuple[float, float, float], ...
-    ]  # columns: row dir, column dir, slice step dir
+    direction: tuple[tuple[float, float, float], ...]  # columns: row dir, column dir, slice step dir
     shape: tuple[int, int, int]  # (slices, rows, columns)
 
 
@@ -108,9 +104,7 @@ def _fracture(rng: np.random.Generator, vert: Vertebra, w_range: tuple[float, fl
     """A cleft through the body (or arch, or C1's ring, or the dens base) whose centre lies in w_range."""
     lo, hi = max(vert.bottom + 2.0, w_range[0]), min(vert.bottom + vert.height - 2.0, w_range[1])
     w = float(rng.uniform(lo, max(lo, hi)))
-    phi = float(
-        rng.uniform(0, math.pi)
-    )  # vertical-ish planes: the cleft shows on every axial slice
+    phi = float(rng.uniform(0, math.pi))  # vertical-ish planes: the cleft shows on every axial slice
     tilt = float(rng.uniform(-0.35, 0.35))
     normal = np.array([math.cos(phi), math.sin(phi), tilt])
     normal /= np.linalg.norm(normal)
@@ -145,9 +139,7 @@ def _draw_flags(rng: np.random.Generator, spec: PhantomSpec) -> tuple[bool, ...]
     return tuple(i in chosen for i in range(7))
 
 
-def _scan_range(
-    rng: np.random.Generator, spec: PhantomSpec, span: tuple[float, float]
-) -> tuple[int, float, float]:
+def _scan_range(rng: np.random.Generator, spec: PhantomSpec, span: tuple[float, float]) -> tuple[int, float, float]:
     """(slices, thickness, w of the lowest slice) covering span = (w low, w high) plus margins."""
     wanted = span[1] - span[0] + float(rng.uniform(20.0, 60.0))
     if spec.slices and spec.slice_thickness:
@@ -158,33 +150,22 @@ def _scan_range(
         thickness = spec.slice_thickness or float(rng.choice([0.625, 0.625, 1.0, 1.25, 2.0, 3.0]))
         slices = max(2, math.ceil(wanted / thickness))
     length = (slices - 1) * thickness
-    centre = (span[0] + span[1]) / 2.0 + float(rng.uniform(-0.15, 0.15)) * max(
-        0.0, length - (span[1] - span[0])
-    )
+    centre = (span[0] + span[1]) / 2.0 + float(rng.uniform(-0.15, 0.15)) * max(0.0, length - (span[1] - span[0]))
     return slices, thickness, centre - length / 2.0
 
 
-def _scene(
-    rng: np.random.Generator, spec: PhantomSpec, flags: tuple[bool, ...]
-) -> tuple[Scene, dict[str, float]]:
+def _scene(rng: np.random.Generator, spec: PhantomSpec, flags: tuple[bool, ...]) -> tuple[Scene, dict[str, float]]:
     scale = float(rng.uniform(0.9, 1.1)) * (1.55 if spec.region == "abdomen" else 1.0)
     spine = build_spine(scale, {})
     if spec.region == "abdomen":  # lumbar-sized bodies, no cervical labels
         spine = tuple(replace(v, label=0, name=f"L{i}") for i, v in enumerate(spine))
     cervical = [v for v in spine if v.label] or list(spine)
-    slices, thickness, w0 = _scan_range(
-        rng, spec, (cervical[0].bottom - 10.0, cervical[-1].top + 15.0)
-    )
+    slices, thickness, w0 = _scan_range(rng, spec, (cervical[0].bottom - 10.0, cervical[-1].top + 15.0))
     w_range = (w0, w0 + (slices - 1) * thickness)
     fractures: dict[str, Fracture] = {}
     for flagged, name in zip(flags, LABELS, strict=True):
         vert = next(v for v in spine if v.name == name) if spec.region == "neck" else None
-        if (
-            flagged
-            and vert is not None
-            and vert.bottom + 2.0 < w_range[1]
-            and vert.top - 2.0 > w_range[0]
-        ):
+        if flagged and vert is not None and vert.bottom + 2.0 < w_range[1] and vert.top - 2.0 > w_range[0]:
             fractures[name] = _fracture(rng, vert, w_range)
     spine = tuple(replace(v, fracture=fractures.get(v.name)) for v in spine)
     if spec.pixel_spacing is not None:
@@ -220,9 +201,7 @@ def _scene(
         cortical_hu=float(rng.uniform(700.0, 1500.0)),
         cancellous_hu=float(rng.uniform(200.0, 350.0)),
         cortex_mm=float(rng.uniform(0.9, 1.6)),
-        noise_sd=spec.noise_sd
-        if spec.noise_sd is not None
-        else kernel_noise * float(rng.uniform(0.7, 1.3)),
+        noise_sd=spec.noise_sd if spec.noise_sd is not None else kernel_noise * float(rng.uniform(0.7, 1.3)),
     )
     if spec.region == "abdomen":
         scene = replace(scene, neck_axes=(165.0, 115.0), spine_v=55.0, lordosis=0.0)
@@ -232,9 +211,7 @@ def _scene(
     }
 
 
-def generate_study(
-    seed: int | np.random.Generator, spec: PhantomSpec = PhantomSpec(), index: int = 0
-) -> PhantomStudy:
+def generate_study(seed: int | np.random.Generator, spec: PhantomSpec = PhantomSpec(), index: int = 0) -> PhantomStudy:
     """One synthetic CT study (one axial series). Same seed and spec → same pixels and UIDs."""
     rng = _rng(seed)
     token = str(int(rng.integers(0, 2**62)))
@@ -297,9 +274,7 @@ def label_image(study: PhantomStudy):  # type: ignore[no-untyped-def]
     return image
 
 
-def write_rsna_layout(
-    out_dir: Path, studies: Sequence[PhantomStudy], segmentations: bool = True
-) -> Path:
+def write_rsna_layout(out_dir: Path, studies: Sequence[PhantomStudy], segmentations: bool = True) -> Path:
     """Write (or extend) the RSNA 2022 layout under out_dir; returns the path of train.csv.
 
     Abdomen studies get their images only: they have no cervical labels for train.csv.
@@ -337,9 +312,7 @@ def write_rsna_layout(
     return csv_path
 
 
-def generate_layout(
-    out_dir: Path, studies: int, seed: int = 0, spec: PhantomSpec = PhantomSpec(), log=None
-) -> Path:  # type: ignore[no-untyped-def]
+def generate_layout(out_dir: Path, studies: int, seed: int = 0, spec: PhantomSpec = PhantomSpec(), log=None) -> Path:  # type: ignore[no-untyped-def]
     """Generate and write `studies` studies one at a time (memory stays at one study)."""
     root = np.random.default_rng(seed)
     for index in range(studies):

@@ -51,9 +51,7 @@ def _local_grid(scene: Scene) -> tuple[np.ndarray, np.ndarray]:
     return (c * x + s * y).astype(np.float32), (-s * x + c * y).astype(np.float32)
 
 
-def _crop(
-    u: np.ndarray, v: np.ndarray, box: tuple[float, float, float, float]
-) -> tuple[slice, slice] | None:
+def _crop(u: np.ndarray, v: np.ndarray, box: tuple[float, float, float, float]) -> tuple[slice, slice] | None:
     """Rows and columns of the pixels whose (u, v) fall in box = (u0, u1, v0, v1); None if none do."""
     inside = (u >= box[0]) & (u <= box[1]) & (v >= box[2]) & (v <= box[3])
     rows, cols = np.flatnonzero(inside.any(axis=1)), np.flatnonzero(inside.any(axis=0))
@@ -77,9 +75,7 @@ class Renderer:
         self.u, self.v = _local_grid(scene)
         reach_u = max(max(v.body_a + 18.0, 40.0 * v.scale) for v in scene.vertebrae)
         reach_v = max(v.body_b + 2 * v.canal_b + v.spinous + 10.0 for v in scene.vertebrae)
-        self.spine = _crop(
-            self.u, self.v, (-reach_u, reach_u, scene.spine_v - 55.0, scene.spine_v + reach_v)
-        )
+        self.spine = _crop(self.u, self.v, (-reach_u, reach_u, scene.spine_v - 55.0, scene.spine_v + reach_v))
         by_bottom = sorted(scene.vertebrae, key=lambda vert: vert.bottom)
         self.vertebrae = tuple(by_bottom)
         self.span = (by_bottom[0].bottom, by_bottom[-1].top)
@@ -108,9 +104,7 @@ class Renderer:
         key = (round(a * 2), round(b * 2), round(cv * 2))
         cached = self._axes_cache.get(key)
         if cached is None:
-            cached = np.sqrt(
-                (self.u / np.float32(a)) ** 2 + ((self.v - np.float32(cv)) / np.float32(b)) ** 2
-            )
+            cached = np.sqrt((self.u / np.float32(a)) ** 2 + ((self.v - np.float32(cv)) / np.float32(b)) ** 2)
             if len(self._axes_cache) > 64:
                 self._axes_cache.clear()
             self._axes_cache[key] = cached
@@ -159,17 +153,11 @@ class Renderer:
             depth = anat.vertebra_depth(vert, u, p, w)
             if depth.max() <= 0:
                 continue
-            cancellous = scene.cancellous_hu + (
-                110.0 if vert.fracture and vert.fracture.wedge else 0.0
-            )
-            bone = np.where(
-                depth > scene.cortex_mm, np.float32(cancellous), np.float32(scene.cortical_hu)
-            )
+            cancellous = scene.cancellous_hu + (110.0 if vert.fracture and vert.fracture.wedge else 0.0)
+            bone = np.where(depth > scene.cortex_mm, np.float32(cancellous), np.float32(scene.cortical_hu))
             if vert.fracture is not None:
                 n = vert.fracture.normal
-                voxel = scene.pixel_spacing * (abs(n[0]) + abs(n[1])) + scene.slice_thickness * abs(
-                    n[2]
-                )
+                voxel = scene.pixel_spacing * (abs(n[0]) + abs(n[1])) + scene.slice_thickness * abs(n[2])
                 gap = anat.fracture_gap(vert.fracture, vert, u, p, w, 1.05 * voxel) & (depth > 0)
                 bone[gap] = 55.0  # haematoma / soft tissue fills the fracture cleft
                 if labels is not None:
@@ -192,9 +180,7 @@ class Renderer:
             air = anat.ellipse(u, p, 0.0, -(c4.body_b + 9.0), 13.0, 5.0)
         else:
             air = anat.ellipse(u, p, 0.0, -(c4.body_b + 22.0), 8.5, 8.0)
-            _blend(
-                crop, air + 1.5, 100.0, self.scene.pixel_spacing
-            )  # cartilage rings round the lumen
+            _blend(crop, air + 1.5, 100.0, self.scene.pixel_spacing)  # cartilage rings round the lumen
         _blend(crop, air, AIR, self.scene.pixel_spacing)
 
     def _extras(self, hu: np.ndarray, w: float) -> None:
@@ -210,9 +196,7 @@ class Renderer:
             inner = anat.ellipse(self.u, self.v, 0.0, cv, a - 11.0, b - 11.0)
             shell = np.minimum(skull, -inner)
             if w < high + 30.0:
-                shell = np.minimum(
-                    shell, self.v - np.float32(scene.spine_v + 12.0)
-                )  # only behind the canal
+                shell = np.minimum(shell, self.v - np.float32(scene.spine_v + 12.0))  # only behind the canal
             _blend(hu, shell, scene.cortical_hu + 300.0, scene.pixel_spacing)
         c2 = next((vert for vert in self.vertebrae if vert.name == "C2"), None)
         if c2 is not None and c2.bottom - 10.0 <= w <= c2.bottom + 12.0:
@@ -221,9 +205,7 @@ class Renderer:
                 anat.ellipse(self.u, self.v, 0.0, centre, 44.0, 46.0),
                 -anat.ellipse(self.u, self.v, 0.0, centre, 37.0, 39.0),
             )
-            ring = np.minimum(
-                ring, np.float32(centre - 12.0) - self.v
-            )  # the U of the jaw opens backwards
+            ring = np.minimum(ring, np.float32(centre - 12.0) - self.v)  # the U of the jaw opens backwards
             bone = np.where(
                 ring > scene.cortex_mm * 1.5,
                 np.float32(scene.cancellous_hu),
@@ -252,9 +234,7 @@ class Renderer:
         labels = np.zeros((n, size, size), dtype=np.uint8)
         subs = max(1, min(3, math.ceil(scene.slice_thickness / 1.0)))
         offsets = [(i + 0.5) / subs - 0.5 for i in range(subs)]
-        bank = self.rng.standard_normal((NOISE_BANK, size, size), dtype=np.float32) * np.float32(
-            scene.noise_sd
-        )
+        bank = self.rng.standard_normal((NOISE_BANK, size, size), dtype=np.float32) * np.float32(scene.noise_sd)
         picks = self.rng.integers(0, NOISE_BANK * 4, size=n)
         for k, z in enumerate(scene.slice_positions):
             w = z - scene.anchor_z

@@ -17,8 +17,9 @@ def standardize_over_area(images: torch.Tensor, valid: torch.Tensor) -> torch.Te
     return (images - mean) / var.sqrt().clamp(min=1e-3) * valid
 
 
-def batch(arrays: fracatlas.Arrays, index: np.ndarray, augment: bool, rng: np.random.Generator,
-          standardize: bool = True) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def batch(
+    arrays: fracatlas.Arrays, index: np.ndarray, augment: bool, rng: np.random.Generator, standardize: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Images (channels-last), region masks and image-area masks of `index`; augmented when training:
     flips, rotations (±14°), scaling, shifts, gamma, contrast and brightness."""
     images = torch.from_numpy(arrays.images[index]).float().unsqueeze(1) / 255.0

@@ -29,7 +29,8 @@ def set_input_size(bundle_root: Path, size: int, input_scale: int | None = None)
     if size < 2 ** (halvings + 1) or size % 2**halvings:
         raise bundles.BundleError(
             f"input size {size}: use a multiple of {2**halvings} of at least {2 ** (halvings + 1)}"
-            f" (the network halves it {halvings} times)")
+            f" (the network halves it {halvings} times)"
+        )
     meta = json.loads(meta_path.read_text())
     data_format = meta["network_data_format"]
     data_format["inputs"]["image"]["spatial_shape"] = [size, size]
@@ -49,10 +50,17 @@ LITE_PREPROCESSING = (
 
 
 ATYPICALITY_OUTPUT = {
-    "type": "score", "format": "classification", "num_channels": 1, "spatial_shape": [1], "dtype": "float32",
-    "value_range": [], "is_onehot": False,
-    "channel_def": {"0": "atypicality: squared Mahalanobis distance of the image's pooled features from the"
-                         " training radiographs', per dimension (about 1 for a typical training image)"},
+    "type": "score",
+    "format": "classification",
+    "num_channels": 1,
+    "spatial_shape": [1],
+    "dtype": "float32",
+    "value_range": [],
+    "is_onehot": False,
+    "channel_def": {
+        "0": "atypicality: squared Mahalanobis distance of the image's pooled features from the"
+        " training radiographs', per dimension (about 1 for a typical training image)"
+    },
 }
 
 
@@ -65,10 +73,19 @@ def set_encoder(bundle_root: Path, variant: str) -> None:
         raise bundles.BundleError(f"encoder {variant!r}: use one of {', '.join(SOURCES)}")
     inference_path = Path(bundle_root) / "configs" / "inference.json"
     inference = json.loads(inference_path.read_text())
-    inference["network_def"] = {"_target_": LITE_TARGET, "variant": variant, "n_body_regions": 4,
-                                "fpn_channels": 64, "dropout": 0.3, "drop_path": 0.1}
-    inference["preprocessing"] = {"description": LITE_PREPROCESSING, "letterbox": "@spatial_size",
-                                  "standardize": "none"}
+    inference["network_def"] = {
+        "_target_": LITE_TARGET,
+        "variant": variant,
+        "n_body_regions": 4,
+        "fpn_channels": 64,
+        "dropout": 0.3,
+        "drop_path": 0.1,
+    }
+    inference["preprocessing"] = {
+        "description": LITE_PREPROCESSING,
+        "letterbox": "@spatial_size",
+        "standardize": "none",
+    }
     inference["postprocessing"] = {**inference.get("postprocessing", {}), "atypicality": "none"}
     inference_path.write_text(json.dumps(inference, indent=4) + "\n")
     meta_path = Path(bundle_root) / "configs" / "metadata.json"
@@ -101,7 +118,8 @@ def combine(bundle_root: Path, member_roots: list[Path]) -> dict:
     for other in loaded[1:]:
         if other.config["network_def"] != definition or other.inputs["image"]["spatial_shape"] != shape:
             raise bundles.BundleError(
-                f"{other.root}: network_def or input size differs from {first.root}; members must share both")
+                f"{other.root}: network_def or input size differs from {first.root}; members must share both"
+            )
     states = []
     for member in loaded:
         network = bundles.build_network(member)
@@ -118,8 +136,11 @@ def combine(bundle_root: Path, member_roots: list[Path]) -> dict:
     for part, state in zip(member_networks(network), states, strict=True):
         part.load_state_dict(state)
     save_weights(target, network.state_dict())
-    return {"members": [{**(member.extras.get("training") or {}), "weights_sha256": member.weights_sha256}
-                        for member in loaded]}
+    return {
+        "members": [
+            {**(member.extras.get("training") or {}), "weights_sha256": member.weights_sha256} for member in loaded
+        ]
+    }
 
 
 def load_initial_weights(network: torch.nn.Module, state: dict) -> list[str]:
@@ -135,10 +156,15 @@ def load_initial_weights(network: torch.nn.Module, state: dict) -> list[str]:
     if unexpected or unexplained:
         raise bundles.BundleError(
             "the initial weights do not fit the bundle's network: "
-            + "; ".join(part for part in (
-                f"missing {', '.join(unexplained[:5])}" if unexplained else "",
-                f"unexpected {', '.join(unexpected[:5])}" if unexpected else "",
-            ) if part))
+            + "; ".join(
+                part
+                for part in (
+                    f"missing {', '.join(unexplained[:5])}" if unexplained else "",
+                    f"unexpected {', '.join(unexpected[:5])}" if unexpected else "",
+                )
+                if part
+            )
+        )
     return list(missing)
 
 

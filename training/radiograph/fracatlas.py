@@ -117,9 +117,7 @@ def load_image(path: Path) -> np.ndarray:
 
 def build(root: Path, records: list[Record], size: int, cache: Path) -> Arrays:
     """Preprocess `records` (or load them from `cache` when it matches) into Arrays."""
-    key = hashlib.sha256(
-        json.dumps([size, [(r.image_id, str(r.path)) for r in records]]).encode()
-    ).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps([size, [(r.image_id, str(r.path)) for r in records]]).encode()).hexdigest()[:16]
     cached = cache / f"fracatlas-{size}-{key}.npz"
     polygons = _polygons(root)
     if cached.is_file():
@@ -134,7 +132,9 @@ def build(root: Path, records: list[Record], size: int, cache: Path) -> Arrays:
         for i, record in enumerate(tqdm(records, desc=f"preparing {len(records)} images", unit="img")):
             fitted, box = fit(load_image(record.path), size)
             images[i] = np.clip(fitted * 255 + 0.5, 0, 255).astype(np.uint8)
-            valid[i, box.top : box.top + round(box.rows * box.scale), box.left : box.left + round(box.columns * box.scale)] = True
+            valid[
+                i, box.top : box.top + round(box.rows * box.scale), box.left : box.left + round(box.columns * box.scale)
+            ] = True
             canvas = Image.new("L", (size, size))
             draw = ImageDraw.Draw(canvas)
             image_boxes = []

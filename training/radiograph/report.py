@@ -44,8 +44,9 @@ def _r(value: Any) -> float:
     return round(float(value), 4)
 
 
-def regions_shown(split: Split, index: int, suspicious: float, fracture: float, region_threshold: float,
-                  dense_rule: bool = True) -> list[Region]:
+def regions_shown(
+    split: Split, index: int, suspicious: float, fracture: float, region_threshold: float, dense_rule: bool = True
+) -> list[Region]:
     """The regions the node would draw on image `index`: none below the suspicious threshold; regions on
     dense material (metal) only when the image is at the fracture threshold (when `dense_rule`)."""
     score = split.scores[index]
@@ -61,8 +62,9 @@ def regions_shown(split: Split, index: int, suspicious: float, fracture: float, 
 def box_hits(split: Split, shown: Sequence[Sequence[Region]], iou: float) -> float:
     """Share of every annotated fracture box in the split hit (IoU ≥ `iou`) by a region shown on its image."""
     fractured = [int(i) for i in np.nonzero(split.labels)[0]]
-    return metrics.box_hit_rate([[r.box for r in shown[i]] for i in fractured],
-                                [split.arrays.boxes[i] for i in fractured], iou)
+    return metrics.box_hit_rate(
+        [[r.box for r in shown[i]] for i in fractured], [split.arrays.boxes[i] for i in fractured], iou
+    )
 
 
 def pointing_game(split: Split) -> float:
@@ -90,8 +92,14 @@ def calibration_table(labels: np.ndarray, scores: np.ndarray, bins: int = CALIBR
             continue
         predicted, observed = float(scores[chosen].mean()), float(labels[chosen].mean())
         error += chosen.mean() * abs(predicted - observed)
-        table.append({"bin": [_r(edges[b]), _r(edges[b + 1])], "images": int(chosen.sum()),
-                      "mean_probability": _r(predicted), "fracture_rate": _r(observed)})
+        table.append(
+            {
+                "bin": [_r(edges[b]), _r(edges[b + 1])],
+                "images": int(chosen.sum()),
+                "mean_probability": _r(predicted),
+                "fracture_rate": _r(observed),
+            }
+        )
     return float(error), table
 
 
@@ -141,21 +149,30 @@ def site_quality(split: Split, threshold: float) -> dict[str, float]:
     confidence = split.body[single].max(axis=1)
     right = split.body[single].argmax(axis=1) == body[single].argmax(axis=1)
     named = confidence >= threshold
-    return {"threshold": _r(threshold), "images_named": _r(named.mean()),
-            "accuracy_when_named": _r(right[named].mean()) if named.any() else float("nan")}
+    return {
+        "threshold": _r(threshold),
+        "images_named": _r(named.mean()),
+        "accuracy_when_named": _r(right[named].mean()) if named.any() else float("nan"),
+    }
 
 
 def measure(val: Split, test: Split, measured_on: str) -> dict[str, Any]:
     """The report: every threshold chosen on `val`, every number measured on `test`."""
     suspicious = metrics.threshold_for_sensitivity(val.labels, val.scores, SUSPICIOUS_SENSITIVITY)
     fracture = metrics.threshold_for_specificity(val.labels, val.scores, FRACTURE_SPECIFICITY)
-    region_threshold = max(REGION_THRESHOLDS, key=lambda t: (box_hits(
-        val, [regions_shown(val, i, suspicious, fracture, t) for i in range(len(val.scores))], 0.1), -t))
+    region_threshold = max(
+        REGION_THRESHOLDS,
+        key=lambda t: (
+            box_hits(val, [regions_shown(val, i, suspicious, fracture, t) for i in range(len(val.scores))], 0.1),
+            -t,
+        ),
+    )
     labels, scores = test.labels, test.scores
     low, high = metrics.bootstrap_auc_ci(labels, scores)
     shown = [regions_shown(test, i, suspicious, fracture, region_threshold) for i in range(len(scores))]
-    unfiltered = [regions_shown(test, i, suspicious, fracture, region_threshold, dense_rule=False)
-                  for i in range(len(scores))]
+    unfiltered = [
+        regions_shown(test, i, suspicious, fracture, region_threshold, dense_rule=False) for i in range(len(scores))
+    ]
     fractured = np.nonzero(labels)[0]
     dices = [metrics.dice(test.maps[i] >= region_threshold, test.arrays.masks[i]) for i in fractured]
     ece, reliability = calibration_table(labels, scores)
@@ -177,16 +194,22 @@ def measure(val: Split, test: Split, measured_on: str) -> dict[str, Any]:
         "region_dice_mean_fractured": _r(np.mean(dices)),
         "region_box_hit_rate_iou_0.1": _r(box_hits(test, shown, 0.1)),
         "region_box_hit_rate_iou_0.3": _r(box_hits(test, shown, 0.3)),
-        "region_box_hit_rate_iou_0.1_flagged_images": _r(metrics.box_hit_rate(
-            [[r.box for r in shown[i]] for i in fractured if scores[i] >= suspicious],
-            [test.arrays.boxes[i] for i in fractured if scores[i] >= suspicious], 0.1)),
+        "region_box_hit_rate_iou_0.1_flagged_images": _r(
+            metrics.box_hit_rate(
+                [[r.box for r in shown[i]] for i in fractured if scores[i] >= suspicious],
+                [test.arrays.boxes[i] for i in fractured if scores[i] >= suspicious],
+                0.1,
+            )
+        ),
         "region_pointing_game": _r(pointing_game(test)),
         "body_region_roc_auc": {
             region: _r(metrics.roc_auc(body_truth[:, k], test.body[:, k]))
-            for k, region in enumerate(BODY_REGIONS) if body_truth[:, k].any() and not body_truth[:, k].all()
+            for k, region in enumerate(BODY_REGIONS)
+            if body_truth[:, k].any() and not body_truth[:, k].all()
         },
         "body_region_accuracy_single_region_images": _r(
-            (test.body[single].argmax(1) == body_truth[single].argmax(1)).mean()),
+            (test.body[single].argmax(1) == body_truth[single].argmax(1)).mean()
+        ),
         "finding_site": site_quality(test, site_threshold(val)),
         "subgroups": subgroups(test, suspicious),
         "dense_material": _dense_report(test, unfiltered, shown),
@@ -208,14 +231,20 @@ def _dense_report(test: Split, before: list[list[Region]], after: list[list[Regi
 
     def share(shown: list[list[Region]], chosen: np.ndarray) -> dict[str, Any]:
         regions = [(i, r) for i in np.nonzero(chosen)[0] for r in shown[i]]
-        dense = sum(on_dense_material(r, test.arrays.images[i], test.arrays.valid[i], DENSE_PERCENTILE)
-                    for i, r in regions)
-        return {"regions": len(regions), "on_dense_material": int(dense),
-                "share": _r(dense / len(regions)) if regions else 0.0}
+        dense = sum(
+            on_dense_material(r, test.arrays.images[i], test.arrays.valid[i], DENSE_PERCENTILE) for i, r in regions
+        )
+        return {
+            "regions": len(regions),
+            "on_dense_material": int(dense),
+            "share": _r(dense / len(regions)) if regions else 0.0,
+        }
 
     return {
-        "rule": (f"a region whose median pixel is at or above the image's {DENSE_PERCENTILE:g}th percentile is drawn"
-                 " only when the image is at the fracture threshold"),
+        "rule": (
+            f"a region whose median pixel is at or above the image's {DENSE_PERCENTILE:g}th percentile is drawn"
+            " only when the image is at the fracture threshold"
+        ),
         "images_with_hardware": int(hardware.sum()),
         "hardware_images_before_rule": share(before, hardware),
         "hardware_images_after_rule": share(after, hardware),

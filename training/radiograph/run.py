@@ -94,7 +94,10 @@ def train(settings: TrainSettings, log=print) -> dict:
         log(f"encoder initialised from {encoder_weights['weights']}, sha256 {encoder_weights['sha256'][:12]}…")
     if settings.init:
         added = load_initial_weights(network, torch.load(settings.init, map_location="cpu", weights_only=True))
-        log(f"starting from {settings.init}" + (f" ({len(added)} tensors of the finer stem start afresh)" if added else ""))
+        log(
+            f"starting from {settings.init}"
+            + (f" ({len(added)} tensors of the finer stem start afresh)" if added else "")
+        )
     parts = member_networks(network)
     runs = []
     for k, member in enumerate(parts):
@@ -102,8 +105,9 @@ def train(settings: TrainSettings, log=print) -> dict:
         if len(parts) > 1:
             folder = folder / f"member{k + 1}"
             log(f"ensemble member {k + 1} of {len(parts)}, training seed {run_seed + k}")
-        state, run = _fit(settings, member, splits["train"], splits["val"], run_seed + k, folder, log,
-                          standardizes(bundle))
+        state, run = _fit(
+            settings, member, splits["train"], splits["val"], run_seed + k, folder, log, standardizes(bundle)
+        )
         member.load_state_dict(state)
         runs.append(run)
     post_hoc = fit_post_hoc(network, splits, log) if hasattr(network, "typicality_axes") else {}
@@ -117,8 +121,15 @@ def train(settings: TrainSettings, log=print) -> dict:
         "input_size": size,
         **({"pretrained_encoder": encoder_weights} if encoder_weights else {}),
         **post_hoc,
-        **({"freeze_stages": settings.freeze_stages, "warmup_epochs": settings.warmup_epochs,
-            "encoder_lr_scale": settings.encoder_lr_scale} if getattr(network, "encoder", None) is not None else {}),
+        **(
+            {
+                "freeze_stages": settings.freeze_stages,
+                "warmup_epochs": settings.warmup_epochs,
+                "encoder_lr_scale": settings.encoder_lr_scale,
+            }
+            if getattr(network, "encoder", None) is not None
+            else {}
+        ),
         **({"input_scale": scale} if (scale := int(bundle.config["network_def"].get("input_scale", 1))) != 1 else {}),
     }
     if len(parts) == 1:
@@ -140,8 +151,15 @@ def _run_settings(settings: TrainSettings, network: torch.nn.Module, seed: int, 
         "input_size": int(train_set.images.shape[-1]),
         "train_images": checkpoints.fingerprint(map(str, train_set.ids)),
         "initial_weights": checkpoints.fingerprint(network.state_dict().values()),  # random, --init or ImageNet
-        **({"freeze_stages": settings.freeze_stages, "warmup_epochs": settings.warmup_epochs,
-            "encoder_lr_scale": settings.encoder_lr_scale} if _encoder(network) is not None else {}),
+        **(
+            {
+                "freeze_stages": settings.freeze_stages,
+                "warmup_epochs": settings.warmup_epochs,
+                "encoder_lr_scale": settings.encoder_lr_scale,
+            }
+            if _encoder(network) is not None
+            else {}
+        ),
     }
 
 
@@ -160,8 +178,10 @@ def _parameter_groups(settings: TrainSettings, network: torch.nn.Module) -> list
     frozen = {id(p) for module in encoder.frozen_prefix(settings.freeze_stages) for p in module.parameters()}
     inside = {id(p) for p in encoder.parameters()}
     return [
-        {"params": [p for p in encoder.parameters() if id(p) not in frozen],
-         "lr": settings.learning_rate * settings.encoder_lr_scale},
+        {
+            "params": [p for p in encoder.parameters() if id(p) not in frozen],
+            "lr": settings.learning_rate * settings.encoder_lr_scale,
+        },
         {"params": [p for p in network.parameters() if id(p) not in inside], "lr": settings.learning_rate},
     ]
 
@@ -182,8 +202,16 @@ def _train_mode(settings: TrainSettings, network: torch.nn.Module, epoch: int) -
             parameter.requires_grad_(False)
 
 
-def _fit(settings: TrainSettings, network: torch.nn.Module, train_set: fracatlas.Arrays, val_set: fracatlas.Arrays,
-         seed: int, folder: Path, log, standardize: bool = True) -> tuple[dict, dict]:
+def _fit(
+    settings: TrainSettings,
+    network: torch.nn.Module,
+    train_set: fracatlas.Arrays,
+    val_set: fracatlas.Arrays,
+    seed: int,
+    folder: Path,
+    log,
+    standardize: bool = True,
+) -> tuple[dict, dict]:
     """One network's training run: its best (validated) state and what happened."""
     rng = np.random.default_rng(seed)
     network.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # 1.2-1.9x faster convolutions on the CPU
@@ -191,8 +219,10 @@ def _fit(settings: TrainSettings, network: torch.nn.Module, train_set: fracatlas
     optimizer = torch.optim.AdamW(groups, lr=settings.learning_rate, weight_decay=1e-4)
     steps_per_epoch = math.ceil(len(train_set.ids) / settings.batch_size)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
-        optimizer, max_lr=[group["lr"] for group in groups], total_steps=settings.epochs * steps_per_epoch,
-        pct_start=0.15
+        optimizer,
+        max_lr=[group["lr"] for group in groups],
+        total_steps=settings.epochs * steps_per_epoch,
+        pct_start=0.15,
     )
     positives = float(train_set.fractured.sum())
     pos_weight = torch.tensor((len(train_set.ids) - positives) / max(positives, 1.0))
@@ -206,8 +236,9 @@ def _fit(settings: TrainSettings, network: torch.nn.Module, train_set: fracatlas
         )
         log(f"validating an exponential moving average of the weights (decay {settings.ema_decay})")
     kept = ema.module if ema is not None else network
-    run = checkpoints.Run(folder / "last.pt", _run_settings(settings, network, seed, train_set), network, optimizer,
-                          scheduler, rng, ema)
+    run = checkpoints.Run(
+        folder / "last.pt", _run_settings(settings, network, seed, train_set), network, optimizer, scheduler, rng, ema
+    )
     progress: dict[str, Any] = {"best": {"val_auc": -1.0, "epoch": 0}, "history": []}
 
     def resumed(epoch: int) -> None:
@@ -243,8 +274,9 @@ def _fit(settings: TrainSettings, network: torch.nn.Module, train_set: fracatlas
                 ema.update_parameters(network)
             total += loss.item()
             bar.set_postfix(loss=f"{total / (step + 1):.3f}")
-        val_auc = metrics.roc_auc(val_set.fractured,
-                                  predict(kept, val_set, desc="validating", standardize=standardize).logits)
+        val_auc = metrics.roc_auc(
+            val_set.fractured, predict(kept, val_set, desc="validating", standardize=standardize).logits
+        )
         progress["history"].append({"epoch": epoch, "loss": total / steps_per_epoch, "val_auc": val_auc})
         if val_auc > progress["best"]["val_auc"]:
             progress["best"] = {"val_auc": val_auc, "epoch": epoch}
@@ -254,8 +286,17 @@ def _fit(settings: TrainSettings, network: torch.nn.Module, train_set: fracatlas
         if progress["best"]["epoch"] == epoch:  # after last.pt, which a resumed run rewrites best.pt from
             checkpoints.save(folder / "best.pt", kept.state_dict())
 
-    fit_epochs(settings.epochs, one_epoch, progress, log, run=run, resume=settings.resume,
-               on_start=starting, on_resume=resumed, on_saved=saved)
+    fit_epochs(
+        settings.epochs,
+        one_epoch,
+        progress,
+        log,
+        run=run,
+        resume=settings.resume,
+        on_start=starting,
+        on_resume=resumed,
+        on_saved=saved,
+    )
     best, history = progress["best"], progress["history"]
     (folder / "history.json").write_text(json.dumps(history, indent=2))
     log(f"best epoch {best['epoch']} (val ROC AUC {best['val_auc']:.4f})")
@@ -281,14 +322,16 @@ def evaluate(settings: TrainSettings, log=print) -> dict:
         return radiograph_report.Split(splits[name], found.scores, found.maps, found.body, found.atypicality)
 
     val, test = run("val"), run("test")
-    report = radiograph_report.measure(val, test, measured_on=(
-        f"test split of the FracAtlas development subset: {len(test.scores)} images"
-        f" ({int(test.labels.sum())} fractured), whole group_id groups never seen in training or"
-        f" validation (split seed {settings.seed}); operating points, calibration, region threshold,"
-        f" finding-site confidence and the intended-use limit chosen on the validation split"
-        f" ({len(val.scores)} images)"
-    ))
+    report = radiograph_report.measure(
+        val,
+        test,
+        measured_on=(
+            f"test split of the FracAtlas development subset: {len(test.scores)} images"
+            f" ({int(test.labels.sum())} fractured), whole group_id groups never seen in training or"
+            f" validation (split seed {settings.seed}); operating points, calibration, region threshold,"
+            f" finding-site confidence and the intended-use limit chosen on the validation split"
+            f" ({len(val.scores)} images)"
+        ),
+    )
     log(json.dumps(report, indent=2))
     return report
-
-

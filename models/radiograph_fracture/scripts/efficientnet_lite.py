@@ -59,14 +59,16 @@ def stage_layout(variant: str) -> list[tuple[int, int, int, int, int, int]]:
     last = len(BASE_STAGES) - 1
     for index, (repeats, kernel, stride, expand, in_ch, out_ch) in enumerate(BASE_STAGES):
         fixed = index in (0, last)  # Lite keeps the first and last stage's depth
-        layout.append((
-            repeats if fixed else math.ceil(depth * repeats),
-            kernel,
-            stride,
-            expand,
-            STEM_CHANNELS if index == 0 else _round_channels(in_ch, width),
-            _round_channels(out_ch, width),
-        ))
+        layout.append(
+            (
+                repeats if fixed else math.ceil(depth * repeats),
+                kernel,
+                stride,
+                expand,
+                STEM_CHANNELS if index == 0 else _round_channels(in_ch, width),
+                _round_channels(out_ch, width),
+            )
+        )
     return layout
 
 
@@ -133,8 +135,9 @@ class EfficientNetLite(nn.Module):
         self.stage_ends: list[int] = []  # index of each stage's last block
         for repeats, kernel, stride, expand, in_ch, out_ch in layout:
             for repeat in range(repeats):
-                blocks.append(MBConv(in_ch if repeat == 0 else out_ch, out_ch, kernel, stride if repeat == 0 else 1,
-                                     expand))
+                blocks.append(
+                    MBConv(in_ch if repeat == 0 else out_ch, out_ch, kernel, stride if repeat == 0 else 1, expand)
+                )
             self.stage_ends.append(len(blocks) - 1)
         for index, block in enumerate(blocks):
             block.drop_path = drop_path * index / len(blocks)
@@ -171,9 +174,12 @@ class EfficientNetLite(nn.Module):
 
 _REFERENCE_BLOCK = re.compile(r"_blocks\.(\d+)\.(_expand_conv|_bn0|_depthwise_conv|_bn1|_project_conv|_bn2)\.(.+)")
 _REFERENCE_PARTS = {
-    "_expand_conv": "expand.0", "_bn0": "expand.1",
-    "_depthwise_conv": "depthwise.{conv}", "_bn1": "depthwise.{norm}",
-    "_project_conv": "project.0", "_bn2": "project.1",
+    "_expand_conv": "expand.0",
+    "_bn0": "expand.1",
+    "_depthwise_conv": "depthwise.{conv}",
+    "_bn1": "depthwise.{norm}",
+    "_project_conv": "project.0",
+    "_bn2": "project.1",
 }
 
 
@@ -209,6 +215,8 @@ def from_reference_state_dict(reference: dict[str, torch.Tensor], encoder: Effic
     expected = set(encoder.state_dict())
     missing, extra = sorted(expected - set(renamed)), sorted(set(renamed) - expected)
     if missing or extra:
-        raise ValueError(f"reference weights do not fit EfficientNet-{encoder.variant}: "
-                         f"missing {missing[:5]}, unexpected {extra[:5]}")
+        raise ValueError(
+            f"reference weights do not fit EfficientNet-{encoder.variant}: "
+            f"missing {missing[:5]}, unexpected {extra[:5]}"
+        )
     return renamed

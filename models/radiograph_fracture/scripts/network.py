@@ -194,8 +194,7 @@ class FracAtlasLiteNet(nn.Module):
                 level = level + F.interpolate(pyramid, size=level.shape[-2:], mode="nearest")
             pyramid = level
         assert pyramid is not None
-        regions = F.interpolate(self.region_head(self.smooth(pyramid)), size=size, mode="bilinear",
-                                align_corners=False)
+        regions = F.interpolate(self.region_head(self.smooth(pyramid)), size=size, mode="bilinear", align_corners=False)
         average = head.mean(dim=(2, 3))
         pooled = self.dropout(torch.cat([average, head.amax(dim=(2, 3))], dim=1))
         fracture = self.fracture_head(pooled)[:, 0] * self.calibration[0] + self.calibration[1]

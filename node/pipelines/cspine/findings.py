@@ -56,12 +56,15 @@ class CSpineFindings:
 
     def rows(self) -> tuple[FindingRow, ...]:
         """One row for the study: the patient-level result (the summary names the vertebrae)."""
-        return (FindingRow(category=self.category, fracture_probability=self.fracture_probability,
-                           regions=len(self.vertebrae)),)
+        return (
+            FindingRow(
+                category=self.category, fracture_probability=self.fracture_probability, regions=len(self.vertebrae)
+            ),
+        )
 
 
 def reasons(skipped: list[tuple[str, str]] | tuple[tuple[str, str], ...]) -> str:
-    """"series UID: reason; …" for the job table."""
+    """ "series UID: reason; …" for the job table."""
     return (
         "; ".join(f"series {uid or '(no SeriesInstanceUID)'}: {reason}" for uid, reason in skipped)
         or "no series routed"

@@ -83,8 +83,13 @@ class CSpineModels:
                 )
         (vertebra_root, vertebra), (fracture_root, fracture) = found[VERTEBRA_BUNDLE], found[FRACTURE_BUNDLE]
         return cls(
-            vertebra_root, fracture_root, device=config.inference.device, runtime=runtime, warmup=warmup,
-            vertebra_sha256=vertebra.get("weights_sha256", ""), fracture_sha256=fracture.get("weights_sha256", ""),
+            vertebra_root,
+            fracture_root,
+            device=config.inference.device,
+            runtime=runtime,
+            warmup=warmup,
+            vertebra_sha256=vertebra.get("weights_sha256", ""),
+            fracture_sha256=fracture.get("weights_sha256", ""),
         )
 
     @property

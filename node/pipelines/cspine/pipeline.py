@@ -116,24 +116,16 @@ class CSpineFracturePipeline:
         self.rules = rules
         self._one_ct = threading.Lock()
 
-    def choose_volume(
-        self, request: PipelineInput, watch: Stopwatch, skipped: list[tuple[str, str]]
-    ) -> Volume | None:
+    def choose_volume(self, request: PipelineInput, watch: Stopwatch, skipped: list[tuple[str, str]]) -> Volume | None:
         """The best eligible series that builds into a volume; None (with every reason in
         `skipped`) when none does."""
         from node.imaging.volume import VolumeRefused, build_volume
 
         with watch.stage("select"):
-            by_uid: dict[str, SeriesInput] = {
-                s.attributes.series_instance_uid: s for s in request.series
-            }
-            selection = select_cspine_series(
-                [summarize_ct_series(s) for s in request.series], self.rules
-            )
+            by_uid: dict[str, SeriesInput] = {s.attributes.series_instance_uid: s for s in request.series}
+            selection = select_cspine_series([summarize_ct_series(s) for s in request.series], self.rules)
             # the ranked-lower eligible series get their reason only if the better one is used
-            skipped.extend(
-                (uid, reason) for uid, reason in selection.skipped if uid not in selection.ranked
-            )
+            skipped.extend((uid, reason) for uid, reason in selection.skipped if uid not in selection.ranked)
         for position, uid in enumerate(selection.ranked):
             try:
                 with watch.stage("volume"):
@@ -181,9 +173,17 @@ class CSpineFracturePipeline:
         with watch.stage("results"):
             datasets = build_cspine_results(findings, headers, segmentation.labels)
         findings = replace(findings, seconds=watch.rounded())
-        event(log, logging.INFO, "cspine stages", study_uid=request.study_instance_uid,
-              series_uid=series_uid, slices=slices, vertebrae=len(findings.vertebrae),
-              header_warnings=len(warnings), **watch.fields())
+        event(
+            log,
+            logging.INFO,
+            "cspine stages",
+            study_uid=request.study_instance_uid,
+            series_uid=series_uid,
+            slices=slices,
+            vertebrae=len(findings.vertebrae),
+            header_warnings=len(warnings),
+            **watch.fields(),
+        )
         return PipelineOutcome(datasets=tuple(datasets), summary=summarize(findings), findings=findings)
 
     def findings(
@@ -225,8 +225,14 @@ class CSpineFracturePipeline:
     def _not_applicable(
         self, request: PipelineInput, watch: Stopwatch, reason: str, series_uid: str = ""
     ) -> PipelineOutcome:
-        event(log, logging.INFO, "cspine not applicable", study_uid=request.study_instance_uid,
-              series_uid=series_uid, **watch.fields())
+        event(
+            log,
+            logging.INFO,
+            "cspine not applicable",
+            study_uid=request.study_instance_uid,
+            series_uid=series_uid,
+            **watch.fields(),
+        )
         return PipelineOutcome(not_applicable=reason)
 
 
@@ -235,6 +241,9 @@ def _factory(config: Config) -> CSpineFracturePipeline:
     from node.pipelines.cspine.models import CSpineModels
 
     settings = pipelines.settings(config, NAME, CSpineSettings)
-    rules = SelectionRules(max_slice_thickness=settings.max_slice_thickness_mm, min_slices=settings.min_slices,
-                           max_obliquity_deg=settings.max_obliquity_deg)
+    rules = SelectionRules(
+        max_slice_thickness=settings.max_slice_thickness_mm,
+        min_slices=settings.min_slices,
+        max_obliquity_deg=settings.max_obliquity_deg,
+    )
     return CSpineFracturePipeline(CSpineModels.from_config(config), rules)

@@ -38,8 +38,7 @@ def check_inputs(
     for index, ds in enumerate(sources):
         if ds.StudyInstanceUID != findings.study_instance_uid:
             raise ValueError(
-                f"sources[{index}] is in study {ds.StudyInstanceUID}, "
-                f"findings are for {findings.study_instance_uid}"
+                f"sources[{index}] is in study {ds.StudyInstanceUID}, findings are for {findings.study_instance_uid}"
             )
         if ds.SeriesInstanceUID != findings.series_instance_uid:
             raise ValueError(
@@ -48,9 +47,7 @@ def check_inputs(
             )
     expected = (len(sources), int(sources[0].Rows), int(sources[0].Columns))
     if labels.shape != expected:
-        raise ValueError(
-            f"labels have shape {labels.shape}; the CT series is {expected} (slices, rows, columns)"
-        )
+        raise ValueError(f"labels have shape {labels.shape}; the CT series is {expected} (slices, rows, columns)")
     totals = counts.sum(axis=0)
     present = {label: int(totals[label]) for label in range(1, len(VERTEBRAE) + 1) if totals[label]}
     if not present:
@@ -83,17 +80,11 @@ def build_cspine_results(
             raise ValueError(f"labels must be an integer label volume, got dtype {labels.dtype}")
         counts = slice_counts(labels, len(VERTEBRAE))
         present = check_inputs(findings, sources, labels, counts)
-        places = {
-            v.label: place(sources, labels, counts, v.label, v.centre) for v in findings.vertebrae
-        }
+        places = {v.label: place(sources, labels, counts, v.label, v.centre) for v in findings.vertebrae}
         numbers = segment_numbers(list(present))
         trackings = vertebra_trackings(template, list(present))
         seg_producer = Producer(findings.segmentation_algorithm, template)
         sr_producer = Producer(findings.fracture_algorithm, template, findings.thresholds)
-        seg = build_cspine_segmentation(
-            sources, labels, numbers, seg_producer, trackings, generate_uid()
-        )
-        report = build_cspine_sr(
-            findings, sources, seg, numbers, sr_producer, trackings, places, generate_uid()
-        )
+        seg = build_cspine_segmentation(sources, labels, numbers, seg_producer, trackings, generate_uid())
+        report = build_cspine_sr(findings, sources, seg, numbers, sr_producer, trackings, places, generate_uid())
         return [seg, report]

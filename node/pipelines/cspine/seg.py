@@ -75,8 +75,7 @@ def build_cspine_segmentation(
         pixel_array=labels,
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=[
-            segment_description(label, number, producer, trackings[label])
-            for label, number in numbers.items()
+            segment_description(label, number, producer, trackings[label]) for label, number in numbers.items()
         ],
         series_instance_uid=series_instance_uid,
         series_number=series.number,

@@ -26,17 +26,13 @@ from node.records import SeriesInput
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 ENHANCED_CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2.1"
-CERVICAL_BODY_PARTS = frozenset(
-    {"CSPINE", "NECK", "HEADNECK", "CTSPINE", "HEAD/NECK", "HEAD NECK", "HEAD_NECK"}
-)
+CERVICAL_BODY_PARTS = frozenset({"CSPINE", "NECK", "HEADNECK", "CTSPINE", "HEAD/NECK", "HEAD NECK", "HEAD_NECK"})
 CERVICAL_WORDS = re.compile(
     r"c[-_ ]?spine|cervical|\bneck\b|\bhws\b|halswirbel|hals\b|\bcws\b|col(?:onna|umna)?[ _-]?cerv|rachis[ _-]?cerv"
     r"|wervelkolom[ _-]?hals|\bc[ _-]?1[ _-]*(?:-|to|bis)[ _-]*c[ _-]?7\b",
     re.IGNORECASE,
 )
-REFORMAT_WORDS = frozenset(
-    {"REFORMATTED", "MPR", "MIP", "MINIP", "PROJECTION IMAGE", "CURVED", "VOLUME", "3D", "VR"}
-)
+REFORMAT_WORDS = frozenset({"REFORMATTED", "MPR", "MIP", "MINIP", "PROJECTION IMAGE", "CURVED", "VOLUME", "3D", "VR"})
 _BONE_KERNEL = re.compile(
     r"bone|edge|sharp|lung|detail|\bb[rfv]?[5-9]\d|\bh[5-9]\d|\bi[5-9]\d|\by[a-d]\b|fc3[0-5]|fc8\d|\bl\b|\bd\b|\be\b",
     re.IGNORECASE,
@@ -146,9 +142,7 @@ def skip_reason(series: CtSeriesSummary, rules: SelectionRules) -> str:
         return f"modality {series.modality or 'missing'}, not CT"
     classes = set(series.sop_class_uids)
     if ENHANCED_CT_IMAGE_STORAGE in classes or series.number_of_frames > 1:
-        return (
-            "Enhanced CT (multi-frame) images are not supported; send single-frame CT Image Storage"
-        )
+        return "Enhanced CT (multi-frame) images are not supported; send single-frame CT Image Storage"
     if classes != {CT_IMAGE_STORAGE}:
         others = ", ".join(sorted(classes - {CT_IMAGE_STORAGE})) or "none"
         return f"not (only) CT Image Storage objects (SOP classes: {others})"
@@ -164,19 +158,12 @@ def skip_reason(series: CtSeriesSummary, rules: SelectionRules) -> str:
     if not series.orientations:
         return "no ImageOrientationPatient: the slice plane is unknown"
     if len(series.orientations) > 1:
-        return (
-            "the slices have different orientations (localizer or reformats mixed into the series)"
-        )
+        return "the slices have different orientations (localizer or reformats mixed into the series)"
     angle = _axial_angle(series.orientations[0])
     if angle > rules.max_obliquity_deg:
         return f"{_plane(series.orientations[0])} slices ({angle:.0f}° from axial), not axial"
-    if (
-        series.slice_thickness is not None
-        and series.slice_thickness > rules.max_slice_thickness + 1e-6
-    ):
-        return (
-            f"slices {series.slice_thickness:g} mm thick (at most {rules.max_slice_thickness:g} mm)"
-        )
+    if series.slice_thickness is not None and series.slice_thickness > rules.max_slice_thickness + 1e-6:
+        return f"slices {series.slice_thickness:g} mm thick (at most {rules.max_slice_thickness:g} mm)"
     if series.instance_count < rules.min_slices:
         return f"{series.instance_count} slice(s), at least {rules.min_slices} needed to cover the neck"
     return ""
@@ -185,11 +172,7 @@ def skip_reason(series: CtSeriesSummary, rules: SelectionRules) -> str:
 def _rank(series: CtSeriesSummary) -> tuple:
     coverage, _ = coverage_of(series)
     kernel = {"bone": 0, "standard": 1, "unknown": 2}[kernel_class(series.convolution_kernel)]
-    original = (
-        all(t.upper().startswith("ORIGINAL") for t in series.image_types)
-        if series.image_types
-        else False
-    )
+    original = all(t.upper().startswith("ORIGINAL") for t in series.image_types) if series.image_types else False
     thickness = series.slice_thickness if series.slice_thickness is not None else 99.0
     return (
         coverage != "cervical",
@@ -227,9 +210,7 @@ def select_cspine_series(
     coverage, evidence = coverage_of(best)
     order = {s.series_instance_uid: i for i, s in enumerate(series)}
     skipped.sort(key=lambda item: order.get(item[0], len(order)))
-    return SeriesSelection(
-        best, coverage, evidence, tuple(skipped), tuple(s.series_instance_uid for s in ranked)
-    )
+    return SeriesSelection(best, coverage, evidence, tuple(skipped), tuple(s.series_instance_uid for s in ranked))
 
 
 def _why_better(best: CtSeriesSummary, other: CtSeriesSummary) -> str:
@@ -273,10 +254,7 @@ def summarize_ct_series(series: SeriesInput, samples: int = 3) -> CtSeriesSummar
         iop = ds.get("ImageOrientationPatient")
         if iop is not None and len(iop) == 6:
             value = tuple(round(float(x), 4) for x in iop)
-            if not any(
-                all(abs(a - b) < 1e-3 for a, b in zip(value, seen, strict=True))
-                for seen in orientations
-            ):
+            if not any(all(abs(a - b) < 1e-3 for a, b in zip(value, seen, strict=True)) for seen in orientations):
                 orientations.append(value)
         if thickness is None and ds.get("SliceThickness") not in (None, ""):
             thickness = float(ds.SliceThickness)

@@ -39,8 +39,7 @@ def slice_counts(labels: np.ndarray, highest: int) -> np.ndarray:
         low, high = int(plane.min()), int(plane.max())
         if low < 0 or high > highest:
             raise ValueError(
-                f"labels hold values outside 0..{highest} (0 background, 1 = C1 … 7 = C7): "
-                f"{low if low < 0 else high}"
+                f"labels hold values outside 0..{highest} (0 background, 1 = C1 … 7 = C7): {low if low < 0 else high}"
             )
         counts[index] = np.bincount(plane.reshape(-1), minlength=highest + 1)
     return counts
@@ -65,10 +64,7 @@ def place(
         raise ValueError(f"label {label} is on no slice of the label volume")
     point = np.asarray(centre, dtype=np.float64)
     _, _, normal = _axes(sources[0])
-    heights = np.array(
-        [np.dot(np.asarray(sources[int(i)].ImagePositionPatient, np.float64), normal)
-            for i in showing]
-    )
+    heights = np.array([np.dot(np.asarray(sources[int(i)].ImagePositionPatient, np.float64), normal) for i in showing])
     index = int(showing[np.argmin(np.abs(heights - np.dot(point, normal)))])
     ds = sources[index]
     row_axis, column_axis, _ = _axes(ds)
@@ -78,9 +74,7 @@ def place(
     row = float(np.dot(offset, column_axis)) / spacing_rows + 0.5
     rows, columns = np.nonzero(labels[index] == label)
     # pixel corners, so a one-pixel cross-section still has an outline with an area
-    corners = np.concatenate(
-        [np.stack([columns + dx, rows + dy], axis=1) for dx in (0, 1) for dy in (0, 1)]
-    )
+    corners = np.concatenate([np.stack([columns + dx, rows + dy], axis=1) for dx in (0, 1) for dy in (0, 1)])
     hull = convex_hull(corners)
     inside = (
         min(max(column, 0.0), float(ds.Columns)),

@@ -70,9 +70,7 @@ def _evaluation(category: str, producer: Producer[CSpineTemplate]) -> hd.sr.Qual
     return hd.sr.QualitativeEvaluation(name=template.finding, value=template.evaluation(category))
 
 
-def _label(
-    category: str, site: hd.sr.CodedConcept, producer: Producer[CSpineTemplate]
-) -> hd.sr.TextContentItem:
+def _label(category: str, site: hd.sr.CodedConcept, producer: Producer[CSpineTemplate]) -> hd.sr.TextContentItem:
     template = producer.template
     return comment(template.wording.finding(category, site_phrase(site.meaning)), template.comment)
 
@@ -82,8 +80,7 @@ def centre_point(vertebra: VertebraFinding, frame_of_reference_uid: str) -> hd.s
     point = np.asarray(vertebra.centre, dtype=np.float64).reshape(-1)
     if point.shape != (3,) or not all(math.isfinite(v) for v in point):
         raise ValueError(
-            f"vertebra label {vertebra.label}: centre must be three finite (x, y, z) mm, "
-            f"got {vertebra.centre!r}"
+            f"vertebra label {vertebra.label}: centre must be three finite (x, y, z) mm, got {vertebra.centre!r}"
         )
     return hd.sr.CoordinatesForMeasurement3D(
         graphic_type=hd.sr.GraphicTypeValues3D.POINT,
@@ -193,9 +190,7 @@ def vertebra_location_group(
         ],
         qualitative_evaluations=[_evaluation(vertebra.category, producer)],
     )
-    return with_comment(
-        group, _label(vertebra.category, site, producer)
-    )
+    return with_comment(group, _label(vertebra.category, site, producer))
 
 
 def build_cspine_sr(
@@ -211,19 +206,12 @@ def build_cspine_sr(
     """The study's measurement report (see the module docstring); `numbers` maps label → segment,
     `places` label → where the vertebra is on the slices."""
     groups: list[
-        hd.sr.MeasurementsAndQualitativeEvaluations
-        | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
+        hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations
     ] = [patient_group(findings, sources, places, producer)]
     for vertebra in findings.vertebrae:
         tracking = trackings[vertebra.label]
-        groups.append(
-            vertebra_group(vertebra, findings, seg, numbers[vertebra.label], producer, tracking)
-        )
-        groups.append(
-            vertebra_location_group(
-                vertebra, findings, sources, places[vertebra.label], producer, tracking
-            )
-        )
+        groups.append(vertebra_group(vertebra, findings, seg, numbers[vertebra.label], producer, tracking))
+        groups.append(vertebra_location_group(vertebra, findings, sources, places[vertebra.label], producer, tracking))
     report = hd.sr.MeasurementReport(
         observation_context=observation_context(producer),
         procedure_reported=producer.template.procedure_reported,

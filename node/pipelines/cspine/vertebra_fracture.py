@@ -69,9 +69,7 @@ def aggregate(probabilities: Sequence[float], how: Aggregation) -> float:
 
 def crop_points(centre: Sequence[float], spec: CropSpec) -> np.ndarray:
     """(slices, rows, columns, 3) patient (x, y, z) mm of the crop's voxel centres."""
-    d, h, w = (
-        (np.arange(n, dtype=np.float64) - (n - 1) / 2.0) * spec.spacing_mm for n in spec.shape
-    )
+    d, h, w = ((np.arange(n, dtype=np.float64) - (n - 1) / 2.0) * spec.spacing_mm for n in spec.shape)
     z, y, x = np.meshgrid(d, h, w, indexing="ij")
     return np.stack([x + centre[0], y + centre[1], z + centre[2]], axis=-1)
 
@@ -152,7 +150,5 @@ class FractureModel(BundleModel):
         found = segmentation.vertebrae
         crops = [vertebra_crop(volume, segmentation.labels, v.label, v.centre, self.spec) for v in found]
         values = self.probabilities(crops) if crops else []
-        vertebrae = tuple(
-            VertebraProbability(v.label, v.name, p) for v, p in zip(found, values, strict=True)
-        )
+        vertebrae = tuple(VertebraProbability(v.label, v.name, p) for v, p in zip(found, values, strict=True))
         return FractureResult(vertebrae, aggregate(values, self.aggregation), self.aggregation)

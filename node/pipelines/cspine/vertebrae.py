@@ -151,8 +151,13 @@ def to_metatensor(volume: Volume, native_order: bool = False) -> MetaTensor:
     else:
         array = torch.from_numpy(hu).permute(2, 1, 0)  # a view: no copy of the volume
         affine = torch.as_tensor(voxelgrid.volume_affine_ijk_ras(volume))
-    meta = {"original_channel_dim": "no_channel", "space": "RAS", "spatial_shape": tuple(array.shape),
-            "original_affine": affine.clone(), "filename_or_obj": volume.series_instance_uid}
+    meta = {
+        "original_channel_dim": "no_channel",
+        "space": "RAS",
+        "spatial_shape": tuple(array.shape),
+        "original_affine": affine.clone(),
+        "filename_or_obj": volume.series_instance_uid,
+    }
     return MetaTensor(array, affine=affine, meta=meta)
 
 
@@ -200,8 +205,10 @@ class VertebraModel(BundleModel):
         logits = torch.from_numpy(np.stack([row[self.output_name] for row in rows]))
         probabilities = torch.softmax(logits, dim=1) if self.softmax else logits
         kept = [probabilities[:, self.background]]
-        kept += [probabilities[:, self.channels[label]] if label in self.channels
-                 else torch.zeros_like(probabilities[:, 0]) for label in range(1, 8)]
+        kept += [
+            probabilities[:, self.channels[label]] if label in self.channels else torch.zeros_like(probabilities[:, 0])
+            for label in range(1, 8)
+        ]
         if self.others:
             kept.append(probabilities[:, self.others].amax(dim=1))
         return torch.stack(kept, dim=1)
@@ -211,9 +218,15 @@ class VertebraModel(BundleModel):
         the winning probability of each voxel (float32)."""
         w = self.window
         blended = sliding_window_inference(
-            image.as_tensor()[None].float(), w["roi_size"], w["sw_batch_size"], self._predict,
-            overlap=w["overlap"], mode=w["mode"], sigma_scale=w["sigma_scale"],
-            padding_mode=w["padding_mode"], progress=False,
+            image.as_tensor()[None].float(),
+            w["roi_size"],
+            w["sw_batch_size"],
+            self._predict,
+            overlap=w["overlap"],
+            mode=w["mode"],
+            sigma_scale=w["sigma_scale"],
+            padding_mode=w["padding_mode"],
+            progress=False,
         )
         confidence, winner = torch.max(blended[0], dim=0)
         labels = winner.to(torch.uint8).numpy()
@@ -295,7 +308,7 @@ def measure(labels: np.ndarray, volume: Volume) -> tuple[VertebraMask, ...]:
     block = labels[k0:k1]
     rows, columns = np.nonzero(block.any(axis=(0, 2)))[0], np.nonzero(block.any(axis=(0, 1)))[0]
     j0, i0 = int(rows.min()), int(columns.min())
-    block = block[:, j0:int(rows.max()) + 1, i0:int(columns.max()) + 1]  # the spine, not the whole scan
+    block = block[:, j0 : int(rows.max()) + 1, i0 : int(columns.max()) + 1]  # the spine, not the whole scan
     found = []
     for label in range(1, 8):
         k, j, i = np.nonzero(block == label)
@@ -304,9 +317,19 @@ def measure(labels: np.ndarray, volume: Volume) -> tuple[VertebraMask, ...]:
         k, j, i = k + k0, j + j0, i + i0
         centre_index = (float(k.mean()), float(j.mean()), float(i.mean()))
         centre = tuple(float(v) for v in volume.index_to_patient(centre_index))
-        found.append(VertebraMask(
-            label=label, name=VERTEBRAE[label - 1], voxels=int(k.size), volume_mm3=k.size * voxel_mm3,
-            box=((int(k.min()), int(k.max()) + 1), (int(j.min()), int(j.max()) + 1), (int(i.min()), int(i.max()) + 1)),
-            centre_index=centre_index, centre=centre,  # type: ignore[arg-type]
-        ))
+        found.append(
+            VertebraMask(
+                label=label,
+                name=VERTEBRAE[label - 1],
+                voxels=int(k.size),
+                volume_mm3=k.size * voxel_mm3,
+                box=(
+                    (int(k.min()), int(k.max()) + 1),
+                    (int(j.min()), int(j.max()) + 1),
+                    (int(i.min()), int(i.max()) + 1),
+                ),
+                centre_index=centre_index,
+                centre=centre,  # type: ignore[arg-type]
+            )
+        )
     return tuple(found)

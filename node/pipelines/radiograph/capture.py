@@ -124,9 +124,7 @@ def build_secondary_capture(
     sc.Laterality = series_laterality(source)
     sc.ConversionType = "WSD"
     sc.BurnedInAnnotation = "YES"
-    sc.DerivationDescription = f"{label}; {producer.algorithm.name} {producer.algorithm.version}"[
-        :1024
-    ]
+    sc.DerivationDescription = f"{label}; {producer.algorithm.name} {producer.algorithm.version}"[:1024]
     reference = Item()
     reference.ReferencedSOPClassUID = source.SOPClassUID
     reference.ReferencedSOPInstanceUID = source.SOPInstanceUID

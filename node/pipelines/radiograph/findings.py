@@ -91,8 +91,13 @@ class Findings:
     def rows(self) -> tuple[FindingRow, ...]:
         """One row per image analysed, then one per object passed over."""
         analysed = tuple(
-            FindingRow(image.sop_instance_uid, image.category, image.fracture_probability, len(image.regions),
-                       image.body_region)
+            FindingRow(
+                image.sop_instance_uid,
+                image.category,
+                image.fracture_probability,
+                len(image.regions),
+                image.body_region,
+            )
             for image in self.images
         )
         return analysed + tuple(FindingRow(uid, skipped=reason) for uid, reason in self.skipped)

@@ -31,10 +31,7 @@ _MARGIN = 0.01  # label position, as a fraction of the image size from the top-l
 
 
 def inverted(source: Dataset) -> bool:
-    return (
-        source.get("PhotometricInterpretation") == "MONOCHROME1"
-        or source.get("PresentationLUTShape") == "INVERSE"
-    )
+    return source.get("PhotometricInterpretation") == "MONOCHROME1" or source.get("PresentationLUTShape") == "INVERSE"
 
 
 def srgb_profile() -> bytes:
@@ -64,9 +61,7 @@ def percentile_window(source: Dataset) -> hd.pr.SoftcopyVOILUTTransformation:
     )
 
 
-def annotation(
-    image: ImageFinding, source: Dataset, layer: hd.pr.GraphicLayer, label: str
-) -> hd.pr.GraphicAnnotation:
+def annotation(image: ImageFinding, source: Dataset, layer: hd.pr.GraphicLayer, label: str) -> hd.pr.GraphicAnnotation:
     rows, columns = int(source.Rows), int(source.Columns)
     polylines = [
         hd.pr.GraphicObject(
@@ -136,17 +131,11 @@ def build_presentation_state(
             icc_profile=source.get("ICCProfile") or srgb_profile(),
         )
     else:
-        shape = (
-            hd.PresentationLUTShapeValues.INVERSE
-            if inverted(source)
-            else hd.PresentationLUTShapeValues.IDENTITY
-        )
+        shape = hd.PresentationLUTShapeValues.INVERSE if inverted(source) else hd.PresentationLUTShapeValues.IDENTITY
         state = hd.pr.GrayscaleSoftcopyPresentationState(
             **common,  # type: ignore[arg-type]
             voi_lut_transformations=None if has_voi(source) else [percentile_window(source)],
-            presentation_lut_transformation=hd.PresentationLUTTransformation(
-                presentation_lut_shape=shape
-            ),
+            presentation_lut_transformation=hd.PresentationLUTTransformation(presentation_lut_shape=shape),
         )
     state.Laterality = series_laterality(source)
     return state

@@ -59,9 +59,16 @@ class RadiographFracturePipeline:
         for (uid, path, ds, scope, model_input), row in zip(prepared, outputs, strict=True):
             atypicality = _scalar(row["atypicality"]) if "atypicality" in row else None
             if atypicality is not None and limit is not None and atypicality > limit:
-                skipped.append((uid, ("outside the model's intended use: the image is unlike the musculoskeletal"
-                                     f" radiographs it was trained on (atypicality {atypicality:.2f}, limit"
-                                     f" {limit:.2f})")))
+                skipped.append(
+                    (
+                        uid,
+                        (
+                            "outside the model's intended use: the image is unlike the musculoskeletal"
+                            f" radiographs it was trained on (atypicality {atypicality:.2f}, limit"
+                            f" {limit:.2f})"
+                        ),
+                    )
+                )
                 continue
             sources[uid] = ds
             images.append(self._finding(uid, path, scope, model_input, row))
@@ -106,7 +113,9 @@ class RadiographFracturePipeline:
             category=category,
             regions=regions,
             region_map=(
-                self.model.postprocess(row, box)["regions"][0] if regions else np.zeros((box.rows, box.columns), np.float32)
+                self.model.postprocess(row, box)["regions"][0]
+                if regions
+                else np.zeros((box.rows, box.columns), np.float32)
             ),
             body_region=site,
             body_region_probability=site_probability,

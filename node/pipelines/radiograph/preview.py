@@ -41,8 +41,6 @@ def write_previews(findings: Findings, folder: Path) -> dict[str, Path]:
     return previews
 
 
-def render_png(
-    ds: Dataset, finding: ImageFinding, path: Path, threshold: float | None = None
-) -> Path:
+def render_png(ds: Dataset, finding: ImageFinding, path: Path, threshold: float | None = None) -> Path:
     render(ds, finding, threshold).save(path, format="PNG")
     return path

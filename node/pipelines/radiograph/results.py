@@ -75,9 +75,7 @@ def _build(
     if unknown:
         raise ValueError(f"overlays: unknown {unknown} (known: {sorted(OPTIONAL)})")
     if not findings.images:
-        raise ValueError(
-            f"study {findings.study_instance_uid}: no image findings, nothing to report"
-        )
+        raise ValueError(f"study {findings.study_instance_uid}: no image findings, nothing to report")
     paired = _paired_sources(findings, sources)
     producer = Producer(findings.algorithm, template or shipped_template(), findings.thresholds)
 
@@ -107,7 +105,5 @@ def _build(
     for name in (n for n in OVERLAYS if n in overlays):
         series = generate_uid()
         for number, image in enumerate(findings.images, start=1):
-            results.append(
-                OVERLAYS[name](image, paired[image.sop_instance_uid], producer, series, number)
-            )
+            results.append(OVERLAYS[name](image, paired[image.sop_instance_uid], producer, series, number))
     return results

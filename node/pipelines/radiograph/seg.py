@@ -42,8 +42,7 @@ def region_probabilities(image: ImageFinding, source: Dataset) -> np.ndarray:
     expected = (int(source.Rows), int(source.Columns))
     if probabilities.shape != expected:
         raise ValueError(
-            f"region_map of {image.sop_instance_uid} has shape {probabilities.shape}, "
-            f"the source image is {expected}"
+            f"region_map of {image.sop_instance_uid} has shape {probabilities.shape}, the source image is {expected}"
         )
     if not np.isfinite(probabilities).all():
         raise ValueError(f"region_map of {image.sop_instance_uid} holds NaN or infinite values")
@@ -85,9 +84,7 @@ def build_segmentation(
     image.check_source(source)
     probabilities = region_probabilities(image, source)
     if not probabilities.any():
-        raise ValueError(
-            f"region_map of {image.sop_instance_uid} is empty: no segmentation to build"
-        )
+        raise ValueError(f"region_map of {image.sop_instance_uid} is empty: no segmentation to build")
     series = producer.template.series["seg"]
     seg = hd.seg.Segmentation(
         source_images=[source],

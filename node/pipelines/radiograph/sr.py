@@ -60,9 +60,7 @@ POSITIVE = ("fracture", "suspicious")  # the categories whose images may carry r
 
 def image_tracking(producer: Producer[FractureTemplate], number: int) -> Tracking:
     """A fresh tracking identifier for the `number`-th (1-based) image finding of a study."""
-    return Tracking(
-        producer.template.image_tracking.format(image=number, region=0)[:64], generate_uid()
-    )
+    return Tracking(producer.template.image_tracking.format(image=number, region=0)[:64], generate_uid())
 
 
 def _evaluations(image: ImageFinding, producer: Producer[FractureTemplate]) -> list[hd.sr.QualitativeEvaluation]:
@@ -80,9 +78,7 @@ def _evaluations(image: ImageFinding, producer: Producer[FractureTemplate]) -> l
 def image_frame(source: Dataset) -> np.ndarray:
     """A closed polyline along the edges of the whole image, in SCOORD pixel coordinates."""
     rows, columns = float(source.Rows), float(source.Columns)
-    return np.array(
-        [[0.0, 0.0], [columns, 0.0], [columns, rows], [0.0, rows], [0.0, 0.0]], dtype=np.float64
-    )
+    return np.array([[0.0, 0.0], [columns, 0.0], [columns, rows], [0.0, rows], [0.0, 0.0]], dtype=np.float64)
 
 
 def image_finding_group(
@@ -119,9 +115,7 @@ def region_score(value: float, producer: Producer[FractureTemplate]) -> hd.sr.Me
     if not 0.0 <= value <= 1.0:
         raise ValueError(f"region score {value!r} is outside [0, 1]")
     template = producer.template
-    return hd.sr.Measurement(
-        name=template.region_score, value=float(value), unit=template.region_score_unit
-    )
+    return hd.sr.Measurement(name=template.region_score, value=float(value), unit=template.region_score_unit)
 
 
 def region_groups(
@@ -136,9 +130,7 @@ def region_groups(
     template = producer.template
     groups = []
     for index, region in enumerate(image.regions, start=1):
-        tracking = Tracking(
-            template.region_tracking.format(image=number, region=index)[:64], generate_uid()
-        )
+        tracking = Tracking(template.region_tracking.format(image=number, region=index)[:64], generate_uid())
         groups.append(
             hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
                 tracking_identifier=tracking.content(),
@@ -161,9 +153,7 @@ def library_images(sources: Sequence[Dataset]) -> list[Dataset]:
     return [
         ds
         for ds in sources
-        if "PatientOrientation" in ds
-        and "ImagerPixelSpacing" in ds
-        and len(ds.PatientOrientation) == 2
+        if "PatientOrientation" in ds and "ImagerPixelSpacing" in ds and len(ds.PatientOrientation) == 2
     ]
 
 
@@ -180,14 +170,11 @@ def build_sr(
     if not findings.images:
         raise ValueError(f"study {findings.study_instance_uid}: no image findings to report")
     groups: list[
-        hd.sr.MeasurementsAndQualitativeEvaluations
-        | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
+        hd.sr.MeasurementsAndQualitativeEvaluations | hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations
     ] = []
     for number, image in enumerate(findings.images, start=1):
         source = sources[image.sop_instance_uid]
-        groups.append(
-            image_finding_group(image, source, producer, trackings[image.sop_instance_uid])
-        )
+        groups.append(image_finding_group(image, source, producer, trackings[image.sop_instance_uid]))
         groups.extend(region_groups(image, source, producer, number))
     evidence = [sources[image.sop_instance_uid] for image in findings.images]
     report = hd.sr.MeasurementReport(

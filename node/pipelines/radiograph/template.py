@@ -113,7 +113,7 @@ class FractureTemplate(Template):
         except KeyError:
             raise ValueError(
                 f"body region {body_region!r} has no finding site in the template "
-                f"(known: {sorted(self.finding_sites)}, or \"\" for not determined)"
+                f'(known: {sorted(self.finding_sites)}, or "" for not determined)'
             ) from None
 
     def site_words(self, body_region: str) -> str:
@@ -121,9 +121,7 @@ class FractureTemplate(Template):
         site = self.finding_site(body_region)
         return site_phrase(site.meaning) if site is not None else self.wording.site_not_determined
 
-    def label(
-        self, category: str, probability: float, body_region: str, threshold: float | None
-    ) -> str:
+    def label(self, category: str, probability: float, body_region: str, threshold: float | None) -> str:
         """The one-line label of an image finding on overlays and previews."""
         return self.wording.label(category, probability, self.site_words(body_region), threshold)
 

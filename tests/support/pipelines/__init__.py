@@ -24,7 +24,6 @@ from tests.support.pipelines.kos import (
 __all__ = ["FLAKY_FAILURES", "REGION_BOX", "referenced_instances"]
 
 
-
 def _factory(pipeline: type[Pipeline]) -> Callable[[Config], Pipeline]:
     def build(config: Config) -> Pipeline:
         return pipeline()  # no models, no settings: a fresh instance per node

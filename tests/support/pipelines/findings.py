@@ -27,16 +27,25 @@ class RegionPipeline(KeyObjectPipeline):
         for path in (p for series in request.series for p in series.paths):
             ds = dcmread(path, stop_before_pixels=True)
             c0, r0, c1, r1 = (f * n for f, n in zip(REGION_BOX, (ds.Columns, ds.Rows) * 2, strict=True))
-            region = RegionFinding(polygon=((c0, r0), (c1, r0), (c1, r1), (c0, r1)), box=(c0, r0, c1, r1),
-                                   probability=0.9)
-            images.append(ImageFinding(
-                sop_instance_uid=str(ds.SOPInstanceUID), path=path, fracture_probability=0.9,
-                category="fracture", regions=(region,), region_map=None, body_region="hand",
-                body_region_probability=0.8,
-            ))
+            region = RegionFinding(
+                polygon=((c0, r0), (c1, r0), (c1, r1), (c0, r1)), box=(c0, r0, c1, r1), probability=0.9
+            )
+            images.append(
+                ImageFinding(
+                    sop_instance_uid=str(ds.SOPInstanceUID),
+                    path=path,
+                    fracture_probability=0.9,
+                    category="fracture",
+                    regions=(region,),
+                    region_map=None,
+                    body_region="hand",
+                    body_region_probability=0.8,
+                )
+            )
         findings = Findings(request.study_instance_uid, Algorithm("test-regions", "1", "0" * 64), tuple(images))
-        return PipelineOutcome(datasets=outcome.datasets, summary=f"{len(images)} image(s): fracture",
-                               findings=findings)
+        return PipelineOutcome(
+            datasets=outcome.datasets, summary=f"{len(images)} image(s): fracture", findings=findings
+        )
 
 
 class VertebraePipeline(KeyObjectPipeline):
@@ -55,16 +64,21 @@ class VertebraePipeline(KeyObjectPipeline):
         levels = [zs[len(zs) * k // 4] for k in (3, 2, 1)]  # C1 at the top
         vertebrae = tuple(
             VertebraFinding(label=i + 1, fracture_probability=p, category=c, centre=(x, y, z), voxels=1000)
-            for i, (p, c, z) in enumerate(zip((0.05, 0.3, 0.8), ("negative", "suspicious", "fracture"),
-                                              levels, strict=True))
+            for i, (p, c, z) in enumerate(
+                zip((0.05, 0.3, 0.8), ("negative", "suspicious", "fracture"), levels, strict=True)
+            )
         )
         algorithm = Algorithm("test-vertebrae", "1", "0" * 64)
         findings = CSpineFindings(
             study_instance_uid=request.study_instance_uid,
             series_instance_uid=series.attributes.series_instance_uid,
             frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")),
-            segmentation_algorithm=algorithm, fracture_algorithm=algorithm, fracture_probability=0.8,
-            category="fracture", vertebrae=vertebrae,
+            segmentation_algorithm=algorithm,
+            fracture_algorithm=algorithm,
+            fracture_probability=0.8,
+            category="fracture",
+            vertebrae=vertebrae,
         )
-        return PipelineOutcome(datasets=outcome.datasets, summary="cervical spine fracture (probability 0.80)",
-                               findings=findings)
+        return PipelineOutcome(
+            datasets=outcome.datasets, summary="cervical spine fracture (probability 0.80)", findings=findings
+        )

@@ -23,9 +23,7 @@ class KeyObjectPipeline:
     name = "test-kos"
 
     def run(self, request: PipelineInput) -> PipelineOutcome:
-        evidence = [
-            dcmread(path, stop_before_pixels=True) for series in request.series for path in series.paths
-        ]
+        evidence = [dcmread(path, stop_before_pixels=True) for series in request.series for path in series.paths]
         content = hd.ko.KeyObjectSelection(
             document_title=codes.DCM.OfInterest,
             referenced_objects=evidence,
