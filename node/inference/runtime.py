@@ -3,10 +3,10 @@
 Measured on FracAtlasNet, 2 CPU cores, batch 1/8/32 (bench/radiograph_model.py): ONNX Runtime
 12–13.5 / 10.8 / 10.5 ms per image against eager PyTorch 20–21 / 17–18 / 22–25; `torch.jit.trace`
 and `torch.export` run at eager speed, a frozen TorchScript graph comes second (14.6 / 11 / 13.7).
-So `runtime="auto"` picks ONNX Runtime on the CPU when onnxruntime is installed. The ONNX graph is exported in memory at load time from the
-verified weights (no cache file to go stale or be swapped), checked against eager on a probe
-batch, and any failure falls back to eager with a log line. On CUDA the engine runs eager
-PyTorch in half precision.
+So `runtime="auto"` picks ONNX Runtime on the CPU when onnxruntime is installed. The ONNX graph is
+exported in memory at load time from the verified weights (no cache file to go stale or be
+swapped), checked against eager on a probe batch, and any failure falls back to eager with a log
+line. On CUDA the engine runs eager PyTorch in half precision.
 """
 
 from __future__ import annotations

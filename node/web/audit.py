@@ -2,8 +2,8 @@
 
 `AtnaFileTrail.recent(limit)` reads the node's own audit trail, newest first: the DICOM Audit
 Messages (PS3.15 A.5.1) that `node.audit` appends to `audit.file` as RFC 5424 lines (`node.atna`).
-Only the end of the file is read, however long it has grown. The events name AE titles, users, addresses and Study Instance
-UIDs, never patient data (see node/audit.py).
+Only the end of the file is read, however long it has grown. The events name AE titles, users,
+addresses and Study Instance UIDs, never patient data (see node/audit.py).
 """
 
 from __future__ import annotations

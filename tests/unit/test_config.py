@@ -226,7 +226,8 @@ def test_invalid_setting_names_its_yaml_path_and_line(text: str, path: str, line
         ("assembly:\n  quiet_period: 3\n", "did you mean 'quiet_period_s'?"),
         ("jobs:\n  retry: {intial_s: 3}\n", "did you mean 'initial_s'?"),
         (
-            "destinations:\n  - {name: d, type: dimse, peer: p, pear: p}\npeers: [{name: p, ae_title: P, host: h, port: 1}]\n",
+            "destinations:\n  - {name: d, type: dimse, peer: p, pear: p}\n"
+            "peers: [{name: p, ae_title: P, host: h, port: 1}]\n",
             "did you mean 'peer'?",
         ),
         (

@@ -1,7 +1,8 @@
-"""The code's own checks, run with the suite so CI enforces them: ruff on everything, mypy on node/.
+"""The code's own checks, run with the suite so CI enforces them: ruff lint and format, mypy.
 
-STYLE.md asks for typed code (`py.typed`, mypy on `node/`) and ruff-clean code; a check that only
-runs on a developer's machine drifts.
+STYLE.md asks for typed code (`py.typed`, mypy on `node/` and `training/`), ruff-clean and
+ruff-formatted code; a check that only runs on a developer's machine drifts. The rule set and the
+line length are in pyproject.toml ([tool.ruff]); docs/architecture.md says how to run them.
 """
 
 import subprocess
@@ -9,6 +10,15 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+# Every folder of Python the project owns; models/*/scripts are the bundles' network definitions.
+PYTHON_PATHS = (
+    "node",
+    "training",
+    "tests",
+    "bench",
+    "plugins",
+    *sorted(str(p.relative_to(ROOT)) for p in ROOT.glob("models/*/scripts")),
+)
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -17,8 +27,17 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+def test_the_bundle_scripts_are_among_the_checked_paths():
+    assert "models/radiograph_fracture/scripts" in PYTHON_PATHS
+
+
 def test_ruff_finds_nothing():
-    result = _run("ruff", "check", "node", "training", "tests", "bench", "plugins")
+    result = _run("ruff", "check", *PYTHON_PATHS)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_format_would_change_nothing():
+    result = _run("ruff", "format", "--check", *PYTHON_PATHS)
     assert result.returncode == 0, result.stdout + result.stderr
 
 

@@ -252,7 +252,8 @@ def render_fracture(root: Path) -> str:
             "| metric | value |",
             "|---|---|",
             f"| RSNA 2022 weighted log loss (lower is better; 0.693 = always 0.5) | {m['weighted_log_loss']:.4f} |",
-            f"| per-vertebra ROC AUC (C1–C7 pooled) | {_number(m['vertebra_roc_auc'])}{_ci(m['vertebra_roc_auc_95ci'])} |",
+            "| per-vertebra ROC AUC (C1–C7 pooled)"
+            f" | {_number(m['vertebra_roc_auc'])}{_ci(m['vertebra_roc_auc_95ci'])} |",
             f"| patient-level ROC AUC | {_number(m['patient_roc_auc'])}{_ci(m['patient_roc_auc_95ci'])} |",
         ]
         for name in ("suspicious", "fracture"):
