@@ -23,7 +23,7 @@ CHILD = r"""
 import json, sys, time
 from pathlib import Path
 import numpy as np
-from node.inference.volume import build_volume
+from node.imaging.volume import build_volume
 def hwm():
     line = next(l for l in open("/proc/self/status") if l.startswith("VmHWM:"))
     return int(line.split()[1])

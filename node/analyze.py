@@ -13,13 +13,12 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from pydicom import dcmread
 from tqdm import tqdm
 
 from node import pipelines
 from node.assembly import summarize_series
 from node.config import Config
-from node.records import CSpineFindings, Findings, PipelineInput, SeriesInput, Study
+from node.records import FindingRow, PipelineInput, SeriesInput, Study
 from node.routing import route_study
 from node.spool import UnreadableInstance, read_header
 
@@ -57,21 +56,25 @@ def _write(folder: Path, datasets) -> list[Path]:  # type: ignore[no-untyped-def
     return written
 
 
-def _previews(folder: Path, findings: Findings) -> dict[str, Path]:
-    from node.results.preview import render_png
-
-    previews = {}
-    threshold = min((value for _, value in findings.thresholds), default=None)
-    for image in findings.images:
-        path = folder / f"preview_{image.sop_instance_uid}.png"
-        render_png(dcmread(image.path), image, path, threshold)
-        previews[image.sop_instance_uid] = path
-    return previews
+def _summary_row(
+    base: dict, row: FindingRow, files_of: dict[str, str], written: str, summary: str, previews: dict[str, Path]
+) -> dict:
+    """One line of summary.csv; an analysed image names its preview, any other item the job summary."""
+    line = {**base, "sop_instance_uid": row.sop_instance_uid, "file": files_of.get(row.sop_instance_uid, "")}
+    if row.skipped:
+        return {**line, "result": f"skipped: {row.skipped}"}
+    preview = previews.get(row.sop_instance_uid)
+    return {
+        **line, "category": row.category or "", "regions": "" if row.regions is None else row.regions,
+        "fracture_probability": "" if row.fracture_probability is None else f"{row.fracture_probability:.4f}",
+        "body_region": row.body_region,
+        "result": f"{written}, preview {preview.name}" if preview else f"{written}: {summary}",
+    }
 
 
 def analyze(config: Config, files: list[Path], out: Path, overlays: frozenset[str]) -> list[dict]:
     pipelines.load_modules(config.pipeline_modules)
-    problems = pipelines.check_routes(config)
+    problems = pipelines.check(config)
     if problems:
         raise ValueError("; ".join(problems))
     grouped = group(files)
@@ -97,31 +100,19 @@ def analyze(config: Config, files: list[Path], out: Path, overlays: frozenset[st
             )
             if match.pipeline not in cache:
                 cache[match.pipeline] = pipelines.create(match.pipeline, config)
-            outcome = cache[match.pipeline].run(request)
+            pipeline = cache[match.pipeline]
+            outcome = pipeline.run(request)
             folder = out / study_uid
             written = _write(folder, outcome.datasets)
             base = {"study_uid": study_uid, "route": match.route, "pipeline": match.pipeline}
-            if isinstance(outcome.findings, CSpineFindings):  # one row per study: the patient level
-                rows.append({**base, "category": outcome.findings.category,
-                             "fracture_probability": f"{outcome.findings.fracture_probability:.4f}",
-                             "regions": len(outcome.findings.vertebrae),
-                             "result": f"{len(written)} object(s): {outcome.summary}"})
-                continue
             if outcome.findings is None:
                 rows.append({**base, "result": outcome.not_applicable or outcome.summary})
                 continue
-            previews = _previews(folder, outcome.findings) if outcome.findings.images else {}
-            for image in outcome.findings.images:
-                rows.append({
-                    **base, "sop_instance_uid": image.sop_instance_uid, "file": files_of.get(image.sop_instance_uid, ""),
-                    "category": image.category, "fracture_probability": f"{image.fracture_probability:.4f}",
-                    "regions": len(image.regions), "body_region": image.body_region,
-                    "result": f"{len(written)} object(s), preview {previews[image.sop_instance_uid].name}",
-                })
-            rows += [
-                {**base, "sop_instance_uid": uid, "file": files_of.get(uid, ""), "result": f"skipped: {reason}"}
-                for uid, reason in outcome.findings.skipped
-            ]
+            previews: dict[str, Path] = {}
+            if isinstance(pipeline, pipelines.DrawsPreviews):
+                previews = pipeline.write_previews(outcome.findings, folder)
+            for row in outcome.findings.rows():
+                rows.append(_summary_row(base, row, files_of, f"{len(written)} object(s)", outcome.summary, previews))
     out.mkdir(parents=True, exist_ok=True)
     with (out / "summary.csv").open("w", newline="") as handle:
         writer = csv.DictWriter(handle, SUMMARY_COLUMNS, restval="")

@@ -9,17 +9,17 @@ supersedes the earlier analysis.
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import Iterable
 from dataclasses import dataclass
 
 from node.config import AssemblySettings
-from node.db import Database
-from node.records import SeriesAttributes, Study
+from node.records import Study, summarize_series
+from node.store import Database, instances, studies
+from node.store.studies import RELEASED, RETRIEVED
 
-# studies.release_ready: 0 wait for the quiet period; RELEASED an association that carried it
-# ended (counts with complete_on_release); RETRIEVED a pull finished (counts always)
-RELEASED, RETRIEVED = 1, 2
+__all__ = [
+    "RELEASED", "RETRIEVED", "AnalysisRequest", "Assembly", "StudyNotHeld", "is_complete",
+    "request_analysis", "summarize_series",
+]
 
 
 def is_complete(
@@ -27,34 +27,6 @@ def is_complete(
 ) -> bool:
     """Pure completion rule, table-tested in tests/unit/test_assembly.py."""
     return release_ready or now - last_received_at >= quiet_period_s
-
-
-def summarize_series(rows: Iterable[sqlite3.Row | dict]) -> tuple[SeriesAttributes, ...]:
-    """Fold instance rows into one SeriesAttributes per series, in a stable order."""
-    grouped: dict[str, dict] = {}
-    for row in rows:
-        entry = grouped.setdefault(
-            row["series_uid"],
-            {"first": row, "sop_classes": [], "image_types": [], "count": 0},
-        )
-        entry["count"] += 1
-        if row["sop_class_uid"] not in entry["sop_classes"]:
-            entry["sop_classes"].append(row["sop_class_uid"])
-        if row["image_type"] and row["image_type"] not in entry["image_types"]:
-            entry["image_types"].append(row["image_type"])
-    return tuple(
-        SeriesAttributes(
-            series_instance_uid=uid,
-            modality=entry["first"]["modality"],
-            body_part_examined=entry["first"]["body_part"],
-            series_description=entry["first"]["series_description"],
-            protocol_name=entry["first"]["protocol_name"],
-            sop_class_uids=tuple(entry["sop_classes"]),
-            image_types=tuple(entry["image_types"]),
-            instance_count=entry["count"],
-        )
-        for uid, entry in sorted(grouped.items())
-    )
 
 
 class Assembly:
@@ -66,21 +38,14 @@ class Assembly:
         """An association that carried these studies was released."""
         if not self.settings.complete_on_release or not study_uids:
             return
-        with self.db.transaction() as conn:
-            conn.executemany(
-                "UPDATE studies SET release_ready = 1 WHERE study_uid = ? AND pending = 1",
-                [(uid,) for uid in study_uids],
-            )
+        with self.db.transaction() as sql:
+            studies.mark_released(sql, study_uids)
 
     def mark_retrieved(self, study_uid: str, source: str) -> bool:
         """A pull retrieved this study: complete it at the next step as a new revision, even when
         every instance was already here (someone asked for the analysis), with `source` as the
         calling AE routing sees. False when no instance of the study is in the spool."""
-        changed = self.db.execute(
-            "UPDATE studies SET pending = 1, release_ready = ?, calling_ae = ? WHERE study_uid = ?",
-            (RETRIEVED, source, study_uid),
-        )
-        return changed > 0
+        return studies.mark_retrieved(self.db, study_uid, source)
 
     def _released(self, release_ready: int) -> bool:
         # a release flag left by an earlier run counts only while complete_on_release is set
@@ -91,42 +56,23 @@ class Assembly:
     def run_once(self, now: float) -> list[Study]:
         """Complete every study whose rule holds now; return their snapshots."""
         completed: list[Study] = []
-        candidates = self.db.query(
-            "SELECT study_uid, last_received_at, release_ready FROM studies WHERE pending = 1"
-        )
-        for row in candidates:
-            if not is_complete(
-                row["last_received_at"], now, self.settings.quiet_period_s,
-                self._released(row["release_ready"]),
-            ):
+        for candidate in studies.pending(self.db):
+            if not self._due(candidate, now):
                 continue
-            with self.db.transaction() as conn:
+            with self.db.transaction() as sql:
                 # re-check inside the transaction: an instance may have arrived meanwhile
-                current = conn.execute(
-                    "SELECT last_received_at, release_ready, pending, revision, calling_ae"
-                    " FROM studies WHERE study_uid = ?",
-                    (row["study_uid"],),
-                ).fetchone()
-                if not current["pending"] or not is_complete(
-                    current["last_received_at"], now, self.settings.quiet_period_s,
-                    self._released(current["release_ready"]),
-                ):
+                current = studies.completion(sql, candidate.study_uid)
+                if current is None or not current.pending or not self._due(current, now):
                     continue
-                revision = current["revision"] + 1
-                conn.execute(
-                    """UPDATE studies SET pending = 0, release_ready = 0, revision = ?,
-                    completed_at = ? WHERE study_uid = ?""",
-                    (revision, now, row["study_uid"]),
-                )
-                instances = conn.execute(
-                    """SELECT series_uid, sop_class_uid, modality, body_part, series_description,
-                    protocol_name, image_type FROM instances WHERE study_uid = ?""",
-                    (row["study_uid"],),
-                ).fetchall()
-            completed.append(
-                Study(row["study_uid"], revision, current["calling_ae"], summarize_series(instances))
-            )
+                revision = current.revision + 1
+                studies.complete(sql, current.study_uid, revision, now)
+                series = instances.series_of(sql, current.study_uid)
+            completed.append(Study(current.study_uid, revision, current.calling_ae, series))
         return completed
+
+    def _due(self, study: studies.Completion, now: float) -> bool:
+        return is_complete(study.last_received_at, now, self.settings.quiet_period_s,
+                           self._released(study.release_ready))
 
 
 @dataclass(frozen=True)
@@ -155,33 +101,26 @@ def request_analysis(db: Database, study_uid: str) -> AnalysisRequest:
     study completes at the next assembly step whatever `complete_on_release` says, and instances
     arriving meanwhile make it wait for its quiet period as usual. Raises StudyNotHeld.
     """
-    with db.transaction() as conn:
-        study = conn.execute(
-            "SELECT pending, release_ready FROM studies WHERE study_uid = ?", (study_uid,)
-        ).fetchone()
-        instances = conn.execute(
-            "SELECT COUNT(*) FROM instances WHERE study_uid = ?", (study_uid,)
-        ).fetchone()[0]
+    with db.transaction() as sql:
+        study = studies.completion(sql, study_uid)
+        held = instances.count(sql, study_uid)
         if study is None:
             raise StudyNotHeld(f"no study {study_uid} in the node's index", purged=False)
-        if not instances:
+        if not held:
             raise StudyNotHeld(
                 f"the spooled copy of study {study_uid} was removed (storage.retention_days);"
                 " send the study again, or pull it from a peer",
                 purged=True,
             )
-        if study["pending"]:
-            already = study["release_ready"] == RETRIEVED
-            return AnalysisRequest(study_uid, False, instances, (
+        if study.pending:
+            already = study.release_ready == RETRIEVED
+            return AnalysisRequest(study_uid, False, held, (
                 "an analysis of this study is already requested; it starts at the next step"
                 if already else
                 "the study is still being received; it is analysed once complete"
             ))
-        conn.execute(
-            "UPDATE studies SET pending = 1, release_ready = ? WHERE study_uid = ?",
-            (RETRIEVED, study_uid),
-        )
-    return AnalysisRequest(study_uid, True, instances, (
-        f"study queued for a new analysis of its {instances} spooled instance(s); the new"
+        studies.request_analysis(sql, study_uid)
+    return AnalysisRequest(study_uid, True, held, (
+        f"study queued for a new analysis of its {held} spooled instance(s); the new"
         " revision's results supersede the current ones"
     ))

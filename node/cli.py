@@ -37,14 +37,20 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from node import logs
     from node.banner import banner
     from node.service import Node, NodeAlreadyRunning
+    from node.store import StoreError
     from node.web.server import WebBindError
 
     config = _load(args)
     logs.setup(config.logging.level, config.logging.format, libraries=config.logging.libraries)
+    for note in config.deprecations:
+        logs.event(logging.getLogger("fracnode.config"), logging.WARNING, "deprecated setting", advice=note)
     try:
         node = Node(config)
     except (NodeAlreadyRunning, ValueError) as exc:
         print(f"fracnode: {exc}", file=sys.stderr)
+        return 2
+    except StoreError as exc:  # an older schema (run `fracnode db upgrade`), a database unreachable
+        print(f"fracnode: database {_database_name(config)}: {exc}", file=sys.stderr)
         return 2
     try:
         node.start()
@@ -243,17 +249,26 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"configuration {source}: 1 problem(s)\n  {exc}")
         return 1
+    for note in config.deprecations:
+        print(f"configuration {source}: deprecated: {note}")
     hint = f"pipelines available: {', '.join(pipelines.known()) or 'none'}"
-    problems = [(p, hint) for p in pipelines.check_routes(config)] + folder_problems(config)
+    problems = [(p, hint) for p in pipelines.check_routes(config)]
+    problems += [(p, "") for p in pipelines.check_settings(config)] + folder_problems(config)
     if problems:
         print(f"configuration {source}: {len(problems)} problem(s)")
         for problem, why in problems:
-            print(f"  {problem}\n    hint: {why}")
+            print(f"  {problem}\n    hint: {why}" if why else f"  {problem}")
         return 1
     print(f"configuration {source}: OK — AE title {config.node.ae_title} on port {config.node.port},"
           f" {len(config.peers)} peer(s), {len(config.destinations)} destination(s),"
-          f" {len(config.routes)} route(s), data in {config.storage.data_dir}")
+          f" {len(config.routes)} route(s), data in {config.storage.data_dir},"
+          f" index in {_database_name(config)}")
     return 0
+
+
+def _database_name(config: Config) -> str:
+    """Where the index is, for messages: the URL holds no password (config validation refuses one)."""
+    return "the embedded SQLite file" if config.storage.database == "sqlite" else config.storage.database
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -288,6 +303,10 @@ def build_parser() -> argparse.ArgumentParser:
     from node.cli_state import add_parsers as add_state_parsers
 
     add_state_parsers(sub, config_option)
+
+    from node.cli_db import add_parsers as add_db_parsers
+
+    add_db_parsers(sub, config_option)
 
     analyze = sub.add_parser("analyze", help="run the routes' pipelines on DICOM files offline",
                              parents=[config_option])

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 
 from node.config import Config
-from node.db import Database
 from node.dispatch.health import destination_health
+from node.store import StoreError, associations, jobs, open_configured, outbox, studies
 
 
 def _age(now: float, then: float | None) -> str:
@@ -38,48 +38,40 @@ def node_running(data_dir: Path) -> bool:
 
 
 def status(config: Config, limit: int) -> int:
-    path = config.database_path
-    if not path.exists():
+    if config.storage.database == "sqlite" and not config.database_path.exists():
         print(f"no node state in {config.storage.data_dir} yet (the node has not run with this data_dir)")
         return 0
-    db = Database(path, readonly=True)
+    try:
+        db = open_configured(config, readonly=True)
+    except StoreError as exc:
+        print(f"fracnode status: database {config.storage.database}: {exc}")
+        return 1
     now = time.time()
-    jobs = {r["state"]: r["n"] for r in db.query("SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
-    print("jobs:    " + (", ".join(f"{k} {v}" for k, v in sorted(jobs.items())) or "none"))
-    outbox = db.query(
-        "SELECT destination, state, COUNT(*) AS n FROM outbox GROUP BY destination, state ORDER BY 1, 2"
-    )
-    print("outbox:  " + (", ".join(f"{r['destination']} {r['state']} {r['n']}" for r in outbox) or "empty"))
+    counts = jobs.state_counts(db)
+    print("jobs:    " + (", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"))
+    waiting = outbox.counts_by_state(db)
+    print("outbox:  " + (", ".join(f"{dest} {state} {n}" for dest, state, n in waiting) or "empty"))
     troubled = [h for h in destination_health(db, [d.name for d in config.destinations]) if h.in_trouble(now)]
     for health in troubled:
         print(f"TROUBLE: destination {health.name}: {health.trouble(now)}")
-    pending = db.query("SELECT COUNT(*) AS n FROM studies WHERE pending = 1")[0]["n"]
-    print(f"studies receiving: {pending}")
+    print(f"studies receiving: {studies.count_pending(db)}")
     print("\nrecent studies:")
-    for row in db.query(
-        "SELECT study_uid, revision, last_received_at, route_status, pending FROM studies"
-        " ORDER BY last_received_at DESC LIMIT ?", (limit,)
-    ):
-        state = "receiving" if row["pending"] else (row["route_status"] or "complete")
-        print(f"  {row['study_uid']}  rev {row['revision']}  last instance {_age(now, row['last_received_at'])}  {state}")
+    for study in studies.listed(db, limit):
+        state = "receiving" if study.pending else (study.route_status or "complete")
+        print(f"  {study.study_uid}  rev {study.revision}  last instance {_age(now, study.last_received_at)}  {state}")
     print("\nrecent jobs:")
-    for row in db.query(
-        "SELECT id, pipeline, route, state, attempts, max_attempts, last_error, summary, created_at,"
-        " started_at, finished_at, study_uid FROM jobs ORDER BY id DESC LIMIT ?", (limit,)
-    ):
-        took = f" {row['finished_at'] - row['started_at']:.1f}s" if row["finished_at"] and row["started_at"] else ""
-        detail = row["last_error"] or row["summary"]
-        print(f"  #{row['id']} {row['pipeline']} ({row['route']}) {row['state']}{took}"
-              f" attempts {row['attempts']}/{row['max_attempts']} study {row['study_uid']}"
+    for row in jobs.recent(db, limit):
+        job = row.job
+        took = f" {row.finished_at - row.started_at:.1f}s" if row.finished_at and row.started_at else ""
+        detail = row.last_error or row.summary
+        print(f"  #{job.id} {job.pipeline} ({job.route}) {row.state}{took}"
+              f" attempts {job.attempts}/{row.max_attempts} study {job.study_instance_uid}"
               + (f"\n      {detail}" if detail else ""))
     print("\nrecent associations:")
-    for row in db.query(
-        "SELECT started_at, peer_ae, peer_address, outcome, reason, instances_received, instances_failed"
-        " FROM associations ORDER BY started_at DESC LIMIT ?", (limit,)
-    ):
-        print(f"  {_age(now, row['started_at'])}  {row['peer_ae']} {row['peer_address']}  {row['outcome']}"
-              f"  received {row['instances_received']} failed {row['instances_failed']}"
-              + (f"  ({row['reason']})" if row["reason"] else ""))
+    for trail in associations.recent(db, limit):
+        print(f"  {_age(now, trail.started_at)}  {trail.peer_ae} {trail.peer_address}  {trail.outcome}"
+              f"  received {trail.instances_received} failed {trail.instances_failed}"
+              + (f"  ({trail.reason})" if trail.reason else ""))
     db.close()
     return 0
 
@@ -88,11 +80,15 @@ def analyze_again(config: Config, study_uid: str) -> int:
     """Queue a new analysis of a held study; a running node starts it within a second."""
     from node.assembly import StudyNotHeld, request_analysis
 
-    if not config.database_path.exists():
+    if config.storage.database == "sqlite" and not config.database_path.exists():
         print(f"fracnode analyze-again: no node state in {config.storage.data_dir}"
               " (the node has not run with this data_dir)")
         return 1
-    db = Database(config.database_path)
+    try:
+        db = open_configured(config)
+    except StoreError as exc:
+        print(f"fracnode analyze-again: database {config.storage.database}: {exc}")
+        return 1
     try:
         asked = request_analysis(db, study_uid)
     except StudyNotHeld as exc:

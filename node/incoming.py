@@ -22,12 +22,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from node.header import Header, header_from_elements
-from node.scan import DataSetScan, ScanLimits, is_image_storage
-from node.spool import (
+from node.files import (
     OutOfSpace,
-    Spool,
-    Stored,
     check_free_space,
     create_temporary,
     file_digest,
@@ -36,6 +32,9 @@ from node.spool import (
     remove_temporary,
     write_failure,
 )
+from node.header import Header, header_from_elements
+from node.scan import DataSetScan, ScanLimits, is_image_storage
+from node.spool import Spool, Stored
 
 _PREAMBLE = b"\0" * 128 + b"DICM"  # PS3.10 7.1
 PENDING_LIMIT = 1 << 18  # bytes held in memory while the indexed attributes have not arrived

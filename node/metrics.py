@@ -18,12 +18,12 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from node.db import Database
 from node.dispatch.health import destination_health
+from node.store import Database, instances, jobs, outbox, studies
 
 if TYPE_CHECKING:
-    from node.dispatch.outbox import OutboxItem
     from node.records import Job
+    from node.store.outbox import OutboxItem
 
 JOB_STATES = ("queued", "running", "done", "failed", "not_applicable", "superseded")
 TRANSPORTS = ("dimse", "stow")
@@ -45,24 +45,22 @@ class _QueueCollector(Collector):
         self.min_free_bytes = min_free_bytes
 
     def collect(self) -> Iterator[Metric]:
-        jobs = GaugeMetricFamily("fracnode_jobs", "Jobs in each state", labels=["state"])
-        counts = {row["state"]: row["n"] for row in self.db.query(
-            "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state")}
+        by_state = GaugeMetricFamily("fracnode_jobs", "Jobs in each state", labels=["state"])
+        counts = jobs.state_counts(self.db)
         for state in dict.fromkeys((*JOB_STATES, *counts)):
-            jobs.add_metric([state], counts.get(state, 0))
-        yield jobs
+            by_state.add_metric([state], counts.get(state, 0))
+        yield by_state
         pending = GaugeMetricFamily(
             "fracnode_outbox_pending", "Result objects waiting for delivery, per destination",
             labels=["destination"],
         )
-        waiting = {row["destination"]: row["n"] for row in self.db.query(
-            "SELECT destination, COUNT(*) AS n FROM outbox WHERE state = 'pending' GROUP BY destination")}
+        waiting = outbox.pending_by_destination(self.db)
         for name in dict.fromkeys((*self.destinations, *waiting)):
             pending.add_metric([name], waiting.get(name, 0))
         yield pending
-        studies = GaugeMetricFamily("fracnode_studies_pending", "Studies still receiving (not complete)")
-        studies.add_metric([], self.db.query("SELECT COUNT(*) AS n FROM studies WHERE pending = 1")[0]["n"])
-        yield studies
+        receiving = GaugeMetricFamily("fracnode_studies_pending", "Studies still receiving (not complete)")
+        receiving.add_metric([], studies.count_pending(self.db))
+        yield receiving
         yield from self._destinations()
         yield from self._disk()
 
@@ -92,7 +90,7 @@ class _QueueCollector(Collector):
 
     def _disk(self) -> Iterator[Metric]:
         spool = GaugeMetricFamily("fracnode_spool_bytes", "Bytes of the instances held in the spool")
-        spool.add_metric([], self.db.query("SELECT COALESCE(SUM(size), 0) AS n FROM instances")[0]["n"])
+        spool.add_metric([], instances.usage(self.db).bytes)
         yield spool
         if self.data_dir is None:
             return
@@ -176,15 +174,15 @@ class Metrics:
 
     def study_completed(self, study_uid: str, now: float) -> None:
         self.studies_completed.inc()
-        rows = self.db.query("SELECT first_received_at FROM studies WHERE study_uid = ?", (study_uid,))
-        if rows:
-            self.stage_seconds.labels("assembly").observe(max(0.0, now - rows[0]["first_received_at"]))
+        first = studies.first_received_at(self.db, study_uid)
+        if first is not None:
+            self.stage_seconds.labels("assembly").observe(max(0.0, now - first))
 
     def job_claimed(self, job: Job, now: float) -> None:
         """Queue wait: from when the job (or its retry) was due until a worker took it."""
-        rows = self.db.query("SELECT not_before FROM jobs WHERE id = ?", (job.id,))
-        if rows:
-            self.stage_seconds.labels("queue").observe(max(0.0, now - rows[0]["not_before"]))
+        due = jobs.not_before(self.db, job.id)
+        if due is not None:
+            self.stage_seconds.labels("queue").observe(max(0.0, now - due))
 
     def job_ended(self, job: Job, outcome: str, seconds: float) -> None:
         self.jobs_finished.labels(job.pipeline, outcome).inc()

@@ -18,17 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from node.db import Database
-from node.records import ImageFinding, RegionFinding
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS job_outcomes (
-    job_id INTEGER PRIMARY KEY,
-    findings TEXT NOT NULL DEFAULT '',
-    timings TEXT NOT NULL DEFAULT '{}',
-    recorded_at REAL NOT NULL
-);
-"""
+from node.store import Database
+from node.store import outcomes as table
 
 
 def jsonable(value: Any) -> Any:
@@ -68,61 +59,24 @@ def image_findings(findings: dict[str, Any] | None) -> list[dict[str, Any]]:
     return [i for i in findings.get("images", []) if isinstance(i, dict) and "sop_instance_uid" in i]
 
 
-def image_finding(stored: dict[str, Any], path: Path) -> ImageFinding:
-    """An `ImageFinding` rebuilt from its stored form, enough to draw it (no region map)."""
-    regions = tuple(
-        RegionFinding(
-            polygon=tuple((float(x), float(y)) for x, y in region["polygon"]),
-            box=tuple(float(v) for v in region["box"]),  # type: ignore[arg-type]
-            probability=float(region["probability"]),
-        )
-        for region in stored.get("regions", [])
-    )
-    return ImageFinding(
-        sop_instance_uid=str(stored["sop_instance_uid"]),
-        path=path,
-        fracture_probability=float(stored["fracture_probability"]),
-        category=str(stored["category"]),
-        regions=regions,
-        region_map=None,
-        body_region=str(stored.get("body_region", "")),
-        body_region_probability=float(stored.get("body_region_probability", 0.0)),
-        body_region_source=str(stored.get("body_region_source", "")),
-    )
-
-
 class JobOutcomes:
     def __init__(self, db: Database) -> None:
         self.db = db
-        with db.transaction() as conn:
-            conn.execute(SCHEMA)
 
     def record(self, job_id: int, findings: object | None, timings: dict[str, float], now: float) -> None:
         """Keep the latest attempt's findings and timings (a retry replaces them)."""
         data = json.dumps(jsonable(findings)) if findings is not None else ""
-        self.db.execute(
-            """INSERT OR REPLACE INTO job_outcomes (job_id, findings, timings, recorded_at)
-            VALUES (?, ?, ?, ?)""",
-            (job_id, data, json.dumps({k: round(v, 4) for k, v in timings.items()}), now),
-        )
+        table.record(self.db, job_id, data, json.dumps({k: round(v, 4) for k, v in timings.items()}), now)
 
     def get(self, job_id: int) -> JobOutcome | None:
         found = self.many([job_id])
         return found.get(job_id)
 
     def many(self, job_ids: list[int]) -> dict[int, JobOutcome]:
-        if not job_ids:
-            return {}
-        rows = self.db.query(
-            f"SELECT * FROM job_outcomes WHERE job_id IN ({','.join('?' * len(job_ids))})",
-            tuple(job_ids),
-        )
         return {
-            row["job_id"]: JobOutcome(
-                row["job_id"],
-                json.loads(row["findings"]) if row["findings"] else None,
-                json.loads(row["timings"] or "{}"),
-                row["recorded_at"],
+            row.job_id: JobOutcome(
+                row.job_id, json.loads(row.findings) if row.findings else None, json.loads(row.timings),
+                row.recorded_at,
             )
-            for row in rows
+            for row in table.of_jobs(self.db, job_ids)
         }

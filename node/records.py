@@ -5,13 +5,17 @@ Each record is frozen: a stage hands a record on and never mutates what it recei
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Literal, Protocol
+
+from pydicom import Dataset
 
 
 @dataclass(frozen=True)
 class Instance:
-    """One received SOP instance, durably in the spool."""
+    """One received SOP instance, durably in the spool: its index row."""
 
     sop_instance_uid: str
     sop_class_uid: str
@@ -19,11 +23,16 @@ class Instance:
     series_instance_uid: str
     transfer_syntax_uid: str
     path: Path
-    digest: str
+    digest: str  # sha256 of the file, '' until a resend needs it (node.spool)
     size: int
     received_at: float
     calling_ae: str
     association_id: str
+    modality: str = ""
+    body_part: str = ""
+    series_description: str = ""
+    protocol_name: str = ""
+    image_type: str = ""
 
 
 @dataclass(frozen=True)
@@ -38,6 +47,40 @@ class SeriesAttributes:
     sop_class_uids: tuple[str, ...] = ()
     image_types: tuple[str, ...] = ()
     instance_count: int = 0
+
+
+class _Fields(Protocol):
+    def __getitem__(self, key: str, /) -> Any: ...
+
+
+def summarize_series(rows: Iterable[_Fields]) -> tuple[SeriesAttributes, ...]:
+    """Fold instances' indexed attributes (series_uid, sop_class_uid, modality, body_part,
+    series_description, protocol_name, image_type) into one SeriesAttributes per series, in UID
+    order; a series' attributes are its first instance's."""
+    grouped: dict[str, dict[str, Any]] = {}
+    for row in rows:
+        entry = grouped.setdefault(
+            row["series_uid"],
+            {"first": row, "sop_classes": [], "image_types": [], "count": 0},
+        )
+        entry["count"] += 1
+        if row["sop_class_uid"] not in entry["sop_classes"]:
+            entry["sop_classes"].append(row["sop_class_uid"])
+        if row["image_type"] and row["image_type"] not in entry["image_types"]:
+            entry["image_types"].append(row["image_type"])
+    return tuple(
+        SeriesAttributes(
+            series_instance_uid=uid,
+            modality=entry["first"]["modality"],
+            body_part_examined=entry["first"]["body_part"],
+            series_description=entry["first"]["series_description"],
+            protocol_name=entry["first"]["protocol_name"],
+            sop_class_uids=tuple(entry["sop_classes"]),
+            image_types=tuple(entry["image_types"]),
+            instance_count=entry["count"],
+        )
+        for uid, entry in sorted(grouped.items())
+    )
 
 
 @dataclass(frozen=True)
@@ -104,43 +147,52 @@ class Algorithm:
     source: str = "fracnode"
 
 
-@dataclass(frozen=True)
-class RegionFinding:
-    """One predicted fracture region on a source image, in that image's pixel coordinates.
+Category = Literal["fracture", "suspicious", "negative"]
+CATEGORIES: tuple[Category, ...] = ("fracture", "suspicious", "negative")
 
-    `polygon` is closed (the first point is not repeated), points are (column, row) with (0, 0)
-    the top-left corner of the top-left pixel, as SCOORD PIXEL coordinates are.
+
+def categorize(probability: float, operating_points: Mapping[str, float]) -> Category:
+    """"fracture" at the high-specificity operating point, "suspicious" at the high-sensitivity one.
+
+    Every fracture model's bundle names its two operating points (`fracnode.operating_points`)."""
+    if probability >= operating_points["fracture"]:
+        return "fracture"
+    if probability >= operating_points["suspicious"]:
+        return "suspicious"
+    return "negative"
+
+
+class PipelineFindings(Protocol):
+    """What the stages after a pipeline read of its findings, whatever the pipeline.
+
+    Each pipeline's package defines its own frozen record (the radiograph pipeline's `Findings`,
+    the cervical spine pipeline's `CSpineFindings`); the job record keeps it as JSON
+    (node.outcomes), so every field is display data.
     """
 
-    polygon: tuple[tuple[float, float], ...]
-    box: tuple[float, float, float, float]  # column0, row0, column1, row1
-    probability: float  # the highest region probability inside the region
+    @property
+    def study_instance_uid(self) -> str: ...
+
+    @property
+    def skipped(self) -> tuple[tuple[str, str], ...]: ...  # (UID, reason) of what was not analysed
+
+    def rows(self) -> tuple[FindingRow, ...]:
+        """The findings as table rows (`fracnode analyze`'s summary): what was analysed, then what
+        was passed over."""
+        ...
 
 
 @dataclass(frozen=True)
-class ImageFinding:
-    """The model's result for one source radiograph."""
+class FindingRow:
+    """One row of a findings table: an item a pipeline analysed (an image; a CT series at the
+    patient level) or one it passed over, with why."""
 
-    sop_instance_uid: str
-    path: Path  # the source file in the spool
-    fracture_probability: float
-    category: str  # "fracture" (≥ high-specificity threshold), "suspicious" (≥ high-sensitivity), "negative"
-    regions: tuple[RegionFinding, ...]
-    region_map: object  # numpy float32 (Rows, Columns): fracture-region probability in [0, 1]
-    body_region: str  # "hand" | "leg" | "hip" | "shoulder", or "" when not determined (no finding site)
-    body_region_probability: float  # the body-region head's probability for it (its highest when "")
-    body_region_source: str = ""  # "header" (an attribute named it), "model" (the head, confidently) or ""
-
-
-@dataclass(frozen=True)
-class Findings:
-    """Everything one pipeline run concluded about one study, before any DICOM is written."""
-
-    study_instance_uid: str
-    algorithm: Algorithm
-    images: tuple[ImageFinding, ...]
-    skipped: tuple[tuple[str, str], ...] = ()  # (SOP Instance UID, reason)
-    thresholds: tuple[tuple[str, float], ...] = ()  # ("suspicious", 0.2), ("fracture", 0.6)
+    sop_instance_uid: str = ""  # the image, when the row is about one image
+    category: Category | None = None
+    fracture_probability: float | None = None
+    regions: int | None = None  # regions outlined on the image, or vertebrae found
+    body_region: str = ""
+    skipped: str = ""  # why the item was not analysed; "" when it was
 
 
 @dataclass(frozen=True)
@@ -150,39 +202,7 @@ class PipelineOutcome:
     `not_applicable` carries the reason when the pipeline declined the study (no objects then).
     """
 
-    datasets: tuple = field(default_factory=tuple)  # tuple[pydicom.Dataset, ...]
+    datasets: tuple[Dataset, ...] = field(default_factory=tuple)
     summary: str = ""
     not_applicable: str = ""
-    findings: Findings | CSpineFindings | None = None  # what the models concluded, for previews and reports
-
-
-@dataclass(frozen=True)
-class VertebraFinding:
-    """The fracture model's result for one cervical vertebra the vertebra model found."""
-
-    label: int  # label value in the vertebra label volume: 1 = C1 … 7 = C7
-    fracture_probability: float
-    category: str  # "fracture" | "suspicious" | "negative", as ImageFinding.category
-    centre: tuple[float, float, float]  # (x, y, z) mm in the CT's frame of reference (LPS)
-    voxels: int  # voxels of the vertebra in the label volume (on the CT grid)
-
-
-@dataclass(frozen=True)
-class CSpineFindings:
-    """What the cspine-fracture pipeline concluded about one CT series of a study.
-
-    The vertebra label volume itself (uint8 (slices, rows, columns) on the CT grid) travels beside
-    this record: it is large and only the SEG needs it.
-    """
-
-    study_instance_uid: str
-    series_instance_uid: str  # the CT series analysed
-    frame_of_reference_uid: str
-    segmentation_algorithm: Algorithm  # the vertebra model (SEG)
-    fracture_algorithm: Algorithm  # the fracture model (SR)
-    fracture_probability: float  # patient level
-    category: str
-    vertebrae: tuple[VertebraFinding, ...]  # present vertebrae only, in label order
-    thresholds: tuple[tuple[str, float], ...] = ()  # ("fracture", 0.6), ("suspicious", 0.2)
-    skipped: tuple[tuple[str, str], ...] = ()  # (Series Instance UID, reason) not analysed
-    seconds: tuple[tuple[str, float], ...] = ()  # (stage, seconds) of the run, for the job record
+    findings: PipelineFindings | None = None  # what the models concluded, for previews and reports

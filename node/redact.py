@@ -11,13 +11,14 @@ anything quoted in them is replaced, since values are what libraries quote.
 
 from __future__ import annotations
 
+import os
 import re
 import traceback
 from pathlib import Path
 from types import TracebackType
 
 _NODE_PACKAGE = str(Path(__file__).resolve().parent)
-_trusted: set[str] = set()  # files of configured pipeline modules (node.pipelines.load_modules)
+_trusted: set[str] = set()  # files and package folders of configured pipelines (node.pipelines)
 _QUOTED = re.compile(r"""b?'(?:[^'\\]|\\.)*'|b?"(?:[^"\\]|\\.)*\"""", re.DOTALL)
 WITHHELD = "<withheld>"
 
@@ -30,12 +31,14 @@ def _raised_in_node(tb: TracebackType | None) -> bool:
     if last is None:
         return False
     filename = last.tb_frame.f_code.co_filename
-    return filename.startswith(_NODE_PACKAGE) or filename in _trusted
+    return filename.startswith(_NODE_PACKAGE) or filename in _trusted or any(
+        filename.startswith(folder + os.sep) for folder in _trusted)
 
 
 def trust(path: Path) -> None:
-    """Keep the messages of exceptions raised in this file (a configured pipeline module: it is
-    the node's code too, and must name tags, never values, as the node's does)."""
+    """Keep the messages of exceptions raised in this file, or in any file under this folder (a
+    configured pipeline module or package: it is the node's code too, and must name tags, never
+    values, as the node's does)."""
     _trusted.add(str(path))
 
 

@@ -11,10 +11,8 @@ import shutil
 from collections.abc import Callable
 
 from node.config import Config
-from node.db import Database
-from node.dispatch.outbox import DELIVERED
-from node.jobs import FINAL_STATES
 from node.logs import event
+from node.store import Database, instances, jobs, outbox, studies
 
 log = logging.getLogger("fracnode.node")
 
@@ -27,25 +25,16 @@ def purge_expired(config: Config, db: Database, now: float,
     if days <= 0:
         return 0
     cutoff = now - days * 86400
-    final = ",".join(f"'{s}'" for s in FINAL_STATES)
-    rows = db.query(
-        f"""SELECT s.study_uid FROM studies s WHERE s.pending = 0 AND s.last_received_at < ?
-        AND NOT EXISTS (SELECT 1 FROM jobs j WHERE j.study_uid = s.study_uid
-            AND (j.state NOT IN ({final}) OR j.finished_at >= ?))
-        AND NOT EXISTS (SELECT 1 FROM outbox o WHERE o.study_uid = s.study_uid
-            AND o.state != ?)""",
-        (cutoff, cutoff, DELIVERED),
-    )
-    for row in rows:
-        shutil.rmtree(config.spool_dir / row["study_uid"], ignore_errors=True)
-        for job in db.query("SELECT id FROM jobs WHERE study_uid = ?", (row["study_uid"],)):
-            shutil.rmtree(config.outbox_dir / str(job["id"]), ignore_errors=True)
-        with db.transaction() as conn:
-            conn.execute("DELETE FROM instances WHERE study_uid = ?", (row["study_uid"],))
-            conn.execute("DELETE FROM outbox WHERE study_uid = ?", (row["study_uid"],))
-            conn.execute("UPDATE studies SET route_status = route_status || ' (spool purged)'"
-                         " WHERE study_uid = ?", (row["study_uid"],))
-        on_purged(row["study_uid"], f"storage.retention_days ({days}) after its work ended")
-    if rows:
-        event(log, logging.INFO, "retention purge", studies=len(rows), retention_days=days)
-    return len(rows)
+    expired = studies.purgeable(db, cutoff, jobs.FINAL_STATES, outbox.DELIVERED)
+    for study_uid in expired:
+        shutil.rmtree(config.spool_dir / study_uid, ignore_errors=True)
+        for job_id in jobs.ids_of_study(db, study_uid):
+            shutil.rmtree(config.outbox_dir / str(job_id), ignore_errors=True)
+        with db.transaction() as sql:
+            instances.delete_study(sql, study_uid)
+            outbox.delete_study(sql, study_uid)
+            studies.mark_purged(sql, study_uid)
+        on_purged(study_uid, f"storage.retention_days ({days}) after its work ended")
+    if expired:
+        event(log, logging.INFO, "retention purge", studies=len(expired), retention_days=days)
+    return len(expired)

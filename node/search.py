@@ -17,16 +17,10 @@ from pathlib import Path
 
 from pydicom import dcmread
 
-from node.db import Database
+from node.store import Database
+from node.store import search as table
 
 KEY_FILE = "search-key"
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS study_search (
-    study_uid TEXT PRIMARY KEY,
-    accession_hmac TEXT NOT NULL DEFAULT ''
-);
-CREATE INDEX IF NOT EXISTS study_search_accession ON study_search (accession_hmac);
-"""
 
 
 def _key(data_dir: Path) -> bytes:
@@ -44,10 +38,6 @@ class StudySearch:
     def __init__(self, db: Database, data_dir: Path) -> None:
         self.db = db
         self._key = _key(data_dir)
-        with db.transaction() as conn:
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
 
     def digest(self, accession: str) -> str:
         text = accession.strip().upper()
@@ -61,20 +51,11 @@ class StudySearch:
             accession = str(header.get("AccessionNumber", "") or "")
         except Exception:  # noqa: BLE001 - search is a convenience: never fail a study for it
             accession = ""
-        self.db.execute(
-            "INSERT OR REPLACE INTO study_search (study_uid, accession_hmac) VALUES (?, ?)",
-            (study_uid, self.digest(accession)),
-        )
+        table.remember(self.db, study_uid, self.digest(accession))
 
     def find(self, text: str, limit: int) -> list[str]:
         """Study Instance UIDs whose UID starts with `text` or whose Accession Number is `text`."""
         text = text.strip()
         if not text:
             return []
-        rows = self.db.query(
-            """SELECT study_uid FROM studies WHERE study_uid = ? OR study_uid LIKE ? ESCAPE '\\'
-            UNION SELECT study_uid FROM study_search WHERE accession_hmac = ? LIMIT ?""",
-            (text, text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%",
-             self.digest(text), limit),
-        )
-        return [r["study_uid"] for r in rows]
+        return table.find(self.db, text, self.digest(text), limit)

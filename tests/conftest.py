@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -12,6 +13,8 @@ import pytest
 
 from node.config import Config
 from node.service import Node
+from node.store import open_database
+from tests.support import postgres as postgres_support
 from tests.support.dcmtk import put_dcmtk_first
 from tests.support.orthanc import Orthanc
 
@@ -93,3 +96,41 @@ def require_tool(name: str) -> str:
     if path is None:
         pytest.fail(f"{name} is not installed; `make test` installs the Debian packages it needs")
     return path
+
+
+@pytest.fixture(scope="session")
+def postgres_cluster() -> Iterator[postgres_support.Cluster]:
+    """One PostgreSQL 15 cluster for the session (initdb in /tmp, a loopback port); PGPASSFILE
+    points at its passfile, so the node finds the password the way a deployment does."""
+    why = postgres_support.available()
+    if why:
+        pytest.fail(why)  # not a skip: `make test` installs postgresql-15
+    cluster = postgres_support.Cluster().create()
+    before = os.environ.get("PGPASSFILE")
+    os.environ["PGPASSFILE"] = str(cluster.passfile)
+    yield cluster
+    if before is None:
+        os.environ.pop("PGPASSFILE", None)
+    else:
+        os.environ["PGPASSFILE"] = before
+    cluster.destroy()
+
+
+@pytest.fixture
+def postgres_url(postgres_cluster: postgres_support.Cluster) -> str:
+    """The cluster's database emptied for this test (its tables dropped): `storage.database`."""
+    postgres_cluster.start_if_stopped()
+    postgres_cluster.empty()
+    return postgres_cluster.url
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The `storage` settings of each backend in turn, for `node_config(..., storage=database)`:
+    none (the SQLite file), then the session cluster's emptied database, upgraded as
+    `fracnode db upgrade` would before a node starts on it."""
+    if request.param == "sqlite":
+        return {}
+    url = request.getfixturevalue("postgres_url")
+    open_database(url, upgrade=True).close()
+    return {"database": url}

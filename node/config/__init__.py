@@ -27,7 +27,6 @@ from node.config.peers import (
 from node.config.security import AuditSettings, NodeTls, PeerTls, SyslogSettings, WebTls
 from node.config.settings import (
     AssemblySettings,
-    CSpineSettings,
     DispatchSettings,
     InferenceSettings,
     JobSettings,
@@ -47,7 +46,6 @@ __all__ = [
     "AuditSettings",
     "BasicAuth",
     "BearerAuth",
-    "CSpineSettings",
     "Config",
     "ConfigError",
     "ConfigProblem",

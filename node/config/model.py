@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationInfo, model_validator
+from pydantic import Field, ModelWrapValidatorHandler, PrivateAttr, ValidationInfo, model_validator
 
 from node.config.peers import (
     Destination,
@@ -23,7 +23,6 @@ from node.config.peers import (
 from node.config.security import AuditSettings
 from node.config.settings import (
     AssemblySettings,
-    CSpineSettings,
     DispatchSettings,
     InferenceSettings,
     JobSettings,
@@ -35,6 +34,8 @@ from node.config.settings import (
 )
 
 REFERENCES_CHECKED_BY_CALLER = "references checked by caller"
+# Top-level sections that became a pipeline's own settings: old key → the pipeline that owns them.
+LEGACY_SECTIONS = {"cspine": "cspine-fracture"}
 Loc = tuple[int | str, ...]
 
 
@@ -138,16 +139,52 @@ class Config(Strict):
     jobs: JobSettings = JobSettings()
     dispatch: DispatchSettings = DispatchSettings()
     inference: InferenceSettings = InferenceSettings()
-    cspine: CSpineSettings = CSpineSettings()
     logging: LoggingSettings = LoggingSettings()
     web: WebSettings = WebSettings()
     audit: AuditSettings = AuditSettings()
     peers: list[Peer] = Field(default_factory=list)
     destinations: list[Destination] = Field(default_factory=_default_destinations)
     routes: list[Route] = Field(default_factory=list)
+    pipelines: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="each pipeline's own settings by pipeline name; the pipeline validates them"
+        " (node.pipelines.check_settings)",
+    )
     pipeline_modules: list[str] = Field(
         default_factory=list, description="extra Python modules that register pipelines"
     )
+    _deprecations: tuple[str, ...] = PrivateAttr(default=())
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _legacy_sections(cls, data: Any, handler: ModelWrapValidatorHandler[Config]) -> Config:
+        """Read a section that moved under `pipelines:` from its old place, and say where it goes now."""
+        notes = []
+        if isinstance(data, dict) and any(key in data for key in LEGACY_SECTIONS):
+            data = dict(data)
+            sections = dict(data.get("pipelines") or {})
+            for key, pipeline in LEGACY_SECTIONS.items():
+                if key not in data:
+                    continue
+                if pipeline in sections:
+                    raise ValueError(
+                        f"{key}: and pipelines.{pipeline}: are both given; keep pipelines.{pipeline}:"
+                        f" only ({key}: is its old, deprecated place)"
+                    )
+                sections[pipeline] = data.pop(key)
+                notes.append(
+                    f"the top-level '{key}:' section is deprecated: move its settings under"
+                    f" 'pipelines: {{{pipeline}: ...}}' (read as pipelines.{pipeline} for now)"
+                )
+            data["pipelines"] = sections
+        config = handler(data)
+        config._deprecations = tuple(notes)
+        return config
+
+    @property
+    def deprecations(self) -> tuple[str, ...]:
+        """What the file says in a deprecated way, for `fracnode config check` and the start-up log."""
+        return self._deprecations
 
     @model_validator(mode="before")
     @classmethod

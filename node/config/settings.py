@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from node.config.base import AE_TITLE_PATTERN, Strict, check_ae_title
+from node.config.database import SQLITE, check_database, is_postgres
 from node.config.security import NodeTls, WebTls
 
 __all__ = ["AE_TITLE_PATTERN", "Strict", "check_ae_title"]
@@ -60,6 +61,13 @@ class NodeSettings(Strict):
 
 class StorageSettings(Strict):
     data_dir: Path = Path("fracnode-data")
+    database: str = Field(
+        SQLITE, description="'sqlite' (the embedded index in data_dir) or postgresql://user@host:port/database"
+        " (no password inside: database_password_file, PGPASSFILE or PGPASSWORD)"
+    )
+    database_password_file: Path | None = Field(
+        None, description="a file holding the PostgreSQL password (one line, readable by the node's user only)"
+    )
     min_free_mb: int = Field(
         200, ge=0, description="refuse instances (0xA700) when less space than this is free"
     )
@@ -75,6 +83,18 @@ class StorageSettings(Strict):
     max_inflation_ratio: float = Field(
         200.0, ge=1, description="a deflated data set that inflates more than this many times is refused"
     )
+
+
+    @field_validator("database")
+    @classmethod
+    def _database(cls, value: str) -> str:
+        return check_database(value)
+
+    @model_validator(mode="after")
+    def _password_file_needs_postgres(self) -> StorageSettings:
+        if self.database_password_file is not None and not is_postgres(self.database):
+            raise ValueError("database_password_file is set but storage.database is not a PostgreSQL URL")
+        return self
 
 
 class AssemblySettings(Strict):
@@ -99,16 +119,6 @@ class JobSettings(Strict):
     max_attempts: int = Field(3, ge=1, le=100)
     lease_s: float = Field(600.0, gt=0)
     retry: RetrySettings = RetrySettings(initial_s=5.0, factor=3.0, max_s=300.0)
-
-
-class CSpineSettings(Strict):
-    """Which CT series the cervical-spine pipeline may analyse (node.pipelines.cspine_select)."""
-
-    max_slice_thickness_mm: float = Field(3.0, gt=0, le=20, description="thicker series are skipped")
-    min_slices: int = Field(30, ge=3, description="series with fewer slices are skipped")
-    max_obliquity_deg: float = Field(
-        30.0, ge=0, le=90, description="largest angle between the slice normal and the patient's long axis"
-    )
 
 
 class DispatchSettings(Strict):

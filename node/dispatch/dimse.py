@@ -15,7 +15,7 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
 from node.config import PeerTls
-from node.ingest.dimse import set_nodelay
+from node.net import set_nodelay
 from node.tls import TlsSetupError, tls_args, why_no_connection
 
 log = logging.getLogger("fracnode.dispatch")

@@ -19,8 +19,8 @@ from node.dispatch import folder
 from node.dispatch.dicomweb import StowFailed, StowItem, stow
 from node.dispatch.dimse import AssociationFailed, Target, store
 from node.dispatch.outbox import DELIVERED, Outbox, OutboxItem
+from node.files import OutOfSpace, write_atomically
 from node.logs import event
-from node.spool import OutOfSpace, write_atomically
 
 log = logging.getLogger("fracnode.dispatch")
 
@@ -119,25 +119,9 @@ class Dispatcher:
         try:
             results = store(target, self.config.node.ae_title, list(by_path))
         except (AssociationFailed, OSError) as exc:
-            retry_at = now
-            for item in items:
-                retry_at = self.outbox.failed_attempt(item, str(exc), now)
-            event(log, logging.WARNING, "delivery failed", destination=str(target), items=len(items),
-                  error=str(exc), retry_in_s=round(retry_at - now, 1))
+            self._batch_failed(str(target), items, str(exc), True, now)
             return 0
-        delivered = 0
-        for result in results:
-            item = by_path[result.path]
-            if result.ok:
-                self.outbox.delivered(item, now)
-                delivered += 1
-            else:
-                self.outbox.failed_attempt(item, result.message, now)
-                event(log, logging.WARNING, "delivery refused", destination=str(target),
-                      sop_instance_uid=item.sop_instance_uid, error=result.message)
-        if delivered:
-            event(log, logging.INFO, "results delivered", destination=str(target), count=delivered)
-        return delivered
+        return self._record(str(target), [(by_path[r.path], r.ok, r.message, True) for r in results], now)
 
     def _to_dicomweb(self, peer: DicomwebPeer, items: list[OutboxItem], now: float) -> int:
         """STOW-RS (PS3.18 10.5); see node.dispatch.dicomweb for what is retried and what not."""
@@ -145,28 +129,39 @@ class Dispatcher:
         try:
             outcomes = stow(peer, [StowItem(item.path, item.sop_instance_uid) for item in items])
         except StowFailed as exc:
-            retry_at = now
-            for item in items:
-                if exc.retry:
-                    retry_at = self.outbox.failed_attempt(item, str(exc), now)
-                else:
-                    self.outbox.give_up(item, str(exc), now)
-            event(log, logging.WARNING, "delivery failed", destination=peer.name, items=len(items),
-                  error=str(exc), retry_in_s=round(retry_at - now, 1) if exc.retry else None)
+            self._batch_failed(peer.name, items, str(exc), exc.retry, now)
             return 0
+        return self._record(
+            peer.name, [(by_uid[o.sop_instance_uid], o.delivered, o.message, o.retry) for o in outcomes], now
+        )
+
+    def _batch_failed(self, destination: str, items: list[OutboxItem], error: str, retry: bool,
+                      now: float) -> None:
+        """No item of the batch reached the peer: each is retried later, or given up."""
+        retry_at = now
+        for item in items:
+            if retry:
+                retry_at = self.outbox.failed_attempt(item, error, now)
+            else:
+                self.outbox.give_up(item, error, now)
+        event(log, logging.WARNING, "delivery failed", destination=destination, items=len(items),
+              error=error, retry_in_s=round(retry_at - now, 1) if retry else None)
+
+    def _record(self, destination: str, answers: list[tuple[OutboxItem, bool, str, bool]], now: float) -> int:
+        """The peer's answer per item, (item, delivered, message, retried): record each; the
+        number delivered."""
         delivered = 0
-        for outcome in outcomes:
-            item = by_uid[outcome.sop_instance_uid]
-            if outcome.delivered:
+        for item, ok, message, retry in answers:
+            if ok:
                 self.outbox.delivered(item, now)
                 delivered += 1
                 continue
-            if outcome.retry:
-                self.outbox.failed_attempt(item, outcome.message, now)
+            if retry:
+                self.outbox.failed_attempt(item, message, now)
             else:
-                self.outbox.give_up(item, outcome.message, now)
-            event(log, logging.WARNING, "delivery refused", destination=peer.name,
-                  sop_instance_uid=item.sop_instance_uid, error=outcome.message, retried=outcome.retry)
+                self.outbox.give_up(item, message, now)
+            event(log, logging.WARNING, "delivery refused", destination=destination,
+                  sop_instance_uid=item.sop_instance_uid, error=message, retried=retry)
         if delivered:
-            event(log, logging.INFO, "results delivered", destination=peer.name, count=delivered)
+            event(log, logging.INFO, "results delivered", destination=destination, count=delivered)
         return delivered

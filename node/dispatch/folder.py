@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pydicom import dcmread
 
-from node.spool import fsync_dir, make_directory
+from node.files import fsync_dir, make_directory
 
 # SOP Class UID (PS3.4 B.5) → the kind a file name starts with
 KINDS = {

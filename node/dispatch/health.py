@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from node.db import Database
+from node.store import Database, outbox
 
 # a pending result that failed this many attempts, or waited this long, is trouble even when
 # the last attempt was recent; one failed attempt alone may be a peer's restart
@@ -68,30 +68,16 @@ def age(seconds: float) -> str:
 
 def destination_health(db: Database, names: Iterable[str]) -> list[DestinationHealth]:
     """One record per destination in `names` (configured order), then any other the outbox holds."""
-    rows = {
-        row["destination"]: row
-        for row in db.query(
-            """SELECT destination, SUM(state = 'pending') AS pending,
-            SUM(state = 'delivered') AS delivered, SUM(state = 'failed') AS failed,
-            MIN(CASE WHEN state = 'pending' THEN created_at END) AS oldest_pending_at,
-            MAX(CASE WHEN state = 'pending' THEN attempts ELSE 0 END) AS attempts,
-            MAX(delivered_at) AS last_delivered_at,
-            MIN(CASE WHEN state = 'pending' THEN next_attempt_at END) AS next_attempt_at,
-            (SELECT last_error FROM outbox o2 WHERE o2.destination = outbox.destination
-             AND o2.last_error != '' ORDER BY o2.id DESC LIMIT 1) AS last_error
-            FROM outbox GROUP BY destination"""
-        )
-    }
+    counts = {c.destination: c for c in outbox.per_destination(db)}
     found = []
-    for name in dict.fromkeys((*names, *rows)):
-        row = rows.get(name)
-        if row is None:
+    for name in dict.fromkeys((*names, *counts)):
+        c = counts.get(name)
+        if c is None:
             found.append(DestinationHealth(name, 0, 0, 0, None, 0, "", None, None))
             continue
         found.append(DestinationHealth(
-            name=name, pending=row["pending"] or 0, delivered=row["delivered"] or 0,
-            failed=row["failed"] or 0, oldest_pending_at=row["oldest_pending_at"],
-            attempts=row["attempts"] or 0, last_error=row["last_error"] or "",
-            last_delivered_at=row["last_delivered_at"], next_attempt_at=row["next_attempt_at"],
+            name=name, pending=c.pending, delivered=c.delivered, failed=c.failed,
+            oldest_pending_at=c.oldest_pending_at, attempts=c.attempts, last_error=c.last_error,
+            last_delivered_at=c.last_delivered_at, next_attempt_at=c.next_attempt_at,
         ))
     return found

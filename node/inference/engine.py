@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal, NamedTuple, Self
+from typing import TYPE_CHECKING, Literal, Self, TypedDict, Unpack
 
 import numpy as np
 import torch
@@ -24,9 +24,11 @@ import torch
 from node.inference import bundle as bundles
 from node.inference import runtime as runtimes
 from node.inference.contract import Contract, read_contract
-from node.inference.geometry import Letterbox, fit, standardize
-from node.inference.pixels import Radiograph
 from node.logs import event
+from node.records import Algorithm
+
+if TYPE_CHECKING:
+    from node.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -36,13 +38,6 @@ Outputs = dict[str, np.ndarray]  # one image's outputs: output name -> array of 
 
 class InferenceError(RuntimeError):
     """A forward pass failed; every caller whose images were in that batch gets this."""
-
-
-class ModelInput(NamedTuple):
-    """A radiograph as the model sees it, and how to map model-space maps back onto the image."""
-
-    array: np.ndarray  # float32 (channels, *spatial) as the contract's input
-    letterbox: Letterbox
 
 
 class Engine:
@@ -66,8 +61,6 @@ class Engine:
             raise ValueError(f"max_wait_ms must not be negative, got {max_wait_ms}")
         self.bundle = bundles.read(bundle_path)
         self.contract: Contract = read_contract(self.bundle)
-        preprocessing = self.bundle.config.get("preprocessing") or {}
-        self.standardize = preprocessing.get("standardize", "image-area") != "none"
         self.device = _device(device)
         network = bundles.build_network(self.bundle)
         bundles.load_weights(self.bundle, network, expected_sha256=weights_sha256)
@@ -142,37 +135,6 @@ class Engine:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    # -- 2D images in and out -------------------------------------------------------------------
-
-    def preprocess(self, radiograph: Radiograph) -> ModelInput:
-        """Letterbox to the contract's square input, then standardize over the image area, unless the
-        bundle's `preprocessing.standardize` is "none" (a network that normalizes its [0, 1] input)."""
-        channels, *spatial = self.contract.input_shape
-        if channels != 1 or len(spatial) != 2 or spatial[0] != spatial[1]:
-            raise ValueError(
-                f"{self.bundle.root.name}: input {self.contract.input_shape} is not one square 2D channel;"
-                " radiograph preprocessing does not apply"
-            )
-        plane, box = fit(radiograph.image, spatial[0])
-        if self.standardize:
-            plane = standardize(plane, box)
-        return ModelInput(plane[np.newaxis], box)
-
-    def postprocess(self, outputs: Outputs, letterbox: Letterbox) -> Outputs:
-        """One image's outputs with every model-space map resampled to the source image's size.
-
-        `outputs` is one entry of `infer`'s result; maps shaped (channels, size, size) come back as
-        (channels, rows, columns), other outputs unchanged.
-        """
-        size = (letterbox.size, letterbox.size)
-        mapped = {}
-        for name, value in outputs.items():
-            if value.ndim == 3 and value.shape[1:] == size:
-                mapped[name] = np.stack([letterbox.unfit(channel) for channel in value])
-            else:
-                mapped[name] = value
-        return mapped
-
     # -- the batcher thread ---------------------------------------------------------------------
 
     def _forward(self, batch: np.ndarray) -> Outputs:
@@ -237,6 +199,77 @@ class Engine:
                 self.on_forward(self.bundle.root.name, len(batch), seconds)
             except Exception:  # a metrics hook must never stop the batcher thread
                 log.exception("on_forward hook failed")
+
+
+class EngineOptions(TypedDict, total=False):
+    """How to run a bundle's network (`Engine`'s keyword arguments)."""
+
+    device: Device
+    runtime: runtimes.RuntimeName
+    weights_sha256: str
+    threads: int | None
+    max_batch: int
+    max_wait_ms: float
+    warmup: bool
+
+
+class BundleModel:
+    """A model that one bundle's `Engine` serves: the one place a model builds its engine.
+
+    A model class sets its own batching (`max_batch`, `max_wait_ms`; a caller's options override
+    them) and reads what else it needs from `self.bundle` (its metadata's `fracnode` section) and
+    `self.contract`. `algorithm` identifies the verified weights in results.
+    """
+
+    max_batch = 8
+    max_wait_ms = 5.0
+
+    def __init__(self, bundle_path: Path | str, **options: Unpack[EngineOptions]) -> None:
+        settings: EngineOptions = {"max_batch": self.max_batch, "max_wait_ms": self.max_wait_ms}
+        settings.update(options)
+        self.engine = Engine(bundle_path, **settings)
+        self.bundle, self.contract = self.engine.bundle, self.engine.contract
+
+    @property
+    def weights_sha256(self) -> str:
+        return self.engine.weights_sha256
+
+    @property
+    def on_forward(self) -> Callable[[str, int, float], None] | None:
+        """The engine's hook after each forward (node.metrics.Metrics.watch_engines sets it)."""
+        return self.engine.on_forward
+
+    @on_forward.setter
+    def on_forward(self, hook: Callable[[str, int, float], None] | None) -> None:
+        self.engine.on_forward = hook
+
+    @property
+    def algorithm(self) -> Algorithm:
+        return Algorithm(name=self.bundle.name, version=self.bundle.version, weights_sha256=self.weights_sha256)
+
+    def infer(self, arrays: Sequence[np.ndarray]) -> list[Outputs]:
+        return self.engine.infer(arrays)
+
+    def close(self) -> None:
+        self.engine.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def configured_bundle(config: Config, name: str) -> tuple[Path, EngineOptions]:
+    """Where bundle `name` is (under `inference.models_dir`) and how the configuration runs it: on
+    `inference.device`, and with the sha256 `inference.weights_sha256` gives for it (needed for a
+    bundle that records none, a Model Zoo download) checked too. Every pipeline builds its models
+    from these: `SomeModel(path, **options)`."""
+    settings = config.inference
+    options: EngineOptions = {"device": settings.device}
+    if name in settings.weights_sha256:
+        options["weights_sha256"] = settings.weights_sha256[name]
+    return settings.bundle(name), options
 
 
 @dataclass(eq=False)

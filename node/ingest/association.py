@@ -23,6 +23,7 @@ from node.ingest import upper_layer as ul
 from node.logs import event
 from node.redact import error_text
 from node.spool import OutOfSpace, Spool, Stored, UnreadableInstance
+from node.store import DatabaseUnavailable, StorageFull
 
 log = logging.getLogger("fracnode.ingest")
 
@@ -80,7 +81,8 @@ class Owner(Protocol):
 
 def _failure_status(exc: BaseException, sop_uid: str) -> tuple[int, str]:
     """Map a spool failure to its C-STORE status (PS3.4 B.2.3): the edge's only translation."""
-    if isinstance(exc, OutOfSpace):
+    if isinstance(exc, (OutOfSpace, StorageFull, DatabaseUnavailable)):
+        # the index unreachable is out of resources for now, never success: the peer retries
         return STATUS_OUT_OF_RESOURCES, str(exc)
     if isinstance(exc, MismatchedInstance):
         return STATUS_DATA_SET_MISMATCH, str(exc)
@@ -309,9 +311,12 @@ class Association:
                              "Affected SOP Class UID (0000,0002) is not the context's")
         else:
             assert self.record is not None
-            self._incoming = Incoming(self.ingest.spool, transfer_syntax, command.affected_sop_class_uid,
-                                      command.affected_sop_instance_uid, self.calling_ae, self.record.id,
-                                      spare=self._spare, announced_by="C-STORE-RQ")
+            try:  # it asks the index whether the UID is held: an unreachable database is a status
+                self._incoming = Incoming(self.ingest.spool, transfer_syntax, command.affected_sop_class_uid,
+                                          command.affected_sop_instance_uid, self.calling_ae, self.record.id,
+                                          spare=self._spare, announced_by="C-STORE-RQ")
+            except Exception as exc:  # noqa: BLE001 - answered with a status when the data set ends
+                self._failure = _failure_status(exc, command.affected_sop_instance_uid)
 
     def _data_fragment(self, context_id: int, size: int, last: bool) -> None:
         if self._request is None:

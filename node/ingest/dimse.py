@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import socket
 import socketserver
-import sqlite3
 import ssl
 import threading
 import time
@@ -26,11 +25,13 @@ from pynetdicom.sop_class import Verification  # type: ignore[attr-defined]
 
 from node.audit import Audit
 from node.config import NodeSettings
-from node.db import Database
 from node.ingest import upper_layer as ul
 from node.ingest.association import Association, AssociationRecord
+from node.ingest.trail import Trail
 from node.logs import event
+from node.net import set_nodelay
 from node.spool import Spool, Stored
+from node.store import Database
 from node.tls import failure_reason, handshake, looks_like_plain_dicom, peer_subject, server_context
 
 log = logging.getLogger("fracnode.ingest")
@@ -57,14 +58,6 @@ TRANSFER_SYNTAXES = [
 ]
 STORAGE_SOP_CLASSES = [str(cx.abstract_syntax) for cx in AllStoragePresentationContexts]
 REFUSAL_LOG_INTERVAL_S = 10.0  # refused connections from one host are logged at most this often
-
-
-def set_nodelay(sock: socket.socket) -> None:
-    """Disable Nagle's algorithm: DIMSE sends small PDUs and waits for replies."""
-    try:
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    except OSError:
-        pass
 
 
 def _count_out(counts: Counter[str], host: str) -> None:
@@ -127,6 +120,7 @@ class DimseIngest:
         self.settings = settings
         self.spool = spool
         self.db = db
+        self.trail = Trail(db)
         self.on_stored = on_stored
         self.on_released = on_released
         self.audit = audit
@@ -292,24 +286,12 @@ class DimseIngest:
             self._open_by_host[host] += 1
         return None
 
-    def _audit_row(self, sql: str, params: tuple[object, ...]) -> None:
-        # the audit trail shares the index's disk: when it is full, associations still work
-        # (a C-ECHO must answer) and the log line below still records the event
-        try:
-            self.db.execute(sql, params)
-        except sqlite3.Error as exc:
-            event(log, logging.WARNING, "audit row not written", reason=str(exc))
-
     def accepted(self, request: ul.AssociationRequest, address: tuple[str, int],
                  peer_subject: str = "") -> AssociationRecord:
         record = AssociationRecord(uuid.uuid4().hex, time.time(), request.calling_ae, address[0],
                                     int(address[1]), request.called_ae, peer_subject)
-        self._audit_row(
-            """INSERT INTO associations (id, started_at, peer_ae, peer_address, peer_port,
-            called_ae, outcome) VALUES (?,?,?,?,?,?, 'open')""",
-            (record.id, record.started_at, record.peer_ae, record.peer_address, record.peer_port,
-             record.called_ae),
-        )
+        self.trail.opened(record.id, record.started_at, record.peer_ae, record.peer_address, record.peer_port,
+                          record.called_ae)
         event(audit, logging.INFO, "association accepted", association=record.id,
               calling_ae=record.peer_ae, address=record.peer_address, port=record.peer_port,
               called_ae=record.called_ae, tls_subject=peer_subject or None)
@@ -320,11 +302,8 @@ class DimseIngest:
     def rejected(self, request: ul.AssociationRequest, address: tuple[str, int], reason: str) -> None:
         now = time.time()
         record_id = uuid.uuid4().hex
-        self._audit_row(
-            """INSERT INTO associations (id, started_at, ended_at, peer_ae, peer_address, peer_port,
-            called_ae, outcome, reason) VALUES (?,?,?,?,?,?,?, 'rejected', ?)""",
-            (record_id, now, now, request.calling_ae, address[0], int(address[1]), request.called_ae, reason),
-        )
+        self.trail.rejected(record_id, now, request.calling_ae, address[0], int(address[1]), request.called_ae,
+                            reason)
         event(audit, logging.WARNING, "association rejected", association=record_id,
               calling_ae=request.calling_ae, address=address[0], port=int(address[1]),
               called_ae=request.called_ae, reason=reason)
@@ -339,11 +318,7 @@ class DimseIngest:
 
     def ended(self, record: AssociationRecord, outcome: str) -> None:
         self.release(record.peer_address)
-        self._audit_row(
-            """UPDATE associations SET ended_at = ?, outcome = ?, instances_received = ?,
-            instances_failed = ? WHERE id = ?""",
-            (time.time(), outcome, record.received, record.failed, record.id),
-        )
+        self.trail.ended(record.id, time.time(), outcome, record.received, record.failed)
         event(audit, logging.INFO, f"association {outcome}", association=record.id,
               calling_ae=record.peer_ae, address=record.peer_address,
               instances_received=record.received, instances_failed=record.failed)

@@ -11,7 +11,6 @@ go on. The request is one transfer for the audit trail and for `complete_on_rele
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 import uuid
 from collections import Counter
@@ -19,15 +18,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from node.audit import Audit
-from node.db import Database
 from node.header import Header, MismatchedInstance
 from node.incoming import Incoming
 from node.ingest.dimse import STORAGE_SOP_CLASSES, TRANSFER_SYNTAXES
 from node.ingest.multipart import MalformedMultipart, MultipartParser, parse_content_type
+from node.ingest.trail import Trail
 from node.logs import event
 from node.part10 import MAX_META, PART10_PREFIX, FileMeta, read_file_meta
 from node.redact import error_text
 from node.spool import OutOfSpace, Spool, Stored, UnreadableInstance
+from node.store import Database, DatabaseUnavailable, StorageFull
 
 log = logging.getLogger("fracnode.ingest")
 audit = logging.getLogger("fracnode.audit")
@@ -260,7 +260,7 @@ def _as_refusal(exc: BaseException) -> Refused:
     """Map a failure to its Failure Reason (PS3.18 I.2.2): this edge's only translation."""
     if isinstance(exc, Refused):
         return exc
-    if isinstance(exc, OutOfSpace):
+    if isinstance(exc, (OutOfSpace, StorageFull, DatabaseUnavailable)):
         return Refused(FAILURE_OUT_OF_RESOURCES, str(exc))
     if isinstance(exc, MismatchedInstance):
         return Refused(FAILURE_DATA_SET_MISMATCH, str(exc))
@@ -285,6 +285,7 @@ class StowIngest:
         self.spool = spool
         self.audit = audit
         self.db = db
+        self.trail = Trail(db)
         self.on_released = on_released
         self.on_unchanged = on_unchanged  # studies a request resent without a new byte
         self.on_stored = on_stored
@@ -295,11 +296,7 @@ class StowIngest:
               study_uid: str | None) -> StoreTransaction:
         record = TransferRecord(uuid.uuid4().hex, time.time(), calling_ae_for(principal),
                                 address[0], int(address[1]))
-        self._audit_row(
-            """INSERT INTO associations (id, started_at, peer_ae, peer_address, peer_port,
-            called_ae, outcome) VALUES (?,?,?,?,?,?, 'open')""",
-            (record.id, record.started_at, record.calling_ae, record.address, record.port, CALLED),
-        )
+        self.trail.opened(record.id, record.started_at, record.calling_ae, record.address, record.port, CALLED)
         event(audit, logging.INFO, "STOW-RS request accepted", transfer=record.id,
               calling_ae=record.calling_ae, address=record.address, port=record.port,
               study_uid=study_uid)
@@ -309,11 +306,7 @@ class StowIngest:
         """`released` (the body was read to its end), `aborted` or `malformed`."""
         received = sum(1 for o in record.outcomes if o.stored)
         failed = len(record.outcomes) - received
-        self._audit_row(
-            """UPDATE associations SET ended_at = ?, outcome = ?, instances_received = ?,
-            instances_failed = ? WHERE id = ?""",
-            (time.time(), outcome, received, failed, record.id),
-        )
+        self.trail.ended(record.id, time.time(), outcome, received, failed)
         event(audit, logging.INFO, f"STOW-RS request {outcome}", transfer=record.id,
               calling_ae=record.calling_ae, address=record.address,
               instances_received=received, instances_failed=failed)
@@ -325,10 +318,3 @@ class StowIngest:
             unchanged = set(studies) - {o.study_uid for o in record.outcomes if o.stored and not o.duplicate}
             if unchanged:
                 self.on_unchanged(unchanged)
-
-    def _audit_row(self, sql: str, params: tuple[object, ...]) -> None:
-        # like the DIMSE trail: a full disk must not turn a request into a crash
-        try:
-            self.db.execute(sql, params)
-        except sqlite3.Error as exc:
-            event(log, logging.WARNING, "audit row not written", reason=str(exc))

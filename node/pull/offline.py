@@ -11,11 +11,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from node.config import Config, DicomwebPeer
-from node.db import Database
 from node.ingest.dimse import DimseIngest
 from node.pull import Progress, PullError, Retrieved, dimse, no_progress, wado
 from node.pull.puller import find, known_peer, source_of
 from node.spool import Spool
+from node.store import instances, open_database
 
 
 def retrieve_into(
@@ -24,7 +24,7 @@ def retrieve_into(
     """Retrieve the study into `folder`; (what came, the instance files). Raises PullError."""
     peer = known_peer(config, peer_name)
     found = find(config, peer, study_uid)
-    db = Database(folder / "index.sqlite")
+    db = open_database(folder / "index.sqlite")
     try:
         spool = Spool(folder / "spool", db)
         source = source_of(peer)
@@ -50,7 +50,6 @@ def retrieve_into(
                                              node.network_timeout_s, progress)
             finally:
                 receiver.stop()
-        rows = db.query("SELECT path FROM instances WHERE study_uid = ? ORDER BY path", (study_uid,))
-        return retrieved, [Path(row["path"]) for row in rows]
+        return retrieved, instances.paths(db, study_uid)
     finally:
         db.close()

@@ -9,47 +9,26 @@ already retrieved are then skipped as duplicates.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 
 from node.assembly import Assembly
 from node.config import Config, DicomwebPeer, DimsePeer
-from node.db import Database
 from node.logs import event
 from node.pull import Found, PullError, Retrieved, StudyNotFound, UnknownPeer, dimse, wado
 from node.redact import error_text
 from node.spool import Spool
+from node.store import Database, pulls
+from node.store.pulls import DONE, FAILED, QUEUED, RUNNING, Pull
 
 log = logging.getLogger("fracnode.pull")
-QUEUED, RUNNING, DONE, FAILED = "queued", "running", "done", "failed"
+__all__ = [
+    "DONE", "FAILED", "QUEUED", "RUNNING", "Pull", "Puller", "find", "known_peer", "method_of", "source_of",
+]
 PROGRESS_INTERVAL_S = 0.5
 WORKERS = 2  # pulls that run at once; more wait in the queue
-
-
-@dataclass(frozen=True)
-class Pull:
-    id: int
-    study_uid: str
-    peer: str
-    method: str  # wado-rs, c-get or c-move
-    state: str
-    expected: int | None
-    received: int
-    duplicates: int
-    failed: int
-    error: str
-    requested_by: str
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-
-
-def _pull(row: sqlite3.Row) -> Pull:
-    return Pull(**{name: row[name] for name in Pull.__dataclass_fields__})
 
 
 def method_of(peer: DimsePeer | DicomwebPeer) -> str:
@@ -102,13 +81,8 @@ class Puller:
             existing = self._unfinished(study_uid, peer.name)
             if existing is not None:
                 return existing, False
-            with self.db.transaction() as conn:
-                pull_id = conn.execute(
-                    """INSERT INTO pulls (study_uid, peer, method, state, expected, requested_by,
-                    created_at) VALUES (?,?,?,?,?,?,?)""",
-                    (study_uid, peer.name, method_of(peer), QUEUED, found.instances, requested_by, time.time()),
-                ).lastrowid
-        assert pull_id is not None
+            pull_id = pulls.insert(self.db, study_uid, peer.name, method_of(peer), found.instances, requested_by,
+                                   time.time())
         event(log, logging.INFO, "pull queued", pull=pull_id, study_uid=study_uid, peer=peer.name,
               method=method_of(peer), expected=found.instances, requested_by=requested_by)
         self._executor.submit(self._run, pull_id, found)
@@ -117,33 +91,28 @@ class Puller:
         return pull, True
 
     def get(self, pull_id: int) -> Pull | None:
-        rows = self.db.query("SELECT * FROM pulls WHERE id = ?", (pull_id,))
-        return _pull(rows[0]) if rows else None
+        return pulls.get(self.db, pull_id)
 
     def recent(self, limit: int = 50) -> list[Pull]:
-        return [_pull(r) for r in self.db.query("SELECT * FROM pulls ORDER BY id DESC LIMIT ?", (limit,))]
+        return pulls.recent(self.db, limit)
 
     def _unfinished(self, study_uid: str, peer: str) -> Pull | None:
-        rows = self.db.query(
-            "SELECT * FROM pulls WHERE study_uid = ? AND peer = ? AND state IN (?, ?) ORDER BY id LIMIT 1",
-            (study_uid, peer, QUEUED, RUNNING),
-        )
-        return _pull(rows[0]) if rows else None
+        return pulls.unfinished(self.db, study_uid, peer)
 
     # -- run ------------------------------------------------------------------------------------
 
     def recover(self) -> int:
         """Queue again the pulls a stopped node left unfinished."""
-        rows = self.db.query("SELECT id FROM pulls WHERE state IN (?, ?) ORDER BY id", (QUEUED, RUNNING))
-        for row in rows:
-            self._executor.submit(self._run, row["id"], None)
-        return len(rows)
+        ids = pulls.unfinished_ids(self.db)
+        for pull_id in ids:
+            self._executor.submit(self._run, pull_id, None)
+        return len(ids)
 
     def _run(self, pull_id: int, found: Found | None) -> None:
         pull = self.get(pull_id)
         if pull is None or self._stopping.is_set():
             return
-        self.db.execute("UPDATE pulls SET state = ?, started_at = ? WHERE id = ?", (RUNNING, time.time(), pull_id))
+        pulls.started(self.db, pull_id, time.time())
         started = time.monotonic()
         try:
             peer = known_peer(self.config, pull.peer)
@@ -190,12 +159,10 @@ class Puller:
                                node.network_timeout_s, progress, cancelled)
 
     def _progress(self, pull_id: int, received: int, duplicates: int, failed: int) -> None:
-        self.db.execute("UPDATE pulls SET received = ?, duplicates = ?, failed = ? WHERE id = ?",
-                        (received, duplicates, failed, pull_id))
+        pulls.progress(self.db, pull_id, received, duplicates, failed)
 
     def _finish(self, pull_id: int, state: str, error: str) -> None:
-        self.db.execute("UPDATE pulls SET state = ?, error = ?, finished_at = ? WHERE id = ?",
-                        (state, error[:2000], time.time(), pull_id))
+        pulls.finish(self.db, pull_id, state, error[:2000], time.time())
 
     def stop(self) -> None:
         """Cancel what runs (it is queued again at the next start) and wait for the threads."""

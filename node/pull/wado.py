@@ -9,7 +9,6 @@ part: the same body as a STOW-RS request. So it goes through the STOW-RS ingest'
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 import uuid
 from typing import Any
@@ -17,9 +16,9 @@ from typing import Any
 import httpx
 
 from node.config import DicomwebPeer
-from node.db import Database
 from node.ingest.multipart import MalformedMultipart, boundary_of, parse_content_type
 from node.ingest.stow import StoreTransaction, StowIngest, TransferRecord
+from node.ingest.trail import Trail
 from node.logs import event
 from node.pull import (
     MAX_PROBLEMS,
@@ -34,6 +33,7 @@ from node.pull import (
     no_progress,
 )
 from node.spool import Spool
+from node.store import Database
 from node.webclient import PeerSetupError, client_for, refusal_hint, short_body
 
 log = logging.getLogger("fracnode.pull")
@@ -100,14 +100,7 @@ class _PullIngest(StowIngest):
 
     def ended(self, record: TransferRecord, outcome: str) -> None:
         received = sum(1 for o in record.outcomes if o.stored)
-        try:
-            self.db.execute(
-                """UPDATE associations SET ended_at = ?, outcome = ?, instances_received = ?,
-                instances_failed = ? WHERE id = ?""",
-                (time.time(), outcome, received, len(record.outcomes) - received, record.id),
-            )
-        except sqlite3.Error as exc:
-            event(log, logging.WARNING, "audit row not written", reason=str(exc))
+        self.trail.ended(record.id, time.time(), outcome, received, len(record.outcomes) - received)
         event(audit, logging.INFO, f"WADO-RS retrieval {outcome}", transfer=record.id,
               calling_ae=record.calling_ae, address=record.address, instances_received=received,
               instances_failed=len(record.outcomes) - received)
@@ -116,14 +109,7 @@ class _PullIngest(StowIngest):
 def _begin(db: Database, peer: DicomwebPeer, source: str) -> TransferRecord:
     url = httpx.URL(peer.url)
     record = TransferRecord(uuid.uuid4().hex, time.time(), source, url.host, url.port or 0)
-    try:
-        db.execute(
-            """INSERT INTO associations (id, started_at, peer_ae, peer_address, peer_port, called_ae,
-            outcome) VALUES (?,?,?,?,?,?, 'open')""",
-            (record.id, record.started_at, source, record.address, record.port, CALLED),
-        )
-    except sqlite3.Error as exc:
-        event(log, logging.WARNING, "audit row not written", reason=str(exc))
+    Trail(db).opened(record.id, record.started_at, source, record.address, record.port, CALLED)
     return record
 
 

@@ -1,42 +1,43 @@
-"""SR templates: the declarative content in `sr_templates/*.yaml`, validated and resolved to codes.
+"""SR templates: the declarative content in `sr_templates/<pipeline>.yaml`, validated and resolved.
 
-A template file carries every concept code the result objects use (PS3.16 SNOMED CT / DCM /
-UCUM triples, and fracnode's own 99FRACNODE codes where no standard one says what a number is),
-the finding sites per body region, tracking identifiers, series numbers and descriptions and the
-words every human-readable label uses (node.results.wording). `load_template` validates it with pydantic (unknown keys are
-errors) and returns a `FractureTemplate` whose fields are ready-made highdicom `CodedConcept`s,
-so the builders in `node.results` hold no codes of their own.
+A template file carries every concept code a pipeline's result objects use (PS3.16 SNOMED CT /
+DCM / UCUM triples, and fracnode's own 99FRACNODE codes where no standard one says what a number
+is), series numbers and descriptions and the words every human-readable label uses
+(node.results.wording). This module holds what every pipeline's template has: the spec of the
+shared keys (`TemplateSpec`: document, finding, algorithm, series, wording), the resolved base
+(`Template`: ready-made highdicom `CodedConcept`s, so builders hold no codes of their own) and the
+loading (`TemplateFile`). A pipeline's own template (node.pipelines.<name>.template)
+extends both with its keys and fields.
 """
 
 from __future__ import annotations
 
-import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import highdicom as hd
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from node.results.wording import Wording, site_phrase
+from node.records import CATEGORIES
+from node.results.wording import Wording
 
 TEMPLATES_DIR = Path(__file__).resolve().parents[2] / "sr_templates"
-RADIOGRAPH_FRACTURE = "radiograph-fracture"
-CATEGORIES = ("fracture", "suspicious", "negative")
-OBJECTS = ("sr", "seg", "gsps", "secondary_capture")
 
 
 class TemplateError(ValueError):
     """A template file that cannot be used; the message names the file and the offending key."""
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
+    """Every template key is declared: unknown keys are errors, values are frozen."""
+
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class CodeSpec(_Strict):
+class CodeSpec(Strict):
     value: str = Field(min_length=1, max_length=16)  # Code Value is SH (PS3.3 8.1)
     # 99FRACNODE: fracnode's local coding scheme (PS3.3 8.2: local designators start with "99")
     scheme: Literal["SCT", "DCM", "UCUM", "LN", "99FRACNODE"]
@@ -48,17 +49,17 @@ class CodeSpec(_Strict):
         )
 
 
-class DocumentSpec(_Strict):
+class DocumentSpec(Strict):
     title: CodeSpec
     procedure_reported: CodeSpec
 
 
-class ProbabilitySpec(_Strict):
+class ProbabilitySpec(Strict):
     name: CodeSpec
     unit: CodeSpec
 
 
-class FindingSpec(_Strict):
+class FindingSpec(Strict):
     type: CodeSpec
     presence: dict[str, CodeSpec]
     probability: ProbabilitySpec
@@ -74,27 +75,7 @@ class FindingSpec(_Strict):
         return value
 
 
-class TrackingSpec(_Strict):
-    image: str = Field(min_length=1)
-    region: str = Field(min_length=1)
-
-    @field_validator("image", "region")
-    @classmethod
-    def _formats(cls, value: str) -> str:
-        try:
-            value.format(image=1, region=1)
-        except (KeyError, IndexError, ValueError) as exc:
-            raise ValueError(f"{value!r} may use only {{image}} and {{region}}: {exc}") from None
-        return value
-
-
-class RadiographFindingSpec(FindingSpec):
-    """The radiograph finding: plus the region score each TID 1410 region carries."""
-
-    region_score: ProbabilitySpec
-
-
-class WordingSpec(_Strict):
+class WordingSpec(Strict):
     """The words of every human-readable label (SR comment, overlays, previews)."""
 
     prefix: str = Field(min_length=1, max_length=16)
@@ -111,58 +92,32 @@ class WordingSpec(_Strict):
         return value
 
 
-class AlgorithmSpec(_Strict):
+class AlgorithmSpec(Strict):
     family: CodeSpec
 
 
-class SegmentationSpec(_Strict):
-    category: CodeSpec
-    type: CodeSpec
-    label: str = Field(min_length=1, max_length=64)
-
-
-class SeriesSpec(_Strict):
+class SeriesSpec(Strict):
     number: int = Field(ge=1, le=2**31 - 1)
     description: str = Field(min_length=1, max_length=64)
 
 
-class OverlaySpec(_Strict):
-    disclaimer: str = Field(min_length=1, max_length=64)
-    content_label: str
+class TemplateSpec(Strict):
+    """The keys of every pipeline's template; `OBJECTS` are the result objects it gives series."""
 
-    @field_validator("content_label")
-    @classmethod
-    def _code_string(cls, value: str) -> str:
-        # PS3.5 6.2: CS is upper case letters, digits, space and underscore, 16 characters at most
-        if not re.fullmatch(r"[A-Z0-9_ ]{1,16}", value):
-            raise ValueError(f"{value!r} is not a DICOM code string (A-Z, 0-9, _ and space, ≤ 16)")
-        return value
+    OBJECTS: ClassVar[tuple[str, ...]] = ()
 
-
-class TemplateSpec(_Strict):
     pipeline: str
     document: DocumentSpec
-    finding: RadiographFindingSpec
-    finding_sites: dict[str, CodeSpec] = Field(min_length=1)
-    tracking: TrackingSpec
+    finding: FindingSpec
     algorithm: AlgorithmSpec
-    segmentation: SegmentationSpec
     series: dict[str, SeriesSpec]
     wording: WordingSpec
-    overlay: OverlaySpec
-
-    @field_validator("finding_sites")
-    @classmethod
-    def _no_empty_region(cls, value: dict[str, CodeSpec]) -> dict[str, CodeSpec]:
-        if "" in value:
-            raise ValueError('"" means "site not determined" and cannot have a finding site')
-        return value
 
     @field_validator("series")
     @classmethod
     def _every_object(cls, value: dict[str, SeriesSpec]) -> dict[str, SeriesSpec]:
-        if set(value) != set(OBJECTS):
-            raise ValueError(f"needs exactly the objects {list(OBJECTS)}, got {sorted(value)}")
+        if set(value) != set(cls.OBJECTS):
+            raise ValueError(f"needs exactly the objects {list(cls.OBJECTS)}, got {sorted(value)}")
         numbers = [series.number for series in value.values()]
         if len(set(numbers)) != len(numbers):
             raise ValueError(f"series numbers must differ, got {numbers}")
@@ -176,8 +131,8 @@ class Series:
 
 
 @dataclass(frozen=True)
-class FractureTemplate:
-    """The resolved radiograph-fracture template: codes as CodedConcepts, texts as strings."""
+class Template:
+    """A resolved template's shared part: codes as CodedConcepts, texts as strings."""
 
     pipeline: str
     title: hd.sr.CodedConcept
@@ -186,80 +141,40 @@ class FractureTemplate:
     presence: dict[str, hd.sr.CodedConcept]  # category → evaluation value
     probability: hd.sr.CodedConcept
     probability_unit: hd.sr.CodedConcept  # UCUM "%": the SR writes probabilities in percent
-    region_score: hd.sr.CodedConcept
-    region_score_unit: hd.sr.CodedConcept
     comment: hd.sr.CodedConcept
-    finding_sites: dict[str, hd.sr.CodedConcept]  # body region → anatomic region
-    image_tracking: str
-    region_tracking: str
     algorithm_family: hd.sr.CodedConcept
-    segment_category: hd.sr.CodedConcept
-    segment_type: hd.sr.CodedConcept
-    segment_label: str
-    series: dict[str, Series]  # sr, seg, gsps, secondary_capture
+    series: dict[str, Series]  # result object → its series
     wording: Wording
-    disclaimer: str
-    content_label: str
 
-    def finding_site(self, body_region: str) -> hd.sr.CodedConcept | None:
-        """The anatomic region of a body region; None when the site was not determined ("")."""
-        if body_region == "":
-            return None
+    def evaluation(self, category: str) -> hd.sr.CodedConcept:
+        """The qualitative evaluation's value for a category (Present / Suspected / Absent)."""
         try:
-            return self.finding_sites[body_region]
+            return self.presence[category]
         except KeyError:
             raise ValueError(
-                f"body region {body_region!r} has no finding site in the template "
-                f"(known: {sorted(self.finding_sites)}, or \"\" for not determined)"
+                f"unknown category {category!r} (known: {sorted(self.presence)})"
             ) from None
 
-    def site_words(self, body_region: str) -> str:
-        """The finding site as a label says it: "lower limb", or "site not determined"."""
-        site = self.finding_site(body_region)
-        return site_phrase(site.meaning) if site is not None else self.wording.site_not_determined
 
-    def label(
-        self, category: str, probability: float, body_region: str, threshold: float | None
-    ) -> str:
-        """The one-line label of an image finding on overlays and previews."""
-        return self.wording.label(category, probability, self.site_words(body_region), threshold)
-
-    def finding_words(self, category: str, body_region: str) -> str:
-        """The image finding in words, the SR's Comment."""
-        return self.wording.finding(category, self.site_words(body_region))
-
-
-def resolve(spec: TemplateSpec) -> FractureTemplate:
-    return FractureTemplate(
-        pipeline=spec.pipeline,
-        title=spec.document.title.concept(),
-        procedure_reported=spec.document.procedure_reported.concept(),
-        finding=spec.finding.type.concept(),
-        presence={k: v.concept() for k, v in spec.finding.presence.items()},
-        probability=spec.finding.probability.name.concept(),
-        probability_unit=spec.finding.probability.unit.concept(),
-        region_score=spec.finding.region_score.name.concept(),
-        region_score_unit=spec.finding.region_score.unit.concept(),
-        comment=spec.finding.comment.concept(),
-        finding_sites={k: v.concept() for k, v in spec.finding_sites.items()},
-        image_tracking=spec.tracking.image,
-        region_tracking=spec.tracking.region,
-        algorithm_family=spec.algorithm.family.concept(),
-        segment_category=spec.segmentation.category.concept(),
-        segment_type=spec.segmentation.type.concept(),
-        segment_label=spec.segmentation.label,
-        series={k: Series(v.number, v.description) for k, v in spec.series.items()},
-        wording=resolve_wording(spec.wording),
-        disclaimer=spec.overlay.disclaimer,
-        content_label=spec.overlay.content_label,
-    )
-
-
-def resolve_wording(spec: WordingSpec) -> Wording:
-    return Wording(spec.prefix, dict(spec.categories), spec.site_not_determined)
+def resolve_shared(spec: TemplateSpec) -> dict[str, Any]:
+    """The `Template` fields of a spec, as keyword arguments for a pipeline's template class."""
+    return {
+        "pipeline": spec.pipeline,
+        "title": spec.document.title.concept(),
+        "procedure_reported": spec.document.procedure_reported.concept(),
+        "finding": spec.finding.type.concept(),
+        "presence": {k: v.concept() for k, v in spec.finding.presence.items()},
+        "probability": spec.finding.probability.name.concept(),
+        "probability_unit": spec.finding.probability.unit.concept(),
+        "comment": spec.finding.comment.concept(),
+        "algorithm_family": spec.algorithm.family.concept(),
+        "series": {k: Series(v.number, v.description) for k, v in spec.series.items()},
+        "wording": Wording(spec.wording.prefix, dict(spec.wording.categories), spec.wording.site_not_determined),
+    }
 
 
 SpecT = TypeVar("SpecT", bound=BaseModel)
+TemplateT = TypeVar("TemplateT", bound=Template)
 
 
 def read_spec(path: Path, model: type[SpecT]) -> SpecT:
@@ -278,16 +193,26 @@ def read_spec(path: Path, model: type[SpecT]) -> SpecT:
         raise TemplateError(f"{path}: {problems}") from exc
 
 
-def load_template(path: Path) -> FractureTemplate:
-    """Read, validate and resolve one template file; `TemplateError` names the file and key."""
-    return resolve(read_spec(path, TemplateSpec))
+class TemplateFile(Generic[SpecT, TemplateT]):
+    """How a pipeline reads its template: the spec that validates it and how it resolves.
 
+    `load(path)` reads any file (a site's own translation, a test's broken copy); `shipped()` reads
+    `sr_templates/<pipeline>.yaml` once per process and checks that it names the pipeline.
+    """
 
-@cache
-def shipped_template(name: str = RADIOGRAPH_FRACTURE) -> FractureTemplate:
-    """A template shipped in `sr_templates/`, loaded once per process."""
-    path = TEMPLATES_DIR / f"{name}.yaml"
-    template = load_template(path)
-    if template.pipeline != name:
-        raise TemplateError(f"{path}: pipeline: {template.pipeline!r} is not {name!r}")
-    return template
+    def __init__(self, pipeline: str, spec: type[SpecT], resolve: Callable[[SpecT], TemplateT]) -> None:
+        self.pipeline, self.spec, self.resolve = pipeline, spec, resolve
+        self._shipped: TemplateT | None = None  # two threads may both read it once: same result
+
+    def load(self, path: Path) -> TemplateT:
+        """Read, validate and resolve one template file; `TemplateError` names the file and key."""
+        return self.resolve(read_spec(path, self.spec))
+
+    def shipped(self) -> TemplateT:
+        if self._shipped is None:
+            path = TEMPLATES_DIR / f"{self.pipeline}.yaml"
+            template = self.load(path)
+            if template.pipeline != self.pipeline:
+                raise TemplateError(f"{path}: pipeline: {template.pipeline!r} is not {self.pipeline!r}")
+            self._shipped = template
+        return self._shipped

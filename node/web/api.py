@@ -8,14 +8,16 @@ proxies' and browsers' logs). Every route needs the credentials of `web.auth`.
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any
 
 from fastapi import APIRouter, HTTPException, Path, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
-from node.dispatch.health import destination_health
+from node.audit import Audit
+from node.config import Config
 from node.jobs import FINAL_STATES, QUEUED, RUNNING
 from node.web import peers, queries
+from node.web.commands import Commands
 from node.web.models import (
     ConnectivityCheck,
     DestinationStatus,
@@ -25,10 +27,7 @@ from node.web.models import (
     StudyDetail,
     StudySummary,
 )
-from node.web.previews import PreviewCache, preview_png
-
-if TYPE_CHECKING:
-    from node.service import Node
+from node.web.queries import Queries
 
 router = APIRouter(tags=["operations"])
 STATES = (QUEUED, RUNNING, *FINAL_STATES)
@@ -40,15 +39,31 @@ MAX_ID = 2**63 - 1  # SQLite's INTEGER: a larger id is no job (422), not an over
 JobId = Annotated[int, Path(ge=1, le=MAX_ID)]
 
 
-def _node(request: Request) -> Node:
-    return request.app.state.node  # type: ignore[no-any-return]
+def _queries(request: Request) -> Queries:
+    return request.app.state.queries  # type: ignore[no-any-return]
 
 
-def _job_or_404(node: Node, job_id: int) -> JobDetail:
-    found = queries.jobs(node.db, node.outcomes, job_id=job_id, limit=1)
-    if not found:
+def _commands(request: Request) -> Commands:
+    return request.app.state.commands  # type: ignore[no-any-return]
+
+
+def _config(request: Request) -> Config:
+    return request.app.state.config  # type: ignore[no-any-return]
+
+
+def operator_action(request: Request, action: str, study_uid: str) -> None:
+    """Audit what an operator asked for (IHE ATNA, Use of Restricted Function)."""
+    audit: Audit | None = request.app.state.audit
+    if audit is not None:
+        audit.operator_action(getattr(request.state, "principal", ""),
+                              request.client.host if request.client else "", action, study_uid)
+
+
+def _job_or_404(reads: Queries, job_id: int) -> JobDetail:
+    found = reads.job(job_id)
+    if found is None:
         raise HTTPException(404, f"no job {job_id}")
-    return found[0]
+    return found
 
 
 @router.get("/jobs", response_model=list[JobDetail], summary="Recent and running jobs")
@@ -63,9 +78,8 @@ def list_jobs(
 ) -> list[JobDetail]:
     _known(state, STATES, "job state")
     _known(category, CATEGORIES, "category")
-    node = _node(request)
-    return queries.jobs(node.db, node.outcomes, states=state or (), study_uid=study_uid, limit=limit,
-                        pipeline=pipeline, since=since, categories=category or ())
+    return _queries(request).jobs(states=state or (), study_uid=study_uid, limit=limit, pipeline=pipeline,
+                                  since=since, categories=category or ())
 
 
 def _known(given: list[str] | None, known: tuple[str, ...], what: str) -> None:
@@ -76,7 +90,7 @@ def _known(given: list[str] | None, known: tuple[str, ...], what: str) -> None:
 
 @router.get("/jobs/{job_id}", response_model=JobDetail, summary="One job: timings, findings, deliveries")
 def get_job(request: Request, job_id: JobId) -> JobDetail:
-    return _job_or_404(_node(request), job_id)
+    return _job_or_404(_queries(request), job_id)
 
 
 @router.post(
@@ -86,18 +100,16 @@ def get_job(request: Request, job_id: JobId) -> JobDetail:
     responses={404: {"description": "no such job"}, 409: {"description": "the job has not failed"}},
 )
 def retry_job(request: Request, job_id: JobId) -> RetryResult:
-    node = _node(request)
-    job = _job_or_404(node, job_id)
-    node.audit.operator_action(getattr(request.state, "principal", ""),
-                               request.client.host if request.client else "",
-                               f"POST /api/v1/jobs/{job_id}/retry", job.study_uid)
-    if not node.retry_job(job_id):
-        current = _job_or_404(node, job_id)
+    reads = _queries(request)
+    job = _job_or_404(reads, job_id)
+    operator_action(request, f"POST /api/v1/jobs/{job_id}/retry", job.study_uid)
+    if not _commands(request).retry_job(job_id):
+        current = _job_or_404(reads, job_id)
         raise HTTPException(
             409, f"job {job_id} is {current.state}; only failed jobs can be retried"
             + (" (a newer revision replaced it)" if current.state == "superseded" else ""),
         )
-    job = _job_or_404(node, job_id)
+    job = _job_or_404(reads, job_id)
     return RetryResult(job=job, message=f"job {job_id} queued again ({job.max_attempts} attempts)")
 
 
@@ -112,8 +124,8 @@ def list_studies(
 ) -> list[StudySummary]:
     _known(state, STATES, "job state")
     _known(category, CATEGORIES, "category")
-    return queries.studies(_node(request).db, limit, states=state or (), pipeline=pipeline, since=since,
-                           categories=category or ())
+    return _queries(request).studies(limit, states=state or (), pipeline=pipeline, since=since,
+                                     categories=category or ())
 
 
 class SearchRequest(BaseModel):
@@ -126,15 +138,13 @@ class SearchRequest(BaseModel):
 @router.post("/studies/search", response_model=list[StudySummary],
              summary="Find studies by Study Instance UID or Accession Number (matched, never shown)")
 def search_studies(request: Request, body: SearchRequest, limit: Limit = 50) -> list[StudySummary]:
-    node = _node(request)
-    return queries.studies(node.db, limit, uids=node.search.find(body.text, limit))
+    return _queries(request).search_studies(body.text, limit)
 
 
 @router.get("/studies/{study_uid}", response_model=StudyDetail,
             summary="One study: series, matched routes, jobs with findings and deliveries")
 def get_study(request: Request, study_uid: str) -> StudyDetail:
-    node = _node(request)
-    found = queries.study(node.db, node.outcomes, study_uid)
+    found = _queries(request).study(study_uid)
     if found is None:
         raise HTTPException(404, f"no study {study_uid} in the index")
     return found
@@ -153,17 +163,13 @@ def study_preview(
                                      description="the job (default: the latest with image findings)")] = None,
     instance: Annotated[str | None, Query(description="SOP Instance UID (default: one with regions)")] = None,
 ) -> Response:
-    node = _node(request)
-    state = request.app.state
-    if not hasattr(state, "previews"):
-        state.previews = PreviewCache()
-    png = preview_png(node.db, node.outcomes, state.previews, study_uid, job, instance)
+    png = _queries(request).preview(study_uid, job, instance)
     return Response(png, media_type="image/png", headers={"Cache-Control": "no-store"})  # patient images
 
 
 @router.get("/peers", response_model=list[Peer], summary="Configured peers")
 def list_peers(request: Request) -> list[Peer]:
-    return [peers.describe(p) for p in _node(request).config.peers]
+    return [peers.describe(p) for p in _config(request).peers]
 
 
 @router.post("/peers/{name}/echo", response_model=ConnectivityCheck,
@@ -171,22 +177,21 @@ def list_peers(request: Request) -> list[Peer]:
 def echo_peer(
     request: Request, name: str, timeout_s: Annotated[float, Query(gt=0, le=60)] = 10.0
 ) -> ConnectivityCheck:
-    node = _node(request)
-    peer = next((p for p in node.config.peers if p.name == name), None)
+    config = _config(request)
+    peer = next((p for p in config.peers if p.name == name), None)
     if peer is None:
-        known = ", ".join(p.name for p in node.config.peers) or "none configured"
+        known = ", ".join(p.name for p in config.peers) or "none configured"
         raise HTTPException(404, f"no peer {name!r} (known: {known})")
-    return peers.check(peer, node.config.node.ae_title, timeout_s)
+    return peers.check(peer, config.node.ae_title, timeout_s)
 
 
 @router.get("/destinations", response_model=list[DestinationStatus],
             summary="Result delivery per destination: pending, delivered, failed, and whether it is in trouble")
 def list_destinations(request: Request) -> list[DestinationStatus]:
-    node = _node(request)
-    configured = {d.name: d for d in node.config.destinations}
+    configured = {d.name: d for d in _config(request).destinations}
     now = time.time()
     found = []
-    for health in destination_health(node.db, configured):
+    for health in _queries(request).destinations():
         dest = configured.get(health.name)
         kind = dest.type if dest is not None else "removed from the configuration"
         target = {"folder": str(getattr(dest, "path", "")), "sender": "the sending peer"}.get(
@@ -214,4 +219,4 @@ def redact(value: Any, key: str = "") -> Any:
 
 @router.get("/config", summary="The active configuration (read only; secrets shown as ***)")
 def get_config(request: Request) -> dict[str, Any]:
-    return redact(_node(request).config.model_dump(mode="json"))  # type: ignore[no-any-return]
+    return redact(_config(request).model_dump(mode="json"))  # type: ignore[no-any-return]

@@ -1,36 +1,38 @@
 """The HTTP application: DICOMweb (PS3.18), the REST API, the dashboard and /metrics.
 
-Each part is a router in its own module; this one assembles them and holds the node reference
-(`request.app.state.node`) that handlers use. Handlers that touch SQLite or files are plain
-`def` functions, which FastAPI runs in its thread pool, so the event loop never blocks.
+Each part is a router in its own module; this one assembles them. Handlers reach the node only
+through what the application holds: `request.app.state.queries` (node.web.queries.Queries) to
+read, `request.app.state.commands` (node.web.commands.Commands) to act, and
+`request.app.state.config`; `request.app.state.audit` records operator actions. Handlers that
+touch the database or files are plain `def` functions, which FastAPI runs in its thread pool, so
+the event loop never blocks.
 """
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING
-
-from fastapi import Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI
 
 from node import __version__
-from node.web import hardening
+from node.audit import Audit
+from node.config import Config
+from node.web import api, dashboard, hardening, metrics, overview, pull, stow
 from node.web.auth import Credentials, authenticated
+from node.web.commands import Commands
+from node.web.queries import Queries
 
-if TYPE_CHECKING:
-    from node.service import Node
-
-# (module, URL prefix): every module exposes `router`; all but /health need authentication
-ROUTERS: tuple[tuple[str, str], ...] = (
-    ("node.web.stow", "/dicomweb"),
-    ("node.web.api", "/api/v1"),
-    ("node.web.pull", "/api/v1"),
-    ("node.web.overview", "/api/v1"),
-    ("node.web.metrics", ""),
-    ("node.web.dashboard", ""),
+# (router, URL prefix): all but /health need authentication
+ROUTERS: tuple[tuple[APIRouter, str], ...] = (
+    (stow.router, "/dicomweb"),
+    (api.router, "/api/v1"),
+    (pull.router, "/api/v1"),
+    (overview.router, "/api/v1"),
+    (metrics.router, ""),
+    (dashboard.router, ""),
 )
 
 
-def create_app(node: Node, credentials: Credentials) -> FastAPI:
+def create_app(config: Config, queries: Queries, commands: Commands, credentials: Credentials,
+               audit: Audit | None = None) -> FastAPI:
     app = FastAPI(
         title="fracnode",
         version=__version__,
@@ -40,8 +42,11 @@ def create_app(node: Node, credentials: Credentials) -> FastAPI:
         redoc_url=None,
         openapi_url=None,
     )
-    app.state.node = node
+    app.state.config = config
+    app.state.queries = queries
+    app.state.commands = commands
     app.state.credentials = credentials
+    app.state.audit = audit  # operator actions and refused sign-ins are audited (IHE ATNA)
 
     @app.get("/health", tags=["service"], summary="Liveness (no authentication)")
     def health() -> dict[str, str]:
@@ -51,10 +56,8 @@ def create_app(node: Node, credentials: Credentials) -> FastAPI:
     def session(principal: str = Depends(authenticated)) -> dict[str, str]:
         return {"principal": principal, "version": __version__}
 
-    for module, prefix in ROUTERS:
-        part = importlib.import_module(module)
-        app.include_router(part.router, prefix=prefix, dependencies=[Depends(authenticated)])
-        if hasattr(part, "install"):  # app-wide hooks of a part (the dashboard's sign-in page)
-            part.install(app)
-    hardening.install(app, https=node.config.web.tls.enabled)
+    for router, prefix in ROUTERS:
+        app.include_router(router, prefix=prefix, dependencies=[Depends(authenticated)])
+    dashboard.install(app)  # its sign-in page answers refusals of the dashboard's URLs
+    hardening.install(app, https=config.web.tls.enabled)
     return app

@@ -78,7 +78,7 @@ def authenticated(request: Request) -> str:
     creds: Credentials = request.app.state.credentials
     principal = creds.check(request.headers.get("authorization"))
     if principal is None:
-        audit = getattr(getattr(request.app.state, "node", None), "audit", None)
+        audit = getattr(request.app.state, "audit", None)
         if audit is not None:  # IHE ATNA: a failed login, from where, for what (never the secret)
             audit.http_refused(request.client.host if request.client else "", request.url.path)
         hint = "send 'Authorization: Bearer <token>' (web.auth.tokens"

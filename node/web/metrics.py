@@ -20,4 +20,4 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
     responses={200: {"content": {"text/plain": {}}}},
 )
 def metrics(request: Request) -> Response:
-    return Response(request.app.state.node.metrics.exposition(), media_type=CONTENT_TYPE)
+    return Response(request.app.state.queries.metrics(), media_type=CONTENT_TYPE)

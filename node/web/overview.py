@@ -7,28 +7,30 @@ import shutil
 import statistics
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 from fastapi import APIRouter, HTTPException, Query, Request, Response
 from pydantic import BaseModel, Field
 
 from node import pipelines
 from node.banner import NOTICE
-from node.config import FolderDestination
+from node.config import Config, FolderDestination
 from node.dispatch.folder import SUPERSEDED, file_name, held, kind
-from node.dispatch.outbox import DELIVERED
 from node.inference.cards import read_card
+from node.store.outbox import ResultObject
 from node.web.api import JobId
-from node.web.audit import AtnaFileTrail, AuditEvent
-
-if TYPE_CHECKING:
-    from node.service import Node
+from node.web.audit import AuditEvent
+from node.web.queries import Queries
 
 router = APIRouter(tags=["overview"])
 
 
-def _node(request: Request) -> Node:
-    return request.app.state.node  # type: ignore[no-any-return]
+def _queries(request: Request) -> Queries:
+    return request.app.state.queries  # type: ignore[no-any-return]
+
+
+def _config(request: Request) -> Config:
+    return request.app.state.config  # type: ignore[no-any-return]
 
 
 class Metric(BaseModel):
@@ -55,7 +57,7 @@ class Models(BaseModel):
 
 @router.get("/models", response_model=Models, summary="The routed pipelines' models, versions and measured accuracy")
 def models(request: Request) -> Models:
-    config = _node(request).config
+    config = _config(request)
     found = []
     for name in dict.fromkeys(route.pipeline for route in config.routes):
         if not pipelines.bundles_of(name):
@@ -82,13 +84,12 @@ class DiskUsage(BaseModel):
 
 @router.get("/disk", response_model=DiskUsage, summary="The data folder's disk: size, free, spool")
 def disk(request: Request) -> DiskUsage:
-    node = _node(request)
-    usage = shutil.disk_usage(node.config.storage.data_dir)
-    row = node.db.query("SELECT COALESCE(SUM(size), 0) AS bytes, COUNT(DISTINCT study_uid) AS studies"
-                        " FROM instances")[0]
-    return DiskUsage(data_dir=str(node.config.storage.data_dir.resolve()), size_bytes=usage.total,
-                     free_bytes=usage.free, min_free_bytes=node.config.storage.min_free_mb * 2**20,
-                     spool_bytes=row["bytes"], studies_held=row["studies"])
+    storage = _config(request).storage
+    usage = shutil.disk_usage(storage.data_dir)
+    held = _queries(request).spool_usage()
+    return DiskUsage(data_dir=str(storage.data_dir.resolve()), size_bytes=usage.total,
+                     free_bytes=usage.free, min_free_bytes=storage.min_free_mb * 2**20,
+                     spool_bytes=held.bytes, studies_held=held.studies)
 
 
 class ActivityBucket(BaseModel):
@@ -110,25 +111,19 @@ def activity(
     hours: Annotated[float, Query(gt=0, le=24 * 14)] = 24,
     buckets: Annotated[int, Query(ge=1, le=200)] = 24,
 ) -> Activity:
-    node = _node(request)
     now = time.time()
     start = now - hours * 3600
     width = hours * 3600 / buckets
-    rows = node.db.query(
-        """SELECT j.finished_at, j.state, s.completed_at FROM jobs j
-        LEFT JOIN studies s ON s.study_uid = j.study_uid
-        WHERE j.finished_at >= ? AND j.state IN ('done', 'failed', 'not_applicable')""",
-        (start,),
-    )
+    rows = _queries(request).jobs_finished_since(start)
     finished: list[list[float]] = [[] for _ in range(buckets)]
     failed = [0] * buckets
     counts = [0] * buckets
     for row in rows:
-        i = min(buckets - 1, int((row["finished_at"] - start) // width))
+        i = min(buckets - 1, int((row.finished_at - start) // width))
         counts[i] += 1
-        failed[i] += row["state"] == "failed"
-        if row["completed_at"] is not None and row["finished_at"] >= row["completed_at"]:
-            finished[i].append(row["finished_at"] - row["completed_at"])
+        failed[i] += row.state == "failed"
+        if row.completed_at is not None and row.finished_at >= row.completed_at:
+            finished[i].append(row.finished_at - row.completed_at)
     return Activity(bucket_s=width, buckets=[
         ActivityBucket(start=start + i * width, finished=counts[i], failed=failed[i],
                        median_latency_s=round(statistics.median(finished[i]), 3) if finished[i] else None,
@@ -139,7 +134,7 @@ def activity(
 
 @router.get("/audit", response_model=list[AuditEvent], summary="The audit trail, newest first")
 def audit(request: Request, limit: Annotated[int, Query(ge=1, le=500)] = 100) -> list[AuditEvent]:
-    return AtnaFileTrail(_node(request).config.audit_path).recent(limit)
+    return _queries(request).audit(limit)
 
 
 class ResultFile(BaseModel):
@@ -151,43 +146,36 @@ class ResultFile(BaseModel):
     url: str
 
 
-def _held(node: Node, job_id: int, study_uid: str, sop_instance_uid: str, path: Path,
-          delivered_to: list[str]) -> Path:
+def _held(config: Config, job_id: int, result: ResultObject) -> Path:
     """Where the node still holds a result: the outbox until it is delivered everywhere, then a
     folder destination it went to (current, or set aside as superseded). Else the outbox path, gone."""
-    if path.exists():
-        return path
-    for name in delivered_to:
-        dest = next((d for d in node.config.destinations if d.name == name), None)  # may be removed
+    if result.path.exists():
+        return result.path
+    for name in result.delivered_to:
+        dest = next((d for d in config.destinations if d.name == name), None)  # may be removed
         if not isinstance(dest, FolderDestination):
             continue
-        study = dest.path / study_uid
-        found = held(study, sop_instance_uid) or next(
-            iter(study.glob(f"{SUPERSEDED}/job{job_id}-rev*/*_{sop_instance_uid}.dcm")), None)
+        study = dest.path / result.study_uid
+        found = held(study, result.sop_instance_uid) or next(
+            iter(study.glob(f"{SUPERSEDED}/job{job_id}-rev*/*_{result.sop_instance_uid}.dcm")), None)
         if found is not None:
             return found
-    return path
+    return result.path
 
 
-def _results(node: Node, job_id: int) -> list[tuple[str, str, Path]]:
-    rows = node.db.query(
-        """SELECT study_uid, sop_instance_uid, sop_class_uid, path,
-        group_concat(CASE WHEN state = ? THEN destination END, char(10)) AS delivered_to
-        FROM outbox WHERE job_id = ? GROUP BY sop_instance_uid ORDER BY min(id)""",
-        (DELIVERED, job_id),
-    )
-    if not rows and not node.db.query("SELECT 1 FROM jobs WHERE id = ?", (job_id,)):
+def _results(request: Request, job_id: int) -> list[tuple[str, str, Path]]:
+    reads = _queries(request)
+    found = reads.results(job_id)
+    if not found and not reads.job_exists(job_id):
         raise HTTPException(404, f"no job {job_id}")
-    return [(r["sop_instance_uid"], r["sop_class_uid"],
-             _held(node, job_id, r["study_uid"], r["sop_instance_uid"], Path(r["path"]),
-                   (r["delivered_to"] or "").splitlines())) for r in rows]
+    return [(r.sop_instance_uid, r.sop_class_uid, _held(_config(request), job_id, r)) for r in found]
 
 
 @router.get("/jobs/{job_id}/results", response_model=list[ResultFile],
             summary="The DICOM objects a job produced (SR, SEG, ...), for download")
 def results(request: Request, job_id: JobId) -> list[ResultFile]:
     found = []
-    for uid, sop_class, path in _results(_node(request), job_id):
+    for uid, sop_class, path in _results(request, job_id):
         size = path.stat().st_size if path.exists() else None
         found.append(ResultFile(sop_instance_uid=uid, sop_class_uid=sop_class, kind=kind(sop_class, ""),
                                 size=size, url=f"/api/v1/jobs/{job_id}/results/{uid}"))
@@ -201,7 +189,7 @@ def results(request: Request, job_id: JobId) -> list[ResultFile]:
     responses={200: {"content": {"application/dicom": {}}}, 404: {"description": "no such result, or purged"}},
 )
 def result_file(request: Request, job_id: JobId, sop_instance_uid: str) -> Response:
-    for uid, sop_class, path in _results(_node(request), job_id):
+    for uid, sop_class, path in _results(request, job_id):
         if uid != sop_instance_uid:
             continue
         if not path.exists():

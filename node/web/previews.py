@@ -1,6 +1,6 @@
 """PNG previews of a job's result: the source image from the spool with the regions drawn.
 
-The picture is the secondary capture's burn-in (node.results.preview: regions outlined in the
+The picture is the secondary capture's burn-in (node.pipelines.radiograph.preview: regions outlined in the
 category's colour, the label, "not for diagnostic use"), drawn from the findings the job
 recorded (node.outcomes), so it matches what the PACS got. Rendered on demand, a few kept.
 """
@@ -10,14 +10,14 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from io import BytesIO
-from pathlib import Path
 from typing import Any
 
 from fastapi import HTTPException
 from pydicom import dcmread
 
-from node.db import Database
-from node.outcomes import JobOutcomes, image_finding, image_findings
+from node.outcomes import JobOutcomes, image_findings
+from node.pipelines.radiograph import ImageFinding
+from node.store import Database, instances, jobs
 
 CACHED = 32  # previews kept in memory (about 0.3-1 MB each)
 
@@ -44,11 +44,11 @@ class PreviewCache:
 
 def _job_with_images(db: Database, outcomes: JobOutcomes, study_uid: str, job_id: int | None) -> int:
     if job_id is not None:
-        rows = db.query("SELECT study_uid FROM jobs WHERE id = ?", (job_id,))
-        if not rows or rows[0]["study_uid"] != study_uid:
+        job = jobs.get(db, job_id)
+        if job is None or job.job.study_instance_uid != study_uid:
             raise HTTPException(404, f"study {study_uid} has no job {job_id}")
         return job_id
-    ids = [r["id"] for r in db.query("SELECT id FROM jobs WHERE study_uid = ? ORDER BY id DESC", (study_uid,))]
+    ids = jobs.ids_of_study(db, study_uid)
     if not ids:
         raise HTTPException(404, f"no job for study {study_uid}")
     recorded = outcomes.many(ids)
@@ -70,15 +70,13 @@ def _pick(images: list[dict[str, Any]], instance: str | None, job_id: int) -> di
 
 def _ct_preview(db: Database, cache: PreviewCache, study_uid: str, job_id: int,
                 findings: dict[str, Any], recorded_at: float) -> bytes:
-    from node.web.ct_preview import sagittal_png
+    from node.pipelines.cspine.preview import sagittal_png
 
     key = (job_id, "sagittal", recorded_at)
     cached = cache.get(key)
     if cached is not None:
         return cached
-    rows = db.query("SELECT path FROM instances WHERE study_uid = ? AND series_uid = ? ORDER BY path",
-                    (study_uid, findings.get("series_instance_uid", "")))
-    paths = [Path(r["path"]) for r in rows if Path(r["path"]).exists()]
+    paths = [p for p in instances.paths(db, study_uid, findings.get("series_instance_uid", "")) if p.exists()]
     if not paths:
         raise HTTPException(404, "the analysed CT series is no longer in the spool (storage.retention_days)")
     try:
@@ -94,7 +92,7 @@ def preview_png(
     study_uid: str, job_id: int | None, instance: str | None,
 ) -> bytes:
     """The PNG, or an HTTPException (404) that says what is missing."""
-    from node.results.preview import render
+    from node.pipelines.radiograph.preview import render
 
     job_id = _job_with_images(db, outcomes, study_uid, job_id)
     outcome = outcomes.get(job_id)
@@ -109,15 +107,14 @@ def preview_png(
     cached = cache.get(key)
     if cached is not None:
         return cached
-    rows = db.query("SELECT path FROM instances WHERE sop_instance_uid = ? AND study_uid = ?", (uid, study_uid))
-    path = Path(rows[0]["path"]) if rows else None
+    path = instances.path_in_study(db, uid, study_uid)
     if path is None or not path.exists():
         raise HTTPException(
             404, f"the source image {uid} is no longer in the spool (storage.retention_days removed it)"
         )
     buffer = BytesIO()
     thresholds = [float(value) for _, value in (outcome.findings or {}).get("thresholds", [])]
-    render(dcmread(path), image_finding(image, path), min(thresholds, default=None)).save(
+    render(dcmread(path), ImageFinding.from_stored(image, path), min(thresholds, default=None)).save(
         buffer, format="PNG"
     )
     png = buffer.getvalue()

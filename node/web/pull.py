@@ -10,7 +10,7 @@ C-GET or C-MOVE) runs in the background: 202 Accepted, with the pull's URL in `L
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Annotated, Literal
+from typing import Annotated, Literal
 from urllib.parse import quote
 
 from fastapi import APIRouter, Body, HTTPException, Path, Request, Response
@@ -19,10 +19,10 @@ from pydicom.uid import RE_VALID_UID
 
 from node.assembly import StudyNotHeld
 from node.pull import PullError
-from node.pull.puller import Pull
-
-if TYPE_CHECKING:
-    from node.service import Node
+from node.store.pulls import Pull
+from node.web.api import MAX_ID, operator_action
+from node.web.commands import Commands
+from node.web.queries import Queries
 
 router = APIRouter(tags=["pull"])
 _VALID_UID = re.compile(RE_VALID_UID)
@@ -75,22 +75,22 @@ class PullStatus(BaseModel):
     jobs: list[JobSummary] = Field(description="the study's jobs created since the pull ended")
 
 
-def _node(request: Request) -> Node:
-    return request.app.state.node  # type: ignore[no-any-return]
+def _queries(request: Request) -> Queries:
+    return request.app.state.queries  # type: ignore[no-any-return]
 
 
-def _status(node: Node, pull: Pull) -> PullStatus:
+def _commands(request: Request) -> Commands:
+    return request.app.state.commands  # type: ignore[no-any-return]
+
+
+def _status(reads: Queries, pull: Pull) -> PullStatus:
     jobs: list[JobSummary] = []
     if pull.finished_at is not None and pull.started_at is not None:
         # since the retrieval started: assembly may complete the study (it is marked retrieved)
         # a moment before the pull records its finish
-        rows = node.db.query(
-            """SELECT id, route, pipeline, state, last_error, summary FROM jobs
-            WHERE study_uid = ? AND created_at >= ? ORDER BY id""",
-            (pull.study_uid, pull.started_at),
-        )
-        jobs = [JobSummary(id=r["id"], route=r["route"], pipeline=r["pipeline"], state=r["state"],
-                           detail=r["last_error"] or r["summary"]) for r in rows]
+        jobs = [JobSummary(id=j.job.id, route=j.job.route, pipeline=j.job.pipeline, state=j.state,
+                           detail=j.last_error or j.summary)
+                for j in reads.jobs_created_since(pull.study_uid, pull.started_at)]
     return PullStatus(**pull.__dict__, status_url=f"/api/v1/pulls/{pull.id}", jobs=jobs)
 
 
@@ -113,14 +113,13 @@ def analyze(
 ) -> PullStatus | AnalysisStatus:
     if len(study_uid) > 64 or not _VALID_UID.match(study_uid):
         raise HTTPException(400, f"{study_uid[:80]!r} is not a valid Study Instance UID")
-    node = _node(request)
+    commands = _commands(request)
     principal = getattr(request.state, "principal", "")
     what = f"from peer {body.peer[:64]!r}" if body is not None and body.peer is not None else "again from its copy"
-    node.audit.operator_action(principal, request.client.host if request.client else "",
-                               f"POST /api/v1/studies/{study_uid}/analyze {what}", study_uid)
+    operator_action(request, f"POST /api/v1/studies/{study_uid}/analyze {what}", study_uid)
     if body is None or body.peer is None:
         try:
-            asked = node.analyze_again(study_uid, principal)
+            asked = commands.analyze_again(study_uid, principal)
         except StudyNotHeld as exc:
             raise HTTPException(409 if exc.purged else 404, str(exc)) from exc
         url = f"/api/v1/studies/{quote(study_uid, safe='')}"
@@ -129,24 +128,24 @@ def analyze(
         return AnalysisStatus(study_uid=study_uid, queued=asked.queued, instances=asked.instances,
                               message=asked.message, study_url=url)
     try:
-        pull, created = node.pulls.request(study_uid, body.peer, principal)
+        pull, created = commands.request_pull(study_uid, body.peer, principal)
     except PullError as exc:
         raise HTTPException(exc.status, str(exc)) from exc
     response.status_code = 202 if created else 200
     response.headers["Location"] = f"/api/v1/pulls/{pull.id}"
-    return _status(node, pull)
+    return _status(_queries(request), pull)
 
 
 @router.get("/pulls/{pull_id}", summary="A pull's state, counts and the jobs it led to")
-def pull_status(pull_id: Annotated[int, Path(ge=1, le=2**63 - 1)], request: Request) -> PullStatus:
-    node = _node(request)
-    pull = node.pulls.get(pull_id)
+def pull_status(pull_id: Annotated[int, Path(ge=1, le=MAX_ID)], request: Request) -> PullStatus:
+    reads = _queries(request)
+    pull = reads.pull(pull_id)
     if pull is None:
         raise HTTPException(404, f"no pull {pull_id}")
-    return _status(node, pull)
+    return _status(reads, pull)
 
 
 @router.get("/pulls", summary="Recent pulls, newest first")
 def pulls(request: Request, limit: int = 50) -> list[PullStatus]:
-    node = _node(request)
-    return [_status(node, p) for p in node.pulls.recent(max(1, min(limit, 500)))]
+    reads = _queries(request)
+    return [_status(reads, p) for p in reads.pulls(max(1, min(limit, 500)))]

@@ -10,18 +10,17 @@ import asyncio
 import logging
 import socket
 import threading
-from typing import TYPE_CHECKING
 
 import uvicorn
 
-from node.config import WebSettings
+from node.audit import Audit
+from node.config import Config
 from node.logs import event
 from node.tls import server_context
 from node.web.app import create_app
 from node.web.auth import credentials
-
-if TYPE_CHECKING:
-    from node.service import Node
+from node.web.commands import Commands
+from node.web.queries import Queries
 
 log = logging.getLogger("fracnode.web")
 
@@ -31,20 +30,20 @@ class WebBindError(RuntimeError):
 
 
 class WebServer:
-    def __init__(self, node: Node, settings: WebSettings) -> None:
-        self.settings = settings
-        self.app = create_app(node, credentials(settings.auth, node.config.storage.data_dir))
+    def __init__(self, config: Config, queries: Queries, commands: Commands, audit: Audit | None = None) -> None:
+        self.settings = settings = config.web
+        self.app = create_app(config, queries, commands, credentials(settings.auth, config.storage.data_dir), audit)
         tls = settings.tls
-        config = uvicorn.Config(
+        server_config = uvicorn.Config(
             self.app, log_config=None, access_log=False, lifespan="off",
             timeout_graceful_shutdown=5, h11_max_incomplete_event_size=1 << 20,
             ssl_certfile=str(tls.certificate) if tls.certificate else None,
             ssl_keyfile=str(tls.private_key) if tls.private_key else None,
         )
         if tls.enabled:
-            config.load()
-            config.ssl = server_context(tls, "web.tls")  # BCP 195, as the DICOM listener
-        self._server = uvicorn.Server(config)
+            server_config.load()
+            server_config.ssl = server_context(tls, "web.tls")  # BCP 195, as the DICOM listener
+        self._server = uvicorn.Server(server_config)
         self._socket: socket.socket | None = None
         self._thread: threading.Thread | None = None
 

@@ -26,9 +26,11 @@ from pydicom.uid import RE_VALID_UID
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 
+from node.config import WebSettings
 from node.ingest.multipart import MalformedMultipart, boundary_of, parse_content_type
 from node.ingest.stow import PartOutcome, StoreTransaction
 from node.logs import event
+from node.web.commands import Commands
 
 router = APIRouter(tags=["DICOMweb"])
 log = logging.getLogger("fracnode.web")
@@ -201,20 +203,21 @@ def _answer(status: int, outcomes: Sequence[PartOutcome], media_type: str, extra
 
 
 async def _store(request: Request, study: str | None) -> Response:
-    node = request.app.state.node
+    commands: Commands = request.app.state.commands
+    settings: WebSettings = request.app.state.config.web
     boundary = request_boundary(request.headers.get("content-type"))
     media_type = response_media_type(request.headers.get("accept"))
     if media_type is None:
         raise HTTPException(406, f"the response is {DICOM_JSON} or {DICOM_XML}; Accept allows neither")
-    limit = node.config.web.max_request_mb * 2**20
-    too_large = f"the request body is larger than web.max_request_mb ({node.config.web.max_request_mb} MiB)"
+    limit = settings.max_request_mb * 2**20
+    too_large = f"the request body is larger than web.max_request_mb ({settings.max_request_mb} MiB)"
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
         raise HTTPException(413, too_large + "; send fewer instances per request")
     client = request.client
     address = (client.host, client.port) if client else ("", 0)
     started = time.monotonic()
-    transaction: StoreTransaction = node.stow.begin(request.state.principal, address, boundary, study)
+    transaction = commands.begin_stow(request.state.principal, address, boundary, study)
     status = 500
     try:
         status, response = await _receive(request, transaction, limit, media_type, too_large)

@@ -1,5 +1,5 @@
 """The operator's REST API (/api/v1) on a running node: studies sent with storescu, real pipelines
-from tests/support/pipelines.py, a real Orthanc for the connectivity check."""
+from tests/support/pipelines/, a real Orthanc for the connectivity check."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from tests.support.orthanc import free_port
 from tests.support.pipelines import FLAKY_FAILURES, REGION_BOX
 
 AUTH = {"Authorization": f"Bearer {API_TOKEN}"}
-RED = (255, 48, 48)  # node.results.capture.COLOURS["fracture"]
+RED = (255, 48, 48)  # node.results.colours.COLOURS["fracture"]
 
 
 def api(node, path: str, method: str = "GET", **kwargs) -> httpx.Response:  # type: ignore[no-untyped-def]

@@ -23,10 +23,15 @@ from pydicom import Dataset, dcmread
 from pydicom.uid import generate_uid
 
 from node.config import Config
-from node.pipelines.cspine import NO_CERVICAL_VERTEBRAE, NO_SERIES, CSpineFracturePipeline, _factory
-from node.pipelines.cspine_select import SelectionRules
+from node.pipelines.cspine.findings import VERTEBRAE
+from node.pipelines.cspine.pipeline import (
+    NO_CERVICAL_VERTEBRAE,
+    NO_SERIES,
+    CSpineFracturePipeline,
+    _factory,
+)
+from node.pipelines.cspine.select import SelectionRules
 from node.records import PipelineInput, SeriesAttributes, SeriesInput
-from node.results.cspine_template import VERTEBRAE
 from tests.conftest import SHARED_DATA, node_config, wait_until
 from tests.integration.test_flow import storescu
 from tests.support import dicomgen

@@ -30,6 +30,7 @@ from pynetdicom import AE
 
 from node.config import Config, load
 from node.service import Node
+from node.store import Row, open_configured
 from tests.conftest import REPO, node_config, require_tool, wait_until
 from tests.support import dicomgen, pipelines
 from tests.support.orthanc import Orthanc, free_port
@@ -106,13 +107,13 @@ def assemble(node: Node, studies: int) -> None:
     assert sum(completed) == studies
 
 
-def job_rows(db_path: Path) -> list[sqlite3.Row]:
-    conn = sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)
-    conn.row_factory = sqlite3.Row
+def job_rows(config: Config) -> list[Row]:
+    """The jobs table as another process sees it (the node that wrote it may be stopped)."""
+    db = open_configured(config, readonly=True)
     try:
-        return conn.execute("SELECT * FROM jobs ORDER BY id").fetchall()
+        return db.query("SELECT * FROM jobs ORDER BY id")
     finally:
-        conn.close()
+        db.close()
 
 
 class NodeProcess:
@@ -243,9 +244,10 @@ def send_until_killed(
 
 
 @pytest.mark.slow
-def test_instances_acknowledged_before_sigkill_survive_and_are_processed(tmp_path, node_processes):
+def test_instances_acknowledged_before_sigkill_survive_and_are_processed(tmp_path, node_processes, database):
     config_path, config = write_config(
         tmp_path,
+        storage=database,
         assembly={"quiet_period_s": 1.0},
         destinations=[
             {"name": "results-folder", "type": "folder", "path": str(tmp_path / "results")}
@@ -305,10 +307,11 @@ def test_instances_acknowledged_before_sigkill_survive_and_are_processed(tmp_pat
 
 
 @pytest.mark.slow
-def test_results_for_an_unreachable_destination_arrive_once_it_listens(tmp_path, start_node):
+def test_results_for_an_unreachable_destination_arrive_once_it_listens(tmp_path, start_node, database):
     pacs_port = free_port()  # nothing listens here until Orthanc starts below
     config_path, config = write_config(
         tmp_path,
+        storage=database,
         peers=[{"name": "pacs", "ae_title": "ORTHANC", "host": "127.0.0.1", "port": pacs_port}],
         destinations=[{"name": "pacs", "type": "dimse", "peer": "pacs"}],
         routes=[{**CT_ROUTE, "destinations": ["pacs"]}],
@@ -317,7 +320,7 @@ def test_results_for_an_unreachable_destination_arrive_once_it_listens(tmp_path,
     series = dicomgen.ct_series(5)
     assert storescu(node.ingest.port, dicomgen.write(series, tmp_path / "ct")).returncode == 0
 
-    def retrying() -> sqlite3.Row | None:
+    def retrying() -> Row | None:
         rows = node.db.query("SELECT * FROM outbox WHERE destination = 'pacs'")
         return rows[0] if rows and rows[0]["attempts"] >= 2 else None
 
@@ -475,9 +478,10 @@ def test_full_disk_refuses_with_out_of_resources_and_keeps_what_it_acknowledged(
 # -- 4. jobs survive a restart and a dead worker ------------------------------------------------
 
 
-def test_restart_resumes_queued_and_interrupted_jobs(tmp_path, idle_node, start_node):
+def test_restart_resumes_queued_and_interrupted_jobs(tmp_path, idle_node, start_node, database):
     config = node_config(
         tmp_path / "data",
+        storage=database,
         routes=[CT_ROUTE],
         destinations=[
             {"name": "results-folder", "type": "folder", "path": str(tmp_path / "results")}
@@ -495,11 +499,11 @@ def test_restart_resumes_queued_and_interrupted_jobs(tmp_path, idle_node, start_
     )  # it "runs" when the node stops
     assert interrupted is not None
     node.stop()
-    assert sorted(r["state"] for r in job_rows(config.database_path)) == ["queued", "running"]
+    assert sorted(r["state"] for r in job_rows(config)) == ["queued", "running"]
 
     restarted = start_node(config)
 
-    def all_done() -> list[sqlite3.Row] | None:
+    def all_done() -> list[Row] | None:
         rows = restarted.db.query("SELECT * FROM jobs ORDER BY id")
         return rows if all(r["state"] == "done" for r in rows) else None
 
@@ -544,9 +548,9 @@ def test_an_instance_resent_in_a_corrected_study_stays_there_after_a_restart(tmp
     assert len(list(config.spool_dir.rglob("*.dcm"))) == 3
 
 
-def test_job_of_a_dead_worker_is_taken_over_when_its_lease_expires(tmp_path, idle_node):
+def test_job_of_a_dead_worker_is_taken_over_when_its_lease_expires(tmp_path, idle_node, database):
     lease_s = 2.0
-    config = node_config(tmp_path / "data", routes=[CT_ROUTE], jobs={"lease_s": lease_s})
+    config = node_config(tmp_path / "data", routes=[CT_ROUTE], jobs={"lease_s": lease_s}, storage=database)
     node = idle_node(config)
     series = dicomgen.ct_series(3)
     assert storescu(node.ingest.port, dicomgen.write(series, tmp_path / "ct")).returncode == 0
@@ -571,10 +575,11 @@ def test_job_of_a_dead_worker_is_taken_over_when_its_lease_expires(tmp_path, idl
 
 
 def flaky_node(
-    tmp_path: Path, idle_node: Any, max_attempts: int
+    tmp_path: Path, idle_node: Any, max_attempts: int, database: dict[str, str]
 ) -> tuple[Node, Path, list[Dataset]]:
     config_path, config = write_config(
         tmp_path,
+        storage=database,
         routes=[{**CT_ROUTE, "name": "flaky", "pipeline": "test-flaky"}],
         jobs={"max_attempts": max_attempts},
     )
@@ -585,7 +590,7 @@ def flaky_node(
     return node, config_path, series
 
 
-def attempt(node: Node) -> sqlite3.Row:
+def attempt(node: Node) -> Row:
     """Run the job once, at the earliest moment its backoff allows (and not a moment before)."""
     not_before = node.db.query("SELECT not_before FROM jobs")[0]["not_before"]
     assert node.work_once("worker", now=not_before - 0.01) is False
@@ -594,10 +599,10 @@ def attempt(node: Node) -> sqlite3.Row:
 
 
 def test_failing_pipeline_is_retried_with_backoff_until_it_succeeds(
-    tmp_path, idle_node, flaky_failures
+    tmp_path, idle_node, flaky_failures, database
 ):
     flaky_failures["remaining"] = 2
-    node, _, series = flaky_node(tmp_path, idle_node, max_attempts=3)
+    node, _, series = flaky_node(tmp_path, idle_node, max_attempts=3, database=database)
     previous_not_before = node.db.query("SELECT not_before FROM jobs")[0]["not_before"]
     for number in (1, 2):
         row = attempt(node)
@@ -616,10 +621,10 @@ def test_failing_pipeline_is_retried_with_backoff_until_it_succeeds(
 
 
 def test_pipeline_failing_more_than_max_attempts_ends_failed_with_the_reason(
-    tmp_path, idle_node, flaky_failures
+    tmp_path, idle_node, flaky_failures, database
 ):
     flaky_failures["remaining"] = 10
-    node, config_path, _ = flaky_node(tmp_path, idle_node, max_attempts=3)
+    node, config_path, _ = flaky_node(tmp_path, idle_node, max_attempts=3, database=database)
     states = [attempt(node)["state"] for _ in range(3)]
     assert states == ["queued", "queued", "failed"]
     assert flaky_failures["remaining"] == 7  # the pipeline ran exactly max_attempts times

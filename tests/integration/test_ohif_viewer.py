@@ -35,9 +35,10 @@ import pytest
 from PIL import Image
 from pydicom import Dataset
 
-from node.records import Algorithm, CSpineFindings, VertebraFinding
-from node.results.cspine import build_cspine_results
-from node.results.radiograph import build_results
+from node.pipelines.cspine import CSpineFindings, VertebraFinding
+from node.pipelines.cspine.results import build_cspine_results
+from node.pipelines.radiograph.results import build_results
+from node.records import Algorithm
 from tests.support.findings import cr_fracture_study, fracatlas_study, saved
 from tests.support.ohif import REPO, ViewerServer, ohif_dist
 from tests.support.orthanc import Orthanc

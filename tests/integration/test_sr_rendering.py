@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from node.results.cspine import build_cspine_results
-from node.results.radiograph import build_results
+from node.pipelines.cspine.results import build_cspine_results
+from node.pipelines.radiograph.results import build_results
 from tests.support.findings import cr_fracture_study, dx_image, image_finding, saved, study_findings
 from tests.unit.test_results_cspine import cspine_case
 

@@ -19,7 +19,8 @@ from PIL import Image
 from pydicom import Dataset, dcmread
 from pydicom.uid import generate_uid
 
-from node.records import Algorithm, Findings, ImageFinding, RegionFinding
+from node.pipelines.radiograph import Findings, ImageFinding, RegionFinding
+from node.records import Algorithm
 from tests.support import dicomgen
 
 ALGORITHM = Algorithm(name="FracAtlasNet", version="1.2.0", weights_sha256="5e" * 32)

@@ -10,10 +10,10 @@ from pydicom.uid import generate_uid
 
 from node.assembly import Assembly, is_complete, summarize_series
 from node.config import AssemblySettings
-from node.db import Database
 from node.dispatch.outbox import encode
 from node.records import SeriesAttributes
 from node.spool import Spool
+from node.store import Database
 from tests.support import dicomgen
 
 CT_IMAGE = "1.2.840.10008.5.1.4.1.1.2"

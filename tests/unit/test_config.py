@@ -52,7 +52,11 @@ def test_valid_file_loads(tmp_path: Path) -> None:
 
 
 def test_default_file_equals_the_embedded_defaults() -> None:
-    assert load(DEFAULT_FILE, environ={}) == load(None, environ={})
+    spelled, embedded = load(DEFAULT_FILE, environ={}), load(None, environ={})
+    # the file also spells out each pipeline's settings, whose defaults the pipeline keeps
+    # (tests/unit/test_pipeline_settings.py checks those against the pipelines)
+    assert spelled.pipelines and not embedded.pipelines
+    assert spelled.model_copy(update={"pipelines": {}}) == embedded
 
 
 def test_embedded_defaults_equal_a_config_built_without_arguments() -> None:

@@ -23,9 +23,9 @@ from node.config import DicomwebPeer, DimsePeer, NodeSettings
 from node.ingest import upper_layer as ul
 from node.ingest.dimse import DimseIngest
 from node.ingest.stow import StowIngest
+from node.pipelines.radiograph.results import build_results
 from node.pull import RetrieveFailed, StudyNotFound, wado
 from node.pull import dimse as pull_dimse
-from node.results.radiograph import build_results
 from tests.support import dicomgen
 from tests.support.findings import (
     cr_fracture_study,

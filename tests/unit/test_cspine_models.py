@@ -16,11 +16,11 @@ import torch
 from pydicom import Dataset
 
 from node.config import Config
+from node.imaging.volume import build_volume
 from node.inference import bundle as bundles
 from node.inference.bundle import BundleError
-from node.inference.cspine import CSpineModels
-from node.inference.vertebrae import VertebraModel, vertebra_channels
-from node.inference.volume import build_volume
+from node.pipelines.cspine.models import CSpineModels
+from node.pipelines.cspine.vertebrae import VertebraModel, vertebra_channels
 from training.cspine.metrics import dice_per_label
 from training.phantom.generate import PhantomSpec, PhantomStudy, generate_study
 

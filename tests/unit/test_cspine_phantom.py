@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 
 from node.cli import main
-from node.inference.volume import build_volume, resample_labels
+from node.imaging.volume import build_volume, resample_labels
 from training.phantom.generate import (
     PhantomSpec,
     PhantomStudy,

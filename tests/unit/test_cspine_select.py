@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from node.pipelines.cspine_select import (
+from node.pipelines.cspine.select import (
     CT_IMAGE_STORAGE,
     ENHANCED_CT_IMAGE_STORAGE,
     CtSeriesSummary,

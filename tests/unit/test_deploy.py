@@ -83,10 +83,10 @@ def test_alert_rules_fire_on_the_series_the_node_exposes(tmp_path) -> None:
                             capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
-    from node.db import Database
     from node.metrics import Metrics
+    from node.store import open_database
 
-    exposed = Metrics(Database(tmp_path / "i.sqlite"), ["pacs"], tmp_path, 2**20).exposition().decode()
+    exposed = Metrics(open_database(tmp_path / "i.sqlite"), ["pacs"], tmp_path, 2**20).exposition().decode()
     rules = yaml.safe_load((deploy / "prometheus-alerts.yml").read_text())
     for rule in rules["groups"][0]["rules"]:
         for name in set(re.findall(r"\bfracnode_[a-z_]+", rule["expr"])):

@@ -16,7 +16,6 @@ import torch
 from node.inference import bundle as bundles
 from node.inference import runtime
 from node.inference.engine import Engine, InferenceError
-from node.inference.pixels import Radiograph
 
 REPO = Path(__file__).resolve().parents[2]
 RADIOGRAPH_BUNDLE = REPO / "models" / "radiograph_fracture"
@@ -241,26 +240,6 @@ def test_gpu_half_precision_matches_cpu(radiograph_bundle: Path, eager: Engine) 
     for gpu_image, cpu_image in zip(on_gpu, on_cpu, strict=True):
         for name in cpu_image:
             np.testing.assert_allclose(gpu_image[name], cpu_image[name], atol=2e-2)
-
-
-# -- radiograph pre- and postprocessing ------------------------------------------------------
-
-
-def test_preprocess_letterboxes_to_the_contract_and_postprocess_maps_back(engine: Engine) -> None:
-    image = np.zeros((200, 100), np.float32)
-    image[50:150, 25:75] = 1.0
-    radiograph = Radiograph(
-        image, 200, 100, (0.1, 0.1), "PixelSpacing", "1.2.3", "MONOCHROME2", "window"
-    )
-    prepared = engine.preprocess(radiograph)
-    assert prepared.array.shape == (1, 320, 320) and prepared.array.dtype == np.float32
-    assert (prepared.letterbox.scale, prepared.letterbox.left) == (1.6, 80)
-    area = prepared.letterbox.crop(prepared.array[0])
-    assert abs(float(area.mean())) < 1e-5 and float(area.std()) == pytest.approx(1.0, abs=1e-4)
-    array, letterbox = prepared
-    mapped = engine.postprocess(engine.infer([array])[0], letterbox)
-    assert mapped["regions"].shape == (1, 200, 100)
-    assert mapped["fracture"].shape == (1,) and mapped["body_region"].shape == (4,)
 
 
 # -- a MONAI Model Zoo bundle, unchanged ---------------------------------------------------------

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from node.inference.geometry import fit, standardize
-from node.inference.regions import convex_hull, extract
+from node.imaging.letterbox import fit, standardize
+from node.imaging.regions import convex_hull, extract
 
 
 def test_fit_keeps_the_aspect_ratio_and_centres_the_image() -> None:

@@ -18,9 +18,9 @@ from pydicom.uid import (
 )
 
 from node import IMPLEMENTATION_CLASS_UID, IMPLEMENTATION_VERSION_NAME
-from node.db import Database
 from node.incoming import Incoming, SpareFile, file_meta
 from node.spool import TEMP_SUFFIX, OutOfSpace, Spool, UnreadableInstance
+from node.store import Database
 from tests.support import dicomgen
 from tests.unit.test_header import encoded, with_sequences
 

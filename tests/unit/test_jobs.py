@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 from node.config import JobSettings, RetrySettings
-from node.db import Database
 from node.jobs import (
     DONE,
     FAILED,
@@ -18,6 +17,7 @@ from node.jobs import (
     JobQueue,
 )
 from node.records import RouteMatch, SeriesAttributes, Study
+from node.store import Database, open_database
 
 SETTINGS = JobSettings(
     workers=1,
@@ -348,10 +348,10 @@ def test_counts_by_state(queue: JobQueue) -> None:
 
 def test_queue_survives_reopening_the_database(tmp_path: Path) -> None:
     path = tmp_path / "index.sqlite"
-    first = Database(path)
+    first = open_database(path)
     job_id = JobQueue(first, SETTINGS).enqueue(study(), match(), NOW)
     first.close()
-    reopened = Database(path)
+    reopened = open_database(path)
     try:
         job = JobQueue(reopened, SETTINGS).claim("w1", NOW)
         assert job is not None and job.id == job_id

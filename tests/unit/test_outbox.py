@@ -9,10 +9,10 @@ from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from node.config import JobSettings, RetrySettings
-from node.db import Database
 from node.dispatch.outbox import Outbox, wanted_by
 from node.jobs import DONE, JobQueue
 from node.records import RouteMatch, SeriesAttributes, Study
+from node.store import Database
 
 SR = "1.2.840.10008.5.1.4.1.1.88.34"
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"

@@ -14,20 +14,21 @@ from pydicom import Dataset
 
 from node.pipelines.cspine import (
     NO_SERIES,
+    CSpineFindings,
     CSpineFracturePipeline,
-    Stopwatch,
-    categorize,
-    reasons,
+    VertebraFinding,
     summarize,
 )
-from node.pipelines.cspine_select import SelectionRules
+from node.pipelines.cspine.findings import reasons
+from node.pipelines.cspine.pipeline import Stopwatch
+from node.pipelines.cspine.select import SelectionRules
 from node.records import (
     Algorithm,
-    CSpineFindings,
+    FindingRow,
     PipelineInput,
     SeriesAttributes,
     SeriesInput,
-    VertebraFinding,
+    categorize,
 )
 from tests.support import dicomgen
 
@@ -144,6 +145,8 @@ def test_summary_names_result_vertebrae_top_vertebra_and_skipped_series() -> Non
         "cervical spine fracture (probability 0.71); vertebrae C2, C3; highest C2 0.66;"
         " skipped series 1.2.9: localizer (scout) images (ImageType ORIGINAL\\PRIMARY\\LOCALIZER)"
     )
+    # one table row for the study, at the patient level
+    assert findings.rows() == (FindingRow(category="fracture", fracture_probability=0.71, regions=2),)
 
 
 def test_the_configured_selection_rules_reach_the_pipeline() -> None:
@@ -151,7 +154,7 @@ def test_the_configured_selection_rules_reach_the_pipeline() -> None:
     from node.pipelines import create
 
     config = Config.model_validate(
-        {"cspine": {"max_slice_thickness_mm": 5.0, "min_slices": 12, "max_obliquity_deg": 10}}
+        {"pipelines": {"cspine-fracture": {"max_slice_thickness_mm": 5.0, "min_slices": 12, "max_obliquity_deg": 10}}}
     )
     pipeline = create("cspine-fracture", config)
     assert pipeline.rules == SelectionRules(max_slice_thickness=5.0, min_slices=12, max_obliquity_deg=10.0)

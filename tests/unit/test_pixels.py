@@ -10,7 +10,7 @@ import pytest
 from pydicom import Dataset
 from pydicom.sequence import Sequence
 
-from node.inference.pixels import Radiograph, Skipped, load_radiograph
+from node.imaging.pixels import Radiograph, Skipped, load_radiograph
 from tests.support import dicomgen
 
 CR_SAMPLES = Path(__file__).resolve().parents[3] / "shared" / "data" / "dicom_cr_samples"

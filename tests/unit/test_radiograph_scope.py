@@ -6,7 +6,7 @@ import pytest
 from pydicom import Dataset
 from pydicom.sequence import Sequence
 
-from node.pipelines.radiograph_scope import classify_text, header_scope
+from node.pipelines.radiograph.select import classify_text, header_scope
 
 
 @pytest.mark.parametrize(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from node.inference.regions import extract, on_dense_material, region_mask
+from node.imaging.regions import extract, on_dense_material, region_mask
 
 
 def _film() -> np.ndarray:

@@ -16,13 +16,11 @@ import pytest
 import yaml
 from pydicom import Dataset
 
-from node.records import Algorithm, CSpineFindings, VertebraFinding
-from node.results.cspine import build_cspine_results
-from node.results.cspine_template import (
-    VERTEBRAE,
-    load_cspine_template,
-    shipped_cspine_template,
-)
+from node.pipelines.cspine import CSpineFindings, VertebraFinding
+from node.pipelines.cspine.findings import VERTEBRAE
+from node.pipelines.cspine.results import build_cspine_results
+from node.pipelines.cspine.template import load_cspine_template, shipped_cspine_template
+from node.records import Algorithm
 from node.results.templates import TEMPLATES_DIR, TemplateError
 from tests.support import dicomgen
 from tests.support.dciodvfy import dciodvfy_errors

@@ -6,12 +6,13 @@ import numpy as np
 import pytest
 from pydicom import dcmread
 
-from node.inference.pixels import load_radiograph
-from node.results.capture import COLOURS, build_secondary_capture, burn_in, displayed
-from node.results.gsps import build_presentation_state
-from node.results.preview import render
+from node.imaging.pixels import load_radiograph
+from node.pipelines.radiograph.capture import build_secondary_capture, burn_in, displayed
+from node.pipelines.radiograph.gsps import build_presentation_state
+from node.pipelines.radiograph.preview import render
+from node.pipelines.radiograph.template import shipped_template
+from node.results.colours import COLOURS
 from node.results.producer import Producer
-from node.results.templates import shipped_template
 from tests.support.dciodvfy import dciodvfy_errors
 from tests.support.findings import (
     ALGORITHM,

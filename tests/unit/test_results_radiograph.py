@@ -10,7 +10,7 @@ import highdicom as hd
 import pytest
 from pydicom import dcmread
 
-from node.results.radiograph import build_results
+from node.pipelines.radiograph.results import build_results
 from tests.support.dciodvfy import dciodvfy_errors
 from tests.support.findings import (
     cr_fracture_study,

@@ -8,9 +8,9 @@ import highdicom as hd
 import numpy as np
 import pytest
 
+from node.pipelines.radiograph.seg import build_segmentation
+from node.pipelines.radiograph.template import shipped_template
 from node.results.producer import Producer
-from node.results.seg import build_segmentation
-from node.results.templates import shipped_template
 from tests.support.dciodvfy import dciodvfy_errors
 from tests.support.findings import (
     ALGORITHM,

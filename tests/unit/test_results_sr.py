@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 from pydicom.sr.codedict import codes
 
-from node.records import RegionFinding
-from node.results.radiograph import build_results
-from node.results.sr import closed_polyline, library_images
+from node.pipelines.radiograph import RegionFinding
+from node.pipelines.radiograph.results import build_results
+from node.pipelines.radiograph.sr import library_images
+from node.results.polylines import closed_polyline
 from tests.support.dciodvfy import dciodvfy_errors
 from tests.support.findings import (
     ALGORITHM,
@@ -247,7 +248,7 @@ def test_polyline_is_closed_by_repeating_the_first_point():
     region = RegionFinding(
         polygon=((1.0, 2.0), (5.0, 2.0), (5.0, 7.0)), box=(1.0, 2.0, 5.0, 7.0), probability=0.9
     )
-    assert closed_polyline(region).tolist() == [[1.0, 2.0], [5.0, 2.0], [5.0, 7.0], [1.0, 2.0]]
+    assert closed_polyline(region.polygon).tolist() == [[1.0, 2.0], [5.0, 2.0], [5.0, 7.0], [1.0, 2.0]]
 
 
 @pytest.mark.parametrize(
@@ -259,7 +260,7 @@ def test_polyline_is_closed_by_repeating_the_first_point():
 )
 def test_malformed_polygon_is_refused(polygon, message):
     with pytest.raises(ValueError, match=message):
-        closed_polyline(RegionFinding(polygon=polygon, box=(0.0, 0.0, 1.0, 1.0), probability=0.5))
+        closed_polyline(RegionFinding(polygon=polygon, box=(0.0, 0.0, 1.0, 1.0), probability=0.5).polygon)
 
 
 def test_probability_outside_unit_interval_is_refused():

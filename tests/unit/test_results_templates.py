@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from node.results.templates import TEMPLATES_DIR, TemplateError, load_template, shipped_template
+from node.pipelines.radiograph.template import load_template, shipped_template
+from node.results.templates import TEMPLATES_DIR, TemplateError
 
 SHIPPED = TEMPLATES_DIR / "radiograph-fracture.yaml"
 

@@ -11,7 +11,6 @@ import pytest
 from pydicom import Dataset
 from pydicom.uid import generate_uid
 
-from node.db import Database
 from node.dispatch.outbox import encode
 from node.header import MismatchedInstance
 from node.spool import (
@@ -22,6 +21,7 @@ from node.spool import (
     read_header,
     write_atomically,
 )
+from node.store import Database
 from tests.support import dicomgen
 
 
@@ -71,7 +71,7 @@ def test_failed_write_raises_out_of_space_and_leaves_no_temp_file(
     folder = tmp_path / "study"
     folder.mkdir()
     target = folder / "x.dcm"
-    monkeypatch.setattr(f"node.spool.os.{call}", _raise(code))
+    monkeypatch.setattr(f"node.files.os.{call}", _raise(code))
     with pytest.raises(OutOfSpace, match="cannot write x.dcm"):
         write_atomically(target, b"payload" * 1000)
     monkeypatch.undo()
@@ -83,7 +83,7 @@ def test_failed_write_keeps_the_previous_file(
 ) -> None:
     target = tmp_path / "x.dcm"
     target.write_bytes(b"old")
-    monkeypatch.setattr("node.spool.os.fsync", _raise(errno.ENOSPC))
+    monkeypatch.setattr("node.files.os.fsync", _raise(errno.ENOSPC))
     with pytest.raises(OutOfSpace):
         write_atomically(target, b"new")
     monkeypatch.undo()
@@ -311,7 +311,7 @@ def test_store_of_unreadable_bytes_writes_nothing(spool: Spool, db: Database) ->
 def test_store_that_fails_for_space_indexes_nothing(
     spool: Spool, db: Database, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("node.spool.os.fsync", _raise(errno.ENOSPC))
+    monkeypatch.setattr("node.files.os.fsync", _raise(errno.ENOSPC))
     with pytest.raises(OutOfSpace):
         spool.store(encode(cr()), "CR01", "assoc-1")
     monkeypatch.undo()

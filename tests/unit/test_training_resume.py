@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from training.common import checkpoints
+from training.common.epochs import fit_epochs
 from training.cspine.data import CROP_MARGIN, CropSet, SegmentationCase
 from training.cspine.loops import train_fracture, train_vertebrae
 
@@ -146,3 +147,43 @@ def test_each_epoch_line_says_about_how_long_the_run_has_left(
     elapsed: float, first_epoch: int, epoch: int, epochs: int, expected: str
 ) -> None:
     assert checkpoints.time_left(1000.0, first_epoch, epoch, epochs, now=1000.0 + elapsed) == expected
+
+
+def test_the_shared_epoch_loop_checkpoints_each_epoch_before_its_line_and_resumes_after_the_last(
+    tmp_path: Path,
+) -> None:
+    """training.common.epochs.fit_epochs, which the radiograph run and both cervical spine loops use."""
+
+    def setup() -> tuple[checkpoints.Run, dict]:
+        network = torch.nn.Linear(2, 1)
+        optimizer = torch.optim.SGD(network.parameters(), lr=0.1)
+        schedule = torch.optim.lr_scheduler.StepLR(optimizer, 1)
+        run = checkpoints.Run(tmp_path / "last.pt", {"epochs": 3}, network, optimizer, schedule, np.random.default_rng(0))
+        return run, {"history": []}
+
+    events: list[str] = []
+
+    def epoch_of(progress: dict) -> Callable[[int], str]:
+        def one_epoch(epoch: int) -> str:
+            progress["history"].append(epoch)
+            return f"epoch {epoch}: done"
+        return one_epoch
+
+    def log(line: str) -> None:
+        events.append(f"log {line.split(',')[0]}")
+        if line.startswith("epoch 2:"):
+            raise KeyboardInterrupt
+
+    run, progress = setup()
+    with pytest.raises(KeyboardInterrupt):
+        fit_epochs(3, epoch_of(progress), progress, log, run=run,
+                   on_start=lambda first: events.append(f"start {first}"),
+                   on_saved=lambda epoch: events.append(f"saved {epoch}"))
+    assert events == ["start 1", "saved 1", "log epoch 1: done", "saved 2", "log epoch 2: done"]
+    events.clear()
+    run, progress = setup()
+    first = fit_epochs(3, epoch_of(progress), progress, lambda line: events.append(line.split(",")[0]), run=run,
+                       resume=True, on_resume=lambda epoch: events.append(f"resumed {epoch}"),
+                       on_start=lambda first: events.append(f"start {first}"))
+    assert first == 3 and progress == {"history": [1, 2, 3]}  # the saved record, then epoch 3
+    assert events[1:] == ["resumed 2", "start 3", "epoch 3: done"]  # events[0]: "resuming after epoch 2 ..."

@@ -14,7 +14,7 @@ import pytest
 import SimpleITK as sitk
 from pydicom.uid import JPEG2000Lossless, RLELossless, generate_uid
 
-from node.inference.volume import Volume, VolumeRefused, build_volume, resample_labels
+from node.imaging.volume import Volume, VolumeRefused, build_volume, resample_labels
 from training.phantom.generate import PhantomSpec, PhantomStudy, generate_study, label_image
 
 SAMPLE = Path("/work/shared/data/spine_ct_samples/totalsegmentator_example")

@@ -42,7 +42,7 @@ def _log(line: str) -> None:
 
 def bundle_roots(out: str | None) -> tuple[Path, Path]:
     from node.config import InferenceSettings
-    from node.inference.cspine import FRACTURE_BUNDLE, VERTEBRA_BUNDLE
+    from node.pipelines.cspine.models import FRACTURE_BUNDLE, VERTEBRA_BUNDLE
 
     shipped = InferenceSettings.model_validate({})
     if not out:

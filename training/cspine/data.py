@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from node.inference import voxelgrid
+from node.imaging import voxelgrid
+from node.imaging.volume import Volume
 from node.inference.bundle import Bundle
-from node.inference.vertebra_fracture import CropSpec, vertebra_crop
-from node.inference.vertebrae import measure, preprocessing, reorients, to_metatensor
-from node.inference.volume import Volume
+from node.pipelines.cspine.vertebra_fracture import CropSpec, vertebra_crop
+from node.pipelines.cspine.vertebrae import measure, preprocessing, reorients, to_metatensor
 from training.cspine.rsna import NegativeSeries, RsnaStudy, load_segmentation, load_volume
 
 CROP_MARGIN = (8, 8, 8)  # extra voxels per axis, for random shifts of ±4 voxels in training

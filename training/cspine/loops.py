@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import copy
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -24,10 +24,10 @@ from monai.losses import DiceCELoss
 from tqdm import tqdm
 
 from training.common import checkpoints
+from training.common.epochs import Log, fit_epochs
 from training.cspine.data import CROP_MARGIN, CropSet, SegmentationCase
 from training.cspine.metrics import dice_per_label
 
-Log = Callable[[str], None]
 BONE = 0.45  # preprocessed intensity of ~350 HU on the vertebra bundle's [-1000, 2000] HU scale
 POSITIVE_WEIGHT = 2.0  # RSNA 2022 per-vertebra weight of a fractured vertebra (negative: 1)
 
@@ -102,8 +102,7 @@ def train_vertebrae(
     optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, learning_rate, total_steps=steps * epochs, pct_start=0.15)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)  # Dice pooled over the batch: patches miss vertebrae
-    history: list[dict] = []
-    best_dice, best_state = -1.0, copy.deepcopy(network.state_dict())
+    progress: dict = {"history": [], "best_dice": -1.0, "best_state": copy.deepcopy(network.state_dict())}
     run = None
     if checkpoint:  # the settings it records, the weights still the initial ones
         run = checkpoints.Run(checkpoint, {
@@ -113,12 +112,8 @@ def train_vertebrae(
             "validation_series": checkpoints.fingerprint(case.uid for case in val),
             "initial_weights": checkpoints.fingerprint(network.state_dict().values()),
         }, network, optimizer, schedule, rng)
-    first_epoch = 1
-    if run and resume and (resumed := run.resume(log)):
-        first_epoch = resumed[0] + 1
-        history, best_dice, best_state = (resumed[1][k] for k in ("history", "best_dice", "best_state"))
-    clock = time.monotonic()
-    for epoch in range(first_epoch, epochs + 1):
+
+    def one_epoch(epoch: int) -> str:
         network.train()
         started, total = time.monotonic(), 0.0
         bar = tqdm(range(steps), desc=f"vertebrae epoch {epoch}/{epochs}", unit="batch", leave=False)
@@ -138,14 +133,14 @@ def train_vertebrae(
         if epoch % validate_every == 0 or epoch == epochs:
             dice = segmentation_dice(network, val, roi)
             entry["val_dice"] = round(dice, 4)
-            if dice > best_dice or np.isnan(dice):
-                best_dice, best_state = dice, copy.deepcopy(network.state_dict())
+            if dice > progress["best_dice"] or np.isnan(dice):
+                progress["best_dice"], progress["best_state"] = dice, copy.deepcopy(network.state_dict())
         entry["seconds"] = round(time.monotonic() - started, 1)
-        history.append(entry)
-        if run:
-            run.save(epoch, {"history": history, "best_dice": best_dice, "best_state": best_state})
-        log(f"vertebrae epoch {epoch}: loss {total / steps:.4f}, val Dice {entry.get('val_dice', '-')},"
-            f" {time.monotonic() - started:.0f} s{checkpoints.time_left(clock, first_epoch, epoch, epochs)}")
+        progress["history"].append(entry)
+        return f"vertebrae epoch {epoch}: loss {total / steps:.4f}, val Dice {entry.get('val_dice', '-')}"
+
+    fit_epochs(epochs, one_epoch, progress, log, run=run, resume=resume)
+    best_state, history = progress["best_state"], progress["history"]
     return {k: v.cpu() for k, v in best_state.items()}, history
 
 
@@ -259,8 +254,9 @@ def train_fracture(
     steps = max(1, len(crops) // batch_size)
     optimizer = torch.optim.AdamW(network.parameters(), lr=learning_rate, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, learning_rate, total_steps=steps * epochs, pct_start=0.2)
-    history: list[dict] = []
-    best_loss, best_state, best_fit = float("inf"), copy.deepcopy(network.state_dict()), (1.0, 0.0)
+    # best_fit is a list, as checkpoints have always held it
+    progress: dict = {"history": [], "best_loss": float("inf"), "best_state": copy.deepcopy(network.state_dict()),
+                      "best_fit": [1.0, 0.0]}
     run = None
     if checkpoint:  # the settings it records, the weights still the initial ones
         run = checkpoints.Run(checkpoint, {
@@ -269,13 +265,8 @@ def train_fracture(
             "validation_crops": checkpoints.fingerprint([val_crops, val_fractured]),
             "initial_weights": checkpoints.fingerprint(network.state_dict().values()),
         }, network, optimizer, schedule, rng)
-    first_epoch = 1
-    if run and resume and (resumed := run.resume(log)):
-        first_epoch = resumed[0] + 1
-        history, best_loss, best_state, best_fit = (
-            resumed[1][k] for k in ("history", "best_loss", "best_state", "best_fit"))
-    clock = time.monotonic()
-    for epoch in range(first_epoch, epochs + 1):
+
+    def one_epoch(epoch: int) -> str:
         network.train()
         started, total = time.monotonic(), 0.0
         bar = tqdm(range(steps), desc=f"fracture epoch {epoch}/{epochs}", unit="batch", leave=False)
@@ -300,15 +291,14 @@ def train_fracture(
         else:
             val_loss, fit = total / steps, (1.0, 0.0)
         entry.update(val_loss=round(val_loss, 4), seconds=round(time.monotonic() - started, 1))
-        history.append(entry)
-        if val_loss < best_loss:
-            best_loss, best_state, best_fit = val_loss, copy.deepcopy(network.state_dict()), fit
-        if run:
-            run.save(epoch, {"history": history, "best_loss": best_loss, "best_state": best_state,
-                             "best_fit": list(best_fit)})
-        log(f"fracture epoch {epoch}: loss {total / steps:.4f}, val weighted BCE {val_loss:.4f} (Platt {fit[0]:.2f},"
-            f" {fit[1]:.2f}), val AUC {entry.get('val_auc', '-')}, {time.monotonic() - started:.0f} s"
-            f"{checkpoints.time_left(clock, first_epoch, epoch, epochs)}")
+        progress["history"].append(entry)
+        if val_loss < progress["best_loss"]:
+            progress.update(best_loss=val_loss, best_state=copy.deepcopy(network.state_dict()), best_fit=list(fit))
+        return (f"fracture epoch {epoch}: loss {total / steps:.4f}, val weighted BCE {val_loss:.4f} (Platt"
+                f" {fit[0]:.2f}, {fit[1]:.2f}), val AUC {entry.get('val_auc', '-')}")
+
+    fit_epochs(epochs, one_epoch, progress, log, run=run, resume=resume)
+    history, best_state, best_fit = progress["history"], progress["best_state"], progress["best_fit"]
     state = {k: v.detach().cpu().clone() for k, v in best_state.items()}
     weight, bias = _last_linear(state)
     a, b = best_fit

@@ -66,7 +66,7 @@ def report(
     truth: np.ndarray, predicted: np.ndarray, dice: Sequence[dict[int, float]], seed: int = 0
 ) -> dict[str, object]:
     """Test-split numbers from (studies, 8) truth and predictions and per-study Dice maps."""
-    from node.inference.vertebrae import VERTEBRAE
+    from node.pipelines.cspine.findings import VERTEBRAE
 
     truth, predicted = np.asarray(truth, bool), np.asarray(predicted, np.float64)
     per_label: dict[str, list[float]] = {name: [] for name in VERTEBRAE}

@@ -24,8 +24,8 @@ import numpy as np
 import pydicom
 import SimpleITK as sitk
 
-from node.inference.vertebrae import VERTEBRAE
-from node.inference.volume import Volume, VolumeRefused, build_volume, resample_labels
+from node.imaging.volume import Volume, VolumeRefused, build_volume, resample_labels
+from node.pipelines.cspine.findings import VERTEBRAE
 
 COLUMNS = ("StudyInstanceUID", "patient_overall", *VERTEBRAE)
 

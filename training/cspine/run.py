@@ -10,7 +10,7 @@ hash (`--seed`). Training, in order:
    validation split it also picks the patient-level aggregation (lower competition loss), the
    probability given to a vertebra that was not found, and two operating points (90% patient
    sensitivity: "suspicious"; 90% patient specificity: "fracture").
-Evaluation runs the node's own runtime (`node.inference.cspine`, bundles verified by sha256) on
+Evaluation runs the node's own runtime (`node.pipelines.cspine.models`, bundles verified by sha256) on
 every test study: competition weighted log loss, per-vertebra (pooled C1–C7) and patient ROC AUC
 with bootstrap 95% CIs, operating points, and Dice per vertebra on the CT grid.
 """
@@ -30,9 +30,10 @@ import torch
 from tqdm import tqdm
 
 from node.inference import bundle as bundles
-from node.inference.cspine import CSpineModels
-from node.inference.vertebra_fracture import AGGREGATIONS, CropSpec, aggregate
-from node.inference.vertebrae import VERTEBRAE, VertebraModel
+from node.pipelines.cspine.findings import VERTEBRAE
+from node.pipelines.cspine.models import CSpineModels
+from node.pipelines.cspine.vertebra_fracture import AGGREGATIONS, CropSpec, aggregate
+from node.pipelines.cspine.vertebrae import VertebraModel
 from training.common import checkpoints, metrics
 from training.cspine import data as cspine_data
 from training.cspine import loops as cspine_loops

@@ -18,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from node.inference.geometry import fit
+from node.imaging.letterbox import fit
 
 BODY_REGIONS = ("hand", "leg", "hip", "shoulder")
 COCO_PATH = Path("Annotations") / "COCO JSON" / "COCO_fracture_masks.json"

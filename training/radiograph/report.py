@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from node.inference.regions import Region, extract, on_dense_material
+from node.imaging.regions import Region, extract, on_dense_material
 from training.common import metrics
 from training.radiograph.fracatlas import BODY_REGIONS, Arrays
 

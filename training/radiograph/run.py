@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from tqdm import tqdm
 
 from node.inference import bundle as bundles
 from training.common import checkpoints, metrics
+from training.common.epochs import fit_epochs
 from training.radiograph import fracatlas
 from training.radiograph.batches import batch
 from training.radiograph.bundle_edits import load_initial_weights, member_networks, save_weights
@@ -209,21 +209,21 @@ def _fit(settings: TrainSettings, network: torch.nn.Module, train_set: fracatlas
     run = checkpoints.Run(folder / "last.pt", _run_settings(settings, network, seed, train_set), network, optimizer,
                           scheduler, rng, ema)
     progress: dict[str, Any] = {"best": {"val_auc": -1.0, "epoch": 0}, "history": []}
-    first_epoch = 1
-    if settings.resume and (resumed := run.resume(log)):
-        first_epoch, progress = resumed[0] + 1, resumed[1]
+
+    def resumed(epoch: int) -> None:
         best = progress["best"]
         log(f"best so far: epoch {best['epoch']}, val ROC AUC {best['val_auc']:.4f}")
-        if best["epoch"] == resumed[0]:  # the run may have stopped between writing last.pt and best.pt
+        if best["epoch"] == epoch:  # the run may have stopped between writing last.pt and best.pt
             checkpoints.save(folder / "best.pt", kept.state_dict())
-    clock = time.monotonic()
-    for epoch in range(first_epoch, settings.epochs + 1):
-        _train_mode(settings, network, epoch)
-        warming = _encoder(network) is not None and epoch <= settings.warmup_epochs
-        if warming and epoch == first_epoch:
+
+    def starting(first_epoch: int) -> None:
+        if _encoder(network) is not None and first_epoch <= settings.warmup_epochs:
             log(f"warm-up: the encoder is held still for {settings.warmup_epochs} epoch(s)")
+
+    def one_epoch(epoch: int) -> str:
+        _train_mode(settings, network, epoch)
         order = rng.permutation(len(train_set.ids))
-        started, total = time.monotonic(), 0.0
+        total = 0.0
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{settings.epochs}", unit="batch")
         for step in bar:
             index = order[step * settings.batch_size : (step + 1) * settings.batch_size]
@@ -246,14 +246,16 @@ def _fit(settings: TrainSettings, network: torch.nn.Module, train_set: fracatlas
         val_auc = metrics.roc_auc(val_set.fractured,
                                   predict(kept, val_set, desc="validating", standardize=standardize).logits)
         progress["history"].append({"epoch": epoch, "loss": total / steps_per_epoch, "val_auc": val_auc})
-        improved = val_auc > progress["best"]["val_auc"]
-        if improved:
+        if val_auc > progress["best"]["val_auc"]:
             progress["best"] = {"val_auc": val_auc, "epoch": epoch}
-        run.save(epoch, progress)
-        if improved:  # after last.pt, which a resumed run rewrites best.pt from if this write was cut off
+        return f"epoch {epoch}: loss {total / steps_per_epoch:.4f}, val ROC AUC {val_auc:.4f}"
+
+    def saved(epoch: int) -> None:
+        if progress["best"]["epoch"] == epoch:  # after last.pt, which a resumed run rewrites best.pt from
             checkpoints.save(folder / "best.pt", kept.state_dict())
-        log(f"epoch {epoch}: loss {total / steps_per_epoch:.4f}, val ROC AUC {val_auc:.4f},"
-            f" {time.monotonic() - started:.0f} s{checkpoints.time_left(clock, first_epoch, epoch, settings.epochs)}")
+
+    fit_epochs(settings.epochs, one_epoch, progress, log, run=run, resume=settings.resume,
+               on_start=starting, on_resume=resumed, on_saved=saved)
     best, history = progress["best"], progress["history"]
     (folder / "history.json").write_text(json.dumps(history, indent=2))
     log(f"best epoch {best['epoch']} (val ROC AUC {best['val_auc']:.4f})")
