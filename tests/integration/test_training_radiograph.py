@@ -62,7 +62,7 @@ def small_bundle(target: Path, members: int = 1) -> Path:
     if members > 1:
         path = target / "configs" / "inference.json"
         config = json.loads(path.read_text())
-        config["network_def"] = {**config["network_def"], "_target_": bundle_edits.ENSEMBLE_TARGET, "members": members}
+        config["network_def"] = bundle_edits.ensemble_definition(config["network_def"], members)
         path.write_text(json.dumps(config))
     return target
 

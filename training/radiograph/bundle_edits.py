@@ -41,6 +41,12 @@ def set_input_size(bundle_root: Path, size: int, input_scale: int | None = None)
 
 ENSEMBLE_TARGET = "scripts.network.FracAtlasEnsemble"
 LITE_TARGET = "scripts.network.FracAtlasLiteNet"
+
+
+def ensemble_definition(single: dict, members: int) -> dict:
+    """The network_def of an ensemble of `members` networks defined by `single`."""
+    return {**single, "_target_": ENSEMBLE_TARGET, "members": members, "member": single["_target_"].rsplit(".", 1)[-1]}
+
 LITE_PREPROCESSING = (
     "grayscale, Modality/VOI LUT applied, MONOCHROME1 inverted, scaled to [0, 1]; letterboxed (long side ="
     " spatial_size, zero padding, bilinear); no standardization: the network repeats the channel to RGB and"
@@ -122,7 +128,7 @@ def combine(bundle_root: Path, member_roots: list[Path]) -> dict:
     set_input_size(root, int(shape[0]))
     inference_path = root / "configs" / "inference.json"
     inference = json.loads(inference_path.read_text())
-    inference["network_def"] = {**definition, "_target_": ENSEMBLE_TARGET, "members": len(loaded)}
+    inference["network_def"] = ensemble_definition(definition, len(loaded))
     inference_path.write_text(json.dumps(inference, indent=4) + "\n")
     target = bundles.read(root)
     network = bundles.build_network(target)

@@ -95,19 +95,23 @@ class _StemReduce(nn.Module):
 
 
 class FracAtlasEnsemble(nn.Module):
-    """Several FracAtlasNet members, trained independently (other training seeds), run as one network.
+    """Several networks of one kind (`member`: FracAtlasNet or FracAtlasLiteNet), trained independently
+    (other training seeds), run as one network.
 
-    Each output is the mean of the members' logits, so the bundle's contract (three outputs, sigmoid
-    postprocessing) is that of a single FracAtlasNet. Weights are one state dict (`members.K.…`).
+    Each output is the mean of the members' outputs, so the bundle's contract (outputs, sigmoid
+    postprocessing) is that of a single member. Weights are one state dict (`members.K.…`).
     """
 
-    def __init__(self, members: int = 2, **member_arguments) -> None:
+    def __init__(self, members: int = 2, member: str = "FracAtlasNet", **member_arguments) -> None:
         super().__init__()
         if members < 1:
             raise ValueError(f"an ensemble needs at least one member, got {members}")
-        self.members = nn.ModuleList(FracAtlasNet(**member_arguments) for _ in range(members))
+        kinds: dict[str, type[nn.Module]] = {"FracAtlasNet": FracAtlasNet, "FracAtlasLiteNet": FracAtlasLiteNet}
+        if member not in kinds:
+            raise ValueError(f"ensemble member {member!r}: use one of {', '.join(kinds)}")
+        self.members = nn.ModuleList(kinds[member](**member_arguments) for _ in range(members))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outputs = [member(x) for member in self.members]
         return tuple(torch.stack(parts).mean(dim=0) for parts in zip(*outputs))  # type: ignore[return-value]
 
