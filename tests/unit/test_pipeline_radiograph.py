@@ -128,10 +128,12 @@ def test_preprocess_letterboxes_to_the_contract_and_postprocess_maps_back(model)
     image[50:150, 25:75] = 1.0
     radiograph = Radiograph(image, 200, 100, (0.1, 0.1), "PixelSpacing", "1.2.3", "MONOCHROME2", "window")
     prepared = model.preprocess(radiograph)
-    assert prepared.array.shape == (1, 320, 320) and prepared.array.dtype == np.float32
-    assert (prepared.letterbox.scale, prepared.letterbox.left) == (1.6, 80)
+    assert prepared.array.shape == (1, 384, 384) and prepared.array.dtype == np.float32
+    assert (prepared.letterbox.scale, prepared.letterbox.left) == (1.92, 96)
+    # The shipped network normalizes its [0, 1] input itself (preprocessing.standardize "none").
     area = prepared.letterbox.crop(prepared.array[0])
-    assert abs(float(area.mean())) < 1e-5 and float(area.std()) == pytest.approx(1.0, abs=1e-4)
+    assert float(area.min()) >= 0.0 and float(area.max()) <= 1.0 and float(area.mean()) == pytest.approx(0.25, abs=0.02)
+    assert float(np.abs(prepared.array[0, :, :90]).max()) == 0.0  # the padding stays 0
     array, letterbox = prepared
     mapped = model.postprocess(model.infer([array])[0], letterbox)
     assert mapped["regions"].shape == (1, 200, 100)
@@ -204,6 +206,18 @@ def test_an_image_that_is_no_radiograph_is_refused_by_the_network(tmp_path, mode
     image = dicomgen.radiograph((source.pixel_array - source.pixel_array.min()).astype("uint16"))
     outcome = RadiographFracturePipeline(model).run(request(tmp_path, [image]))
     assert outcome.datasets == () and "unlike the musculoskeletal radiographs" in outcome.not_applicable
+
+
+def test_a_header_naming_a_covered_region_is_trusted_over_the_network(tmp_path, model) -> None:
+    # The typicality model knows FracAtlas's acquisition; a header that names a covered body part
+    # decides, so a film from another device is not refused for looking unfamiliar.
+    source = dcmread(get_testdata_file("CT_small.dcm"))
+    image = dicomgen.radiograph(
+        (source.pixel_array - source.pixel_array.min()).astype("uint16"), BodyPartExamined="HAND"
+    )
+    findings, _ = RadiographFracturePipeline(model).analyse(request(tmp_path, [image]))
+    assert [f.sop_instance_uid for f in findings.images] == [str(image.SOPInstanceUID)] and not findings.skipped
+    assert (findings.images[0].body_region, findings.images[0].body_region_source) == ("hand", "header")
 
 
 def test_the_tibia_sample_is_analysed_with_its_site_from_the_description(tmp_path, model) -> None:

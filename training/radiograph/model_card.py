@@ -192,6 +192,16 @@ def render(bundle_root: Path) -> str:
         "  images is unknown.",
         "- The model sees a downscaled image; subtle fractures (hairline, undisplaced) are easily missed.",
         "- Body regions other than hand, leg, hip and shoulder (spine, skull, chest) were not in training.",
+        *(
+            [
+                "- The intended-use gate's typicality model knows only FracAtlas's images (8-bit JPEGs from a few",
+                "  hospitals). It is consulted only when the header names no covered body part; an unfamiliar",
+                "  device's film with a silent header may be refused, and a non-musculoskeletal image that",
+                "  resembles FracAtlas's may pass. The header, when it names the body part, decides.",
+            ]
+            if m.get("intended_use_gate")
+            else []
+        ),
         "- Probabilities are calibrated on FracAtlas's validation split (17 % fractured), not to any",
         "  clinical prevalence."
         if m.get("calibration")
@@ -238,9 +248,9 @@ def _post_hoc(training: dict) -> list[str]:
     typicality = training.get("typicality")
     if typicality:
         lines.append(
-            f"- Typicality model for the intended-use gate: mean and {typicality['axes']} principal axes of"
-            f" the pooled encoder features of the {typicality['images']} training images"
-            f" ({_percent(typicality['variance_explained'])} of their variance); kept inside the weights."
+            f"- Typicality model for the intended-use gate: mean and inverse covariance (shrinkage"
+            f" {typicality['shrinkage']}) of the {typicality['features']} {typicality['features_of']},"
+            f" over the {typicality['images']} training images; kept inside the weights."
         )
     return [*lines, ""] if lines else []
 

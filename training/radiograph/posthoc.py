@@ -65,33 +65,34 @@ def predict(
 
 
 @torch.inference_mode()
-def fit_typicality(network: Any, arrays: fracatlas.Arrays, batch_size: int = 32) -> dict[str, float]:
-    """Fit the network's typicality model (mean, principal axes, variances of its pooled head features)
-    on `arrays` (the training split) and store it in the network's buffers."""
+def fit_typicality(network: Any, arrays: fracatlas.Arrays, batch_size: int = 32) -> dict[str, Any]:
+    """Fit the network's typicality model on `arrays` (the training split): the mean and the shrunk
+    inverse covariance of its typicality features, stored in the network's buffers."""
     network.eval()
     rng = np.random.default_rng(0)
     features = []
     for start in tqdm(range(0, len(arrays.ids), batch_size), desc="typicality", unit="batch", leave=False):
         index = np.arange(start, min(start + batch_size, len(arrays.ids)))
         images, _, _ = batch(arrays, index, augment=False, rng=rng, standardize=False)
-        features.append(network.pooled_features(images).double())
+        with torch.no_grad():
+            features.append(network.pooled_features(images).double())
     stacked = torch.cat(features)
     mean = stacked.mean(dim=0)
     centred = stacked - mean
-    axes_count = int(network.typicality_axes)
-    _, singular, vectors = torch.linalg.svd(centred, full_matrices=False)
-    variances = singular[:axes_count] ** 2 / (len(stacked) - 1)
-    axes = vectors[:axes_count].T
-    coordinates = centred @ axes
-    residual = (centred**2).sum(dim=1) - (coordinates**2).sum(dim=1)
-    # Fewer images than axes (tiny data) leaves some variances ~0: a floor keeps the distance finite.
-    floor = float(variances[0]) * 1e-4 + 1e-12
+    dimensions = stacked.shape[1]
+    covariance = centred.T @ centred / max(1, len(stacked) - 1)
+    shrinkage = float(network.typicality_shrinkage)
+    # Shrunk towards its mean variance: invertible with fewer images than dimensions, and stable with few more.
+    target = torch.trace(covariance) / dimensions + 1e-12
+    shrunk = (1 - shrinkage) * covariance + shrinkage * target * torch.eye(dimensions, dtype=covariance.dtype)
     network.feature_mean.copy_(mean.float())
-    network.feature_axes.copy_(axes.float())
-    network.feature_variances.copy_(variances.clamp(min=floor).float())
-    network.residual_variance.copy_(residual.mean().clamp(min=floor).reshape(1).float())
-    explained = float(variances.sum() / (centred**2).sum() * (len(stacked) - 1))
-    return {"images": len(stacked), "axes": axes_count, "variance_explained": round(explained, 4)}
+    network.feature_precision.copy_(torch.linalg.inv(shrunk).float())
+    return {
+        "images": len(stacked),
+        "features": dimensions,
+        "shrinkage": shrinkage,
+        "features_of": "spatial mean and standard deviation of the encoder's stride-32 stage output",
+    }
 
 
 def fit_calibration(network: Any, logits: np.ndarray, labels: np.ndarray) -> dict[str, float]:
@@ -121,8 +122,8 @@ def fit_post_hoc(network: torch.nn.Module, splits: dict[str, fracatlas.Arrays], 
     """After training: the typicality model on the training split, then Platt scaling on validation."""
     typicality = fit_typicality(network, splits["train"])
     log(
-        f"typicality model fitted on {typicality['images']} training images ({typicality['axes']} axes,"
-        f" {100 * typicality['variance_explained']:.0f}% of the feature variance)"
+        f"typicality model fitted on {typicality['images']} training images ({typicality['features']} features,"
+        f" covariance shrinkage {typicality['shrinkage']})"
     )
     val = splits["val"]
     calibration = fit_calibration(

@@ -160,6 +160,9 @@ def measure(val: Split, test: Split, measured_on: str) -> dict[str, Any]:
     """The report: every threshold chosen on `val`, every number measured on `test`."""
     suspicious = metrics.threshold_for_sensitivity(val.labels, val.scores, SUSPICIOUS_SENSITIVITY)
     fracture = metrics.threshold_for_specificity(val.labels, val.scores, FRACTURE_SPECIFICITY)
+    # On a validation split the network separates well, the 90 %-specificity threshold can fall below
+    # the 90 %-sensitivity one; "suspicious" is the band below "fracture", so it is then empty.
+    suspicious = min(suspicious, fracture)
     region_threshold = max(
         REGION_THRESHOLDS,
         key=lambda t: (

@@ -110,7 +110,7 @@ def train(settings: TrainSettings, log=print) -> dict:
         )
         member.load_state_dict(state)
         runs.append(run)
-    post_hoc = fit_post_hoc(network, splits, log) if hasattr(network, "typicality_axes") else {}
+    post_hoc = fit_post_hoc(network, splits, log) if hasattr(network, "feature_precision") else {}
     save_weights(bundle, network.state_dict())
     common = {
         "epochs": settings.epochs,

@@ -95,19 +95,23 @@ class _StemReduce(nn.Module):
 
 
 class FracAtlasEnsemble(nn.Module):
-    """Several FracAtlasNet members, trained independently (other training seeds), run as one network.
+    """Several networks of one kind (`member`: FracAtlasNet or FracAtlasLiteNet), trained independently
+    (other training seeds), run as one network.
 
-    Each output is the mean of the members' logits, so the bundle's contract (three outputs, sigmoid
-    postprocessing) is that of a single FracAtlasNet. Weights are one state dict (`members.K.…`).
+    Each output is the mean of the members' outputs, so the bundle's contract (outputs, sigmoid
+    postprocessing) is that of a single member. Weights are one state dict (`members.K.…`).
     """
 
-    def __init__(self, members: int = 2, **member_arguments) -> None:
+    def __init__(self, members: int = 2, member: str = "FracAtlasNet", **member_arguments) -> None:
         super().__init__()
         if members < 1:
             raise ValueError(f"an ensemble needs at least one member, got {members}")
-        self.members = nn.ModuleList(FracAtlasNet(**member_arguments) for _ in range(members))
+        kinds: dict[str, type[nn.Module]] = {"FracAtlasNet": FracAtlasNet, "FracAtlasLiteNet": FracAtlasLiteNet}
+        if member not in kinds:
+            raise ValueError(f"ensemble member {member!r}: use one of {', '.join(kinds)}")
+        self.members = nn.ModuleList(kinds[member](**member_arguments) for _ in range(members))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outputs = [member(x) for member in self.members]
         return tuple(torch.stack(parts).mean(dim=0) for parts in zip(*outputs))  # type: ignore[return-value]
 
@@ -127,13 +131,16 @@ class FracAtlasLiteNet(nn.Module):
 
     Two things are fitted after training and kept as buffers, so the weights file carries them:
     - `calibration` (scale, bias): Platt scaling of the fracture logit, fitted on the validation split;
-    - the typicality model: mean, principal axes and variances of the mean-pooled head features of
-      the training images. `atypicality` is the image's squared Mahalanobis distance in that space
-      (whitened principal coordinates plus the residual off them, each term about 1 for a typical
-      training image), so an image unlike the training radiographs (a chest film, a CT slice) scores high.
+    - the typicality model: mean and (shrunk) inverse covariance of the spatial mean and standard
+      deviation of the encoder's stride-32 stage output (320 channels in lite0) over the training images.
+      `atypicality` is the image's squared Mahalanobis distance in that space per dimension (about 1
+      for a typical training image), so an image unlike the training radiographs (a chest film, a CT
+      slice) scores high. That stage, not the 1280-channel head, because the head's features are tuned
+      to fracture and body region and place a chest film among the shoulders, while the earlier stages
+      react to acquisition texture (a 12-bit CR of a tibia from another device scores like a CT slice).
     """
 
-    typicality_axes = 32
+    typicality_shrinkage = 0.1  # covariance shrunk towards its mean variance: 640 dimensions, ~2200 images
 
     def __init__(
         self,
@@ -161,24 +168,27 @@ class FracAtlasLiteNet(nn.Module):
         width = 2 * self.encoder.head[0].out_channels
         self.fracture_head = nn.Linear(width, 1)
         self.body_region_head = nn.Linear(width, n_body_regions)
-        features = self.encoder.head[0].out_channels
+        features = 2 * self.encoder.channels[-1]
         self.register_buffer("calibration", torch.tensor([1.0, 0.0]))
         self.register_buffer("feature_mean", torch.zeros(features))
-        self.register_buffer("feature_axes", torch.zeros(features, self.typicality_axes))
-        self.register_buffer("feature_variances", torch.ones(self.typicality_axes))
-        self.register_buffer("residual_variance", torch.ones(1))
+        self.register_buffer("feature_precision", torch.eye(features))
+
+    @staticmethod
+    def typicality_features(taps: list[torch.Tensor]) -> torch.Tensor:
+        """Spatial mean and standard deviation of the stride-32 stage output (N, 2 × its channels)."""
+        deepest = taps[-1]
+        mean = deepest.mean(dim=(2, 3))
+        spread = ((deepest * deepest).mean(dim=(2, 3)) - mean * mean).clamp(min=0).sqrt()  # exports to ONNX
+        return torch.cat([mean, spread], dim=1)
 
     def pooled_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The mean-pooled head features the typicality model describes (N, 1280)."""
-        _, head = self.encoder.features((x - self.mean) / self.std)
-        return head.mean(dim=(2, 3))
+        """The features the typicality model describes, for [0, 1] input x."""
+        taps, _ = self.encoder.features((x - self.mean) / self.std)
+        return self.typicality_features(taps)
 
     def atypicality(self, features: torch.Tensor) -> torch.Tensor:
         centred = features - self.feature_mean
-        coordinates = centred @ self.feature_axes
-        residual = (centred * centred).sum(dim=1) - (coordinates * coordinates).sum(dim=1)
-        terms = (coordinates * coordinates / self.feature_variances).sum(dim=1) + residual / self.residual_variance
-        return terms / (self.typicality_axes + 1)
+        return ((centred @ self.feature_precision) * centred).sum(dim=1) / features.shape[1]
 
     def decoder_and_heads(self) -> list[nn.Module]:
         """Everything that does not come from the pretrained encoder (trained from the start)."""
@@ -198,4 +208,4 @@ class FracAtlasLiteNet(nn.Module):
         average = head.mean(dim=(2, 3))
         pooled = self.dropout(torch.cat([average, head.amax(dim=(2, 3))], dim=1))
         fracture = self.fracture_head(pooled)[:, 0] * self.calibration[0] + self.calibration[1]
-        return fracture, regions, self.body_region_head(pooled), self.atypicality(average)
+        return fracture, regions, self.body_region_head(pooled), self.atypicality(self.typicality_features(taps))

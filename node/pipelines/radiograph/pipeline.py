@@ -58,7 +58,10 @@ class RadiographFracturePipeline:
         limit = self.model.atypicality_limit
         for (uid, path, ds, scope, model_input), row in zip(prepared, outputs, strict=True):
             atypicality = _scalar(row["atypicality"]) if "atypicality" in row else None
-            if atypicality is not None and limit is not None and atypicality > limit:
+            # The header, when it names a region the model covers, is trusted over the network: the
+            # typicality model knows FracAtlas's acquisition, so a good film from another device may score
+            # high. The network decides only where the header is silent or generic (EXTREMITY, OTHER).
+            if not scope.region and atypicality is not None and limit is not None and atypicality > limit:
                 skipped.append(
                     (
                         uid,
