@@ -114,6 +114,28 @@ def bundle_copy(tmp_path: Path) -> Path:
     return target
 
 
+FRACATLASNET = {
+    "_target_": "scripts.network.FracAtlasNet",
+    "in_channels": 1,
+    "channels": [24, 32, 64, 128, 256],
+    "n_body_regions": 4,
+    "fpn_channels": 64,
+    "dropout": 0.3,
+}
+
+
+@pytest.fixture
+def fracatlasnet_bundle(bundle_copy: Path) -> Path:
+    """The shipped bundle with the from-scratch FracAtlasNet of versions 0.1-0.3 (the one --input-scale serves)."""
+    path = bundle_copy / "configs" / "inference.json"
+    inference = json.loads(path.read_text())
+    inference["network_def"] = dict(FRACATLASNET)
+    inference["spatial_size"] = 320
+    inference["preprocessing"]["standardize"] = "image-area"
+    path.write_text(json.dumps(inference, indent=4))
+    return bundle_copy
+
+
 def test_set_input_size_rewrites_the_contract_and_the_inference_config(bundle_copy: Path) -> None:
     from node.inference import bundle as bundles
     from training.radiograph import bundle_edits
@@ -129,21 +151,21 @@ def test_set_input_size_rewrites_the_contract_and_the_inference_config(bundle_co
         bundle_edits.set_input_size(bundle_copy, 32)
 
 
-def test_input_scale_2_needs_a_multiple_of_64_and_is_written_to_the_network_def(bundle_copy: Path) -> None:
+def test_input_scale_2_needs_a_multiple_of_64_and_is_written_to_the_network_def(fracatlasnet_bundle: Path) -> None:
     from node.inference import bundle as bundles
     from training.radiograph import bundle_edits
 
     with pytest.raises(bundles.BundleError, match="multiple of 64"):
-        bundle_edits.set_input_size(bundle_copy, 608, input_scale=2)
-    bundle_edits.set_input_size(bundle_copy, 640, input_scale=2)
-    inference = json.loads((bundle_copy / "configs" / "inference.json").read_text())
+        bundle_edits.set_input_size(fracatlasnet_bundle, 608, input_scale=2)
+    bundle_edits.set_input_size(fracatlasnet_bundle, 640, input_scale=2)
+    inference = json.loads((fracatlasnet_bundle / "configs" / "inference.json").read_text())
     assert inference["network_def"]["input_scale"] == 2
     assert inference["spatial_size"] == 640
-    bundle_edits.set_input_size(bundle_copy, 704)  # the scale stays; 704 = 11 × 64
-    assert bundles.read(bundle_copy).config["network_def"]["input_scale"] == 2
+    bundle_edits.set_input_size(fracatlasnet_bundle, 704)  # the scale stays; 704 = 11 × 64
+    assert bundles.read(fracatlasnet_bundle).config["network_def"]["input_scale"] == 2
 
 
-def test_a_scale_1_network_fine_tunes_at_scale_2_starting_as_the_average_of_its_stem(bundle_copy: Path) -> None:
+def test_a_scale_1_network_fine_tunes_at_scale_2_starting_as_the_average_of_its_stem(fracatlasnet_bundle: Path) -> None:
     import torch
     import torch.nn.functional as F
 
@@ -151,9 +173,9 @@ def test_a_scale_1_network_fine_tunes_at_scale_2_starting_as_the_average_of_its_
     from training.radiograph import bundle_edits
 
     torch.manual_seed(0)
-    coarse = bundles.build_network(bundles.read(bundle_copy))
-    bundle_edits.set_input_size(bundle_copy, 128, input_scale=2)
-    fine = bundles.build_network(bundles.read(bundle_copy))
+    coarse = bundles.build_network(bundles.read(fracatlasnet_bundle))
+    bundle_edits.set_input_size(fracatlasnet_bundle, 128, input_scale=2)
+    fine = bundles.build_network(bundles.read(fracatlasnet_bundle))
     added = bundle_edits.load_initial_weights(fine, coarse.state_dict())
     assert sorted(added) == [
         "stem_reduce.conv.weight",
@@ -171,11 +193,11 @@ def test_a_scale_1_network_fine_tunes_at_scale_2_starting_as_the_average_of_its_
     assert fracture.shape == (2,) and regions.shape == (2, 1, 128, 128) and body.shape == (2, 4)
 
 
-def test_initial_weights_that_do_not_fit_are_refused_by_name(bundle_copy: Path) -> None:
+def test_initial_weights_that_do_not_fit_are_refused_by_name(fracatlasnet_bundle: Path) -> None:
     from node.inference import bundle as bundles
     from training.radiograph import bundle_edits
 
-    network = bundles.build_network(bundles.read(bundle_copy))
+    network = bundles.build_network(bundles.read(fracatlasnet_bundle))
     state = network.state_dict()
     del state["fracture_head.weight"]
     with pytest.raises(bundles.BundleError, match="missing fracture_head.weight"):
