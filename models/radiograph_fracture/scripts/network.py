@@ -205,7 +205,6 @@ class FracAtlasLiteNet(nn.Module):
             pyramid = level
         assert pyramid is not None
         regions = F.interpolate(self.region_head(self.smooth(pyramid)), size=size, mode="bilinear", align_corners=False)
-        average = head.mean(dim=(2, 3))
-        pooled = self.dropout(torch.cat([average, head.amax(dim=(2, 3))], dim=1))
+        pooled = self.dropout(torch.cat([head.mean(dim=(2, 3)), head.amax(dim=(2, 3))], dim=1))
         fracture = self.fracture_head(pooled)[:, 0] * self.calibration[0] + self.calibration[1]
         return fracture, regions, self.body_region_head(pooled), self.atypicality(self.typicality_features(taps))

@@ -96,8 +96,9 @@ class RadiographFracturePipeline:
         if found and category != "fracture" and dense is not None:
             # a region on metal is a fracture finding only at the fracture threshold
             image = model_input.array[0]
+            rows, columns = box.crop(image).shape
             area = np.zeros(image.shape, bool)
-            area[box.top : box.top + box.crop(image).shape[0], box.left : box.left + box.crop(image).shape[1]] = True
+            area[box.top : box.top + rows, box.left : box.left + columns] = True
             found = [r for r in found if not on_dense_material(r, image, area, dense)]
         regions = tuple(
             RegionFinding(
