@@ -54,13 +54,20 @@ def test_db_upgrade_creates_and_migrates_the_schema_and_a_node_refuses_an_older_
     again = db_upgrade(config, tmp_path)
     assert f"schema version {SCHEMA_VERSION}, already current" in again.stdout
 
-    # a database left at an older version: the node refuses it until the operator upgrades
-    postgres_cluster.psql(f"UPDATE meta SET value = '{SCHEMA_VERSION - 1}' WHERE key = 'schema_version'", "fracnode")
+    # a database of version 1 (before the outbox's claims): the node refuses it until the operator upgrades
+    assert SCHEMA_VERSION == 2, "make this database the previous version's"
+    postgres_cluster.psql(
+        "ALTER TABLE outbox DROP COLUMN lease_owner, DROP COLUMN lease_until;"
+        " UPDATE meta SET value = '1' WHERE key = 'schema_version'",
+        "fracnode",
+    )
     with pytest.raises(SchemaOutdated, match=f"version {SCHEMA_VERSION - 1}.*run `fracnode db upgrade`"):
         Node(config)
     upgraded = db_upgrade(config, tmp_path)
     assert f"from version {SCHEMA_VERSION - 1} to {SCHEMA_VERSION}" in upgraded.stdout, upgraded.stderr
-    Node(config).db.close()
+    node = Node(config)
+    assert node.db.query("SELECT lease_owner, lease_until FROM outbox") == []  # the migration's columns
+    node.db.close()
 
 
 def test_db_upgrade_of_an_unreachable_database_fails_saying_so(tmp_path: Path, postgres_url: str) -> None:
