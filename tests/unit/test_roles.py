@@ -54,7 +54,8 @@ def test_sqlite_keeps_one_process_per_data_folder(tmp_path: Path) -> None:
 def test_with_postgresql_two_listeners_on_one_host_and_port_are_refused(tmp_path: Path) -> None:
     held = roles.take_locks(_config(tmp_path, PG), Roles.parse("listener"))
     try:
-        with pytest.raises(NodeAlreadyRunning, match=r"listener on .* uses DICOM port 11112; stop it, or set node.port"):
+        refused = r"listener on .* uses DICOM port 11112; stop it, or set node.port"
+        with pytest.raises(NodeAlreadyRunning, match=refused):
             roles.take_locks(_config(tmp_path, PG, http_port=18081), Roles.every())
         other_port = roles.take_locks(_config(tmp_path, PG, port=11113), Roles.parse("listener"))
         workers = [roles.take_locks(_config(tmp_path, PG), Roles.parse("worker,dispatcher")) for _ in range(2)]
