@@ -139,9 +139,7 @@ def _age(path: Path, seconds: float) -> None:
     os.utime(path, (then, then))
 
 
-def test_orphan_results_younger_than_the_grace_period_are_left_to_their_worker(
-    queue: JobQueue, outbox: Outbox
-) -> None:
+def test_orphan_results_younger_than_the_grace_period_are_left_to_their_worker(queue: JobQueue, outbox: Outbox) -> None:
     young = outbox.root / "77"
     old = outbox.root / "78"
     for folder in (young, old):
