@@ -10,6 +10,8 @@ gives its jobs back. A failed attempt is retried after a backoff until `max_atte
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from node.config import JobSettings
 from node.records import Job, RouteMatch, Study
 from node.retry import retry_delay
@@ -116,6 +118,16 @@ class JobQueue:
         """
         with self.db.transaction() as sql:
             return table.recover(sql, now, STOPPED_ERROR)
+
+    def recover_gone(self, now: float, gone: Callable[[str], bool]) -> int:
+        """Requeue the running jobs of workers that are `gone` (node.owners: a process of this host
+        that no longer runs), without waiting for their leases; the jobs requeued."""
+        requeued = 0
+        for owner in table.running_owners(self.db):
+            if owner and gone(owner):
+                with self.db.transaction() as sql:
+                    requeued += table.recover(sql, now, STOPPED_ERROR, owner)
+        return requeued
 
     def release(self, owner_prefix: str, now: float) -> int:
         """A stopping process gives back the jobs its workers (owners `owner_prefix`…) still run,

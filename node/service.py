@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 
-from node import pipelines, roles
+from node import owners, pipelines, roles
 from node.assembly import AnalysisRequest, Assembly, request_analysis
 from node.audit import Audit
 from node.config import Config
@@ -58,7 +58,9 @@ class Node:
         self.roles = process_roles or Roles.every()
         roles.check(config, self.roles)
         self.shared = roles.shared(config)
-        self.instance_id = uuid.uuid4().hex[:12]
+        # lease owners and temporary files name the process (node.owners), so that a process of this
+        # host takes up a dead one's work at once; the random part tells restarts apart in the logs
+        self.instance_id = f"{owners.this_process()}-{uuid.uuid4().hex[:6]}"
         data_dir = config.storage.data_dir
         private_dirs(data_dir)
         private(data_dir)
@@ -133,13 +135,20 @@ class Node:
 
     def recover(self) -> None:
         """Take up what a stopped process left: with SQLite (this process owns the data folder)
-        everything at once; with PostgreSQL only files old enough to be nobody's work in progress,
-        and no job (a job left running is taken over when its lease lapses)."""
+        everything at once. With PostgreSQL, what processes of this host that are gone left (their
+        jobs, claims and temporary files: node.owners), and files old enough to be nobody's work
+        in progress; another host's jobs are taken over when their leases lapse."""
         now = time.time()
         grace = SHARED_GRACE_S if self.shared else 0.0
+        worker = "worker" in self.roles
         indexed = self.spool.reconcile(now, grace) if "listener" in self.roles else 0
-        requeued = self.jobs.recover(now) if "worker" in self.roles and not self.shared else 0
-        orphans = self.outbox.remove_orphans(now, grace) if "worker" in self.roles else 0
+        if worker:
+            requeued = self.jobs.recover_gone(now, owners.gone) if self.shared else self.jobs.recover(now)
+        else:
+            requeued = 0
+        if "dispatcher" in self.roles and self.shared:
+            self.outbox.release_gone(owners.gone)
+        orphans = self.outbox.remove_orphans(now, grace) if worker else 0
         pending = studies.count_pending(self.db)
         undelivered = outbox.count_pending(self.db)
         event(

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from node import owners
 from node.files import (
     TEMP_SUFFIX,
     OutOfSpace,
@@ -170,7 +171,8 @@ class Spool:
         Returns the number of files indexed anew. A file renamed into place whose index row
         was not committed was never acknowledged, but it is kept and processed all the same.
         With `grace_s`, only files older than that are touched: listeners of other processes
-        may be writing the newer ones now (processes sharing PostgreSQL and the spool).
+        may be writing the newer ones now (processes sharing PostgreSQL and the spool); the
+        temporary files of a process of this host that is gone go at once (node.owners).
         """
         cutoff = (time.time() if now is None else now) - grace_s
         indexed = instances.indexed_paths(self.db)
@@ -179,11 +181,11 @@ class Spool:
             if not study_dir.is_dir():
                 continue
             for entry in study_dir.iterdir():
-                if grace_s and not modified_before(entry, cutoff):
-                    continue
+                old = not grace_s or modified_before(entry, cutoff)
                 if entry.name.endswith(TEMP_SUFFIX):
-                    entry.unlink(missing_ok=True)
-                elif entry.suffix == ".dcm" and str(entry) not in indexed:
+                    if old or owners.gone(owners.found_in(entry.name) or ""):
+                        entry.unlink(missing_ok=True)  # a dead process's unfinished write
+                elif old and entry.suffix == ".dcm" and str(entry) not in indexed:
                     added += self._index_found(entry)
         return added
 

@@ -130,6 +130,10 @@ class Outbox:
         """A stopping dispatcher gives back what it claimed and did not send."""
         return table.release(self.db, owner_prefix)
 
+    def release_gone(self, gone: Callable[[str], bool]) -> int:
+        """Give back what dispatchers that are `gone` (node.owners) claimed; the items released."""
+        return sum(table.release(self.db, owner) for owner in table.lease_owners(self.db) if gone(owner))
+
     def next_due_at(self, destination: str) -> float | None:
         return table.next_due_at(self.db, destination)
 

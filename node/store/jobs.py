@@ -226,6 +226,13 @@ def recover(sql: Sql, now: float, error: str, owner_prefix: str = "") -> int:
     )
 
 
+def running_owners(sql: Sql) -> set[str]:
+    """The lease owners of the running jobs."""
+    return {
+        row["lease_owner"] for row in sql.query("SELECT DISTINCT lease_owner FROM jobs WHERE state = ?", (RUNNING,))
+    }
+
+
 def retry(sql: Sql, job_id: int, now: float) -> bool:
     """A failed job queued again with a fresh attempt budget; False when it has not failed."""
     return (

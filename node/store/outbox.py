@@ -144,6 +144,12 @@ def release(sql: Sql, owner_prefix: str) -> int:
     )
 
 
+def lease_owners(sql: Sql) -> set[str]:
+    """The dispatchers holding items now (or whose leases lapsed unreleased)."""
+    rows = sql.query("SELECT DISTINCT lease_owner FROM outbox WHERE lease_owner IS NOT NULL AND state = ?", (PENDING,))
+    return {row["lease_owner"] for row in rows}
+
+
 def next_due_at(sql: Sql, destination: str) -> float | None:
     row = sql.one(
         "SELECT MIN(next_attempt_at) AS t FROM outbox WHERE destination = ? AND state = ?",

@@ -5,6 +5,7 @@ and the janitors leave young files alone. Each test runs on SQLite and on Postgr
 from __future__ import annotations
 
 import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import pytest
 from pydicom import Dataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+from node import owners
 from node.config import JobSettings, RetrySettings
 from node.dispatch.outbox import Outbox
 from node.files import TEMP_SUFFIX
@@ -176,3 +178,54 @@ def test_spool_reconcile_with_a_grace_period_leaves_another_listeners_transfer_a
     _age(left, 7200)
     spool.reconcile(grace_s=3600)
     assert in_flight.exists() and not left.exists()
+
+
+# -- processes of this host that are gone -------------------------------------------------------
+
+
+def _dead_owner() -> str:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return f"{owners.host_tag()}-{process.pid}"
+
+
+def test_an_owner_is_gone_only_when_it_was_a_process_of_this_host_that_ended() -> None:
+    assert owners.gone(_dead_owner() + "-abc123-w0")
+    assert not owners.gone(owners.this_process() + "-abc123-w0")  # this process
+    assert not owners.gone(f"{owners.host_tag()}-1-abc123-w0")  # init runs
+    other_host = "0" * 8 if owners.host_tag() != "0" * 8 else "1" * 8
+    assert not owners.gone(f"{other_host}-999999-abc123-w0")  # another host's: its lease decides
+    assert not owners.gone("w1")  # an owner of another form
+    assert owners.found_in(f".x.dcm.0123abcd.{owners.this_process()}.tmp") == owners.this_process()
+    assert owners.found_in(".x.dcm.0123abcd.tmp") is None
+
+
+def test_jobs_of_a_dead_process_of_this_host_are_requeued_at_once_others_wait_for_their_lease(
+    queue: JobQueue, db: Database
+) -> None:
+    dead = _job(queue, "1.2.3", owner=_dead_owner() + "-abc123-w0")
+    alive = _job(queue, "1.2.4", owner=owners.this_process() + "-abc123-w0")
+    assert queue.recover_gone(NOW + 1, owners.gone) == 1
+    assert _state(db, dead.id) == (QUEUED, None)
+    assert _state(db, alive.id) == (RUNNING, owners.this_process() + "-abc123-w0")
+
+
+def test_claims_of_a_dead_dispatcher_of_this_host_are_given_back_at_once(queue: JobQueue, outbox: Outbox) -> None:
+    job = _job(queue)
+    outbox.stage(job, [_sr(), _sr()], "summary", NOW)
+    outbox.claim("pacs", NOW, 1, _dead_owner() + "-abc123-d", 300.0)
+    outbox.claim("pacs", NOW, 1, owners.this_process() + "-abc123-d", 300.0)
+    assert outbox.release_gone(owners.gone) == 1
+    assert len(outbox.claim("pacs", NOW + 1, 10, "c-d", 300.0)) == 1
+
+
+def test_a_dead_listeners_temporary_file_goes_at_once_a_live_ones_stays(tmp_path: Path, db: Database) -> None:
+    spool = Spool(tmp_path / "spool", db)
+    study = spool.root / "1.2.3"
+    study.mkdir(parents=True)
+    dead = study / f".a.dcm.0123abcd.{_dead_owner()}{TEMP_SUFFIX}"
+    live = study / f".b.dcm.4567abcd.{owners.this_process()}{TEMP_SUFFIX}"
+    for path in (dead, live):
+        path.write_bytes(b"partial")
+    spool.reconcile(grace_s=3600)
+    assert live.exists() and not dead.exists()
