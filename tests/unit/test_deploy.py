@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from node import roles
 from node.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,7 +27,7 @@ EXAMPLES = sorted((REPO / "config" / "examples").glob("*.yaml")) + [
     REPO / "deploy" / "compose-fracnode.yaml",
     REPO / "deploy" / "compose-multi-fracnode.yaml",
 ]
-ROLES = frozenset({"listener", "worker", "dispatcher", "web"})  # `fracnode serve --roles`
+ROLES = frozenset(roles.ROLES)  # `fracnode serve --roles`
 SYSTEMD = REPO / "deploy" / "systemd"
 
 
