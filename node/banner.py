@@ -75,9 +75,11 @@ def warnings(config: Config) -> list[str]:
 
 
 def banner(config: Config, node: Node) -> str:
-    rows: list[tuple[str, str]] = [
-        ("DICOM", f"listening as {config.node.ae_title} on {config.node.bind}:{node.ingest.port}"),
-    ]
+    rows: list[tuple[str, str]] = []
+    if not node.roles.all:
+        rows.append(("roles", f"{node.roles} (this process; the others share the database)"))
+    if "listener" in node.roles:
+        rows.append(("DICOM", f"listening as {config.node.ae_title} on {config.node.bind}:{node.ingest.port}"))
     if node.web is not None:
         url = f"http://{_url_host(config.web.bind)}:{node.web.port}/"
         rows.append(("dashboard", f"{url}  (REST API {url}api/v1, metrics {url}metrics)"))
@@ -88,12 +90,13 @@ def banner(config: Config, node: Node) -> str:
             rows.append(("sign in", f"with the token in {credentials.token_file}"))
         else:
             rows.append(("sign in", "with a token or user from web.auth"))
-    else:
+    elif "web" in node.roles:
         rows.append(("dashboard", "off (web.enabled: false)"))
     rows += [("routes", line) for line in route_lines(config) or ["none"]]
     rows += [("results", line) for line in destination_lines(config)]
     rows += [("models", line) for line in model_lines(config) or ["none routed"]]
-    rows.append(("data", f"{config.storage.data_dir.resolve()} (spool, index, outbox)"))
+    index = "index in PostgreSQL" if node.shared else "index"
+    rows.append(("data", f"{config.storage.data_dir.resolve()} (spool, {index}, outbox)"))
     rows.append(("logs", f"{config.logging.format} lines on stderr, level {config.logging.level}"))
     rows += [("WARNING", line) for line in warnings(config)]
     width = max(len(label) for label, _ in rows)

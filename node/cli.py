@@ -36,16 +36,22 @@ def _load(args: argparse.Namespace) -> Config:
 def cmd_serve(args: argparse.Namespace) -> int:
     from node import logs
     from node.banner import banner
+    from node.roles import Roles
     from node.service import Node, NodeAlreadyRunning
     from node.store import StoreError
     from node.web.server import WebBindError
 
+    try:
+        process_roles = Roles.parse(args.roles)
+    except ValueError as exc:
+        print(f"fracnode: {exc}", file=sys.stderr)
+        return 2
     config = _load(args)
     logs.setup(config.logging.level, config.logging.format, libraries=config.logging.libraries)
     for note in config.deprecations:
         logs.event(logging.getLogger("fracnode.config"), logging.WARNING, "deprecated setting", advice=note)
     try:
-        node = Node(config)
+        node = Node(config, process_roles)
     except (NodeAlreadyRunning, ValueError) as exc:
         print(f"fracnode: {exc}", file=sys.stderr)
         return 2
@@ -290,9 +296,15 @@ def build_parser() -> argparse.ArgumentParser:
     config_option.add_argument("-c", "--config", default=argparse.SUPPRESS, help=config_help)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    sub.add_parser(
-        "serve", help="run the node (DICOM listener, workers, dispatch)", parents=[config_option]
-    ).set_defaults(func=cmd_serve)
+    serve = sub.add_parser("serve", help="run the node (DICOM listener, workers, dispatch)", parents=[config_option])
+    serve.add_argument(
+        "--roles",
+        default="all",
+        help="what this process does: a comma list of listener, worker, dispatcher, web (default: all);"
+        " processes with separate roles share a PostgreSQL storage.database and the data folder"
+        " (docs/scaling.md)",
+    )
+    serve.set_defaults(func=cmd_serve)
 
     echo = sub.add_parser("echo", help="C-ECHO a configured peer or AE@HOST:PORT", parents=[config_option])
     echo.add_argument("peer")

@@ -15,6 +15,7 @@ import os
 import uuid
 from pathlib import Path
 
+from node import owners
 from node.logs import event
 
 log = logging.getLogger("fracnode.spool")
@@ -90,9 +91,19 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def modified_before(path: Path, cutoff: float) -> bool:
+    """Whether the file or folder was last modified before `cutoff` (Unix seconds); False when
+    it is gone."""
+    try:
+        return path.stat().st_mtime < cutoff
+    except FileNotFoundError:
+        return False
+
+
 def temporary_path(path: Path) -> Path:
-    """A fresh temporary name beside `path`; `Spool.reconcile` removes leftovers after a crash."""
-    return path.parent / f".{path.name}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
+    """A fresh temporary name beside `path`, naming this process (node.owners); `Spool.reconcile`
+    removes leftovers after a crash."""
+    return path.parent / f".{path.name}.{uuid.uuid4().hex}.{owners.this_process()}{TEMP_SUFFIX}"
 
 
 def write_failure(path: Path, exc: OSError) -> OutOfSpace:

@@ -1,22 +1,20 @@
 """The running node: wires ingest → assembly → routing → jobs → pipelines → outbox → dispatch.
 
 Wiring only: each stage is built here and handed what it needs; every stage has a `*_once()`
-step that tests call directly, and `start()` runs them in threads. The HTTP side gets a
-`Queries` object to read and this node as its `Commands` to act (node.web.commands).
+step that tests call directly, and `start()` runs in threads the stages of this process's roles
+(node.roles). The HTTP side gets a `Queries` object to read and this node as its `Commands` to
+act (node.web.commands).
 """
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
-import os
 import threading
 import time
 import uuid
-from pathlib import Path
 
-from node import pipelines
+from node import owners, pipelines, roles
 from node.assembly import AnalysisRequest, Assembly, request_analysis
 from node.audit import Audit
 from node.config import Config
@@ -32,6 +30,7 @@ from node.outcomes import JobOutcomes
 from node.pull.puller import Puller
 from node.records import Job
 from node.retention import purge_expired
+from node.roles import NodeAlreadyRunning, Roles
 from node.routing import route_study
 from node.scan import ScanLimits
 from node.search import StudySearch
@@ -46,28 +45,35 @@ log = logging.getLogger("fracnode.node")
 ASSEMBLY_TICK_S = 0.2
 IDLE_TICK_S = 1.0
 JANITOR_TICK_S = 300.0
+# processes sharing the spool and outbox (PostgreSQL): the janitors leave files younger than this
+# alone, as another process may be writing them now
+SHARED_GRACE_S = 3600.0
 
-
-class NodeAlreadyRunning(RuntimeError):
-    pass
+__all__ = ["Node", "NodeAlreadyRunning"]
 
 
 class Node:
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, process_roles: Roles | None = None) -> None:
         self.config = config
-        self.instance_id = uuid.uuid4().hex[:12]
+        self.roles = process_roles or Roles.every()
+        roles.check(config, self.roles)
+        self.shared = roles.shared(config)
+        # lease owners and temporary files name the process (node.owners), so that a process of this
+        # host takes up a dead one's work at once; the random part tells restarts apart in the logs
+        self.instance_id = f"{owners.this_process()}-{uuid.uuid4().hex[:6]}"
         data_dir = config.storage.data_dir
         private_dirs(data_dir)
         private(data_dir)
-        self._lock_file = self._take_lock(data_dir / "fracnode.lock")
+        self._locks = roles.take_locks(config, self.roles)
         pipelines.load_modules(config.pipeline_modules)
         problems = pipelines.check(config)
         if problems:
+            roles.release(self._locks)
             raise ValueError("; ".join(problems))
         try:
             self.db = open_configured(config)  # PostgreSQL: refuses an older schema (SchemaOutdated)
         except BaseException:
-            os.close(self._lock_file)  # a node that did not start holds no data folder
+            roles.release(self._locks)  # a node that did not start holds no data folder
             raise
         self.audit = Audit(config)
         storage = config.storage
@@ -90,7 +96,7 @@ class Node:
         self.outbox.on_attempt = self.metrics.delivery
         self.outcomes = JobOutcomes(self.db)
         self.search = StudySearch(self.db, data_dir)
-        self.dispatcher = Dispatcher(config, self.outbox)
+        self.dispatcher = Dispatcher(config, self.outbox, owner=f"{self.instance_id}-d")
         self.dispatcher.audit = self.audit
         self.ingest = DimseIngest(
             config.node,
@@ -114,7 +120,7 @@ class Node:
             config, self.db, self.jobs, self.outbox, self.outcomes, self.metrics, on_staged=self._on_staged
         )
         self.web: WebServer | None = None
-        if config.web.enabled:
+        if config.web.enabled and "web" in self.roles:
             queries = Queries(config, self.db, self.outcomes, self.search, self.metrics.exposition)
             self.web = WebServer(config, queries, self, self.audit)
         self._stop = threading.Event()
@@ -125,26 +131,24 @@ class Node:
         self.warmed = self.worker.warmed
         self.warm_results = self.worker.warm_results
 
-    @staticmethod
-    def _take_lock(path: Path) -> int:
-        # flock is released by the kernel when the process dies: no stale lock files
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise NodeAlreadyRunning(
-                f"another fracnode process uses {path.parent}; stop it or set storage.data_dir"
-            ) from None
-        return fd
-
     # -- start-up recovery -------------------------------------------------------------------
 
     def recover(self) -> None:
+        """Take up what a stopped process left: with SQLite (this process owns the data folder)
+        everything at once. With PostgreSQL, what processes of this host that are gone left (their
+        jobs, claims and temporary files: node.owners), and files old enough to be nobody's work
+        in progress; another host's jobs are taken over when their leases lapse."""
         now = time.time()
-        indexed = self.spool.reconcile()
-        requeued = self.jobs.recover(now)
-        orphans = self.outbox.remove_orphans()
+        grace = SHARED_GRACE_S if self.shared else 0.0
+        worker = "worker" in self.roles
+        indexed = self.spool.reconcile(now, grace) if "listener" in self.roles else 0
+        if worker:
+            requeued = self.jobs.recover_gone(now, owners.gone) if self.shared else self.jobs.recover(now)
+        else:
+            requeued = 0
+        if "dispatcher" in self.roles and self.shared:
+            self.outbox.release_gone(owners.gone)
+        orphans = self.outbox.remove_orphans(now, grace) if worker else 0
         pending = studies.count_pending(self.db)
         undelivered = outbox.count_pending(self.db)
         event(
@@ -262,6 +266,17 @@ class Node:
             self.config, self.db, time.time() if now is None else now, on_purged=self.audit.study_deleted
         )
 
+    def janitor_once(self, now: float | None = None) -> None:
+        """The periodic clean-up of this process's roles: retention (listener) and, where processes
+        share the data folder, what a dead process left (its spool and outbox files)."""
+        now = time.time() if now is None else now
+        if "listener" in self.roles:
+            self.clean_once(now)
+            if self.shared:
+                self.spool.reconcile(now, SHARED_GRACE_S)
+        if "worker" in self.roles and self.shared:
+            self.outbox.remove_orphans(now, SHARED_GRACE_S)
+
     # -- threads ------------------------------------------------------------------------------
 
     def _assembly_wake_set(self) -> None:
@@ -298,63 +313,94 @@ class Node:
     def start(self) -> None:
         self.audit.started()
         self.recover()
-        self.ingest.start()
+        listener = "listener" in self.roles
+        if listener:
+            self.ingest.start()
         if self.web is not None:
             try:
                 self.web.start()
             except WebBindError:
-                self.ingest.stop()
+                if listener:
+                    self.ingest.stop()
                 raise
-        self.pulls.recover()  # after the ingest: a C-MOVE's instances arrive there
-
-        def spawn(name: str, step, wake: threading.Event | None, tick: float) -> None:  # type: ignore[no-untyped-def]
-            thread = threading.Thread(target=self._loop, args=(name, step, wake, tick), name=name, daemon=True)
-            thread.start()
-            self._threads.append(thread)
-
-        warm = threading.Thread(target=self.worker.warm_up, name="warm-up", daemon=True)
-        warm.start()
-        self._threads.append(warm)
-        spawn("assembly", lambda: self.assemble_once() > 0 and False, self._assembly_wake, ASSEMBLY_TICK_S)
-        for i in range(self.config.jobs.workers):
-            owner = f"{self.instance_id}-w{i}"
-            spawn(f"worker-{i}", lambda owner=owner: self.work_once(owner), self._work_wake, IDLE_TICK_S)
-        for dest in self.config.destinations:
-            spawn(
-                f"dispatch-{dest.name}",
-                lambda name=dest.name: self.dispatcher.run_once(name, time.time()) > 0,
-                self._dispatch_wake[dest.name],
-                IDLE_TICK_S,
-            )
-        spawn("janitor", lambda: self.clean_once() > 0 and False, None, JANITOR_TICK_S)
+            self.pulls.recover()  # after the ingest: a C-MOVE's instances arrive there
+        self._start_threads()
         event(
             log,
             logging.INFO,
             "node started",
             instance=self.instance_id,
+            roles=str(self.roles),
             ae_title=self.config.node.ae_title,
-            port=self.ingest.port,
+            port=self.ingest.port if listener else None,
             http_port=self.web.port if self.web else None,
             data_dir=str(self.config.storage.data_dir.resolve()),
-            workers=self.config.jobs.workers,
+            database="postgresql" if self.shared else "sqlite",
+            workers=self.config.jobs.workers if "worker" in self.roles else 0,
             routes=len(self.config.routes),
             config=json.dumps({"quiet_period_s": self.config.assembly.quiet_period_s}),
         )
+
+    def _start_threads(self) -> None:
+        def spawn(name: str, step, wake: threading.Event | None, tick: float) -> None:  # type: ignore[no-untyped-def]
+            thread = threading.Thread(target=self._loop, args=(name, step, wake, tick), name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+        if "worker" in self.roles:
+            warm = threading.Thread(target=self.worker.warm_up, name="warm-up", daemon=True)
+            warm.start()
+            self._threads.append(warm)
+            for i in range(self.config.jobs.workers):
+                owner = f"{self.instance_id}-w{i}"
+                spawn(f"worker-{i}", lambda owner=owner: self.work_once(owner), self._work_wake, IDLE_TICK_S)
+        else:
+            self.warmed.set()  # no model to load in this process
+        if "listener" in self.roles:
+            spawn("assembly", lambda: self.assemble_once() > 0 and False, self._assembly_wake, ASSEMBLY_TICK_S)
+        if "dispatcher" in self.roles:
+            for dest in self.config.destinations:
+                spawn(
+                    f"dispatch-{dest.name}",
+                    lambda name=dest.name: self.dispatcher.run_once(name, time.time()) > 0,
+                    self._dispatch_wake[dest.name],
+                    IDLE_TICK_S,
+                )
+        spawn("janitor", self._janitor_step, None, JANITOR_TICK_S)
+
+    def _janitor_step(self) -> bool:
+        self.janitor_once()
+        return False  # never busy: the janitor runs every JANITOR_TICK_S
 
     def stop(self) -> None:
         self._stop.set()
         for wake in (self._assembly_wake, self._work_wake, *self._dispatch_wake.values()):
             wake.set()
-        self.ingest.stop()
+        if "listener" in self.roles:
+            self.ingest.stop()
         if self.web is not None:
             self.web.stop()
         self.pulls.stop()
         for thread in self._threads:
             thread.join(timeout=10)
+        self._give_back()
         self.audit.stopped()
         self.db.close()
-        os.close(self._lock_file)
+        roles.release(self._locks)
         event(log, logging.INFO, "node stopped", instance=self.instance_id)
+
+    def _give_back(self) -> None:
+        """Jobs and deliveries this process still holds go back to the queue, so that another
+        process takes them now rather than when their leases lapse (a job still running in a
+        thread that did not end in time records nothing: its lease is gone)."""
+        try:
+            jobs_back = self.jobs.release(self.instance_id, time.time()) if "worker" in self.roles else 0
+            sends_back = self.outbox.release(self.instance_id) if "dispatcher" in self.roles else 0
+        except DatabaseUnavailable as exc:
+            event(log, logging.WARNING, "cannot give back leases; they lapse by themselves", reason=str(exc))
+            return
+        if jobs_back or sends_back:
+            event(log, logging.INFO, "leases given back", jobs=jobs_back, deliveries=sends_back)
 
     def wait(self) -> None:
         self._stop.wait()

@@ -20,11 +20,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from node import owners
 from node.files import (
     TEMP_SUFFIX,
     OutOfSpace,
     file_digest,
     fsync_dir,
+    modified_before,
     private,
     private_dirs,
     write_atomically,
@@ -163,42 +165,52 @@ class Spool:
         if held is not None and held.path != str(path):
             _remove_superseded(Path(held.path), header.sop_instance_uid, path)
 
-    def reconcile(self) -> int:
+    def reconcile(self, now: float | None = None, grace_s: float = 0.0) -> int:
         """After a crash: drop temporary files and index any durable file the index lacks.
 
         Returns the number of files indexed anew. A file renamed into place whose index row
         was not committed was never acknowledged, but it is kept and processed all the same.
+        With `grace_s`, only files older than that are touched: listeners of other processes
+        may be writing the newer ones now (processes sharing PostgreSQL and the spool); the
+        temporary files of a process of this host that is gone go at once (node.owners).
         """
+        cutoff = (time.time() if now is None else now) - grace_s
         indexed = instances.indexed_paths(self.db)
         added = 0
         for study_dir in self.root.iterdir():
             if not study_dir.is_dir():
                 continue
             for entry in study_dir.iterdir():
+                old = not grace_s or modified_before(entry, cutoff)
                 if entry.name.endswith(TEMP_SUFFIX):
-                    entry.unlink(missing_ok=True)
-                elif entry.suffix == ".dcm" and str(entry) not in indexed:
-                    try:
-                        header, size = scan_file(entry, self.limits)  # in pieces: no file is read whole
-                    except FileNotFoundError:
-                        continue  # an older copy of a moved instance, removed a moment ago
-                    except UnreadableInstance as exc:
-                        entry.rename(entry.with_suffix(".unreadable"))
-                        event(
-                            log,
-                            logging.WARNING,
-                            "spooled file is not a whole instance; renamed",
-                            path=str(entry.with_suffix(".unreadable")),
-                            reason=str(exc),
-                        )
-                        continue
-                    newer = self._newer_copy(header.sop_instance_uid, entry)
-                    if newer is not None:
-                        _remove_superseded(entry, header.sop_instance_uid, newer)
-                        continue
-                    self._index(header, entry, "", size, entry.stat().st_mtime, "", "")
-                    added += 1
+                    if old or owners.gone(owners.found_in(entry.name) or ""):
+                        entry.unlink(missing_ok=True)  # a dead process's unfinished write
+                elif old and entry.suffix == ".dcm" and str(entry) not in indexed:
+                    added += self._index_found(entry)
         return added
+
+    def _index_found(self, entry: Path) -> int:
+        """Index a durable file the index lacks; 1 when it was indexed."""
+        try:
+            header, size = scan_file(entry, self.limits)  # in pieces: no file is read whole
+        except FileNotFoundError:
+            return 0  # an older copy of a moved instance, removed a moment ago
+        except UnreadableInstance as exc:
+            entry.rename(entry.with_suffix(".unreadable"))
+            event(
+                log,
+                logging.WARNING,
+                "spooled file is not a whole instance; renamed",
+                path=str(entry.with_suffix(".unreadable")),
+                reason=str(exc),
+            )
+            return 0
+        newer = self._newer_copy(header.sop_instance_uid, entry)
+        if newer is not None:
+            _remove_superseded(entry, header.sop_instance_uid, newer)
+            return 0
+        self._index(header, entry, "", size, entry.stat().st_mtime, "", "")
+        return 1
 
     def _newer_copy(self, sop_instance_uid: str, entry: Path) -> Path | None:
         """The file the index holds for this UID at another path when it is at least as new as

@@ -17,7 +17,7 @@ from typing import Protocol
 from node import pipelines
 from node.config import Config
 from node.dispatch.outbox import Outbox
-from node.jobs import NOT_APPLICABLE, JobQueue
+from node.jobs import NOT_APPLICABLE, JobQueue, LeaseLost
 from node.logs import event
 from node.outcomes import JobOutcomes
 from node.records import Job, PipelineInput, SeriesInput
@@ -117,7 +117,7 @@ class Worker:
         renewer.start()
         try:
             if self.jobs.is_superseded(job):
-                self.jobs.supersede(job.id, time.time())
+                self.jobs.supersede(job.id, time.time(), owner)
                 return True
             request = pipeline_input(self.db, self.config, job)
             if not request.series:
@@ -128,7 +128,7 @@ class Worker:
             if not self._still_owns(job, owner):
                 return True
             if outcome.not_applicable:
-                self.jobs.finish(job.id, NOT_APPLICABLE, outcome.not_applicable, time.time())
+                self.jobs.finish(job.id, NOT_APPLICABLE, outcome.not_applicable, time.time(), owner)
                 self._job_ended(job, NOT_APPLICABLE, outcome.findings, timings)
                 event(
                     log,
@@ -142,7 +142,7 @@ class Worker:
                 return True
             staging = time.monotonic()
             staged = self.outbox.stage(
-                job, outcome.datasets, outcome.summary, time.time(), overlays_of(self.config, job.destinations)
+                job, outcome.datasets, outcome.summary, time.time(), overlays_of(self.config, job.destinations), owner
             )
             timings["stage"] = time.monotonic() - staging
             self._job_ended(job, "done", outcome.findings, timings)
@@ -159,10 +159,16 @@ class Worker:
                 seconds=round(time.monotonic() - started, 3),
             )
             self.on_staged(job)
+        except LeaseLost:
+            self._lease_lost(job, owner)
         except Exception as exc:
             if not self._still_owns(job, owner):
                 return True
-            state = self.jobs.fail(job.id, error_text(exc), time.time())  # tags, never values
+            try:
+                state = self.jobs.fail(job.id, error_text(exc), time.time(), owner)  # tags, never values
+            except LeaseLost:
+                self._lease_lost(job, owner)
+                return True
             timings.setdefault("pipeline", time.monotonic() - started - timings.get("load", 0.0))
             self._job_ended(job, "failed" if state == "failed" else "retried", None, timings)
             log.warning(
@@ -194,9 +200,16 @@ class Worker:
             log.exception("cannot record the job's findings", extra={"fields": {"job": job.id}})
 
     def _still_owns(self, job: Job, owner: str) -> bool:
-        """A worker whose lease ran out (another worker took the job) must not record an outcome."""
+        """A worker whose lease ran out (another worker took the job) must not record an outcome.
+
+        Renewing first makes the lease last through the recording; the recording transaction
+        checks it again (LeaseLost), so a worker that was paused past its lease records nothing."""
         if self.jobs.renew(job.id, owner, time.time()):
             return True
+        self._lease_lost(job, owner)
+        return False
+
+    def _lease_lost(self, job: Job, owner: str) -> None:
         event(
             log,
             logging.WARNING,
@@ -206,7 +219,6 @@ class Worker:
             pipeline=job.pipeline,
             study_uid=job.study_instance_uid,
         )
-        return False
 
     def _renew_lease(self, job: Job, owner: str, job_ended: threading.Event) -> None:
         """Keep the job's lease while it runs, so no other worker takes it over."""

@@ -113,13 +113,24 @@ class RetrySettings(Strict):
 class JobSettings(Strict):
     workers: int = Field(1, ge=1, le=64)
     max_attempts: int = Field(3, ge=1, le=100)
-    lease_s: float = Field(600.0, gt=0)
+    lease_s: float = Field(
+        120.0,
+        gt=0,
+        description="a running job's lease, renewed every third of it; a worker that dies has its job"
+        " taken over when the lease lapses",
+    )
     retry: RetrySettings = RetrySettings(initial_s=5.0, factor=3.0, max_s=300.0)
 
 
 class DispatchSettings(Strict):
     retry: RetrySettings = RetrySettings()
     batch_size: int = Field(64, ge=1)
+    lease_s: float = Field(
+        300.0,
+        gt=0,
+        description="how long a dispatcher holds a batch it sends; a dispatcher that dies leaves"
+        " the batch to another when this lapses (the PACS may then get an object twice, same UID)",
+    )
 
 
 class InferenceSettings(Strict):

@@ -26,14 +26,16 @@ log = logging.getLogger("fracnode.dispatch")
 
 
 class Dispatcher:
-    def __init__(self, config: Config, outbox: Outbox) -> None:
+    def __init__(self, config: Config, outbox: Outbox, owner: str = "dispatcher") -> None:
         self.config = config
         self.outbox = outbox
+        self.owner = owner  # the lease owner of the outbox rows this dispatcher claims
         self.audit: Audit | None = None  # results sent are audited (DICOM Instances Transferred)
 
     def run_once(self, destination: str, now: float) -> int:
-        """Try every due item of one destination once; return how many were delivered."""
-        items = self.outbox.due(destination, now, self.config.dispatch.batch_size)
+        """Claim and try every due item of one destination once; return how many were delivered."""
+        settings = self.config.dispatch
+        items = self.outbox.claim(destination, now, settings.batch_size, self.owner, settings.lease_s)
         if not items:
             return 0
         delivered = self._deliver(destination, items, now)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import time
 from collections.abc import Callable, Collection, Mapping, Sequence
 from io import BytesIO
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 from pydicom import Dataset
 
 from node.config import RetrySettings
-from node.files import write_atomically
+from node.files import modified_before, write_atomically
 from node.records import Job
 from node.retry import retry_delay
 from node.store import Database
@@ -84,11 +85,14 @@ class Outbox:
         summary: str,
         now: float,
         overlays: Mapping[str, Collection[str]] | None = None,
+        owner: str | None = None,
     ) -> int:
         """Write the job's results, queue them for each destination and mark the job done.
 
         `overlays` maps a destination to the optional kinds it takes (GSPS, secondary capture,
-        radiograph SEG: `optional_kind`); other destinations get none of those objects.
+        radiograph SEG: `optional_kind`); other destinations get none of those objects. With
+        `owner`, the worker's lease is checked in the same transaction (LeaseLost: its files are
+        removed again, and the worker that took the job over stages its own results once).
         """
         overlays = overlays or {}
         files = []
@@ -102,13 +106,33 @@ class Outbox:
             for path, sop_uid, sop_class, ds in files
             if wanted_by(overlays.get(destination, ()), ds)
         ]
-        with self.db.transaction() as sql:
-            table.add(sql, job, objects, now)
-            jobs_table.mark_finished(sql, job.id, jobs_table.DONE, summary, now)
+        try:
+            with self.db.transaction() as sql:
+                jobs_table.check_holds(sql, job.id, owner)
+                table.add(sql, job, objects, now)
+                jobs_table.mark_finished(sql, job.id, jobs_table.DONE, summary, now)
+        except jobs_table.LeaseLost:
+            for path, *_ in files:
+                path.unlink(missing_ok=True)  # random UIDs of this attempt: no other worker's files
+            raise
         return len(objects)
 
     def due(self, destination: str, now: float, limit: int) -> list[OutboxItem]:
         return table.due(self.db, destination, now, limit)
+
+    def claim(self, destination: str, now: float, limit: int, owner: str, lease_s: float) -> list[OutboxItem]:
+        """Take due items for one dispatcher (`owner`) for `lease_s`: no other dispatcher sends
+        them meanwhile; a dispatcher that dies leaves them to another when the lease lapses."""
+        with self.db.transaction() as sql:
+            return table.claim_due(sql, destination, now, limit, owner, now + lease_s)
+
+    def release(self, owner_prefix: str) -> int:
+        """A stopping dispatcher gives back what it claimed and did not send."""
+        return table.release(self.db, owner_prefix)
+
+    def release_gone(self, gone: Callable[[str], bool]) -> int:
+        """Give back what dispatchers that are `gone` (node.owners) claimed; the items released."""
+        return sum(table.release(self.db, owner) for owner in table.lease_owners(self.db) if gone(owner))
 
     def next_due_at(self, destination: str) -> float | None:
         return table.next_due_at(self.db, destination)
@@ -152,14 +176,33 @@ class Outbox:
     def requeue_failed(self, now: float) -> int:
         return table.requeue_failed(self.db, now)
 
-    def remove_orphans(self) -> int:
-        """Drop result folders of jobs whose rows were never committed (crash while staging)."""
+    def remove_orphans(self, now: float | None = None, grace_s: float = 0.0) -> int:
+        """Drop result files whose rows were never committed (a worker died while staging).
+
+        With `grace_s`, only files and folders older than that go: a worker of another process
+        may be staging the newer ones now (processes sharing PostgreSQL). Returns the folders and
+        files removed."""
         if not self.root.exists():
             return 0
+        cutoff = (time.time() if now is None else now) - grace_s
         staged = {str(job_id) for job_id in table.staged_job_ids(self.db)}
         removed = 0
         for folder in self.root.iterdir():
-            if folder.is_dir() and folder.name not in staged:
+            if not folder.is_dir() or (grace_s and not modified_before(folder, cutoff)):
+                continue
+            if folder.name not in staged:
                 shutil.rmtree(folder, ignore_errors=True)
+                removed += 1
+                continue
+            if grace_s:  # a staged job's folder may hold the files of an attempt that lost its lease
+                removed += self._remove_unstaged_files(folder, cutoff)
+        return removed
+
+    def _remove_unstaged_files(self, folder: Path, cutoff: float) -> int:
+        named = table.staged_paths(self.db, [int(folder.name)]) if folder.name.isdigit() else set()
+        removed = 0
+        for path in folder.iterdir():
+            if str(path) not in named and modified_before(path, cutoff):
+                path.unlink(missing_ok=True)
                 removed += 1
         return removed

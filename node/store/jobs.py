@@ -17,6 +17,17 @@ NOT_APPLICABLE, SUPERSEDED = "not_applicable", "superseded"
 FINAL_STATES = (DONE, FAILED, NOT_APPLICABLE, SUPERSEDED)
 
 
+class LeaseLost(RuntimeError):
+    """The worker's lease lapsed and another worker took the job over: this worker's outcome is
+    not recorded (the other's is, once)."""
+
+
+def check_holds(sql: Sql, job_id: int, owner: str | None) -> None:
+    """Raise LeaseLost unless `owner` (None: no check) still runs the job; see `holds`."""
+    if owner is not None and not holds(sql, job_id, owner):
+        raise LeaseLost(f"job {job_id}: the lease of {owner} lapsed and another worker took the job")
+
+
 @dataclass(frozen=True)
 class JobRow:
     """A job with all it records: the API's and `fracnode status`' view of it."""
@@ -173,6 +184,18 @@ def mark_finished(sql: Sql, job_id: int, state: str, summary: str, now: float) -
     )
 
 
+def holds(sql: Sql, job_id: int, owner: str) -> bool:
+    """Whether `owner` still runs the job, read under the job's row lock: a worker records an
+    outcome in the same transaction, so one whose lease lapsed and was taken over records none."""
+    return (
+        sql.one(
+            f"SELECT 1 FROM jobs WHERE id = ? AND lease_owner = ? AND state = ?{sql.dialect.row_lock}",
+            (job_id, owner, RUNNING),
+        )
+        is not None
+    )
+
+
 def attempts(sql: Sql, job_id: int) -> tuple[int, int]:
     """(attempts made, attempts allowed)."""
     row = sql.one("SELECT attempts, max_attempts FROM jobs WHERE id = ?", (job_id,))
@@ -188,18 +211,26 @@ def failed_attempt(sql: Sql, job_id: int, state: str, error: str, not_before: fl
     )
 
 
-def recover(sql: Sql, now: float, error: str) -> int:
-    """Jobs left running: failed when they used every attempt, else queued again; the number queued."""
+def recover(sql: Sql, now: float, error: str, owner_prefix: str = "") -> int:
+    """Jobs left running (by owners named `owner_prefix`…, or by anyone): failed when they used
+    every attempt, else queued again; the number queued."""
     sql.execute(
         """UPDATE jobs SET state = ?, finished_at = ?, lease_owner = NULL,
-        lease_until = NULL, last_error = ? WHERE state = ? AND attempts >= max_attempts""",
-        (FAILED, now, error, RUNNING),
+        lease_until = NULL, last_error = ? WHERE state = ? AND attempts >= max_attempts AND lease_owner LIKE ?""",
+        (FAILED, now, error, RUNNING, owner_prefix + "%"),
     )
     return sql.execute(
         """UPDATE jobs SET state = ?, not_before = ?, lease_owner = NULL, lease_until = NULL,
-        last_error = CASE WHEN last_error = '' THEN ? ELSE last_error END WHERE state = ?""",
-        (QUEUED, now, error, RUNNING),
+        last_error = CASE WHEN last_error = '' THEN ? ELSE last_error END WHERE state = ? AND lease_owner LIKE ?""",
+        (QUEUED, now, error, RUNNING, owner_prefix + "%"),
     )
+
+
+def running_owners(sql: Sql) -> set[str]:
+    """The lease owners of the running jobs."""
+    return {
+        row["lease_owner"] for row in sql.query("SELECT DISTINCT lease_owner FROM jobs WHERE state = ?", (RUNNING,))
+    }
 
 
 def retry(sql: Sql, job_id: int, now: float) -> bool:

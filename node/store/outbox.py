@@ -122,6 +122,34 @@ def due(sql: Sql, destination: str, now: float, limit: int) -> list[OutboxItem]:
     return [_item(r) for r in rows]
 
 
+def claim_due(sql: Sql, destination: str, now: float, limit: int, owner: str, lease_until: float) -> list[OutboxItem]:
+    """Take up to `limit` due items of one destination for `owner` until `lease_until`, oldest
+    first; items another dispatcher holds (an unexpired lease, or a row it is claiming now) are
+    skipped, so two dispatchers never send the same item at once."""
+    rows = sql.query(
+        f"""UPDATE outbox SET lease_owner = ?, lease_until = ? WHERE id IN (
+        SELECT id FROM outbox WHERE destination = ? AND state = ? AND next_attempt_at <= ?
+        AND (lease_until IS NULL OR lease_until < ?) ORDER BY id LIMIT ?{sql.dialect.claim_lock})
+        RETURNING *""",
+        (owner, lease_until, destination, PENDING, now, now, limit),
+    )
+    return sorted((_item(r) for r in rows), key=lambda item: item.id)
+
+
+def release(sql: Sql, owner_prefix: str) -> int:
+    """Give back the items claimed by owners named `owner_prefix`… (a dispatcher that stops)."""
+    return sql.execute(
+        "UPDATE outbox SET lease_owner = NULL, lease_until = NULL WHERE lease_owner LIKE ?",
+        (owner_prefix + "%",),
+    )
+
+
+def lease_owners(sql: Sql) -> set[str]:
+    """The dispatchers holding items now (or whose leases lapsed unreleased)."""
+    rows = sql.query("SELECT DISTINCT lease_owner FROM outbox WHERE lease_owner IS NOT NULL AND state = ?", (PENDING,))
+    return {row["lease_owner"] for row in rows}
+
+
 def next_due_at(sql: Sql, destination: str) -> float | None:
     row = sql.one(
         "SELECT MIN(next_attempt_at) AS t FROM outbox WHERE destination = ? AND state = ?",
@@ -132,7 +160,8 @@ def next_due_at(sql: Sql, destination: str) -> float | None:
 
 def delivered(sql: Sql, item_id: int, now: float) -> None:
     sql.execute(
-        "UPDATE outbox SET state = ?, attempts = attempts + 1, delivered_at = ?, last_error = '' WHERE id = ?",
+        """UPDATE outbox SET state = ?, attempts = attempts + 1, delivered_at = ?, last_error = '',
+        lease_owner = NULL, lease_until = NULL WHERE id = ?""",
         (DELIVERED, now, item_id),
     )
 
@@ -151,14 +180,16 @@ def states(sql: Sql, item_ids: Sequence[int]) -> dict[int, str]:
 
 def failed_attempt(sql: Sql, item_id: int, attempts: int, next_attempt_at: float, error: str) -> None:
     sql.execute(
-        "UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ? WHERE id = ?",
+        """UPDATE outbox SET attempts = ?, next_attempt_at = ?, last_error = ?,
+        lease_owner = NULL, lease_until = NULL WHERE id = ?""",
         (attempts, next_attempt_at, error, item_id),
     )
 
 
 def give_up(sql: Sql, item_id: int, error: str) -> None:
     sql.execute(
-        "UPDATE outbox SET state = ?, attempts = attempts + 1, last_error = ? WHERE id = ?",
+        """UPDATE outbox SET state = ?, attempts = attempts + 1, last_error = ?,
+        lease_owner = NULL, lease_until = NULL WHERE id = ?""",
         (FAILED, error, item_id),
     )
 
@@ -195,6 +226,16 @@ def requeue_failed(sql: Sql, now: float) -> int:
 
 def staged_job_ids(sql: Sql) -> set[int]:
     return {row["job_id"] for row in sql.query("SELECT DISTINCT job_id FROM outbox")}
+
+
+def staged_paths(sql: Sql, job_ids: Sequence[int]) -> set[str]:
+    """The files the outbox rows of these jobs name."""
+    if not job_ids:
+        return set()
+    rows = sql.query(
+        f"SELECT DISTINCT path FROM outbox WHERE job_id IN ({sql.dialect.params(len(job_ids))})", tuple(job_ids)
+    )
+    return {row["path"] for row in rows}
 
 
 def count_pending(sql: Sql) -> int:

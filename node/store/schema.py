@@ -13,10 +13,16 @@ from __future__ import annotations
 
 from node.store.sql import Sql, StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 # version -> the statements that bring a database of version - 1 up to it (same placeholders as TABLES)
-MIGRATIONS: dict[int, tuple[str, ...]] = {}
+MIGRATIONS: dict[int, tuple[str, ...]] = {
+    # 2: dispatchers claim outbox rows with a lease, as workers claim jobs (several may run)
+    2: (
+        "ALTER TABLE outbox ADD COLUMN lease_owner TEXT",
+        "ALTER TABLE outbox ADD COLUMN lease_until {real}",
+    ),
+}
 
 
 class SchemaOutdated(StoreError):
@@ -114,7 +120,9 @@ CREATE TABLE IF NOT EXISTS outbox (
     next_attempt_at {real} NOT NULL,
     last_error TEXT NOT NULL DEFAULT '',
     created_at {real} NOT NULL,
-    delivered_at {real}
+    delivered_at {real},
+    lease_owner TEXT,  -- the dispatcher sending it now (node.dispatch), until lease_until
+    lease_until {real}
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox (destination, state, next_attempt_at);
 

@@ -25,6 +25,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from node.logs import event
 from node.redact import format_exception
+from node.store import DatabaseUnavailable
 from node.web.auth import authenticated
 
 log = logging.getLogger("fracnode.web")
@@ -83,6 +84,18 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"detail": _safe_errors(exc.errors())}, status_code=422)
 
 
+DATABASE_DOWN = (
+    "the node's database cannot be reached: the dashboard and the API answer again when it is back,"
+    " the DICOM listeners refuse instances with 0xA700 (out of resources) meanwhile and senders retry;"
+    " check the PostgreSQL server named by storage.database"
+)
+
+
+async def _database_unavailable(request: Request, exc: Exception) -> JSONResponse:
+    """An outage of the database, not a bug: 503 with what it means, and when to ask again."""
+    return JSONResponse({"detail": DATABASE_DOWN}, status_code=503, headers={"Retry-After": "5"})
+
+
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     """A bug, not an input: logged (a traceback without library messages), answered plainly."""
     event(
@@ -126,6 +139,7 @@ def install(app: FastAPI, https: bool) -> None:
     """The guard, the error handlers and the authenticated API description."""
     app.add_middleware(ResponseGuard, hsts=https)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(DatabaseUnavailable, _database_unavailable)
     app.add_exception_handler(Exception, _unexpected)
 
     @app.get("/api/openapi.json", include_in_schema=False, dependencies=[Depends(authenticated)])

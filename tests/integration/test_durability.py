@@ -28,6 +28,7 @@ from pydicom import Dataset, dcmread
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
 
+from node import owners
 from node.config import Config, load
 from node.service import Node
 from node.store import Row, open_configured
@@ -112,6 +113,14 @@ def assemble(node: Node, studies: int) -> None:
     completed: list[int] = []
     wait_until(lambda: completed.append(node.assemble_once()) or sum(completed) >= studies, timeout_s=30)
     assert sum(completed) == studies
+
+
+def dead_pid() -> int:
+    """The process id of a process that ran and ended (and is not in use again)."""
+    process = subprocess.Popen(["true"])
+    process.wait()
+    assert owners.gone(f"{owners.host_tag()}-{process.pid}")
+    return process.pid
 
 
 def job_rows(config: Config) -> list[Row]:
@@ -471,7 +480,8 @@ def test_restart_resumes_queued_and_interrupted_jobs(tmp_path, idle_node, start_
     for i, series in enumerate(studies):
         assert storescu(node.ingest.port, dicomgen.write(series, tmp_path / f"ct{i}")).returncode == 0
     assemble(node, 2)
-    interrupted = node.jobs.claim(f"{node.instance_id}-w0", time.time())  # it "runs" when the node stops
+    # a worker process of this host that was killed while it ran a job (a clean stop gives its jobs back)
+    interrupted = node.jobs.claim(f"{owners.host_tag()}-{dead_pid()}-0a1b2c-w0", time.time())
     assert interrupted is not None
     node.stop()
     assert sorted(r["state"] for r in job_rows(config)) == ["queued", "running"]

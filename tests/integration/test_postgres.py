@@ -1,5 +1,6 @@
 """A node on PostgreSQL: `fracnode db upgrade` owns the schema, and a database that goes away is
-answered with 0xA700 (out of resources), never with success, until it is back."""
+answered with 0xA700 (out of resources), never with success, until it is back: over DIMSE and
+STOW-RS; the API answers 503 saying why, and the dashboard says so on every page."""
 
 from __future__ import annotations
 
@@ -9,8 +10,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import pytest
+import requests
 import yaml
+from dicomweb_client.api import DICOMwebClient
 from pydicom import Dataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian
 from pynetdicom import AE
@@ -19,7 +23,8 @@ from node.config import Config
 from node.service import Node
 from node.store import DatabaseUnavailable, SchemaOutdated, open_configured
 from node.store.schema import SCHEMA_VERSION
-from tests.conftest import REPO, node_config, wait_until
+from tests.conftest import API_TOKEN, REPO, node_config, wait_until
+from tests.integration.test_dashboard import browser  # noqa: F401 - the fixture
 from tests.support import dicomgen
 from tests.support.postgres import Cluster
 
@@ -54,13 +59,20 @@ def test_db_upgrade_creates_and_migrates_the_schema_and_a_node_refuses_an_older_
     again = db_upgrade(config, tmp_path)
     assert f"schema version {SCHEMA_VERSION}, already current" in again.stdout
 
-    # a database left at an older version: the node refuses it until the operator upgrades
-    postgres_cluster.psql(f"UPDATE meta SET value = '{SCHEMA_VERSION - 1}' WHERE key = 'schema_version'", "fracnode")
+    # a database of version 1 (before the outbox's claims): the node refuses it until the operator upgrades
+    assert SCHEMA_VERSION == 2, "make this database the previous version's"
+    postgres_cluster.psql(
+        "ALTER TABLE outbox DROP COLUMN lease_owner, DROP COLUMN lease_until;"
+        " UPDATE meta SET value = '1' WHERE key = 'schema_version'",
+        "fracnode",
+    )
     with pytest.raises(SchemaOutdated, match=f"version {SCHEMA_VERSION - 1}.*run `fracnode db upgrade`"):
         Node(config)
     upgraded = db_upgrade(config, tmp_path)
     assert f"from version {SCHEMA_VERSION - 1} to {SCHEMA_VERSION}" in upgraded.stdout, upgraded.stderr
-    Node(config).db.close()
+    node = Node(config)
+    assert node.db.query("SELECT lease_owner, lease_until FROM outbox") == []  # the migration's columns
+    node.db.close()
 
 
 def test_db_upgrade_of_an_unreachable_database_fails_saying_so(tmp_path: Path, postgres_url: str) -> None:
@@ -92,20 +104,48 @@ def test_a_stopped_database_gets_out_of_resources_never_success_and_the_node_rec
     postgres_url: str,
     postgres_cluster: Cluster,
     start_node,
+    browser,  # noqa: F811 - the fixture
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    from playwright.sync_api import expect
+
     caplog.set_level(logging.INFO, logger="fracnode")
-    config = node_config(tmp_path / "data", storage={"database": postgres_url})
+    users = [{"name": "operator", "password": "dashboard-password"}]
+    config = node_config(
+        tmp_path / "data", storage={"database": postgres_url}, web={"auth": {"tokens": [API_TOKEN], "users": users}}
+    )
     assert db_upgrade(config, tmp_path).returncode == 0
     node = start_node(config)
     before, during, after = (dicomgen.ct_series(2, seed=seed) for seed in (1, 2, 3))
     assert c_store_statuses(node.ingest.port, before) == [0, 0]
+
+    web = f"http://127.0.0.1:{node.web.port}"
+    auth = {"Authorization": f"Bearer {API_TOKEN}"}
+    page = browser.new_context(http_credentials={"username": "operator", "password": "dashboard-password"}).new_page()
+    assert page.goto(web + "/#/jobs").status == 200
+    outage = page.locator("#outage-banner")
+    expect(outage).to_be_hidden(timeout=20_000)
 
     postgres_cluster.stop()
     try:
         assert c_store_statuses(node.ingest.port, during) == [OUT_OF_RESOURCES] * 2
         with pytest.raises(DatabaseUnavailable):
             node.jobs.claim("w", 0.0)  # a worker's claim fails, it does not take the job for none
+        # STOW-RS: none stored (409), each instance failed with 0xA700 (PS3.18 10.5.3)
+        with pytest.raises(requests.HTTPError) as refused:
+            DICOMwebClient(url=f"{web}/dicomweb", headers=auth).store_instances(dicomgen.ct_series(2, seed=4))
+        assert refused.value.response.status_code == 409
+        failed = refused.value.response.json()["00081198"]["Value"]
+        assert [item["00081197"]["Value"] for item in failed] == [[OUT_OF_RESOURCES]] * 2
+        # the API says what is wrong (503, not a 500 "internal error"), and when to ask again
+        answer = httpx.get(f"{web}/api/v1/jobs", headers=auth, timeout=30)
+        assert answer.status_code == 503 and answer.headers["retry-after"] == "5"
+        assert "database cannot be reached" in answer.json()["detail"]
+        # and every page of the dashboard says so
+        page.reload()
+        # a request waits up to 5 s for a connection before it is answered 503
+        expect(outage).to_contain_text("Database unavailable: the node's database cannot be reached", timeout=20_000)
+        page.screenshot(path=str(tmp_path / "dashboard-database-down.png"))
     finally:
         postgres_cluster.start()
 
@@ -117,6 +157,9 @@ def test_a_stopped_database_gets_out_of_resources_never_success_and_the_node_rec
     finally:
         db.close()
     assert {ds.SOPInstanceUID for ds in before + after} <= held
+    page.reload()
+    expect(page.locator("#jobs")).to_be_visible()
+    expect(outage).to_be_hidden(timeout=20_000)
 
     # each stage said once that the database went away and once that it came back, not at every tick
     def stages(message: str) -> list[str]:

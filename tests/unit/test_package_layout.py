@@ -29,6 +29,7 @@ NEUTRAL = (
     "logs.py",
     "retry.py",
     "files.py",
+    "owners.py",
     "net.py",
     "tls.py",
     "webclient.py",
@@ -56,6 +57,7 @@ TOP = (
     "conformance.py",
     "metrics.py",
     "retention.py",
+    "roles.py",
 )
 ORDER = {part: i for i, (_, parts) in enumerate(STAGES) for part in parts}
 PLACE = {

@@ -131,3 +131,18 @@ def test_a_database_that_cannot_be_reached_is_unavailable_not_a_crash() -> None:
         port = probe.getsockname()[1]
     with pytest.raises(DatabaseUnavailable):
         open_database(f"postgresql://fracnode@127.0.0.1:{port}/fracnode")
+
+
+def test_an_sqlite_index_of_schema_1_gains_the_outbox_claims_when_opened(tmp_path: Path) -> None:
+    path = tmp_path / "index.sqlite"
+    db = open_database(path)
+    db.execute("ALTER TABLE outbox DROP COLUMN lease_owner")
+    db.execute("ALTER TABLE outbox DROP COLUMN lease_until")
+    db.execute("UPDATE meta SET value = '1' WHERE key = 'schema_version'")
+    db.close()
+    db = open_database(path)
+    try:
+        assert db.query("SELECT lease_owner, lease_until FROM outbox") == []
+        assert db.one("SELECT value FROM meta WHERE key = 'schema_version'")["value"] == "2"  # type: ignore[index]
+    finally:
+        db.close()

@@ -75,7 +75,18 @@ async function api(path, options = {}) {
     showSignIn(body.detail || "authentication required");
     throw new Refused(body.detail);
   }
+  if (response.status === 503) {  // cleared by troubleBanner() once the database answers again
+    const body = await response.clone().json().catch(() => ({}));
+    showOutage(body.detail || "the node's database cannot be reached");
+  }
   return response;
+}
+
+function showOutage(text) {
+  // every page says when the node's database is down: nothing it shows is current meanwhile
+  const banner = $("outage-banner");
+  banner.hidden = !text;
+  banner.textContent = text ? `Database unavailable: ${text}` : "";
 }
 async function json(path, options) {
   const response = await api(path, options);
@@ -120,7 +131,7 @@ async function start() {
 function stopRefresh() { if (timer) { clearTimeout(timer); timer = null; } }
 function every(render) {
   const tick = async () => {
-    try { await render(); } catch (error) { if (!(error instanceof Refused)) console.error(error); }
+    try { await render(); await troubleBanner(); } catch (error) { if (!(error instanceof Refused)) console.error(error); }
     if (timer !== null) timer = setTimeout(tick, REFRESH_MS);
   };
   timer = setTimeout(tick, 0);
@@ -545,6 +556,7 @@ async function troubleBanner() {
   // every page says when a destination is in trouble: its results are not reaching the PACS
   try {
     const troubled = (await json("destinations")).filter((d) => d.in_trouble);
+    showOutage("");  // the destinations are read from the database: it answers
     const banner = $("trouble-banner");
     banner.hidden = !troubled.length;
     banner.replaceChildren(...troubled.map((d) => h("div", {}, h("a", { href: "#/peers" }, `Destination ${d.name}`),

@@ -18,6 +18,7 @@ from tests.support.pipelines.kos import (
     DecliningPipeline,
     FlakyPipeline,
     KeyObjectPipeline,
+    SlowPipeline,
     referenced_instances,
 )
 
@@ -31,5 +32,12 @@ def _factory(pipeline: type[Pipeline]) -> Callable[[Config], Pipeline]:
     return build
 
 
-for _pipeline in (KeyObjectPipeline, FlakyPipeline, RegionPipeline, VertebraePipeline, DecliningPipeline):
+for _pipeline in (
+    KeyObjectPipeline,
+    SlowPipeline,
+    FlakyPipeline,
+    RegionPipeline,
+    VertebraePipeline,
+    DecliningPipeline,
+):
     register(_pipeline.name)(_factory(_pipeline))

@@ -1,12 +1,15 @@
 """Test pipelines that make DICOM: `test-kos` produces a real derived object, a Key Object Selection
 document (PS3.3 A.59) that references every instance of the routed series, so a test can check
 which instances the node processed. `test-flaky` fails a set number of times first (FLAKY_FAILURES);
-`test-decline` is never applicable.
+`test-decline` is never applicable; `test-slow-kos` takes `TEST_PIPELINE_DELAY_S` seconds (default
+1) before it concludes as `test-kos`, so that a test can kill its worker mid-job.
 """
 
 from __future__ import annotations
 
+import os
 import threading
+import time
 
 import highdicom as hd
 from pydicom import Dataset, dcmread
@@ -39,6 +42,14 @@ class KeyObjectPipeline:
             manufacturer="fracnode",
         )
         return PipelineOutcome(datasets=(document,), summary=f"{len(evidence)} instance(s) selected")
+
+
+class SlowPipeline(KeyObjectPipeline):
+    name = "test-slow-kos"
+
+    def run(self, request: PipelineInput) -> PipelineOutcome:
+        time.sleep(float(os.environ.get("TEST_PIPELINE_DELAY_S", "1")))
+        return super().run(request)
 
 
 class FlakyPipeline(KeyObjectPipeline):
