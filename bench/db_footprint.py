@@ -16,6 +16,10 @@ is measured twice:
 
 The WAL written from the first instance to the last delivery and the jobs' run times
 (`started_at` → `finished_at`) are recorded too.
+
+`radiograph_node`, `wait_until_analysed` and `bench.on_postgres` are also the pieces a benchmark of
+jobs/s with several worker processes on one database needs (studies queued by a listener, then
+timed through N workers), once `fracnode serve --roles` exists.
 """
 
 from __future__ import annotations
