@@ -37,6 +37,7 @@ bench: $(STAMP) system-deps
 	$(VENV)/bin/python -m bench.ingest
 	$(VENV)/bin/python -m bench.associations
 	$(VENV)/bin/python -m bench.durability
+	$(VENV)/bin/python -m bench.database
 
 bench-radiograph: $(STAMP) system-deps
 	$(VENV)/bin/python -m bench.radiograph_model

@@ -89,10 +89,23 @@ class Fracnode:
     name = "fracnode"
     ae_title = "FRACNODE"
 
-    def __init__(self, max_pdu: int | None = None, sections: str | None = None, log_level: str = "WARNING") -> None:
+    def __init__(
+        self,
+        max_pdu: int | None = None,
+        sections: str | None = None,
+        log_level: str = "WARNING",
+        database: str | None = None,
+        name: str = "fracnode",
+    ) -> None:
         self.max_pdu = max_pdu  # None: the node's default
         self.sections = sections  # YAML for the rest of the config; None: a folder and no routes
         self.log_level = log_level  # INFO for benchmarks that read the node's events from its log
+        # storage.database: None is the embedded SQLite file; a postgresql:// URL (password from
+        # PGPASSFILE) is given its schema by `fracnode db upgrade` before the node starts, as in production
+        self.database = database
+        self.name = name
+        # the node process's own CPU seconds when it was up and listening, and when stored() was asked
+        self.cpu_at_start = self.cpu_at_stored = 0.0
         self.process: subprocess.Popen[bytes] | None = None
         self.data_dir = Path()
         self.api_token = secrets.token_hex(16)
@@ -102,9 +115,10 @@ class Fracnode:
         node = f"{{ae_title: {self.ae_title}, bind: 127.0.0.1, port: 0"
         node += f", max_pdu: {self.max_pdu}}}" if self.max_pdu is not None else "}"
         config = workdir / "fracnode.yaml"
+        database = f", database: '{self.database}'" if self.database else ""
         config.write_text(
             f"node: {node}\n"
-            f"storage: {{data_dir: {self.data_dir}, min_free_mb: 0, retention_days: 0}}\n"
+            f"storage: {{data_dir: {self.data_dir}, min_free_mb: 0, retention_days: 0{database}}}\n"
             f"logging: {{level: {self.log_level}, format: text}}\n"
             f"web: {{bind: 127.0.0.1, port: 0, auth: {{tokens: [{self.api_token}]}}}}\n"
             + (
@@ -116,13 +130,19 @@ class Fracnode:
         )
         env = {k: v for k, v in os.environ.items() if not k.startswith("FRACNODE_")}
         log = workdir / "fracnode.log"
-        command = [str(Path(sys.executable).parent / "fracnode"), "-c", str(config), "serve"]
+        fracnode = [str(Path(sys.executable).parent / "fracnode"), "-c", str(config)]
+        if self.database:
+            upgrade = subprocess.run([*fracnode, "db", "upgrade"], env=env, capture_output=True, text=True, timeout=120)
+            if upgrade.returncode != 0:
+                raise RuntimeError(f"fracnode db upgrade failed: {upgrade.stdout}{upgrade.stderr}")
+        command = [*fracnode, "serve"]
         with log.open("wb") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             found = re.search(r"listening as \S+ on [\d.]+:(\d+)", log.read_text(errors="replace"))
             if found:
+                self.cpu_at_start = process_cpu_seconds(self.process.pid)
                 return int(found.group(1))
             if self.process.poll() is not None:
                 raise RuntimeError(f"fracnode exited early: {log.read_text(errors='replace')}")
@@ -130,8 +150,16 @@ class Fracnode:
         raise RuntimeError("fracnode did not start within 60s")
 
     def stored(self) -> int:
-        with sqlite3.connect(f"file:{self.data_dir / 'fracnode.sqlite'}?mode=ro", uri=True) as db:
-            rows = int(db.execute("SELECT COUNT(*) FROM instances").fetchone()[0])
+        if self.process is not None:
+            self.cpu_at_stored = process_cpu_seconds(self.process.pid)
+        if self.database:
+            import psycopg
+
+            with psycopg.connect(self.database) as pg:
+                rows = int(pg.execute("SELECT COUNT(*) FROM instances").fetchone()[0])  # type: ignore[index]
+        else:
+            with sqlite3.connect(f"file:{self.data_dir / 'fracnode.sqlite'}?mode=ro", uri=True) as db:
+                rows = int(db.execute("SELECT COUNT(*) FROM instances").fetchone()[0])
         files = sum(1 for _ in (self.data_dir / "spool").glob("*/*.dcm"))
         return min(rows, files)
 
@@ -231,6 +259,15 @@ def busy_cpu_seconds() -> float:
     return (sum(fields[:8]) - idle - iowait) / os.sysconf("SC_CLK_TCK")
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """CPU seconds (user + system) a running process has used; 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (proc(5))
+
+
 def run_threads(threads: Sequence[threading.Thread]) -> float:
     """Start every thread, wait for all; the seconds from the first start to the last end."""
     started = time.perf_counter()
@@ -241,10 +278,13 @@ def run_threads(threads: Sequence[threading.Thread]) -> float:
     return time.perf_counter() - started
 
 
-def send(files: Sequence[Path], ae_title: str, port: int, associations: int) -> tuple[float, int]:
-    """Send `files` over `associations` parallel storescu processes; return (seconds, acked)."""
+def send(
+    files: Sequence[Path], ae_title: str, port: int, associations: int, proposal: Sequence[str] = ("-xe",)
+) -> tuple[float, int]:
+    """Send `files` over `associations` parallel storescu processes; return (seconds, acked).
+    `proposal`: storescu's transfer syntax options (`-xv` for JPEG 2000 lossless files)."""
     parts = [list(files[i::associations]) for i in range(associations)]
-    command = ["storescu", "-v", "-aet", "BENCH", "-aec", ae_title, "-xe", "127.0.0.1", str(port)]
+    command = ["storescu", "-v", "-aet", "BENCH", "-aec", ae_title, *proposal, "127.0.0.1", str(port)]
     started = time.perf_counter()
     senders = [
         subprocess.Popen([*command, *map(str, part)], env=NODELAY_ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
@@ -260,13 +300,15 @@ def send(files: Sequence[Path], ae_title: str, port: int, associations: int) -> 
     return seconds, acked
 
 
-def measure(receiver: Receiver, files: Sequence[Path], associations: int, workdir: Path) -> Measurement:
+def measure(
+    receiver: Receiver, files: Sequence[Path], associations: int, workdir: Path, proposal: Sequence[str] = ("-xe",)
+) -> Measurement:
     workdir.mkdir(parents=True)
     try:
         port = receiver.start(workdir)
         os.sync()  # the previous run's dirty pages must not be flushed during this one
         busy_before = busy_cpu_seconds()
-        seconds, acked = send(files, receiver.ae_title, port, associations)
+        seconds, acked = send(files, receiver.ae_title, port, associations, proposal)
         busy = busy_cpu_seconds() - busy_before
         stored = receiver.stored()
     finally:
@@ -278,6 +320,12 @@ def measure(receiver: Receiver, files: Sequence[Path], associations: int, workdi
 
 
 # -- machine description -----------------------------------------------------------------------
+
+
+def load_average() -> str:
+    """The machine's load average (1, 5 and 15 minutes), as `uptime` prints it."""
+    one, five, fifteen = Path("/proc/loadavg").read_text().split()[:3]
+    return f"{one}, {five}, {fifteen}"
 
 
 def cpu_model() -> str:

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from pydicom import dcmread
@@ -39,18 +40,22 @@ SR_CLASS = "1.2.840.10008.5.1.4.1.1.88.34"
 NODELAY_ENV = {**os.environ, "TCP_NODELAY": "1"}
 
 
-def make_studies(count: int, folder: Path) -> list[tuple[str, Path]]:
-    """`count` copies of the CR sample, each its own study; (StudyInstanceUID, file)."""
+def make_studies(count: int, folder: Path, images_per_study: Sequence[int] = (1,)) -> list[tuple[str, Path]]:
+    """`count` studies of copies of the CR sample; study i has images_per_study[i % len] images
+    (one series, new UIDs). One (StudyInstanceUID, file) per image, a study's images together."""
     folder.mkdir(parents=True, exist_ok=True)
+    template = dcmread(SAMPLE)
     studies = []
     for i in range(count):
-        ds = dcmread(SAMPLE)
+        ds = template.copy()
         ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
         ds.AccessionNumber = f"BENCH{i:04d}"
-        path = folder / f"cr{i:04d}.dcm"
-        ds.save_as(path)
-        studies.append((str(ds.StudyInstanceUID), path))
+        for image in range(images_per_study[i % len(images_per_study)]):
+            ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+            ds.InstanceNumber = image + 1
+            path = folder / f"cr{i:04d}-{image}.dcm"
+            ds.save_as(path)
+            studies.append((str(ds.StudyInstanceUID), path))
     return studies
 
 
