@@ -57,7 +57,7 @@ def test_every_image_of_the_study_gets_a_finding_and_other_objects_a_reason(tmp_
     assert [f.sop_instance_uid for f in findings.images] == [str(ds.SOPInstanceUID) for ds in images]
     assert [uid for uid, _ in findings.skipped] == [str(report.SOPInstanceUID)]
     assert "no pixel data" in findings.skipped[0][1]
-    for finding, ds in zip(findings.images, images):
+    for finding, ds in zip(findings.images, images, strict=True):
         assert 0.0 <= finding.fracture_probability <= 1.0
         assert finding.category == categorize(finding.fracture_probability, pipeline.model.operating_points)
         assert finding.region_map.shape == (ds.Rows, ds.Columns)

@@ -1,4 +1,5 @@
-"""Training batches of FracAtlas arrays: augmentation a radiograph allows, and the input the bundle's network expects."""
+"""Training batches of FracAtlas arrays: augmentation a radiograph allows, and the input the bundle's
+network expects."""
 
 from __future__ import annotations
 

@@ -104,7 +104,7 @@ def _polygons(root: Path) -> dict[str, list[list[tuple[float, float]]]]:
     polygons: dict[str, list[list[tuple[float, float]]]] = {}
     for annotation in coco["annotations"]:
         for flat in annotation["segmentation"]:
-            points = list(zip(flat[0::2], flat[1::2]))
+            points = list(zip(flat[0::2], flat[1::2], strict=False))  # x, y pairs; a stray last x is dropped
             polygons.setdefault(names[annotation["image_id"]], []).append(points)
     return polygons
 

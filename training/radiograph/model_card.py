@@ -140,6 +140,9 @@ def render(bundle_root: Path) -> str:
             if auc >= FLOOR_AUC
             else f"is BELOW the {FLOOR_AUC} floor set for shipping: treat its output as a research demonstration"
         )
+        low, high = m["roc_auc_95ci"]
+        sus, frac = m["suspicious"], m["fracture"]
+        body_accuracy = _percent(m["body_region_accuracy_single_region_images"])
         lines += [
             "## Measured performance",
             "",
@@ -148,21 +151,23 @@ def render(bundle_root: Path) -> str:
             "",
             "| metric | value |",
             "|---|---|",
-            f"| image-level ROC AUC | {auc:.3f} (95% CI {m['roc_auc_95ci'][0]:.3f}–{m['roc_auc_95ci'][1]:.3f}, bootstrap) |",
+            f"| image-level ROC AUC | {auc:.3f} (95% CI {low:.3f}–{high:.3f}, bootstrap) |",
             (
-                f'| "suspicious" operating point (threshold {m["suspicious"]["threshold"]:.3f}, chosen for 90% sensitivity on validation) |'
-                f" sensitivity {_percent(m['suspicious']['sensitivity'])}, specificity {_percent(m['suspicious']['specificity'])} |"
+                f'| "suspicious" operating point (threshold {sus["threshold"]:.3f},'
+                " chosen for 90% sensitivity on validation) |"
+                f" sensitivity {_percent(sus['sensitivity'])}, specificity {_percent(sus['specificity'])} |"
             ),
             (
-                f'| "fracture" operating point (threshold {m["fracture"]["threshold"]:.3f}, chosen for 90% specificity on validation) |'
-                f" sensitivity {_percent(m['fracture']['sensitivity'])}, specificity {_percent(m['fracture']['specificity'])} |"
+                f'| "fracture" operating point (threshold {frac["threshold"]:.3f},'
+                " chosen for 90% specificity on validation) |"
+                f" sensitivity {_percent(frac['sensitivity'])}, specificity {_percent(frac['specificity'])} |"
             ),
             f"| region Dice, fractured test images | {m['region_dice_mean_fractured']:.3f} |",
             (
                 f"| annotated fracture boxes hit by a predicted region (IoU ≥ 0.1 / ≥ 0.3) |"
                 f" {_percent(m['region_box_hit_rate_iou_0.1'])} / {_percent(m['region_box_hit_rate_iou_0.3'])} |"
             ),
-            f"| body region accuracy (images of one region) | {_percent(m['body_region_accuracy_single_region_images'])} |",
+            f"| body region accuracy (images of one region) | {body_accuracy} |",
             f"| body region ROC AUC | {', '.join(f'{k} {v:.3f}' for k, v in m['body_region_roc_auc'].items())} |",
             *_more_rows(m),
             "",

@@ -68,7 +68,7 @@ class FracAtlasNet(nn.Module):
             f = stage(f)
             features.append(f)
         pyramid = None
-        for lateral, feature in zip(reversed(self.lateral), reversed(features[1:])):
+        for lateral, feature in zip(reversed(self.lateral), reversed(features[1:]), strict=True):
             level = lateral(feature)
             if pyramid is not None:
                 level = level + F.interpolate(pyramid, size=level.shape[-2:], mode="nearest")
@@ -113,7 +113,7 @@ class FracAtlasEnsemble(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         outputs = [member(x) for member in self.members]
-        return tuple(torch.stack(parts).mean(dim=0) for parts in zip(*outputs))  # type: ignore[return-value]
+        return tuple(torch.stack(parts).mean(dim=0) for parts in zip(*outputs, strict=True))  # type: ignore[return-value]
 
 
 class FracAtlasLiteNet(nn.Module):
@@ -198,7 +198,7 @@ class FracAtlasLiteNet(nn.Module):
         size = x.shape[-2:]
         taps, head = self.encoder.features((x - self.mean) / self.std)
         pyramid = None
-        for lateral, feature in zip(reversed(self.lateral), reversed(taps)):
+        for lateral, feature in zip(reversed(self.lateral), reversed(taps), strict=True):
             level = lateral(feature)
             if pyramid is not None:
                 level = level + F.interpolate(pyramid, size=level.shape[-2:], mode="nearest")
