@@ -51,8 +51,8 @@ def outbox_rows(node) -> list[sqlite3.Row]:  # type: ignore[no-untyped-def]
     return node.db.query("SELECT * FROM outbox WHERE destination = 'pacs-web'")
 
 
-def test_results_reach_orthanc_by_stow_rs(tmp_path, start_node, orthanc_web):
-    _, config = write_config(tmp_path, **dicomweb_sections(orthanc_web.dicomweb_url))
+def test_results_reach_orthanc_by_stow_rs(tmp_path, start_node, orthanc_web, database):
+    _, config = write_config(tmp_path, **dicomweb_sections(orthanc_web.dicomweb_url), storage=database)
     node = start_node(config)
     staged: dict[str, bytes] = {}  # a delivered result leaves the outbox: its bytes kept here
     deliver = node.outbox.delivered
@@ -79,10 +79,10 @@ def test_results_reach_orthanc_by_stow_rs(tmp_path, start_node, orthanc_web):
 
 
 @pytest.mark.slow
-def test_results_wait_while_the_dicomweb_peer_is_down_and_arrive_once(tmp_path, start_node):
+def test_results_wait_while_the_dicomweb_peer_is_down_and_arrive_once(tmp_path, start_node, database):
     http_port = free_port()  # nothing listens here until Orthanc starts below
     url = f"http://127.0.0.1:{http_port}/dicom-web"
-    config_path, config = write_config(tmp_path, **dicomweb_sections(url))
+    config_path, config = write_config(tmp_path, **dicomweb_sections(url), storage=database)
     node = start_node(config)
     series = dicomgen.ct_series(3)
     assert storescu(node.ingest.port, dicomgen.write(series, tmp_path / "ct")).returncode == 0
@@ -128,9 +128,9 @@ def test_wrong_credentials_are_recorded_with_the_reason_and_retried(tmp_path, st
 
 
 @pytest.mark.slow
-def test_an_object_the_peer_cannot_read_is_given_up_with_the_reason(tmp_path, start_node):
+def test_an_object_the_peer_cannot_read_is_given_up_with_the_reason(tmp_path, start_node, database):
     http_port = free_port()  # down while the result is staged, so the file can be damaged first
-    _, config = write_config(tmp_path, **dicomweb_sections(f"http://127.0.0.1:{http_port}/dicom-web"))
+    _, config = write_config(tmp_path, **dicomweb_sections(f"http://127.0.0.1:{http_port}/dicom-web"), storage=database)
     node = start_node(config)
     assert storescu(node.ingest.port, dicomgen.write(dicomgen.ct_series(2), tmp_path / "ct")).returncode == 0
     item = wait_until(lambda: next(iter(outbox_rows(node)), None), timeout_s=60)
