@@ -48,7 +48,7 @@ from bench.ingest import (
     require_dcmtk,
     write_results,
 )
-from bench.on_postgres import SETTINGS, OnPostgres, start_cluster
+from bench.on_postgres import OnPostgres, describe_cluster, start_cluster
 from bench.radiograph import make_studies
 from tests.support import dicomgen
 from tests.support import postgres as postgres_support
@@ -206,11 +206,7 @@ def main(argv: list[str] | None = None) -> int:
     cluster, settings = start_cluster()
     try:
         info = machine(tmp)
-        info["PostgreSQL"] = (
-            f"{settings['server_version']}, a cluster made by tests/support/postgres.py in /tmp (same disk),"
-            + "".join(f" {name} {settings[name]}," for name in SETTINGS[:-1])
-            + " other settings initdb's defaults"
-        )
+        info["PostgreSQL"] = describe_cluster(settings)
         info["Load before"] = f"{load_average()} (1, 5, 15 min)"
         for key, value in info.items():
             print(f"{key}: {value}")

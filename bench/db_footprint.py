@@ -17,9 +17,8 @@ is measured twice:
 The WAL written from the first instance to the last delivery and the jobs' run times
 (`started_at` → `finished_at`) are recorded too.
 
-`radiograph_node`, `wait_until_analysed` and `bench.on_postgres` are also the pieces a benchmark of
-jobs/s with several worker processes on one database needs (studies queued by a listener, then
-timed through N workers), once `fracnode serve --roles` exists.
+`radiograph_node`, `wait_until_analysed` and `bench.on_postgres` are also what `bench.workers`
+(jobs/s with several worker processes on one database) is built from.
 """
 
 from __future__ import annotations
@@ -101,7 +100,8 @@ class Footprint:
         return "\n".join(lines)
 
 
-def _psql(cluster: postgres_support.Cluster, sql: str) -> list[list[str]]:
+def query(cluster: postgres_support.Cluster, sql: str) -> list[list[str]]:
+    """The rows of `sql` on the node's database, each a list of its fields as text."""
     out = cluster.psql(sql, postgres_support.DATABASE)
     return [line.split("|") for line in out.splitlines() if line]
 
@@ -110,14 +110,14 @@ def bytes_per_row_at_scale(cluster: postgres_support.Cluster, table: str, rows: 
     """The table's rows copied into a scratch table LIKE it (indexes included) up to ~SCRATCH_ROWS
     rows, its primary key made unique per copy; its total size per row."""
     copies = min(SCRATCH_ROWS, max(1, math.ceil(SCRATCH_ROWS / rows)))
-    columns = _psql(
+    columns = query(
         cluster,
         "SELECT column_name, data_type FROM information_schema.columns"
         f" WHERE table_schema = current_schema() AND table_name = '{table}' ORDER BY ordinal_position",
     )
     keys = {
         name
-        for (name,) in _psql(
+        for (name,) in query(
             cluster,
             "SELECT a.attname FROM pg_index i JOIN pg_attribute a ON a.attrelid = i.indrelid"
             f" AND a.attnum = ANY(i.indkey) WHERE i.indrelid = '{table}'::regclass AND i.indisprimary",
@@ -132,13 +132,13 @@ def bytes_per_row_at_scale(cluster: postgres_support.Cluster, table: str, rows: 
 
     scratch = f"scratch_{table}"
     select = ", ".join(copied(name, kind) for name, kind in columns)
-    _psql(
+    query(
         cluster,
         f"CREATE TABLE {scratch} (LIKE {table} INCLUDING DEFAULTS INCLUDING INDEXES);"
         f" INSERT INTO {scratch} SELECT {select} FROM {table}, generate_series(1, {copies}) AS g ORDER BY random()",
     )
-    ((size, count),) = _psql(cluster, f"SELECT pg_total_relation_size('{scratch}'), COUNT(*) FROM {scratch}")
-    _psql(cluster, f"DROP TABLE {scratch}")
+    ((size, count),) = query(cluster, f"SELECT pg_total_relation_size('{scratch}'), COUNT(*) FROM {scratch}")
+    query(cluster, f"DROP TABLE {scratch}")
     return int(size) / int(count)
 
 
@@ -147,14 +147,14 @@ def wait_until_analysed(cluster: postgres_support.Cluster, studies: int, timeout
     final = ", ".join(f"'{state}'" for state in jobs.FINAL_STATES)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        ((ended, failed, waiting),) = _psql(
+        ((ended, failed, waiting),) = query(
             cluster,
             f"SELECT (SELECT COUNT(*) FROM jobs WHERE state IN ({final})),"
             f" (SELECT COUNT(*) FROM jobs WHERE state = '{jobs.FAILED}'),"
             f" (SELECT COUNT(*) FROM outbox WHERE state <> '{outbox.DELIVERED}')",
         )
         if int(failed):
-            raise RuntimeError(f"{failed} job(s) failed: {_psql(cluster, 'SELECT last_error FROM jobs')}")
+            raise RuntimeError(f"{failed} job(s) failed: {query(cluster, 'SELECT last_error FROM jobs')}")
         if int(ended) >= studies and int(waiting) == 0:
             return
         time.sleep(0.5)
@@ -165,10 +165,13 @@ def results_folder(workdir: Path) -> Path:
     return workdir / "data" / "results"
 
 
-def radiograph_node(cluster: postgres_support.Cluster, workdir: Path, workers: int = 1) -> Fracnode:
+def radiograph_node(
+    cluster: postgres_support.Cluster, workdir: Path, workers: int = 1, roles: str | None = None
+) -> Fracnode:
     """`fracnode serve` on the cluster: radiographs to the model, results to a folder."""
     return OnPostgres(
         cluster,
+        roles=roles,
         sections=(
             "assembly: {complete_on_release: true}\n"
             f"jobs: {{workers: {workers}}}\n"
@@ -184,28 +187,28 @@ def measure(cluster: postgres_support.Cluster, studies: int, workdir: Path) -> F
     node = radiograph_node(cluster, workdir)
     port = node.start(workdir)
     try:
-        ((wal_before,),) = _psql(cluster, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')")
+        ((wal_before,),) = query(cluster, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')")
         seconds, acked = send(files, node.ae_title, port, 1, ("-xv",))
         if acked != len(files):
             raise RuntimeError(f"sent {len(files)}, acknowledged {acked}")
         print(f"footprint: {len(files)} instances received in {seconds:.1f} s; waiting for the jobs …", flush=True)
         wait_until_analysed(cluster, studies)
-        ((wal_after,),) = _psql(cluster, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')")
+        ((wal_after,),) = query(cluster, "SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), '0/0')")
     finally:
         node.stop()
     names = [
         name
-        for (name,) in _psql(
+        for (name,) in query(
             cluster, "SELECT tablename FROM pg_tables WHERE schemaname = current_schema() ORDER BY tablename"
         )
         if name != "meta"
     ]
     tables = []
     for name in names:
-        ((rows, size),) = _psql(cluster, f"SELECT COUNT(*), pg_total_relation_size('{name}') FROM {name}")
+        ((rows, size),) = query(cluster, f"SELECT COUNT(*), pg_total_relation_size('{name}') FROM {name}")
         per_row = bytes_per_row_at_scale(cluster, name, int(rows)) if int(rows) else 0.0
         tables.append(Table(name, int(rows), int(size), per_row))
-    times = _psql(
+    times = query(
         cluster,
         f"SELECT finished_at - started_at, started_at, finished_at FROM jobs WHERE state = '{jobs.DONE}'",
     )

@@ -72,7 +72,7 @@ def _wait_listening(port: int, process: subprocess.Popen[bytes], timeout_s: floa
     raise RuntimeError(f"nothing listens on port {port} after {timeout_s}s")
 
 
-def _terminate(process: subprocess.Popen[bytes] | None) -> None:
+def terminate(process: subprocess.Popen[bytes] | None) -> None:
     if process is None or process.poll() is not None:
         return
     process.terminate()
@@ -81,6 +81,17 @@ def _terminate(process: subprocess.Popen[bytes] | None) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait()
+
+
+def node_command(config: Path) -> list[str]:
+    """`fracnode -c CONFIG`, from this interpreter's environment; the subcommand follows."""
+    return [str(Path(sys.executable).parent / "fracnode"), "-c", str(config)]
+
+
+def node_environment(**settings: str) -> dict[str, str]:
+    """This process's environment for a node: its FRACNODE_ overrides dropped (the file decides),
+    then `settings` (e.g. FRACNODE_WORKERS) added."""
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("FRACNODE_")}, **settings}
 
 
 class Fracnode:
@@ -96,6 +107,7 @@ class Fracnode:
         log_level: str = "WARNING",
         database: str | None = None,
         name: str = "fracnode",
+        roles: str | None = None,
     ) -> None:
         self.max_pdu = max_pdu  # None: the node's default
         self.sections = sections  # YAML for the rest of the config; None: a folder and no routes
@@ -104,17 +116,18 @@ class Fracnode:
         # PGPASSFILE) is given its schema by `fracnode db upgrade` before the node starts, as in production
         self.database = database
         self.name = name
+        self.roles = roles  # `serve --roles`; None: every role (the default)
         # the node process's own CPU seconds when it was up and listening, and when stored() was asked
         self.cpu_at_start = self.cpu_at_stored = 0.0
         self.process: subprocess.Popen[bytes] | None = None
-        self.data_dir = Path()
+        self.data_dir = self.config = Path()
         self.api_token = secrets.token_hex(16)
 
     def start(self, workdir: Path) -> int:
         self.data_dir = workdir / "data"
         node = f"{{ae_title: {self.ae_title}, bind: 127.0.0.1, port: 0"
         node += f", max_pdu: {self.max_pdu}}}" if self.max_pdu is not None else "}"
-        config = workdir / "fracnode.yaml"
+        config = self.config = workdir / "fracnode.yaml"
         database = f", database: '{self.database}'" if self.database else ""
         config.write_text(
             f"node: {node}\n"
@@ -128,14 +141,14 @@ class Fracnode:
                 "routes: []\n"
             )
         )
-        env = {k: v for k, v in os.environ.items() if not k.startswith("FRACNODE_")}
+        env = node_environment()
         log = workdir / "fracnode.log"
-        fracnode = [str(Path(sys.executable).parent / "fracnode"), "-c", str(config)]
+        fracnode = node_command(config)
         if self.database:
             upgrade = subprocess.run([*fracnode, "db", "upgrade"], env=env, capture_output=True, text=True, timeout=120)
             if upgrade.returncode != 0:
                 raise RuntimeError(f"fracnode db upgrade failed: {upgrade.stdout}{upgrade.stderr}")
-        command = [*fracnode, "serve"]
+        command = [*fracnode, "serve", *(("--roles", self.roles) if self.roles else ())]
         with log.open("wb") as out:
             self.process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env)
         deadline = time.monotonic() + 60
@@ -164,7 +177,7 @@ class Fracnode:
         return min(rows, files)
 
     def stop(self) -> None:
-        _terminate(self.process)
+        terminate(self.process)
         self.process = None
 
 
@@ -202,7 +215,7 @@ class Storescp:
         return sum(1 for p in self.out.iterdir() if p.is_file())
 
     def stop(self) -> None:
-        _terminate(self.process)
+        terminate(self.process)
         self.process = None
 
 

@@ -34,6 +34,15 @@ def start_cluster() -> tuple[postgres_support.Cluster, dict[str, str]]:
     return cluster, settings
 
 
+def describe_cluster(settings: dict[str, str]) -> str:
+    """The cluster's line of a benchmark's machine description."""
+    return (
+        f"{settings['server_version']}, a cluster made by tests/support/postgres.py in /tmp (same disk),"
+        + "".join(f" {name} {settings[name]}," for name in SETTINGS[:-1])
+        + " other settings initdb's defaults"
+    )
+
+
 def server_cpu_seconds(cluster: postgres_support.Cluster) -> dict[int, float]:
     """CPU seconds of the postmaster and each of its children (backends, WAL writer, checkpointer …)."""
     postmaster = int((cluster.data / "postmaster.pid").read_text().split()[0])
@@ -71,8 +80,9 @@ class OnPostgres(Fracnode):
         log_level: str = "WARNING",
         synchronous_commit: str = "on",
         name: str = "postgresql",
+        roles: str | None = None,
     ) -> None:
-        super().__init__(sections=sections, log_level=log_level, database=cluster.url, name=name)
+        super().__init__(sections=sections, log_level=log_level, database=cluster.url, name=name, roles=roles)
         self.cluster = cluster
         # "off" only to measure what the WAL flush of each commit costs: a crash of the server's host
         # could then lose acknowledged rows (PostgreSQL's documentation, "Asynchronous Commit")
