@@ -38,6 +38,7 @@ bench: $(STAMP) system-deps
 	$(VENV)/bin/python -m bench.associations
 	$(VENV)/bin/python -m bench.durability
 	$(VENV)/bin/python -m bench.database
+	$(VENV)/bin/python -m bench.workers
 
 bench-radiograph: $(STAMP) system-deps
 	$(VENV)/bin/python -m bench.radiograph_model
