@@ -145,6 +145,8 @@ def test_a_stopped_database_gets_out_of_resources_never_success_and_the_node_rec
         page.reload()
         # a request waits up to 5 s for a connection before it is answered 503
         expect(outage).to_contain_text("Database unavailable: the node's database cannot be reached", timeout=20_000)
+        # the jobs list that could not load says why, not "Loading…" for as long as the outage lasts
+        expect(page.locator("p.loading")).to_have_text("Not shown while the database is unavailable.")
         page.screenshot(path=str(tmp_path / "dashboard-database-down.png"))
     finally:
         postgres_cluster.start()

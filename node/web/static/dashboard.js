@@ -87,7 +87,12 @@ function showOutage(text) {
   const banner = $("outage-banner");
   banner.hidden = !text;
   banner.textContent = text ? `Database unavailable: ${text}` : "";
+  // what never loaded says why, instead of "Loading…" for as long as the outage lasts
+  for (const waiting of document.querySelectorAll("p.loading")) {
+    waiting.textContent = text ? "Not shown while the database is unavailable." : "Loading…";
+  }
 }
+function loading() { return h("p", { className: "muted loading" }, "Loading…"); }
 async function json(path, options) {
   const response = await api(path, options);
   const body = await response.json().catch(() => ({}));
@@ -207,7 +212,7 @@ async function filterBar(onchange) {
 }
 
 async function viewJobs() {
-  const holder = h("div", { className: "card" }, h("p", { className: "muted" }, "Loading…"));
+  const holder = h("div", { className: "card" }, loading());
   const refresh = async () => holder.replaceChildren(jobsTable(await json(`jobs?${filterQuery()}`)));
   $("view").replaceChildren(
     h("div", { className: "toolbar" }, h("h1", {}, "Jobs"), h("span", { className: "spacer" }),
@@ -238,7 +243,7 @@ function studiesTable(studies, empty) {
 }
 
 async function viewStudies() {
-  const holder = h("div", { className: "card" }, h("p", { className: "muted" }, "Loading…"));
+  const holder = h("div", { className: "card" }, loading());
   const input = h("input", { id: "search", type: "search", autocomplete: "off",
     placeholder: "Study Instance UID or accession number", "aria-label": "search" });
   input.value = searchText; // a property, not an attribute: the text stays out of the page's HTML
@@ -360,7 +365,7 @@ async function analyzeAgain(uid, button, note) {
 }
 
 async function viewStudy(uid, jobId) {
-  const holder = h("div", {}, h("p", { className: "muted" }, "Loading…"));
+  const holder = h("div", {}, loading());
   const note = h("span", { id: "analyze-note", className: "muted" });
   const button = h("button", { type: "button", id: "analyze-again", onclick: () => analyzeAgain(uid, button, note) },
     "Re-analyse");
@@ -473,7 +478,7 @@ function chart(activity) {
 }
 
 async function viewOverview() {
-  const holder = h("div", {}, h("p", { className: "muted" }, "Loading…"));
+  const holder = h("div", {}, loading());
   $("view").replaceChildren(h("h1", {}, "Overview"), holder);
   every(async () => {
     const [models, disk, activity, destinations, jobs] = await Promise.all([json("models"), json("disk"),
@@ -509,7 +514,7 @@ async function viewOverview() {
 }
 
 async function viewAudit() {
-  const holder = h("div", { className: "card" }, h("p", { className: "muted" }, "Loading…"));
+  const holder = h("div", { className: "card" }, loading());
   $("view").replaceChildren(h("h1", {}, "Audit trail"),
     h("p", { className: "hint" }, "The node's audit trail (IHE ATNA, audit.log): associations, instances received and delivered, refused connections and credentials, operator actions, configuration changes, retention purges. Who, from where, what; no patient data."),
     holder);
