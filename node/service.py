@@ -146,8 +146,10 @@ class Node:
             requeued = self.jobs.recover_gone(now, owners.gone) if self.shared else self.jobs.recover(now)
         else:
             requeued = 0
-        if "dispatcher" in self.roles and self.shared:
-            self.outbox.release_gone(owners.gone)
+        if "dispatcher" in self.roles:
+            if self.shared:
+                self.outbox.release_gone(owners.gone)
+            self.outbox.remove_delivered_files()
         orphans = self.outbox.remove_orphans(now, grace) if worker else 0
         pending = studies.count_pending(self.db)
         undelivered = outbox.count_pending(self.db)
@@ -276,6 +278,8 @@ class Node:
                 self.spool.reconcile(now, SHARED_GRACE_S)
         if "worker" in self.roles and self.shared:
             self.outbox.remove_orphans(now, SHARED_GRACE_S)
+        if "dispatcher" in self.roles:
+            self.outbox.remove_delivered_files()
 
     # -- threads ------------------------------------------------------------------------------
 

@@ -198,6 +198,26 @@ class Outbox:
                 removed += self._remove_unstaged_files(folder, cutoff)
         return removed
 
+    def remove_delivered_files(self) -> int:
+        """Remove the files of results every destination has received that are still on disk: a
+        dispatcher that died between recording a delivery and removing the file leaves one. They
+        are patient data the destinations hold now. Reads only the (few) folders of the outbox.
+        Returns the files removed."""
+        if not self.root.exists():
+            return 0
+        removed = 0
+        for folder in self.root.iterdir():
+            if not folder.is_dir() or not folder.name.isdigit():
+                continue
+            for name in table.delivered_paths(self.db, int(folder.name)):
+                path = folder / Path(name).name  # this job's file, wherever the data folder is mounted
+                if path.exists():
+                    path.unlink(missing_ok=True)
+                    removed += 1
+            with contextlib.suppress(OSError):
+                folder.rmdir()  # the job's folder, once its last result has left
+        return removed
+
     def _remove_unstaged_files(self, folder: Path, cutoff: float) -> int:
         named = table.staged_paths(self.db, [int(folder.name)]) if folder.name.isdigit() else set()
         removed = 0

@@ -228,6 +228,15 @@ def staged_job_ids(sql: Sql) -> set[int]:
     return {row["job_id"] for row in sql.query("SELECT DISTINCT job_id FROM outbox")}
 
 
+def delivered_paths(sql: Sql, job_id: int) -> set[str]:
+    """The files of this job that every destination has received (no row for them waits or gave up)."""
+    rows = sql.query(
+        "SELECT path FROM outbox WHERE job_id = ? GROUP BY path HAVING SUM(CASE WHEN state != ? THEN 1 ELSE 0 END) = 0",
+        (job_id, DELIVERED),
+    )
+    return {row["path"] for row in rows}
+
+
 def staged_paths(sql: Sql, job_ids: Sequence[int]) -> set[str]:
     """The files the outbox rows of these jobs name."""
     if not job_ids:

@@ -229,3 +229,19 @@ def test_a_dead_listeners_temporary_file_goes_at_once_a_live_ones_stays(tmp_path
         path.write_bytes(b"partial")
     spool.reconcile(grace_s=3600)
     assert live.exists() and not dead.exists()
+
+
+def test_a_delivered_result_whose_file_outlived_its_dispatcher_is_removed_and_a_waiting_one_kept(
+    queue: JobQueue, outbox: Outbox, db: Database
+) -> None:
+    job = _job(queue)
+    outbox.stage(job, [_sr(), _sr()], "summary", NOW, owner="a-w0")
+    first, second = sorted(db.query("SELECT id, path FROM outbox ORDER BY id"), key=lambda row: row["id"])
+    # a dispatcher recorded the first delivery and died before removing its file
+    db.execute("UPDATE outbox SET state = 'delivered' WHERE id = ?", (first["id"],))
+    assert Path(first["path"]).exists()
+    assert outbox.remove_delivered_files() == 1
+    assert not Path(first["path"]).exists() and Path(second["path"]).exists()  # the other still waits
+    db.execute("UPDATE outbox SET state = 'delivered' WHERE id = ?", (second["id"],))
+    assert outbox.remove_delivered_files() == 1
+    assert not (outbox.root / str(job.id)).exists()
