@@ -228,13 +228,17 @@ def staged_job_ids(sql: Sql) -> set[int]:
     return {row["job_id"] for row in sql.query("SELECT DISTINCT job_id FROM outbox")}
 
 
-def delivered_paths(sql: Sql, job_id: int) -> set[str]:
-    """The files of this job that every destination has received (no row for them waits or gave up)."""
+def delivered_paths(sql: Sql, job_ids: Sequence[int]) -> set[tuple[int, str]]:
+    """(job id, file) of these jobs' results that every destination has received (no row for the
+    file waits or gave up)."""
+    if not job_ids:
+        return set()
     rows = sql.query(
-        "SELECT path FROM outbox WHERE job_id = ? GROUP BY path HAVING SUM(CASE WHEN state != ? THEN 1 ELSE 0 END) = 0",
-        (job_id, DELIVERED),
+        f"SELECT job_id, path FROM outbox WHERE job_id IN ({sql.dialect.params(len(job_ids))})"
+        " GROUP BY job_id, path HAVING SUM(CASE WHEN state != ? THEN 1 ELSE 0 END) = 0",
+        (*job_ids, DELIVERED),
     )
-    return {row["path"] for row in rows}
+    return {(row["job_id"], row["path"]) for row in rows}
 
 
 def staged_paths(sql: Sql, job_ids: Sequence[int]) -> set[str]:
