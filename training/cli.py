@@ -33,7 +33,16 @@ def _settings(args: argparse.Namespace):  # type: ignore[no-untyped-def]
         freeze_stages=getattr(args, "freeze_stages", 0) or 0,
         warmup_epochs=getattr(args, "warmup_epochs", 0) or 0,
         encoder_lr_scale=getattr(args, "encoder_lr_scale", 1.0) or 1.0,
+        fold=getattr(args, "fold", None),
     )
+
+
+def _fold(text: str) -> tuple[int, int]:
+    """`--fold K/N`: fold K (1 to N) of a grouped N-fold cross-validation."""
+    k, _, n = text.partition("/")
+    if not (k.isdigit() and n.isdigit()) or int(n) < 2 or not 1 <= int(k) <= int(n):
+        raise argparse.ArgumentTypeError(f"expected K/N with 1 <= K <= N and N >= 2, e.g. 1/5; got {text!r}")
+    return int(k), int(n)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -66,6 +75,13 @@ def _train_radiograph(args: argparse.Namespace) -> int:
     from training.radiograph.pretrained import PretrainedError
 
     settings = _settings(args)
+    if settings.fold and not args.bundle:
+        print(
+            "fracnode train: --fold trains weights for choosing between candidates, not for shipping;"
+            " give a copy of the bundle with --bundle so the shipped one stays as it is",
+            file=sys.stderr,
+        )
+        return 2
     try:
         if args.encoder:
             bundle_edits.set_encoder(settings.bundle, args.encoder)
@@ -263,6 +279,14 @@ def add_parsers(sub: argparse._SubParsersAction) -> None:
                 help="radiograph, with --input-size: 2 reads twice the pixels through a finer stem"
                 " (a multiple of 64), so weights trained at scale 1 and half the size fine-tune"
                 " with --init",
+            )
+            parser.add_argument(
+                "--fold",
+                type=_fold,
+                metavar="K/N",
+                help="radiograph: validate on fold K of a grouped N-fold cross-validation over the"
+                " train and validation images (the test split stays as it is), to compare candidates"
+                " on more than one validation split; needs --bundle (a copy)",
             )
         else:
             parser.add_argument(

@@ -120,6 +120,22 @@ def test_train_writes_weights_their_hash_the_test_numbers_and_the_stage(data: Pa
     assert "- Stage 1: 1 epochs, input 64×64, training seed 3, peak learning rate 0.002, from random weights" in card
 
 
+def test_a_cross_validation_fold_validates_on_its_fold_and_needs_a_bundle_copy(data: Path, tmp_path: Path) -> None:
+    bundle = small_bundle(tmp_path / "fold")
+    common = ("train", "radiograph", "--data", data, "--cache", tmp_path / "cache", "--epochs", 1, "--threads", 1)
+    refused = fracnode(*common, "--fold", "2/3")
+    assert refused.returncode == 2 and "--bundle" in refused.stderr and "not for shipping" in refused.stderr
+    malformed = fracnode(*common, "--bundle", bundle, "--fold", "4/3")
+    assert malformed.returncode == 2 and "K/N" in malformed.stderr
+    done = fracnode(*common, "--bundle", bundle, "--fold", "2/3", "--batch-size", 8)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "validation fold 2 of 3 of train + val" in done.stderr
+    trained = bundles.read(bundle)
+    assert trained.extras["training"]["cross_validation_fold"] == "2/3"
+    assert "fold 2 of 3" in trained.metadata["eval_metrics"]["measured_on"]
+    assert "validated on cross-validation fold 2/3 of train + val" in (bundle / "docs" / "README.md").read_text()
+
+
 def test_an_ensemble_bundle_trains_each_member_with_its_own_seed(data: Path, tmp_path: Path) -> None:
     bundle = small_bundle(tmp_path / "ensemble", members=2)
     settings = radiograph.TrainSettings(

@@ -50,6 +50,27 @@ def test_the_real_manifest_splits_by_group_id() -> None:
     assert 0.12 < len(parts["test"]) / sum(len(m) for m in parts.values()) < 0.2
 
 
+def test_cross_validation_folds_deal_the_train_and_val_groups_and_keep_the_test_split() -> None:
+    parts = fracatlas.split(_records(n_groups=100), seed=3)
+    pooled = {r.image_id for r in parts["train"] + parts["val"]}
+    folds = [fracatlas.cross_validation_fold(parts, k, 5, seed=3) for k in range(1, 6)]
+    validating = [{r.image_id for r in fold["val"]} for fold in folds]
+    for fold, val in zip(folds, validating, strict=True):
+        assert fold["test"] == parts["test"]
+        assert {r.image_id for r in fold["train"]} | val == pooled
+        assert not {r.group_id for r in fold["train"]} & {r.group_id for r in fold["val"]}
+        assert any(r.fractured for r in fold["val"]) and not all(r.fractured for r in fold["val"])
+        assert 0.15 < len(val) / len(pooled) < 0.25
+    assert set().union(*validating) == pooled and sum(map(len, validating)) == len(pooled)
+    assert fracatlas.cross_validation_fold(parts, 2, 5, seed=3) == folds[1]
+
+
+@pytest.mark.parametrize(("fold", "folds"), [(0, 5), (6, 5), (1, 1)])
+def test_a_fold_outside_its_range_is_refused(fold: int, folds: int) -> None:
+    with pytest.raises(ValueError, match="fold"):
+        fracatlas.cross_validation_fold(fracatlas.split(_records(), seed=3), fold, folds)
+
+
 def test_read_manifest_names_the_missing_file(tmp_path: Path) -> None:
     with pytest.raises(fracatlas.DataError, match="manifest.csv"):
         fracatlas.read_manifest(tmp_path)

@@ -95,6 +95,42 @@ def split(records: list[Record], seed: int = 7, fractions=(0.7, 0.15, 0.15)) -> 
     return {name: sorted(members, key=lambda r: r.image_id) for name, members in parts.items()}
 
 
+def cross_validation_fold(
+    parts: dict[str, list[Record]], fold: int, folds: int, seed: int = 7
+) -> dict[str, list[Record]]:
+    """Fold `fold` (1 to `folds`) of a grouped cross-validation over the train and validation images.
+
+    The train and validation groups are pooled and dealt, whole, into `folds` parts: first the
+    groups holding a fracture, each to the part with the fewest fractured images so far, then the
+    others, each to the part with the fewest images (largest groups first, ties in a seeded random
+    order). This fold's part validates and the others train. The test split is returned untouched,
+    so every fold is measured on the same unseen images and no fold ever trains on them.
+    """
+    if not 1 <= fold <= folds or folds < 2:
+        raise ValueError(f"fold {fold} of {folds}: need 2 or more folds and a fold from 1 to {folds}")
+    groups: dict[str, list[Record]] = {}
+    for record in parts["train"] + parts["val"]:
+        groups.setdefault(record.group_id, []).append(record)
+    rng = random.Random(f"cross-validation {seed} {folds}")
+    keys = sorted(groups)
+    rng.shuffle(keys)
+    keys.sort(key=lambda k: (-sum(r.fractured for r in groups[k]), -len(groups[k])))  # stable: ties stay shuffled
+    dealt: list[list[Record]] = [[] for _ in range(folds)]
+    for key in keys:
+        fractured = any(r.fractured for r in groups[key])
+        part = min(
+            range(folds),
+            key=lambda i: (sum(r.fractured for r in dealt[i]), len(dealt[i])) if fractured else (len(dealt[i]),),
+        )
+        dealt[part].extend(groups[key])
+    rest = [record for i, members in enumerate(dealt) if i != fold - 1 for record in members]
+    return {
+        "train": sorted(rest, key=lambda r: r.image_id),
+        "val": sorted(dealt[fold - 1], key=lambda r: r.image_id),
+        "test": parts["test"],
+    }
+
+
 def _polygons(root: Path) -> dict[str, list[list[tuple[float, float]]]]:
     path = root / COCO_PATH
     if not path.is_file():

@@ -25,6 +25,9 @@ def _stage(stage: dict) -> str:
         f"input {size}×{size}" if size else None,
         f"through the finer stem (input scale {stage['input_scale']})" if stage.get("input_scale", 1) != 1 else None,
         f"training seed {stage['train_seed']}" if stage.get("train_seed") is not None else None,
+        f"validated on cross-validation fold {stage['cross_validation_fold']} of train + val"
+        if stage.get("cross_validation_fold")
+        else None,
         f"peak learning rate {stage['learning_rate']:g}" if stage.get("learning_rate") else None,
         f"moving average of the weights (decay {stage['ema_decay']:g}) validated and kept"
         if stage.get("ema_decay")

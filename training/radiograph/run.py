@@ -47,6 +47,7 @@ class TrainSettings:
     freeze_stages: int = 0  # keep the stem and the encoder's first N stages at their initial weights
     warmup_epochs: int = 0  # train only the decoder and heads (whole encoder held still) for N epochs
     encoder_lr_scale: float = 1.0  # the encoder's peak learning rate relative to the decoder's and heads'
+    fold: tuple[int, int] | None = None  # (k, n): validate on fold k of a grouped n-fold cross-validation
 
 
 def _losses(outputs, masks, fractured, body, pos_weight):
@@ -69,6 +70,8 @@ def _losses(outputs, masks, fractured, body, pos_weight):
 def _load_splits(settings: TrainSettings, size: int):
     records = fracatlas.read_manifest(settings.data)
     parts = fracatlas.split(records, seed=settings.seed)
+    if settings.fold:
+        parts = fracatlas.cross_validation_fold(parts, *settings.fold, seed=settings.seed)
     return {name: fracatlas.build(settings.data, members, size, settings.cache) for name, members in parts.items()}
 
 
@@ -82,7 +85,9 @@ def train(settings: TrainSettings, log=print) -> dict:
     size = int(bundle.inputs["image"]["spatial_shape"][0])
     splits = _load_splits(settings, size)
     log(
-        "split (grouped by group_id): "
+        "split (grouped by group_id"
+        + (f"; validation fold {settings.fold[0]} of {settings.fold[1]} of train + val" if settings.fold else "")
+        + "): "
         + ", ".join(f"{k} {len(v.ids)} images / {int(v.fractured.sum())} fractured" for k, v in splits.items())
     )
     network = bundles.build_network(bundle)
@@ -115,6 +120,7 @@ def train(settings: TrainSettings, log=print) -> dict:
     common = {
         "epochs": settings.epochs,
         "seed": settings.seed,
+        **({"cross_validation_fold": f"{settings.fold[0]}/{settings.fold[1]}"} if settings.fold else {}),
         "learning_rate": settings.learning_rate,
         "fine_tuned_from_sha256": bundles.sha256(settings.init) if settings.init else None,
         "ema_decay": settings.ema_decay,
@@ -330,7 +336,9 @@ def evaluate(settings: TrainSettings, log=print) -> dict:
             f" ({int(test.labels.sum())} fractured), whole group_id groups never seen in training or"
             f" validation (split seed {settings.seed}); operating points, calibration, region threshold,"
             f" finding-site confidence and the intended-use limit chosen on the validation split"
-            f" ({len(val.scores)} images)"
+            f" ({len(val.scores)} images"
+            + (f", fold {settings.fold[0]} of {settings.fold[1]} of train + val" if settings.fold else "")
+            + ")"
         ),
     )
     log(json.dumps(report, indent=2))
