@@ -75,11 +75,16 @@ def read_manifest(root: Path) -> list[Record]:
     return records
 
 
-def split(records: list[Record], seed: int = 7, fractions=(0.7, 0.15, 0.15)) -> dict[str, list[Record]]:
-    """Assign whole groups to train/val/test, stratified by whether the group holds a fracture."""
+def _by_group(records: list[Record]) -> dict[str, list[Record]]:
     groups: dict[str, list[Record]] = {}
     for record in records:
         groups.setdefault(record.group_id, []).append(record)
+    return groups
+
+
+def split(records: list[Record], seed: int = 7, fractions=(0.7, 0.15, 0.15)) -> dict[str, list[Record]]:
+    """Assign whole groups to train/val/test, stratified by whether the group holds a fracture."""
+    groups = _by_group(records)
     rng = random.Random(seed)
     parts: dict[str, list[Record]] = {"train": [], "val": [], "test": []}
     for has_fracture in (True, False):
@@ -108,21 +113,21 @@ def cross_validation_fold(
     """
     if not 1 <= fold <= folds or folds < 2:
         raise ValueError(f"fold {fold} of {folds}: need 2 or more folds and a fold from 1 to {folds}")
-    groups: dict[str, list[Record]] = {}
-    for record in parts["train"] + parts["val"]:
-        groups.setdefault(record.group_id, []).append(record)
+    groups = _by_group(parts["train"] + parts["val"])
+    fractured = {key: sum(r.fractured for r in members) for key, members in groups.items()}
     rng = random.Random(f"cross-validation {seed} {folds}")
     keys = sorted(groups)
     rng.shuffle(keys)
-    keys.sort(key=lambda k: (-sum(r.fractured for r in groups[k]), -len(groups[k])))  # stable: ties stay shuffled
+    keys.sort(key=lambda k: (-fractured[k], -len(groups[k])))  # stable: ties stay shuffled
     dealt: list[list[Record]] = [[] for _ in range(folds)]
+    dealt_fractured = [0] * folds
     for key in keys:
-        fractured = any(r.fractured for r in groups[key])
-        part = min(
-            range(folds),
-            key=lambda i: (sum(r.fractured for r in dealt[i]), len(dealt[i])) if fractured else (len(dealt[i]),),
-        )
+        if fractured[key]:
+            part = min(range(folds), key=lambda i: (dealt_fractured[i], len(dealt[i])))
+        else:
+            part = min(range(folds), key=lambda i: len(dealt[i]))
         dealt[part].extend(groups[key])
+        dealt_fractured[part] += fractured[key]
     rest = [record for i, members in enumerate(dealt) if i != fold - 1 for record in members]
     return {
         "train": sorted(rest, key=lambda r: r.image_id),

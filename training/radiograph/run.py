@@ -67,6 +67,10 @@ def _losses(outputs, masks, fractured, body, pos_weight):
     return classification + region + 0.3 * body_loss
 
 
+def _fold_note(settings: TrainSettings, lead: str) -> str:
+    return f"{lead}fold {settings.fold[0]} of {settings.fold[1]} of train + val" if settings.fold else ""
+
+
 def _load_splits(settings: TrainSettings, size: int):
     records = fracatlas.read_manifest(settings.data)
     parts = fracatlas.split(records, seed=settings.seed)
@@ -86,7 +90,7 @@ def train(settings: TrainSettings, log=print) -> dict:
     splits = _load_splits(settings, size)
     log(
         "split (grouped by group_id"
-        + (f"; validation fold {settings.fold[0]} of {settings.fold[1]} of train + val" if settings.fold else "")
+        + _fold_note(settings, "; validation ")
         + "): "
         + ", ".join(f"{k} {len(v.ids)} images / {int(v.fractured.sum())} fractured" for k, v in splits.items())
     )
@@ -336,9 +340,7 @@ def evaluate(settings: TrainSettings, log=print) -> dict:
             f" ({int(test.labels.sum())} fractured), whole group_id groups never seen in training or"
             f" validation (split seed {settings.seed}); operating points, calibration, region threshold,"
             f" finding-site confidence and the intended-use limit chosen on the validation split"
-            f" ({len(val.scores)} images"
-            + (f", fold {settings.fold[0]} of {settings.fold[1]} of train + val" if settings.fold else "")
-            + ")"
+            f" ({len(val.scores)} images" + _fold_note(settings, ", ") + ")"
         ),
     )
     log(json.dumps(report, indent=2))
